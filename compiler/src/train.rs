@@ -1,0 +1,528 @@
+//! Checking a `train` section: known settings, each given once; data sources, losses,
+//! optimizers, schedules and augmentations with their arguments; losses applied to model
+//! outputs whose shapes fit them. The result is a [`TrainSpec`] the runtime executes.
+
+use crate::elaborate::ModelInfo;
+use crate::error::{similar, Problem, ResolveError, ShapeError, TrainError};
+use crate::shape::Shape;
+use crate::source::{FileId, Loc};
+use cnnc_grammar::ast::{self, BinOp, ExprKind};
+use std::collections::BTreeMap;
+
+/// Every setting of a `train` section.
+pub const SETTINGS: &[&str] = &["data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "augment", "workers"];
+
+/// A checked argument value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arg {
+    /// An integer.
+    Int(i64),
+    /// A number.
+    Num(f64),
+    /// A string.
+    Str(String),
+    /// A boolean.
+    Bool(bool),
+    /// A name: a model output, `label`, an anchors declaration, a choice.
+    Name(String),
+    /// A list of numbers.
+    List(Vec<f64>),
+}
+
+/// A call in a train section, its arguments checked and named.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FnCall {
+    /// Which function.
+    pub name: String,
+    /// Arguments by parameter name, defaults filled in.
+    pub args: BTreeMap<String, Arg>,
+    /// Where it is written.
+    pub loc: Loc,
+}
+
+/// One weighted loss term.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossTerm {
+    /// Its weight in the total.
+    pub weight: f64,
+    /// The loss function.
+    pub call: FnCall,
+}
+
+/// A checked `train` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainSpec {
+    /// The model trained.
+    pub model: String,
+    /// The data source.
+    pub data: Option<FnCall>,
+    /// The total loss: a weighted sum.
+    pub loss: Vec<LossTerm>,
+    /// The optimizer.
+    pub optimizer: Option<FnCall>,
+    /// The learning-rate schedule.
+    pub schedule: Option<FnCall>,
+    /// Examples per step.
+    pub batch: usize,
+    /// Passes over the training data.
+    pub epochs: usize,
+    /// Seed for initialization, shuffling, dropout and augmentation.
+    pub seed: u64,
+    /// Loader threads.
+    pub workers: usize,
+    /// Augmentation steps in order.
+    pub augment: Vec<FnCall>,
+    /// Where the section is.
+    pub loc: Loc,
+}
+
+/// What a parameter accepts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Str,
+    Int,
+    Num,
+    Bool,
+    /// A model output.
+    Output,
+    /// The data's targets: `label`.
+    Label,
+    /// An `anchors` declaration of the model.
+    Anchors,
+    /// A list of numbers.
+    Numbers,
+}
+
+struct FnSpec {
+    name: &'static str,
+    params: &'static [(&'static str, Kind, Option<Dflt>)],
+}
+
+#[derive(Clone, Copy)]
+enum Dflt {
+    Int(i64),
+    Num(f64),
+    Bool(bool),
+    Required,
+}
+
+use Dflt::Required as R;
+use Kind::*;
+
+const DATA: &[FnSpec] = &[
+    FnSpec { name: "mnist", params: &[("dir", Str, Some(R)), ("pad", Int, Some(Dflt::Int(0))), ("limit", Int, Some(Dflt::Int(0)))] },
+    FnSpec {
+        name: "idx",
+        params: &[("images", Str, Some(R)), ("labels", Str, Some(R)), ("test_images", Str, None), ("test_labels", Str, None), ("split", Num, Some(Dflt::Num(0.2)))],
+    },
+    FnSpec { name: "csv", params: &[("path", Str, Some(R)), ("shape", Numbers, Some(R)), ("scale", Num, Some(Dflt::Num(1.0))), ("split", Num, Some(Dflt::Num(0.2)))] },
+    FnSpec { name: "images", params: &[("dir", Str, Some(R)), ("split", Num, Some(Dflt::Num(0.2)))] },
+];
+
+const LOSSES: &[FnSpec] = &[
+    FnSpec { name: "softmax_cross_entropy", params: &[("logits", Output, Some(R)), ("target", Label, Some(R))] },
+    FnSpec { name: "sigmoid_cross_entropy", params: &[("logits", Output, Some(R)), ("target", Label, Some(R))] },
+    FnSpec { name: "l2", params: &[("output", Output, Some(R)), ("target", Label, Some(R))] },
+    FnSpec { name: "triplet", params: &[("anchor", Output, Some(R)), ("positive", Output, Some(R)), ("negative", Output, Some(R)), ("margin", Num, Some(Dflt::Num(0.2)))] },
+    FnSpec {
+        name: "yolo",
+        params: &[("output", Output, Some(R)), ("target", Label, Some(R)), ("anchors", Anchors, Some(R)), ("classes", Int, Some(R)), ("coord", Num, Some(Dflt::Num(5.0))), ("noobj", Num, Some(Dflt::Num(0.5)))],
+    },
+    FnSpec { name: "content", params: &[("output", Output, Some(R))] },
+    FnSpec { name: "style", params: &[("output", Output, Some(R))] },
+];
+
+const OPTIMIZERS: &[FnSpec] = &[
+    FnSpec {
+        name: "sgd",
+        params: &[("lr", Num, Some(R)), ("momentum", Num, Some(Dflt::Num(0.0))), ("nesterov", Bool, Some(Dflt::Bool(false))), ("weight_decay", Num, Some(Dflt::Num(0.0)))],
+    },
+    FnSpec {
+        name: "adam",
+        params: &[
+            ("lr", Num, Some(Dflt::Num(0.001))),
+            ("beta1", Num, Some(Dflt::Num(0.9))),
+            ("beta2", Num, Some(Dflt::Num(0.999))),
+            ("eps", Num, Some(Dflt::Num(1e-8))),
+            ("weight_decay", Num, Some(Dflt::Num(0.0))),
+        ],
+    },
+];
+
+const SCHEDULES: &[FnSpec] = &[
+    FnSpec { name: "constant", params: &[] },
+    FnSpec { name: "step", params: &[("every", Int, Some(R)), ("gamma", Num, Some(Dflt::Num(0.1)))] },
+    FnSpec { name: "cosine", params: &[("min_lr", Num, Some(Dflt::Num(0.0)))] },
+];
+
+const AUGMENTS: &[FnSpec] = &[
+    FnSpec { name: "mirror", params: &[("p", Num, Some(Dflt::Num(0.5)))] },
+    FnSpec { name: "flip_vertical", params: &[("p", Num, Some(Dflt::Num(0.5)))] },
+    FnSpec { name: "random_crop", params: &[("size", Int, Some(R)), ("pad", Int, Some(Dflt::Int(0))), ("p", Num, Some(Dflt::Num(1.0)))] },
+    FnSpec { name: "random_resized_crop", params: &[("size", Int, Some(R)), ("scale", Numbers, None), ("p", Num, Some(Dflt::Num(1.0)))] },
+    FnSpec { name: "rotate", params: &[("degrees", Num, Some(R)), ("p", Num, Some(Dflt::Num(1.0)))] },
+    FnSpec { name: "shear", params: &[("degrees", Num, Some(R)), ("p", Num, Some(Dflt::Num(1.0)))] },
+    FnSpec { name: "warp", params: &[("alpha", Num, Some(R)), ("sigma", Num, Some(R)), ("p", Num, Some(Dflt::Num(1.0)))] },
+    FnSpec { name: "color_shift", params: &[("max", Num, Some(R)), ("p", Num, Some(Dflt::Num(1.0)))] },
+    FnSpec { name: "pca_color", params: &[("std", Num, Some(Dflt::Num(0.1))), ("p", Num, Some(Dflt::Num(1.0)))] },
+    FnSpec { name: "brightness", params: &[("max", Num, Some(R)), ("p", Num, Some(Dflt::Num(1.0)))] },
+    FnSpec { name: "contrast", params: &[("max", Num, Some(R)), ("p", Num, Some(Dflt::Num(1.0)))] },
+    FnSpec { name: "normalize", params: &[("mean", Numbers, Some(R)), ("std", Numbers, Some(R))] },
+];
+
+/// Checks every `train` section of the entry file against the elaborated models.
+pub fn check(file: FileId, ast: &ast::File, models: &[ModelInfo], problems: &mut Vec<Problem>) -> Vec<TrainSpec> {
+    let mut specs = Vec::new();
+    for item in &ast.items {
+        let ast::Item::Train(t) = item else { continue };
+        let loc = |span| Loc { file, span };
+        let Some(model) = models.iter().find(|m| m.name == t.model.name) else {
+            let candidates = similar(&t.model.name, models.iter().map(|m| m.name.as_str()));
+            problems.push(ResolveError::UnknownModel { loc: loc(t.model.span), name: t.model.name.clone(), candidates }.into());
+            continue;
+        };
+        let mut c = Checker { file, model, problems };
+        specs.push(c.section(t));
+    }
+    specs
+}
+
+struct Checker<'a> {
+    file: FileId,
+    model: &'a ModelInfo,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn loc(&self, span: ast::Span) -> Loc {
+        Loc { file: self.file, span }
+    }
+
+    fn section(&mut self, t: &ast::Train) -> TrainSpec {
+        let mut spec = TrainSpec {
+            model: t.model.name.clone(),
+            data: None,
+            loss: Vec::new(),
+            optimizer: None,
+            schedule: None,
+            batch: 32,
+            epochs: 1,
+            seed: 0,
+            workers: 2,
+            augment: Vec::new(),
+            loc: self.loc(t.span),
+        };
+        let mut seen: BTreeMap<String, Loc> = BTreeMap::new();
+        for setting in &t.settings {
+            let (key, key_loc) = match setting {
+                ast::Setting::Augment { span, .. } => ("augment".to_string(), self.loc(*span)),
+                ast::Setting::Value { key, .. } => (key.name.clone(), self.loc(key.span)),
+            };
+            if let Some(first) = seen.get(&key) {
+                self.problems.push(TrainError::DuplicateSetting { loc: key_loc, first: *first, name: key }.into());
+                continue;
+            }
+            seen.insert(key.clone(), key_loc);
+            match setting {
+                ast::Setting::Augment { steps, .. } => {
+                    spec.augment = steps.iter().filter_map(|s| self.call(s, AUGMENTS, "augmentation")).collect();
+                }
+                ast::Setting::Value { key, value, .. } => match key.name.as_str() {
+                    "data" => spec.data = self.single(value, DATA, "data source"),
+                    "optimizer" => spec.optimizer = self.single(value, OPTIMIZERS, "optimizer"),
+                    "schedule" => spec.schedule = self.single(value, SCHEDULES, "schedule"),
+                    "loss" => spec.loss = self.loss(value),
+                    "batch" => spec.batch = self.positive(value, "a batch size").unwrap_or(spec.batch),
+                    "epochs" => spec.epochs = self.positive(value, "an epoch count").unwrap_or(spec.epochs),
+                    "workers" => spec.workers = self.positive(value, "a worker count").unwrap_or(spec.workers),
+                    "seed" => match value.kind {
+                        ExprKind::Int(v) if v >= 0 => spec.seed = v as u64,
+                        _ => self.bad(value, "a seed", "a non-negative integer"),
+                    },
+                    other => {
+                        let candidates = similar(other, SETTINGS.iter().copied());
+                        self.problems.push(TrainError::UnknownSetting { loc: key_loc, name: other.to_string(), candidates }.into());
+                    }
+                },
+            }
+        }
+        let section = self.loc(t.model.span);
+        for (name, example) in [("data", "data mnist(\"data/mnist\")"), ("loss", "loss softmax_cross_entropy(logits, label)"), ("optimizer", "optimizer sgd(lr: 0.01)")] {
+            if !seen.contains_key(name) {
+                self.problems.push(TrainError::MissingSetting { loc: section, name, example }.into());
+            }
+        }
+        if let Some(data) = &spec.data {
+            self.check_data(data);
+        }
+        spec
+    }
+
+    fn bad(&mut self, e: &ast::Expr, what: &str, expected: &str) {
+        let value = snippet(e);
+        self.problems.push(ResolveError::BadValue { loc: self.loc(e.span), what: what.into(), value, expected: expected.into(), candidates: vec![] }.into());
+    }
+
+    fn positive(&mut self, e: &ast::Expr, what: &str) -> Option<usize> {
+        match e.kind {
+            ExprKind::Int(v) if v >= 1 && v <= 1 << 31 => Some(v as usize),
+            _ => {
+                self.bad(e, what, "a positive integer");
+                None
+            }
+        }
+    }
+
+    fn single(&mut self, e: &ast::Expr, table: &[FnSpec], kind: &'static str) -> Option<FnCall> {
+        match &e.kind {
+            ExprKind::Call(c) => self.call(c, table, kind),
+            ExprKind::Name(n) => self.call(&ast::Call { callee: n.clone(), args: vec![], frozen: false, bare: true, span: e.span }, table, kind),
+            _ => {
+                self.bad(e, kind, &format!("a call such as `{}(...)`", table[0].name));
+                None
+            }
+        }
+    }
+
+    fn loss(&mut self, e: &ast::Expr) -> Vec<LossTerm> {
+        let mut terms = Vec::new();
+        self.loss_terms(e, 1.0, &mut terms);
+        terms
+    }
+
+    fn loss_terms(&mut self, e: &ast::Expr, weight: f64, out: &mut Vec<LossTerm>) {
+        match &e.kind {
+            ExprKind::Binary { op: BinOp::Add, lhs, rhs } => {
+                self.loss_terms(lhs, weight, out);
+                self.loss_terms(rhs, weight, out);
+            }
+            ExprKind::Binary { op: BinOp::Mul, lhs, rhs } => match (number(lhs), number(rhs)) {
+                (Some(w), _) => self.loss_terms(rhs, weight * w, out),
+                (_, Some(w)) => self.loss_terms(lhs, weight * w, out),
+                _ => self.bad(e, "loss", "a weighted sum of losses, like `content(c) + 40 * style(s)`"),
+            },
+            ExprKind::Call(c) => {
+                if let Some(call) = self.call(c, LOSSES, "loss") {
+                    self.check_loss(&call);
+                    out.push(LossTerm { weight, call });
+                }
+            }
+            _ => self.bad(e, "loss", "a loss such as `softmax_cross_entropy(logits, label)`"),
+        }
+    }
+
+    fn call(&mut self, c: &ast::Call, table: &[FnSpec], kind: &'static str) -> Option<FnCall> {
+        let loc = self.loc(c.span);
+        let Some(spec) = table.iter().find(|s| s.name == c.callee.name) else {
+            let candidates = similar(&c.callee.name, table.iter().map(|s| s.name));
+            self.problems.push(TrainError::UnknownFunction { loc: self.loc(c.callee.span), kind, name: c.callee.name.clone(), candidates }.into());
+            return None;
+        };
+        let mut args = BTreeMap::new();
+        let mut ok = true;
+        for (i, a) in c.args.iter().enumerate() {
+            let index = match &a.name {
+                Some(n) => spec.params.iter().position(|p| p.0 == n.name),
+                None => (i < spec.params.len()).then_some(i),
+            };
+            let Some(index) = index else {
+                let name = a.name.as_ref().map_or(format!("#{}", i + 1), |n| n.name.clone());
+                let candidates = similar(&name, spec.params.iter().map(|p| p.0));
+                if a.name.is_some() {
+                    self.problems.push(ResolveError::UnknownArgument { loc: self.loc(a.span), callee: spec.name.into(), name, candidates, def: None }.into());
+                } else {
+                    self.problems.push(
+                        ResolveError::TooManyArguments { loc: self.loc(a.span), callee: spec.name.into(), max: spec.params.len(), got: i + 1, def: None }.into(),
+                    );
+                }
+                ok = false;
+                continue;
+            };
+            let (pname, pkind, _) = spec.params[index];
+            if args.contains_key(pname) {
+                let first = loc;
+                self.problems.push(ResolveError::DuplicateArgument { loc: self.loc(a.span), first, name: pname.into() }.into());
+                ok = false;
+                continue;
+            }
+            match self.arg(&a.value, pkind, pname) {
+                Some(v) => {
+                    args.insert(pname.to_string(), v);
+                }
+                None => ok = false,
+            }
+        }
+        for (pname, _, default) in spec.params {
+            if args.contains_key(*pname) {
+                continue;
+            }
+            match default {
+                Some(Dflt::Int(v)) => drop(args.insert(pname.to_string(), Arg::Int(*v))),
+                Some(Dflt::Num(v)) => drop(args.insert(pname.to_string(), Arg::Num(*v))),
+                Some(Dflt::Bool(v)) => drop(args.insert(pname.to_string(), Arg::Bool(*v))),
+                Some(Dflt::Required) if ok => {
+                    self.problems.push(ResolveError::MissingArgument { loc, callee: spec.name.into(), name: pname.to_string(), def: None }.into());
+                    ok = false;
+                }
+                _ => {}
+            }
+        }
+        ok.then(|| FnCall { name: spec.name.to_string(), args, loc })
+    }
+
+    fn arg(&mut self, e: &ast::Expr, kind: Kind, pname: &str) -> Option<Arg> {
+        let what = format!("`{pname}`");
+        let value = match (&e.kind, kind) {
+            (ExprKind::Str(s), Str) => Arg::Str(s.clone()),
+            (ExprKind::Int(v), Int) => Arg::Int(*v),
+            (ExprKind::Int(v), Num) => Arg::Num(*v as f64),
+            (ExprKind::Float(v), Num) => Arg::Num(*v),
+            (ExprKind::Bool(b), Bool) => Arg::Bool(*b),
+            (ExprKind::List(items), Numbers) => {
+                let nums: Option<Vec<f64>> = items.iter().map(number).collect();
+                Arg::List(nums.or_else(|| {
+                    self.bad(e, &what, "a list of numbers");
+                    None
+                })?)
+            }
+            (ExprKind::Name(n), Output) => {
+                if !self.model.graph.outputs().iter().any(|(o, _)| *o == n.name) {
+                    let candidates = similar(&n.name, self.model.graph.outputs().iter().map(|(o, _)| o.as_str()));
+                    self.problems.push(TrainError::UnknownOutput { loc: self.loc(n.span), name: n.name.clone(), candidates }.into());
+                    return None;
+                }
+                Arg::Name(n.name.clone())
+            }
+            (ExprKind::Name(n), Label) if n.name == "label" => Arg::Name(n.name.clone()),
+            (ExprKind::Name(n), Anchors) => {
+                if !self.model.anchors.iter().any(|(a, _, _)| *a == n.name) {
+                    let candidates = similar(&n.name, self.model.anchors.iter().map(|(a, _, _)| a.as_str()));
+                    self.problems.push(ResolveError::UnknownName { loc: self.loc(n.span), name: n.name.clone(), candidates }.into());
+                    return None;
+                }
+                Arg::Name(n.name.clone())
+            }
+            _ => {
+                let expected = match kind {
+                    Str => "a string",
+                    Int => "an integer",
+                    Num => "a number",
+                    Bool => "`true` or `false`",
+                    Output => "the name of a model output",
+                    Label => "`label`, the data's targets",
+                    Anchors => "the name of an `anchors` declaration",
+                    Numbers => "a list of numbers",
+                };
+                self.problems.push(
+                    ResolveError::WrongType { loc: self.loc(e.span), what, expected: expected.into(), found: format!("`{}`", snippet(e)), origin: None }.into(),
+                );
+                return None;
+            }
+        };
+        Some(value)
+    }
+
+    fn output_shape(&self, name: &str) -> Option<(Shape, Loc)> {
+        let (_, id) = self.model.graph.outputs().iter().find(|(o, _)| o == name)?;
+        let loc = self.model.output_locs.get(name).copied().unwrap_or(self.model.loc);
+        Some((self.model.graph.node(*id).shape.clone(), loc))
+    }
+
+    fn check_loss(&mut self, call: &FnCall) {
+        let outputs: Vec<(String, Shape, Loc)> = call
+            .args
+            .iter()
+            .filter_map(|(k, v)| match v {
+                Arg::Name(n) if k != "target" && k != "anchors" => self.output_shape(n).map(|(s, l)| (n.clone(), s, l)),
+                _ => None,
+            })
+            .collect();
+        let problem = match call.name.as_str() {
+            "softmax_cross_entropy" => outputs
+                .iter()
+                .find(|(_, s, _)| s.rank() != 1 || s.0[0] < 2)
+                .map(|(n, s, _)| format!("`{n}` must be a vector of at least 2 class scores, but has shape {s}")),
+            "sigmoid_cross_entropy" => {
+                outputs.iter().find(|(_, s, _)| s.rank() != 1).map(|(n, s, _)| format!("`{n}` must be a vector of scores, but has shape {s}"))
+            }
+            "triplet" => {
+                let first = &outputs[0].1;
+                if first.rank() != 1 {
+                    Some(format!("embeddings must be vectors, `{}` has shape {first}", outputs[0].0))
+                } else {
+                    outputs.iter().find(|(_, s, _)| s != first).map(|(n, s, _)| format!("all embeddings must have one shape, `{n}` has {s} and `{}` has {first}", outputs[0].0))
+                }
+            }
+            "yolo" => self.check_yolo(call, &outputs),
+            "content" | "style" => outputs
+                .iter()
+                .find(|(_, s, _)| s.rank() < 2)
+                .map(|(n, s, _)| format!("`{n}` must be a feature map with spatial axes, but has shape {s}")),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            self.problems.push(ShapeError::Loss { loc: call.loc, loss: call.name.clone(), problem, inputs: outputs }.into());
+        }
+    }
+
+    fn check_yolo(&self, call: &FnCall, outputs: &[(String, Shape, Loc)]) -> Option<String> {
+        let (name, shape, _) = outputs.first()?;
+        let Some(Arg::Int(classes)) = call.args.get("classes") else { return None };
+        let Some(Arg::Name(anchors)) = call.args.get("anchors") else { return None };
+        let count = self.model.anchors.iter().find(|(a, _, _)| a == anchors).map_or(0, |(_, v, _)| v.len());
+        let per_cell = count as i64 * (5 + classes);
+        if shape.rank() != 3 {
+            return Some(format!("`{name}` must be a grid [S, S, anchors·(5 + classes)], but has shape {shape}"));
+        }
+        (shape.channels() as i64 != per_cell)
+            .then(|| format!("`{name}` has {} channels per cell but {count} anchors · (5 + {classes} classes) = {per_cell}", shape.channels()))
+    }
+
+    fn check_data(&mut self, data: &FnCall) {
+        let input = self.model.graph.inputs().first().map(|&id| self.model.graph.node(id));
+        let Some(input) = input else { return };
+        let expected = match data.name.as_str() {
+            "mnist" => {
+                let pad = match data.args.get("pad") {
+                    Some(Arg::Int(p)) => *p as usize,
+                    _ => 0,
+                };
+                Some(Shape(vec![28 + 2 * pad, 28 + 2 * pad, 1]))
+            }
+            "csv" => match data.args.get("shape") {
+                Some(Arg::List(v)) => Some(Shape(v.iter().map(|&d| d as usize).collect())),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(expected) = expected {
+            if expected != input.shape {
+                let problem = format!("the data gives examples of shape {expected} but input `{}` is {}", input.name, input.shape);
+                let inputs = vec![(input.name.clone(), input.shape.clone(), input.loc)];
+                self.problems.push(ShapeError::Loss { loc: data.loc, loss: data.name.clone(), problem, inputs }.into());
+            }
+        }
+    }
+}
+
+fn number(e: &ast::Expr) -> Option<f64> {
+    match &e.kind {
+        ExprKind::Int(v) => Some(*v as f64),
+        ExprKind::Float(v) => Some(*v),
+        ExprKind::Neg(inner) => number(inner).map(|v| -v),
+        _ => None,
+    }
+}
+
+fn snippet(e: &ast::Expr) -> String {
+    match &e.kind {
+        ExprKind::Int(v) => v.to_string(),
+        ExprKind::Float(v) => v.to_string(),
+        ExprKind::Str(s) => format!("\"{s}\""),
+        ExprKind::Bool(b) => b.to_string(),
+        ExprKind::Name(n) => n.name.clone(),
+        ExprKind::Call(c) => format!("{}(...)", c.callee.name),
+        ExprKind::List(_) => "[...]".into(),
+        _ => "expression".into(),
+    }
+}

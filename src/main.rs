@@ -1,0 +1,181 @@
+//! `cnnc`: the command-line driver over the compiler (and, later, the runtime).
+//!
+//! Exit codes: 0 success (warnings allowed), 1 the model file has errors, 2 usage or I/O error,
+//! 3 internal compiler error (a bug in cnnc).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use cnnc_compiler::summary::Summary;
+use cnnc_compiler::Compilation;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "cnnc", version, about = "A compiler for convolutional neural networks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and shape-check a model file; print diagnostics only.
+    Check {
+        /// The .cnn file.
+        file: PathBuf,
+        /// How to print diagnostics.
+        #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
+        message_format: MessageFormat,
+        /// Colour in human-readable diagnostics.
+        #[arg(long, value_enum, default_value_t = Color::Auto)]
+        color: Color,
+    },
+    /// Compile a model file and print what was asked for.
+    Build {
+        /// The .cnn file.
+        file: PathBuf,
+        /// What to print.
+        #[arg(long, value_enum, default_value_t = Emit::Summary)]
+        emit: Emit,
+        /// Which model, when the file has several (default: all).
+        #[arg(long)]
+        model: Option<String>,
+        /// Colour in human-readable diagnostics.
+        #[arg(long, value_enum, default_value_t = Color::Auto)]
+        color: Color,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MessageFormat {
+    /// Rendered reports with the source underlined.
+    Human,
+    /// One JSON object per diagnostic, one per line, on standard output.
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Emit {
+    /// Per-layer table: output shapes, parameters, MACs, totals.
+    Summary,
+    /// The graph IR as text.
+    Ir,
+}
+
+const EXIT_DIAGNOSTICS: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_INTERNAL: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { file, message_format, color } => {
+            let Some(c) = compile(&file) else { return ExitCode::from(EXIT_USAGE) };
+            report(&c, message_format, color)
+        }
+        Command::Build { file, emit, model, color } => {
+            let Some(c) = compile(&file) else { return ExitCode::from(EXIT_USAGE) };
+            let status = report(&c, MessageFormat::Human, color);
+            if status != ExitCode::SUCCESS {
+                return status;
+            }
+            build(&c, emit, model.as_deref())
+        }
+    }
+}
+
+fn compile(file: &Path) -> Option<Compilation> {
+    match cnnc_compiler::compile_file(file) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("error: cannot read `{}`: {e}", file.display());
+            None
+        }
+    }
+}
+
+/// Prints diagnostics; returns the exit code they call for.
+fn report(c: &Compilation, format: MessageFormat, color: Color) -> ExitCode {
+    let diags = c.diagnostics();
+    let sources = &c.program.sources;
+    match format {
+        MessageFormat::Json => {
+            let mut out = std::io::stdout().lock();
+            for d in &diags {
+                let _ = writeln!(out, "{}", d.to_json(sources));
+            }
+        }
+        MessageFormat::Human => {
+            let color = match color {
+                Color::Always => true,
+                Color::Never => false,
+                Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            };
+            let mut err = std::io::stderr().lock();
+            for d in &diags {
+                let _ = write!(err, "{}", d.render(sources, color));
+            }
+            let errors = diags.iter().filter(|d| d.is_error()).count();
+            let warnings = diags.len() - errors;
+            if !diags.is_empty() {
+                let _ = writeln!(err, "{errors} error{}, {warnings} warning{}", plural(errors), plural(warnings));
+            }
+        }
+    }
+    if !c.internal.is_empty() {
+        for e in &c.internal {
+            eprintln!("{e}");
+        }
+        return ExitCode::from(EXIT_INTERNAL);
+    }
+    if c.has_errors() {
+        ExitCode::from(EXIT_DIAGNOSTICS)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn build(c: &Compilation, emit: Emit, model: Option<&str>) -> ExitCode {
+    let models: Vec<_> = match model {
+        Some(name) => match c.models.iter().find(|m| m.name == name) {
+            Some(m) => vec![m],
+            None => {
+                let names: Vec<&str> = c.models.iter().map(|m| m.name.as_str()).collect();
+                eprintln!("error: no model `{name}` in this file (models: {})", names.join(", "));
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => c.models.iter().collect(),
+    };
+    if models.is_empty() {
+        eprintln!("error: the file defines no model (blocks alone compile to nothing)");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let mut out = std::io::stdout().lock();
+    for (i, m) in models.iter().enumerate() {
+        if i > 0 {
+            let _ = writeln!(out);
+        }
+        let text = match emit {
+            Emit::Summary => Summary::of(&m.graph).to_text(),
+            Emit::Ir => m.graph.to_text(),
+        };
+        let _ = write!(out, "{text}");
+    }
+    ExitCode::SUCCESS
+}
