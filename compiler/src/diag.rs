@@ -44,7 +44,13 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// A new diagnostic with a primary label.
-    pub fn new(code: &'static str, severity: Severity, message: impl Into<String>, loc: Loc, label: impl Into<String>) -> Self {
+    pub fn new(
+        code: &'static str,
+        severity: Severity,
+        message: impl Into<String>,
+        loc: Loc,
+        label: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             code,
             severity,

@@ -25,7 +25,7 @@ pub use block::TYPES;
 pub use layers::LAYERS;
 
 /// Most nodes one model may have; more means a runaway `repeat` or recursion.
-pub const MAX_NODES: usize = 1_000_000;
+pub const MAX_NODES: usize = 200_000;
 
 /// Deepest nesting of block instances.
 pub const MAX_DEPTH: usize = 64;
@@ -140,7 +140,14 @@ struct Elab<'p> {
 
 impl<'p> Elab<'p> {
     fn new(program: &'p Program, problems: &'p mut Vec<Problem>, name: &str) -> Self {
-        Elab { program, problems, graph: Graph::new(name), params: HashMap::new(), active_blocks: Vec::new(), aborted: false }
+        Elab {
+            program,
+            problems,
+            graph: Graph::new(name),
+            params: HashMap::new(),
+            active_blocks: Vec::new(),
+            aborted: false,
+        }
     }
 
     /// Records a problem, wrapped with the block instances it happened in.
@@ -203,14 +210,17 @@ impl<'p> Elab<'p> {
                 }
                 ast::Stmt::Return { span, .. } => {
                     let loc = sc.loc(*span);
-                    self.report(&sc, ResolveError::Misplaced { loc, what: "return", place: "a model (use `output name = ...`)" });
+                    self.report(
+                        &sc,
+                        ResolveError::Misplaced { loc, what: "return", place: "a model (use `output name = ...`)" },
+                    );
                 }
                 other => self.declare(&mut sc, other),
             }
         }
         self.force_all(&mut sc);
         let mut output_locs = HashMap::new();
-        for stmt in outputs {
+        for &stmt in &outputs {
             let ast::Stmt::Output { name, value, span } = stmt else { continue };
             let value = match value {
                 Some(e) => self.eval(&mut sc, e),
@@ -225,11 +235,18 @@ impl<'p> Elab<'p> {
         let loc = sc.loc(m.name.span);
         if !has_input {
             self.report(&sc, ResolveError::IncompleteModel { loc, model: m.name.name.clone(), missing: "input" });
-        } else if output_locs.is_empty() && !self.aborted {
+        } else if outputs.is_empty() {
             self.report(&sc, ResolveError::IncompleteModel { loc, model: m.name.name.clone(), missing: "output" });
         }
         self.warn_unused(&sc);
-        ModelInfo { name: m.name.name.clone(), loc, graph: std::mem::take(&mut self.graph), anchors, output_locs, failed: false }
+        ModelInfo {
+            name: m.name.name.clone(),
+            loc,
+            graph: std::mem::take(&mut self.graph),
+            anchors,
+            output_locs,
+            failed: false,
+        }
     }
 
     fn input(&mut self, sc: &mut Scope, name: &ast::Ident, shape: &ast::Expr, span: ast::Span) {
@@ -254,7 +271,12 @@ impl<'p> Elab<'p> {
             self.bind(sc, name, Value::Poison, false);
             return;
         }
-        let node = Node { op: Op::Input(InputOp { name: name.name.clone() }), name: name.name.clone(), loc, shape: Shape(dims) };
+        let node = Node {
+            op: Op::Input(InputOp { name: name.name.clone() }),
+            name: name.name.clone(),
+            loc,
+            shape: Shape(dims),
+        };
         let value = self.add_node(sc, node, &[]).map_or(Value::Poison, Value::Tensor);
         self.bind(sc, name, value, false);
     }
@@ -325,7 +347,14 @@ impl<'p> Elab<'p> {
             }
             ast::Stmt::Input { span, .. } => {
                 let loc = sc.loc(*span);
-                self.report(sc, ResolveError::Misplaced { loc, what: "input", place: "a block (blocks take tensors as parameters)" });
+                self.report(
+                    sc,
+                    ResolveError::Misplaced {
+                        loc,
+                        what: "input",
+                        place: "a block (blocks take tensors as parameters)",
+                    },
+                );
             }
             ast::Stmt::Output { span, .. } => {
                 let loc = sc.loc(*span);
@@ -333,7 +362,10 @@ impl<'p> Elab<'p> {
             }
             ast::Stmt::Anchors { span, .. } => {
                 let loc = sc.loc(*span);
-                self.report(sc, ResolveError::Misplaced { loc, what: "anchors", place: "a block (declare anchors in the model)" });
+                self.report(
+                    sc,
+                    ResolveError::Misplaced { loc, what: "anchors", place: "a block (declare anchors in the model)" },
+                );
             }
             ast::Stmt::Return { .. } => {}
         }
@@ -437,7 +469,16 @@ impl<'p> Elab<'p> {
             }
             other => {
                 let found = other.describe(&self.graph);
-                self.report(sc, ResolveError::WrongType { loc, what: what.to_string(), expected: "a tensor".into(), found, origin: None });
+                self.report(
+                    sc,
+                    ResolveError::WrongType {
+                        loc,
+                        what: what.to_string(),
+                        expected: "a tensor".into(),
+                        found,
+                        origin: None,
+                    },
+                );
                 None
             }
         }
@@ -467,7 +508,10 @@ impl<'p> Elab<'p> {
                         o => o.describe(&self.graph),
                     };
                     let expected = format!("integers of at least {min}");
-                    self.report(sc, ResolveError::BadValue { loc, what: what.into(), value, expected, candidates: vec![] });
+                    self.report(
+                        sc,
+                        ResolveError::BadValue { loc, what: what.into(), value, expected, candidates: vec![] },
+                    );
                     return None;
                 }
             }
@@ -487,13 +531,31 @@ impl<'p> Elab<'p> {
         if !flatten_numbers(&value, &mut data) {
             let found = value.describe(&self.graph);
             let expected = "a (nested) list of numbers".to_string();
-            self.report(sc, ResolveError::WrongType { loc: sc.loc(c.value.span), what: "a constant's values".into(), expected, found, origin: None });
+            self.report(
+                sc,
+                ResolveError::WrongType {
+                    loc: sc.loc(c.value.span),
+                    what: "a constant's values".into(),
+                    expected,
+                    found,
+                    origin: None,
+                },
+            );
             return Value::Poison;
         }
         let expected = Shape(shape.clone()).elements().unwrap_or(usize::MAX);
         if expected != data.len() {
             let shape = shape.iter().map(|&d| d as i64).collect();
-            self.report(sc, ResolveError::ConstSize { loc: sc.loc(c.value.span), name: c.name.name.clone(), shape, expected, got: data.len() });
+            self.report(
+                sc,
+                ResolveError::ConstSize {
+                    loc: sc.loc(c.value.span),
+                    name: c.name.name.clone(),
+                    shape,
+                    expected,
+                    got: data.len(),
+                },
+            );
             return Value::Poison;
         }
         Value::Const(Rc::new(value::ConstValue { name: c.name.name.clone(), shape, data: data.into(), loc }))

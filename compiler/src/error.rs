@@ -75,8 +75,8 @@ pub enum ShapeError {
 /// Warnings: the file compiles, but probably not as meant.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Warning {
-    /// A stride that leaves rows or columns of the input unread.
-    UnreadInput { loc: Loc, layer: String, calc: AxisCalc, rank: usize },
+    /// A stride that leaves rows or columns of the input unread, per affected axis.
+    UnreadInput { loc: Loc, layer: String, calcs: Vec<AxisCalc>, rank: usize },
     /// A binding that nothing uses.
     UnusedBinding { loc: Loc, name: String },
 }

@@ -160,7 +160,15 @@ impl Loader<'_> {
             return Some((Origin::Std(module_segments[1].to_string()), module));
         }
         let file = self.program.modules[from].file;
-        let mut path = self.program.sources.get(file).path.as_ref().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
+        let mut path = self
+            .program
+            .sources
+            .get(file)
+            .path
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         for s in module_segments {
             path.push(s);
         }
@@ -197,8 +205,10 @@ impl Loader<'_> {
             } else {
                 let candidates = similar(name, blocks.keys().chain(consts.keys()).map(String::as_str));
                 let loc = Loc { file: module.file, span: last.span };
-                let module_name = u.path[..u.path.len() - 1].iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(".");
-                self.problems.push(LoadError::UnknownImport { loc, module: module_name, item: name.clone(), candidates }.into());
+                let module_name =
+                    u.path[..u.path.len() - 1].iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(".");
+                self.problems
+                    .push(LoadError::UnknownImport { loc, module: module_name, item: name.clone(), candidates }.into());
             }
         }
     }

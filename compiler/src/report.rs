@@ -7,6 +7,52 @@ use crate::error::*;
 use crate::shape::{Shape, ShapeFault};
 use cnnc_grammar::ParseErrorKind;
 
+/// Every diagnostic code, for tools and for the test that each has a UI test.
+pub const CODES: &[&str] = &[
+    "cnnc::parse::bad_number",
+    "cnnc::parse::int_too_large",
+    "cnnc::parse::invalid_utf8",
+    "cnnc::parse::syntax",
+    "cnnc::parse::too_complex",
+    "cnnc::parse::too_deep",
+    "cnnc::resolve::arithmetic",
+    "cnnc::resolve::bad_value",
+    "cnnc::resolve::const_size",
+    "cnnc::resolve::cycle",
+    "cnnc::resolve::duplicate_argument",
+    "cnnc::resolve::duplicate_definition",
+    "cnnc::resolve::incomplete_model",
+    "cnnc::resolve::misplaced_statement",
+    "cnnc::resolve::missing_argument",
+    "cnnc::resolve::missing_file",
+    "cnnc::resolve::missing_return",
+    "cnnc::resolve::recursion",
+    "cnnc::resolve::too_large",
+    "cnnc::resolve::too_many_arguments",
+    "cnnc::resolve::unknown_argument",
+    "cnnc::resolve::unknown_import",
+    "cnnc::resolve::unknown_layer",
+    "cnnc::resolve::unknown_model",
+    "cnnc::resolve::unknown_name",
+    "cnnc::resolve::unknown_type",
+    "cnnc::resolve::unused_binding",
+    "cnnc::resolve::wrong_type",
+    "cnnc::shape::add_mismatch",
+    "cnnc::shape::channel_mismatch",
+    "cnnc::shape::concat_mismatch",
+    "cnnc::shape::dense_unflattened",
+    "cnnc::shape::loss_mismatch",
+    "cnnc::shape::output_too_small",
+    "cnnc::shape::rank_mismatch",
+    "cnnc::shape::too_large",
+    "cnnc::shape::unread_input",
+    "cnnc::train::duplicate_setting",
+    "cnnc::train::missing_setting",
+    "cnnc::train::unknown_function",
+    "cnnc::train::unknown_output",
+    "cnnc::train::unknown_setting",
+];
+
 const AXES: [&str; 3] = ["height", "width", "depth"];
 
 fn axis_name(axis: usize, rank: usize) -> &'static str {
@@ -21,7 +67,10 @@ fn did_you_mean(candidates: &[String]) -> Option<String> {
     match candidates {
         [] => None,
         [one] => Some(format!("did you mean `{one}`?")),
-        many => Some(format!("did you mean one of {}?", many.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "))),
+        many => Some(format!(
+            "did you mean one of {}?",
+            many.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+        )),
     }
 }
 
@@ -64,8 +113,14 @@ fn load(e: &LoadError) -> Diagnostic {
                     [one] => one.clone(),
                     [init @ .., last] => format!("{} or {last}", init.join(", ")),
                 };
-                Diagnostic::new("cnnc::parse::syntax", Error, format!("expected {expected}, found {found}"), *loc, format!("expected {expected} here"))
-                    .help("see docs/language.md for the grammar of .cnn files")
+                Diagnostic::new(
+                    "cnnc::parse::syntax",
+                    Error,
+                    format!("expected {expected}, found {found}"),
+                    *loc,
+                    format!("expected {expected} here"),
+                )
+                .help("see docs/language.md for the grammar of .cnn files")
             }
             ParseErrorKind::IntTooLarge { text } => Diagnostic::new(
                 "cnnc::parse::int_too_large",
@@ -75,10 +130,14 @@ fn load(e: &LoadError) -> Diagnostic {
                 "does not fit in 64 bits",
             )
             .help("integers in .cnn files go up to 9223372036854775807"),
-            ParseErrorKind::BadNumber { text } => {
-                Diagnostic::new("cnnc::parse::bad_number", Error, format!("`{text}` is not a finite number"), *loc, "not representable")
-                    .help("write a number within the range of 64-bit floats")
-            }
+            ParseErrorKind::BadNumber { text } => Diagnostic::new(
+                "cnnc::parse::bad_number",
+                Error,
+                format!("`{text}` is not a finite number"),
+                *loc,
+                "not representable",
+            )
+            .help("write a number within the range of 64-bit floats"),
             ParseErrorKind::TooDeep { limit } => Diagnostic::new(
                 "cnnc::parse::too_deep",
                 Error,
@@ -96,17 +155,36 @@ fn load(e: &LoadError) -> Diagnostic {
             )
             .help("split the expression with bindings (`h = ...`)"),
         },
-        LoadError::InvalidUtf8 { loc } => {
-            Diagnostic::new("cnnc::parse::invalid_utf8", Error, "the file is not valid UTF-8 text", *loc, "invalid byte here")
-                .help("save the file as UTF-8")
-        }
+        LoadError::InvalidUtf8 { loc } => Diagnostic::new(
+            "cnnc::parse::invalid_utf8",
+            Error,
+            "the file is not valid UTF-8 text",
+            *loc,
+            "invalid byte here",
+        )
+        .help("save the file as UTF-8"),
         LoadError::MissingFile { loc, module, tried, candidates } => with_help(
-            Diagnostic::new("cnnc::resolve::missing_file", Error, format!("cannot find module `{module}`"), *loc, format!("looked for {tried}")),
-            did_you_mean(&candidates.iter().map(|c| format!("std.{c}")).collect::<Vec<_>>())
-                .or_else(|| Some("`use std.NAME.item` for the standard library, `use file.item` for file.cnn beside this one".into())),
+            Diagnostic::new(
+                "cnnc::resolve::missing_file",
+                Error,
+                format!("cannot find module `{module}`"),
+                *loc,
+                format!("looked for {tried}"),
+            ),
+            did_you_mean(&candidates.iter().map(|c| format!("std.{c}")).collect::<Vec<_>>()).or_else(|| {
+                Some(
+                    "`use std.NAME.item` for the standard library, `use file.item` for file.cnn beside this one".into(),
+                )
+            }),
         ),
         LoadError::UnknownImport { loc, module, item, candidates } => with_help(
-            Diagnostic::new("cnnc::resolve::unknown_import", Error, format!("`{module}` has no block or constant `{item}`"), *loc, "not defined there"),
+            Diagnostic::new(
+                "cnnc::resolve::unknown_import",
+                Error,
+                format!("`{module}` has no block or constant `{item}`"),
+                *loc,
+                "not defined there",
+            ),
             did_you_mean(candidates),
         ),
     }
@@ -116,15 +194,33 @@ fn resolve(e: &ResolveError) -> Diagnostic {
     use Severity::Error;
     match e {
         ResolveError::UnknownName { loc, name, candidates } => with_help(
-            Diagnostic::new("cnnc::resolve::unknown_name", Error, format!("unknown name `{name}`"), *loc, "not bound in this model or block"),
+            Diagnostic::new(
+                "cnnc::resolve::unknown_name",
+                Error,
+                format!("unknown name `{name}`"),
+                *loc,
+                "not bound in this model or block",
+            ),
             did_you_mean(candidates).or_else(|| Some(format!("bind it first: `{name} = ...`"))),
         ),
         ResolveError::UnknownLayer { loc, name, candidates } => with_help(
-            Diagnostic::new("cnnc::resolve::unknown_layer", Error, format!("unknown layer or block `{name}`"), *loc, "neither a layer, a block nor a shared instance"),
+            Diagnostic::new(
+                "cnnc::resolve::unknown_layer",
+                Error,
+                format!("unknown layer or block `{name}`"),
+                *loc,
+                "neither a layer, a block nor a shared instance",
+            ),
             did_you_mean(candidates).or_else(|| Some("define it with `block`, or import it with `use`".into())),
         ),
         ResolveError::UnknownArgument { loc, callee, name, candidates, def } => {
-            let d = Diagnostic::new("cnnc::resolve::unknown_argument", Error, format!("`{callee}` has no parameter `{name}`"), *loc, "unknown parameter");
+            let d = Diagnostic::new(
+                "cnnc::resolve::unknown_argument",
+                Error,
+                format!("`{callee}` has no parameter `{name}`"),
+                *loc,
+                "unknown parameter",
+            );
             let d = match def {
                 Some(def) => d.label(*def, format!("`{callee}` is defined here")),
                 None => d,
@@ -132,7 +228,13 @@ fn resolve(e: &ResolveError) -> Diagnostic {
             with_help(d, did_you_mean(candidates).or_else(|| signature(callee)))
         }
         ResolveError::MissingArgument { loc, callee, name, def } => {
-            let d = Diagnostic::new("cnnc::resolve::missing_argument", Error, format!("`{callee}` needs an argument `{name}`"), *loc, format!("`{name}` missing"));
+            let d = Diagnostic::new(
+                "cnnc::resolve::missing_argument",
+                Error,
+                format!("`{callee}` needs an argument `{name}`"),
+                *loc,
+                format!("`{name}` missing"),
+            );
             let d = match def {
                 Some(def) => d.label(*def, format!("`{callee}` is defined here")),
                 None => d,
@@ -143,7 +245,10 @@ fn resolve(e: &ResolveError) -> Diagnostic {
             let d = Diagnostic::new(
                 "cnnc::resolve::too_many_arguments",
                 Error,
-                format!("`{callee}` takes {max} positional argument{}, this is argument {got}", if *max == 1 { "" } else { "s" }),
+                format!(
+                    "`{callee}` takes {max} positional argument{}, this is argument {got}",
+                    if *max == 1 { "" } else { "s" }
+                ),
                 *loc,
                 "one too many",
             );
@@ -153,31 +258,57 @@ fn resolve(e: &ResolveError) -> Diagnostic {
             };
             with_help(d, signature(callee))
         }
-        ResolveError::DuplicateArgument { loc, first, name } => {
-            Diagnostic::new("cnnc::resolve::duplicate_argument", Error, format!("argument `{name}` given twice"), *loc, "given again here")
-                .label(*first, "first given here")
-                .help("remove one of them")
-        }
+        ResolveError::DuplicateArgument { loc, first, name } => Diagnostic::new(
+            "cnnc::resolve::duplicate_argument",
+            Error,
+            format!("argument `{name}` given twice"),
+            *loc,
+            "given again here",
+        )
+        .label(*first, "first given here")
+        .help("remove one of them"),
         ResolveError::WrongType { loc, what, expected, found, origin } => {
-            let d = Diagnostic::new("cnnc::resolve::wrong_type", Error, format!("{what} must be {expected}, found {found}"), *loc, format!("this is a {found}"));
+            let d = Diagnostic::new(
+                "cnnc::resolve::wrong_type",
+                Error,
+                format!("{what} must be {expected}, found {found}"),
+                *loc,
+                format!("this is a {found}"),
+            );
             match origin {
                 Some(o) => d.label(*o, "the value comes from here"),
                 None => d,
             }
         }
         ResolveError::BadValue { loc, what, value, expected, candidates } => with_help(
-            Diagnostic::new("cnnc::resolve::bad_value", Error, format!("`{value}` is not a valid {}", what.trim_start_matches("a ").trim_start_matches("an ")), *loc, format!("expected {expected}")),
+            Diagnostic::new(
+                "cnnc::resolve::bad_value",
+                Error,
+                format!("`{value}` is not a valid {}", what.trim_start_matches("a ").trim_start_matches("an ")),
+                *loc,
+                format!("expected {expected}"),
+            ),
             did_you_mean(candidates),
         ),
         ResolveError::UnknownType { loc, name, candidates } => with_help(
-            Diagnostic::new("cnnc::resolve::unknown_type", Error, format!("unknown parameter type `{name}`"), *loc, "not a type"),
+            Diagnostic::new(
+                "cnnc::resolve::unknown_type",
+                Error,
+                format!("unknown parameter type `{name}`"),
+                *loc,
+                "not a type",
+            ),
             did_you_mean(candidates).or_else(|| Some(format!("types are {}", crate::elaborate::TYPES.join(", ")))),
         ),
-        ResolveError::DuplicateDefinition { loc, first, name } => {
-            Diagnostic::new("cnnc::resolve::duplicate_definition", Error, format!("`{name}` is defined twice"), *loc, "defined again here")
-                .label(*first, "first defined here")
-                .help("give one of them another name")
-        }
+        ResolveError::DuplicateDefinition { loc, first, name } => Diagnostic::new(
+            "cnnc::resolve::duplicate_definition",
+            Error,
+            format!("`{name}` is defined twice"),
+            *loc,
+            "defined again here",
+        )
+        .label(*first, "first defined here")
+        .help("give one of them another name"),
         ResolveError::Cycle { names } => {
             let chain: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
             let first = names.first().map(|(n, l)| (n.clone(), *l)).unwrap_or_default();
@@ -193,18 +324,30 @@ fn resolve(e: &ResolveError) -> Diagnostic {
             }
             d.help("a network is a directed acyclic graph: no value may be computed from itself")
         }
-        ResolveError::Recursion { loc, block, def } => {
-            Diagnostic::new("cnnc::resolve::recursion", Error, format!("block `{block}` instantiates itself"), *loc, "recursive instance")
-                .label(*def, "block defined here")
-                .help("use `repeat n { ... }` to stack copies of a block")
-        }
-        ResolveError::Misplaced { loc, what, place } => {
-            Diagnostic::new("cnnc::resolve::misplaced_statement", Error, format!("`{what}` cannot stand in {place}"), *loc, "not allowed here")
-        }
-        ResolveError::MissingReturn { loc, block } => {
-            Diagnostic::new("cnnc::resolve::missing_return", Error, format!("block `{block}` has no `return`"), *loc, "returns nothing")
-                .help("end the block with `return <tensor>`")
-        }
+        ResolveError::Recursion { loc, block, def } => Diagnostic::new(
+            "cnnc::resolve::recursion",
+            Error,
+            format!("block `{block}` instantiates itself"),
+            *loc,
+            "recursive instance",
+        )
+        .label(*def, "block defined here")
+        .help("use `repeat n { ... }` to stack copies of a block"),
+        ResolveError::Misplaced { loc, what, place } => Diagnostic::new(
+            "cnnc::resolve::misplaced_statement",
+            Error,
+            format!("`{what}` cannot stand in {place}"),
+            *loc,
+            "not allowed here",
+        ),
+        ResolveError::MissingReturn { loc, block } => Diagnostic::new(
+            "cnnc::resolve::missing_return",
+            Error,
+            format!("block `{block}` has no `return`"),
+            *loc,
+            "returns nothing",
+        )
+        .help("end the block with `return <tensor>`"),
         ResolveError::IncompleteModel { loc, model, missing } => Diagnostic::new(
             "cnnc::resolve::incomplete_model",
             Error,
@@ -212,18 +355,30 @@ fn resolve(e: &ResolveError) -> Diagnostic {
             *loc,
             format!("needs at least one `{missing}`"),
         )
-        .help(if *missing == "input" { "declare one: `input image: [28, 28, 1]`" } else { "declare one: `output logits = x`" }),
+        .help(if *missing == "input" {
+            "declare one: `input image: [28, 28, 1]`"
+        } else {
+            "declare one: `output logits = x`"
+        }),
         ResolveError::ConstSize { loc, name, shape, expected, got } => Diagnostic::new(
             "cnnc::resolve::const_size",
             Error,
-            format!("constant `{name}` has {got} value{} but its shape {} needs {expected}", if *got == 1 { "" } else { "s" }, list(shape)),
+            format!(
+                "constant `{name}` has {got} value{} but its shape {} needs {expected}",
+                if *got == 1 { "" } else { "s" },
+                list(shape)
+            ),
             *loc,
             format!("{got} values"),
         )
         .help("give one value per element, in row-major order"),
-        ResolveError::Arithmetic { loc, problem } => {
-            Diagnostic::new("cnnc::resolve::arithmetic", Error, format!("arithmetic error: {problem}"), *loc, problem.to_string())
-        }
+        ResolveError::Arithmetic { loc, problem } => Diagnostic::new(
+            "cnnc::resolve::arithmetic",
+            Error,
+            format!("arithmetic error: {problem}"),
+            *loc,
+            problem.to_string(),
+        ),
         ResolveError::TooLarge { loc, nodes, limit } => Diagnostic::new(
             "cnnc::resolve::too_large",
             Error,
@@ -233,7 +388,13 @@ fn resolve(e: &ResolveError) -> Diagnostic {
         )
         .help("check `repeat` counts"),
         ResolveError::UnknownModel { loc, name, candidates } => with_help(
-            Diagnostic::new("cnnc::resolve::unknown_model", Error, format!("no model `{name}` in this file"), *loc, "unknown model"),
+            Diagnostic::new(
+                "cnnc::resolve::unknown_model",
+                Error,
+                format!("no model `{name}` in this file"),
+                *loc,
+                "unknown model",
+            ),
             did_you_mean(candidates),
         ),
     }
@@ -255,15 +416,28 @@ fn shape(e: &ShapeError) -> Diagnostic {
             Diagnostic::new(
                 "cnnc::shape::rank_mismatch",
                 Error,
-                format!("{what} has {written} axes but the input {input} has {spatial} spatial ax{}", if spatial == 1 { "is" } else { "es" }),
+                format!(
+                    "{what} has {written} axes but the input {input} has {spatial} spatial ax{}",
+                    if spatial == 1 { "is" } else { "es" }
+                ),
                 *loc,
                 format!("{written} axes"),
             )
             .label(*origin, format!("input of shape {input}"))
-            .help(format!("write {spatial} size{} (`{}`), or a single integer for all axes", if spatial == 1 { "" } else { "s" }, vec!["3"; spatial.max(1)].join("x")))
+            .help(format!(
+                "write {spatial} size{} (`{}`), or a single integer for all axes",
+                if spatial == 1 { "" } else { "s" },
+                vec!["3"; spatial.max(1)].join("x")
+            ))
         }
         ShapeError::Loss { loc, loss, problem, inputs } => {
-            let mut d = Diagnostic::new("cnnc::shape::loss_mismatch", Error, format!("`{loss}` cannot apply here: {problem}"), *loc, "loss inputs do not fit");
+            let mut d = Diagnostic::new(
+                "cnnc::shape::loss_mismatch",
+                Error,
+                format!("`{loss}` cannot apply here: {problem}"),
+                *loc,
+                "loss inputs do not fit",
+            );
             for (name, shape, l) in inputs {
                 d = d.label(*l, format!("`{name}` has shape {shape}"));
             }
@@ -273,7 +447,13 @@ fn shape(e: &ShapeError) -> Diagnostic {
     }
 }
 
-fn layer_fault(loc: crate::source::Loc, layer: &str, op: &str, fault: &ShapeFault, inputs: &[(Shape, crate::source::Loc)]) -> Diagnostic {
+fn layer_fault(
+    loc: crate::source::Loc,
+    layer: &str,
+    op: &str,
+    fault: &ShapeFault,
+    inputs: &[(Shape, crate::source::Loc)],
+) -> Diagnostic {
     use Severity::Error;
     let who = if layer.is_empty() { format!("`{op}`") } else { format!("`{layer}` ({op})") };
     let add_inputs = |mut d: Diagnostic| {
@@ -348,7 +528,7 @@ fn layer_fault(loc: crate::source::Loc, layer: &str, op: &str, fault: &ShapeFaul
                 Error,
                 format!("cannot add tensors of shapes {first} and {other}"),
                 loc,
-                format!("input {} has shape {other}, input 1 has {first}", index + 1),
+                format!("the shapes of input 1 and input {} differ", index + 1),
             ))
             .help(help)
         }
@@ -357,7 +537,7 @@ fn layer_fault(loc: crate::source::Loc, layer: &str, op: &str, fault: &ShapeFaul
             Error,
             format!("cannot concatenate {first} and {other}: all axes but channels must agree"),
             loc,
-            format!("input {} has shape {other}, input 1 has {first}", index + 1),
+            format!("the spatial sizes of input 1 and input {} differ", index + 1),
         ))
         .help("give every branch the same spatial size, e.g. `pad: same` on its convolutions and pools"),
         ShapeFault::TooLarge { shape } => Diagnostic::new(
@@ -381,10 +561,16 @@ fn layer_fault(loc: crate::source::Loc, layer: &str, op: &str, fault: &ShapeFaul
 
 fn projection_help(first: &Shape, other: &Shape) -> String {
     if first.rank() == other.rank() && first.rank() >= 2 {
-        let (big, small) = if first.spatial().iter().product::<usize>() >= other.spatial().iter().product::<usize>() { (first, other) } else { (other, first) };
-        let stride: Vec<usize> = big.spatial().iter().zip(small.spatial()).map(|(b, s)| if *s == 0 { 1 } else { (b / s).max(1) }).collect();
+        let (big, small) = if first.spatial().iter().product::<usize>() >= other.spatial().iter().product::<usize>() {
+            (first, other)
+        } else {
+            (other, first)
+        };
+        let stride: Vec<usize> =
+            big.spatial().iter().zip(small.spatial()).map(|(b, s)| if *s == 0 { 1 } else { (b / s).max(1) }).collect();
         let ones = vec!["1"; stride.len()].join("x");
-        let stride_text = if stride.iter().all(|&s| s == 1) { String::new() } else { format!(", stride: {}", stride[0]) };
+        let stride_text =
+            if stride.iter().all(|&s| s == 1) { String::new() } else { format!(", stride: {}", stride[0]) };
         return format!(
             "project the shortcut with a 1×1 convolution: `x |> conv({}, {ones}{stride_text})` maps {big} to {small}",
             small.channels()
@@ -397,23 +583,51 @@ fn train(e: &TrainError) -> Diagnostic {
     use Severity::Error;
     match e {
         TrainError::UnknownSetting { loc, name, candidates } => with_help(
-            Diagnostic::new("cnnc::train::unknown_setting", Error, format!("unknown training setting `{name}`"), *loc, "not a setting"),
+            Diagnostic::new(
+                "cnnc::train::unknown_setting",
+                Error,
+                format!("unknown training setting `{name}`"),
+                *loc,
+                "not a setting",
+            ),
             did_you_mean(candidates).or_else(|| Some(format!("settings are {}", crate::train::SETTINGS.join(", ")))),
         ),
-        TrainError::DuplicateSetting { loc, first, name } => {
-            Diagnostic::new("cnnc::train::duplicate_setting", Error, format!("`{name}` is set twice"), *loc, "set again here").label(*first, "first set here")
-        }
-        TrainError::MissingSetting { loc, name, example } => {
-            Diagnostic::new("cnnc::train::missing_setting", Error, format!("the train section has no `{name}`"), *loc, format!("`{name}` missing"))
-                .help(format!("add e.g. `{example}`"))
-        }
+        TrainError::DuplicateSetting { loc, first, name } => Diagnostic::new(
+            "cnnc::train::duplicate_setting",
+            Error,
+            format!("`{name}` is set twice"),
+            *loc,
+            "set again here",
+        )
+        .label(*first, "first set here"),
+        TrainError::MissingSetting { loc, name, example } => Diagnostic::new(
+            "cnnc::train::missing_setting",
+            Error,
+            format!("the train section has no `{name}`"),
+            *loc,
+            format!("`{name}` missing"),
+        )
+        .help(format!("add e.g. `{example}`")),
         TrainError::UnknownFunction { loc, kind, name, candidates } => with_help(
-            Diagnostic::new("cnnc::train::unknown_function", Error, format!("unknown {kind} `{name}`"), *loc, format!("not a {kind}")),
+            Diagnostic::new(
+                "cnnc::train::unknown_function",
+                Error,
+                format!("unknown {kind} `{name}`"),
+                *loc,
+                format!("no such {kind}"),
+            ),
             did_you_mean(candidates),
         ),
         TrainError::UnknownOutput { loc, name, candidates } => with_help(
-            Diagnostic::new("cnnc::train::unknown_output", Error, format!("the model has no output `{name}`"), *loc, "not an output"),
-            did_you_mean(candidates).or_else(|| Some("losses apply to outputs declared with `output name = ...`".into())),
+            Diagnostic::new(
+                "cnnc::train::unknown_output",
+                Error,
+                format!("the model has no output `{name}`"),
+                *loc,
+                "not an output",
+            ),
+            did_you_mean(candidates)
+                .or_else(|| Some("losses apply to outputs declared with `output name = ...`".into())),
         ),
     }
 }
@@ -421,32 +635,50 @@ fn train(e: &TrainError) -> Diagnostic {
 fn warning(w: &Warning) -> Diagnostic {
     use Severity::Warning as W;
     match w {
-        Warning::UnreadInput { loc, layer, calc, rank } => {
-            let unread = calc.unread();
-            let axis = axis_name(calc.axis, *rank);
-            let what = match (axis, unread == 1) {
-                ("height", true) => "row",
-                ("height", false) => "rows",
-                ("width", true) => "column",
-                ("width", false) => "columns",
-                ("depth", true) => "slice",
-                ("depth", false) => "slices",
-                (_, true) => "sample",
-                (_, false) => "samples",
-            };
+        Warning::UnreadInput { loc, layer, calcs, rank } => {
+            let parts: Vec<String> = calcs
+                .iter()
+                .map(|c| {
+                    let unread = c.unread();
+                    let what = match (axis_name(c.axis, *rank), unread == 1) {
+                        ("height", true) => "row",
+                        ("height", false) => "rows",
+                        ("width", true) => "column",
+                        ("width", false) => "columns",
+                        ("depth", true) => "slice",
+                        ("depth", false) => "slices",
+                        (_, true) => "sample",
+                        (_, false) => "samples",
+                    };
+                    format!("{unread} {what}")
+                })
+                .collect();
+            let label: Vec<String> = calcs
+                .iter()
+                .map(|c| format!("{}: {} → {}", axis_name(c.axis, *rank), c.formula(), c.out().unwrap_or(0)))
+                .collect();
+            let first = &calcs[0];
             Diagnostic::new(
                 "cnnc::shape::unread_input",
                 W,
-                format!("`{layer}` leaves the last {unread} {what} of its input unread"),
+                format!("`{layer}` leaves the last {} of its input unread", parts.join(" and ")),
                 *loc,
-                format!("{axis}: {} → {}", calc.formula(), calc.out().unwrap_or(0)),
+                label.join("; "),
             )
-            .note(format!("the stride of {} does not divide n + 2p − f = {}, and floor rounding drops the remainder", calc.s, calc.numerator()))
+            .note(format!(
+                "(n + 2p − f) = {} is not a multiple of the stride {}, and floor rounding drops the remainder",
+                first.numerator(),
+                first.s
+            ))
             .help("pad the input, choose a size and stride with (n + 2p − f) divisible by s, or use `round: ceil` for pooling")
         }
-        Warning::UnusedBinding { loc, name } => {
-            Diagnostic::new("cnnc::resolve::unused_binding", W, format!("`{name}` is never used"), *loc, "bound here, never used")
-                .help(format!("remove it, or name it `_{name}` to keep it quietly"))
-        }
+        Warning::UnusedBinding { loc, name } => Diagnostic::new(
+            "cnnc::resolve::unused_binding",
+            W,
+            format!("`{name}` is never used"),
+            *loc,
+            "bound here, never used",
+        )
+        .help(format!("remove it, or name it `_{name}` to keep it quietly")),
     }
 }

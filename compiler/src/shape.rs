@@ -95,10 +95,11 @@ impl AxisCalc {
         usize::try_from(out).ok().filter(|&o| o > 0)
     }
 
-    /// Input rows or columns that no window reads (floor rounding's remainder), beyond padding.
+    /// Input rows or columns at the end that no window reads (floor rounding's remainder), beyond
+    /// padding. Zero when windows are smaller than the stride: they skip input by design.
     pub fn unread(&self) -> usize {
         let num = self.numerator();
-        if num < 0 || self.ceil || self.s == 0 {
+        if num < 0 || self.ceil || self.s == 0 || self.f_eff() < self.s {
             return 0;
         }
         let rem = (num % self.s as i128) as usize;
@@ -113,7 +114,11 @@ impl AxisCalc {
             format!("{} + {}", self.pad.0, self.pad.1)
         };
         let value = self.numerator() as f64 / self.s.max(1) as f64 + 1.0;
-        let value = if value.fract() == 0.0 { format!("{value}") } else { format!("{:.2}", value).trim_end_matches('0').to_string() };
+        let value = if value.fract() == 0.0 {
+            format!("{value}")
+        } else {
+            format!("{:.2}", value).trim_end_matches('0').to_string()
+        };
         format!("({} + {} − {})/{} + 1 = {}", self.n, pad, self.f_eff(), self.s, value)
     }
 }
@@ -376,5 +381,7 @@ mod tests {
     fn unread_counts_the_remainder() {
         assert_eq!(axis(14, 0, 5, 2).unread(), 1);
         assert_eq!(axis(15, 0, 5, 2).unread(), 0);
+        // A 1×1 convolution with stride 2 skips every other row on purpose.
+        assert_eq!(axis(56, 0, 1, 2).unread(), 0);
     }
 }

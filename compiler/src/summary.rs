@@ -56,7 +56,15 @@ impl Summary {
                 first_user.entry(p).or_insert(id);
             }
         }
-        let mut s = Summary { model: graph.name.clone(), rows: Vec::new(), trainable: 0, frozen: 0, state: 0, macs: 0, activation_bytes: 0 };
+        let mut s = Summary {
+            model: graph.name.clone(),
+            rows: Vec::new(),
+            trainable: 0,
+            frozen: 0,
+            state: 0,
+            macs: 0,
+            activation_bytes: 0,
+        };
         for &id in &order {
             let node = graph.node(id);
             let elements = node.shape.elements().unwrap_or(0) as u64;
@@ -91,8 +99,11 @@ impl Summary {
     /// The table as text.
     pub fn to_text(&self) -> String {
         let headers = ["Layer (block path)", "Op", "Output shape", "Params", "MACs"];
-        let cells: Vec<[String; 5]> =
-            self.rows.iter().map(|r| [r.name.clone(), r.op.clone(), r.shape.clone(), thousands(r.params), thousands(r.macs)]).collect();
+        let cells: Vec<[String; 5]> = self
+            .rows
+            .iter()
+            .map(|r| [r.name.clone(), r.op.clone(), r.shape.clone(), thousands(r.params), thousands(r.macs)])
+            .collect();
         let mut widths = headers.map(|h| h.chars().count());
         for row in &cells {
             for (w, c) in widths.iter_mut().zip(row) {
@@ -130,9 +141,11 @@ impl Summary {
         let _ = writeln!(out, "Total params:        {}", thousands(self.params()));
         let _ = writeln!(out, "Trainable params:    {}", thousands(self.trainable));
         let _ = writeln!(out, "Frozen params:       {}", thousands(self.frozen));
-        let _ = writeln!(out, "Batchnorm state:     {} (running mean and variance, not trained)", thousands(self.state));
+        let _ =
+            writeln!(out, "Batchnorm state:     {} (running mean and variance, not trained)", thousands(self.state));
         let _ = writeln!(out, "MACs per example:    {}", thousands(self.macs));
-        let _ = writeln!(out, "Activation memory:   {} per example (f32, all layer outputs)", bytes(self.activation_bytes));
+        let _ =
+            writeln!(out, "Activation memory:   {} per example (f32, all layer outputs)", bytes(self.activation_bytes));
         out
     }
 }

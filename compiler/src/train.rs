@@ -10,7 +10,8 @@ use cnnc_grammar::ast::{self, BinOp, ExprKind};
 use std::collections::BTreeMap;
 
 /// Every setting of a `train` section.
-pub const SETTINGS: &[&str] = &["data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "augment", "workers"];
+pub const SETTINGS: &[&str] =
+    &["data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "augment", "workers"];
 
 /// A checked argument value.
 #[derive(Clone, Debug, PartialEq)]
@@ -110,12 +111,29 @@ use Dflt::Required as R;
 use Kind::*;
 
 const DATA: &[FnSpec] = &[
-    FnSpec { name: "mnist", params: &[("dir", Str, Some(R)), ("pad", Int, Some(Dflt::Int(0))), ("limit", Int, Some(Dflt::Int(0)))] },
+    FnSpec {
+        name: "mnist",
+        params: &[("dir", Str, Some(R)), ("pad", Int, Some(Dflt::Int(0))), ("limit", Int, Some(Dflt::Int(0)))],
+    },
     FnSpec {
         name: "idx",
-        params: &[("images", Str, Some(R)), ("labels", Str, Some(R)), ("test_images", Str, None), ("test_labels", Str, None), ("split", Num, Some(Dflt::Num(0.2)))],
+        params: &[
+            ("images", Str, Some(R)),
+            ("labels", Str, Some(R)),
+            ("test_images", Str, None),
+            ("test_labels", Str, None),
+            ("split", Num, Some(Dflt::Num(0.2))),
+        ],
     },
-    FnSpec { name: "csv", params: &[("path", Str, Some(R)), ("shape", Numbers, Some(R)), ("scale", Num, Some(Dflt::Num(1.0))), ("split", Num, Some(Dflt::Num(0.2)))] },
+    FnSpec {
+        name: "csv",
+        params: &[
+            ("path", Str, Some(R)),
+            ("shape", Numbers, Some(R)),
+            ("scale", Num, Some(Dflt::Num(1.0))),
+            ("split", Num, Some(Dflt::Num(0.2))),
+        ],
+    },
     FnSpec { name: "images", params: &[("dir", Str, Some(R)), ("split", Num, Some(Dflt::Num(0.2)))] },
 ];
 
@@ -123,10 +141,25 @@ const LOSSES: &[FnSpec] = &[
     FnSpec { name: "softmax_cross_entropy", params: &[("logits", Output, Some(R)), ("target", Label, Some(R))] },
     FnSpec { name: "sigmoid_cross_entropy", params: &[("logits", Output, Some(R)), ("target", Label, Some(R))] },
     FnSpec { name: "l2", params: &[("output", Output, Some(R)), ("target", Label, Some(R))] },
-    FnSpec { name: "triplet", params: &[("anchor", Output, Some(R)), ("positive", Output, Some(R)), ("negative", Output, Some(R)), ("margin", Num, Some(Dflt::Num(0.2)))] },
+    FnSpec {
+        name: "triplet",
+        params: &[
+            ("anchor", Output, Some(R)),
+            ("positive", Output, Some(R)),
+            ("negative", Output, Some(R)),
+            ("margin", Num, Some(Dflt::Num(0.2))),
+        ],
+    },
     FnSpec {
         name: "yolo",
-        params: &[("output", Output, Some(R)), ("target", Label, Some(R)), ("anchors", Anchors, Some(R)), ("classes", Int, Some(R)), ("coord", Num, Some(Dflt::Num(5.0))), ("noobj", Num, Some(Dflt::Num(0.5)))],
+        params: &[
+            ("output", Output, Some(R)),
+            ("target", Label, Some(R)),
+            ("anchors", Anchors, Some(R)),
+            ("classes", Int, Some(R)),
+            ("coord", Num, Some(Dflt::Num(5.0))),
+            ("noobj", Num, Some(Dflt::Num(0.5))),
+        ],
     },
     FnSpec { name: "content", params: &[("output", Output, Some(R))] },
     FnSpec { name: "style", params: &[("output", Output, Some(R))] },
@@ -135,7 +168,12 @@ const LOSSES: &[FnSpec] = &[
 const OPTIMIZERS: &[FnSpec] = &[
     FnSpec {
         name: "sgd",
-        params: &[("lr", Num, Some(R)), ("momentum", Num, Some(Dflt::Num(0.0))), ("nesterov", Bool, Some(Dflt::Bool(false))), ("weight_decay", Num, Some(Dflt::Num(0.0)))],
+        params: &[
+            ("lr", Num, Some(R)),
+            ("momentum", Num, Some(Dflt::Num(0.0))),
+            ("nesterov", Bool, Some(Dflt::Bool(false))),
+            ("weight_decay", Num, Some(Dflt::Num(0.0))),
+        ],
     },
     FnSpec {
         name: "adam",
@@ -158,11 +196,20 @@ const SCHEDULES: &[FnSpec] = &[
 const AUGMENTS: &[FnSpec] = &[
     FnSpec { name: "mirror", params: &[("p", Num, Some(Dflt::Num(0.5)))] },
     FnSpec { name: "flip_vertical", params: &[("p", Num, Some(Dflt::Num(0.5)))] },
-    FnSpec { name: "random_crop", params: &[("size", Int, Some(R)), ("pad", Int, Some(Dflt::Int(0))), ("p", Num, Some(Dflt::Num(1.0)))] },
-    FnSpec { name: "random_resized_crop", params: &[("size", Int, Some(R)), ("scale", Numbers, None), ("p", Num, Some(Dflt::Num(1.0)))] },
+    FnSpec {
+        name: "random_crop",
+        params: &[("size", Int, Some(R)), ("pad", Int, Some(Dflt::Int(0))), ("p", Num, Some(Dflt::Num(1.0)))],
+    },
+    FnSpec {
+        name: "random_resized_crop",
+        params: &[("size", Int, Some(R)), ("scale", Numbers, None), ("p", Num, Some(Dflt::Num(1.0)))],
+    },
     FnSpec { name: "rotate", params: &[("degrees", Num, Some(R)), ("p", Num, Some(Dflt::Num(1.0)))] },
     FnSpec { name: "shear", params: &[("degrees", Num, Some(R)), ("p", Num, Some(Dflt::Num(1.0)))] },
-    FnSpec { name: "warp", params: &[("alpha", Num, Some(R)), ("sigma", Num, Some(R)), ("p", Num, Some(Dflt::Num(1.0)))] },
+    FnSpec {
+        name: "warp",
+        params: &[("alpha", Num, Some(R)), ("sigma", Num, Some(R)), ("p", Num, Some(Dflt::Num(1.0)))],
+    },
     FnSpec { name: "color_shift", params: &[("max", Num, Some(R)), ("p", Num, Some(Dflt::Num(1.0)))] },
     FnSpec { name: "pca_color", params: &[("std", Num, Some(Dflt::Num(0.1))), ("p", Num, Some(Dflt::Num(1.0)))] },
     FnSpec { name: "brightness", params: &[("max", Num, Some(R)), ("p", Num, Some(Dflt::Num(1.0)))] },
@@ -178,7 +225,9 @@ pub fn check(file: FileId, ast: &ast::File, models: &[ModelInfo], problems: &mut
         let loc = |span| Loc { file, span };
         let Some(model) = models.iter().find(|m| m.name == t.model.name) else {
             let candidates = similar(&t.model.name, models.iter().map(|m| m.name.as_str()));
-            problems.push(ResolveError::UnknownModel { loc: loc(t.model.span), name: t.model.name.clone(), candidates }.into());
+            problems.push(
+                ResolveError::UnknownModel { loc: loc(t.model.span), name: t.model.name.clone(), candidates }.into(),
+            );
             continue;
         };
         let mut c = Checker { file, model, problems };
@@ -241,13 +290,19 @@ impl Checker<'_> {
                     },
                     other => {
                         let candidates = similar(other, SETTINGS.iter().copied());
-                        self.problems.push(TrainError::UnknownSetting { loc: key_loc, name: other.to_string(), candidates }.into());
+                        self.problems.push(
+                            TrainError::UnknownSetting { loc: key_loc, name: other.to_string(), candidates }.into(),
+                        );
                     }
                 },
             }
         }
         let section = self.loc(t.model.span);
-        for (name, example) in [("data", "data mnist(\"data/mnist\")"), ("loss", "loss softmax_cross_entropy(logits, label)"), ("optimizer", "optimizer sgd(lr: 0.01)")] {
+        for (name, example) in [
+            ("data", "data mnist(\"data/mnist\")"),
+            ("loss", "loss softmax_cross_entropy(logits, label)"),
+            ("optimizer", "optimizer sgd(lr: 0.01)"),
+        ] {
             if !seen.contains_key(name) {
                 self.problems.push(TrainError::MissingSetting { loc: section, name, example }.into());
             }
@@ -260,7 +315,16 @@ impl Checker<'_> {
 
     fn bad(&mut self, e: &ast::Expr, what: &str, expected: &str) {
         let value = snippet(e);
-        self.problems.push(ResolveError::BadValue { loc: self.loc(e.span), what: what.into(), value, expected: expected.into(), candidates: vec![] }.into());
+        self.problems.push(
+            ResolveError::BadValue {
+                loc: self.loc(e.span),
+                what: what.into(),
+                value,
+                expected: expected.into(),
+                candidates: vec![],
+            }
+            .into(),
+        );
     }
 
     fn positive(&mut self, e: &ast::Expr, what: &str) -> Option<usize> {
@@ -276,7 +340,11 @@ impl Checker<'_> {
     fn single(&mut self, e: &ast::Expr, table: &[FnSpec], kind: &'static str) -> Option<FnCall> {
         match &e.kind {
             ExprKind::Call(c) => self.call(c, table, kind),
-            ExprKind::Name(n) => self.call(&ast::Call { callee: n.clone(), args: vec![], frozen: false, bare: true, span: e.span }, table, kind),
+            ExprKind::Name(n) => self.call(
+                &ast::Call { callee: n.clone(), args: vec![], frozen: false, bare: true, span: e.span },
+                table,
+                kind,
+            ),
             _ => {
                 self.bad(e, kind, &format!("a call such as `{}(...)`", table[0].name));
                 None
@@ -315,7 +383,15 @@ impl Checker<'_> {
         let loc = self.loc(c.span);
         let Some(spec) = table.iter().find(|s| s.name == c.callee.name) else {
             let candidates = similar(&c.callee.name, table.iter().map(|s| s.name));
-            self.problems.push(TrainError::UnknownFunction { loc: self.loc(c.callee.span), kind, name: c.callee.name.clone(), candidates }.into());
+            self.problems.push(
+                TrainError::UnknownFunction {
+                    loc: self.loc(c.callee.span),
+                    kind,
+                    name: c.callee.name.clone(),
+                    candidates,
+                }
+                .into(),
+            );
             return None;
         };
         let mut args = BTreeMap::new();
@@ -329,10 +405,26 @@ impl Checker<'_> {
                 let name = a.name.as_ref().map_or(format!("#{}", i + 1), |n| n.name.clone());
                 let candidates = similar(&name, spec.params.iter().map(|p| p.0));
                 if a.name.is_some() {
-                    self.problems.push(ResolveError::UnknownArgument { loc: self.loc(a.span), callee: spec.name.into(), name, candidates, def: None }.into());
+                    self.problems.push(
+                        ResolveError::UnknownArgument {
+                            loc: self.loc(a.span),
+                            callee: spec.name.into(),
+                            name,
+                            candidates,
+                            def: None,
+                        }
+                        .into(),
+                    );
                 } else {
                     self.problems.push(
-                        ResolveError::TooManyArguments { loc: self.loc(a.span), callee: spec.name.into(), max: spec.params.len(), got: i + 1, def: None }.into(),
+                        ResolveError::TooManyArguments {
+                            loc: self.loc(a.span),
+                            callee: spec.name.into(),
+                            max: spec.params.len(),
+                            got: i + 1,
+                            def: None,
+                        }
+                        .into(),
                     );
                 }
                 ok = false;
@@ -341,7 +433,8 @@ impl Checker<'_> {
             let (pname, pkind, _) = spec.params[index];
             if args.contains_key(pname) {
                 let first = loc;
-                self.problems.push(ResolveError::DuplicateArgument { loc: self.loc(a.span), first, name: pname.into() }.into());
+                self.problems
+                    .push(ResolveError::DuplicateArgument { loc: self.loc(a.span), first, name: pname.into() }.into());
                 ok = false;
                 continue;
             }
@@ -361,7 +454,15 @@ impl Checker<'_> {
                 Some(Dflt::Num(v)) => drop(args.insert(pname.to_string(), Arg::Num(*v))),
                 Some(Dflt::Bool(v)) => drop(args.insert(pname.to_string(), Arg::Bool(*v))),
                 Some(Dflt::Required) if ok => {
-                    self.problems.push(ResolveError::MissingArgument { loc, callee: spec.name.into(), name: pname.to_string(), def: None }.into());
+                    self.problems.push(
+                        ResolveError::MissingArgument {
+                            loc,
+                            callee: spec.name.into(),
+                            name: pname.to_string(),
+                            def: None,
+                        }
+                        .into(),
+                    );
                     ok = false;
                 }
                 _ => {}
@@ -388,7 +489,9 @@ impl Checker<'_> {
             (ExprKind::Name(n), Output) => {
                 if !self.model.graph.outputs().iter().any(|(o, _)| *o == n.name) {
                     let candidates = similar(&n.name, self.model.graph.outputs().iter().map(|(o, _)| o.as_str()));
-                    self.problems.push(TrainError::UnknownOutput { loc: self.loc(n.span), name: n.name.clone(), candidates }.into());
+                    self.problems.push(
+                        TrainError::UnknownOutput { loc: self.loc(n.span), name: n.name.clone(), candidates }.into(),
+                    );
                     return None;
                 }
                 Arg::Name(n.name.clone())
@@ -397,7 +500,9 @@ impl Checker<'_> {
             (ExprKind::Name(n), Anchors) => {
                 if !self.model.anchors.iter().any(|(a, _, _)| *a == n.name) {
                     let candidates = similar(&n.name, self.model.anchors.iter().map(|(a, _, _)| a.as_str()));
-                    self.problems.push(ResolveError::UnknownName { loc: self.loc(n.span), name: n.name.clone(), candidates }.into());
+                    self.problems.push(
+                        ResolveError::UnknownName { loc: self.loc(n.span), name: n.name.clone(), candidates }.into(),
+                    );
                     return None;
                 }
                 Arg::Name(n.name.clone())
@@ -414,7 +519,14 @@ impl Checker<'_> {
                     Numbers => "a list of numbers",
                 };
                 self.problems.push(
-                    ResolveError::WrongType { loc: self.loc(e.span), what, expected: expected.into(), found: format!("`{}`", snippet(e)), origin: None }.into(),
+                    ResolveError::WrongType {
+                        loc: self.loc(e.span),
+                        what,
+                        expected: expected.into(),
+                        found: format!("`{}`", snippet(e)),
+                        origin: None,
+                    }
+                    .into(),
                 );
                 return None;
             }
@@ -442,15 +554,18 @@ impl Checker<'_> {
                 .iter()
                 .find(|(_, s, _)| s.rank() != 1 || s.0[0] < 2)
                 .map(|(n, s, _)| format!("`{n}` must be a vector of at least 2 class scores, but has shape {s}")),
-            "sigmoid_cross_entropy" => {
-                outputs.iter().find(|(_, s, _)| s.rank() != 1).map(|(n, s, _)| format!("`{n}` must be a vector of scores, but has shape {s}"))
-            }
+            "sigmoid_cross_entropy" => outputs
+                .iter()
+                .find(|(_, s, _)| s.rank() != 1)
+                .map(|(n, s, _)| format!("`{n}` must be a vector of scores, but has shape {s}")),
             "triplet" => {
                 let first = &outputs[0].1;
                 if first.rank() != 1 {
                     Some(format!("embeddings must be vectors, `{}` has shape {first}", outputs[0].0))
                 } else {
-                    outputs.iter().find(|(_, s, _)| s != first).map(|(n, s, _)| format!("all embeddings must have one shape, `{n}` has {s} and `{}` has {first}", outputs[0].0))
+                    outputs.iter().find(|(_, s, _)| s != first).map(|(n, s, _)| {
+                        format!("all embeddings must have one shape, `{n}` has {s} and `{}` has {first}", outputs[0].0)
+                    })
                 }
             }
             "yolo" => self.check_yolo(call, &outputs),
@@ -461,7 +576,8 @@ impl Checker<'_> {
             _ => None,
         };
         if let Some(problem) = problem {
-            self.problems.push(ShapeError::Loss { loc: call.loc, loss: call.name.clone(), problem, inputs: outputs }.into());
+            self.problems
+                .push(ShapeError::Loss { loc: call.loc, loss: call.name.clone(), problem, inputs: outputs }.into());
         }
     }
 
@@ -474,8 +590,12 @@ impl Checker<'_> {
         if shape.rank() != 3 {
             return Some(format!("`{name}` must be a grid [S, S, anchors·(5 + classes)], but has shape {shape}"));
         }
-        (shape.channels() as i64 != per_cell)
-            .then(|| format!("`{name}` has {} channels per cell but {count} anchors · (5 + {classes} classes) = {per_cell}", shape.channels()))
+        (shape.channels() as i64 != per_cell).then(|| {
+            format!(
+                "`{name}` has {} channels per cell but {count} anchors · (5 + {classes} classes) = {per_cell}",
+                shape.channels()
+            )
+        })
     }
 
     fn check_data(&mut self, data: &FnCall) {
@@ -497,7 +617,10 @@ impl Checker<'_> {
         };
         if let Some(expected) = expected {
             if expected != input.shape {
-                let problem = format!("the data gives examples of shape {expected} but input `{}` is {}", input.name, input.shape);
+                let problem = format!(
+                    "the data gives examples of shape {expected} but input `{}` is {}",
+                    input.name, input.shape
+                );
                 let inputs = vec![(input.name.clone(), input.shape.clone(), input.loc)];
                 self.problems.push(ShapeError::Loss { loc: data.loc, loss: data.name.clone(), problem, inputs }.into());
             }

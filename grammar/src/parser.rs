@@ -307,10 +307,9 @@ fn train_decl(pair: Pair<Rule>) -> Result<Train> {
 
 /// A pair that the grammar promises exists; a missing one is reported, never unwrapped.
 fn next<'a>(inner: &mut pest::iterators::Pairs<'a, Rule>, span: Span) -> Result<Pair<'a, Rule>> {
-    inner.next().ok_or(ParseError {
-        kind: ParseErrorKind::Syntax { expected: vec!["more input".into()], found: None },
-        span,
-    })
+    inner
+        .next()
+        .ok_or(ParseError { kind: ParseErrorKind::Syntax { expected: vec!["more input".into()], found: None }, span })
 }
 
 fn expr(pair: Pair<Rule>) -> Result<Expr> {
@@ -388,7 +387,7 @@ fn binary_chain(pair: Pair<Rule>, operand: fn(Pair<Rule>) -> Result<Expr>) -> Re
     while let Some(op) = inner.next() {
         count += 1;
         if count > MAX_CHAIN {
-            return Err(ParseError { kind: ParseErrorKind::TooComplex { limit: MAX_CHAIN }, span });
+            return Err(ParseError { kind: ParseErrorKind::TooComplex { limit: MAX_CHAIN }, span: span_of(&op) });
         }
         let op = match op.as_str() {
             "+" => BinOp::Add,
@@ -496,7 +495,8 @@ mod tests {
 
     #[test]
     fn parses_a_pipeline_with_named_arguments() {
-        let file = parse("model M { input x: [8, 8, 1]\n y = x |> conv(4, 3x3, pad: same) |> relu\n output y }").unwrap();
+        let file =
+            parse("model M { input x: [8, 8, 1]\n y = x |> conv(4, 3x3, pad: same) |> relu\n output y }").unwrap();
         let Item::Model(m) = &file.items[0] else { panic!("not a model") };
         assert_eq!(m.body.len(), 3);
         let Stmt::Binding { value, .. } = &m.body[1] else { panic!("not a binding") };

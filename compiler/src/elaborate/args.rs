@@ -36,7 +36,16 @@ impl Elab<'_> {
                 None => {
                     position += 1;
                     if position > params.len() {
-                        self.report(sc, ResolveError::TooManyArguments { loc: arg.loc, callee: callee.into(), max: params.len(), got: position, def });
+                        self.report(
+                            sc,
+                            ResolveError::TooManyArguments {
+                                loc: arg.loc,
+                                callee: callee.into(),
+                                max: params.len(),
+                                got: position,
+                                def,
+                            },
+                        );
                         ok = false;
                         continue;
                     }
@@ -47,7 +56,16 @@ impl Elab<'_> {
                     None => {
                         let candidates = similar(&name.name, params.iter().map(|p| p.name).chain(["name"]));
                         let loc = sc.loc(name.span);
-                        self.report(sc, ResolveError::UnknownArgument { loc, callee: callee.into(), name: name.name.clone(), candidates, def });
+                        self.report(
+                            sc,
+                            ResolveError::UnknownArgument {
+                                loc,
+                                callee: callee.into(),
+                                name: name.name.clone(),
+                                candidates,
+                                def,
+                            },
+                        );
                         ok = false;
                         continue;
                     }
@@ -55,7 +73,10 @@ impl Elab<'_> {
             };
             if let Some(first) = &slots[index] {
                 let loc = arg.name.as_ref().map_or(arg.loc, |n| sc.loc(n.span));
-                self.report(sc, ResolveError::DuplicateArgument { loc, first: first.loc, name: params[index].name.into() });
+                self.report(
+                    sc,
+                    ResolveError::DuplicateArgument { loc, first: first.loc, name: params[index].name.into() },
+                );
                 ok = false;
                 continue;
             }
@@ -63,7 +84,10 @@ impl Elab<'_> {
         }
         for (p, slot) in params.iter().zip(&slots) {
             if p.required && slot.is_none() && ok {
-                self.report(sc, ResolveError::MissingArgument { loc: call, callee: callee.into(), name: p.name.into(), def });
+                self.report(
+                    sc,
+                    ResolveError::MissingArgument { loc: call, callee: callee.into(), name: p.name.into(), def },
+                );
                 ok = false;
             }
         }
@@ -81,11 +105,23 @@ impl Elab<'_> {
         }
         let found = arg.value.describe(&self.graph);
         let origin = self.origin(&arg.value);
-        self.report(sc, ResolveError::WrongType { loc: arg.loc, what: what.into(), expected: expected.into(), found, origin });
+        self.report(
+            sc,
+            ResolveError::WrongType { loc: arg.loc, what: what.into(), expected: expected.into(), found, origin },
+        );
     }
 
     fn out_of_range(&mut self, sc: &Scope, arg: &ArgValue, what: &str, value: String, expected: &str) {
-        self.report(sc, ResolveError::BadValue { loc: arg.loc, what: what.into(), value, expected: expected.into(), candidates: vec![] });
+        self.report(
+            sc,
+            ResolveError::BadValue {
+                loc: arg.loc,
+                what: what.into(),
+                value,
+                expected: expected.into(),
+                candidates: vec![],
+            },
+        );
     }
 
     /// An integer of at least `min`.
@@ -104,7 +140,15 @@ impl Elab<'_> {
     }
 
     /// A number in `[lo, hi)` (or `[lo, hi]` when `closed`).
-    pub(super) fn arg_float(&mut self, sc: &Scope, arg: &ArgValue, what: &str, lo: f64, hi: f64, closed: bool) -> Option<f32> {
+    pub(super) fn arg_float(
+        &mut self,
+        sc: &Scope,
+        arg: &ArgValue,
+        what: &str,
+        lo: f64,
+        hi: f64,
+        closed: bool,
+    ) -> Option<f32> {
         let v = match arg.value {
             Value::Int(v) => v as f64,
             Value::Float(v) => v,
@@ -134,14 +178,30 @@ impl Elab<'_> {
     }
 
     /// One of `choices`, written as a bare name.
-    pub(super) fn arg_choice(&mut self, sc: &Scope, arg: &ArgValue, what: &str, choices: &[&'static str]) -> Option<&'static str> {
+    pub(super) fn arg_choice(
+        &mut self,
+        sc: &Scope,
+        arg: &ArgValue,
+        what: &str,
+        choices: &[&'static str],
+    ) -> Option<&'static str> {
         match &arg.value {
             Value::Word(w) | Value::Str(w) => match choices.iter().find(|c| *c == w) {
                 Some(c) => Some(c),
                 None => {
                     let candidates = similar(w, choices.iter().copied());
-                    let expected = format!("one of {}", choices.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "));
-                    self.report(sc, ResolveError::BadValue { loc: arg.loc, what: what.into(), value: w.clone(), expected, candidates });
+                    let expected =
+                        format!("one of {}", choices.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "));
+                    self.report(
+                        sc,
+                        ResolveError::BadValue {
+                            loc: arg.loc,
+                            what: what.into(),
+                            value: w.clone(),
+                            expected,
+                            candidates,
+                        },
+                    );
                     None
                 }
             },
@@ -155,7 +215,15 @@ impl Elab<'_> {
 
     /// One non-negative (or positive, `min = 1`) integer per spatial axis: a single integer applies to
     /// every axis; a size `3x3` or list `[3, 3]` must have one entry per axis of `input`.
-    pub(super) fn arg_axes(&mut self, sc: &Scope, arg: &ArgValue, what: &'static str, min: i64, input: &Shape, origin: Loc) -> Option<Vec<usize>> {
+    pub(super) fn arg_axes(
+        &mut self,
+        sc: &Scope,
+        arg: &ArgValue,
+        what: &'static str,
+        min: i64,
+        input: &Shape,
+        origin: Loc,
+    ) -> Option<Vec<usize>> {
         let rank = input.rank().saturating_sub(1).max(1);
         let items: Vec<Value> = match &arg.value {
             Value::Int(_) => vec![arg.value.clone(); rank],
@@ -167,7 +235,10 @@ impl Elab<'_> {
             }
         };
         if items.len() != rank {
-            self.report(sc, ShapeError::SizeRank { loc: arg.loc, what, written: items.len(), input: input.clone(), origin });
+            self.report(
+                sc,
+                ShapeError::SizeRank { loc: arg.loc, what, written: items.len(), input: input.clone(), origin },
+            );
             return None;
         }
         let mut out = Vec::with_capacity(rank);

@@ -16,7 +16,14 @@ pub const TYPES: &[&str] = &["tensor", "int", "float", "bool", "size", "str"];
 
 impl Elab<'_> {
     /// Instantiates `def` with `args` under `naming`.
-    pub(super) fn instantiate(&mut self, sc: &mut Scope, def: &Def<ast::Block>, args: Vec<ArgValue>, loc: Loc, naming: Naming) -> Value {
+    pub(super) fn instantiate(
+        &mut self,
+        sc: &mut Scope,
+        def: &Def<ast::Block>,
+        args: Vec<ArgValue>,
+        loc: Loc,
+        naming: Naming,
+    ) -> Value {
         let block = def.item.clone();
         let def_loc = Loc { file: self.program.modules[def.module].file, span: block.name.span };
         let key = (def.module, block.name.name.clone());
@@ -24,8 +31,11 @@ impl Elab<'_> {
             self.report(sc, ResolveError::Recursion { loc, block: block.name.name.clone(), def: def_loc });
             return Value::Poison;
         }
-        let decls: Vec<ParamDecl> = block.params.iter().map(|p| ParamDecl { name: &p.name.name, required: p.default.is_none() }).collect();
-        let Some(slots) = self.bind_args(sc, &block.name.name, &decls, args, loc, Some(def_loc)) else { return Value::Poison };
+        let decls: Vec<ParamDecl> =
+            block.params.iter().map(|p| ParamDecl { name: &p.name.name, required: p.default.is_none() }).collect();
+        let Some(slots) = self.bind_args(sc, &block.name.name, &decls, args, loc, Some(def_loc)) else {
+            return Value::Poison;
+        };
         let local = naming.node.rsplit('/').next().unwrap_or_default().to_string();
         let mut inner = self.new_scope(def.module, naming.node.clone(), naming.params.clone(), Some(sc));
         inner.reuse = naming.reuse;
@@ -66,7 +76,9 @@ impl Elab<'_> {
                 let rloc = inner.loc(e.span);
                 match v {
                     Value::Tensor(_) | Value::Poison => v,
-                    other => self.expect_tensor(&inner, &other, rloc, "a block's result").map_or(Value::Poison, Value::Tensor),
+                    other => self
+                        .expect_tensor(&inner, &other, rloc, "a block's result")
+                        .map_or(Value::Poison, Value::Tensor),
                 }
             }
             None => {
@@ -83,7 +95,10 @@ impl Elab<'_> {
         let ty = param.ty.as_ref().map_or("tensor", |t| t.name.as_str());
         let ok = match (ty, &arg.value) {
             (_, Value::Poison) => return Value::Poison,
-            ("tensor", Value::Tensor(_)) | ("int", Value::Int(_)) | ("bool", Value::Bool(_)) | ("str", Value::Str(_)) => true,
+            ("tensor", Value::Tensor(_))
+            | ("int", Value::Int(_))
+            | ("bool", Value::Bool(_))
+            | ("str", Value::Str(_)) => true,
             ("float", Value::Float(_)) => true,
             ("float", Value::Int(v)) => return Value::Float(*v as f64),
             ("size", Value::Int(_) | Value::Size(_) | Value::List(_)) => true,
@@ -112,7 +127,14 @@ impl Elab<'_> {
     }
 
     /// Applies a shared instance: the first use creates its parameters, later uses share them.
-    pub(super) fn apply_shared(&mut self, sc: &mut Scope, shared: &SharedInstance, mut args: Vec<ArgValue>, loc: Loc, frozen: bool) -> Value {
+    pub(super) fn apply_shared(
+        &mut self,
+        sc: &mut Scope,
+        shared: &SharedInstance,
+        mut args: Vec<ArgValue>,
+        loc: Loc,
+        frozen: bool,
+    ) -> Value {
         let uses = shared.uses.get() + 1;
         shared.uses.set(uses);
         for a in &shared.call.args {

@@ -43,7 +43,16 @@ impl Elab<'_> {
                 Value::Poison => Value::Poison,
                 other => {
                     let found = other.describe(&self.graph);
-                    self.report(sc, ResolveError::WrongType { loc, what: "`-`".into(), expected: "a number".into(), found, origin: None });
+                    self.report(
+                        sc,
+                        ResolveError::WrongType {
+                            loc,
+                            what: "`-`".into(),
+                            expected: "a number".into(),
+                            found,
+                            origin: None,
+                        },
+                    );
                     Value::Poison
                 }
             },
@@ -122,11 +131,12 @@ impl Elab<'_> {
             _ => {
                 let found = format!("{} and {}", l.0.describe(&self.graph), r.0.describe(&self.graph));
                 let expected = if matches!(l.0, Tensor(_)) || matches!(r.0, Tensor(_)) {
-                    "tensors on both sides (only `+` applies to tensors: an element-wise add)".to_string()
+                    "numbers (of the operators, only `+` applies to tensors: an element-wise add)".to_string()
                 } else {
-                    "numbers on both sides".to_string()
+                    "numbers".to_string()
                 };
-                self.report(sc, ResolveError::WrongType { loc, what: format!("`{}`", op.symbol()), expected, found, origin: None });
+                let what = format!("the operands of `{}`", op.symbol());
+                self.report(sc, ResolveError::WrongType { loc, what, expected, found, origin: None });
                 Poison
             }
         }
@@ -146,7 +156,16 @@ impl Elab<'_> {
                             o => o.describe(&self.graph),
                         };
                         let expected = format!("an integer from 0 to {MAX_REPEAT}");
-                        self.report(sc, ResolveError::BadValue { loc: count_loc, what: "a repeat count".into(), value, expected, candidates: vec![] });
+                        self.report(
+                            sc,
+                            ResolveError::BadValue {
+                                loc: count_loc,
+                                what: "a repeat count".into(),
+                                value,
+                                expected,
+                                candidates: vec![],
+                            },
+                        );
                         return Value::Poison;
                     }
                 };
@@ -156,7 +175,10 @@ impl Elab<'_> {
                 let mut from = from;
                 for i in 0..n {
                     if let Some(v) = var {
-                        sc.slots.insert(v.name.clone(), Slot::Done { value: Value::Int(i), loc: sc.loc(v.span), binding: false });
+                        sc.slots.insert(
+                            v.name.clone(),
+                            Slot::Done { value: Value::Int(i), loc: sc.loc(v.span), binding: false },
+                        );
                     }
                     for s in stages {
                         value = self.stage(sc, s, value, from);
@@ -222,14 +244,29 @@ impl Elab<'_> {
             other => {
                 let value = other.describe(&self.graph);
                 let expected = "a non-empty string without `/` or `@`".to_string();
-                self.report(sc, ResolveError::BadValue { loc: arg.loc, what: "a layer name".into(), value, expected, candidates: vec![] });
+                self.report(
+                    sc,
+                    ResolveError::BadValue {
+                        loc: arg.loc,
+                        what: "a layer name".into(),
+                        value,
+                        expected,
+                        candidates: vec![],
+                    },
+                );
                 None
             }
         }
     }
 
     /// Names for a new layer or block instance of `kind` in this scope.
-    pub(super) fn naming(&mut self, sc: &mut Scope, kind: &str, explicit: Option<String>, frozen: bool) -> super::Naming {
+    pub(super) fn naming(
+        &mut self,
+        sc: &mut Scope,
+        kind: &str,
+        explicit: Option<String>,
+        frozen: bool,
+    ) -> super::Naming {
         let local = explicit.unwrap_or_else(|| sc.local_name(kind));
         super::Naming {
             node: Scope::join(&sc.path, &local),

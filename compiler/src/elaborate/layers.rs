@@ -54,7 +54,8 @@ pub static LAYERS: &[LayerSpec] = &[
             ("weights", false),
             ("init", false),
         ],
-        signature: "conv(filters, size, stride: 1, pad: valid, dilation: 1, groups: 1, bias: true, weights: CONST, init: he)",
+        signature:
+            "conv(filters, size, stride: 1, pad: valid, dilation: 1, groups: 1, bias: true, weights: CONST, init: he)",
         doc: "Convolution over 1, 2 or 3 spatial axes (by the input's rank).",
     },
     LayerSpec {
@@ -71,8 +72,20 @@ pub static LAYERS: &[LayerSpec] = &[
         signature: "avgpool(size, stride: size, pad: valid, round: floor)",
         doc: "Mean over each window (padding not counted).",
     },
-    LayerSpec { name: "global_avgpool", tensors: Tensors::One, params: &[], signature: "global_avgpool", doc: "Mean over all positions: [.., n_C] to [n_C]." },
-    LayerSpec { name: "global_maxpool", tensors: Tensors::One, params: &[], signature: "global_maxpool", doc: "Maximum over all positions: [.., n_C] to [n_C]." },
+    LayerSpec {
+        name: "global_avgpool",
+        tensors: Tensors::One,
+        params: &[],
+        signature: "global_avgpool",
+        doc: "Mean over all positions: [.., n_C] to [n_C].",
+    },
+    LayerSpec {
+        name: "global_maxpool",
+        tensors: Tensors::One,
+        params: &[],
+        signature: "global_maxpool",
+        doc: "Maximum over all positions: [.., n_C] to [n_C].",
+    },
     LayerSpec {
         name: "dense",
         tensors: Tensors::One,
@@ -80,7 +93,13 @@ pub static LAYERS: &[LayerSpec] = &[
         signature: "dense(units, bias: true, init: glorot)",
         doc: "Fully connected layer on a flat [n] input.",
     },
-    LayerSpec { name: "flatten", tensors: Tensors::One, params: &[], signature: "flatten", doc: "Any shape to [product of axes]." },
+    LayerSpec {
+        name: "flatten",
+        tensors: Tensors::One,
+        params: &[],
+        signature: "flatten",
+        doc: "Any shape to [product of axes].",
+    },
     LayerSpec {
         name: "batchnorm",
         tensors: Tensors::One,
@@ -88,7 +107,13 @@ pub static LAYERS: &[LayerSpec] = &[
         signature: "batchnorm(eps: 1e-5, momentum: 0.1)",
         doc: "Batch normalization over the channel axis.",
     },
-    LayerSpec { name: "dropout", tensors: Tensors::One, params: &[("rate", true)], signature: "dropout(rate)", doc: "Zeroes a fraction of values while training." },
+    LayerSpec {
+        name: "dropout",
+        tensors: Tensors::One,
+        params: &[("rate", true)],
+        signature: "dropout(rate)",
+        doc: "Zeroes a fraction of values while training.",
+    },
     LayerSpec { name: "relu", tensors: Tensors::One, params: &[], signature: "relu", doc: "max(x, 0)." },
     LayerSpec {
         name: "leaky_relu",
@@ -97,11 +122,29 @@ pub static LAYERS: &[LayerSpec] = &[
         signature: "leaky_relu(alpha: 0.01)",
         doc: "x if positive, else alpha·x.",
     },
-    LayerSpec { name: "prelu", tensors: Tensors::One, params: &[], signature: "prelu", doc: "Leaky ReLU with a learned slope per channel." },
+    LayerSpec {
+        name: "prelu",
+        tensors: Tensors::One,
+        params: &[],
+        signature: "prelu",
+        doc: "Leaky ReLU with a learned slope per channel.",
+    },
     LayerSpec { name: "tanh", tensors: Tensors::One, params: &[], signature: "tanh", doc: "Hyperbolic tangent." },
     LayerSpec { name: "sigmoid", tensors: Tensors::One, params: &[], signature: "sigmoid", doc: "Logistic sigmoid." },
-    LayerSpec { name: "softmax", tensors: Tensors::One, params: &[], signature: "softmax", doc: "Softmax over the last axis." },
-    LayerSpec { name: "add", tensors: Tensors::Many(2), params: &[], signature: "add(a, b, ...)", doc: "Element-wise sum; `a + b` is the same." },
+    LayerSpec {
+        name: "softmax",
+        tensors: Tensors::One,
+        params: &[],
+        signature: "softmax",
+        doc: "Softmax over the last axis.",
+    },
+    LayerSpec {
+        name: "add",
+        tensors: Tensors::Many(2),
+        params: &[],
+        signature: "add(a, b, ...)",
+        doc: "Element-wise sum; `a + b` is the same.",
+    },
     LayerSpec {
         name: "concat",
         tensors: Tensors::Many(1),
@@ -193,14 +236,31 @@ impl Elab<'_> {
         self.finish(sc, op, &[(x, b.x_loc)], params, loc, naming)
     }
 
-    fn many(&mut self, sc: &mut Scope, spec: &LayerSpec, args: Vec<ArgValue>, loc: Loc, naming: Naming, min: usize) -> Value {
+    fn many(
+        &mut self,
+        sc: &mut Scope,
+        spec: &LayerSpec,
+        args: Vec<ArgValue>,
+        loc: Loc,
+        naming: Naming,
+        min: usize,
+    ) -> Value {
         let mut inputs = Vec::new();
         let mut poisoned = false;
         for arg in args {
             if let Some(n) = &arg.name {
                 let candidates = vec![];
                 let loc = sc.loc(n.span);
-                self.report(sc, ResolveError::UnknownArgument { loc, callee: spec.name.into(), name: n.name.clone(), candidates, def: None });
+                self.report(
+                    sc,
+                    ResolveError::UnknownArgument {
+                        loc,
+                        callee: spec.name.into(),
+                        name: n.name.clone(),
+                        candidates,
+                        def: None,
+                    },
+                );
                 return Value::Poison;
             }
             match self.expect_tensor(sc, &arg.value, arg.loc, &format!("an input of `{}`", spec.name)) {
@@ -213,7 +273,10 @@ impl Elab<'_> {
         }
         if inputs.len() < min {
             let name = if inputs.is_empty() { "a" } else { "b" };
-            self.report(sc, ResolveError::MissingArgument { loc, callee: spec.name.into(), name: name.into(), def: None });
+            self.report(
+                sc,
+                ResolveError::MissingArgument { loc, callee: spec.name.into(), name: name.into(), def: None },
+            );
             return Value::Poison;
         }
         let op = if spec.name == "add" { Op::Add } else { Op::Concat };
@@ -221,12 +284,21 @@ impl Elab<'_> {
     }
 
     /// Infers the op's shape; if it checks, adds its parameters and the op node.
-    fn finish(&mut self, sc: &mut Scope, op: Op, inputs: &[(NodeId, Loc)], params: Vec<ParamNeed>, loc: Loc, naming: Naming) -> Value {
+    fn finish(
+        &mut self,
+        sc: &mut Scope,
+        op: Op,
+        inputs: &[(NodeId, Loc)],
+        params: Vec<ParamNeed>,
+        loc: Loc,
+        naming: Naming,
+    ) -> Value {
         let input_shapes: Vec<Shape> = inputs.iter().map(|(id, _)| self.graph.node(*id).shape.clone()).collect();
         let mut shapes: Vec<&Shape> = input_shapes.iter().collect();
         shapes.extend(params.iter().map(|p| &p.shape));
         let fault = |this: &mut Self, sc: &Scope, fault: ShapeFault| {
-            let inputs = inputs.iter().map(|(id, l)| (this.graph.node(*id).shape.clone(), this.origin_or(*id, *l))).collect();
+            let inputs =
+                inputs.iter().map(|(id, l)| (this.graph.node(*id).shape.clone(), this.origin_or(*id, *l))).collect();
             this.report(sc, ShapeError::Layer { loc, layer: naming.node.clone(), op: op.mnemonic(), fault, inputs });
             Value::Poison
         };
@@ -238,8 +310,8 @@ impl Elab<'_> {
             Err(f) => return fault(self, sc, f),
         };
         let rank = input_shapes.first().map_or(0, |s| s.rank().saturating_sub(1));
-        for calc in &inferred.unread {
-            let w = Warning::UnreadInput { loc, layer: naming.node.clone(), calc: calc.clone(), rank };
+        if !inferred.unread.is_empty() {
+            let w = Warning::UnreadInput { loc, layer: naming.node.clone(), calcs: inferred.unread.clone(), rank };
             self.report(sc, w);
         }
         let mut ids: Vec<NodeId> = inputs.iter().map(|(id, _)| *id).collect();
@@ -286,7 +358,16 @@ impl Elab<'_> {
         Ok(id)
     }
 
-    fn padding(&mut self, sc: &Scope, arg: Option<&ArgValue>, x: &Shape, x_loc: Loc, size: &[usize], stride: &[usize], dilation: &[usize]) -> Option<Vec<(usize, usize)>> {
+    fn padding(
+        &mut self,
+        sc: &Scope,
+        arg: Option<&ArgValue>,
+        x: &Shape,
+        x_loc: Loc,
+        size: &[usize],
+        stride: &[usize],
+        dilation: &[usize],
+    ) -> Option<Vec<(usize, usize)>> {
         let Some(arg) = arg else { return Some(vec![(0, 0); size.len()]) };
         if let Value::Word(_) | Value::Str(_) = arg.value {
             return match self.arg_choice(sc, arg, "padding", &["valid", "same"])? {

@@ -16,7 +16,11 @@ pub struct VerifyError {
 
 impl fmt::Display for VerifyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "internal error: IR verifier failed at `{}`: {} (this is a bug in cnnc; please report it)", self.node, self.problem)
+        write!(
+            f,
+            "internal error: IR verifier failed at `{}`: {} (this is a bug in cnnc; please report it)",
+            self.node, self.problem
+        )
     }
 }
 
@@ -24,7 +28,9 @@ impl std::error::Error for VerifyError {}
 
 /// Checks the invariants of `graph`.
 pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
-    let order = graph.topo_order().ok_or_else(|| VerifyError { node: graph.name.clone(), problem: "the graph has a cycle".into() })?;
+    let order = graph
+        .topo_order()
+        .ok_or_else(|| VerifyError { node: graph.name.clone(), problem: "the graph has a cycle".into() })?;
     for id in order {
         let node = graph.node(id);
         let operands = graph.operands(id);
@@ -44,7 +50,10 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
         if let Some(&weights) = operands.get(1) {
             let param_ports = !matches!(node.op, Op::Add | Op::Concat);
             if param_ports && operands[1..].iter().any(|&p| !matches!(graph.node(p).op, Op::Param(_))) {
-                return Err(fail(format!("operand `{}` in a parameter port is not a parameter", graph.node(weights).name)));
+                return Err(fail(format!(
+                    "operand `{}` in a parameter port is not a parameter",
+                    graph.node(weights).name
+                )));
             }
         }
         if matches!(node.op, Op::Input(_) | Op::Param(_)) {
@@ -53,7 +62,9 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
         let shapes: Vec<&shape::Shape> = operands.iter().map(|&o| &graph.node(o).shape).collect();
         match shape::infer(&node.op, &shapes) {
             Ok(inferred) if inferred.shape == node.shape => {}
-            Ok(inferred) => return Err(fail(format!("stored shape {} but the rule gives {}", node.shape, inferred.shape))),
+            Ok(inferred) => {
+                return Err(fail(format!("stored shape {} but the rule gives {}", node.shape, inferred.shape)))
+            }
             Err(e) => return Err(fail(format!("shape rule rejects the operands: {e:?}"))),
         }
     }
