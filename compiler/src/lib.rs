@@ -44,7 +44,8 @@ impl Compilation {
     pub fn diagnostics(&self) -> Vec<Diagnostic> {
         let mut diags: Vec<Diagnostic> = self.problems.iter().map(report::diagnostic).collect();
         diags.sort_by_key(|d| (d.primary().file, d.primary().span.start, d.severity, d.code));
-        diags.dedup_by(|a, b| a.code == b.code && a.primary() == b.primary() && a.message == b.message);
+        // A block instantiated several times reports a problem in its body once.
+        diags.dedup_by(|a, b| a.code == b.code && a.primary() == b.primary());
         diags
     }
 

@@ -71,7 +71,7 @@ pub struct AxisCalc {
 impl AxisCalc {
     /// Effective window size `d·(f − 1) + 1`.
     pub fn f_eff(&self) -> usize {
-        self.dilation * (self.f.max(1) - 1) + 1
+        self.dilation.saturating_mul(self.f.max(1) - 1).saturating_add(1)
     }
 
     /// `n + p_before + p_after − f_eff`, negative when the window does not fit.
@@ -277,11 +277,11 @@ pub fn conv_weight_shape(c: &crate::ir::op::ConvOp, channels: usize) -> Shape {
 pub fn same_padding(n: usize, f_eff: usize, s: usize) -> (usize, usize) {
     let s = s.max(1);
     let out = n.div_ceil(s);
-    let total = ((out.saturating_sub(1)) * s + f_eff).saturating_sub(n);
+    let total = (out.saturating_sub(1).saturating_mul(s)).saturating_add(f_eff).saturating_sub(n);
     (total / 2, total - total / 2)
 }
 
-fn need<'a>(x: Option<&'a Shape>, expected: usize) -> Result<&'a Shape, ShapeFault> {
+fn need(x: Option<&Shape>, expected: usize) -> Result<&Shape, ShapeFault> {
     x.ok_or(ShapeFault::Arity { expected, got: 0 })
 }
 

@@ -329,7 +329,7 @@ impl Checker<'_> {
 
     fn positive(&mut self, e: &ast::Expr, what: &str) -> Option<usize> {
         match e.kind {
-            ExprKind::Int(v) if v >= 1 && v <= 1 << 31 => Some(v as usize),
+            ExprKind::Int(v) if (1..=1 << 31).contains(&v) => Some(v as usize),
             _ => {
                 self.bad(e, what, "a positive integer");
                 None

@@ -358,28 +358,34 @@ impl Elab<'_> {
         Ok(id)
     }
 
+    /// The `pad` argument of a windowed layer: before and after, per axis.
     fn padding(
         &mut self,
         sc: &Scope,
-        arg: Option<&ArgValue>,
-        x: &Shape,
-        x_loc: Loc,
+        b: &Bound,
         size: &[usize],
         stride: &[usize],
         dilation: &[usize],
     ) -> Option<Vec<(usize, usize)>> {
-        let Some(arg) = arg else { return Some(vec![(0, 0); size.len()]) };
+        let Some(arg) = b.get("pad") else { return Some(vec![(0, 0); size.len()]) };
+        let x = self.graph.node(b.x).shape.clone();
         if let Value::Word(_) | Value::Str(_) = arg.value {
             return match self.arg_choice(sc, arg, "padding", &["valid", "same"])? {
                 "valid" => Some(vec![(0, 0); size.len()]),
                 _ => Some(
                     (0..size.len())
-                        .map(|i| shape::same_padding(x.spatial()[i], dilation[i] * (size[i] - 1) + 1, stride[i]))
+                        .map(|i| {
+                            shape::same_padding(
+                                x.spatial()[i],
+                                dilation[i].saturating_mul(size[i] - 1).saturating_add(1),
+                                stride[i],
+                            )
+                        })
                         .collect(),
                 ),
             };
         }
-        let p = self.arg_axes(sc, arg, "padding", 0, x, x_loc)?;
+        let p = self.arg_axes(sc, arg, "padding", 0, &x, b.x_loc)?;
         Some(p.into_iter().map(|p| (p, p)).collect())
     }
 
@@ -407,7 +413,7 @@ impl Elab<'_> {
             Some(a) => self.arg_axes(sc, a, "dilation", 1, &x, b.x_loc)?,
             None => ones,
         };
-        let pad = self.padding(sc, b.get("pad"), &x, b.x_loc, &size, &stride, &dilation)?;
+        let pad = self.padding(sc, b, &size, &stride, &dilation)?;
         let groups = match b.get("groups") {
             Some(a) => self.arg_int(sc, a, "a group count", 1)?,
             None => 1,
@@ -455,7 +461,7 @@ impl Elab<'_> {
             None => size.clone(),
         };
         let ones = vec![1; size.len()];
-        let pad = self.padding(sc, b.get("pad"), &x, b.x_loc, &size, &stride, &ones)?;
+        let pad = self.padding(sc, b, &size, &stride, &ones)?;
         let ceil = match b.get("round") {
             Some(a) => self.arg_choice(sc, a, "rounding", &["floor", "ceil"])? == "ceil",
             None => false,

@@ -1,0 +1,81 @@
+//! The `cnnc` binary: exit codes, JSON diagnostics, `build --emit`.
+
+mod common;
+
+use common::cnnc;
+
+#[test]
+fn exit_code_zero_for_a_clean_file() {
+    let out = cnnc().args(["check", "examples/lenet5.cnn"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn exit_code_zero_with_only_warnings() {
+    let out = cnnc().args(["check", "--color", "never", "tests/ui/unused_binding.cnn"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cnnc::resolve::unused_binding"), "{stderr}");
+    assert!(stderr.contains("0 errors, 1 warning"), "{stderr}");
+}
+
+#[test]
+fn exit_code_one_for_diagnostics() {
+    let out = cnnc().args(["check", "--color", "never", "tests/ui/output_too_small.cnn"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("(4 + 2·0 − 5)/1 + 1 = 0"), "{stderr}");
+}
+
+#[test]
+fn exit_code_two_for_a_missing_file_or_bad_usage() {
+    let out = cnnc().args(["check", "no/such/file.cnn"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/file.cnn"));
+    let out = cnnc().args(["check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = cnnc().args(["build", "examples/lenet5.cnn", "--emit", "nonsense"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = cnnc().args(["build", "examples/lenet5.cnn", "--model", "Nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn json_message_format_prints_one_object_per_line() {
+    let out = cnnc().args(["check", "--message-format", "json", "tests/ui/many_errors.cnn"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let diags: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let codes: Vec<&str> = diags.iter().map(|d| d["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["cnnc::shape::add_mismatch", "cnnc::shape::concat_mismatch", "cnnc::shape::dense_unflattened"]);
+    let first = &diags[0];
+    assert_eq!(first["file"], "tests/ui/many_errors.cnn");
+    assert_eq!(first["severity"], "error");
+    assert_eq!((first["line_start"].as_u64(), first["column_start"].as_u64()), (Some(6), Some(9)));
+    assert_eq!((first["line_end"].as_u64(), first["column_end"].as_u64()), (Some(6), Some(14)));
+    let text = std::fs::read_to_string(common::root().join("tests/ui/many_errors.cnn")).unwrap();
+    let (a, b) = (first["byte_start"].as_u64().unwrap() as usize, first["byte_end"].as_u64().unwrap() as usize);
+    assert_eq!(&text[a..b], "a + b");
+    assert!(first["help"].as_str().unwrap().contains("1×1 convolution"));
+    assert_eq!(first["labels"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn build_emits_summary_and_ir() {
+    let out = cnnc().args(["build", "stdlib/resnet.cnn", "--model", "ResNet50"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("Total params:        25,557,032"), "{stdout}");
+    let out = cnnc().args(["build", "examples/lenet5.cnn", "--emit", "ir"]).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.starts_with("graph LeNet5 {"));
+    assert!(stdout.contains("conv2d[n=6,f=5x5,s=1x1,p=0x0] \"conv1\" %0, %1, %2 : [28, 28, 6]"), "{stdout}");
+}
+
+#[test]
+fn build_refuses_a_file_with_errors() {
+    let out = cnnc().args(["build", "--color", "never", "tests/ui/cycle.cnn"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+}
