@@ -162,11 +162,27 @@ fn build(c: &Compilation, emit: Emit, model: Option<&str>) -> ExitCode {
         },
         None => c.models.iter().collect(),
     };
-    if models.is_empty() {
-        eprintln!("error: the file defines no model (blocks alone compile to nothing)");
-        return ExitCode::from(EXIT_USAGE);
-    }
     let mut out = std::io::stdout().lock();
+    if models.is_empty() {
+        // A library of blocks: list what it offers; blocks compile when a model instantiates them.
+        let _ = writeln!(out, "No model in this file; its blocks compile when a model uses them:");
+        if let Some(entry) = c.program.modules.first() {
+            for item in &entry.ast.items {
+                if let cnnc_grammar::ast::Item::Block(b) = item {
+                    let params: Vec<String> = b
+                        .params
+                        .iter()
+                        .map(|p| match &p.ty {
+                            Some(t) => format!("{}: {}", p.name, t),
+                            None => p.name.to_string(),
+                        })
+                        .collect();
+                    let _ = writeln!(out, "  block {}({})", b.name, params.join(", "));
+                }
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
     for (i, m) in models.iter().enumerate() {
         if i > 0 {
             let _ = writeln!(out);

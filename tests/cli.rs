@@ -79,3 +79,26 @@ fn build_refuses_a_file_with_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn check_and_build_succeed_on_every_stdlib_and_example_file() {
+    for dir in ["stdlib", "examples"] {
+        for entry in std::fs::read_dir(common::root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "cnn") {
+                continue;
+            }
+            for args in [vec!["check"], vec!["build", "--emit", "summary"], vec!["build", "--emit", "ir"]] {
+                let out = cnnc().args(&args).arg(&path).output().unwrap();
+                assert_eq!(
+                    out.status.code(),
+                    Some(0),
+                    "cnnc {args:?} {}: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(!out.stdout.is_empty() || args[0] == "check");
+            }
+        }
+    }
+}

@@ -43,6 +43,9 @@ pub struct ModelInfo {
     pub anchors: Vec<(String, Vec<[f64; 2]>, Loc)>,
     /// Where each output is declared, by output name.
     pub output_locs: HashMap<String, Loc>,
+    /// Every binding evaluated to a tensor: where its name is written (in any file, block bodies
+    /// included, once per instance) and the node computing its value. For editors.
+    pub bindings: Vec<(Loc, NodeId)>,
     /// Whether elaborating it reported an error.
     pub failed: bool,
 }
@@ -135,6 +138,7 @@ struct Elab<'p> {
     graph: Graph,
     params: HashMap<String, NodeId>,
     active_blocks: Vec<(ModuleId, String)>,
+    bindings: Vec<(Loc, NodeId)>,
     aborted: bool,
 }
 
@@ -146,6 +150,7 @@ impl<'p> Elab<'p> {
             graph: Graph::new(name),
             params: HashMap::new(),
             active_blocks: Vec::new(),
+            bindings: Vec::new(),
             aborted: false,
         }
     }
@@ -245,6 +250,7 @@ impl<'p> Elab<'p> {
             graph: std::mem::take(&mut self.graph),
             anchors,
             output_locs,
+            bindings: std::mem::take(&mut self.bindings),
             failed: false,
         }
     }
@@ -408,6 +414,9 @@ impl<'p> Elab<'p> {
                 sc.evaluating.push((name.to_string(), loc));
                 let value = self.eval(sc, &expr);
                 sc.evaluating.pop();
+                if let Value::Tensor(id) = value {
+                    self.bindings.push((loc, id));
+                }
                 sc.slots.insert(name.to_string(), Slot::Done { value: value.clone(), loc, binding: true });
                 value
             }
