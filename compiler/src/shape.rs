@@ -242,6 +242,26 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
             }
             first.clone().into()
         }
+        Op::Loss(crate::ir::op::LossOp { kind, .. }) => {
+            let (pred, target) = (need(x, 2)?, inputs.get(1).ok_or(ShapeFault::Arity { expected: 2, got: 1 })?);
+            let fits = match kind {
+                crate::ir::op::LossKind::SoftmaxCrossEntropy => pred.rank() == 1 && target.rank() == 0,
+                _ => pred == *target,
+            };
+            if !fits {
+                return Err(ShapeFault::ParamShape { expected: pred.clone(), got: (*target).clone() });
+            }
+            Shape(vec![]).into()
+        }
+        Op::Backward(b) => {
+            // Operands: the forward inputs, the forward output, then (except for a loss) its gradient.
+            let wrt = inputs.get(b.wrt).ok_or(ShapeFault::Arity { expected: b.wrt + 1, got: inputs.len() })?;
+            let needed = b.arity + if matches!(*b.of, Op::Loss(_)) { 1 } else { 2 };
+            if inputs.len() != needed {
+                return Err(ShapeFault::Arity { expected: needed, got: inputs.len() });
+            }
+            (*wrt).clone().into()
+        }
         Op::Concat => {
             let first = need(x, 1)?;
             let mut channels = 0usize;

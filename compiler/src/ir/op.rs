@@ -33,6 +33,53 @@ pub enum Op {
     Add,
     /// Concatenation along the channel (last) axis; other axes must agree.
     Concat,
+    /// A weighted loss per example (a scalar `[]`). Inputs: prediction, target.
+    Loss(LossOp),
+    /// The vector-Jacobian product of a forward op with respect to its input `wrt`: the gradient
+    /// of the loss with respect to that input. Inputs: the forward op's inputs, its output, and
+    /// the gradient of its output (absent for a loss, whose gradient is 1/batch per example).
+    Backward(BackwardOp),
+}
+
+/// Attributes of [`Op::Loss`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossOp {
+    /// Which loss.
+    pub kind: LossKind,
+    /// Its weight in the total loss.
+    pub weight: f32,
+}
+
+/// Losses, computed per example.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossKind {
+    /// `−log softmax(logits)[label]`; the target is a class index.
+    SoftmaxCrossEntropy,
+    /// Binary cross-entropy of `sigmoid(logits)` against targets in [0, 1], summed over the vector.
+    SigmoidCrossEntropy,
+    /// `½‖prediction − target‖²`.
+    L2,
+}
+
+impl fmt::Display for LossKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LossKind::SoftmaxCrossEntropy => "softmax_cross_entropy",
+            LossKind::SigmoidCrossEntropy => "sigmoid_cross_entropy",
+            LossKind::L2 => "l2",
+        })
+    }
+}
+
+/// Attributes of [`Op::Backward`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackwardOp {
+    /// The forward op.
+    pub of: Box<Op>,
+    /// Which of its inputs the gradient is for.
+    pub wrt: usize,
+    /// How many inputs the forward op has (the backward node's first operands).
+    pub arity: usize,
 }
 
 /// Attributes of [`Op::Input`].
@@ -210,6 +257,8 @@ impl Op {
             Op::PRelu => "prelu".into(),
             Op::Add => "add".into(),
             Op::Concat => "concat".into(),
+            Op::Loss(l) => format!("loss.{}", l.kind),
+            Op::Backward(b) => format!("vjp.{}", b.of.mnemonic()),
         }
     }
 
@@ -242,6 +291,16 @@ impl Op {
                 if p.ceil { ",ceil" } else { "" }
             ),
             Op::Dense(d) => format!("[units={}]", d.units),
+            Op::Loss(l) => format!("[weight={}]", l.weight),
+            Op::Backward(b) => {
+                let inner = b.of.attributes();
+                let inner = inner.trim_start_matches('[').trim_end_matches(']');
+                if inner.is_empty() {
+                    format!("[wrt={}]", b.wrt)
+                } else {
+                    format!("[wrt={};{inner}]", b.wrt)
+                }
+            }
             Op::BatchNorm(b) => format!("[eps={},momentum={}]", b.eps, b.momentum),
             Op::Dropout(d) => format!("[rate={}]", d.rate),
             Op::Activation(Activation::LeakyRelu { alpha }) => format!("[alpha={alpha}]"),

@@ -42,13 +42,15 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
             Op::PRelu => operands.len() == 2,
             Op::Add => operands.len() >= 2,
             Op::Concat => !operands.is_empty(),
+            Op::Loss(_) => operands.len() == 2,
+            Op::Backward(b) => operands.len() == b.arity + if matches!(*b.of, Op::Loss(_)) { 1 } else { 2 },
             _ => operands.len() == 1,
         };
         if !arity_ok {
             return Err(fail(format!("{} has {} operands", node.op.mnemonic(), operands.len())));
         }
         if let Some(&weights) = operands.get(1) {
-            let param_ports = !matches!(node.op, Op::Add | Op::Concat);
+            let param_ports = !matches!(node.op, Op::Add | Op::Concat | Op::Loss(_) | Op::Backward(_));
             if param_ports && operands[1..].iter().any(|&p| !matches!(graph.node(p).op, Op::Param(_))) {
                 return Err(fail(format!(
                     "operand `{}` in a parameter port is not a parameter",

@@ -1,0 +1,54 @@
+//! Losses per example, and their gradients seeded with weight/batch (the total loss is the
+//! weighted mean over the batch).
+
+use super::elementwise::{sigmoid, softmax};
+use super::Tensor;
+use cnnc_compiler::ir::op::LossKind;
+use ndarray::{Array1, ArrayD, Axis, Zip};
+
+/// Per-example losses `[n]`. For softmax cross-entropy the target holds class indices.
+pub(super) fn forward(kind: LossKind, pred: &Tensor, target: &Tensor) -> Tensor {
+    let n = pred.shape()[0];
+    let mut out = Array1::<f32>::zeros(n);
+    for b in 0..n {
+        let p = pred.index_axis(Axis(0), b);
+        let t = target.index_axis(Axis(0), b);
+        out[b] = match kind {
+            LossKind::SoftmaxCrossEntropy => {
+                let max = p.fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                let lse = p.mapv(|v| (v - max).exp()).sum().ln() + max;
+                let label = t.iter().next().copied().unwrap_or(0.0) as usize;
+                lse - p[label]
+            }
+            LossKind::SigmoidCrossEntropy => {
+                Zip::from(&p).and(&t).fold(0.0, |acc, &z, &y| acc + z.max(0.0) - z * y + (1.0 + (-z.abs()).exp()).ln())
+            }
+            LossKind::L2 => Zip::from(&p).and(&t).fold(0.0, |acc, &a, &b| acc + 0.5 * (a - b) * (a - b)),
+        };
+    }
+    out.into_dyn()
+}
+
+pub(super) fn vjp(kind: LossKind, weight: f32, wrt: usize, pred: &Tensor, target: &Tensor) -> Tensor {
+    let n = pred.shape()[0] as f32;
+    let scale = weight / n;
+    if wrt == 1 {
+        // Targets are data, never trained; their gradient is defined for completeness.
+        return match kind {
+            LossKind::L2 => (target - pred) * scale,
+            _ => ArrayD::zeros(target.raw_dim()),
+        };
+    }
+    match kind {
+        LossKind::SoftmaxCrossEntropy => {
+            let mut g = softmax(pred);
+            for (b, mut row) in g.axis_iter_mut(Axis(0)).enumerate() {
+                let label = target.index_axis(Axis(0), b).iter().next().copied().unwrap_or(0.0) as usize;
+                row[label] -= 1.0;
+            }
+            g * scale
+        }
+        LossKind::SigmoidCrossEntropy => Zip::from(pred).and(target).map_collect(|&z, &y| (sigmoid(z) - y) * scale),
+        LossKind::L2 => (pred - target) * scale,
+    }
+}

@@ -1,0 +1,237 @@
+//! Finite-difference checks of every op's gradient: for a random direction v over the input and
+//! every trainable parameter, (L(θ + εv) − L(θ − εv)) / 2ε must match ⟨∇L, v⟩, where ∇L comes
+//! from the autodiff pass and the reference executor's vector-Jacobian products.
+
+use cnnc_compiler::ir::op::{InputOp, LossKind, LossOp, Op};
+use cnnc_compiler::ir::{Graph, Node, NodeId};
+use cnnc_compiler::passes::autodiff;
+use cnnc_compiler::shape::Shape;
+use cnnc_runtime::executor::Executor;
+use cnnc_runtime::params::Params;
+use cnnc_runtime::reference::{Ctx, Tensor};
+use ndarray::{ArrayD, IxDyn};
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Compiles `model M { input x: SHAPE  output y = x |> LAYERS }`; `None` if it does not check.
+fn model(input: &[usize], layers: &str) -> Option<Graph> {
+    let shape: Vec<String> = input.iter().map(|d| d.to_string()).collect();
+    let text = format!("model M {{\n input x: [{}]\n output y = x |> {layers}\n}}", shape.join(", "));
+    let c = cnnc_compiler::compile_source("grad.cnn", None, text.as_bytes());
+    if c.has_errors() {
+        return None;
+    }
+    Some(c.models.into_iter().next()?.graph)
+}
+
+fn random(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
+    let n = shape.iter().product();
+    ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()).unwrap()
+}
+
+struct Case {
+    graph: Graph,
+    x: NodeId,
+    target: NodeId,
+    loss: NodeId,
+    grads: autodiff::Gradients,
+}
+
+/// Adds a loss on output `y` (L2 against a random target unless `kind` says otherwise) and the
+/// backward graph with respect to the input and parameters.
+fn with_loss(mut graph: Graph, kind: LossKind) -> Case {
+    let y = graph.outputs()[0].1;
+    let x = graph.inputs()[0];
+    let y_shape = graph.node(y).shape.clone();
+    let t_shape = if kind == LossKind::SoftmaxCrossEntropy { Shape(vec![]) } else { y_shape };
+    let loc = graph.node(y).loc;
+    let target =
+        graph.add(Node { op: Op::Input(InputOp { name: "t".into() }), name: "t".into(), loc, shape: t_shape }, &[]);
+    let loss = graph.add(
+        Node { op: Op::Loss(LossOp { kind, weight: 0.7 }), name: "loss".into(), loc, shape: Shape(vec![]) },
+        &[y, target],
+    );
+    let grads = autodiff::run(&mut graph, &[loss], true, &[target]);
+    cnnc_compiler::ir::verify(&graph).expect("the training graph verifies");
+    Case { graph, x, target, loss, grads }
+}
+
+fn total_loss(case: &Case, params: &Params, x: &Tensor, t: &Tensor, ctx: Ctx) -> f64 {
+    let exec = Executor::new(&case.graph, &[case.loss]);
+    let values = exec.run(params, &[(case.x, x.clone()), (case.target, t.clone())], ctx).unwrap();
+    values.get(case.loss).unwrap().iter().map(|&v| v as f64).sum::<f64>() * 0.7 / x.shape()[0] as f64
+}
+
+/// Checks the gradient of a case by central differences along random directions. Non-smooth ops
+/// (ReLU, max pooling) have kinks: a difference step that crosses one changes the slope, so a
+/// mismatch is retried with a new direction and a smaller step; three mismatches fail.
+fn check(case: &Case, batch: usize, kind: LossKind, seed: u64) -> Result<(), TestCaseError> {
+    let mut last = String::new();
+    for (attempt, eps) in [1e-2f32, 3e-3, 1e-3].into_iter().enumerate() {
+        match check_once(case, batch, kind, seed, attempt as u64, eps) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(TestCaseError::fail(last))
+}
+
+fn check_once(case: &Case, batch: usize, kind: LossKind, seed: u64, attempt: u64, eps: f32) -> Result<(), String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut params = Params::init(&case.graph, seed);
+    // Random, not the initializer's zeros and ones, so every path carries signal.
+    for v in params.values.values_mut() {
+        let shape = v.shape().to_vec();
+        let mut r = random(&shape, &mut rng);
+        if shape.len() == 1 {
+            r.mapv_inplace(|a| 1.0 + 0.5 * a);
+        }
+        *v = r;
+    }
+    let x_shape: Vec<usize> = std::iter::once(batch).chain(case.graph.node(case.x).shape.0.iter().copied()).collect();
+    let x = random(&x_shape, &mut rng);
+    let y_shape: Vec<usize> =
+        std::iter::once(batch).chain(case.graph.node(case.graph.outputs()[0].1).shape.0.iter().copied()).collect();
+    let t = match kind {
+        LossKind::SoftmaxCrossEntropy => {
+            let classes = y_shape[1];
+            ArrayD::from_shape_vec(IxDyn(&[batch]), (0..batch).map(|_| rng.random_range(0..classes) as f32).collect())
+                .unwrap()
+        }
+        LossKind::SigmoidCrossEntropy => random(&y_shape, &mut rng).mapv(|v| (v + 1.0) / 2.0),
+        LossKind::L2 => random(&y_shape, &mut rng),
+    };
+    let ctx = Ctx { training: true, seed, step: 3, node: 0 };
+    let exec = Executor::new(&case.graph, &[]);
+    let values = exec.run(&params, &[(case.x, x.clone()), (case.target, t.clone())], ctx).unwrap();
+
+    // Direction over the input and every trainable parameter; analytic ⟨∇L, v⟩.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (attempt + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let dx = random(&x_shape, &mut rng);
+    let mut analytic = 0.0f64;
+    let gx = case.grads.inputs.iter().find(|(i, _)| *i == case.x).map(|(_, g)| values.get(*g).unwrap());
+    if let Some(gx) = gx {
+        analytic += gx.iter().zip(dx.iter()).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>();
+    }
+    let mut dirs = Vec::new();
+    for &(p, g) in &case.grads.params {
+        let name = case.graph.node(p).name.clone();
+        let d = random(params.get(&name).unwrap().shape(), &mut rng);
+        analytic += values.get(g).unwrap().iter().zip(d.iter()).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>();
+        dirs.push((name, d));
+    }
+    let shifted = |sign: f32| {
+        let mut p = params.clone();
+        for (name, d) in &dirs {
+            let v = p.values.get_mut(name).unwrap();
+            *v = &*v + &(d * (sign * eps));
+        }
+        let xs = if gx.is_some() { &x + &(&dx * (sign * eps)) } else { x.clone() };
+        total_loss(case, &p, &xs, &t, ctx)
+    };
+    let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
+    let tolerance = 2e-2 * numeric.abs().max(analytic.abs()) + 2e-3;
+    if (numeric - analytic).abs() <= tolerance {
+        Ok(())
+    } else {
+        Err(format!("numeric {numeric} vs analytic {analytic} (ε = {eps})"))
+    }
+}
+
+fn run(input: &[usize], layers: &str, kind: LossKind, batch: usize, seed: u64) -> Result<(), TestCaseError> {
+    let Some(graph) = model(input, layers) else {
+        return Err(TestCaseError::reject("does not shape-check"));
+    };
+    let case = with_loss(graph, kind);
+    check(&case, batch, kind, seed)
+}
+
+fn size(rank: usize, max: usize) -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1..=max, rank)
+}
+
+fn list(v: &[usize]) -> String {
+    format!("[{}]", v.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        max_global_rejects: 4096,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x00c0_ffee),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn conv(rank in 1usize..=3, f in size(3, 3), s in size(3, 2), p in size(3, 2), d in size(3, 2),
+            groups in 1usize..=2, filters in 1usize..=3, channels in 1usize..=2, n in 4usize..=7, seed in any::<u64>()) {
+        let (f, s, d) = (&f[..rank], &s[..rank], &d[..rank]);
+        let p: Vec<usize> = p[..rank].iter().map(|v| v - 1).collect();
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([channels * groups]).collect();
+        let layer = format!("conv({}, {}, stride: {}, pad: {}, dilation: {}, groups: {groups})", filters * groups, list(f), list(s), list(&p), list(d));
+        run(&input, &layer, LossKind::L2, 2, seed)?;
+    }
+
+    #[test]
+    fn conv_same_padding(rank in 1usize..=3, f in 1usize..=4, s in 1usize..=3, n in 3usize..=6, seed in any::<u64>()) {
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([2]).collect();
+        run(&input, &format!("conv(3, {f}, stride: {s}, pad: same)"), LossKind::L2, 2, seed)?;
+    }
+
+    #[test]
+    fn pooling(rank in 1usize..=3, max in any::<bool>(), f in 1usize..=3, s in 1usize..=3, p in 0usize..=1, ceil in any::<bool>(), n in 3usize..=7, seed in any::<u64>()) {
+        prop_assume!(p * 2 <= f);
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([2]).collect();
+        let kind = if max { "maxpool" } else { "avgpool" };
+        let round = if ceil { "ceil" } else { "floor" };
+        run(&input, &format!("{kind}({f}, stride: {s}, pad: {p}, round: {round})"), LossKind::L2, 2, seed)?;
+    }
+
+    #[test]
+    fn global_pooling(rank in 1usize..=3, max in any::<bool>(), n in 1usize..=4, seed in any::<u64>()) {
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([3]).collect();
+        run(&input, if max { "global_maxpool" } else { "global_avgpool" }, LossKind::L2, 2, seed)?;
+    }
+
+    #[test]
+    fn dense_and_flatten(h in 1usize..=4, w in 1usize..=4, c in 1usize..=3, units in 1usize..=5, bias in any::<bool>(), seed in any::<u64>()) {
+        run(&[h, w, c], &format!("flatten |> dense({units}, bias: {bias})"), LossKind::L2, 3, seed)?;
+    }
+
+    #[test]
+    fn batchnorm(rank in 1usize..=3, n in 2usize..=4, c in 1usize..=3, seed in any::<u64>()) {
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([c]).collect();
+        run(&input, "batchnorm(eps: 0.001)", LossKind::L2, 3, seed)?;
+    }
+
+    #[test]
+    fn activations(which in 0usize..7, n in 1usize..=5, seed in any::<u64>()) {
+        let layer = ["relu", "leaky_relu(alpha: 0.1)", "tanh", "sigmoid", "softmax", "prelu", "dropout(0.3)"][which];
+        run(&[n, 3], layer, LossKind::L2, 2, seed)?;
+    }
+
+    #[test]
+    fn add_and_concat(n in 1usize..=4, c in 1usize..=3, seed in any::<u64>()) {
+        run(&[n, n, c], "conv(2, 1) |> relu", LossKind::L2, 2, seed)?;
+        let graph = model_dag(n, c);
+        let case = with_loss(graph, LossKind::L2);
+        check(&case, 2, LossKind::L2, seed)?;
+    }
+
+    #[test]
+    fn losses(which in 0usize..3, classes in 2usize..=6, seed in any::<u64>()) {
+        let kind = [LossKind::SoftmaxCrossEntropy, LossKind::SigmoidCrossEntropy, LossKind::L2][which];
+        run(&[4], &format!("dense({classes})"), kind, 3, seed)?;
+    }
+}
+
+/// A DAG with a residual add, a concat and a shared value used three times.
+fn model_dag(n: usize, c: usize) -> Graph {
+    let text = format!(
+        "model M {{\n input x: [{n}, {n}, {c}]\n a = x |> conv({c}, 3, pad: same) |> tanh\n b = a + x\n y2 = concat(a, b, x)\n output y = y2 |> conv(2, 1)\n}}"
+    );
+    let c = cnnc_compiler::compile_source("dag.cnn", None, text.as_bytes());
+    assert!(!c.has_errors());
+    c.models.into_iter().next().unwrap().graph
+}
