@@ -1,7 +1,9 @@
 //! `cnnc`: the command-line driver over the compiler (and, later, the runtime).
 //!
-//! Exit codes: 0 success (warnings allowed), 1 the model file has errors, 2 usage or I/O error,
-//! 3 internal compiler error (a bug in cnnc).
+//! Exit codes: 0 success (warnings allowed), 1 the model file has errors, 2 usage or input error
+//! (a missing or corrupt file), 3 internal compiler error (a bug in cnnc), 4 training diverged.
+
+mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use cnnc_compiler::summary::Summary;
@@ -30,6 +32,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
+    /// Train a model as its train section says, evaluate it, or predict on files.
+    Run(RunArgs),
     /// Compile a model file and print what was asked for.
     Build {
         /// The .cnn file.
@@ -44,6 +48,39 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The .cnn file.
+    file: PathBuf,
+    /// Which model, when the file has several.
+    #[arg(long)]
+    model: Option<String>,
+    /// Folder for weights, optimizer state, metrics.csv and metrics.png (default: runs/MODEL).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Weights to evaluate or predict with (default: OUT/weights.safetensors).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Continue training from the weights and optimizer state in OUT.
+    #[arg(long)]
+    resume: bool,
+    /// Only evaluate saved weights on the test split.
+    #[arg(long)]
+    eval: bool,
+    /// Run the model on these image files instead of training.
+    #[arg(long, num_args = 1..)]
+    predict: Vec<PathBuf>,
+    /// Override the number of epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Train on the first N training examples only.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Print only errors and the final results.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -67,6 +104,8 @@ enum Emit {
     Summary,
     /// The graph IR as text.
     Ir,
+    /// The training graph as IR: forward, losses and the backward graph from autodiff.
+    TrainIr,
 }
 
 const EXIT_DIAGNOSTICS: u8 = 1;
@@ -79,6 +118,32 @@ fn main() -> ExitCode {
         Command::Check { file, message_format, color } => {
             let Some(c) = compile(&file) else { return ExitCode::from(EXIT_USAGE) };
             report(&c, message_format, color)
+        }
+        Command::Run(a) => {
+            let Some(c) = compile(&a.file) else { return ExitCode::from(EXIT_USAGE) };
+            let status = report(&c, MessageFormat::Human, Color::Auto);
+            if status != ExitCode::SUCCESS {
+                return status;
+            }
+            let args = run::Args {
+                file: a.file,
+                model: a.model,
+                out: a.out,
+                weights: a.weights,
+                resume: a.resume,
+                eval: a.eval,
+                predict: a.predict,
+                epochs: a.epochs,
+                limit: a.limit,
+                quiet: a.quiet,
+            };
+            match run::run(&c, &args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(f) => {
+                    eprintln!("error: {}", f.message);
+                    ExitCode::from(f.code)
+                }
+            }
         }
         Command::Build { file, emit, model, color } => {
             let Some(c) = compile(&file) else { return ExitCode::from(EXIT_USAGE) };
@@ -190,6 +255,19 @@ fn build(c: &Compilation, emit: Emit, model: Option<&str>) -> ExitCode {
         let text = match emit {
             Emit::Summary => Summary::of(&m.graph).to_text(),
             Emit::Ir => m.graph.to_text(),
+            Emit::TrainIr => match c.trains.iter().find(|t| t.model == m.name) {
+                None => {
+                    eprintln!("error: model `{}` has no train section, so no training graph", m.name);
+                    return ExitCode::from(EXIT_USAGE);
+                }
+                Some(spec) => match cnnc_compiler::passes::training::run(m, spec, false) {
+                    Ok(tg) => tg.graph.to_text(),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                },
+            },
         };
         let _ = write!(out, "{text}");
     }

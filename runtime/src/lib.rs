@@ -1,6 +1,12 @@
 //! cnnc's runtime: the reference executor (the correctness oracle), parameter initialization,
 //! weights files, data loading and the training loop.
 
+pub mod data;
 pub mod executor;
+pub mod optim;
 pub mod params;
+pub mod plot;
+pub mod predict;
 pub mod reference;
+pub mod train;
+pub mod weights;

@@ -10,7 +10,10 @@ mod pool;
 mod structure;
 
 use cnnc_compiler::ir::op::Op;
+
+pub use elementwise::softmax;
 use ndarray::ArrayD;
+pub use norm::batch_statistics;
 
 /// A tensor: batch axis first, then the IR shape.
 pub type Tensor = ArrayD<f32>;

@@ -1,0 +1,294 @@
+//! Training data: loaded from IDX (MNIST's format, gzipped or not), CSV and folders of images
+//! (one sub-folder per class), checked against what the model expects, normalized, split, and
+//! served in seeded shuffled batches. Every malformed file is a [`DataError`] that says what and
+//! where; nothing here panics on bad input.
+
+mod csv;
+mod idx;
+mod images;
+
+use crate::reference::Tensor;
+use cnnc_compiler::train::{Arg, FnCall};
+use ndarray::{ArrayD, IxDyn};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use images::load_image;
+
+/// Why data could not be loaded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DataError {
+    /// A file could not be read.
+    Io { path: PathBuf, error: String },
+    /// A file's header is not what its format requires.
+    BadHeader { path: PathBuf, detail: String },
+    /// A file holds fewer bytes or rows than its header promises.
+    Truncated { path: PathBuf, expected: u64, found: u64 },
+    /// Images and labels disagree on the number of examples.
+    CountMismatch { images: PathBuf, labels: PathBuf, n_images: usize, n_labels: usize },
+    /// A label is not a class index.
+    LabelOutOfRange { path: PathBuf, index: usize, label: i64, classes: usize },
+    /// An image's size is not the model's input size.
+    ImageSize { path: PathBuf, expected: (usize, usize), found: (usize, usize) },
+    /// A CSV row is malformed.
+    Csv { path: PathBuf, line: usize, problem: String },
+    /// A file could not be decoded (gzip, PNG, JPEG).
+    Decode { path: PathBuf, error: String },
+    /// No examples.
+    Empty { path: PathBuf },
+    /// The data's examples do not have the model input's shape.
+    Shape { what: String, expected: Vec<usize>, found: Vec<usize> },
+    /// The data source is not supported for this model.
+    Unsupported { what: String },
+}
+
+impl fmt::Display for DataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataError::Io { path, error } => write!(f, "cannot read `{}`: {error}", path.display()),
+            DataError::BadHeader { path, detail } => {
+                write!(f, "`{}` is not a valid data file: {detail}", path.display())
+            }
+            DataError::Truncated { path, expected, found } => {
+                write!(
+                    f,
+                    "`{}` is truncated: its header promises {expected} bytes of data but it holds {found}",
+                    path.display()
+                )
+            }
+            DataError::CountMismatch { images, labels, n_images, n_labels } => write!(
+                f,
+                "`{}` has {n_images} examples but `{}` has {n_labels} labels",
+                images.display(),
+                labels.display()
+            ),
+            DataError::LabelOutOfRange { path, index, label, classes } => {
+                write!(
+                    f,
+                    "`{}`: label {label} of example {index} is not a class index (0 to {})",
+                    path.display(),
+                    classes.saturating_sub(1)
+                )
+            }
+            DataError::ImageSize { path, expected, found } => write!(
+                f,
+                "`{}` is {}×{} but the model's input is {}×{}",
+                path.display(),
+                found.0,
+                found.1,
+                expected.0,
+                expected.1
+            ),
+            DataError::Csv { path, line, problem } => write!(f, "`{}`, line {line}: {problem}", path.display()),
+            DataError::Decode { path, error } => write!(f, "cannot decode `{}`: {error}", path.display()),
+            DataError::Empty { path } => write!(f, "`{}` holds no examples", path.display()),
+            DataError::Shape { what, expected, found } => {
+                write!(f, "{what} gives examples of shape {found:?} but the model's input is {expected:?}")
+            }
+            DataError::Unsupported { what } => write!(f, "{what}"),
+        }
+    }
+}
+
+impl std::error::Error for DataError {}
+
+/// Labelled examples, flattened row-major.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Split {
+    /// `n × features` values.
+    pub x: Vec<f32>,
+    /// Class index of each example.
+    pub y: Vec<u32>,
+}
+
+impl Split {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    /// Whether there is no example.
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+
+    fn take(&self, features: usize, indices: &[usize]) -> Split {
+        let mut out = Split { x: Vec::with_capacity(indices.len() * features), y: Vec::with_capacity(indices.len()) };
+        for &i in indices {
+            out.x.extend_from_slice(&self.x[i * features..(i + 1) * features]);
+            out.y.push(self.y[i]);
+        }
+        out
+    }
+}
+
+/// A data set: training and test examples of one shape, with class labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// Training examples.
+    pub train: Split,
+    /// Held-out examples, evaluated every epoch.
+    pub test: Split,
+    /// Number of classes.
+    pub classes: usize,
+    /// Shape of one example (the model input's).
+    pub shape: Vec<usize>,
+    /// Zero padding added around each image (`mnist(..., pad: 2)`), for predicting on raw files.
+    pub pad: usize,
+    /// Factor that maps raw values (0..255 for images) into the model's range.
+    pub scale: f32,
+}
+
+impl Dataset {
+    /// Values per example.
+    pub fn features(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The examples of `split` at `indices` as a batch: inputs `[b, shape..]` and labels `[b]`.
+    pub fn batch(&self, split: &Split, indices: &[usize]) -> (Tensor, Tensor) {
+        let f = self.features();
+        let mut x = Vec::with_capacity(indices.len() * f);
+        for &i in indices {
+            x.extend_from_slice(&split.x[i * f..(i + 1) * f]);
+        }
+        let mut shape = vec![indices.len()];
+        shape.extend_from_slice(&self.shape);
+        let x = ArrayD::from_shape_vec(IxDyn(&shape), x).expect("batch fills its shape");
+        let y = ArrayD::from_shape_vec(IxDyn(&[indices.len()]), indices.iter().map(|&i| split.y[i] as f32).collect())
+            .expect("labels fill their shape");
+        (x, y)
+    }
+}
+
+/// The order of one epoch: a permutation of `0..n` fixed by the seed and the epoch.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F));
+    order.shuffle(&mut rng);
+    order
+}
+
+fn str_arg<'a>(call: &'a FnCall, name: &str) -> Option<&'a str> {
+    match call.args.get(name) {
+        Some(Arg::Str(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn num_arg(call: &FnCall, name: &str, default: f64) -> f64 {
+    match call.args.get(name) {
+        Some(Arg::Num(v)) => *v,
+        Some(Arg::Int(v)) => *v as f64,
+        _ => default,
+    }
+}
+
+/// Reads a whole file, un-gzipping it if it starts with gzip's magic bytes.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.to_path_buf(), error: e.to_string() })?;
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        let mut decoder = flate2::read::GzDecoder::new(&bytes[..]);
+        std::io::Read::read_to_end(&mut decoder, &mut out)
+            .map_err(|e| DataError::Decode { path: path.to_path_buf(), error: e.to_string() })?;
+        return Ok(out);
+    }
+    Ok(bytes)
+}
+
+/// Splits `all` into training and test parts: a seeded shuffle, then the last `fraction` is test.
+fn split(all: Split, features: usize, fraction: f64, seed: u64) -> (Split, Split) {
+    let order = epoch_order(all.len(), seed, usize::MAX - 1);
+    let n_test = ((all.len() as f64) * fraction.clamp(0.0, 1.0)).round() as usize;
+    let (train, test) = order.split_at(all.len() - n_test);
+    (all.take(features, train), all.take(features, test))
+}
+
+/// Classes implied by labels: one more than the largest (at least one); negative labels are
+/// reported by [`check_labels`].
+fn class_count(labels: &[i64]) -> usize {
+    labels.iter().copied().filter(|&l| l >= 0).max().map_or(1, |m| (m as usize).saturating_add(1))
+}
+
+fn check_labels(path: &Path, labels: &[i64], classes: usize) -> Result<Vec<u32>, DataError> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(index, &label)| {
+            if label >= 0 && (label as usize) < classes {
+                Ok(label as u32)
+            } else {
+                Err(DataError::LabelOutOfRange { path: path.to_path_buf(), index, label, classes })
+            }
+        })
+        .collect()
+}
+
+/// Loads the data source of a train section; paths are relative to `base` (the model file's
+/// folder). `input` is the model input's shape, `seed` fixes the train/test split.
+pub fn load(call: &FnCall, base: &Path, input: &[usize], seed: u64) -> Result<Dataset, DataError> {
+    let path = |name: &str| str_arg(call, name).map(|p| base.join(p));
+    let dataset = match call.name.as_str() {
+        "mnist" => {
+            let dir = path("dir").unwrap_or_default();
+            let pad = num_arg(call, "pad", 0.0) as usize;
+            let limit = num_arg(call, "limit", 0.0) as usize;
+            let (train, test) = idx::mnist(&dir, pad, limit)?;
+            Dataset { train, test, classes: 10, shape: vec![28 + 2 * pad, 28 + 2 * pad, 1], pad, scale: 1.0 / 255.0 }
+        }
+        "idx" => {
+            let (images, labels) = (path("images").unwrap_or_default(), path("labels").unwrap_or_default());
+            let (all, shape, labels_raw) = idx::pair(&images, &labels)?;
+            let classes = class_count(&labels_raw);
+            let all = Split { x: all.x, y: check_labels(&labels, &labels_raw, classes)? };
+            let features: usize = shape.iter().product();
+            let (train, test) = match (path("test_images"), path("test_labels")) {
+                (Some(ti), Some(tl)) => {
+                    let (test, test_shape, raw) = idx::pair(&ti, &tl)?;
+                    if test_shape != shape {
+                        return Err(DataError::Shape {
+                            what: format!("`{}`", ti.display()),
+                            expected: shape,
+                            found: test_shape,
+                        });
+                    }
+                    (all, Split { x: test.x, y: check_labels(&tl, &raw, classes)? })
+                }
+                _ => split(all, features, num_arg(call, "split", 0.2), seed),
+            };
+            Dataset { train, test, classes, shape, pad: 0, scale: 1.0 / 255.0 }
+        }
+        "csv" => {
+            let file = path("path").unwrap_or_default();
+            let shape: Vec<usize> = match call.args.get("shape") {
+                Some(Arg::List(v)) => v.iter().map(|&d| d as usize).collect(),
+                _ => input.to_vec(),
+            };
+            let scale = num_arg(call, "scale", 1.0) as f32;
+            let (all, raw) = csv::load(&file, shape.iter().product(), scale)?;
+            let classes = class_count(&raw);
+            let all = Split { x: all.x, y: check_labels(&file, &raw, classes)? };
+            let (train, test) = split(all, shape.iter().product(), num_arg(call, "split", 0.2), seed);
+            Dataset { train, test, classes, shape, pad: 0, scale }
+        }
+        "images" => {
+            let dir = path("dir").unwrap_or_default();
+            let (all, classes) = images::folders(&dir, input)?;
+            let (train, test) = split(all, input.iter().product(), num_arg(call, "split", 0.2), seed);
+            Dataset { train, test, classes, shape: input.to_vec(), pad: 0, scale: 1.0 / 255.0 }
+        }
+        other => return Err(DataError::Unsupported { what: format!("data source `{other}` is not supported") }),
+    };
+    if dataset.shape != input {
+        return Err(DataError::Shape {
+            what: format!("`{}`", call.name),
+            expected: input.to_vec(),
+            found: dataset.shape,
+        });
+    }
+    Ok(dataset)
+}

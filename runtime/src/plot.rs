@@ -1,0 +1,91 @@
+//! A PNG chart of a run's loss and accuracy per epoch (plotters, drawn into a buffer, encoded by
+//! the `image` crate). The font, DejaVu Sans, is embedded (licence in `runtime/assets/`).
+
+use crate::train::EpochMetrics;
+use plotters::prelude::*;
+use std::sync::Once;
+
+const WIDTH: u32 = 960;
+const HEIGHT: u32 = 400;
+
+fn register_font() {
+    static FONT: Once = Once::new();
+    FONT.call_once(|| {
+        let _ =
+            plotters::style::register_font("sans-serif", FontStyle::Normal, include_bytes!("../assets/DejaVuSans.ttf"));
+    });
+}
+
+/// Writes the chart to `path` (atomically). Errors are returned as text.
+pub fn write(path: &std::path::Path, history: &[EpochMetrics]) -> Result<(), String> {
+    register_font();
+    let mut buffer = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
+    draw(&mut buffer, history).map_err(|e| e.to_string())?;
+    let image = image::RgbImage::from_raw(WIDTH, HEIGHT, buffer).ok_or("the chart buffer has the wrong size")?;
+    let tmp = path.with_extension("png.tmp");
+    image.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+}
+
+fn draw(buffer: &mut [u8], history: &[EpochMetrics]) -> Result<(), Box<dyn std::error::Error>> {
+    let root = BitMapBackend::with_buffer(buffer, (WIDTH, HEIGHT)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(WIDTH / 2);
+    let epochs = history.len().max(1) as f64;
+    let x_max = epochs.max(2.0);
+    let losses: Vec<f64> = history.iter().flat_map(|m| [m.train_loss, m.test_loss]).filter(|v| v.is_finite()).collect();
+    let loss_max = losses.iter().copied().fold(0.0, f64::max).max(1e-3) * 1.1;
+    let mut chart = ChartBuilder::on(&left)
+        .caption("loss", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(1.0..x_max, 0.0..loss_max)?;
+    chart.configure_mesh().x_desc("epoch").draw()?;
+    series(&mut chart, history, |m| m.train_loss, BLUE, "train")?;
+    series(&mut chart, history, |m| m.test_loss, RED, "test")?;
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    let mut chart = ChartBuilder::on(&right)
+        .caption("accuracy", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(1.0..x_max, 0.0..1.0)?;
+    chart.configure_mesh().x_desc("epoch").draw()?;
+    series(&mut chart, history, |m| m.train_accuracy, BLUE, "train")?;
+    series(&mut chart, history, |m| m.test_accuracy, RED, "test")?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+fn series(
+    chart: &mut Chart,
+    history: &[EpochMetrics],
+    value: impl Fn(&EpochMetrics) -> f64,
+    color: RGBColor,
+    label: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let points: Vec<(f64, f64)> =
+        history.iter().map(|m| (m.epoch as f64, value(m))).filter(|p| p.1.is_finite()).collect();
+    if points.is_empty() {
+        return Ok(());
+    }
+    chart
+        .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! Weights files in safetensors: parameters by name, f32, in cnnc's layout (convolution weights
+//! `[f.., c_in/groups, filters]`, dense weights `[n, units]`). Files are written atomically —
+//! a temporary file in the same folder, then a rename — so a crash never leaves a broken file.
+
+use crate::params::Params;
+use crate::reference::Tensor;
+use ndarray::{ArrayD, IxDyn};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Why a weights file could not be read or written.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WeightsError {
+    /// The file could not be read or written.
+    Io { path: PathBuf, error: String },
+    /// The file is not valid safetensors.
+    Corrupt { path: PathBuf, error: String },
+    /// A tensor is not 32-bit float.
+    Dtype { path: PathBuf, name: String, dtype: String },
+    /// The file lacks parameters the model has.
+    Missing { path: PathBuf, names: Vec<String> },
+    /// A parameter's shape differs from the model's.
+    Shape { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
+}
+
+impl fmt::Display for WeightsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WeightsError::Io { path, error } => write!(f, "cannot access weights file `{}`: {error}", path.display()),
+            WeightsError::Corrupt { path, error } => {
+                write!(f, "`{}` is not a valid safetensors file: {error}", path.display())
+            }
+            WeightsError::Dtype { path, name, dtype } => {
+                write!(f, "`{}`: tensor `{name}` is {dtype}, cnnc reads F32", path.display())
+            }
+            WeightsError::Missing { path, names } => {
+                let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+                let more = if names.len() > 5 { format!(" and {} more", names.len() - 5) } else { String::new() };
+                write!(f, "`{}` lacks parameters of this model: {}{more}", path.display(), shown.join(", "))
+            }
+            WeightsError::Shape { path, name, expected, found } => {
+                write!(f, "`{}`: parameter `{name}` has shape {found:?}, the model needs {expected:?}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for WeightsError {}
+
+/// Writes `tensors` with `metadata` to `path` atomically.
+pub fn save(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: HashMap<String, String>,
+) -> Result<(), WeightsError> {
+    let io = |e: &dyn fmt::Display| WeightsError::Io { path: path.to_path_buf(), error: e.to_string() };
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(name, t)| (name.clone(), t.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape().to_vec()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, data, shape)| TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (name.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| io(&e))?;
+    let serialized = safetensors::serialize(views, Some(metadata)).map_err(|e| io(&e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
+    }
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, serialized).map_err(|e| io(&e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(&e)
+    })
+}
+
+/// Tensors by name, and a file's metadata.
+pub type Contents = (BTreeMap<String, Tensor>, HashMap<String, String>);
+
+/// Reads every tensor of a file, with its metadata.
+pub fn load(path: &Path) -> Result<Contents, WeightsError> {
+    let bytes = std::fs::read(path).map_err(|e| WeightsError::Io { path: path.to_path_buf(), error: e.to_string() })?;
+    let corrupt = |e: &dyn fmt::Display| WeightsError::Corrupt { path: path.to_path_buf(), error: e.to_string() };
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(&e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&e))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(WeightsError::Dtype { path: path.to_path_buf(), name, dtype: format!("{:?}", view.dtype()) });
+        }
+        let values: Vec<f32> =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let t = ArrayD::from_shape_vec(IxDyn(view.shape()), values).map_err(|e| corrupt(&e))?;
+        out.insert(name, t);
+    }
+    Ok((out, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// Reads a weights file into `params`, which must already hold every parameter of the model
+/// (for shapes); constants written in the model file keep their values.
+pub fn load_into(path: &Path, params: &mut Params) -> Result<HashMap<String, String>, WeightsError> {
+    let (tensors, meta) = load(path)?;
+    let missing: Vec<String> = params.values.keys().filter(|k| !tensors.contains_key(*k)).cloned().collect();
+    if !missing.is_empty() {
+        return Err(WeightsError::Missing { path: path.to_path_buf(), names: missing });
+    }
+    for (name, value) in params.values.iter_mut() {
+        let t = &tensors[name];
+        if t.shape() != value.shape() {
+            return Err(WeightsError::Shape {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                expected: value.shape().to_vec(),
+                found: t.shape().to_vec(),
+            });
+        }
+        *value = t.clone();
+    }
+    Ok(meta)
+}

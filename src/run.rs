@@ -1,0 +1,188 @@
+//! `cnnc run`: train a model as its `train` section says, evaluate it, or predict on files.
+
+use cnnc_compiler::elaborate::ModelInfo;
+use cnnc_compiler::ir::op::Op;
+use cnnc_compiler::train::{Arg, TrainSpec};
+use cnnc_compiler::Compilation;
+use cnnc_runtime::params::Params;
+use cnnc_runtime::predict::{self, Prediction};
+use cnnc_runtime::train::{self, RunOptions, Session};
+use std::path::{Path, PathBuf};
+
+/// What `cnnc run` was asked to do.
+pub struct Args {
+    pub file: PathBuf,
+    pub model: Option<String>,
+    pub out: Option<PathBuf>,
+    pub weights: Option<PathBuf>,
+    pub resume: bool,
+    pub eval: bool,
+    pub predict: Vec<PathBuf>,
+    pub epochs: Option<usize>,
+    pub limit: Option<usize>,
+    pub quiet: bool,
+}
+
+/// A failure with its exit code.
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure { code, message: message.into() }
+}
+
+pub const EXIT_INPUT: u8 = 2;
+pub const EXIT_DIVERGED: u8 = 4;
+
+/// Runs the command; `Ok` carries what to print last.
+pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
+    let model = pick_model(c, args)?;
+    let spec = c.trains.iter().find(|t| t.model == model.name).cloned();
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&model.name));
+    let base = args.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    if !args.predict.is_empty() {
+        return predict(model, spec.as_ref(), args, &out);
+    }
+    let Some(mut spec) = spec else {
+        return Err(fail(
+            EXIT_INPUT,
+            format!(
+                "model `{}` has no train section: add `train {} {{ ... }}`, or pass --predict FILE",
+                model.name, model.name
+            ),
+        ));
+    };
+    if let Some(e) = args.epochs {
+        spec.epochs = e;
+    }
+    let data_call = spec.data.clone().ok_or_else(|| fail(EXIT_INPUT, "the train section has no data source"))?;
+    let input = model.graph.inputs().first().map(|&id| model.graph.node(id).shape.0.clone()).unwrap_or_default();
+    let mut data =
+        cnnc_runtime::data::load(&data_call, &base, &input, spec.seed).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+    if let Some(limit) = args.limit.filter(|&l| l < data.train.len()) {
+        let f = data.features();
+        data.train.x.truncate(limit * f);
+        data.train.y.truncate(limit);
+    }
+    if args.eval {
+        let mut session = Session::new(model, &spec).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        let weights = args.weights.clone().unwrap_or_else(|| train::weights_path(&out));
+        cnnc_runtime::weights::load_into(&weights, &mut session.params).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        let (loss, acc) =
+            session.evaluate(&data, &data.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        println!("test loss: {loss:.4}");
+        print_accuracy(acc, data.test.len());
+        return Ok(());
+    }
+    if !args.quiet {
+        println!(
+            "training {} on {} examples ({} held out), {} epochs, batch {}; writing to {}",
+            model.name,
+            data.train.len(),
+            data.test.len(),
+            spec.epochs,
+            spec.batch,
+            out.display()
+        );
+    }
+    let opts = RunOptions { out: out.clone(), resume: args.resume, quiet: args.quiet };
+    match train::train(model, &spec, &data, &opts) {
+        Ok((_, history)) => {
+            if let Some(last) = history.last() {
+                println!("test loss: {:.4}", last.test_loss);
+                print_accuracy(last.test_accuracy, data.test.len());
+            }
+            println!("weights: {}", train::weights_path(&out).display());
+            Ok(())
+        }
+        Err(e @ train::RunError::NonFinite { .. }) => Err(fail(EXIT_DIVERGED, e.to_string())),
+        Err(e) => Err(fail(EXIT_INPUT, e.to_string())),
+    }
+}
+
+fn print_accuracy(acc: f64, n: usize) {
+    if acc.is_finite() {
+        println!("test accuracy: {:.2}% ({}/{n})", acc * 100.0, (acc * n as f64).round() as usize);
+    }
+}
+
+fn pick_model<'c>(c: &'c Compilation, args: &Args) -> Result<&'c ModelInfo, Failure> {
+    if let Some(name) = &args.model {
+        return c.models.iter().find(|m| &m.name == name).ok_or_else(|| {
+            let names: Vec<&str> = c.models.iter().map(|m| m.name.as_str()).collect();
+            fail(EXIT_INPUT, format!("no model `{name}` in this file (models: {})", names.join(", ")))
+        });
+    }
+    let trained: Vec<&ModelInfo> = c.models.iter().filter(|m| c.trains.iter().any(|t| t.model == m.name)).collect();
+    match (trained.as_slice(), c.models.as_slice()) {
+        ([one], _) => Ok(one),
+        (_, [one]) => Ok(one),
+        (_, []) => Err(fail(EXIT_INPUT, "the file defines no model")),
+        _ => Err(fail(EXIT_INPUT, "the file has several models: choose one with --model NAME")),
+    }
+}
+
+fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path) -> Result<(), Failure> {
+    let seed = spec.map_or(0, |s| s.seed);
+    let mut params = Params::init(&model.graph, seed);
+    let trainable =
+        model.graph.node_ids().any(|id| matches!(&model.graph.node(id).op, Op::Param(p) if p.value.is_none()));
+    if trainable {
+        let weights = args.weights.clone().unwrap_or_else(|| train::weights_path(out));
+        if !weights.exists() {
+            return Err(fail(
+                EXIT_INPUT,
+                format!(
+                    "no weights at `{}`: train first (`cnnc run {}`) or pass --weights FILE",
+                    weights.display(),
+                    args.file.display()
+                ),
+            ));
+        }
+        cnnc_runtime::weights::load_into(&weights, &mut params).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+    }
+    let pad = spec.and_then(|s| s.data.as_ref()).filter(|d| d.name == "mnist").map_or(0, |d| match d.args.get("pad") {
+        Some(Arg::Int(p)) => *p as usize,
+        _ => 0,
+    });
+    let softmax: Vec<String> = spec
+        .map(|s| {
+            s.loss
+                .iter()
+                .filter(|t| t.call.name == "softmax_cross_entropy")
+                .filter_map(|t| match t.call.args.get("logits") {
+                    Some(Arg::Name(n)) => Some(n.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for file in &args.predict {
+        let answers =
+            predict::predict(model, &params, file, pad, &softmax, out).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        println!("{}:", file.display());
+        for a in answers {
+            match a {
+                Prediction::Classes { output, top, probabilities } => {
+                    let what = if probabilities { "probability" } else { "score" };
+                    println!("  {output}: top classes ({what})");
+                    for (class, score) in top {
+                        println!("    {class:>4}  {score:.4}");
+                    }
+                }
+                Prediction::Image { output, path } => println!("  {output}: wrote {}", path.display()),
+                Prediction::Values { output, shape, values } => {
+                    let shown: Vec<String> = values.iter().take(8).map(|v| format!("{v:.4}")).collect();
+                    println!(
+                        "  {output} {shape:?}: [{}{}]",
+                        shown.join(", "),
+                        if values.len() > 8 { ", ..." } else { "" }
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! `cnnc run`: training, determinism, resuming, evaluation, prediction, divergence, and every
+//! kind of bad data or weights file (a clear error, a non-zero exit, nothing overwritten).
+
+mod common;
+
+use common::cnnc;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+fn run(args: &[&str]) -> Output {
+    cnnc().args(args).output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn metrics(dir: &Path) -> Vec<Vec<f64>> {
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    csv.lines().skip(1).map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect()
+}
+
+#[test]
+fn a_short_lenet5_run_learns() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let o = run(&["run", "examples/lenet5.cnn", "--epochs", "2", "--limit", "1500", "--out", out]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let m = metrics(dir.path());
+    assert_eq!(m.len(), 2);
+    // Columns: epoch, lr, train loss, train acc, test loss, test acc, img/s, seconds.
+    assert!(m[1][2] < m[0][2], "training loss falls: {m:?}");
+    assert!(m[1][4] < m[0][4], "test loss falls: {m:?}");
+    assert!(m[1][5] > 0.8, "test accuracy well above chance (10%): {m:?}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.lines().any(|l| l.starts_with("test accuracy: ")), "{stdout}");
+    for file in ["weights.safetensors", "state.safetensors", "metrics.csv", "metrics.png"] {
+        assert!(dir.path().join(file).exists(), "{file}");
+    }
+    let png = image::open(dir.path().join("metrics.png")).unwrap();
+    assert!(png.width() > 100 && png.height() > 100);
+
+    // --eval on the saved weights gives the last epoch's test accuracy.
+    let e = run(&["run", "examples/lenet5.cnn", "--eval", "--out", out]);
+    assert_eq!(e.status.code(), Some(0), "{}", text(&e));
+    let expected = format!("test accuracy: {:.2}%", m[1][5] * 100.0);
+    assert!(String::from_utf8_lossy(&e.stdout).contains(&expected), "{} / {expected}", text(&e));
+}
+
+#[test]
+fn two_runs_with_one_seed_give_the_same_weights_bit_for_bit() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    for dir in [&a, &b] {
+        let o = run(&[
+            "run",
+            "examples/lenet5.cnn",
+            "--epochs",
+            "1",
+            "--limit",
+            "300",
+            "--quiet",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let (wa, _) = cnnc_runtime::weights::load(&a.path().join("weights.safetensors")).unwrap();
+    let (wb, _) = cnnc_runtime::weights::load(&b.path().join("weights.safetensors")).unwrap();
+    assert_eq!(wa.values().map(|t| t.len()).sum::<usize>(), 61_706);
+    assert!(same_bits(&wa, &wb), "weights differ between identical runs");
+}
+
+#[test]
+fn resume_continues_from_saved_weights_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let o = run(&["run", "examples/lenet5.cnn", "--epochs", "1", "--limit", "300", "--quiet", "--out", out]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o =
+        run(&["run", "examples/lenet5.cnn", "--epochs", "2", "--limit", "300", "--quiet", "--resume", "--out", out]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let m = metrics(dir.path());
+    assert_eq!(m.iter().map(|r| r[0] as usize).collect::<Vec<_>>(), [1, 2]);
+    // Resuming equals training two epochs straight.
+    let straight = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "run",
+        "examples/lenet5.cnn",
+        "--epochs",
+        "2",
+        "--limit",
+        "300",
+        "--quiet",
+        "--out",
+        straight.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (a, _) = cnnc_runtime::weights::load(&dir.path().join("weights.safetensors")).unwrap();
+    let (b, _) = cnnc_runtime::weights::load(&straight.path().join("weights.safetensors")).unwrap();
+    assert!(same_bits(&a, &b), "resumed and straight runs differ");
+}
+
+type Weights = std::collections::BTreeMap<String, ndarray::ArrayD<f32>>;
+
+fn same_bits(a: &Weights, b: &Weights) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((na, ta), (nb, tb))| {
+            na == nb && ta.shape() == tb.shape() && ta.iter().zip(tb.iter()).all(|(x, y)| x.to_bits() == y.to_bits())
+        })
+}
+
+/// A copy of the LeNet-5 example whose data folder is `data` (beside it in `dir`).
+fn lenet_with(dir: &Path, data: &str, extra: &str) -> PathBuf {
+    let text = std::fs::read_to_string(common::root().join("examples/lenet5.cnn")).unwrap();
+    let text = text.replace("mnist(\"data/mnist10k\", pad: 2)", &format!("mnist(\"{data}\", pad: 2{extra})"));
+    let path = dir.join("lenet5.cnn");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn copy_mnist(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(common::root().join("examples/data/mnist10k")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+fn gunzip(p: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(std::fs::File::open(p).unwrap()), &mut out).unwrap();
+    out
+}
+
+/// Runs a model on corrupted data; asserts a clear error naming `expect` and that an existing
+/// weights file is untouched.
+fn fails_cleanly(corrupt: impl Fn(&Path), expect: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_mnist(&dir.path().join("mnist"));
+    corrupt(&dir.path().join("mnist"));
+    let model = lenet_with(dir.path(), "mnist", "");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("weights.safetensors"), b"previous weights").unwrap();
+    let o = cnnc().args(["run", model.to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains(expect), "expected `{expect}` in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(std::fs::read(out.join("weights.safetensors")).unwrap(), b"previous weights");
+}
+
+#[test]
+fn bad_data_files_are_clear_errors() {
+    let images = "train-images-idx3-ubyte.gz";
+    let labels = "train-labels-idx1-ubyte.gz";
+    fails_cleanly(|d| std::fs::remove_file(d.join(images)).unwrap(), "cannot read");
+    fails_cleanly(
+        |d| {
+            let raw = gunzip(&d.join(images));
+            std::fs::remove_file(d.join(images)).unwrap();
+            std::fs::write(d.join("train-images-idx3-ubyte"), &raw[..raw.len() / 2]).unwrap();
+        },
+        "is truncated: its header promises 6272000 bytes of data but it holds",
+    );
+    fails_cleanly(
+        |d| {
+            let mut raw = gunzip(&d.join(labels));
+            raw[2] = 0x0d;
+            std::fs::remove_file(d.join(labels)).unwrap();
+            std::fs::write(d.join("train-labels-idx1-ubyte"), raw).unwrap();
+        },
+        "value type 0x0d is not unsigned bytes",
+    );
+    fails_cleanly(
+        |d| {
+            let mut raw = gunzip(&d.join(labels));
+            raw[8 + 17] = 12;
+            std::fs::remove_file(d.join(labels)).unwrap();
+            std::fs::write(d.join("train-labels-idx1-ubyte"), raw).unwrap();
+        },
+        "label 12 of example 17 is not a class index (0 to 9)",
+    );
+    fails_cleanly(
+        |d| {
+            let mut raw = gunzip(&d.join(labels));
+            raw.truncate(raw.len() - 10);
+            raw[4..8].copy_from_slice(&7990u32.to_be_bytes());
+            std::fs::remove_file(d.join(labels)).unwrap();
+            std::fs::write(d.join("train-labels-idx1-ubyte"), raw).unwrap();
+        },
+        "has 8000 examples but",
+    );
+    fails_cleanly(|d| std::fs::write(d.join(images), b"\x1f\x8bnot really gzip").unwrap(), "cannot decode");
+}
+
+#[test]
+fn bad_csv_and_image_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = |data: &str| {
+        let text = format!(
+            "model M {{ input image: [2, 2, 1]\n output logits = image |> flatten |> dense(3) }}\ntrain M {{\n data {data}\n loss softmax_cross_entropy(logits, label)\n optimizer sgd(lr: 0.1)\n}}\n"
+        );
+        let p = dir.path().join("m.cnn");
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let check = |data: &str, expect: &str| {
+        let p = model(data);
+        let o = cnnc()
+            .args(["run", p.to_str().unwrap(), "--out", dir.path().join("out").to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(expect), "`{expect}` in {}", text(&o));
+    };
+    std::fs::write(dir.path().join("short.csv"), "1,2,3,4,0\n1,2,3,1\n").unwrap();
+    check("csv(\"short.csv\", shape: [2, 2, 1])", "short.csv`, line 2: 4 fields, expected 4 values and a label");
+    std::fs::write(dir.path().join("nan.csv"), "1,2,x,4,0\n").unwrap();
+    check("csv(\"nan.csv\", shape: [2, 2, 1])", "line 1: `x` is not a number");
+    std::fs::write(dir.path().join("label.csv"), "1,2,3,4,-1\n").unwrap();
+    check("csv(\"label.csv\", shape: [2, 2, 1])", "label -1 of example 0 is not a class index");
+    std::fs::write(dir.path().join("empty.csv"), "").unwrap();
+    check("csv(\"empty.csv\", shape: [2, 2, 1])", "holds no examples");
+    let class = dir.path().join("imgs/cat");
+    std::fs::create_dir_all(&class).unwrap();
+    image::GrayImage::new(3, 2).save(class.join("a.png")).unwrap();
+    check("images(\"imgs\")", "is 3×2 but the model's input is 2×2");
+    std::fs::write(class.join("a.png"), b"\x89PNG broken").unwrap();
+    check("images(\"imgs\")", "cannot decode");
+    check("images(\"nowhere\")", "cannot read");
+}
+
+#[test]
+fn a_diverging_run_stops_with_the_last_good_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = std::fs::read_to_string(common::root().join("examples/lenet5.cnn"))
+        .unwrap()
+        .replace(
+            "mnist(\"data/mnist10k\"",
+            &format!("mnist(\"{}\"", common::root().join("examples/data/mnist10k").display()),
+        )
+        .replace("sgd(lr: 0.05, momentum: 0.9)", "sgd(lr: 1e38)");
+    let model = dir.path().join("diverge.cnn");
+    std::fs::write(&model, source).unwrap();
+    let out = dir.path().join("out");
+    let o = cnnc()
+        .args(["run", model.to_str().unwrap(), "--limit", "640", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("the loss became NaN or infinite at epoch 1, step"), "{stderr}");
+    assert!(stderr.contains("first non-finite value appeared in"), "{stderr}");
+    assert!(stderr.contains("lower the learning rate"), "{stderr}");
+    let (weights, _) = cnnc_runtime::weights::load(&out.join("weights.safetensors")).unwrap();
+    assert!(weights.values().all(|t| t.iter().all(|v| v.is_finite())), "saved weights are finite");
+}
+
+#[test]
+fn corrupt_or_mismatched_weights_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    std::fs::write(out.join("weights.safetensors"), b"garbage").unwrap();
+    let o = run(&["run", "examples/lenet5.cnn", "--eval", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not a valid safetensors file"), "{}", text(&o));
+    let mut t = std::collections::BTreeMap::new();
+    t.insert("conv1/weight".to_string(), ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[3, 3, 1, 6])));
+    cnnc_runtime::weights::save(&out.join("weights.safetensors"), &t, Default::default()).unwrap();
+    let o = run(&["run", "examples/lenet5.cnn", "--eval", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("lacks parameters of this model"), "{}", text(&o));
+    let o = run(&[
+        "run",
+        "examples/lenet5.cnn",
+        "--predict",
+        "examples/data/camera.png",
+        "--out",
+        dir.path().join("none").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no weights at"), "{}", text(&o));
+}
+
+#[test]
+fn edge_detection_writes_the_filtered_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "run",
+        "examples/edges.cnn",
+        "--predict",
+        "examples/data/camera.png",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let photo = image::open(common::root().join("examples/data/camera.png")).unwrap().to_luma8();
+    // The Sobel map, computed directly: |Σ k·x| over the zero-padded image, scaled to its maximum.
+    let k = [[1.0f32, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]];
+    let (w, h) = (photo.width() as i64, photo.height() as i64);
+    let px = |x: i64, y: i64| {
+        if x < 0 || y < 0 || x >= w || y >= h {
+            0.0
+        } else {
+            f32::from(photo.get_pixel(x as u32, y as u32)[0]) / 255.0
+        }
+    };
+    let mut direct = vec![0f32; (w * h) as usize];
+    for y in 0..h {
+        for x in 0..w {
+            let mut s = 0.0;
+            for (dy, row) in k.iter().enumerate() {
+                for (dx, kv) in row.iter().enumerate() {
+                    s += kv * px(x + dx as i64 - 1, y + dy as i64 - 1);
+                }
+            }
+            direct[(y * w + x) as usize] = s.abs();
+        }
+    }
+    let max = direct.iter().fold(0f32, |a, &b| a.max(b));
+    let written = image::open(dir.path().join("sobel_edges.png")).unwrap().to_luma8();
+    assert_eq!((written.width(), written.height()), (512, 512));
+    let worst =
+        written.pixels().zip(&direct).map(|(p, d)| (f32::from(p[0]) - d / max * 255.0).abs()).fold(0f32, f32::max);
+    assert!(worst <= 1.0, "largest difference {worst}");
+    for name in ["vertical_edges", "horizontal_edges", "scharr_edges"] {
+        assert!(dir.path().join(format!("{name}.png")).exists());
+    }
+}
+
+#[test]
+fn predict_prints_the_top_classes_of_a_digit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let o = run(&["run", "examples/lenet5.cnn", "--epochs", "1", "--limit", "2000", "--quiet", "--out", out]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // The first test digit as a PNG.
+    let raw = gunzip(&common::root().join("examples/data/mnist10k/t10k-images-idx3-ubyte.gz"));
+    let label = gunzip(&common::root().join("examples/data/mnist10k/t10k-labels-idx1-ubyte.gz"))[8];
+    let digit = image::GrayImage::from_raw(28, 28, raw[16..16 + 784].to_vec()).unwrap();
+    let png = dir.path().join("digit.png");
+    digit.save(&png).unwrap();
+    let o = run(&["run", "examples/lenet5.cnn", "--predict", png.to_str().unwrap(), "--out", out]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let first = stdout.lines().find(|l| l.starts_with("    ")).unwrap();
+    let (class, p): (usize, f32) = {
+        let mut it = first.split_whitespace();
+        (it.next().unwrap().parse().unwrap(), it.next().unwrap().parse().unwrap())
+    };
+    assert_eq!(class, label as usize, "{stdout}");
+    assert!(p > 0.5 && p <= 1.0, "{stdout}");
+    // A picture of the wrong size is refused.
+    let o = run(&["run", "examples/lenet5.cnn", "--predict", "examples/data/camera.png", "--out", out]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is 512×512 but the model's input is 28×28"), "{}", text(&o));
+}
