@@ -81,6 +81,15 @@ struct RunArgs {
     /// Print only errors and the final results.
     #[arg(long)]
     quiet: bool,
+    /// Test-time crops averaged by --eval and --predict: 1 (centre), 5 (corners and centre) or 10 (and mirrors).
+    #[arg(long, default_value_t = 1, value_parser = crops)]
+    multi_crop: usize,
+    /// Average the predictions of several weights files (comma-separated) for --eval and --predict.
+    #[arg(long, value_delimiter = ',')]
+    ensemble: Vec<PathBuf>,
+    /// Write a grid of augmented training examples to this PNG and stop.
+    #[arg(long)]
+    preview_augment: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -106,6 +115,14 @@ enum Emit {
     Ir,
     /// The training graph as IR: forward, losses and the backward graph from autodiff.
     TrainIr,
+}
+
+/// Parses `--multi-crop`: 1, 5 or 10.
+fn crops(text: &str) -> Result<usize, String> {
+    match text {
+        "1" | "5" | "10" => Ok(text.parse().unwrap_or(1)),
+        _ => Err("use 1 (centre), 5 (four corners and centre) or 10 (and their mirrors)".into()),
+    }
 }
 
 const EXIT_DIAGNOSTICS: u8 = 1;
@@ -136,6 +153,9 @@ fn main() -> ExitCode {
                 epochs: a.epochs,
                 limit: a.limit,
                 quiet: a.quiet,
+                multi_crop: a.multi_crop,
+                ensemble: a.ensemble,
+                preview: a.preview_augment,
             };
             match run::run(&c, &args) {
                 Ok(()) => ExitCode::SUCCESS,

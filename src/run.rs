@@ -4,8 +4,9 @@ use cnnc_compiler::elaborate::ModelInfo;
 use cnnc_compiler::ir::op::Op;
 use cnnc_compiler::train::{Arg, TrainSpec};
 use cnnc_compiler::Compilation;
+use cnnc_runtime::augment::{self, Pipeline};
 use cnnc_runtime::params::Params;
-use cnnc_runtime::predict::{self, Prediction};
+use cnnc_runtime::predict::{Prediction, Predictor};
 use cnnc_runtime::train::{self, RunOptions, Session};
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,9 @@ pub struct Args {
     pub epochs: Option<usize>,
     pub limit: Option<usize>,
     pub quiet: bool,
+    pub multi_crop: usize,
+    pub ensemble: Vec<PathBuf>,
+    pub preview: Option<PathBuf>,
 }
 
 /// A failure with its exit code.
@@ -66,12 +70,26 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         data.train.x.truncate(limit * f);
         data.train.y.truncate(limit);
     }
+    let pipeline = Pipeline::new(augment::steps(&spec.augment), &data.shape, &input, &data.train, spec.seed)
+        .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+    if let Some(path) = &args.preview {
+        pipeline
+            .preview(&data, 8, 8, path)
+            .map_err(|e| fail(EXIT_INPUT, format!("cannot write `{}`: {e}", path.display())))?;
+        println!("wrote {} augmented training examples to {}", data.train.len().min(64), path.display());
+        return Ok(());
+    }
     if args.eval {
         let mut session = Session::new(model, &spec).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
-        let weights = args.weights.clone().unwrap_or_else(|| train::weights_path(&out));
-        cnnc_runtime::weights::load_into(&weights, &mut session.params).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
-        let (loss, acc) =
-            session.evaluate(&data, &data.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        let models = weights_of(&session.params, args, &out)?;
+        let (loss, acc) = if models.len() == 1 && args.multi_crop <= 1 {
+            session.params = models.into_iter().next().unwrap_or_default();
+            let eval = pipeline.for_eval(&data);
+            session.evaluate(&eval, &eval.test, spec.batch)
+        } else {
+            cnnc_runtime::evaluate::averaged(&session, &models, &data, &pipeline, args.multi_crop, spec.batch)
+        }
+        .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         println!("test loss: {loss:.4}");
         print_accuracy(acc, data.test.len());
         return Ok(());
@@ -88,7 +106,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         );
     }
     let opts = RunOptions { out: out.clone(), resume: args.resume, quiet: args.quiet };
-    match train::train(model, &spec, &data, &opts) {
+    match train::train(model, &spec, &data, &pipeline, &opts) {
         Ok((_, history)) => {
             if let Some(last) = history.last() {
                 println!("test loss: {:.4}", last.test_loss);
@@ -100,6 +118,34 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         Err(e @ train::RunError::NonFinite { .. }) => Err(fail(EXIT_DIVERGED, e.to_string())),
         Err(e) => Err(fail(EXIT_INPUT, e.to_string())),
     }
+}
+
+/// The weights to evaluate or predict with: every `--ensemble` file, else `--weights`, else the
+/// run's own. `template` holds every parameter (for names and shapes).
+fn weights_of(template: &Params, args: &Args, out: &Path) -> Result<Vec<Params>, Failure> {
+    let files = if args.ensemble.is_empty() {
+        vec![args.weights.clone().unwrap_or_else(|| train::weights_path(out))]
+    } else {
+        args.ensemble.clone()
+    };
+    files
+        .iter()
+        .map(|f| {
+            if !f.exists() {
+                return Err(fail(
+                    EXIT_INPUT,
+                    format!(
+                        "no weights at `{}`: train first (`cnnc run {}`) or pass --weights FILE",
+                        f.display(),
+                        args.file.display()
+                    ),
+                ));
+            }
+            let mut p = template.clone();
+            cnnc_runtime::weights::load_into(f, &mut p).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+            Ok(p)
+        })
+        .collect()
 }
 
 fn print_accuracy(acc: f64, n: usize) {
@@ -126,24 +172,17 @@ fn pick_model<'c>(c: &'c Compilation, args: &Args) -> Result<&'c ModelInfo, Fail
 
 fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path) -> Result<(), Failure> {
     let seed = spec.map_or(0, |s| s.seed);
-    let mut params = Params::init(&model.graph, seed);
+    let params = Params::init(&model.graph, seed);
     let trainable =
         model.graph.node_ids().any(|id| matches!(&model.graph.node(id).op, Op::Param(p) if p.value.is_none()));
-    if trainable {
-        let weights = args.weights.clone().unwrap_or_else(|| train::weights_path(out));
-        if !weights.exists() {
-            return Err(fail(
-                EXIT_INPUT,
-                format!(
-                    "no weights at `{}`: train first (`cnnc run {}`) or pass --weights FILE",
-                    weights.display(),
-                    args.file.display()
-                ),
-            ));
-        }
-        cnnc_runtime::weights::load_into(&weights, &mut params).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
-    }
-    let pad = spec.and_then(|s| s.data.as_ref()).filter(|d| d.name == "mnist").map_or(0, |d| match d.args.get("pad") {
+    let models = if trainable { weights_of(&params, args, out)? } else { vec![params] };
+    let input = model.graph.inputs().first().map(|&id| model.graph.node(id).shape.0.clone()).unwrap_or_default();
+    let data_call = spec.and_then(|s| s.data.as_ref());
+    let data_shape = data_call.map_or_else(|| input.clone(), |d| cnnc_runtime::data::example_shape(d, &input));
+    let steps = spec.map(|s| augment::steps(&s.augment)).unwrap_or_default();
+    let pipeline = Pipeline::new(steps, &data_shape, &input, &Default::default(), seed)
+        .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+    let pad = data_call.filter(|d| d.name == "mnist").map_or(0, |d| match d.args.get("pad") {
         Some(Arg::Int(p)) => *p as usize,
         _ => 0,
     });
@@ -159,9 +198,10 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
                 .collect()
         })
         .unwrap_or_default();
+    let predictor =
+        Predictor { model, models: &models, pipeline: &pipeline, pad, crops: args.multi_crop, softmax: &softmax };
     for file in &args.predict {
-        let answers =
-            predict::predict(model, &params, file, pad, &softmax, out).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        let answers = predictor.predict(file, out).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         println!("{}:", file.display());
         for a in answers {
             match a {

@@ -92,6 +92,9 @@ pub enum TrainError {
     MissingSetting { loc: Loc, name: &'static str, example: &'static str },
     /// A data source, loss, optimizer, schedule or augmentation cnnc does not know.
     UnknownFunction { loc: Loc, kind: &'static str, name: String, candidates: Vec<String> },
+    /// An augmentation step that cannot apply to the examples (colour on grey images, a crop
+    /// larger than the image, ...).
+    Augment { loc: Loc, step: String, problem: String, input: Loc },
     /// A loss names a model output that does not exist.
     UnknownOutput { loc: Loc, name: String, candidates: Vec<String> },
 }

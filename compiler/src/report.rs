@@ -46,6 +46,7 @@ pub const CODES: &[&str] = &[
     "cnnc::shape::rank_mismatch",
     "cnnc::shape::too_large",
     "cnnc::shape::unread_input",
+    "cnnc::train::augment_mismatch",
     "cnnc::train::duplicate_setting",
     "cnnc::train::missing_setting",
     "cnnc::train::unknown_function",
@@ -618,6 +619,15 @@ fn train(e: &TrainError) -> Diagnostic {
             ),
             did_you_mean(candidates),
         ),
+        TrainError::Augment { loc, step, problem, input } => Diagnostic::new(
+            "cnnc::train::augment_mismatch",
+            Error,
+            format!("`{step}` cannot apply here: {problem}"),
+            *loc,
+            "this step does not fit the examples",
+        )
+        .label(*input, "the model's input")
+        .help("remove the step, or change it to fit the examples' size and channels"),
         TrainError::UnknownOutput { loc, name, candidates } => with_help(
             Diagnostic::new(
                 "cnnc::train::unknown_output",

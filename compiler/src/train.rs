@@ -308,7 +308,7 @@ impl Checker<'_> {
             }
         }
         if let Some(data) = &spec.data {
-            self.check_data(data);
+            self.check_data(data, &spec.augment);
         }
         spec
     }
@@ -598,10 +598,11 @@ impl Checker<'_> {
         })
     }
 
-    fn check_data(&mut self, data: &FnCall) {
+    /// Checks the data's example shape, through the augmentation steps, against the model input.
+    fn check_data(&mut self, data: &FnCall, augment: &[FnCall]) {
         let input = self.model.graph.inputs().first().map(|&id| self.model.graph.node(id));
         let Some(input) = input else { return };
-        let expected = match data.name.as_str() {
+        let known = match data.name.as_str() {
             "mnist" => {
                 let pad = match data.args.get("pad") {
                     Some(Arg::Int(p)) => *p as usize,
@@ -615,15 +616,90 @@ impl Checker<'_> {
             },
             _ => None,
         };
-        if let Some(expected) = expected {
-            if expected != input.shape {
-                let problem = format!(
-                    "the data gives examples of shape {expected} but input `{}` is {}",
-                    input.name, input.shape
-                );
-                let inputs = vec![(input.name.clone(), input.shape.clone(), input.loc)];
-                self.problems.push(ShapeError::Loss { loc: data.loc, loss: data.name.clone(), problem, inputs }.into());
+        // Without a known data shape, the steps are checked against the model input's.
+        let mut shape = known.clone().unwrap_or_else(|| input.shape.clone());
+        for step in augment {
+            match self.augment_step(step, &shape) {
+                Ok(next) => shape = next,
+                Err(problem) => {
+                    let e = TrainError::Augment { loc: step.loc, step: step.name.clone(), problem, input: input.loc };
+                    self.problems.push(e.into());
+                    return;
+                }
             }
+        }
+        if known.is_some() && shape != input.shape {
+            let after = if augment.is_empty() { String::new() } else { " after augmentation".to_string() };
+            let problem = format!(
+                "the data gives examples of shape {shape}{after} but input `{}` is {}",
+                input.name, input.shape
+            );
+            let inputs = vec![(input.name.clone(), input.shape.clone(), input.loc)];
+            self.problems.push(ShapeError::Loss { loc: data.loc, loss: data.name.clone(), problem, inputs }.into());
+        }
+    }
+
+    /// The example shape after one augmentation step, or why the step cannot apply to `shape`.
+    fn augment_step(&self, step: &FnCall, shape: &Shape) -> Result<Shape, String> {
+        let number = |name: &str| match step.args.get(name) {
+            Some(Arg::Int(v)) => *v as f64,
+            Some(Arg::Num(v)) => *v,
+            _ => 0.0,
+        };
+        let p = number("p");
+        if step.args.contains_key("p") && !(0.0..=1.0).contains(&p) {
+            return Err(format!("its probability p = {p} is not between 0 and 1"));
+        }
+        if shape.rank() != 3 {
+            return Err(format!("it transforms images [n_H, n_W, n_C], and the examples have shape {shape}"));
+        }
+        let (h, w, c) = (shape.0[0], shape.0[1], shape.0[2]);
+        match step.name.as_str() {
+            "color_shift" | "pca_color" if c != 3 => Err(format!(
+                "it changes colours, and the examples have {c} channel{} ({shape}), not RGB",
+                if c == 1 { "" } else { "s" }
+            )),
+            "random_crop" => {
+                let (size, pad) = (number("size") as usize, number("pad") as usize);
+                if size == 0 || size > h + 2 * pad || size > w + 2 * pad {
+                    Err(format!(
+                        "a {size}×{size} crop does not fit in {h}×{w} examples padded by {pad} ({}×{})",
+                        h + 2 * pad,
+                        w + 2 * pad
+                    ))
+                } else {
+                    Ok(Shape(vec![size, size, c]))
+                }
+            }
+            "random_resized_crop" => {
+                let size = number("size") as usize;
+                if size == 0 {
+                    return Err("the crop size must be at least 1".into());
+                }
+                if let Some(Arg::List(scale)) = step.args.get("scale") {
+                    if scale.len() != 2 || !(scale[0] > 0.0 && scale[0] <= scale[1] && scale[1] <= 1.0) {
+                        return Err("`scale` must be [low, high] with 0 < low ≤ high ≤ 1".into());
+                    }
+                }
+                Ok(Shape(vec![size, size, c]))
+            }
+            "normalize" => {
+                let lengths = ["mean", "std"].map(|k| match step.args.get(k) {
+                    Some(Arg::List(v)) => v.len(),
+                    _ => 0,
+                });
+                if lengths.iter().any(|&n| n != 1 && n != c) {
+                    return Err(format!("`mean` and `std` need 1 or {c} values (one per channel)"));
+                }
+                if let Some(Arg::List(std)) = step.args.get("std") {
+                    if std.iter().any(|&s| s <= 0.0) {
+                        return Err("every `std` must be positive".into());
+                    }
+                }
+                Ok(shape.clone())
+            }
+            "warp" if number("sigma") <= 0.0 => Err("`sigma` must be positive".into()),
+            _ => Ok(shape.clone()),
         }
     }
 }

@@ -228,6 +228,22 @@ fn check_labels(path: &Path, labels: &[i64], classes: usize) -> Result<Vec<u32>,
         .collect()
 }
 
+/// The shape of one example of a data source, known without reading it (the model input's for
+/// sources whose files say it).
+pub fn example_shape(call: &FnCall, input: &[usize]) -> Vec<usize> {
+    match call.name.as_str() {
+        "mnist" => {
+            let pad = num_arg(call, "pad", 0.0) as usize;
+            vec![28 + 2 * pad, 28 + 2 * pad, 1]
+        }
+        "csv" => match call.args.get("shape") {
+            Some(Arg::List(v)) => v.iter().map(|&d| d as usize).collect(),
+            _ => input.to_vec(),
+        },
+        _ => input.to_vec(),
+    }
+}
+
 /// Loads the data source of a train section; paths are relative to `base` (the model file's
 /// folder). `input` is the model input's shape, `seed` fixes the train/test split.
 pub fn load(call: &FnCall, base: &Path, input: &[usize], seed: u64) -> Result<Dataset, DataError> {
@@ -283,12 +299,6 @@ pub fn load(call: &FnCall, base: &Path, input: &[usize], seed: u64) -> Result<Da
         }
         other => return Err(DataError::Unsupported { what: format!("data source `{other}` is not supported") }),
     };
-    if dataset.shape != input {
-        return Err(DataError::Shape {
-            what: format!("`{}`", call.name),
-            expected: input.to_vec(),
-            found: dataset.shape,
-        });
-    }
+    // The augmentation pipeline checks the example shape against the model input (crops may change it).
     Ok(dataset)
 }

@@ -1,8 +1,11 @@
 //! cnnc's runtime: the reference executor (the correctness oracle), parameter initialization,
 //! weights files, data loading and the training loop.
 
+pub mod augment;
 pub mod data;
+pub mod evaluate;
 pub mod executor;
+pub mod loader;
 pub mod optim;
 pub mod params;
 pub mod plot;

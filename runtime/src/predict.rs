@@ -2,6 +2,7 @@
 //! scaling as its training data), the model runs in inference mode, and each output becomes
 //! either the top classes with their scores or, for a feature map, a PNG image.
 
+use crate::augment::Pipeline;
 use crate::data::{load_image, DataError};
 use crate::executor::{ExecError, Executor};
 use crate::params::Params;
@@ -44,19 +45,14 @@ impl std::fmt::Display for PredictError {
 
 impl std::error::Error for PredictError {}
 
-/// Reads `file` as one example for `model`: an image of the input's size less `pad` on each
-/// side, scaled to [0, 1], then zero-padded.
-pub fn read_input(model: &ModelInfo, file: &Path, pad: usize) -> Result<Tensor, DataError> {
-    let input = model.graph.inputs().first().map(|&id| model.graph.node(id).shape.0.clone()).unwrap_or_default();
-    let [h, w, c] = input[..] else {
-        return Err(DataError::Unsupported {
-            what: format!("--predict reads images; this model's input is {input:?}"),
-        });
+/// Reads `file` as one data example of shape `data` (`[h, w, c]`): an image of that size less
+/// `pad` on each side, scaled to [0, 1], then zero-padded as the training data was.
+pub fn read_example(data: &[usize], file: &Path, pad: usize) -> Result<Vec<f32>, DataError> {
+    let [h, w, c] = data[..] else {
+        return Err(DataError::Unsupported { what: format!("--predict reads images; this model's data is {data:?}") });
     };
     if h <= 2 * pad || w <= 2 * pad {
-        return Err(DataError::Unsupported {
-            what: format!("padding {pad} leaves no image inside the input {input:?}"),
-        });
+        return Err(DataError::Unsupported { what: format!("padding {pad} leaves no image inside {data:?}") });
     }
     let (ih, iw) = (h - 2 * pad, w - 2 * pad);
     let values = load_image(file, &[ih, iw, c])?;
@@ -65,10 +61,10 @@ pub fn read_input(model: &ModelInfo, file: &Path, pad: usize) -> Result<Tensor, 
         let dst = ((r + pad) * w + pad) * c;
         x[dst..dst + iw * c].copy_from_slice(&values[r * iw * c..(r + 1) * iw * c]);
     }
-    Ok(ArrayD::from_shape_vec(IxDyn(&[1, h, w, c]), x).expect("one example fills the input shape"))
+    Ok(x)
 }
 
-/// Runs `model` on `x` (a batch of one or more) and averages nothing: returns each output's value.
+/// Runs `model` on the batch `x` and returns each output's value.
 pub fn outputs(model: &ModelInfo, params: &Params, x: Tensor) -> Result<Vec<(String, Tensor)>, ExecError> {
     let targets: Vec<_> = model.graph.outputs().iter().map(|(_, id)| *id).collect();
     let exec = Executor::new(&model.graph, &targets);
@@ -82,41 +78,76 @@ pub fn outputs(model: &ModelInfo, params: &Params, x: Tensor) -> Result<Vec<(Str
         .collect())
 }
 
-/// Predicts on one file; `softmax` names outputs whose scores are logits of a softmax.
-pub fn predict(
-    model: &ModelInfo,
-    params: &Params,
-    file: &Path,
-    pad: usize,
-    softmax: &[String],
-    out: &Path,
-) -> Result<Vec<Prediction>, PredictError> {
-    let x = read_input(model, file, pad).map_err(PredictError::Data)?;
-    let mut answers = Vec::new();
-    for (name, value) in outputs(model, params, x).map_err(PredictError::Exec)? {
-        let example = value.index_axis(Axis(0), 0).to_owned();
-        answers.push(match example.ndim() {
-            1 => {
-                let probabilities = softmax.contains(&name);
-                let scores = if probabilities { crate::reference::softmax(&example) } else { example };
-                let mut top: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
-                top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                top.truncate(5);
-                Prediction::Classes { output: name, top, probabilities }
+/// How to predict: the models (one set of weights each), the pipeline that turns a data example
+/// into model inputs, test-time crops, and which outputs are softmax logits.
+pub struct Predictor<'a> {
+    /// The model.
+    pub model: &'a ModelInfo,
+    /// Weights of each member of the ensemble.
+    pub models: &'a [Params],
+    /// Evaluation transform: centre or multi-crop, normalization.
+    pub pipeline: &'a Pipeline,
+    /// Zero padding the training data added around images.
+    pub pad: usize,
+    /// Number of crops: 1, 5 or 10.
+    pub crops: usize,
+    /// Outputs whose scores are softmax logits (averaged as probabilities).
+    pub softmax: &'a [String],
+}
+
+impl Predictor<'_> {
+    /// Predicts on one file. Vector outputs are averaged over crops and models; a feature map
+    /// is written from the first model and the centre crop.
+    pub fn predict(&self, file: &Path, out: &Path) -> Result<Vec<Prediction>, PredictError> {
+        let example = read_example(&self.pipeline.data, file, self.pad).map_err(PredictError::Data)?;
+        let crops = self.pipeline.crops(&example, self.crops);
+        let mut sums: Vec<(String, Tensor)> = Vec::new();
+        let mut count = 0.0f32;
+        for params in self.models {
+            for crop in &crops {
+                let mut shape = vec![1];
+                shape.extend_from_slice(&self.pipeline.input);
+                let x = ArrayD::from_shape_vec(IxDyn(&shape), crop.clone()).expect("a crop fills the input shape");
+                let values = outputs(self.model, params, x).map_err(PredictError::Exec)?;
+                count += 1.0;
+                for (name, value) in values {
+                    let mut v = value.index_axis(Axis(0), 0).to_owned();
+                    if v.ndim() == 1 && self.softmax.contains(&name) {
+                        v = crate::reference::softmax(&v);
+                    }
+                    match sums.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, s)) if v.ndim() == 1 => *s += &v,
+                        Some(_) => {}
+                        None => sums.push((name, v)),
+                    }
+                }
             }
-            3 if matches!(example.shape()[2], 1 | 3) => {
-                let path = out.join(format!("{name}.png"));
-                write_map(&example, &path).map_err(|error| PredictError::Io { path: path.clone(), error })?;
-                Prediction::Image { output: name, path }
-            }
-            _ => Prediction::Values {
-                output: name,
-                shape: example.shape().to_vec(),
-                values: example.iter().copied().collect(),
-            },
-        });
+        }
+        let mut answers = Vec::new();
+        for (name, sum) in sums {
+            answers.push(match sum.ndim() {
+                1 => {
+                    let scores = sum / count.max(1.0);
+                    let mut top: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
+                    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                    top.truncate(5);
+                    let probabilities = self.softmax.contains(&name);
+                    Prediction::Classes { output: name, top, probabilities }
+                }
+                3 if matches!(sum.shape()[2], 1 | 3) => {
+                    let path = out.join(format!("{name}.png"));
+                    write_map(&sum, &path).map_err(|error| PredictError::Io { path: path.clone(), error })?;
+                    Prediction::Image { output: name, path }
+                }
+                _ => Prediction::Values {
+                    output: name,
+                    shape: sum.shape().to_vec(),
+                    values: sum.iter().copied().collect(),
+                },
+            });
+        }
+        Ok(answers)
     }
-    Ok(answers)
 }
 
 /// A feature map `[h, w, 1 or 3]` as a PNG: one channel as |v| scaled to its maximum (edge maps

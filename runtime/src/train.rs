@@ -2,8 +2,10 @@
 //! executor, optimizer updates, batchnorm running statistics, evaluation on the test split every
 //! epoch, metrics to CSV, weights and optimizer state saved atomically after every epoch.
 
+use crate::augment::Pipeline;
 use crate::data::{epoch_order, Dataset, Split};
 use crate::executor::{ExecError, Executor, Values};
+use crate::loader::Loader;
 use crate::optim::Optimizer;
 use crate::params::Params;
 use crate::reference::{Ctx, Tensor};
@@ -95,6 +97,8 @@ pub struct EpochMetrics {
     pub images_per_second: f64,
     /// Wall time of the epoch, evaluation included.
     pub seconds: f64,
+    /// Share of the training time spent waiting for the loader threads.
+    pub waiting: f64,
 }
 
 /// Where outputs go and how to start.
@@ -299,6 +303,7 @@ fn read_metrics(path: &Path) -> Vec<EpochMetrics> {
                 test_accuracy: f[5],
                 images_per_second: f[6],
                 seconds: f[7],
+                waiting: f64::NAN,
             })
         })
         .collect()
@@ -312,11 +317,13 @@ fn percent(v: f64) -> String {
     }
 }
 
-/// Trains as `spec` says; returns every epoch's metrics (earlier ones too when resuming).
+/// Trains as `spec` says, with training examples augmented by `pipeline` on loader threads;
+/// returns every epoch's metrics (earlier ones too when resuming).
 pub fn train(
     model: &ModelInfo,
     spec: &TrainSpec,
     data: &Dataset,
+    pipeline: &Pipeline,
     opts: &RunOptions,
 ) -> Result<(Session, Vec<EpochMetrics>), RunError> {
     let mut session = Session::new(model, spec)?;
@@ -336,16 +343,18 @@ pub fn train(
     let grads: Vec<(String, NodeId)> =
         session.tg.grads.params.iter().map(|&(p, g)| (session.tg.graph.node(p).name.clone(), g)).collect();
     let show_bar = !opts.quiet && std::io::stderr().is_terminal();
+    let loader = Loader { data, pipeline, workers: spec.workers };
+    let eval_data = pipeline.for_eval(data);
     for epoch in start..spec.epochs {
         let started = Instant::now();
         let lr = opt.lr_at(epoch, opt.t, total_steps);
         let bar = progress_bar(show_bar, steps_per_epoch, epoch, spec.epochs);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let order = epoch_order(data.train.len(), spec.seed, epoch);
-        for chunk in order.chunks(spec.batch) {
+        let waited = loader.epoch(&order, spec.batch, epoch, |x, y, waited| {
+            let batch = y.len();
             let step = opt.t;
             let lr = opt.lr_at(epoch, step, total_steps);
-            let (x, y) = data.batch(&data.train, chunk);
             let ctx = Ctx { training: true, seed: spec.seed, step, node: 0 };
             let values = exec.run(&session.params, &session.feeds(x, y.clone()), ctx)?;
             let loss = session.loss(&values);
@@ -358,22 +367,24 @@ pub fn train(
             }
             opt.step(&mut session.params, &grads, lr);
             session.update_running_stats(&values);
-            loss_sum += loss * chunk.len() as f64;
+            loss_sum += loss * batch as f64;
             correct += session.correct(&values, &y);
-            seen += chunk.len();
+            seen += batch;
             if let Some(bar) = &bar {
-                let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                let elapsed = started.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!(
-                    "loss {:.4}  acc {}  {:.0} img/s",
+                    "loss {:.4}  acc {}  {:.0} img/s  waiting for data {:.0}%",
                     loss_sum / seen as f64,
                     percent(if session.classifies { correct as f64 / seen as f64 } else { f64::NAN }),
-                    rate
+                    seen as f64 / elapsed,
+                    100.0 * waited.as_secs_f64() / elapsed
                 ));
                 bar.inc(1);
             }
-        }
+            Ok(())
+        })?;
         let train_seconds = started.elapsed().as_secs_f64();
-        let (test_loss, test_accuracy) = session.evaluate(data, &data.test, spec.batch)?;
+        let (test_loss, test_accuracy) = session.evaluate(&eval_data, &eval_data.test, spec.batch)?;
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
@@ -386,6 +397,7 @@ pub fn train(
             test_accuracy,
             images_per_second: seen as f64 / train_seconds.max(1e-9),
             seconds: started.elapsed().as_secs_f64(),
+            waiting: waited.as_secs_f64() / train_seconds.max(1e-9),
         };
         if !opts.quiet {
             println!(

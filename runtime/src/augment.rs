@@ -1,0 +1,377 @@
+//! Data augmentation: the `augment { ... }` steps of a train section, each with its parameters and
+//! probability, applied in order to one example at a time with a random stream fixed by (seed,
+//! epoch, example), so a batch is the same whatever the number of loader threads. Evaluation
+//! applies only the deterministic part: a centre crop to the model's input and normalization.
+
+mod geometry;
+
+use crate::data::{DataError, Dataset, Split};
+use cnnc_compiler::train::{Arg, FnCall};
+use rand::{Rng, RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+pub use geometry::{affine, elastic, Image};
+
+/// One augmentation step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Left-right mirror.
+    Mirror { p: f64 },
+    /// Upside-down flip.
+    FlipVertical { p: f64 },
+    /// Zero-pad by `pad`, then crop `size × size` at a random place.
+    RandomCrop { size: usize, pad: usize, p: f64 },
+    /// Crop a random area fraction (`scale`) and aspect ratio (3/4 to 4/3), resized to `size × size`.
+    RandomResizedCrop { size: usize, scale: (f64, f64), p: f64 },
+    /// Rotate by a uniform angle in ±`degrees` about the centre.
+    Rotate { degrees: f64, p: f64 },
+    /// Shear horizontally by a uniform angle in ±`degrees`.
+    Shear { degrees: f64, p: f64 },
+    /// Elastic distortion: a random displacement field smoothed by a Gaussian of `sigma` pixels,
+    /// scaled by `alpha` pixels (Simard et al., 2003).
+    Warp { alpha: f64, sigma: f64, p: f64 },
+    /// Add a uniform offset in ±`max` to each channel.
+    ColorShift { max: f64, p: f64 },
+    /// AlexNet's PCA colour augmentation: add Σ αᵢ λᵢ pᵢ with αᵢ ~ N(0, `std`), where (λᵢ, pᵢ) are the
+    /// eigenvalues and eigenvectors of the training set's RGB covariance.
+    PcaColor { std: f64, p: f64 },
+    /// Add a uniform offset in ±`max` to every value.
+    Brightness { max: f64, p: f64 },
+    /// Scale deviations from the mean by a uniform factor in 1 ± `max`.
+    Contrast { max: f64, p: f64 },
+    /// `(x − mean_c) / std_c` per channel; applied at evaluation too.
+    Normalize { mean: Vec<f32>, std: Vec<f32> },
+}
+
+/// The eigen-decomposition of the training set's RGB covariance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pca {
+    /// Eigenvalues.
+    pub values: [f32; 3],
+    /// Eigenvectors, one per row.
+    pub vectors: [[f32; 3]; 3],
+}
+
+/// A checked pipeline from the data's example shape to the model's input shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pipeline {
+    /// The steps in order.
+    pub steps: Vec<Step>,
+    /// Shape of a data example `[h, w, c]` (or any shape when there are no steps).
+    pub data: Vec<usize>,
+    /// Shape of the model's input.
+    pub input: Vec<usize>,
+    /// Padding of the random crop, used by evaluation's centre and multi-crops.
+    pub crop_pad: usize,
+    /// The PCA of the training set's colours, when a step needs it.
+    pub pca: Option<Pca>,
+    /// Seed of the run.
+    pub seed: u64,
+}
+
+fn num(c: &FnCall, name: &str, default: f64) -> f64 {
+    match c.args.get(name) {
+        Some(Arg::Num(v)) => *v,
+        Some(Arg::Int(v)) => *v as f64,
+        _ => default,
+    }
+}
+
+fn list(c: &FnCall, name: &str) -> Vec<f32> {
+    match c.args.get(name) {
+        Some(Arg::List(v)) => v.iter().map(|&x| x as f32).collect(),
+        Some(Arg::Num(v)) => vec![*v as f32],
+        _ => Vec::new(),
+    }
+}
+
+/// Turns checked `augment` calls into steps.
+pub fn steps(calls: &[FnCall]) -> Vec<Step> {
+    calls
+        .iter()
+        .filter_map(|c| {
+            let p = num(c, "p", 1.0);
+            Some(match c.name.as_str() {
+                "mirror" => Step::Mirror { p: num(c, "p", 0.5) },
+                "flip_vertical" => Step::FlipVertical { p: num(c, "p", 0.5) },
+                "random_crop" => {
+                    Step::RandomCrop { size: num(c, "size", 0.0) as usize, pad: num(c, "pad", 0.0) as usize, p }
+                }
+                "random_resized_crop" => {
+                    let s = list(c, "scale");
+                    let scale = if s.len() == 2 { (f64::from(s[0]), f64::from(s[1])) } else { (0.08, 1.0) };
+                    Step::RandomResizedCrop { size: num(c, "size", 0.0) as usize, scale, p }
+                }
+                "rotate" => Step::Rotate { degrees: num(c, "degrees", 0.0), p },
+                "shear" => Step::Shear { degrees: num(c, "degrees", 0.0), p },
+                "warp" => Step::Warp { alpha: num(c, "alpha", 0.0), sigma: num(c, "sigma", 1.0), p },
+                "color_shift" => Step::ColorShift { max: num(c, "max", 0.0), p },
+                "pca_color" => Step::PcaColor { std: num(c, "std", 0.1), p },
+                "brightness" => Step::Brightness { max: num(c, "max", 0.0), p },
+                "contrast" => Step::Contrast { max: num(c, "max", 0.0), p },
+                "normalize" => Step::Normalize { mean: list(c, "mean"), std: list(c, "std") },
+                _ => return None,
+            })
+        })
+        .collect()
+}
+
+/// The covariance of all pixels' colours in `split` (examples of shape `[h, w, 3]`) and its
+/// eigen-decomposition, largest eigenvalue first.
+pub fn pca(split: &Split) -> Pca {
+    let mut mean = [0f64; 3];
+    let pixels = split.x.len() / 3;
+    for px in split.x.chunks_exact(3) {
+        for k in 0..3 {
+            mean[k] += f64::from(px[k]);
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= pixels.max(1) as f64);
+    let mut cov = nalgebra::Matrix3::<f64>::zeros();
+    for px in split.x.chunks_exact(3) {
+        let d =
+            nalgebra::Vector3::new(f64::from(px[0]) - mean[0], f64::from(px[1]) - mean[1], f64::from(px[2]) - mean[2]);
+        cov += d * d.transpose();
+    }
+    cov /= (pixels.max(2) - 1) as f64;
+    let eig = nalgebra::SymmetricEigen::new(cov);
+    let mut order = [0usize, 1, 2];
+    order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
+    let mut values = [0f32; 3];
+    let mut vectors = [[0f32; 3]; 3];
+    for (i, &j) in order.iter().enumerate() {
+        values[i] = eig.eigenvalues[j].max(0.0) as f32;
+        for k in 0..3 {
+            vectors[i][k] = eig.eigenvectors[(k, j)] as f32;
+        }
+    }
+    Pca { values, vectors }
+}
+
+impl Pipeline {
+    /// Checks `steps` against the data's example shape and the model's input; computes the PCA
+    /// of the training colours once if a step needs it.
+    pub fn new(
+        steps: Vec<Step>,
+        data: &[usize],
+        input: &[usize],
+        train: &Split,
+        seed: u64,
+    ) -> Result<Pipeline, DataError> {
+        let mut shape = data.to_vec();
+        let mut crop_pad = 0;
+        for step in &steps {
+            if let Step::RandomCrop { size, pad, .. } = step {
+                crop_pad = *pad;
+                if shape.len() == 3 {
+                    shape = vec![*size, *size, shape[2]];
+                }
+            }
+            if let Step::RandomResizedCrop { size, .. } = step {
+                if shape.len() == 3 {
+                    shape = vec![*size, *size, shape[2]];
+                }
+            }
+        }
+        if shape != input {
+            return Err(DataError::Shape {
+                what: "the data after augmentation".into(),
+                expected: input.to_vec(),
+                found: shape,
+            });
+        }
+        let pca = steps.iter().any(|s| matches!(s, Step::PcaColor { .. })).then(|| pca(train));
+        Ok(Pipeline { steps, data: data.to_vec(), input: input.to_vec(), crop_pad, pca, seed })
+    }
+
+    /// The data as evaluation sees it: test examples centre-cropped and normalized, of the
+    /// model's input shape (training examples are augmented per batch by the loader instead).
+    pub fn for_eval(&self, data: &Dataset) -> Dataset {
+        let f = data.features();
+        let mut test = Split { x: Vec::new(), y: data.test.y.clone() };
+        for example in data.test.x.chunks(f.max(1)) {
+            test.x.extend(self.eval(example));
+        }
+        Dataset { train: Split::default(), test, shape: self.input.clone(), ..data.clone() }
+    }
+
+    /// A grid of augmented training examples (`rows × cols` of the first examples, each
+    /// min–max scaled), written as a PNG. Grey for one channel, RGB for three.
+    pub fn preview(&self, data: &Dataset, rows: usize, cols: usize, path: &std::path::Path) -> Result<(), String> {
+        let [h, w, c] = self.input[..] else {
+            return Err(format!("previews show images; the input is {:?}", self.input));
+        };
+        if c != 1 && c != 3 {
+            return Err(format!("previews show grey or RGB images; the input has {c} channels"));
+        }
+        let gap = 2;
+        let (gw, gh) = (cols * (w + gap) + gap, rows * (h + gap) + gap);
+        let mut grid = vec![255u8; gw * gh * c];
+        let f = data.features();
+        let n = data.train.len().min(rows * cols);
+        for i in 0..n {
+            let mut rng = self.rng(0, i);
+            let img = self.train(&data.train.x[i * f..(i + 1) * f], &mut rng);
+            let (lo, hi) = img.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            let range = (hi - lo).max(1e-6);
+            let (oy, ox) = (gap + (i / cols) * (h + gap), gap + (i % cols) * (w + gap));
+            for y in 0..h {
+                for x in 0..w {
+                    for k in 0..c {
+                        let v = (img[(y * w + x) * c + k] - lo) / range;
+                        grid[((oy + y) * gw + ox + x) * c + k] = (v * 255.0).round() as u8;
+                    }
+                }
+            }
+        }
+        let color = if c == 1 { image::ExtendedColorType::L8 } else { image::ExtendedColorType::Rgb8 };
+        let tmp = path.with_extension("png.tmp");
+        image::save_buffer_with_format(&tmp, &grid, gw as u32, gh as u32, color, image::ImageFormat::Png)
+            .map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+    }
+
+    /// Whether examples pass through unchanged.
+    pub fn is_identity(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The random stream of example `index` in `epoch`.
+    pub fn rng(&self, epoch: usize, index: usize) -> ChaCha8Rng {
+        let key = self.seed
+            ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        ChaCha8Rng::seed_from_u64(key)
+    }
+
+    /// Augments one training example.
+    pub fn train(&self, example: &[f32], rng: &mut impl Rng) -> Vec<f32> {
+        if self.steps.is_empty() {
+            return example.to_vec();
+        }
+        let [h, w, c] = self.data[..] else { return example.to_vec() };
+        let mut img = Image { h, w, c, data: example.to_vec() };
+        for step in &self.steps {
+            img = self.apply(step, img, rng);
+        }
+        img.data
+    }
+
+    /// The deterministic version of a test example: centre crop (of the padded example) to the
+    /// input size, then normalization.
+    pub fn eval(&self, example: &[f32]) -> Vec<f32> {
+        self.crops(example, 1).into_iter().next().unwrap_or_default()
+    }
+
+    /// Test-time crops of the input's size from the example padded as for training: 1 (centre),
+    /// 5 (four corners and centre) or 10 (and their mirrors). Each is normalized.
+    pub fn crops(&self, example: &[f32], count: usize) -> Vec<Vec<f32>> {
+        let (&[h, w, c], &[ih, iw, _]) = (&self.data[..], &self.input[..]) else {
+            return vec![example.to_vec()];
+        };
+        let padded = Image { h, w, c, data: example.to_vec() }.pad(self.crop_pad);
+        let (ph, pw) = (padded.h, padded.w);
+        let centre = ((ph - ih) / 2, (pw - iw) / 2);
+        let mut corners = vec![centre];
+        if count >= 5 {
+            corners = vec![(0, 0), (0, pw - iw), (ph - ih, 0), (ph - ih, pw - iw), centre];
+        }
+        let mut out: Vec<Image> = corners.iter().map(|&(y, x)| padded.crop(y, x, ih, iw)).collect();
+        if count >= 10 {
+            let mirrored: Vec<Image> = out.iter().map(Image::mirror).collect();
+            out.extend(mirrored);
+        }
+        out.into_iter().map(|img| self.normalized(img).data).collect()
+    }
+
+    fn normalized(&self, mut img: Image) -> Image {
+        for step in &self.steps {
+            if let Step::Normalize { mean, std } = step {
+                img.normalize(mean, std);
+            }
+        }
+        img
+    }
+
+    fn apply(&self, step: &Step, img: Image, rng: &mut impl Rng) -> Image {
+        let p = match step {
+            Step::Normalize { mean, std } => {
+                let mut img = img;
+                img.normalize(mean, std);
+                return img;
+            }
+            Step::Mirror { p }
+            | Step::FlipVertical { p }
+            | Step::RandomCrop { p, .. }
+            | Step::RandomResizedCrop { p, .. }
+            | Step::Rotate { p, .. }
+            | Step::Shear { p, .. }
+            | Step::Warp { p, .. }
+            | Step::ColorShift { p, .. }
+            | Step::PcaColor { p, .. }
+            | Step::Brightness { p, .. }
+            | Step::Contrast { p, .. } => *p,
+        };
+        let apply = rng.random::<f64>() < p;
+        match step {
+            // Crops always change the size; with probability 1 − p they take the centre.
+            Step::RandomCrop { size, pad, .. } => {
+                let padded = img.pad(*pad);
+                let (dy, dx) = (padded.h - size, padded.w - size);
+                let (y, x) =
+                    if apply { (rng.random_range(0..=dy), rng.random_range(0..=dx)) } else { (dy / 2, dx / 2) };
+                padded.crop(y, x, *size, *size)
+            }
+            Step::RandomResizedCrop { size, scale, .. } => {
+                let (mut ch, mut cw, mut y, mut x) = (img.h, img.w, 0, 0);
+                if apply {
+                    let area = (img.h * img.w) as f64 * rng.random_range(scale.0..=scale.1);
+                    let ratio = rng.random_range((0.75f64).ln()..=(4.0f64 / 3.0).ln()).exp();
+                    cw = ((area * ratio).sqrt().round() as usize).clamp(1, img.w);
+                    ch = ((area / ratio).sqrt().round() as usize).clamp(1, img.h);
+                    y = rng.random_range(0..=img.h - ch);
+                    x = rng.random_range(0..=img.w - cw);
+                }
+                img.crop(y, x, ch, cw).resize(*size, *size)
+            }
+            _ if !apply => img,
+            Step::Mirror { .. } => img.mirror(),
+            Step::FlipVertical { .. } => img.flip_vertical(),
+            Step::Rotate { degrees, .. } => {
+                let angle = rng.random_range(-degrees..=*degrees).to_radians();
+                geometry::rotate(&img, angle)
+            }
+            Step::Shear { degrees, .. } => {
+                let t = rng.random_range(-degrees..=*degrees).to_radians().tan();
+                let cy = (img.h as f64 - 1.0) / 2.0;
+                // Output (y, x) reads input (y, x + t·(y − cy)).
+                affine(&img, [[1.0, 0.0, 0.0], [t, 1.0, -t * cy]])
+            }
+            Step::Warp { alpha, sigma, .. } => elastic(&img, *alpha, *sigma, rng),
+            Step::ColorShift { max, .. } => {
+                let offsets: Vec<f32> = (0..img.c).map(|_| rng.random_range(-max..=*max) as f32).collect();
+                img.map_channels(|c, v| v + offsets[c])
+            }
+            Step::PcaColor { std, .. } => {
+                let Some(pca) = &self.pca else { return img };
+                let normal =
+                    Normal::new(0.0, *std as f32).unwrap_or_else(|_| Normal::new(0.0, 0.0).expect("zero deviation"));
+                let alpha: Vec<f32> = (0..3).map(|_| normal.sample(rng)).collect();
+                let shift: Vec<f32> =
+                    (0..3).map(|k| (0..3).map(|i| alpha[i] * pca.values[i] * pca.vectors[i][k]).sum()).collect();
+                img.map_channels(|c, v| v + shift[c % 3])
+            }
+            Step::Brightness { max, .. } => {
+                let b = rng.random_range(-max..=*max) as f32;
+                img.map_channels(|_, v| v + b)
+            }
+            Step::Contrast { max, .. } => {
+                let f = rng.random_range(1.0 - max..=1.0 + max) as f32;
+                let mean = img.data.iter().sum::<f32>() / img.data.len().max(1) as f32;
+                img.map_channels(|_, v| (v - mean) * f + mean)
+            }
+            Step::Normalize { .. } => img,
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Loader threads: while the training step runs, `workers` threads load and augment the next
+//! batches into bounded queues (two batches ahead each). Batch k is made by worker k mod W, and
+//! each example's randomness depends only on (seed, epoch, example), so batches are the same for
+//! any number of workers.
+
+use crate::augment::Pipeline;
+use crate::data::{Dataset, Split};
+use crate::reference::Tensor;
+use ndarray::{ArrayD, IxDyn};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::time::{Duration, Instant};
+
+/// Batches augmented for training.
+pub struct Loader<'a> {
+    /// The data.
+    pub data: &'a Dataset,
+    /// The augmentation pipeline.
+    pub pipeline: &'a Pipeline,
+    /// Number of loader threads (at least one).
+    pub workers: usize,
+}
+
+impl Loader<'_> {
+    /// Batch `indices` of the training split for `epoch`: inputs `[b, input..]` and labels `[b]`.
+    pub fn batch(&self, split: &Split, indices: &[usize], epoch: usize) -> (Tensor, Tensor) {
+        let f = self.data.features();
+        let input = &self.pipeline.input;
+        let mut x = Vec::with_capacity(indices.len() * input.iter().product::<usize>());
+        for &i in indices {
+            let example = &split.x[i * f..(i + 1) * f];
+            let mut rng = self.pipeline.rng(epoch, i);
+            x.extend(self.pipeline.train(example, &mut rng));
+        }
+        let mut shape = vec![indices.len()];
+        shape.extend_from_slice(input);
+        let x = ArrayD::from_shape_vec(IxDyn(&shape), x).expect("augmented examples fill the input shape");
+        let y = ArrayD::from_shape_vec(IxDyn(&[indices.len()]), indices.iter().map(|&i| split.y[i] as f32).collect())
+            .expect("labels fill their shape");
+        (x, y)
+    }
+
+    /// Feeds the batches of `order` to `step` in order, prepared by the worker threads, with the
+    /// time spent waiting for data so far. Returns the total wait. Stops at the first error.
+    pub fn epoch<E>(
+        &self,
+        order: &[usize],
+        batch: usize,
+        epoch: usize,
+        mut step: impl FnMut(Tensor, Tensor, Duration) -> Result<(), E>,
+    ) -> Result<Duration, E> {
+        let chunks: Vec<&[usize]> = order.chunks(batch.max(1)).collect();
+        let workers = self.workers.clamp(1, chunks.len().max(1));
+        let mut waited = Duration::ZERO;
+        std::thread::scope(|scope| {
+            let mut queues: Vec<Receiver<(Tensor, Tensor)>> = Vec::with_capacity(workers);
+            for w in 0..workers {
+                let (tx, rx) = sync_channel(2);
+                queues.push(rx);
+                let chunks = &chunks;
+                scope.spawn(move || {
+                    for chunk in chunks.iter().skip(w).step_by(workers) {
+                        if tx.send(self.batch(&self.data.train, chunk, epoch)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            let mut result = Ok(());
+            for k in 0..chunks.len() {
+                let started = Instant::now();
+                let Ok((x, y)) = queues[k % workers].recv() else { break };
+                waited += started.elapsed();
+                if let Err(e) = step(x, y, waited) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            // Dropping the queues ends the workers.
+            drop(queues);
+            result
+        })?;
+        Ok(waited)
+    }
+}
