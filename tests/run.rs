@@ -357,3 +357,57 @@ fn predict_prints_the_top_classes_of_a_digit() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("is 512×512 but the model's input is 28×28"), "{}", text(&o));
 }
+
+#[test]
+fn augmented_training_multi_crop_ensembles_and_previews() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let model = "examples/mnist1k_augmented.cnn";
+    for (out, seed_epochs) in [(&a, "1"), (&b, "2")] {
+        let o =
+            run(&["run", model, "--epochs", seed_epochs, "--limit", "300", "--quiet", "--out", out.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let wa = a.join("weights.safetensors");
+    let wb = b.join("weights.safetensors");
+    let ensemble = format!("{},{}", wa.display(), wb.display());
+    for args in
+        [vec!["--multi-crop", "10"], vec!["--ensemble", &ensemble], vec!["--multi-crop", "5", "--ensemble", &ensemble]]
+    {
+        let mut all = vec!["run", model, "--eval", "--out", a.to_str().unwrap()];
+        all.extend(args.iter().copied());
+        let o = run(&all);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let acc: f64 = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("test accuracy: "))
+            .unwrap()
+            .split('%')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(acc > 30.0, "{args:?}: {stdout}");
+    }
+    let o = run(&["run", model, "--eval", "--multi-crop", "3", "--out", a.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "only 1, 5 or 10 crops");
+    // Predicting with an ensemble and ten crops.
+    let png = dir.path().join("digit.png");
+    let raw = gunzip(&common::root().join("examples/data/mnist10k/t10k-images-idx3-ubyte.gz"));
+    image::GrayImage::from_raw(28, 28, raw[16..16 + 784].to_vec()).unwrap().save(&png).unwrap();
+    let o = run(&["run", model, "--predict", png.to_str().unwrap(), "--multi-crop", "10", "--ensemble", &ensemble]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let total: f32 = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.starts_with("    "))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<f32>().unwrap())
+        .sum();
+    assert!(total > 0.5 && total <= 1.0001, "the top five averaged probabilities sum to at most 1: {total}");
+    // A preview of the pipeline.
+    let preview = dir.path().join("preview.png");
+    let o = run(&["run", model, "--preview-augment", preview.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let img = image::open(&preview).unwrap();
+    assert_eq!((img.width(), img.height()), (8 * 34 + 2, 8 * 34 + 2));
+}

@@ -11,7 +11,7 @@ use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-pub use geometry::{affine, elastic, Image};
+pub use geometry::{affine, elastic, rotate, Image};
 
 /// One augmentation step.
 #[derive(Clone, Debug, PartialEq)]

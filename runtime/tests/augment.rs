@@ -1,0 +1,267 @@
+//! Augmentation on small synthetic images with known answers, the loader's determinism, and
+//! multi-crop and ensemble averaging against a direct computation.
+
+use cnnc_runtime::augment::{self, affine, Image, Pipeline, Step};
+use cnnc_runtime::data::{Dataset, Split};
+use cnnc_runtime::loader::Loader;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn ramp(h: usize, w: usize, c: usize) -> Image {
+    Image { h, w, c, data: (0..h * w * c).map(|i| i as f32).collect() }
+}
+
+fn pipeline(steps: Vec<Step>, data: &[usize], input: &[usize]) -> Pipeline {
+    Pipeline::new(steps, data, input, &Split::default(), 7).unwrap()
+}
+
+#[test]
+fn mirror_equals_the_flipped_array() {
+    let img = ramp(3, 4, 2);
+    let p = pipeline(vec![Step::Mirror { p: 1.0 }], &[3, 4, 2], &[3, 4, 2]);
+    let out = p.train(&img.data, &mut ChaCha8Rng::seed_from_u64(1));
+    for y in 0..3 {
+        for x in 0..4 {
+            for k in 0..2 {
+                assert_eq!(out[(y * 4 + x) * 2 + k], img.at(y, 3 - x, k));
+            }
+        }
+    }
+    let flipped = pipeline(vec![Step::FlipVertical { p: 1.0 }], &[3, 4, 2], &[3, 4, 2])
+        .train(&img.data, &mut ChaCha8Rng::seed_from_u64(1));
+    assert_eq!(flipped[..8], img.data[16..24]);
+    // With p = 0 nothing happens.
+    let same = pipeline(vec![Step::Mirror { p: 0.0 }], &[3, 4, 2], &[3, 4, 2])
+        .train(&img.data, &mut ChaCha8Rng::seed_from_u64(1));
+    assert_eq!(same, img.data);
+}
+
+#[test]
+fn a_quarter_turn_equals_the_transposed_and_flipped_array() {
+    let img = ramp(5, 5, 1);
+    let out = augment::rotate(&img, std::f64::consts::FRAC_PI_2);
+    for y in 0..5 {
+        for x in 0..5 {
+            // Transpose, then reverse the rows.
+            let expected = img.at(x, 4 - y, 0);
+            assert!((out.at(y, x, 0) - expected).abs() < 1e-4, "({y}, {x}): {} vs {expected}", out.at(y, x, 0));
+        }
+    }
+    // Through the pipeline: ±90° drawn, always a quarter turn either way.
+    let p = pipeline(vec![Step::Rotate { degrees: 0.0, p: 1.0 }], &[5, 5, 1], &[5, 5, 1]);
+    assert_eq!(p.train(&img.data, &mut ChaCha8Rng::seed_from_u64(3)), img.data);
+}
+
+#[test]
+fn shear_moves_rows_in_proportion_to_their_distance_from_the_centre() {
+    let img = ramp(5, 9, 1);
+    // Output (y, x) reads input (y, x + (y − 2)).
+    let out = affine(&img, [[1.0, 0.0, 0.0], [1.0, 1.0, -2.0]]);
+    assert_eq!(out.at(2, 4, 0), img.at(2, 4, 0));
+    assert_eq!(out.at(4, 3, 0), img.at(4, 5, 0));
+    assert_eq!(out.at(0, 5, 0), img.at(0, 3, 0));
+}
+
+#[test]
+fn random_crop_takes_a_window_of_the_padded_image() {
+    let img = ramp(6, 6, 1);
+    let p = pipeline(vec![Step::RandomCrop { size: 6, pad: 2, p: 1.0 }], &[6, 6, 1], &[6, 6, 1]);
+    let padded = img.pad(2);
+    for seed in 0..20 {
+        let out = p.train(&img.data, &mut ChaCha8Rng::seed_from_u64(seed));
+        let found =
+            (0..=4).flat_map(|y| (0..=4).map(move |x| (y, x))).any(|(y, x)| padded.crop(y, x, 6, 6).data == out);
+        assert!(found, "seed {seed}: the crop is a window of the padded image");
+    }
+    // Evaluation takes the centre: the original image.
+    assert_eq!(p.eval(&img.data), img.data);
+}
+
+#[test]
+fn colour_shift_adds_one_bounded_offset_per_channel() {
+    let img = ramp(4, 4, 3);
+    let p = pipeline(vec![Step::ColorShift { max: 0.5, p: 1.0 }], &[4, 4, 3], &[4, 4, 3]);
+    let out = p.train(&img.data, &mut ChaCha8Rng::seed_from_u64(9));
+    for k in 0..3 {
+        let d = out[k] - img.data[k];
+        assert!(d.abs() <= 0.5);
+        for i in 0..16 {
+            assert!((out[i * 3 + k] - img.data[i * 3 + k] - d).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn pca_colour_uses_the_eigen_decomposition_of_the_rgb_covariance() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    // Correlated colours: G follows R, B is independent.
+    let mut x = Vec::new();
+    for _ in 0..400 {
+        let r: f32 = rng.random_range(0.0..1.0);
+        x.extend([r, 0.8 * r + rng.random_range(-0.1..0.1), rng.random_range(0.0..0.3)]);
+    }
+    let split = Split { x: x.clone(), y: vec![0; 100] };
+    let pca = augment::pca(&split);
+    // Covariance computed directly.
+    let n = x.len() / 3;
+    let mean: Vec<f64> =
+        (0..3).map(|k| x.iter().skip(k).step_by(3).map(|&v| f64::from(v)).sum::<f64>() / n as f64).collect();
+    let mut cov = [[0f64; 3]; 3];
+    for px in x.chunks(3) {
+        for i in 0..3 {
+            for j in 0..3 {
+                cov[i][j] += (f64::from(px[i]) - mean[i]) * (f64::from(px[j]) - mean[j]) / (n - 1) as f64;
+            }
+        }
+    }
+    for (i, v) in pca.vectors.iter().enumerate() {
+        let norm: f64 = v.iter().map(|&a| f64::from(a) * f64::from(a)).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+        for r in 0..3 {
+            let cv: f64 = (0..3).map(|c| cov[r][c] * f64::from(v[c])).sum();
+            assert!((cv - f64::from(pca.values[i]) * f64::from(v[r])).abs() < 1e-4, "C·v = λ·v");
+        }
+    }
+    assert!(pca.values[0] >= pca.values[1] && pca.values[1] >= pca.values[2]);
+    let trace: f64 = (0..3).map(|i| cov[i][i]).sum();
+    assert!((pca.values.iter().map(|&v| f64::from(v)).sum::<f64>() - trace).abs() < 1e-4);
+    // The step adds one shift Σ αᵢ λᵢ pᵢ to every pixel.
+    let p = Pipeline::new(vec![Step::PcaColor { std: 0.5, p: 1.0 }], &[2, 2, 3], &[2, 2, 3], &split, 1).unwrap();
+    let img = ramp(2, 2, 3);
+    let out = p.train(&img.data, &mut ChaCha8Rng::seed_from_u64(2));
+    let shift: Vec<f32> = (0..3).map(|k| out[k] - img.data[k]).collect();
+    for i in 0..4 {
+        for k in 0..3 {
+            assert!((out[i * 3 + k] - img.data[i * 3 + k] - shift[k]).abs() < 1e-5);
+        }
+    }
+    // The shift lies in the span of the eigenvectors weighted by their eigenvalues: solve for α.
+    let alpha: Vec<f32> =
+        (0..3).map(|i| (0..3).map(|k| shift[k] * pca.vectors[i][k]).sum::<f32>() / pca.values[i].max(1e-12)).collect();
+    let rebuilt: Vec<f32> =
+        (0..3).map(|k| (0..3).map(|i| alpha[i] * pca.values[i] * pca.vectors[i][k]).sum()).collect();
+    for k in 0..3 {
+        assert!((rebuilt[k] - shift[k]).abs() < 1e-4);
+    }
+}
+
+fn dataset(n: usize) -> Dataset {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let x: Vec<f32> = (0..n * 8 * 8).map(|_| rng.random_range(0.0..1.0)).collect();
+    let y: Vec<u32> = (0..n).map(|i| (i % 10) as u32).collect();
+    Dataset {
+        train: Split { x: x.clone(), y: y.clone() },
+        test: Split { x, y },
+        classes: 10,
+        shape: vec![8, 8, 1],
+        pad: 0,
+        scale: 1.0,
+    }
+}
+
+fn full_pipeline() -> Vec<Step> {
+    vec![
+        Step::Mirror { p: 0.5 },
+        Step::RandomCrop { size: 6, pad: 1, p: 1.0 },
+        Step::Rotate { degrees: 15.0, p: 0.5 },
+        Step::Shear { degrees: 10.0, p: 0.5 },
+        Step::Warp { alpha: 1.0, sigma: 2.0, p: 0.5 },
+        Step::Brightness { max: 0.1, p: 0.5 },
+        Step::Contrast { max: 0.2, p: 0.5 },
+        Step::Normalize { mean: vec![0.5], std: vec![0.25] },
+    ]
+}
+
+#[test]
+fn batches_depend_on_the_seed_only_never_on_the_workers_and_keep_their_labels() {
+    let data = dataset(50);
+    let p = Pipeline::new(full_pipeline(), &[8, 8, 1], &[6, 6, 1], &data.train, 3).unwrap();
+    let order: Vec<usize> = (0..50).rev().collect();
+    let collect = |workers: usize| {
+        let loader = Loader { data: &data, pipeline: &p, workers };
+        let mut batches = Vec::new();
+        loader
+            .epoch(&order, 8, 2, |x, y, _| {
+                batches.push((x, y));
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        batches
+    };
+    let one = collect(1);
+    assert_eq!(one.len(), 7);
+    for workers in [2, 3, 8] {
+        assert_eq!(collect(workers), one, "{workers} workers");
+    }
+    for (b, (x, y)) in one.iter().enumerate() {
+        assert_eq!(x.shape(), &[y.len(), 6, 6, 1]);
+        for (j, &label) in y.iter().enumerate() {
+            assert_eq!(label as u32, data.train.y[order[b * 8 + j]], "labels are never changed");
+        }
+    }
+    // Another epoch draws other augmentations.
+    let loader = Loader { data: &data, pipeline: &p, workers: 2 };
+    assert_ne!(loader.batch(&data.train, &[0, 1], 2).0, loader.batch(&data.train, &[0, 1], 3).0);
+    assert_eq!(loader.batch(&data.train, &[0, 1], 2), loader.batch(&data.train, &[0, 1], 2));
+}
+
+#[test]
+fn ten_crops_are_the_corners_the_centre_and_their_mirrors() {
+    let img = ramp(4, 4, 1);
+    let p = pipeline(vec![Step::RandomCrop { size: 2, pad: 0, p: 1.0 }], &[4, 4, 1], &[2, 2, 1]);
+    let crops = p.crops(&img.data, 10);
+    assert_eq!(crops.len(), 10);
+    let window = |y, x| img.crop(y, x, 2, 2).data;
+    assert_eq!(crops[..5], [window(0, 0), window(0, 2), window(2, 0), window(2, 2), window(1, 1)]);
+    for i in 0..5 {
+        let c = Image { h: 2, w: 2, c: 1, data: crops[i].clone() };
+        assert_eq!(crops[i + 5], c.mirror().data);
+    }
+    assert_eq!(p.crops(&img.data, 1), vec![window(1, 1)]);
+}
+
+#[test]
+fn multi_crop_and_ensembles_average_the_probabilities() {
+    use cnnc_runtime::executor::Executor;
+    use cnnc_runtime::params::Params;
+    use cnnc_runtime::reference::{softmax, Ctx};
+    use cnnc_runtime::train::Session;
+    let text = "model M {\n input image: [6, 6, 1]\n output logits = image |> conv(4, 3x3) |> relu |> flatten |> dense(10)\n}\n\
+                train M {\n data csv(\"x.csv\", shape: [8, 8, 1])\n loss softmax_cross_entropy(logits, label)\n optimizer sgd(lr: 0.1)\n augment { random_crop(6, pad: 1) }\n}\n";
+    let c = cnnc_compiler::compile_source("m.cnn", None, text.as_bytes());
+    assert!(!c.has_errors());
+    let session = Session::new(&c.models[0], &c.trains[0]).unwrap();
+    let models = [Params::init(&session.tg.graph, 1), Params::init(&session.tg.graph, 2)];
+    let data = dataset(6);
+    let p = Pipeline::new(augment::steps(&c.trains[0].augment), &[8, 8, 1], &[6, 6, 1], &data.train, 0).unwrap();
+    let examples: Vec<&[f32]> = (0..6).map(|i| &data.test.x[i * 64..(i + 1) * 64]).collect();
+    let averaged = cnnc_runtime::evaluate::probabilities(&session, &models, &p, &examples, 10).unwrap();
+    // Directly: every model on every crop of every example, one at a time.
+    let exec = Executor::new(&session.tg.graph, &[session.prediction]);
+    for (i, example) in examples.iter().enumerate() {
+        let mut sum = vec![0f32; 10];
+        for params in &models {
+            for crop in p.crops(example, 10) {
+                let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, 6, 6, 1]), crop).unwrap();
+                let v = exec.run(params, &[(session.input, x)], Ctx::eval()).unwrap();
+                let probs = softmax(v.get(session.prediction).unwrap());
+                for (s, q) in sum.iter_mut().zip(probs.iter()) {
+                    *s += q / 20.0;
+                }
+            }
+        }
+        for k in 0..10 {
+            assert!((averaged[[i, k]] - sum[k]).abs() < 1e-6, "example {i} class {k}");
+        }
+    }
+    // The accuracy of the averaged prediction.
+    let (_, acc) = cnnc_runtime::evaluate::averaged(&session, &models, &data, &p, 10, 4).unwrap();
+    let direct = (0..6)
+        .filter(|&i| {
+            let row = averaged.row(i);
+            let best = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a))).unwrap();
+            best == data.test.y[i] as usize
+        })
+        .count();
+    assert!((acc - direct as f64 / 6.0).abs() < 1e-9);
+}
