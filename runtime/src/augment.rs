@@ -123,8 +123,8 @@ pub fn pca(split: &Split) -> Pca {
     let mut mean = [0f64; 3];
     let pixels = split.x.len() / 3;
     for px in split.x.chunks_exact(3) {
-        for k in 0..3 {
-            mean[k] += f64::from(px[k]);
+        for (m, &v) in mean.iter_mut().zip(px) {
+            *m += f64::from(v);
         }
     }
     mean.iter_mut().for_each(|m| *m /= pixels.max(1) as f64);
@@ -142,8 +142,8 @@ pub fn pca(split: &Split) -> Pca {
     let mut vectors = [[0f32; 3]; 3];
     for (i, &j) in order.iter().enumerate() {
         values[i] = eig.eigenvalues[j].max(0.0) as f32;
-        for k in 0..3 {
-            vectors[i][k] = eig.eigenvectors[(k, j)] as f32;
+        for (k, v) in vectors[i].iter_mut().enumerate() {
+            *v = eig.eigenvectors[(k, j)] as f32;
         }
     }
     Pca { values, vectors }

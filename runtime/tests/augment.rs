@@ -239,7 +239,7 @@ fn multi_crop_and_ensembles_average_the_probabilities() {
     // Directly: every model on every crop of every example, one at a time.
     let exec = Executor::new(&session.tg.graph, &[session.prediction]);
     for (i, example) in examples.iter().enumerate() {
-        let mut sum = vec![0f32; 10];
+        let mut sum = [0f32; 10];
         for params in &models {
             for crop in p.crops(example, 10) {
                 let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, 6, 6, 1]), crop).unwrap();
