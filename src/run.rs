@@ -81,6 +81,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     }
     if args.eval {
         let mut session = Session::new(model, &spec).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        session.check(&data).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         let models = weights_of(&session.params, args, &out)?;
         let (loss, acc) = if models.len() == 1 && args.multi_crop <= 1 {
             session.params = models.into_iter().next().unwrap_or_default();

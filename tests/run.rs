@@ -411,3 +411,37 @@ fn augmented_training_multi_crop_ensembles_and_previews() {
     let img = image::open(&preview).unwrap();
     assert_eq!((img.width(), img.height()), (8 * 34 + 2, 8 * 34 + 2));
 }
+
+#[test]
+fn too_few_class_scores_and_batchnorm_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::root().join("examples/data/digits.csv.gz");
+    let write = |head: &str| {
+        let text = format!(
+            "model M {{\n input image: [8, 8, 1]\n x = image |> {head}\n output logits = x\n}}\ntrain M {{\n data csv(\"{}\", shape: [8, 8, 1], scale: 0.0625)\n loss softmax_cross_entropy(logits, label)\n optimizer adam(lr: 0.01)\n batch 32 epochs 2 seed 4\n}}\n",
+            data.display()
+        );
+        let p = dir.path().join("m.cnn");
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let p = write("flatten |> dense(5)");
+    let o =
+        cnnc().args(["run", p.to_str().unwrap(), "--out", dir.path().join("o").to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the data has 10 classes but `dense1` gives 5 scores"),
+        "{}",
+        text(&o)
+    );
+    let p =
+        write("conv(8, 3x3, pad: same) |> batchnorm |> relu |> dropout(0.2) |> maxpool(2x2) |> flatten |> dense(10)");
+    let out = dir.path().join("bn");
+    let o = cnnc().args(["run", p.to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let m = metrics(&out);
+    assert!(m[1][5] > 0.8, "batchnorm and dropout train: {m:?}");
+    let (w, _) = cnnc_runtime::weights::load(&out.join("weights.safetensors")).unwrap();
+    let mean = &w["batchnorm1/running_mean"];
+    assert!(mean.iter().any(|&v| v != 0.0), "running statistics were updated");
+}

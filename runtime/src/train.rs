@@ -145,6 +145,20 @@ impl Session {
         Ok(Session { input: inputs[0], prediction, classifies, params, tg })
     }
 
+    /// Checks that the data's labels fit the prediction: every class needs a score.
+    pub fn check(&self, data: &Dataset) -> Result<(), RunError> {
+        let scores = self.tg.graph.node(self.prediction).shape.0.first().copied().unwrap_or(0);
+        if self.classifies && scores < data.classes {
+            return Err(RunError::Unsupported(format!(
+                "the data has {} classes but `{}` gives {scores} scores: make its last layer `dense({})`",
+                data.classes,
+                self.tg.graph.node(self.prediction).name,
+                data.classes
+            )));
+        }
+        Ok(())
+    }
+
     fn feeds(&self, x: Tensor, y: Tensor) -> Vec<(NodeId, Tensor)> {
         let mut feeds = vec![(self.input, x)];
         if let Some(label) = self.tg.label {
@@ -327,6 +341,7 @@ pub fn train(
     opts: &RunOptions,
 ) -> Result<(Session, Vec<EpochMetrics>), RunError> {
     let mut session = Session::new(model, spec)?;
+    session.check(data)?;
     let mut opt = Optimizer::new(spec.optimizer.as_ref(), spec.schedule.as_ref());
     std::fs::create_dir_all(&opts.out).map_err(|e| RunError::Io { path: opts.out.clone(), error: e.to_string() })?;
     let metrics_path = opts.out.join("metrics.csv");
