@@ -100,23 +100,28 @@ impl Geometry {
     }
 }
 
-fn geometry(c: &ConvOp, x: &Tensor) -> Geometry {
+/// The geometry of a window op on `x`, output sizes by the compiler's own rule.
+pub(super) fn windowed(
+    x: &Tensor,
+    size: &[usize],
+    stride: &[usize],
+    pad: &[(usize, usize)],
+    dilation: &[usize],
+    ceil: bool,
+) -> Geometry {
     let spatial = &x.shape()[1..x.ndim() - 1];
     let out: Vec<usize> = (0..spatial.len())
         .map(|i| {
-            let calc = AxisCalc {
-                axis: i,
-                n: spatial[i],
-                pad: c.pad[i],
-                f: c.size[i],
-                dilation: c.dilation[i],
-                s: c.stride[i],
-                ceil: false,
-            };
+            let calc =
+                AxisCalc { axis: i, n: spatial[i], pad: pad[i], f: size[i], dilation: dilation[i], s: stride[i], ceil };
             calc.out().unwrap_or(0)
         })
         .collect();
-    Geometry::new(x, &c.size, &c.stride, &c.pad, &c.dilation, &out)
+    Geometry::new(x, size, stride, pad, dilation, &out)
+}
+
+fn geometry(c: &ConvOp, x: &Tensor) -> Geometry {
+    windowed(x, &c.size, &c.stride, &c.pad, &c.dilation, false)
 }
 
 fn im2col(g: &Geometry, x: &[f32], c0: usize, cg: usize) -> Array2<f32> {

@@ -1,29 +1,13 @@
 //! Max and average pooling over windows, and global pooling. Average pooling divides by the
 //! number of input elements in the window (padding is not counted).
 
-use super::conv::{output_shape, Geometry};
+use super::conv::{output_shape, windowed, Geometry};
 use super::Tensor;
 use cnnc_compiler::ir::op::{PoolKind, PoolOp};
-use cnnc_compiler::shape::AxisCalc;
 use ndarray::{ArrayD, Axis, IxDyn};
 
 fn geometry(p: &PoolOp, x: &Tensor) -> Geometry {
-    let spatial = &x.shape()[1..x.ndim() - 1];
-    let out: Vec<usize> = (0..spatial.len())
-        .map(|i| {
-            let calc = AxisCalc {
-                axis: i,
-                n: spatial[i],
-                pad: p.pad[i],
-                f: p.size[i],
-                dilation: 1,
-                s: p.stride[i],
-                ceil: p.ceil,
-            };
-            calc.out().unwrap_or(0)
-        })
-        .collect();
-    Geometry::new(x, &p.size, &p.stride, &p.pad, &vec![1; p.size.len()], &out)
+    windowed(x, &p.size, &p.stride, &p.pad, &vec![1; p.size.len()], p.ceil)
 }
 
 /// For every output element (row-major over `[n, out.., c]`), the input offsets of its window.
