@@ -109,11 +109,11 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     let opts = RunOptions { out: out.clone(), resume: args.resume, quiet: args.quiet };
     match train::train(model, &spec, &data, &pipeline, &opts) {
         Ok((_, history)) => {
+            println!("weights: {}", train::weights_path(&out).display());
             if let Some(last) = history.last() {
                 println!("test loss: {:.4}", last.test_loss);
                 print_accuracy(last.test_accuracy, data.test.len());
             }
-            println!("weights: {}", train::weights_path(&out).display());
             Ok(())
         }
         Err(e @ train::RunError::NonFinite { .. }) => Err(fail(EXIT_DIVERGED, e.to_string())),
