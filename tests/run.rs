@@ -33,7 +33,10 @@ fn a_short_lenet5_run_learns() {
     assert!(m[1][4] < m[0][4], "test loss falls: {m:?}");
     assert!(m[1][5] > 0.8, "test accuracy well above chance (10%): {m:?}");
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.lines().last().is_some_and(|l| l.starts_with("test accuracy: ")), "the run ends with the accuracy: {stdout}");
+    assert!(
+        stdout.lines().last().is_some_and(|l| l.starts_with("test accuracy: ")),
+        "the run ends with the accuracy: {stdout}"
+    );
     for file in ["weights.safetensors", "state.safetensors", "metrics.csv", "metrics.png"] {
         assert!(dir.path().join(file).exists(), "{file}");
     }

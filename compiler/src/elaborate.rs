@@ -229,7 +229,7 @@ impl<'p> Elab<'p> {
             let ast::Stmt::Output { name, value, span } = stmt else { continue };
             let value = match value {
                 Some(e) => self.eval(&mut sc, e),
-                None => self.lookup(&mut sc, &name.name, name.span),
+                None => self.lookup(&mut sc, &name.name),
             };
             let loc = sc.loc(*span);
             if let Some(id) = self.expect_tensor(&sc, &value, loc, "an output") {
@@ -433,7 +433,7 @@ impl<'p> Elab<'p> {
 
     /// The value of a name: a binding or parameter of this scope, a constant of the module, or a
     /// bare [`Value::Word`].
-    fn lookup(&mut self, sc: &mut Scope, name: &str, _span: ast::Span) -> Value {
+    fn lookup(&mut self, sc: &mut Scope, name: &str) -> Value {
         if sc.slots.contains_key(name) {
             sc.referenced.insert(name.to_string());
             return self.force(sc, name);

@@ -35,7 +35,7 @@ impl Elab<'_> {
             ExprKind::Bool(b) => Value::Bool(*b),
             ExprKind::Size(v) => Value::Size(v.clone()),
             ExprKind::List(items) => Value::List(items.iter().map(|i| (self.eval(sc, i), sc.loc(i.span))).collect()),
-            ExprKind::Name(id) => self.lookup(sc, &id.name, id.span),
+            ExprKind::Name(id) => self.lookup(sc, &id.name),
             ExprKind::Call(c) => self.call(sc, c, None),
             ExprKind::Neg(inner) => match self.eval(sc, inner) {
                 Value::Int(v) => v.checked_neg().map_or_else(|| self.overflow(sc, loc), Value::Int),
@@ -145,7 +145,7 @@ impl Elab<'_> {
     fn stage(&mut self, sc: &mut Scope, stage: &ast::Stage, input: Value, from: Loc) -> Value {
         match stage {
             ast::Stage::Call(c) => self.call(sc, c, Some((input, from))),
-            ast::Stage::Repeat { count, var, stages, frozen, span } => {
+            ast::Stage::Repeat { count, var, stages, frozen, .. } => {
                 let count_loc = sc.loc(count.span);
                 let n = match self.eval(sc, count) {
                     Value::Int(n) if (0..=MAX_REPEAT).contains(&n) => n,
@@ -189,7 +189,6 @@ impl Elab<'_> {
                     sc.slots.remove(&v.name);
                 }
                 sc.frozen = was_frozen;
-                let _ = span;
                 value
             }
         }
