@@ -2,7 +2,7 @@
 //! layers, blocks and shared instances.
 
 use super::value::Value;
-use super::{Elab, Scope, Slot};
+use super::{CallSite, Elab, Scope, Slot};
 use crate::error::{similar, ResolveError};
 use crate::ir::Op;
 use crate::source::Loc;
@@ -189,8 +189,7 @@ impl Elab<'_> {
                     sc.slots.remove(&v.name);
                 }
                 sc.frozen = was_frozen;
-                let _ = span;
-                value
+                self.record(sc.loc(*span), String::new(), value)
             }
         }
     }
@@ -210,11 +209,15 @@ impl Elab<'_> {
         let explicit = self.explicit_name(sc, &mut args);
         if super::layers::spec(name).is_some() {
             let naming = self.naming(sc, name, explicit, c.frozen);
-            return self.layer(sc, name, args, loc, naming);
+            let path = naming.node.clone();
+            let value = self.layer(sc, name, args, loc, naming);
+            return self.record(loc, path, value);
         }
         if let Some(def) = self.program.modules[sc.module].blocks.get(name).cloned() {
             let naming = self.naming(sc, name, explicit, c.frozen);
-            return self.instantiate(sc, &def, args, loc, naming);
+            let path = naming.node.clone();
+            let value = self.instantiate(sc, &def, args, loc, naming);
+            return self.record(loc, path, value);
         }
         if let Some(Slot::Done { value: Value::Shared(shared), .. }) = sc.slots.get(name).cloned() {
             sc.referenced.insert(name.to_string());
@@ -225,6 +228,14 @@ impl Elab<'_> {
         let candidates = similar(name, names);
         self.report(sc, ResolveError::UnknownLayer { loc: sc.loc(c.callee.span), name: name.to_string(), candidates });
         Value::Poison
+    }
+
+    /// Notes a call's value for editors, and returns it.
+    pub(super) fn record(&mut self, loc: Loc, path: String, value: Value) -> Value {
+        if let Value::Tensor(node) = value {
+            self.calls.push(CallSite { loc, path, node });
+        }
+        value
     }
 
     /// Takes a `name: "..."` argument out of `args`, checking it is a fresh string.
