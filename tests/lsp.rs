@@ -53,7 +53,8 @@ impl Client {
             "general": { "positionEncodings": ["utf-16"] },
             "textDocument": { "publishDiagnostics": { "relatedInformation": true } },
         });
-        let init = client.request("initialize", json!({ "processId": null, "rootUri": null, "capabilities": capabilities }));
+        let init =
+            client.request("initialize", json!({ "processId": null, "rootUri": null, "capabilities": capabilities }));
         client.notify("initialized", json!({}));
         (client, init)
     }
@@ -221,7 +222,9 @@ fn diagnostics_hover_hints_definition_completion_symbols_and_formatting() {
     // Hover on the convolution: shapes, parameters, the arithmetic.
     let hover = client.request("textDocument/hover", at(&uri, 9, 13));
     let text = hover["contents"]["value"].as_str().expect("markdown hover");
-    for expected in ["input   [12, 12, 8]", "output  [10, 10, 16]", "params  1,168", "height  (12 + 2·0 − 3)/1 + 1 = 10"] {
+    for expected in
+        ["input   [12, 12, 8]", "output  [10, 10, 16]", "params  1,168", "height  (12 + 2·0 − 3)/1 + 1 = 10"]
+    {
         assert!(text.contains(expected), "{expected:?} not in {text}");
     }
     assert_eq!(hover["range"], json!({ "start": pos(9, 11), "end": pos(9, 15) }));
@@ -295,14 +298,16 @@ fn diagnostics_hover_hints_definition_completion_symbols_and_formatting() {
     let messy_uri = file_uri(&dir.join("messy.cnn"));
     client.open(&messy_uri, messy);
     let options = json!({ "tabSize": 4, "insertSpaces": true });
-    let edits = client.request("textDocument/formatting", json!({ "textDocument": { "uri": messy_uri }, "options": options }));
+    let edits =
+        client.request("textDocument/formatting", json!({ "textDocument": { "uri": messy_uri }, "options": options }));
     assert_eq!(
         edits,
         json!([{ "range": { "start": pos(1, 0), "end": pos(3, 0) }, "newText": "    input i: [4]\n    output o = i |> dense(2)\n" }])
     );
     let unlexable = file_uri(&dir.join("unlexable.cnn"));
     client.open(&unlexable, "model M { x = @ }\n");
-    let refused = client.try_request("textDocument/formatting", json!({ "textDocument": { "uri": unlexable }, "options": options }));
+    let refused = client
+        .try_request("textDocument/formatting", json!({ "textDocument": { "uri": unlexable }, "options": options }));
     assert!(refused.unwrap_err()["message"].as_str().unwrap().contains("unexpected character `@`"));
 
     client.shutdown();
@@ -311,7 +316,12 @@ fn diagnostics_hover_hints_definition_completion_symbols_and_formatting() {
 
 fn labels(completion: &Value) -> Vec<String> {
     let items = completion.get("items").unwrap_or(completion);
-    items.as_array().expect("completion items").iter().map(|i| i["label"].as_str().unwrap_or_default().to_string()).collect()
+    items
+        .as_array()
+        .expect("completion items")
+        .iter()
+        .map(|i| i["label"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 #[test]

@@ -64,8 +64,10 @@ impl Token {
 }
 
 /// The language's keywords: they cannot name bindings, blocks or models.
-pub const KEYWORDS: &[&str] =
-    &["use", "block", "model", "train", "input", "output", "return", "shared", "const", "anchors", "repeat", "frozen", "as", "true", "false"];
+pub const KEYWORDS: &[&str] = &[
+    "use", "block", "model", "train", "input", "output", "return", "shared", "const", "anchors", "repeat", "frozen",
+    "as", "true", "false",
+];
 
 /// Splits `text` into tokens, covering every byte.
 pub fn lex(text: &str) -> Vec<Token> {

@@ -37,7 +37,10 @@ impl Analysis {
 /// Checks `text` as a file called `name` at `path` (for relative `use`).
 pub fn analyze(name: &str, path: Option<&Path>, text: &str) -> Analysis {
     let compilation = compile_source(name, path, text.as_bytes());
-    let broken = compilation.problems.iter().any(|p| matches!(p, Problem::Load(LoadError::Parse { loc, .. }) if loc.file == FileId(0)));
+    let broken = compilation
+        .problems
+        .iter()
+        .any(|p| matches!(p, Problem::Load(LoadError::Parse { loc, .. }) if loc.file == FileId(0)));
     if broken {
         if let Some(r) = recover(text) {
             let compilation = compile_source(name, path, r.text.as_bytes());
@@ -100,7 +103,8 @@ mod tests {
 
     #[test]
     fn a_half_typed_statement_still_checks_the_rest() {
-        let text = "model A {\n    input i: [8, 8, 1]\n    x = i |> conv(4,\n    y = i |> maxpool(16)\n    output y\n}\n";
+        let text =
+            "model A {\n    input i: [8, 8, 1]\n    x = i |> conv(4,\n    y = i |> maxpool(16)\n    output y\n}\n";
         let a = analyze("a.cnn", None, text);
         let codes: Vec<&str> = a.diagnostics.iter().map(|d| d.code).collect();
         assert_eq!(codes, ["cnnc::parse::syntax", "cnnc::shape::output_too_small"]);

@@ -59,14 +59,17 @@ pub fn complete(view: &View, pos: Position) -> Vec<CompletionItem> {
             TokenKind::Close => {
                 stack.pop();
             }
-            TokenKind::Ident if stack.is_empty() && matches!(text_of(t), "use" | "block" | "model" | "train" | "const") => {
+            TokenKind::Ident
+                if stack.is_empty() && matches!(text_of(t), "use" | "block" | "model" | "train" | "const") =>
+            {
                 item = Some(text_of(t));
             }
             _ => {}
         }
     }
     let prev = sig.last().map(|t| (t.kind, text_of(t)));
-    let at_line_start = line.len() <= usize::from(line.last().is_some_and(|t| t.span.end as usize == offset && t.kind == TokenKind::Ident));
+    let at_line_start = line.len()
+        <= usize::from(line.last().is_some_and(|t| t.span.end as usize == offset && t.kind == TokenKind::Ident));
     let open = stack.last().map(|&i| (i, text_of(&sig[i])));
     let callee = open
         .filter(|(_, o)| *o == "(")

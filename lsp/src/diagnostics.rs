@@ -7,9 +7,7 @@ use crate::document::View;
 use cnnc_compiler::diag::{self, Severity};
 use cnnc_compiler::source::{FileId, Loc};
 use cnnc_grammar::ast::{self, Span};
-use lsp_types::{
-    Diagnostic, DiagnosticRelatedInformation, DiagnosticSeverity, DiagnosticTag, NumberOrString,
-};
+use lsp_types::{Diagnostic, DiagnosticRelatedInformation, DiagnosticSeverity, DiagnosticTag, NumberOrString};
 
 /// The code of the unused-binding warning, shown faded.
 const UNUSED: &str = "cnnc::resolve::unused_binding";

@@ -116,7 +116,10 @@ mod tests {
         assert_eq!(run(&[&messy, &bad], false, &mut out, &mut err), Outcome::Unformatted);
         assert!(String::from_utf8_lossy(&err).contains("bad.cnn:1:15: unexpected character `@`"));
         assert_eq!(run(&[dir.join("missing.cnn")], false, &mut out, &mut err), Outcome::Io);
-        let leftovers = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp")).count();
+        let leftovers = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+            .count();
         assert_eq!(leftovers, 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -14,8 +14,7 @@ pub fn edits(text: &str, lines: &LineIndex) -> Result<Vec<TextEdit>, FormatError
     let old: Vec<&str> = text.split_inclusive('\n').collect();
     let new: Vec<&str> = formatted.split_inclusive('\n').collect();
     let prefix = old.iter().zip(&new).take_while(|(a, b)| a == b).count();
-    let suffix =
-        old[prefix..].iter().rev().zip(new[prefix..].iter().rev()).take_while(|(a, b)| a == b).count();
+    let suffix = old[prefix..].iter().rev().zip(new[prefix..].iter().rev()).take_while(|(a, b)| a == b).count();
     let start: usize = old[..prefix].iter().map(|l| l.len()).sum();
     let end: usize = text.len() - old[old.len() - suffix..].iter().map(|l| l.len()).sum::<usize>();
     let new_text = new[prefix..new.len() - suffix].concat();

@@ -115,7 +115,12 @@ fn name(view: &View, occ: &Occurrence) -> Option<String> {
         }
         DefKind::Input => {
             let m = info?;
-            let id = m.graph.inputs().iter().copied().find(|&id| matches!(&m.graph.node(id).op, Op::Input(i) if i.name == occ.name))?;
+            let id = m
+                .graph
+                .inputs()
+                .iter()
+                .copied()
+                .find(|&id| matches!(&m.graph.node(id).op, Op::Input(i) if i.name == occ.name))?;
             Some(code(&format!("input {}: {}", occ.name, m.graph.node(id).shape)))
         }
         DefKind::Param => {
@@ -171,7 +176,10 @@ fn use_path(view: &View, item: usize, segment: usize) -> Option<String> {
         }
         let c = entry.consts.get(name)?;
         let file = program.modules.get(c.module)?.file;
-        return Some(code(&format!("const {name}: {}", program.sources.snippet(Loc { file, span: c.item.shape.span }))));
+        return Some(code(&format!(
+            "const {name}: {}",
+            program.sources.snippet(Loc { file, span: c.item.shape.span })
+        )));
     }
     let module: Vec<&str> = u.path[..=segment].iter().map(|i| i.name.as_str()).collect();
     let wanted = format!("{}.cnn", module.join("/"));

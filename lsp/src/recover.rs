@@ -159,7 +159,11 @@ fn units(text: &str, tokens: &[Token], items: &[Span]) -> Vec<Unit> {
         if has_body {
             for (k, &i) in inside.iter().enumerate() {
                 let line_start = k > 0
-                    && tokens[..i].iter().rev().take_while(|p| p.kind != TokenKind::Newline).all(|p| !p.is_significant());
+                    && tokens[..i]
+                        .iter()
+                        .rev()
+                        .take_while(|p| p.kind != TokenKind::Newline)
+                        .all(|p| !p.is_significant());
                 let t = tokens[i];
                 let next = inside.get(k + 1).map(|&n| tokens[n].kind);
                 let keyword = matches!(t.text(text), "input" | "output" | "return" | "shared" | "const" | "anchors");
@@ -167,7 +171,8 @@ fn units(text: &str, tokens: &[Token], items: &[Span]) -> Vec<Unit> {
                     marks.push((t.span.start as usize, true));
                 }
             }
-            let close = inside.iter().rev().find(|&&i| tokens[i].text(text) == "}").map(|&i| tokens[i].span.start as usize);
+            let close =
+                inside.iter().rev().find(|&&i| tokens[i].text(text) == "}").map(|&i| tokens[i].span.start as usize);
             if let Some(close) = close.filter(|&c| marks.last().is_some_and(|m| c > m.0)) {
                 marks.push((close, false));
             }
@@ -268,7 +273,8 @@ mod tests {
 
     #[test]
     fn text_cut_short_is_closed() {
-        let text = "model A {\n    input i: [8]\n    output o = i\n}\nmodel B {\n    input j: [4]\n    output p = j |> dense(";
+        let text =
+            "model A {\n    input i: [8]\n    output o = i\n}\nmodel B {\n    input j: [4]\n    output p = j |> dense(";
         let r = recover(text).unwrap();
         assert!(r.text.starts_with(text.split("model B").next().unwrap()));
         assert!(cnnc_grammar::parse(&r.text).is_ok());
@@ -285,7 +291,8 @@ mod tests {
 
     #[test]
     fn several_broken_items_give_several_errors() {
-        let text = "model A {\n    x = = 1\n}\nblock b(x) { return x |> }\nmodel C {\n    input i: [2]\n    output o = i\n}\n";
+        let text =
+            "model A {\n    x = = 1\n}\nblock b(x) { return x |> }\nmodel C {\n    input i: [2]\n    output o = i\n}\n";
         let r = recover(text).unwrap();
         assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
         assert!(r.text.contains("output o = i"));

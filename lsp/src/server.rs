@@ -77,7 +77,8 @@ fn capabilities(encoding: Encoding) -> ServerCapabilities {
 
 struct Server<'c> {
     connection: &'c Connection,
-    docs: HashMap<Uri, Document>,
+    /// Open documents by URI.
+    docs: HashMap<String, Document>,
     std: StdFiles,
     encoding: Encoding,
 }
@@ -140,12 +141,13 @@ impl Server<'_> {
             DidOpenTextDocument::METHOD => {
                 if let Ok(p) = params::<lsp_types::DidOpenTextDocumentParams>(n.params) {
                     let d = p.text_document;
-                    self.docs.insert(d.uri.clone(), Document::new(d.uri, d.version, d.text, self.encoding));
+                    self.docs
+                        .insert(d.uri.as_str().to_string(), Document::new(d.uri, d.version, d.text, self.encoding));
                 }
             }
             DidChangeTextDocument::METHOD => {
                 if let Ok(p) = params::<lsp_types::DidChangeTextDocumentParams>(n.params) {
-                    if let Some(doc) = self.docs.get_mut(&p.text_document.uri) {
+                    if let Some(doc) = self.docs.get_mut(p.text_document.uri.as_str()) {
                         doc.change(p.text_document.version, p.content_changes);
                     }
                 }
@@ -154,7 +156,7 @@ impl Server<'_> {
                 // Another open file may `use` the one saved: check them all again.
                 if let Ok(p) = params::<lsp_types::DidSaveTextDocumentParams>(n.params) {
                     for (uri, doc) in &mut self.docs {
-                        if *uri != p.text_document.uri {
+                        if uri != p.text_document.uri.as_str() {
                             doc.invalidate();
                         }
                     }
@@ -162,8 +164,9 @@ impl Server<'_> {
             }
             DidCloseTextDocument::METHOD => {
                 if let Ok(p) = params::<lsp_types::DidCloseTextDocumentParams>(n.params) {
-                    self.docs.remove(&p.text_document.uri);
-                    let clear = PublishDiagnosticsParams { uri: p.text_document.uri, diagnostics: vec![], version: None };
+                    self.docs.remove(p.text_document.uri.as_str());
+                    let clear =
+                        PublishDiagnosticsParams { uri: p.text_document.uri, diagnostics: vec![], version: None };
                     let _ = self.send(Notification::new(PublishDiagnostics::METHOD.into(), clear).into());
                 }
             }
@@ -205,7 +208,8 @@ impl Server<'_> {
             GotoDefinition::METHOD => {
                 let p: lsp_types::GotoDefinitionParams = params(req.params)?;
                 let pos = p.text_document_position_params;
-                let def = view_of(docs, std, &pos.text_document.uri).and_then(|v| definition::definition(&v, pos.position));
+                let def =
+                    view_of(docs, std, &pos.text_document.uri).and_then(|v| definition::definition(&v, pos.position));
                 json(serde_json::to_value(def.map(GotoDefinitionResponse::Scalar)))
             }
             Completion::METHOD => {
@@ -221,7 +225,7 @@ impl Server<'_> {
             }
             Formatting::METHOD => {
                 let p: lsp_types::DocumentFormattingParams = params(req.params)?;
-                let Some(doc) = docs.get(&p.text_document.uri) else { return Ok(Value::Null) };
+                let Some(doc) = docs.get(p.text_document.uri.as_str()) else { return Ok(Value::Null) };
                 match formatting::edits(&doc.text, &doc.lines) {
                     Ok(edits) => json(serde_json::to_value(edits)),
                     Err(e) => Err(Failure {
@@ -230,13 +234,15 @@ impl Server<'_> {
                     }),
                 }
             }
-            method => Err(Failure { code: ErrorCode::MethodNotFound, message: format!("unsupported request `{method}`") }),
+            method => {
+                Err(Failure { code: ErrorCode::MethodNotFound, message: format!("unsupported request `{method}`") })
+            }
         }
     }
 }
 
-fn view_of<'a>(docs: &'a mut HashMap<Uri, Document>, std: &'a StdFiles, uri: &Uri) -> Option<View<'a>> {
-    docs.get_mut(uri).map(|d| d.view(std))
+fn view_of<'a>(docs: &'a mut HashMap<String, Document>, std: &'a StdFiles, uri: &Uri) -> Option<View<'a>> {
+    docs.get_mut(uri.as_str()).map(|d| d.view(std))
 }
 
 fn params<P: DeserializeOwned>(value: Value) -> Result<P, Failure> {

@@ -20,9 +20,8 @@ pub fn symbols(view: &View) -> Vec<DocumentSymbol> {
                 let info = a.compilation.models.iter().find(|i| i.loc == Loc { file: FileId(0), span: m.name.span });
                 let detail = info.map(|i| {
                     let g = &i.graph;
-                    let shapes = |ids: Vec<_>| {
-                        ids.iter().map(|&id| g.node(id).shape.to_string()).collect::<Vec<_>>().join(", ")
-                    };
+                    let shapes =
+                        |ids: Vec<_>| ids.iter().map(|&id| g.node(id).shape.to_string()).collect::<Vec<_>>().join(", ");
                     format!("{} → {}", shapes(g.inputs().to_vec()), shapes(g.outputs().iter().map(|o| o.1).collect()))
                 });
                 let children = m.body.iter().filter_map(|s| statement(view, s, info)).collect();
@@ -56,7 +55,12 @@ fn statement(view: &View, s: &Stmt, model: Option<&ModelInfo>) -> Option<Documen
     let (name, kind, detail, span) = match s {
         Stmt::Input { name, span, .. } => {
             let shape = model.and_then(|m| {
-                m.graph.inputs().iter().map(|&id| m.graph.node(id)).find(|n| n.loc.span == *span).map(|n| n.shape.to_string())
+                m.graph
+                    .inputs()
+                    .iter()
+                    .map(|&id| m.graph.node(id))
+                    .find(|n| n.loc.span == *span)
+                    .map(|n| n.shape.to_string())
             });
             (name, SymbolKind::VARIABLE, shape, *span)
         }
