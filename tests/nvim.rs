@@ -1,7 +1,8 @@
-//! A real editor as the client: headless Neovim (0.7, Debian's) starts `cnnc lsp` with
-//! `vim.lsp.start_client`, opens a broken `.cnn` file, and a Lua script writes to a JSON file the
-//! diagnostics Neovim received (their columns converted by Neovim from UTF-16 to bytes), a hover
-//! and the buffer after formatting. Neovim must be installed (`.ci/run` installs it).
+//! A real editor as the client: headless Neovim (0.7, Debian's) set up with the repository's
+//! `editors/nvim/cnnc.lua` (which starts `cnnc lsp` with `vim.lsp.start_client` and attaches it
+//! with `vim.lsp.buf_attach_client`) opens a broken `.cnn` file, and a Lua script writes to a JSON
+//! file the diagnostics Neovim received (their columns converted by Neovim from UTF-16 to bytes),
+//! a hover and the buffer after formatting. Neovim must be installed (`.ci/run` installs it).
 
 mod common;
 
@@ -12,16 +13,12 @@ use std::time::{Duration, Instant};
 
 const SCRIPT: &str = r#"
 local function main()
-  local file = os.getenv("CNNC_FILE")
-  vim.cmd("edit " .. vim.fn.fnameescape(file))
+  dofile(os.getenv("CNNC_CONFIG")).setup({ cmd = { os.getenv("CNNC_BIN"), "lsp" } })
+  vim.cmd("edit " .. vim.fn.fnameescape(os.getenv("CNNC_FILE")))
   local buf = vim.api.nvim_get_current_buf()
-  local client = vim.lsp.start_client({
-    name = "cnnc",
-    cmd = { os.getenv("CNNC_BIN"), "lsp" },
-    root_dir = vim.fn.fnamemodify(file, ":h"),
-  })
-  assert(client, "the client did not start")
-  vim.lsp.buf_attach_client(buf, client)
+  assert(vim.bo[buf].filetype == "cnn", "the file type is not set")
+  local attached = vim.wait(10000, function() return next(vim.lsp.buf_get_clients(buf)) ~= nil end, 20)
+  assert(attached, "no client attached")
   local received = vim.wait(20000, function() return #vim.diagnostic.get(buf) > 0 end, 20)
   local diagnostics = {}
   for _, d in ipairs(vim.diagnostic.get(buf)) do
@@ -97,6 +94,7 @@ fn run_nvim(dir: &Path, script: &Path, file: &Path, out: &Path) -> Value {
         .args(["--headless", "--clean", "-c"])
         .arg(format!("luafile {}", script.display()))
         .env("CNNC_BIN", env!("CARGO_BIN_EXE_cnnc"))
+        .env("CNNC_CONFIG", common::root().join("editors/nvim/cnnc.lua"))
         .env("CNNC_FILE", file)
         .env("CNNC_OUT", out)
         .env("XDG_CACHE_HOME", dir.join("cache"))
