@@ -57,7 +57,9 @@ pub fn recover(text: &str) -> Option<Recovered> {
             return None;
         }
         let at = error.span.start as usize;
-        if !out.errors.iter().any(|e| e.span == error.span) {
+        // Errors in the closing brackets added at the end are not the user's.
+        let added = closed && at >= text.len();
+        if !added && !out.errors.iter().any(|e| e.span == error.span) {
             out.errors.push(error);
         }
         if at >= text.len() && !closed {
