@@ -138,14 +138,27 @@ impl Loader<'_> {
                 Some(self.add(format!("std/{name}.cnn"), Some(origin.clone()), text.as_bytes()))
             }
             Origin::Disk(path) => match std::fs::read(path) {
-                Ok(bytes) => Some(self.add(path.display().to_string(), Some(origin.clone()), &bytes)),
+                Ok(bytes) => Some(self.add(self.shown(from, u), Some(origin.clone()), &bytes)),
                 Err(_) => {
-                    let tried = path.display().to_string();
+                    let tried = self.shown(from, u);
                     self.problems.push(LoadError::MissingFile { loc, module, tried, candidates: vec![] }.into());
                     None
                 }
             },
         }
+    }
+
+    /// How to show the file a `use` names: beside the importing file's shown name.
+    fn shown(&self, from: ModuleId, u: &ast::Use) -> String {
+        let importer = &self.program.sources.get(self.program.modules[from].file).name;
+        let segments: Vec<&str> = u.path.iter().map(|i| i.name.as_str()).collect();
+        let module = if u.glob { &segments[..] } else { &segments[..segments.len().saturating_sub(1)] };
+        let mut shown = Path::new(importer).parent().map(Path::to_path_buf).unwrap_or_default();
+        for s in module {
+            shown.push(s);
+        }
+        shown.set_extension("cnn");
+        shown.display().to_string()
     }
 
     /// Where the file a `use` names is, and its dotted module name.
