@@ -25,123 +25,96 @@ const CHOICES: &[(&str, &[&str])] = &[
 pub fn complete(view: &View, pos: Position) -> Vec<CompletionItem> {
     let offset = view.offset(pos);
     let before = view.text.get(..offset).unwrap_or("");
-    let tokens = lex(before);
-    if let Some(last) = tokens.last() {
-        let text = last.text(before);
-        let inside = match last.kind {
-            TokenKind::LineComment => true,
-            TokenKind::Unknown => text.starts_with('"') || text.starts_with("/*"),
-            _ => false,
-        };
-        if inside {
-            return Vec::new();
-        }
-    }
-    let mut sig: Vec<Token> = tokens.iter().copied().filter(|t| t.is_significant()).collect();
-    if sig.last().is_some_and(|t| t.kind == TokenKind::Ident && t.span.end as usize == offset) {
-        sig.pop();
-    }
-    let text_of = |t: &Token| t.text(before);
-    let line: Vec<&Token> = {
-        let start = tokens.iter().rposition(|t| t.kind == TokenKind::Newline).map_or(0, |i| i + 1);
-        tokens[start..].iter().filter(|t| t.is_significant()).collect()
-    };
     let mut c = Completions { view, offset, items: Vec::new() };
-    if line.first().is_some_and(|t| text_of(t) == "use") {
-        c.use_path(&line.iter().skip(1).map(|t| text_of(t)).collect::<Vec<_>>());
-        return c.items;
-    }
-    let mut stack: Vec<usize> = Vec::new();
-    let mut item = None;
-    for (i, t) in sig.iter().enumerate() {
-        match t.kind {
-            TokenKind::Open => stack.push(i),
-            TokenKind::Close => {
-                stack.pop();
-            }
-            TokenKind::Ident
-                if stack.is_empty() && matches!(text_of(t), "use" | "block" | "model" | "train" | "const") =>
-            {
-                item = Some(text_of(t));
-            }
-            _ => {}
-        }
-    }
-    let prev = sig.last().map(|t| (t.kind, text_of(t)));
-    let at_line_start = line.len()
-        <= usize::from(line.last().is_some_and(|t| t.span.end as usize == offset && t.kind == TokenKind::Ident));
-    let open = stack.last().map(|&i| (i, text_of(&sig[i])));
-    let callee = open
-        .filter(|(_, o)| *o == "(")
-        .and_then(|(i, _)| i.checked_sub(1))
-        .map(|j| (j, text_of(&sig[j])))
-        .filter(|(j, name)| sig[*j].kind == TokenKind::Ident && !KEYWORDS.contains(name));
-    if let Some((j, name)) = callee {
-        let header = j.checked_sub(1).is_some_and(|k| text_of(&sig[k]) == "block");
-        if header {
-            if prev.is_some_and(|p| p.0 == TokenKind::Colon) {
-                c.keywords(TYPES, CompletionItemKind::TYPE_PARAMETER);
-            }
-            return c.items;
-        }
-        match prev {
-            Some((TokenKind::Open | TokenKind::Comma, _)) => {
-                let given: Vec<&str> = sig[j + 2..]
-                    .windows(2)
-                    .filter(|w| w[0].kind == TokenKind::Ident && w[1].kind == TokenKind::Colon)
-                    .map(|w| text_of(&w[0]))
-                    .collect();
-                c.arguments(name, &given);
-                c.names();
-                c.callables();
-                return c.items;
-            }
-            Some((TokenKind::Colon, _)) => {
-                let arg = sig.len().checked_sub(2).map(|k| text_of(&sig[k])).unwrap_or_default();
-                if let Some((_, choices)) = CHOICES.iter().find(|(a, _)| *a == arg) {
-                    c.keywords(choices, CompletionItemKind::ENUM_MEMBER);
-                }
-                c.names();
-                return c.items;
-            }
-            _ => {}
-        }
-    }
-    if item == Some("train") && !stack.is_empty() {
-        if at_line_start {
-            c.keywords(SETTINGS, CompletionItemKind::PROPERTY);
-        }
-        return c.items;
-    }
-    match prev {
-        Some((TokenKind::Pipe, _)) | Some((TokenKind::Ident, "frozen")) => {
-            c.callables();
-            c.keywords(&["repeat", "frozen"], CompletionItemKind::KEYWORD);
-        }
-        Some((TokenKind::Equals, _)) => {
-            c.callables();
-            c.names();
-            c.keywords(&["frozen"], CompletionItemKind::KEYWORD);
-        }
-        Some((TokenKind::Open, "{")) if stack.len() >= 2 => c.callables(),
-        _ if at_line_start && stack.is_empty() => {
-            c.keywords(&["use", "block", "model", "train", "const"], CompletionItemKind::KEYWORD)
-        }
-        _ if at_line_start => {
-            let keywords: &[&str] = if item == Some("block") {
-                &["return", "shared", "const"]
-            } else {
-                &["input", "output", "shared", "const", "anchors"]
-            };
-            c.keywords(keywords, CompletionItemKind::KEYWORD);
-            c.names();
-        }
-        _ => {
-            c.callables();
-            c.names();
-        }
+    if let Some(cx) = Context::read(before) {
+        c.fill(&cx);
     }
     c.items
+}
+
+/// What stands before the cursor.
+struct Context<'t> {
+    text: &'t str,
+    /// Tokens that mean something to the parser, the word being typed left out.
+    sig: Vec<Token>,
+    /// The texts of the cursor's line's tokens, the word being typed included.
+    line: Vec<&'t str>,
+    /// Indices into `sig` of the brackets still open.
+    open: Vec<usize>,
+    /// The keyword of the top-level item the cursor is in.
+    item: Option<&'t str>,
+    /// Nothing but the word being typed stands before the cursor on its line.
+    at_line_start: bool,
+}
+
+impl<'t> Context<'t> {
+    /// Reads the text before the cursor; `None` inside a comment or a string.
+    fn read(text: &'t str) -> Option<Self> {
+        let tokens = lex(text);
+        if let Some(last) = tokens.last() {
+            let inside = match last.kind {
+                TokenKind::LineComment => true,
+                TokenKind::Unknown => last.text(text).starts_with('"') || last.text(text).starts_with("/*"),
+                _ => false,
+            };
+            if inside {
+                return None;
+            }
+        }
+        let mut sig: Vec<Token> = tokens.iter().copied().filter(|t| t.is_significant()).collect();
+        let typing = sig.last().is_some_and(|t| t.kind == TokenKind::Ident && t.span.end as usize == text.len());
+        if typing {
+            sig.pop();
+        }
+        let line_start = tokens.iter().rposition(|t| t.kind == TokenKind::Newline).map_or(0, |i| i + 1);
+        let line: Vec<&str> =
+            tokens[line_start..].iter().filter(|t| t.is_significant()).map(|t| t.text(text)).collect();
+        let mut open = Vec::new();
+        let mut item = None;
+        for (i, t) in sig.iter().enumerate() {
+            match t.kind {
+                TokenKind::Open => open.push(i),
+                TokenKind::Close => {
+                    open.pop();
+                }
+                TokenKind::Ident if open.is_empty() => {
+                    if let w @ ("use" | "block" | "model" | "train" | "const") = t.text(text) {
+                        item = Some(w);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let at_line_start = line.len() <= usize::from(typing);
+        Some(Context { text, sig, line, open, item, at_line_start })
+    }
+
+    fn text(&self, i: usize) -> &'t str {
+        self.sig.get(i).map_or("", |t| t.text(self.text))
+    }
+
+    /// The last token before the word being typed.
+    fn prev(&self) -> Option<(TokenKind, &'t str)> {
+        let i = self.sig.len().checked_sub(1)?;
+        Some((self.sig[i].kind, self.text(i)))
+    }
+
+    /// The call whose parentheses the cursor is in directly: the callee's index in `sig`, its name.
+    fn call(&self) -> Option<(usize, &'t str)> {
+        let &open = self.open.last()?;
+        let j = open.checked_sub(1).filter(|_| self.text(open) == "(")?;
+        let name = self.text(j);
+        (self.sig[j].kind == TokenKind::Ident && !KEYWORDS.contains(&name)).then_some((j, name))
+    }
+
+    /// The names of the named arguments given to the call whose callee is at `j`.
+    fn given(&self, j: usize) -> Vec<&'t str> {
+        let args = self.sig.get(j + 2..).unwrap_or_default();
+        args.windows(2)
+            .filter(|w| w[0].kind == TokenKind::Ident && w[1].kind == TokenKind::Colon)
+            .map(|w| w[0].text(self.text))
+            .collect()
+    }
 }
 
 struct Completions<'v> {
@@ -151,6 +124,79 @@ struct Completions<'v> {
 }
 
 impl Completions<'_> {
+    fn fill(&mut self, cx: &Context) {
+        if cx.line.first() == Some(&"use") {
+            return self.use_path(&cx.line[1..]);
+        }
+        if let Some((j, name)) = cx.call() {
+            if self.in_call(cx, j, name) {
+                return;
+            }
+        }
+        if cx.item == Some("train") && !cx.open.is_empty() {
+            if cx.at_line_start {
+                self.keywords(SETTINGS, CompletionItemKind::PROPERTY);
+            }
+            return;
+        }
+        match cx.prev() {
+            Some((TokenKind::Pipe, _) | (TokenKind::Ident, "frozen")) => {
+                self.callables();
+                self.keywords(&["repeat", "frozen"], CompletionItemKind::KEYWORD);
+            }
+            Some((TokenKind::Equals, _)) => {
+                self.callables();
+                self.names();
+                self.keywords(&["frozen"], CompletionItemKind::KEYWORD);
+            }
+            Some((TokenKind::Open, "{")) if cx.open.len() >= 2 => self.callables(),
+            _ if cx.at_line_start && cx.open.is_empty() => {
+                self.keywords(&["use", "block", "model", "train", "const"], CompletionItemKind::KEYWORD)
+            }
+            _ if cx.at_line_start => {
+                let keywords: &[&str] = if cx.item == Some("block") {
+                    &["return", "shared", "const"]
+                } else {
+                    &["input", "output", "shared", "const", "anchors"]
+                };
+                self.keywords(keywords, CompletionItemKind::KEYWORD);
+                self.names();
+            }
+            _ => {
+                self.callables();
+                self.names();
+            }
+        }
+    }
+
+    /// Completions inside the parentheses of a call of `name` (callee at `j`); whether any apply.
+    fn in_call(&mut self, cx: &Context, j: usize, name: &str) -> bool {
+        if j.checked_sub(1).is_some_and(|k| cx.text(k) == "block") {
+            // A block's header: parameter types after `:`.
+            if cx.prev().is_some_and(|p| p.0 == TokenKind::Colon) {
+                self.keywords(TYPES, CompletionItemKind::TYPE_PARAMETER);
+            }
+            return true;
+        }
+        match cx.prev() {
+            Some((TokenKind::Open | TokenKind::Comma, _)) => {
+                self.arguments(name, &cx.given(j));
+                self.names();
+                self.callables();
+                true
+            }
+            Some((TokenKind::Colon, _)) => {
+                let arg = cx.sig.len().checked_sub(2).map_or("", |k| cx.text(k));
+                if let Some((_, choices)) = CHOICES.iter().find(|(a, _)| *a == arg) {
+                    self.keywords(choices, CompletionItemKind::ENUM_MEMBER);
+                }
+                self.names();
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn add(&mut self, label: &str, kind: CompletionItemKind, group: u8, detail: Option<String>) -> &mut CompletionItem {
         self.items.push(CompletionItem {
             label: label.to_string(),
@@ -266,5 +312,46 @@ impl Completions<'_> {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::Document;
+    use crate::files::StdFiles;
+    use crate::position::Encoding;
+
+    /// Labels offered where `$` stands in `text`.
+    fn offered(text: &str) -> Vec<String> {
+        let at = text.find('$').unwrap();
+        let text = text.replacen('$', "", 1);
+        let mut doc = Document::new("untitled:c".parse().unwrap(), 1, text.clone(), Encoding::Utf16);
+        let std = StdFiles::default();
+        let view = doc.view(&std);
+        let pos = view.lines.position(&text, at);
+        complete(&view, pos).into_iter().map(|i| i.label).collect()
+    }
+
+    #[test]
+    fn completes_by_context() {
+        let has = |text: &str, want: &[&str]| {
+            let got = offered(text);
+            for w in want {
+                assert!(got.iter().any(|g| g == w), "{w} not offered in {text:?}: {got:?}");
+            }
+            got
+        };
+        has("use std.$", &["resnet", "layers"]);
+        has("use std.resnet.bott$", &["bottleneck", "*"]);
+        has("block b(x, c: $", &["int", "size"]);
+        has("model M {\n    input i: [8, 8, 1]\n    x = i |> conv(4, 3, pad: $", &["same", "valid"]);
+        let args = has("model M {\n    input i: [8, 8, 1]\n    x = i |> maxpool(2, $", &["stride", "round", "i"]);
+        assert!(!args.contains(&"filters".to_string()));
+        has("model M {\n    input i: [8]\n    $\n}", &["output", "input", "i"]);
+        has("train M {\n    $\n}", &["optimizer", "batch"]);
+        has("$", &["model", "block", "use"]);
+        assert!(offered("model M { // conv$\n}").is_empty());
+        assert!(offered("model M { x = \"con$").is_empty());
     }
 }

@@ -228,3 +228,27 @@ fn model(view: &View, name: &str) -> Option<String> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::document::Document;
+    use crate::files::StdFiles;
+    use crate::position::Encoding;
+    use lsp_types::Position;
+
+    const TEXT: &str = "block twice(x, c: int) {\n    h = x |> conv(c, 3x3, pad: same)\n    return h |> relu\n}\nmodel M {\n    input i: [8, 8, 1]\n    a = i |> twice(4)\n    b = a |> maxpool(2)\n        |> twice(8)\n    output o = b\n}\n";
+
+    #[test]
+    fn hover_on_a_block_call_shows_the_instance() {
+        let mut doc = Document::new("untitled:i".parse().unwrap(), 1, TEXT.into(), Encoding::Utf16);
+        let std = StdFiles::default();
+        let view = doc.view(&std);
+        let hover = crate::hover::hover(&view, Position::new(8, 12)).unwrap();
+        let lsp_types::HoverContents::Markup(m) = hover.contents else { panic!("markdown expected") };
+        for expected in
+            ["block twice(x, c: int)", "`twice2` in model `M`", "input   [4, 4, 4]", "output  [4, 4, 8]", "params  296"]
+        {
+            assert!(m.value.contains(expected), "{expected:?} not in {}", m.value);
+        }
+    }
+}

@@ -121,3 +121,34 @@ impl Hints<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::document::Document;
+    use crate::files::StdFiles;
+    use crate::position::Encoding;
+    use lsp_types::{InlayHintLabel, Position, Range};
+
+    const TEXT: &str = "block twice(x, c: int) {\n    h = x |> conv(c, 3x3, pad: same)\n    return h |> relu\n}\nmodel M {\n    input i: [8, 8, 1]\n    a = i |> twice(4)\n    b = a |> maxpool(2)\n        |> twice(8)\n    output o = b\n}\n";
+
+    #[test]
+    fn a_block_body_shows_the_shapes_of_every_instance() {
+        let mut doc = Document::new("untitled:i".parse().unwrap(), 1, TEXT.into(), Encoding::Utf16);
+        let std = StdFiles::default();
+        let view = doc.view(&std);
+        let all = Range { start: Position::new(0, 0), end: Position::new(20, 0) };
+        let hints: Vec<(u32, u32, String)> = super::hints(&view, all)
+            .into_iter()
+            .map(|h| match h.label {
+                InlayHintLabel::String(s) => (h.position.line, h.position.character, s),
+                InlayHintLabel::LabelParts(_) => (h.position.line, h.position.character, String::new()),
+            })
+            .collect();
+        assert!(hints.contains(&(1, 5, ": [8, 8, 4] | [4, 4, 8]".into())), "{hints:?}");
+        assert!(hints.contains(&(7, 23, "[4, 4, 4]".into())), "{hints:?}");
+        assert!(hints.contains(&(9, 12, ": [4, 4, 8]".into())), "{hints:?}");
+        // Only the range asked for.
+        let first_line = Range { start: Position::new(0, 0), end: Position::new(1, 80) };
+        assert_eq!(super::hints(&view, first_line).len(), 1);
+    }
+}

@@ -32,16 +32,27 @@ pub enum DefKind {
 /// What a name occurrence is.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Ref {
-    /// What a call calls (a layer, block or shared instance); `call` is the whole call.
-    Callee { call: Span },
-    /// The name of a named argument of a call of `callee`.
-    ArgName { callee: String },
+    /// What a call calls (a layer, block or shared instance).
+    Callee {
+        /// The whole call.
+        call: Span,
+    },
+    /// The name of a named argument.
+    ArgName {
+        /// The name of what the call calls.
+        callee: String,
+    },
     /// A name used as a value.
     Name,
     /// A name being defined.
     Def(DefKind),
-    /// Segment `segment` of the `use` declaration at `item` (an index into the file's items).
-    UsePath { item: usize, segment: usize },
+    /// A segment of a `use` path.
+    UsePath {
+        /// The `use` declaration's index among the file's items.
+        item: usize,
+        /// The segment's index in the path.
+        segment: usize,
+    },
     /// The model a `train` section trains.
     TrainModel,
 }
