@@ -270,7 +270,9 @@ mod tests {
 
     #[test]
     fn is_idempotent_on_odd_input() {
-        for text in ["", "\n\n", "}}} ((", "a\r\nb // c\r\n", "x = [\n/* a\n  b */ 1,\n]\n", "  |> f\n"] {
+        for text in
+            ["", "\n\n", "}}} ((", "a\r\nb // c\r\n", "x = [\n/* a\n  b */ 1,\n]\n", "  |> f\n", "x =\r1 \r\r\n"]
+        {
             let once = fmt(text);
             assert_eq!(fmt(&once), once, "{text:?}");
         }

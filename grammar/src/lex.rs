@@ -77,10 +77,6 @@ pub fn lex(text: &str) -> Vec<Token> {
     while i < bytes.len() {
         let start = i;
         let kind = match bytes[i] {
-            b' ' | b'\t' => {
-                i = skip_while(bytes, i, |b| b == b' ' || b == b'\t');
-                TokenKind::Space
-            }
             b'\n' => {
                 i += 1;
                 TokenKind::Newline
@@ -88,6 +84,16 @@ pub fn lex(text: &str) -> Vec<Token> {
             b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
                 i += 2;
                 TokenKind::Newline
+            }
+            b' ' | b'\t' | b'\r' => {
+                // A carriage return not before a line feed is a space, as the parser takes it.
+                while i < bytes.len() && matches!(bytes[i], b' ' | b'\t' | b'\r') {
+                    if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                        break;
+                    }
+                    i += 1;
+                }
+                TokenKind::Space
             }
             b'/' if bytes.get(i + 1) == Some(&b'/') => {
                 i = skip_while(bytes, i, |b| b != b'\n');
@@ -210,7 +216,9 @@ mod tests {
 
     #[test]
     fn tokens_cover_the_text() {
-        for text in ["x = a |> conv(6, 5x5) // c\r\n/* é */ \"s\\\"t\" 1e-5 2.5", "@#é\"open", "/* open", "a\r"] {
+        for text in
+            ["x = a |> conv(6, 5x5) // c\r\n/* é */ \"s\\\"t\" 1e-5 2.5", "@#é\"open", "/* open", "a\r", "a \r\r\nb"]
+        {
             let joined: String = lex(text).iter().map(|t| t.text(text)).collect();
             assert_eq!(joined, text);
         }

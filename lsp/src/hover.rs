@@ -1,7 +1,7 @@
 //! Hover: on a layer call, its signature and, per instance, its input and output shapes, its
 //! parameter count and the `(n + 2p − f)/s + 1` arithmetic of each axis; on a block call, the
 //! block's signature, documentation and per-instance shapes and parameters; on a binding, its
-//! shape and the layer computing it; on a model, its summary.
+//! shape and the same numbers for the layer computing it; on a model, its summary.
 
 use crate::document::View;
 use crate::facts::{self, block_signature, doc_comment, node_table};
@@ -102,8 +102,11 @@ fn name(view: &View, occ: &Occurrence) -> Option<String> {
             let shapes = facts::shapes_label(nodes.iter().map(|(m, n)| m.graph.node(*n).shape.to_string()));
             let mut out = code(&format!("{}: {}", occ.name, shapes.as_deref().unwrap_or("?")));
             for (m, n) in nodes.iter().take(MAX_INSTANCES) {
-                let node = m.graph.node(*n);
-                let _ = writeln!(out, "\ncomputed by `{}` ({}) in model `{}`", node.name, node.op.mnemonic(), m.name);
+                let (g, node) = (&m.graph, m.graph.node(*n));
+                let _ =
+                    write!(out, "\n---\ncomputed by `{}` ({}) in model `{}`", node.name, node.op.mnemonic(), m.name);
+                let table = node_table(g, *n, &facts::tensor_inputs(g, *n), facts::node_params(g, *n));
+                let _ = write!(out, "\n```text\n{table}```\n");
             }
             Some(out)
         }
