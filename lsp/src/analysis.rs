@@ -50,7 +50,13 @@ pub fn analyze(name: &str, path: Option<&Path>, text: &str) -> Analysis {
                 .map(|e| LoadError::Parse { loc: Loc { file: FileId(0), span: e.span }, kind: e.kind.clone() }.into())
                 .collect();
             problems.extend(compilation.problems.iter().filter(|p| keep(p, &r)).cloned());
-            return finish(compilation, &problems, Some(r));
+            let mut analysis = finish(compilation, &problems, Some(r));
+            // What reaches into the brackets added at the end is about text the user did not type.
+            analysis.diagnostics.retain(|d| {
+                let at = d.primary();
+                d.code.starts_with("cnnc::parse::") || at.file != FileId(0) || at.span.end as usize <= text.len()
+            });
+            return analysis;
         }
     }
     let problems = compilation.problems.clone();
@@ -109,6 +115,15 @@ mod tests {
         let codes: Vec<&str> = a.diagnostics.iter().map(|d| d.code).collect();
         assert_eq!(codes, ["cnnc::parse::syntax", "cnnc::shape::output_too_small"]);
         assert!(!a.compilation.models.is_empty());
+    }
+
+    #[test]
+    fn nothing_is_reported_about_the_brackets_closed_at_the_end() {
+        let text = "model A {\n    input i: [8]\n    output o = i |> dense(";
+        let a = analyze("a.cnn", None, text);
+        let codes: Vec<&str> = a.diagnostics.iter().map(|d| d.code).collect();
+        assert_eq!(codes, ["cnnc::parse::syntax"]);
+        assert_eq!(a.compilation.models.len(), 1);
     }
 
     #[test]
