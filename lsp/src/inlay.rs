@@ -151,4 +151,22 @@ mod tests {
         let first_line = Range { start: Position::new(0, 0), end: Position::new(1, 80) };
         assert_eq!(super::hints(&view, first_line).len(), 1);
     }
+
+    #[test]
+    fn a_repeat_stage_ending_a_line_shows_its_shape() {
+        let text = "model M {\n    input i: [8, 8, 1]\n    x = i |> repeat 2 { conv(4, 3x3, stride: 2) }\n        |> relu\n    output o = x\n}\n";
+        let mut doc = Document::new("untitled:r".parse().unwrap(), 1, text.into(), Encoding::Utf16);
+        let std = StdFiles::default();
+        let view = doc.view(&std);
+        let all = Range { start: Position::new(0, 0), end: Position::new(9, 0) };
+        let labels: Vec<(Position, String)> = super::hints(&view, all)
+            .into_iter()
+            .filter_map(|h| match h.label {
+                InlayHintLabel::String(s) => Some((h.position, s)),
+                InlayHintLabel::LabelParts(_) => None,
+            })
+            .collect();
+        let end = text.lines().nth(2).unwrap().len() as u32;
+        assert!(labels.contains(&(Position::new(2, end), "[1, 1, 4]".into())), "{labels:?}");
+    }
 }

@@ -65,7 +65,7 @@ impl Elab<'_> {
                 let mut value = self.eval(sc, input);
                 let mut from = sc.loc(input.span);
                 for stage in stages {
-                    value = self.stage(sc, stage, value, from);
+                    value = self.recorded_stage(sc, stage, value, from);
                     from = sc.loc(stage.span());
                 }
                 value
@@ -142,6 +142,15 @@ impl Elab<'_> {
         }
     }
 
+    /// Evaluates a stage; a `repeat`'s value is noted for editors (a call notes its own).
+    fn recorded_stage(&mut self, sc: &mut Scope, stage: &ast::Stage, input: Value, from: Loc) -> Value {
+        let value = self.stage(sc, stage, input, from);
+        match stage {
+            ast::Stage::Repeat { .. } => self.record(sc.loc(stage.span()), String::new(), value),
+            ast::Stage::Call(_) => value,
+        }
+    }
+
     fn stage(&mut self, sc: &mut Scope, stage: &ast::Stage, input: Value, from: Loc) -> Value {
         match stage {
             ast::Stage::Call(c) => self.call(sc, c, Some((input, from))),
@@ -181,7 +190,7 @@ impl Elab<'_> {
                         );
                     }
                     for s in stages {
-                        value = self.stage(sc, s, value, from);
+                        value = self.recorded_stage(sc, s, value, from);
                         from = sc.loc(s.span());
                     }
                 }
@@ -189,7 +198,8 @@ impl Elab<'_> {
                     sc.slots.remove(&v.name);
                 }
                 sc.frozen = was_frozen;
-                self.record(sc.loc(*span), String::new(), value)
+                let _ = span;
+                value
             }
         }
     }
