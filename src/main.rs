@@ -1,4 +1,5 @@
-//! `cnnc`: the command-line driver over the compiler (and, later, the runtime).
+//! `cnnc`: the command-line driver over the compiler, the language server and the formatter (and,
+//! later, the runtime).
 //!
 //! Exit codes: 0 success (warnings allowed), 1 the model file has errors, 2 usage or input error
 //! (a missing or corrupt file), 3 internal compiler error (a bug in cnnc), 4 training diverged.
@@ -47,6 +48,17 @@ enum Command {
         /// Colour in human-readable diagnostics.
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
+    },
+    /// Run the language server on standard input and output (for editors).
+    Lsp,
+    /// Format .cnn files in place.
+    Fmt {
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Change nothing: list the files that would change, and exit with 1 if any would.
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -172,6 +184,17 @@ fn main() -> ExitCode {
                 return status;
             }
             build(&c, emit, model.as_deref())
+        }
+        Command::Lsp => match cnnc_lsp::run_stdio() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: language server: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Command::Fmt { files, check } => {
+            let outcome = cnnc_lsp::fmt::run(&files, check, &mut std::io::stdout(), &mut std::io::stderr());
+            ExitCode::from(outcome.code())
         }
     }
 }

@@ -46,8 +46,22 @@ pub struct ModelInfo {
     /// Every binding evaluated to a tensor: where its name is written (in any file, block bodies
     /// included, once per instance) and the node computing its value. For editors.
     pub bindings: Vec<(Loc, NodeId)>,
+    /// Every call of a layer, block or shared instance and every `repeat` stage that evaluated to
+    /// a tensor (in any file, block bodies included, once per instance). For editors.
+    pub calls: Vec<CallSite>,
     /// Whether elaborating it reported an error.
     pub failed: bool,
+}
+
+/// A call evaluated while elaborating a model: where it is written, what it created, its value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallSite {
+    /// The call (or `repeat` stage) as written.
+    pub loc: Loc,
+    /// The block path of the layer or block instance it created; empty for a `repeat`.
+    pub path: String,
+    /// The node computing its value.
+    pub node: NodeId,
 }
 
 /// Elaborates every model of the entry module (module 0).
@@ -139,6 +153,7 @@ struct Elab<'p> {
     params: HashMap<String, NodeId>,
     active_blocks: Vec<(ModuleId, String)>,
     bindings: Vec<(Loc, NodeId)>,
+    calls: Vec<CallSite>,
     aborted: bool,
 }
 
@@ -151,6 +166,7 @@ impl<'p> Elab<'p> {
             params: HashMap::new(),
             active_blocks: Vec::new(),
             bindings: Vec::new(),
+            calls: Vec::new(),
             aborted: false,
         }
     }
@@ -251,6 +267,7 @@ impl<'p> Elab<'p> {
             anchors,
             output_locs,
             bindings: std::mem::take(&mut self.bindings),
+            calls: std::mem::take(&mut self.calls),
             failed: false,
         }
     }

@@ -149,11 +149,14 @@ impl Elab<'_> {
             frozen: sc.frozen || frozen || shared.call.frozen,
         };
         let name = shared.call.callee.name.as_str();
+        let path = naming.node.clone();
         if super::layers::spec(name).is_some() {
-            return self.layer(sc, name, args, loc, naming);
+            let value = self.layer(sc, name, args, loc, naming);
+            return self.record(loc, path, value);
         }
         if let Some(def) = self.program.modules[shared.module].blocks.get(name).cloned() {
-            return self.instantiate(sc, &def, args, loc, naming);
+            let value = self.instantiate(sc, &def, args, loc, naming);
+            return self.record(loc, path, value);
         }
         let mut names: Vec<&str> = super::LAYERS.iter().map(|l| l.name).collect();
         names.extend(self.program.modules[shared.module].blocks.keys().map(String::as_str));

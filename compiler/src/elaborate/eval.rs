@@ -2,7 +2,7 @@
 //! layers, blocks and shared instances.
 
 use super::value::Value;
-use super::{Elab, Scope, Slot};
+use super::{CallSite, Elab, Scope, Slot};
 use crate::error::{similar, ResolveError};
 use crate::ir::Op;
 use crate::source::Loc;
@@ -65,7 +65,7 @@ impl Elab<'_> {
                 let mut value = self.eval(sc, input);
                 let mut from = sc.loc(input.span);
                 for stage in stages {
-                    value = self.stage(sc, stage, value, from);
+                    value = self.recorded_stage(sc, stage, value, from);
                     from = sc.loc(stage.span());
                 }
                 value
@@ -142,6 +142,15 @@ impl Elab<'_> {
         }
     }
 
+    /// Evaluates a stage; a `repeat`'s value is noted for editors (a call notes its own).
+    fn recorded_stage(&mut self, sc: &mut Scope, stage: &ast::Stage, input: Value, from: Loc) -> Value {
+        let value = self.stage(sc, stage, input, from);
+        match stage {
+            ast::Stage::Repeat { .. } => self.record(sc.loc(stage.span()), String::new(), value),
+            ast::Stage::Call(_) => value,
+        }
+    }
+
     fn stage(&mut self, sc: &mut Scope, stage: &ast::Stage, input: Value, from: Loc) -> Value {
         match stage {
             ast::Stage::Call(c) => self.call(sc, c, Some((input, from))),
@@ -181,7 +190,7 @@ impl Elab<'_> {
                         );
                     }
                     for s in stages {
-                        value = self.stage(sc, s, value, from);
+                        value = self.recorded_stage(sc, s, value, from);
                         from = sc.loc(s.span());
                     }
                 }
@@ -209,11 +218,15 @@ impl Elab<'_> {
         let explicit = self.explicit_name(sc, &mut args);
         if super::layers::spec(name).is_some() {
             let naming = self.naming(sc, name, explicit, c.frozen);
-            return self.layer(sc, name, args, loc, naming);
+            let path = naming.node.clone();
+            let value = self.layer(sc, name, args, loc, naming);
+            return self.record(loc, path, value);
         }
         if let Some(def) = self.program.modules[sc.module].blocks.get(name).cloned() {
             let naming = self.naming(sc, name, explicit, c.frozen);
-            return self.instantiate(sc, &def, args, loc, naming);
+            let path = naming.node.clone();
+            let value = self.instantiate(sc, &def, args, loc, naming);
+            return self.record(loc, path, value);
         }
         if let Some(Slot::Done { value: Value::Shared(shared), .. }) = sc.slots.get(name).cloned() {
             sc.referenced.insert(name.to_string());
@@ -224,6 +237,14 @@ impl Elab<'_> {
         let candidates = similar(name, names);
         self.report(sc, ResolveError::UnknownLayer { loc: sc.loc(c.callee.span), name: name.to_string(), candidates });
         Value::Poison
+    }
+
+    /// Notes a call's value for editors, and returns it.
+    pub(super) fn record(&mut self, loc: Loc, path: String, value: Value) -> Value {
+        if let Value::Tensor(node) = value {
+            self.calls.push(CallSite { loc, path, node });
+        }
+        value
     }
 
     /// Takes a `name: "..."` argument out of `args`, checking it is a fresh string.

@@ -1,0 +1,142 @@
+//! An open document: its text as the editor has it, edits applied to it, and its latest
+//! [`Analysis`], redone lazily after a change. A [`View`] binds them with what turns compiler
+//! locations into editor ones.
+
+use crate::analysis::{analyze, Analysis, INTERNAL};
+use crate::files::{to_path, StdFiles};
+use crate::position::{Encoding, LineIndex};
+use cnnc_compiler::source::{FileId, Loc};
+use cnnc_grammar::ast::Span;
+use lsp_types::{Location, Range, TextDocumentContentChangeEvent, Uri};
+
+/// An open document.
+#[derive(Debug)]
+pub struct Document {
+    /// Its URI.
+    pub uri: Uri,
+    /// The editor's version of it.
+    pub version: i32,
+    /// Its text.
+    pub text: String,
+    /// Line starts of `text`.
+    pub lines: LineIndex,
+    /// Whether its diagnostics changed since they were last published.
+    pub needs_publish: bool,
+    encoding: Encoding,
+    analysis: Option<Analysis>,
+}
+
+impl Document {
+    /// A document opened with `text`.
+    pub fn new(uri: Uri, version: i32, text: String, encoding: Encoding) -> Self {
+        let lines = LineIndex::new(&text, encoding);
+        Document { uri, version, text, lines, needs_publish: true, encoding, analysis: None }
+    }
+
+    /// Applies the editor's changes, in order: a change with a range replaces that range, one
+    /// without replaces the whole text.
+    pub fn change(&mut self, version: i32, changes: Vec<TextDocumentContentChangeEvent>) {
+        for c in changes {
+            match c.range {
+                Some(range) => {
+                    let span = self.lines.span(&self.text, range);
+                    self.text.replace_range(span.start as usize..span.end as usize, &c.text);
+                }
+                None => self.text = c.text,
+            }
+            self.lines = LineIndex::new(&self.text, self.encoding);
+        }
+        self.version = version;
+        self.invalidate();
+    }
+
+    /// Marks the analysis stale (a file it uses changed).
+    pub fn invalidate(&mut self) {
+        self.analysis = None;
+        self.needs_publish = true;
+    }
+
+    /// Whether the analysis is stale.
+    pub fn is_stale(&self) -> bool {
+        self.analysis.is_none()
+    }
+
+    /// The analysis of the current text, checking it if needed.
+    pub fn analysis(&mut self) -> &Analysis {
+        let (uri, text) = (&self.uri, &self.text);
+        self.analysis.get_or_insert_with(|| check(uri, text))
+    }
+
+    /// The analysis and what features need with it.
+    pub fn view<'a>(&'a mut self, std: &'a StdFiles) -> View<'a> {
+        let Document { uri, text, lines, analysis, encoding, .. } = self;
+        let analysis = analysis.get_or_insert_with(|| check(uri, text));
+        View { analysis, text, lines, uri, std, encoding: *encoding }
+    }
+}
+
+/// Checks a document's text; a `file:` document is checked at its path (for relative `use`). A
+/// failure inside the compiler becomes a diagnostic asking for a bug report.
+fn check(uri: &Uri, text: &str) -> Analysis {
+    let path = to_path(uri);
+    let name = path.as_ref().map_or_else(|| uri.as_str().to_string(), |p| p.display().to_string());
+    std::panic::catch_unwind(|| analyze(&name, path.as_deref(), text)).unwrap_or_else(|_| crashed())
+}
+
+fn crashed() -> Analysis {
+    let compilation = cnnc_compiler::Compilation {
+        program: Default::default(),
+        problems: Vec::new(),
+        models: Vec::new(),
+        trains: Vec::new(),
+        internal: Vec::new(),
+    };
+    let diagnostic = cnnc_compiler::diag::Diagnostic::new(
+        INTERNAL,
+        cnnc_compiler::diag::Severity::Error,
+        "internal compiler error while checking this file",
+        Loc::default(),
+        "this is a bug in cnnc: please report it",
+    );
+    Analysis { compilation, diagnostics: vec![diagnostic], index: Default::default(), recovered: None }
+}
+
+/// A document's analysis with its text, for answering requests.
+pub struct View<'a> {
+    /// The analysis.
+    pub analysis: &'a Analysis,
+    /// The document's text (the entry file's offsets are offsets into it).
+    pub text: &'a str,
+    /// Its lines.
+    pub lines: &'a LineIndex,
+    /// Its URI.
+    pub uri: &'a Uri,
+    /// The standard library's files.
+    pub std: &'a StdFiles,
+    /// The position encoding.
+    pub encoding: Encoding,
+}
+
+impl View<'_> {
+    /// The range of a span of the document.
+    pub fn range(&self, span: Span) -> Range {
+        self.lines.range(self.text, span)
+    }
+
+    /// The byte offset of a position in the document.
+    pub fn offset(&self, pos: lsp_types::Position) -> usize {
+        self.lines.offset(self.text, pos)
+    }
+
+    /// Where a compiler location is, in this document or another file.
+    pub fn location(&self, loc: Loc) -> Option<Location> {
+        if loc.file == FileId(0) {
+            return Some(Location { uri: self.uri.clone(), range: self.range(loc.span) });
+        }
+        let sources = &self.analysis.compilation.program.sources;
+        let uri = self.std.uri(sources, loc.file)?;
+        let text = &sources.get(loc.file).text;
+        let lines = LineIndex::new(text, self.encoding);
+        Some(Location { uri, range: lines.range(text, loc.span) })
+    }
+}
