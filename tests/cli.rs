@@ -102,3 +102,23 @@ fn check_and_build_succeed_on_every_stdlib_and_example_file() {
         }
     }
 }
+
+#[test]
+fn the_bundled_models_are_formatted() {
+    let mut files = Vec::new();
+    for dir in ["stdlib", "examples"] {
+        for entry in std::fs::read_dir(common::root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "cnn") {
+                files.push(path);
+            }
+        }
+    }
+    let out = cnnc().arg("fmt").arg("--check").args(&files).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "run `cnnc fmt stdlib/*.cnn examples/*.cnn`: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
