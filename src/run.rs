@@ -82,6 +82,12 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     if args.eval {
         let mut session = Session::new(model, &spec).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         session.check(&data).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        if !session.classifies && (args.multi_crop > 1 || args.ensemble.len() > 1) {
+            return Err(fail(
+                EXIT_INPUT,
+                "--multi-crop and --ensemble average class probabilities: they need a model trained with softmax_cross_entropy",
+            ));
+        }
         let models = weights_of(&session.params, args, &out)?;
         let (loss, acc) = if models.len() == 1 && args.multi_crop <= 1 {
             session.params = models.into_iter().next().unwrap_or_default();
