@@ -189,10 +189,7 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
     let steps = spec.map(|s| augment::steps(&s.augment)).unwrap_or_default();
     let pipeline = Pipeline::new(steps, &data_shape, &input, &Default::default(), seed)
         .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
-    let pad = data_call.filter(|d| d.name == "mnist").map_or(0, |d| match d.args.get("pad") {
-        Some(Arg::Int(p)) => *p as usize,
-        _ => 0,
-    });
+    let pad = data_call.filter(|d| d.name == "mnist").map_or(0, |d| d.num("pad", 0.0) as usize);
     let softmax: Vec<String> = spec
         .map(|s| {
             s.loss

@@ -41,6 +41,48 @@ pub struct FnCall {
     pub loc: Loc,
 }
 
+impl FnCall {
+    /// A number argument (integers included), or `default`.
+    pub fn num(&self, name: &str, default: f64) -> f64 {
+        match self.args.get(name) {
+            Some(Arg::Num(v)) => *v,
+            Some(Arg::Int(v)) => *v as f64,
+            _ => default,
+        }
+    }
+
+    /// A string argument.
+    pub fn str(&self, name: &str) -> Option<&str> {
+        match self.args.get(name) {
+            Some(Arg::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A list-of-numbers argument (a single number counts as a list of one); empty if absent.
+    pub fn numbers(&self, name: &str) -> Vec<f64> {
+        match self.args.get(name) {
+            Some(Arg::List(v)) => v.clone(),
+            Some(Arg::Num(v)) => vec![*v],
+            Some(Arg::Int(v)) => vec![*v as f64],
+            _ => Vec::new(),
+        }
+    }
+
+    /// For a data source, the shape of one example when the call alone says it (`mnist` with
+    /// its padding, `csv` with its `shape`); files decide for the others.
+    pub fn example_shape(&self) -> Option<Shape> {
+        match self.name.as_str() {
+            "mnist" => {
+                let side = 28 + 2 * self.num("pad", 0.0) as usize;
+                Some(Shape(vec![side, side, 1]))
+            }
+            "csv" => self.args.get("shape").map(|_| Shape(self.numbers("shape").iter().map(|&d| d as usize).collect())),
+            _ => None,
+        }
+    }
+}
+
 /// One weighted loss term.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LossTerm {
@@ -602,20 +644,7 @@ impl Checker<'_> {
     fn check_data(&mut self, data: &FnCall, augment: &[FnCall]) {
         let input = self.model.graph.inputs().first().map(|&id| self.model.graph.node(id));
         let Some(input) = input else { return };
-        let known = match data.name.as_str() {
-            "mnist" => {
-                let pad = match data.args.get("pad") {
-                    Some(Arg::Int(p)) => *p as usize,
-                    _ => 0,
-                };
-                Some(Shape(vec![28 + 2 * pad, 28 + 2 * pad, 1]))
-            }
-            "csv" => match data.args.get("shape") {
-                Some(Arg::List(v)) => Some(Shape(v.iter().map(|&d| d as usize).collect())),
-                _ => None,
-            },
-            _ => None,
-        };
+        let known = data.example_shape();
         // Without a known data shape, the steps are checked against the model input's.
         let mut shape = known.clone().unwrap_or_else(|| input.shape.clone());
         for step in augment {
@@ -641,11 +670,7 @@ impl Checker<'_> {
 
     /// The example shape after one augmentation step, or why the step cannot apply to `shape`.
     fn augment_step(&self, step: &FnCall, shape: &Shape) -> Result<Shape, String> {
-        let number = |name: &str| match step.args.get(name) {
-            Some(Arg::Int(v)) => *v as f64,
-            Some(Arg::Num(v)) => *v,
-            _ => 0.0,
-        };
+        let number = |name: &str| step.num(name, 0.0);
         let p = number("p");
         if step.args.contains_key("p") && !(0.0..=1.0).contains(&p) {
             return Err(format!("its probability p = {p} is not between 0 and 1"));

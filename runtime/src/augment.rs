@@ -6,7 +6,7 @@
 mod geometry;
 
 use crate::data::{DataError, Dataset, Split};
-use cnnc_compiler::train::{Arg, FnCall};
+use cnnc_compiler::train::FnCall;
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -70,20 +70,8 @@ pub struct Pipeline {
     pub seed: u64,
 }
 
-fn num(c: &FnCall, name: &str, default: f64) -> f64 {
-    match c.args.get(name) {
-        Some(Arg::Num(v)) => *v,
-        Some(Arg::Int(v)) => *v as f64,
-        _ => default,
-    }
-}
-
 fn list(c: &FnCall, name: &str) -> Vec<f32> {
-    match c.args.get(name) {
-        Some(Arg::List(v)) => v.iter().map(|&x| x as f32).collect(),
-        Some(Arg::Num(v)) => vec![*v as f32],
-        _ => Vec::new(),
-    }
+    c.numbers(name).into_iter().map(|x| x as f32).collect()
 }
 
 /// Turns checked `augment` calls into steps.
@@ -91,25 +79,25 @@ pub fn steps(calls: &[FnCall]) -> Vec<Step> {
     calls
         .iter()
         .filter_map(|c| {
-            let p = num(c, "p", 1.0);
+            let p = c.num("p", 1.0);
             Some(match c.name.as_str() {
-                "mirror" => Step::Mirror { p: num(c, "p", 0.5) },
-                "flip_vertical" => Step::FlipVertical { p: num(c, "p", 0.5) },
+                "mirror" => Step::Mirror { p: c.num("p", 0.5) },
+                "flip_vertical" => Step::FlipVertical { p: c.num("p", 0.5) },
                 "random_crop" => {
-                    Step::RandomCrop { size: num(c, "size", 0.0) as usize, pad: num(c, "pad", 0.0) as usize, p }
+                    Step::RandomCrop { size: c.num("size", 0.0) as usize, pad: c.num("pad", 0.0) as usize, p }
                 }
                 "random_resized_crop" => {
                     let s = list(c, "scale");
                     let scale = if s.len() == 2 { (f64::from(s[0]), f64::from(s[1])) } else { (0.08, 1.0) };
-                    Step::RandomResizedCrop { size: num(c, "size", 0.0) as usize, scale, p }
+                    Step::RandomResizedCrop { size: c.num("size", 0.0) as usize, scale, p }
                 }
-                "rotate" => Step::Rotate { degrees: num(c, "degrees", 0.0), p },
-                "shear" => Step::Shear { degrees: num(c, "degrees", 0.0), p },
-                "warp" => Step::Warp { alpha: num(c, "alpha", 0.0), sigma: num(c, "sigma", 1.0), p },
-                "color_shift" => Step::ColorShift { max: num(c, "max", 0.0), p },
-                "pca_color" => Step::PcaColor { std: num(c, "std", 0.1), p },
-                "brightness" => Step::Brightness { max: num(c, "max", 0.0), p },
-                "contrast" => Step::Contrast { max: num(c, "max", 0.0), p },
+                "rotate" => Step::Rotate { degrees: c.num("degrees", 0.0), p },
+                "shear" => Step::Shear { degrees: c.num("degrees", 0.0), p },
+                "warp" => Step::Warp { alpha: c.num("alpha", 0.0), sigma: c.num("sigma", 1.0), p },
+                "color_shift" => Step::ColorShift { max: c.num("max", 0.0), p },
+                "pca_color" => Step::PcaColor { std: c.num("std", 0.1), p },
+                "brightness" => Step::Brightness { max: c.num("max", 0.0), p },
+                "contrast" => Step::Contrast { max: c.num("max", 0.0), p },
                 "normalize" => Step::Normalize { mean: list(c, "mean"), std: list(c, "std") },
                 _ => return None,
             })

@@ -8,7 +8,7 @@ mod idx;
 mod images;
 
 use crate::reference::Tensor;
-use cnnc_compiler::train::{Arg, FnCall};
+use cnnc_compiler::train::FnCall;
 use ndarray::{ArrayD, IxDyn};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -172,21 +172,6 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-fn str_arg<'a>(call: &'a FnCall, name: &str) -> Option<&'a str> {
-    match call.args.get(name) {
-        Some(Arg::Str(s)) => Some(s),
-        _ => None,
-    }
-}
-
-fn num_arg(call: &FnCall, name: &str, default: f64) -> f64 {
-    match call.args.get(name) {
-        Some(Arg::Num(v)) => *v,
-        Some(Arg::Int(v)) => *v as f64,
-        _ => default,
-    }
-}
-
 /// Reads a whole file, un-gzipping it if it starts with gzip's magic bytes.
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.to_path_buf(), error: e.to_string() })?;
@@ -231,28 +216,18 @@ fn check_labels(path: &Path, labels: &[i64], classes: usize) -> Result<Vec<u32>,
 /// The shape of one example of a data source, known without reading it (the model input's for
 /// sources whose files say it).
 pub fn example_shape(call: &FnCall, input: &[usize]) -> Vec<usize> {
-    match call.name.as_str() {
-        "mnist" => {
-            let pad = num_arg(call, "pad", 0.0) as usize;
-            vec![28 + 2 * pad, 28 + 2 * pad, 1]
-        }
-        "csv" => match call.args.get("shape") {
-            Some(Arg::List(v)) => v.iter().map(|&d| d as usize).collect(),
-            _ => input.to_vec(),
-        },
-        _ => input.to_vec(),
-    }
+    call.example_shape().map_or_else(|| input.to_vec(), |s| s.0)
 }
 
 /// Loads the data source of a train section; paths are relative to `base` (the model file's
 /// folder). `input` is the model input's shape, `seed` fixes the train/test split.
 pub fn load(call: &FnCall, base: &Path, input: &[usize], seed: u64) -> Result<Dataset, DataError> {
-    let path = |name: &str| str_arg(call, name).map(|p| base.join(p));
+    let path = |name: &str| call.str(name).map(|p| base.join(p));
     let dataset = match call.name.as_str() {
         "mnist" => {
             let dir = path("dir").unwrap_or_default();
-            let pad = num_arg(call, "pad", 0.0) as usize;
-            let limit = num_arg(call, "limit", 0.0) as usize;
+            let pad = call.num("pad", 0.0) as usize;
+            let limit = call.num("limit", 0.0) as usize;
             let (train, test) = idx::mnist(&dir, pad, limit)?;
             Dataset { train, test, classes: 10, shape: vec![28 + 2 * pad, 28 + 2 * pad, 1], pad, scale: 1.0 / 255.0 }
         }
@@ -274,27 +249,24 @@ pub fn load(call: &FnCall, base: &Path, input: &[usize], seed: u64) -> Result<Da
                     }
                     (all, Split { x: test.x, y: check_labels(&tl, &raw, classes)? })
                 }
-                _ => split(all, features, num_arg(call, "split", 0.2), seed),
+                _ => split(all, features, call.num("split", 0.2), seed),
             };
             Dataset { train, test, classes, shape, pad: 0, scale: 1.0 / 255.0 }
         }
         "csv" => {
             let file = path("path").unwrap_or_default();
-            let shape: Vec<usize> = match call.args.get("shape") {
-                Some(Arg::List(v)) => v.iter().map(|&d| d as usize).collect(),
-                _ => input.to_vec(),
-            };
-            let scale = num_arg(call, "scale", 1.0) as f32;
+            let shape = example_shape(call, input);
+            let scale = call.num("scale", 1.0) as f32;
             let (all, raw) = csv::load(&file, shape.iter().product(), scale)?;
             let classes = class_count(&raw);
             let all = Split { x: all.x, y: check_labels(&file, &raw, classes)? };
-            let (train, test) = split(all, shape.iter().product(), num_arg(call, "split", 0.2), seed);
+            let (train, test) = split(all, shape.iter().product(), call.num("split", 0.2), seed);
             Dataset { train, test, classes, shape, pad: 0, scale }
         }
         "images" => {
             let dir = path("dir").unwrap_or_default();
             let (all, classes) = images::folders(&dir, input)?;
-            let (train, test) = split(all, input.iter().product(), num_arg(call, "split", 0.2), seed);
+            let (train, test) = split(all, input.iter().product(), call.num("split", 0.2), seed);
             Dataset { train, test, classes, shape: input.to_vec(), pad: 0, scale: 1.0 / 255.0 }
         }
         other => return Err(DataError::Unsupported { what: format!("data source `{other}` is not supported") }),

@@ -40,11 +40,7 @@ pub enum Schedule {
 }
 
 fn num(call: &FnCall, name: &str, default: f64) -> f32 {
-    match call.args.get(name) {
-        Some(Arg::Num(v)) => *v as f32,
-        Some(Arg::Int(v)) => *v as f32,
-        _ => default as f32,
-    }
+    call.num(name, default) as f32
 }
 
 impl Optimizer {
