@@ -75,6 +75,14 @@ fn did_you_mean(candidates: &[String]) -> Option<String> {
     }
 }
 
+/// Adds a secondary label on the definition of a block the diagnostic is about, if it has one.
+fn defined_here(d: Diagnostic, def: Option<crate::source::Loc>, callee: &str) -> Diagnostic {
+    match def {
+        Some(def) => d.label(def, format!("`{callee}` is defined here")),
+        None => d,
+    }
+}
+
 fn with_help(d: Diagnostic, help: Option<String>) -> Diagnostic {
     match help {
         Some(h) => d.help(h),
@@ -222,10 +230,7 @@ fn resolve(e: &ResolveError) -> Diagnostic {
                 *loc,
                 "unknown parameter",
             );
-            let d = match def {
-                Some(def) => d.label(*def, format!("`{callee}` is defined here")),
-                None => d,
-            };
+            let d = defined_here(d, *def, callee);
             with_help(d, did_you_mean(candidates).or_else(|| signature(callee)))
         }
         ResolveError::MissingArgument { loc, callee, name, def } => {
@@ -236,10 +241,7 @@ fn resolve(e: &ResolveError) -> Diagnostic {
                 *loc,
                 format!("`{name}` missing"),
             );
-            let d = match def {
-                Some(def) => d.label(*def, format!("`{callee}` is defined here")),
-                None => d,
-            };
+            let d = defined_here(d, *def, callee);
             with_help(d, signature(callee))
         }
         ResolveError::TooManyArguments { loc, callee, max, got, def } => {
@@ -253,10 +255,7 @@ fn resolve(e: &ResolveError) -> Diagnostic {
                 *loc,
                 "one too many",
             );
-            let d = match def {
-                Some(def) => d.label(*def, format!("`{callee}` is defined here")),
-                None => d,
-            };
+            let d = defined_here(d, *def, callee);
             with_help(d, signature(callee))
         }
         ResolveError::DuplicateArgument { loc, first, name } => Diagnostic::new(
