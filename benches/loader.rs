@@ -5,7 +5,6 @@ use cnnc_compiler::train::{Arg, FnCall};
 use cnnc_runtime::augment::{Pipeline, Step};
 use cnnc_runtime::data::Dataset;
 use cnnc_runtime::loader::Loader;
-use cnnc_runtime::reference::Ctx;
 use cnnc_runtime::train::Session;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::collections::BTreeMap;
@@ -60,23 +59,12 @@ fn loader(c: &mut Criterion) {
     let c2 = cnnc_compiler::compile_file(&root.join("examples/lenet5.cnn")).expect("the example reads");
     let (model, spec) = (&c2.models[0], &c2.trains[0]);
     let mut session = Session::new(model, spec).expect("LeNet-5 trains");
-    let graph = session.tg.graph.clone();
-    let exec = cnnc_runtime::executor::Executor::new(&graph, &[]);
     let l = Loader { data: &data, pipeline: &pipeline, workers: 1 };
     let batches: Vec<_> = order.chunks(BATCH).map(|chunk| l.batch(&data.train, chunk, 0)).collect();
-    let grads: Vec<(String, _)> =
-        session.tg.grads.params.iter().map(|&(p, g)| (graph.node(p).name.clone(), g)).collect();
-    let mut opt = cnnc_runtime::optim::Optimizer::new(spec.optimizer.as_ref(), None);
     group.bench_function("LeNet-5 training step (consumption)", |b| {
         b.iter(|| {
             for (x, y) in &batches {
-                let mut feeds = vec![(session.input, x.clone())];
-                feeds.extend(session.tg.label.map(|id| (id, y.clone())));
-                let values =
-                    exec.run(&session.params, &feeds, Ctx { training: true, seed: 1, step: 0, node: 0 }).expect("runs");
-                let g: Vec<_> =
-                    grads.iter().filter_map(|(n, id)| values.get(*id).map(|v| (n.clone(), v.clone()))).collect();
-                opt.step(&mut session.params, &g, 0.01);
+                session.step(x.view(), y.view(), 0.01).expect("a finite step");
             }
         })
     });

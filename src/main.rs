@@ -4,6 +4,7 @@
 //! Exit codes: 0 success (warnings allowed), 1 the model file has errors, 2 usage or input error
 //! (a missing or corrupt file), 3 internal compiler error (a bug in cnnc), 4 training diverged.
 
+mod bench;
 mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -45,10 +46,18 @@ enum Command {
         /// Which model, when the file has several (default: all).
         #[arg(long)]
         model: Option<String>,
+        /// With `--emit train-ir` or `infer-ir`: print the graph as it is after this pass.
+        #[arg(long, value_name = "PASS")]
+        after: Option<String>,
+        /// Skip an optional pass (repeatable); `--disable-pass list` lists the passes.
+        #[arg(long, value_name = "PASS")]
+        disable_pass: Vec<String>,
         /// Colour in human-readable diagnostics.
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
+    /// Time compiling a model and running its steps on a synthetic batch (no data, no evaluation).
+    Bench(BenchArgs),
     /// Run the language server on standard input and output (for editors).
     Lsp,
     /// Format .cnn files in place.
@@ -104,6 +113,33 @@ struct RunArgs {
     preview_augment: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The .cnn file.
+    file: PathBuf,
+    /// Which model, when the file has several.
+    #[arg(long)]
+    model: Option<String>,
+    /// Time training steps (forward, backward, update); needs the model's train section.
+    #[arg(long, conflicts_with = "infer")]
+    train: bool,
+    /// Time inference (the default).
+    #[arg(long)]
+    infer: bool,
+    /// Examples per step (default: the train section's batch, else 1).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum MessageFormat {
     /// Rendered reports with the source underlined.
@@ -125,8 +161,10 @@ enum Emit {
     Summary,
     /// The graph IR as text.
     Ir,
-    /// The training graph as IR: forward, losses and the backward graph from autodiff.
+    /// The training graph as IR: forward in training mode, losses and the backward graph.
     TrainIr,
+    /// The inference graph as IR: batchnorm on running statistics, no dropout.
+    InferIr,
 }
 
 /// Parses `--multi-crop`: 1, 5 or 10.
@@ -177,13 +215,54 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Build { file, emit, model, color } => {
+        Command::Build { file, emit, model, after, disable_pass, color } => {
+            if disable_pass.iter().any(|p| p == "list") {
+                for (name, contract) in cnnc_compiler::passes::PASSES {
+                    println!("{name:<16}{contract}");
+                }
+                return ExitCode::SUCCESS;
+            }
+            let options =
+                cnnc_compiler::passes::Options { disabled: disable_pass, dump_after: after, verify_each: true };
+            if let Err(e) = options.validate() {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            if options.dump_after.is_some() && !matches!(emit, Emit::TrainIr | Emit::InferIr) {
+                eprintln!("error: --after shows a pass's output: use it with --emit train-ir or --emit infer-ir");
+                return ExitCode::from(EXIT_USAGE);
+            }
             let Some(c) = compile(&file) else { return ExitCode::from(EXIT_USAGE) };
             let status = report(&c, MessageFormat::Human, color);
             if status != ExitCode::SUCCESS {
                 return status;
             }
-            build(&c, emit, model.as_deref())
+            build(&c, emit, model.as_deref(), &options)
+        }
+        Command::Bench(a) => {
+            let started = std::time::Instant::now();
+            let Some(c) = compile(&a.file) else { return ExitCode::from(EXIT_USAGE) };
+            let compiled = started.elapsed();
+            let status = report(&c, MessageFormat::Human, Color::Auto);
+            if status != ExitCode::SUCCESS {
+                return status;
+            }
+            let args = bench::Args {
+                file: a.file,
+                model: a.model,
+                train: a.train,
+                batch: a.batch,
+                threads: a.threads,
+                steps: a.steps,
+                warmup: a.warmup,
+            };
+            match bench::run(&c, &args, compiled) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(f) => {
+                    eprintln!("error: {}", f.message);
+                    ExitCode::from(f.code)
+                }
+            }
         }
         Command::Lsp => match cnnc_lsp::run_stdio() {
             Ok(()) => ExitCode::SUCCESS,
@@ -258,7 +337,7 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-fn build(c: &Compilation, emit: Emit, model: Option<&str>) -> ExitCode {
+fn build(c: &Compilation, emit: Emit, model: Option<&str>, options: &cnnc_compiler::passes::Options) -> ExitCode {
     let models: Vec<_> = match model {
         Some(name) => match c.models.iter().find(|m| m.name == name) {
             Some(m) => vec![m],
@@ -298,21 +377,45 @@ fn build(c: &Compilation, emit: Emit, model: Option<&str>) -> ExitCode {
         let text = match emit {
             Emit::Summary => Summary::of(&m.graph).to_text(),
             Emit::Ir => m.graph.to_text(),
-            Emit::TrainIr => match c.trains.iter().find(|t| t.model == m.name) {
-                None => {
-                    eprintln!("error: model `{}` has no train section, so no training graph", m.name);
-                    return ExitCode::from(EXIT_USAGE);
+            Emit::TrainIr | Emit::InferIr => match passes_text(c, m, emit, options) {
+                Ok(text) => text,
+                Err((code, message)) => {
+                    eprintln!("error: {message}");
+                    return ExitCode::from(code);
                 }
-                Some(spec) => match cnnc_compiler::passes::training::run(m, spec, false) {
-                    Ok(tg) => tg.graph.to_text(),
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(EXIT_USAGE);
-                    }
-                },
             },
         };
         let _ = write!(out, "{text}");
     }
     ExitCode::SUCCESS
+}
+
+/// The training or inference graph of `m` as text: the finished graph, or the graph after the
+/// pass `options` names.
+fn passes_text(
+    c: &Compilation,
+    m: &cnnc_compiler::elaborate::ModelInfo,
+    emit: Emit,
+    options: &cnnc_compiler::passes::Options,
+) -> Result<String, (u8, String)> {
+    use cnnc_compiler::passes::{inference, training, PassError, Pipeline};
+    let code = |e: &PassError| if matches!(e, PassError::Verify { .. }) { EXIT_INTERNAL } else { EXIT_USAGE };
+    let mut pipe = Pipeline::new(options.clone()).map_err(|e| (code(&e), e.to_string()))?;
+    let graph = if emit == Emit::InferIr {
+        inference::run(m, &mut pipe).map_err(|e| (code(&e), e.to_string()))?
+    } else {
+        let Some(spec) = c.trains.iter().find(|t| t.model == m.name) else {
+            return Err((EXIT_USAGE, format!("model `{}` has no train section, so no training graph", m.name)));
+        };
+        match training::run(m, spec, false, &mut pipe) {
+            Ok(tg) => tg.graph,
+            Err(training::PlanError::Pass(e)) => return Err((code(&e), e.to_string())),
+            Err(e) => return Err((EXIT_USAGE, e.to_string())),
+        }
+    };
+    match (&options.dump_after, pipe.dumped) {
+        (None, _) => Ok(graph.to_text()),
+        (Some(_), Some(text)) => Ok(text),
+        (Some(pass), None) => Err((EXIT_USAGE, format!("the `{pass}` pass does not run when building this graph"))),
+    }
 }

@@ -33,7 +33,7 @@ pub struct Failure {
     pub message: String,
 }
 
-fn fail(code: u8, message: impl Into<String>) -> Failure {
+pub fn fail(code: u8, message: impl Into<String>) -> Failure {
     Failure { code, message: message.into() }
 }
 
@@ -179,7 +179,10 @@ fn pick_model<'c>(c: &'c Compilation, args: &Args) -> Result<&'c ModelInfo, Fail
 
 fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path) -> Result<(), Failure> {
     let seed = spec.map_or(0, |s| s.seed);
-    let params = Params::init(&model.graph, seed);
+    let mut pipe =
+        cnnc_compiler::passes::Pipeline::new(Default::default()).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+    let graph = cnnc_compiler::passes::inference::run(model, &mut pipe).map_err(|e| fail(3, e.to_string()))?;
+    let params = Params::init(&graph, seed);
     let trainable =
         model.graph.node_ids().any(|id| matches!(&model.graph.node(id).op, Op::Param(p) if p.value.is_none()));
     let models = if trainable { weights_of(&params, args, out)? } else { vec![params] };
@@ -202,8 +205,14 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
                 .collect()
         })
         .unwrap_or_default();
-    let predictor =
-        Predictor { model, models: &models, pipeline: &pipeline, pad, crops: args.multi_crop, softmax: &softmax };
+    let predictor = Predictor {
+        graph: &graph,
+        models: &models,
+        pipeline: &pipeline,
+        pad,
+        crops: args.multi_crop,
+        softmax: &softmax,
+    };
     for file in &args.predict {
         let answers = predictor.predict(file, out).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         println!("{}:", file.display());

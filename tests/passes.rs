@@ -1,9 +1,14 @@
-//! Pass snapshots: `tests/passes/<pass>/*.cnn`, the IR before and after the pass, with the
-//! verifier run after it.
+//! Pass snapshots: `tests/passes/<pass>/*.cnn`, the IR before and after, built through the
+//! pipeline that verifies after every pass.
 
 mod common;
 
-use cnnc_compiler::passes::{self, training};
+use cnnc_compiler::ir::op::{Op, Read};
+use cnnc_compiler::passes::{inference, training, Options, Pipeline};
+
+fn pipeline() -> Pipeline {
+    Pipeline::new(Options { verify_each: true, ..Options::default() }).unwrap()
+}
 
 #[test]
 fn autodiff() {
@@ -12,19 +17,63 @@ fn autodiff() {
         assert!(!c.has_errors(), "{}", common::rendered(&c));
         let model = &c.models[0];
         let spec = c.trains.iter().find(|t| t.model == model.name).expect("a train section");
-        let mut graph = model.graph.clone();
-        let tg = passes::checked(&mut graph, |_| training::run(model, spec, false)).unwrap().unwrap();
-        cnnc_compiler::ir::verify(&tg.graph).unwrap();
+        let tg = training::run(model, spec, false, &mut pipeline()).unwrap();
+        let g = &tg.graph;
         // Every trainable parameter has a gradient of its own shape; frozen and state ones none.
-        for id in tg.graph.node_ids() {
-            if let cnnc_compiler::ir::Op::Param(p) = &tg.graph.node(id).op {
+        for id in g.node_ids() {
+            if let Op::Param(p) = &g.node(id).op {
                 let grad = tg.grads.params.iter().find(|(q, _)| *q == id);
-                assert_eq!(grad.is_some(), !p.frozen && !p.role.is_state(), "{}", tg.graph.node(id).name);
-                if let Some((_, g)) = grad {
-                    assert_eq!(tg.graph.node(*g).shape, tg.graph.node(id).shape);
+                let used = !g.users(id).is_empty();
+                assert_eq!(grad.is_some(), used && !p.frozen && !p.role.is_state(), "{}", g.node(id).name);
+                if let Some((_, v)) = grad {
+                    assert_eq!(g.shape(*v), &g.node(id).shape);
                 }
             }
         }
-        insta::assert_snapshot!(format!("before:\n{}\nafter:\n{}", model.graph.to_text(), tg.graph.to_text()));
+        // Backward nodes read only what their rule names, never the whole forward node.
+        for id in g.node_ids() {
+            if let Op::Backward(b) = &g.node(id).op {
+                assert_eq!(g.inputs_of(id).len(), b.reads.len());
+                if let Op::Activation(_) = *b.of {
+                    assert_eq!(b.reads, vec![Read::Result(0), Read::Grad], "activations read y");
+                }
+            }
+            // Identity gradients are no nodes of their own.
+            assert!(!matches!(&g.node(id).op, Op::Backward(b) if matches!(*b.of, Op::Add | Op::Flatten | Op::Concat)));
+        }
+        insta::assert_snapshot!(format!("before:\n{}\nafter:\n{}", model.graph.to_text(), g.to_text()));
     });
+}
+
+#[test]
+fn inference_graph_has_no_dropout_and_batchnorm_on_running_statistics() {
+    let src = "model M {\n    input x: [8, 8, 3]\n    output y = x |> conv(4, 3x3) |> batchnorm |> relu |> dropout(0.5) |> flatten |> dense(2)\n}\n";
+    let c = cnnc_compiler::compile_source("m.cnn", None, src.as_bytes());
+    assert!(!c.has_errors());
+    let g = inference::run(&c.models[0], &mut pipeline()).unwrap();
+    let ops: Vec<String> = g.node_ids().map(|id| g.node(id).op.mnemonic()).collect();
+    assert!(!ops.iter().any(|o| o == "dropout"), "{ops:?}");
+    assert!(ops.iter().any(|o| o == "batchnorm"), "{ops:?}");
+    assert_eq!(g.outputs().len(), 1);
+    insta::assert_snapshot!(g.to_text());
+}
+
+#[test]
+fn pipeline_refuses_unknown_and_required_passes() {
+    let unknown = Options { disabled: vec!["fusion".into()], ..Options::default() };
+    assert!(Pipeline::new(unknown).unwrap_err().to_string().contains("no pass is called `fusion`"));
+    let required = Options { disabled: vec!["autodiff".into()], ..Options::default() };
+    assert!(Pipeline::new(required).unwrap_err().to_string().contains("cannot be disabled"));
+}
+
+#[test]
+fn dump_after_a_pass_shows_the_graph_at_that_point() {
+    let src = std::fs::read("examples/lenet5.cnn").unwrap();
+    let c = cnnc_compiler::compile_source("lenet5.cnn", Some(std::path::Path::new("examples/lenet5.cnn")), &src);
+    let opts = Options { dump_after: Some("losses".into()), ..Options::default() };
+    let mut pipe = Pipeline::new(opts).unwrap();
+    let tg = training::run(&c.models[0], &c.trains[0], false, &mut pipe).unwrap();
+    let dumped = pipe.dumped.expect("the graph after `losses`");
+    assert!(dumped.contains("loss.softmax_cross_entropy") && !dumped.contains("vjp."), "{dumped}");
+    assert!(tg.graph.to_text().contains("vjp."));
 }

@@ -299,6 +299,7 @@ impl<'p> Elab<'p> {
             name: name.name.clone(),
             loc,
             shape: Shape(dims),
+            extra: Vec::new(),
         };
         let value = self.add_node(sc, node, &[]).map_or(Value::Poison, Value::Tensor);
         self.bind(sc, name, value, false);

@@ -556,6 +556,14 @@ fn layer_fault(
             loc,
             "wrong number of inputs",
         )),
+        // Backward nodes are built by autodiff, never written: the verifier alone meets this.
+        ShapeFault::BackwardOperand { port, expected, got } => Diagnostic::new(
+            "cnnc::resolve::missing_argument",
+            Error,
+            format!("internal error: {who} reads {got} at port {port} where {expected} was expected"),
+            loc,
+            "miswired gradient",
+        ),
     }
 }
 

@@ -148,20 +148,26 @@ pub enum ShapeFault {
     Zero { what: &'static str },
     /// The op got the wrong number of inputs (an internal error when seen by the verifier).
     Arity { expected: usize, got: usize },
+    /// A backward node's operand does not have the shape of what it claims to read (an
+    /// internal error, seen by the verifier).
+    BackwardOperand { port: usize, expected: Shape, got: Shape },
 }
 
-/// The result of a rule: the output shape and the axes whose windows leave input unread.
+/// The result of a rule: the output shapes and the axes whose windows leave input unread.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Inferred {
-    /// Output shape.
+    /// Shape of the first result (the output).
     pub shape: Shape,
+    /// Shapes of further results (batchnorm's statistics in training; a backward node's
+    /// second and later gradients).
+    pub extra: Vec<Shape>,
     /// Axes where the stride leaves rows or columns unread.
     pub unread: Vec<AxisCalc>,
 }
 
 impl From<Shape> for Inferred {
     fn from(shape: Shape) -> Self {
-        Inferred { shape, unread: Vec::new() }
+        Inferred { shape, extra: Vec::new(), unread: Vec::new() }
     }
 }
 
@@ -230,7 +236,31 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
                     return Err(ShapeFault::ParamShape { expected: c, got: (*p).clone() });
                 }
             }
-            x.clone().into()
+            match op {
+                Op::BatchNorm(b) if b.training => {
+                    Inferred { shape: x.clone(), extra: vec![c.clone(), c], unread: Vec::new() }
+                }
+                _ => x.clone().into(),
+            }
+        }
+        Op::Reshape(r) => {
+            let x = need(x, 1)?;
+            let to = Shape(r.shape.clone());
+            if x.elements() != to.elements() {
+                return Err(ShapeFault::ParamShape { expected: to, got: x.clone() });
+            }
+            to.into()
+        }
+        Op::ChannelSlice(c) => {
+            let x = need(x, 1)?;
+            if x.rank() == 0 || c.len == 0 || c.start.checked_add(c.len).is_none_or(|end| end > x.channels()) {
+                return Err(ShapeFault::Zero { what: "channel slice" });
+            }
+            let mut out = x.0.clone();
+            if let Some(last) = out.last_mut() {
+                *last = c.len;
+            }
+            Shape(out).into()
         }
         Op::Dropout(_) | Op::Activation(_) => need(x, 1)?.clone().into(),
         Op::Add => {
@@ -253,15 +283,7 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
             }
             Shape(vec![]).into()
         }
-        Op::Backward(b) => {
-            // Operands: the forward inputs, the forward output, then (except for a loss) its gradient.
-            let wrt = inputs.get(b.wrt).ok_or(ShapeFault::Arity { expected: b.wrt + 1, got: inputs.len() })?;
-            let needed = b.arity + if matches!(*b.of, Op::Loss(_)) { 1 } else { 2 };
-            if inputs.len() != needed {
-                return Err(ShapeFault::Arity { expected: needed, got: inputs.len() });
-            }
-            (*wrt).clone().into()
-        }
+        Op::Backward(b) => backward(b, inputs)?,
         Op::Concat => {
             let first = need(x, 1)?;
             let mut channels = 0usize;
@@ -282,6 +304,37 @@ pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
         Some(n) if n <= MAX_ELEMENTS => Ok(inferred),
         _ => Err(ShapeFault::TooLarge { shape: inferred.shape.0 }),
     }
+}
+
+/// A backward node: every operand has the shape of what it reads, and each result the shape of
+/// the forward input it is the gradient of.
+fn backward(b: &crate::ir::op::BackwardOp, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
+    use crate::ir::op::Read;
+    if inputs.len() != b.reads.len() {
+        return Err(ShapeFault::Arity { expected: b.reads.len(), got: inputs.len() });
+    }
+    let forward_inputs: Vec<&Shape> = b.inputs.iter().collect();
+    let forward = infer(&b.of, &forward_inputs)?;
+    for (port, (read, got)) in b.reads.iter().zip(inputs).enumerate() {
+        let expected = match read {
+            Read::Input(i) => b.inputs.get(*i),
+            Read::Result(0) | Read::Grad => Some(&forward.shape),
+            Read::Result(r) => forward.extra.get(usize::from(*r) - 1),
+        };
+        let Some(expected) = expected else {
+            return Err(ShapeFault::Arity { expected: b.inputs.len(), got: port });
+        };
+        if expected != *got {
+            return Err(ShapeFault::BackwardOperand { port, expected: expected.clone(), got: (*got).clone() });
+        }
+    }
+    let mut results = Vec::with_capacity(b.wrt.len());
+    for &w in &b.wrt {
+        results.push(b.inputs.get(w).cloned().ok_or(ShapeFault::Arity { expected: w + 1, got: b.inputs.len() })?);
+    }
+    let mut results = results.into_iter();
+    let shape = results.next().ok_or(ShapeFault::Arity { expected: 1, got: 0 })?;
+    Ok(Inferred { shape, extra: results.collect(), unread: Vec::new() })
 }
 
 /// The weight shape of a convolution on `channels` input channels: `[f.., channels/groups, filters]`.
@@ -353,7 +406,11 @@ fn finish_windows(calcs: Vec<AxisCalc>, channels: usize) -> Result<Inferred, Sha
         out.push(c.out().ok_or_else(|| ShapeFault::OutputTooSmall { calc: c.clone() })?);
     }
     out.push(channels);
-    Ok(Inferred { shape: Shape(out), unread: calcs.into_iter().filter(|c| c.unread() > 0).collect() })
+    Ok(Inferred {
+        shape: Shape(out),
+        extra: Vec::new(),
+        unread: calcs.into_iter().filter(|c| c.unread() > 0).collect(),
+    })
 }
 
 #[cfg(test)]

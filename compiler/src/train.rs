@@ -119,6 +119,69 @@ pub struct TrainSpec {
     pub loc: Loc,
 }
 
+/// An optimizer, typed: read once from a checked train section.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OptimizerSpec {
+    /// Stochastic gradient descent, with (Nesterov) momentum when `momentum > 0`.
+    Sgd { lr: f32, momentum: f32, nesterov: bool, weight_decay: f32 },
+    /// Adam (Kingma and Ba, 2015).
+    Adam { lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32 },
+}
+
+impl OptimizerSpec {
+    /// The base learning rate.
+    pub fn lr(&self) -> f32 {
+        match *self {
+            OptimizerSpec::Sgd { lr, .. } | OptimizerSpec::Adam { lr, .. } => lr,
+        }
+    }
+}
+
+/// A learning-rate schedule, typed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ScheduleSpec {
+    /// The base rate throughout.
+    Constant,
+    /// Multiplied by `gamma` every `every` epochs.
+    Step { every: usize, gamma: f32 },
+    /// Half a cosine from the base rate down to `min_lr` over all steps.
+    Cosine { min_lr: f32 },
+}
+
+impl TrainSpec {
+    /// The optimizer (SGD with a rate of 0.01 when the section names none).
+    pub fn optimizer_spec(&self) -> OptimizerSpec {
+        let num = |c: &FnCall, name: &str, default: f64| c.num(name, default) as f32;
+        match &self.optimizer {
+            Some(c) if c.name == "adam" => OptimizerSpec::Adam {
+                lr: num(c, "lr", 0.001),
+                beta1: num(c, "beta1", 0.9),
+                beta2: num(c, "beta2", 0.999),
+                eps: num(c, "eps", 1e-8),
+                weight_decay: num(c, "weight_decay", 0.0),
+            },
+            Some(c) => OptimizerSpec::Sgd {
+                lr: num(c, "lr", 0.01),
+                momentum: num(c, "momentum", 0.0),
+                nesterov: matches!(c.args.get("nesterov"), Some(Arg::Bool(true))),
+                weight_decay: num(c, "weight_decay", 0.0),
+            },
+            None => OptimizerSpec::Sgd { lr: 0.01, momentum: 0.0, nesterov: false, weight_decay: 0.0 },
+        }
+    }
+
+    /// The learning-rate schedule.
+    pub fn schedule_spec(&self) -> ScheduleSpec {
+        match &self.schedule {
+            Some(c) if c.name == "step" => {
+                ScheduleSpec::Step { every: c.num("every", 1.0).max(1.0) as usize, gamma: c.num("gamma", 0.1) as f32 }
+            }
+            Some(c) if c.name == "cosine" => ScheduleSpec::Cosine { min_lr: c.num("min_lr", 0.0) as f32 },
+            _ => ScheduleSpec::Constant,
+        }
+    }
+}
+
 /// What a parameter accepts.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {

@@ -18,7 +18,9 @@ pub fn probabilities(
     examples: &[&[f32]],
     crops: usize,
 ) -> Result<Array2<f32>, ExecError> {
-    let exec = Executor::new(&session.tg.graph, &[session.prediction]);
+    let prediction = session.prediction();
+    let exec = Executor::new(&session.infer, &session.params.layout, &[prediction.into()])?;
+    let input = session.infer.inputs()[0];
     let per_example: Vec<Vec<Vec<f32>>> = examples.iter().map(|e| pipeline.crops(e, crops)).collect();
     let n_crops = per_example.first().map_or(0, Vec::len);
     let mut input_shape = vec![examples.len()];
@@ -28,9 +30,9 @@ pub fn probabilities(
         for j in 0..n_crops {
             let x: Vec<f32> = per_example.iter().flat_map(|crops| crops[j].iter().copied()).collect();
             let x = ArrayD::from_shape_vec(IxDyn(&input_shape), x).expect("crops fill the input shape");
-            let values = exec.run(params, &[(session.input, x)], Ctx::eval())?;
-            let logits = values.get(session.prediction).expect("the prediction was computed");
-            let p = softmax(logits).into_dimensionality::<ndarray::Ix2>().expect("class scores are vectors");
+            let values = exec.run(&session.infer, params, &[(input, x.view())], Ctx::default())?;
+            let logits = values.get(prediction).expect("the prediction was computed");
+            let p = softmax(&logits.view()).into_dimensionality::<ndarray::Ix2>().expect("class scores are vectors");
             sum = Some(match sum {
                 Some(s) => s + &p,
                 None => p,

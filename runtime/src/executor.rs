@@ -1,10 +1,12 @@
-//! The reference executor: runs a graph on a batch, node by node in topological order, with the
-//! reference ops. Every value is kept, so callers can read any node (losses, gradients, outputs).
+//! The reference executor: runs a graph on a batch, node by node in a fixed schedule, with the
+//! reference ops. Parameters are read in place from the flat store and fed inputs are borrowed;
+//! each computed value is dropped after its last reader, so only the values asked to be kept
+//! (losses, gradients, outputs) outlive the run.
 
-use crate::params::Params;
-use crate::reference::{self, Ctx, Tensor};
+use crate::params::{Layout, ParamId, Params};
+use crate::reference::{self, Ctx, Tensor, View};
 use cnnc_compiler::ir::op::Op;
-use cnnc_compiler::ir::{Graph, NodeId};
+use cnnc_compiler::ir::{Graph, NodeId, ValueId};
 use std::collections::HashMap;
 
 /// Why a graph could not run.
@@ -32,92 +34,152 @@ impl std::fmt::Display for ExecError {
 
 impl std::error::Error for ExecError {}
 
-/// Values of the nodes computed by one run.
+/// The values kept from one run, and how much memory the run's values took at most.
 #[derive(Debug, Default)]
 pub struct Values {
-    values: HashMap<NodeId, Tensor>,
+    values: HashMap<ValueId, Tensor>,
+    /// The most bytes that computed values held at once (parameters and fed inputs excluded).
+    pub peak_bytes: usize,
 }
 
 impl Values {
-    /// The value of node `id`.
-    pub fn get(&self, id: NodeId) -> Option<&Tensor> {
-        self.values.get(&id)
+    /// The value `v`, if it was kept.
+    pub fn get(&self, v: impl Into<ValueId>) -> Option<&Tensor> {
+        self.values.get(&v.into())
     }
 }
 
-/// A graph prepared to run: its evaluation order fixed once.
-#[derive(Debug)]
-pub struct Executor<'g> {
-    graph: &'g Graph,
-    order: Vec<NodeId>,
+/// One scheduled node: what it reads, and which values die after it.
+#[derive(Clone, Debug)]
+struct Step {
+    id: NodeId,
+    inputs: Vec<ValueId>,
+    frees: Vec<ValueId>,
 }
 
-impl<'g> Executor<'g> {
-    /// Prepares `graph`; only the nodes that `targets` depend on run (all, if `targets` is empty).
-    pub fn new(graph: &'g Graph, targets: &[NodeId]) -> Self {
+/// A graph prepared to run: its schedule, parameter slots and value lifetimes fixed once.
+#[derive(Clone, Debug)]
+pub struct Executor {
+    steps: Vec<Step>,
+    params: HashMap<NodeId, ParamId>,
+    keep: Vec<ValueId>,
+}
+
+impl Executor {
+    /// Prepares `graph` (parameters laid out as `layout`) to compute and keep `keep`; only the
+    /// nodes they depend on run. With `keep` empty, every value is kept (to find where a NaN
+    /// first appeared).
+    pub fn new(graph: &Graph, layout: &Layout, keep: &[ValueId]) -> Result<Self, ExecError> {
         let order = graph.topo_order().unwrap_or_default();
-        let order = if targets.is_empty() {
-            order
-        } else {
-            let mut needed = std::collections::HashSet::new();
-            let mut stack = targets.to_vec();
-            while let Some(id) = stack.pop() {
-                if needed.insert(id) {
-                    stack.extend(graph.operands(id));
-                }
+        let keep_all = keep.is_empty();
+        let mut needed = std::collections::HashSet::new();
+        let mut stack: Vec<NodeId> = if keep_all { order.clone() } else { keep.iter().map(|v| v.node).collect() };
+        while let Some(id) = stack.pop() {
+            if needed.insert(id) {
+                stack.extend(graph.operands(id));
             }
-            order.into_iter().filter(|id| needed.contains(id)).collect()
+        }
+        let mut params = HashMap::new();
+        let mut steps = Vec::new();
+        for id in order.into_iter().filter(|id| needed.contains(id)) {
+            let node = graph.node(id);
+            if let Op::Param(_) = node.op {
+                let pid = layout.id(&node.name).ok_or_else(|| ExecError::MissingParam { name: node.name.clone() })?;
+                params.insert(id, pid);
+                continue;
+            }
+            steps.push(Step { id, inputs: graph.inputs_of(id), frees: Vec::new() });
+        }
+        let keep: Vec<ValueId> = if keep_all {
+            steps
+                .iter()
+                .flat_map(|s| (0..graph.node(s.id).results() as u16).map(move |r| ValueId { node: s.id, result: r }))
+                .collect()
+        } else {
+            keep.to_vec()
         };
-        Executor { graph, order }
+        let mut last: HashMap<ValueId, usize> = HashMap::new();
+        for (i, s) in steps.iter().enumerate() {
+            for v in &s.inputs {
+                last.insert(*v, i);
+            }
+        }
+        for (v, i) in last {
+            if !keep.contains(&v) {
+                steps[i].frees.push(v);
+            }
+        }
+        Ok(Executor { steps, params, keep })
     }
 
     /// Nodes in the order they run.
-    pub fn order(&self) -> &[NodeId] {
-        &self.order
+    pub fn order(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.steps.iter().map(|s| s.id)
     }
 
     /// Runs on a batch: `feeds` gives each input node its tensor `[n, shape..]`.
-    pub fn run(&self, params: &Params, feeds: &[(NodeId, Tensor)], ctx: Ctx) -> Result<Values, ExecError> {
-        let mut values: HashMap<NodeId, Tensor> = HashMap::with_capacity(self.order.len());
-        for &id in &self.order {
-            let node = self.graph.node(id);
-            let value = match &node.op {
-                Op::Input(_) => {
-                    let fed = feeds.iter().find(|(f, _)| *f == id).map(|(_, t)| t.clone());
-                    let t = fed.ok_or_else(|| ExecError::MissingInput { name: node.name.clone() })?;
-                    if &t.shape()[1..] != node.shape.0.as_slice() {
-                        return Err(ExecError::Shape {
-                            name: node.name.clone(),
-                            expected: node.shape.0.clone(),
-                            found: t.shape()[1..].to_vec(),
-                        });
-                    }
-                    t
+    pub fn run(&self, graph: &Graph, params: &Params, feeds: &[(NodeId, View)], ctx: Ctx) -> Result<Values, ExecError> {
+        let mut live: HashMap<ValueId, Tensor> = HashMap::with_capacity(self.steps.len());
+        let (mut bytes, mut peak) = (0usize, 0usize);
+        for step in &self.steps {
+            let node = graph.node(step.id);
+            if let Op::Input(_) = node.op {
+                let fed = feeds.iter().find(|(f, _)| *f == step.id).map(|(_, t)| t);
+                let t = fed.ok_or_else(|| ExecError::MissingInput { name: node.name.clone() })?;
+                if t.shape().get(1..) != Some(node.shape.0.as_slice()) {
+                    return Err(ExecError::Shape {
+                        name: node.name.clone(),
+                        expected: node.shape.0.clone(),
+                        found: t.shape().get(1..).unwrap_or_default().to_vec(),
+                    });
                 }
-                Op::Param(_) => {
-                    let t =
-                        params.get(&node.name).ok_or_else(|| ExecError::MissingParam { name: node.name.clone() })?;
-                    if t.shape() != node.shape.0.as_slice() {
-                        return Err(ExecError::Shape {
-                            name: node.name.clone(),
-                            expected: node.shape.0.clone(),
-                            found: t.shape().to_vec(),
-                        });
-                    }
-                    t.clone()
-                }
-                op => {
-                    let inputs: Vec<&Tensor> = self.graph.operands(id).iter().map(|o| &values[o]).collect();
-                    // A backward node's mask (dropout) is that of the forward node it differentiates.
-                    let forward_node = match op {
-                        Op::Backward(b) => self.graph.operands(id)[b.arity],
-                        _ => id,
-                    };
-                    reference::forward(op, &inputs, Ctx { node: forward_node.index() as u32, ..ctx })
-                }
+                continue;
+            }
+            let results = {
+                let inputs: Vec<View> = step
+                    .inputs
+                    .iter()
+                    .map(|v| self.operand(graph, params, feeds, &live, *v))
+                    .collect::<Result<_, _>>()?;
+                reference::forward(&node.op, &inputs, ctx)
             };
-            values.insert(id, value);
+            for (r, t) in results.into_iter().enumerate() {
+                bytes += t.len() * 4;
+                live.insert(ValueId { node: step.id, result: r as u16 }, t);
+            }
+            peak = peak.max(bytes);
+            for v in &step.frees {
+                if let Some(t) = live.remove(v) {
+                    bytes -= t.len() * 4;
+                }
+            }
         }
-        Ok(Values { values })
+        let values = self.keep.iter().filter_map(|v| live.remove(v).map(|t| (*v, t))).collect();
+        Ok(Values { values, peak_bytes: peak })
+    }
+
+    fn operand<'a>(
+        &self,
+        graph: &Graph,
+        params: &'a Params,
+        feeds: &'a [(NodeId, View)],
+        live: &'a HashMap<ValueId, Tensor>,
+        v: ValueId,
+    ) -> Result<View<'a>, ExecError> {
+        if let Some(&pid) = self.params.get(&v.node) {
+            let node = graph.node(v.node);
+            if params.layout.entry(pid).shape != node.shape.0 {
+                return Err(ExecError::Shape {
+                    name: node.name.clone(),
+                    expected: node.shape.0.clone(),
+                    found: params.layout.entry(pid).shape.clone(),
+                });
+            }
+            return Ok(params.view(pid));
+        }
+        if let Some((_, t)) = feeds.iter().find(|(f, _)| *f == v.node) {
+            return Ok(t.view());
+        }
+        live.get(&v).map(|t| t.view()).ok_or_else(|| ExecError::MissingInput { name: graph.node(v.node).name.clone() })
     }
 }

@@ -1,7 +1,9 @@
 //! cnnc's runtime: the reference executor (the correctness oracle), parameter initialization,
 //! weights files, data loading and the training loop.
 
+pub mod atomic;
 pub mod augment;
+pub mod bench;
 pub mod data;
 pub mod evaluate;
 pub mod executor;

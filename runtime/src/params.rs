@@ -1,26 +1,164 @@
-//! Parameter values by name: initialized (He, Glorot; seeded and deterministic), loaded from or
-//! saved to safetensors files.
+//! The flat parameter store: every parameter (and batchnorm statistic) of a model in one `f32`
+//! buffer, with a table `ParamId → (name, shape, offset)`. Gradients and optimizer state use the
+//! same layout in buffers of their own. Names stay for weights files and for people; generated
+//! code and the executors address parameters by offset. Initial values are seeded per name
+//! (He, Glorot, constants), so they do not depend on the order of the graph.
 
-use crate::reference::Tensor;
-use cnnc_compiler::ir::op::{Init, Op, ParamOp};
-use cnnc_compiler::ir::Graph;
-use ndarray::{ArrayD, IxDyn};
+use crate::reference::View;
+use cnnc_compiler::ir::op::{Init, Op, ParamOp, ParamRole};
+use cnnc_compiler::ir::{name_hash, Graph};
+use ndarray::IxDyn;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
 
-/// Every parameter (and batchnorm statistic) of a model, by name.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Params {
-    /// Values by parameter name (`conv1/weight`).
-    pub values: BTreeMap<String, Tensor>,
+/// A parameter's index in a [`Layout`].
+pub type ParamId = usize;
+
+/// One parameter's place in the flat buffers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// Its name (`conv1/weight`).
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Where it starts in the buffers.
+    pub offset: usize,
+    /// Updated by gradient descent (not frozen, not a running statistic).
+    pub trainable: bool,
+    /// What it is for.
+    pub role: ParamRole,
 }
 
-/// A stable 64-bit hash of a name (FNV-1a), so each parameter's random stream depends only on
-/// the seed and its own name.
-pub fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+impl Entry {
+    /// Its elements in the buffers.
+    pub fn range(&self) -> Range<usize> {
+        self.offset..self.offset + self.shape.iter().product::<usize>()
+    }
+}
+
+/// Where every parameter of a model lives, in name order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Layout {
+    entries: Vec<Entry>,
+    by_name: HashMap<String, ParamId>,
+    len: usize,
+}
+
+impl Layout {
+    /// The layout of the parameters of `graph` (a parameter shared by name appears once).
+    pub fn of(graph: &Graph) -> Layout {
+        let mut params: Vec<(&str, &[usize], &ParamOp)> = graph
+            .node_ids()
+            .filter_map(|id| {
+                let node = graph.node(id);
+                match &node.op {
+                    Op::Param(p) => Some((node.name.as_str(), node.shape.0.as_slice(), p)),
+                    _ => None,
+                }
+            })
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(b.0));
+        params.dedup_by(|a, b| a.0 == b.0);
+        let mut layout = Layout::default();
+        for (name, shape, p) in params {
+            let entry = Entry {
+                name: name.to_string(),
+                shape: shape.to_vec(),
+                offset: layout.len,
+                trainable: !p.frozen && !p.role.is_state(),
+                role: p.role,
+            };
+            layout.len += shape.iter().product::<usize>();
+            layout.by_name.insert(entry.name.clone(), layout.entries.len());
+            layout.entries.push(entry);
+        }
+        layout
+    }
+
+    /// Every parameter, in name order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The parameter called `name`.
+    pub fn id(&self, name: &str) -> Option<ParamId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The entry of parameter `id`.
+    pub fn entry(&self, id: ParamId) -> &Entry {
+        &self.entries[id]
+    }
+
+    /// Elements in all.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the model has no parameter.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Parameter values in one buffer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Params {
+    /// Where each parameter is.
+    pub layout: Arc<Layout>,
+    /// Every value, as the layout places them.
+    pub data: Vec<f32>,
+}
+
+impl Params {
+    /// Initial values for every parameter of `graph`, from `seed`.
+    pub fn init(graph: &Graph, seed: u64) -> Params {
+        let layout = Layout::of(graph);
+        let mut data = vec![0f32; layout.len()];
+        for id in graph.node_ids() {
+            let node = graph.node(id);
+            let Op::Param(p) = &node.op else { continue };
+            let Some(pid) = layout.id(&node.name) else { continue };
+            initial(p, &node.shape.0, seed ^ name_hash(&node.name), &mut data[layout.entry(pid).range()]);
+        }
+        Params { layout: Arc::new(layout), data }
+    }
+
+    /// Zeros in `layout` (gradient and optimizer buffers).
+    pub fn zeros(layout: &Arc<Layout>) -> Params {
+        Params { layout: layout.clone(), data: vec![0.0; layout.len()] }
+    }
+
+    /// The values of parameter `id`.
+    pub fn slice(&self, id: ParamId) -> &[f32] {
+        &self.data[self.layout.entry(id).range()]
+    }
+
+    /// The values of parameter `id`, to change.
+    pub fn slice_mut(&mut self, id: ParamId) -> &mut [f32] {
+        let range = self.layout.entry(id).range();
+        &mut self.data[range]
+    }
+
+    /// Parameter `id` as a tensor view.
+    pub fn view(&self, id: ParamId) -> View<'_> {
+        let e = self.layout.entry(id);
+        View::from_shape(IxDyn(&e.shape), &self.data[e.range()]).expect("an entry's range fills its shape")
+    }
+
+    /// The parameter called `name`, as a tensor view.
+    pub fn get(&self, name: &str) -> Option<View<'_>> {
+        self.layout.id(name).map(|id| self.view(id))
+    }
+
+    /// `(name, shape, values)` of every parameter, in name order.
+    pub fn named(&self) -> impl Iterator<Item = (&str, &[usize], &[f32])> {
+        self.layout.entries().iter().map(|e| (e.name.as_str(), e.shape.as_slice(), &self.data[e.range()]))
+    }
 }
 
 /// `(fan_in, fan_out)` of a weight: `[f.., c_in, c_out]` or `[n, units]`.
@@ -35,46 +173,26 @@ fn fans(shape: &[usize]) -> (usize, usize) {
     }
 }
 
-impl Params {
-    /// Initial values for every parameter of `graph`, from `seed`.
-    pub fn init(graph: &Graph, seed: u64) -> Params {
-        let mut values = BTreeMap::new();
-        for id in graph.node_ids() {
-            let node = graph.node(id);
-            let Op::Param(p) = &node.op else { continue };
-            if values.contains_key(&node.name) {
-                continue;
-            }
-            values.insert(node.name.clone(), initial(p, &node.shape.0, seed ^ name_hash(&node.name)));
-        }
-        Params { values }
-    }
-
-    /// The value of parameter `name`.
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.values.get(name)
-    }
-}
-
-fn initial(p: &ParamOp, shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
+fn initial(p: &ParamOp, shape: &[usize], seed: u64, out: &mut [f32]) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let data: Vec<f32> = match p.init {
-        Init::Zeros => vec![0.0; n],
-        Init::Ones => vec![1.0; n],
-        Init::Fill(v) => vec![v; n],
-        Init::Constant => p.value.as_deref().map(<[f32]>::to_vec).unwrap_or_else(|| vec![0.0; n]),
+    match p.init {
+        Init::Zeros => out.fill(0.0),
+        Init::Ones => out.fill(1.0),
+        Init::Fill(v) => out.fill(v),
+        Init::Constant => match p.value.as_deref() {
+            Some(v) if v.len() == out.len() => out.copy_from_slice(v),
+            _ => out.fill(0.0),
+        },
         Init::He => {
             let std = (2.0 / fans(shape).0.max(1) as f32).sqrt();
             let normal = Normal::new(0.0f32, std).expect("a positive standard deviation");
-            (0..n).map(|_| normal.sample(&mut rng)).collect()
+            out.iter_mut().for_each(|v| *v = normal.sample(&mut rng));
         }
         Init::Glorot => {
             let (fan_in, fan_out) = fans(shape);
             let limit = (6.0 / (fan_in + fan_out).max(1) as f32).sqrt();
             let uniform = Uniform::new_inclusive(-limit, limit).expect("a valid range");
-            (0..n).map(|_| uniform.sample(&mut rng)).collect()
+            out.iter_mut().for_each(|v| *v = uniform.sample(&mut rng));
         }
-    };
-    ArrayD::from_shape_vec(IxDyn(shape), data).expect("the data fills the shape")
+    }
 }

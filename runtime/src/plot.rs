@@ -22,9 +22,9 @@ pub fn write(path: &std::path::Path, history: &[EpochMetrics]) -> Result<(), Str
     let mut buffer = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
     draw(&mut buffer, history).map_err(|e| e.to_string())?;
     let image = image::RgbImage::from_raw(WIDTH, HEIGHT, buffer).ok_or("the chart buffer has the wrong size")?;
-    let tmp = path.with_extension("png.tmp");
-    image.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+    let mut png = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut png, image::ImageFormat::Png).map_err(|e| e.to_string())?;
+    crate::atomic::write(path, png.get_ref()).map_err(|e| e.to_string())
 }
 
 fn draw(buffer: &mut [u8], history: &[EpochMetrics]) -> Result<(), Box<dyn std::error::Error>> {

@@ -6,8 +6,8 @@ use crate::augment::Pipeline;
 use crate::data::{load_image, DataError};
 use crate::executor::{ExecError, Executor};
 use crate::params::Params;
-use crate::reference::{Ctx, Tensor};
-use cnnc_compiler::elaborate::ModelInfo;
+use crate::reference::{Ctx, Tensor, View};
+use cnnc_compiler::ir::{Graph, ValueId};
 use ndarray::{ArrayD, Axis, IxDyn};
 use std::path::{Path, PathBuf};
 
@@ -64,25 +64,20 @@ pub fn read_example(data: &[usize], file: &Path, pad: usize) -> Result<Vec<f32>,
     Ok(x)
 }
 
-/// Runs `model` on the batch `x` and returns each output's value.
-pub fn outputs(model: &ModelInfo, params: &Params, x: Tensor) -> Result<Vec<(String, Tensor)>, ExecError> {
-    let targets: Vec<_> = model.graph.outputs().iter().map(|(_, id)| *id).collect();
-    let exec = Executor::new(&model.graph, &targets);
-    let input = model.graph.inputs()[0];
-    let values = exec.run(params, &[(input, x)], Ctx::eval())?;
-    Ok(model
-        .graph
-        .outputs()
-        .iter()
-        .filter_map(|(name, id)| values.get(*id).map(|v| (name.clone(), v.clone())))
-        .collect())
+/// Runs the inference graph `graph` on the batch `x` and returns each output's value.
+pub fn outputs(graph: &Graph, params: &Params, x: View) -> Result<Vec<(String, Tensor)>, ExecError> {
+    let targets: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+    let exec = Executor::new(graph, &params.layout, &targets)?;
+    let input = graph.inputs()[0];
+    let values = exec.run(graph, params, &[(input, x)], Ctx::default())?;
+    Ok(graph.outputs().iter().filter_map(|(name, id)| values.get(*id).map(|v| (name.clone(), v.clone()))).collect())
 }
 
 /// How to predict: the models (one set of weights each), the pipeline that turns a data example
 /// into model inputs, test-time crops, and which outputs are softmax logits.
 pub struct Predictor<'a> {
-    /// The model.
-    pub model: &'a ModelInfo,
+    /// The model's inference graph.
+    pub graph: &'a Graph,
     /// Weights of each member of the ensemble.
     pub models: &'a [Params],
     /// Evaluation transform: centre or multi-crop, normalization.
@@ -108,12 +103,12 @@ impl Predictor<'_> {
                 let mut shape = vec![1];
                 shape.extend_from_slice(&self.pipeline.input);
                 let x = ArrayD::from_shape_vec(IxDyn(&shape), crop.clone()).expect("a crop fills the input shape");
-                let values = outputs(self.model, params, x).map_err(PredictError::Exec)?;
+                let values = outputs(self.graph, params, x.view()).map_err(PredictError::Exec)?;
                 count += 1.0;
                 for (name, value) in values {
                     let mut v = value.index_axis(Axis(0), 0).to_owned();
                     if v.ndim() == 1 && self.softmax.contains(&name) {
-                        v = crate::reference::softmax(&v);
+                        v = crate::reference::softmax(&v.view());
                     }
                     match sums.iter_mut().find(|(n, _)| *n == name) {
                         Some((_, s)) if v.ndim() == 1 => *s += &v,
@@ -165,9 +160,9 @@ fn write_map(map: &Tensor, path: &Path) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
-    let tmp = path.with_extension("png.tmp");
     let color = if c == 1 { image::ExtendedColorType::L8 } else { image::ExtendedColorType::Rgb8 };
-    image::save_buffer_with_format(&tmp, &bytes, w as u32, h as u32, color, image::ImageFormat::Png)
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::write_buffer_with_format(&mut png, &bytes, w as u32, h as u32, color, image::ImageFormat::Png)
         .map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+    crate::atomic::write(path, png.get_ref()).map_err(|e| e.to_string())
 }

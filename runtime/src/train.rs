@@ -1,21 +1,23 @@
 //! The training loop: seeded shuffled batches through the training graph on the reference
-//! executor, optimizer updates, batchnorm running statistics, evaluation on the test split every
-//! epoch, metrics to CSV, weights and optimizer state saved atomically after every epoch.
+//! executor, optimizer updates over the flat parameter store, batchnorm running statistics from
+//! the batch statistics the step saved, evaluation on the inference graph every epoch, metrics
+//! to CSV, weights and optimizer state saved atomically after every epoch.
 
 use crate::augment::Pipeline;
 use crate::data::{epoch_order, Dataset, Split};
 use crate::executor::{ExecError, Executor, Values};
 use crate::loader::Loader;
 use crate::optim::Optimizer;
-use crate::params::Params;
-use crate::reference::{Ctx, Tensor};
+use crate::params::{ParamId, Params};
+use crate::reference::{self, Ctx, Tensor, View};
 use crate::weights::{self, WeightsError};
 use cnnc_compiler::elaborate::ModelInfo;
 use cnnc_compiler::ir::op::{LossKind, Op};
-use cnnc_compiler::ir::NodeId;
+use cnnc_compiler::ir::{Graph, NodeId, ValueId};
 use cnnc_compiler::passes::training::{self, PlanError, TrainingGraph};
+use cnnc_compiler::passes::{inference, Options, Pipeline as PassPipeline};
 use cnnc_compiler::train::TrainSpec;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -112,128 +114,232 @@ pub struct RunOptions {
     pub quiet: bool,
 }
 
-/// A model prepared for training and evaluation.
+/// A model prepared for training and evaluation: its training and inference graphs, parameter
+/// store, gradient buffer and optimizer, and the executors that run them.
 pub struct Session {
     /// The training graph.
     pub tg: TrainingGraph,
-    /// The model input fed with examples.
-    pub input: NodeId,
-    /// The output the first loss applies to.
-    pub prediction: NodeId,
+    /// The inference graph (batchnorm on running statistics, no dropout).
+    pub infer: Graph,
     /// Whether accuracy is meaningful (class-index targets).
     pub classifies: bool,
     /// Current parameter values.
     pub params: Params,
+    /// The optimizer and its state.
+    pub opt: Optimizer,
+    grads: Vec<f32>,
+    /// `(parameter, its gradient's value)` for every trainable parameter with a gradient.
+    grad_slots: Vec<(ParamId, ValueId)>,
+    /// Each batchnorm's running statistics and what updates them.
+    stats: Vec<RunningStats>,
+    train_exec: Executor,
+    seed: u64,
+}
+
+/// One batchnorm's batch statistics (values of the step) and running ones (parameters).
+struct RunningStats {
+    mean: ValueId,
+    var: ValueId,
+    running_mean: ParamId,
+    running_var: ParamId,
+    momentum: f32,
+    /// Positions per example that the statistics are over.
+    positions: usize,
+}
+
+/// What one training step gave.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutcome {
+    /// The weighted total loss, averaged over the batch.
+    pub loss: f64,
+    /// Examples whose top class was the label.
+    pub correct: usize,
+    /// The most bytes that the step's values held at once.
+    pub peak_bytes: usize,
+}
+
+/// The passes' options for `cnnc run` (none disabled).
+fn pipeline() -> Result<PassPipeline, RunError> {
+    PassPipeline::new(Options::default()).map_err(|e| RunError::Plan(PlanError::Pass(e)))
 }
 
 impl Session {
-    /// Builds the training graph and initial parameters (from the spec's seed).
+    /// Builds the training and inference graphs and initial parameters (from the spec's seed).
     pub fn new(model: &ModelInfo, spec: &TrainSpec) -> Result<Session, RunError> {
-        let tg = training::run(model, spec, false).map_err(RunError::Plan)?;
-        let inputs = model.graph.inputs();
-        if inputs.len() != 1 {
-            return Err(RunError::Unsupported(format!(
-                "`cnnc run` feeds models with one input; `{}` has {}",
-                model.name,
-                inputs.len()
-            )));
-        }
-        let first_loss = tg.losses[0];
-        let prediction = tg.graph.operands(first_loss)[0];
-        let classifies = matches!(tg.graph.node(first_loss).op, Op::Loss(l) if l.kind == LossKind::SoftmaxCrossEntropy);
+        let tg = training::run(model, spec, false, &mut pipeline()?).map_err(RunError::Plan)?;
+        let infer = inference::run(model, &mut pipeline()?).map_err(|e| RunError::Plan(PlanError::Pass(e)))?;
+        let classifies = tg.first_loss == LossKind::SoftmaxCrossEntropy;
         let params = Params::init(&tg.graph, spec.seed);
-        Ok(Session { input: inputs[0], prediction, classifies, params, tg })
+        let layout = params.layout.clone();
+        let id = |n: NodeId| layout.id(&tg.graph.node(n).name);
+        let grad_slots = tg.grads.params.iter().filter_map(|&(p, g)| Some((id(p)?, g))).collect();
+        let stats = tg
+            .stats
+            .iter()
+            .filter_map(|s| {
+                let shape = &tg.graph.node(s.node).shape;
+                Some(RunningStats {
+                    mean: s.mean,
+                    var: s.var,
+                    running_mean: id(s.running_mean)?,
+                    running_var: id(s.running_var)?,
+                    momentum: s.momentum,
+                    positions: shape.elements().unwrap_or(1) / shape.channels().max(1),
+                })
+            })
+            .collect();
+        let mut keep: Vec<ValueId> = tg.losses.iter().map(|(l, _)| ValueId::from(*l)).collect();
+        keep.push(tg.prediction.into());
+        keep.extend(tg.grads.params.iter().map(|(_, g)| *g));
+        keep.extend(tg.stats.iter().flat_map(|s| [s.mean, s.var]));
+        let train_exec = Executor::new(&tg.graph, &layout, &keep)?;
+        let opt = Optimizer::new(spec.optimizer_spec(), spec.schedule_spec(), &layout);
+        let grads = vec![0.0; layout.len()];
+        Ok(Session { tg, infer, classifies, params, opt, grads, grad_slots, stats, train_exec, seed: spec.seed })
     }
 
     /// Checks that the data's labels fit the prediction: every class needs a score.
     pub fn check(&self, data: &Dataset) -> Result<(), RunError> {
-        let scores = self.tg.graph.node(self.prediction).shape.0.first().copied().unwrap_or(0);
+        let scores = self.tg.graph.node(self.tg.prediction).shape.0.first().copied().unwrap_or(0);
         if self.classifies && scores < data.classes {
             return Err(RunError::Unsupported(format!(
                 "the data has {} classes but `{}` gives {scores} scores: make its last layer `dense({})`",
                 data.classes,
-                self.tg.graph.node(self.prediction).name,
+                self.tg.graph.node(self.tg.prediction).name,
                 data.classes
             )));
         }
         Ok(())
     }
 
-    fn feeds(&self, x: Tensor, y: Tensor) -> Vec<(NodeId, Tensor)> {
-        let mut feeds = vec![(self.input, x)];
+    fn feeds<'a>(&self, x: View<'a>, y: View<'a>) -> Vec<(NodeId, View<'a>)> {
+        let mut feeds = vec![(self.tg.input, x)];
         if let Some(label) = self.tg.label {
             feeds.push((label, y));
         }
         feeds
     }
 
-    /// The weighted total loss of a run, and each example's loss summed over terms.
+    /// The weighted total loss of a run, each term averaged over the batch.
     fn loss(&self, values: &Values) -> f64 {
-        let mut total = 0.0;
-        for &l in &self.tg.losses {
-            let weight = match self.tg.graph.node(l).op {
-                Op::Loss(op) => f64::from(op.weight),
-                _ => 1.0,
-            };
-            if let Some(v) = values.get(l) {
-                total += weight * v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len().max(1) as f64;
+        self.tg.losses.iter().filter_map(|&(l, w)| values.get(l).map(|v| f64::from(w) * mean(v))).sum()
+    }
+
+    /// One training step on batch `x` with targets `y`: forward, backward, the optimizer's
+    /// update with learning rate `lr`, and the running statistics. On a non-finite loss or
+    /// gradient nothing is updated and the error names the first non-finite layer.
+    pub fn step(&mut self, x: View, y: View, lr: f32) -> Result<StepOutcome, StepError> {
+        let ctx = Ctx { seed: self.seed, step: self.opt.t };
+        let feeds = self.feeds(x.view(), y.view());
+        let values = self.train_exec.run(&self.tg.graph, &self.params, &feeds, ctx).map_err(StepError::Exec)?;
+        let loss = self.loss(&values);
+        for &(pid, g) in &self.grad_slots {
+            if let Some(v) = values.get(g) {
+                let range = self.params.layout.entry(pid).range();
+                self.grads[range].iter_mut().zip(v.iter()).for_each(|(d, &s)| *d = s);
             }
         }
-        total
+        if !loss.is_finite() || self.grads.iter().any(|g| !g.is_finite()) {
+            return Err(StepError::NonFinite { layer: self.first_non_finite(&feeds, ctx) });
+        }
+        self.opt.step(&mut self.params, &self.grads, lr);
+        self.update_running_stats(&values, x.shape()[0]);
+        let correct = match values.get(self.tg.prediction) {
+            Some(p) => correct(p, &y),
+            None => 0,
+        };
+        Ok(StepOutcome { loss, correct, peak_bytes: values.peak_bytes })
     }
 
-    fn correct(&self, values: &Values, labels: &Tensor) -> usize {
-        let Some(pred) = values.get(self.prediction) else { return 0 };
-        pred.outer_iter()
-            .zip(labels.iter())
-            .filter(|(row, &label)| argmax(row.iter().copied()) == label as usize)
-            .count()
-    }
-
-    /// Mean loss and accuracy on `split`, in inference mode.
+    /// Mean loss and accuracy on `split`, on the inference graph.
     pub fn evaluate(&self, data: &Dataset, split: &Split, batch: usize) -> Result<(f64, f64), ExecError> {
-        let mut targets = self.tg.losses.clone();
-        targets.push(self.prediction);
-        let exec = Executor::new(&self.tg.graph, &targets);
-        let (mut loss, mut correct) = (0.0, 0usize);
+        let (mut loss, mut correct_count) = (0.0, 0usize);
+        let outputs = self.outputs_of_losses();
+        let keep: Vec<ValueId> = outputs.iter().map(|(id, _, _)| ValueId::from(*id)).collect();
+        let exec = Executor::new(&self.infer, &self.params.layout, &keep)?;
+        let input = self.infer.inputs()[0];
         let indices: Vec<usize> = (0..split.len()).collect();
         for chunk in indices.chunks(batch.max(1)) {
             let (x, y) = data.batch(split, chunk);
-            let values = exec.run(&self.params, &self.feeds(x, y.clone()), Ctx::eval())?;
-            loss += self.loss(&values) * chunk.len() as f64;
-            correct += self.correct(&values, &y);
+            let values = exec.run(&self.infer, &self.params, &[(input, x.view())], Ctx::default())?;
+            for (i, &(id, kind, weight)) in outputs.iter().enumerate() {
+                let Some(pred) = values.get(id) else { continue };
+                loss += f64::from(weight) * mean(&reference::loss(kind, &pred.view(), &y.view())) * chunk.len() as f64;
+                if i == 0 {
+                    correct_count += correct(pred, &y.view());
+                }
+            }
         }
         let n = split.len().max(1) as f64;
-        Ok((loss / n, if self.classifies { correct as f64 / n } else { f64::NAN }))
+        Ok((loss / n, if self.classifies { correct_count as f64 / n } else { f64::NAN }))
     }
 
-    /// Updates batchnorm running statistics from a training run's batch statistics.
-    fn update_running_stats(&mut self, values: &Values) {
-        let graph = &self.tg.graph;
-        for id in graph.node_ids() {
-            let Op::BatchNorm(bn) = &graph.node(id).op else { continue };
-            let ops = graph.operands(id);
-            let Some(x) = values.get(ops[0]) else { continue };
-            let (mean, var) = crate::reference::batch_statistics(x);
-            let rows = (x.len() / mean.len().max(1)) as f32;
-            let unbiased = var * (rows / (rows - 1.0).max(1.0));
-            let m = bn.momentum;
-            for (port, stat) in [(3, mean), (4, unbiased)] {
-                let name = &graph.node(ops[port]).name;
-                if let Some(r) = self.params.values.get_mut(name) {
-                    *r = &*r * (1.0 - m) + &(stat.into_dyn() * m);
-                }
+    /// The inference graph's output that the first loss applies to.
+    pub fn prediction(&self) -> NodeId {
+        match self.outputs_of_losses().first() {
+            Some(&(id, _, _)) => id,
+            None => self.infer.outputs()[0].1,
+        }
+    }
+
+    /// For each loss term: the inference graph's output it applies to, its kind and weight.
+    fn outputs_of_losses(&self) -> Vec<(NodeId, LossKind, f32)> {
+        let g = &self.tg.graph;
+        self.tg
+            .losses
+            .iter()
+            .filter_map(|&(l, w)| {
+                let Op::Loss(op) = g.node(l).op else { return None };
+                let pred = g.operands(l)[0];
+                let name = g.outputs().iter().find(|(_, id)| *id == pred).map(|(n, _)| n)?;
+                let id = self.infer.outputs().iter().find(|(n, _)| n == name).map(|(_, id)| *id)?;
+                Some((id, op.kind, w))
+            })
+            .collect()
+    }
+
+    /// Updates batchnorm running statistics from the batch statistics the step saved.
+    fn update_running_stats(&mut self, values: &Values, batch: usize) {
+        for s in &self.stats {
+            let (Some(mean), Some(var)) = (values.get(s.mean), values.get(s.var)) else { continue };
+            // The running variance is unbiased: the batch's times rows / (rows − 1).
+            let rows = (batch * s.positions) as f32;
+            let unbias = rows / (rows - 1.0).max(1.0);
+            let m = s.momentum;
+            for (r, &v) in self.params.slice_mut(s.running_mean).iter_mut().zip(mean.iter()) {
+                *r = *r * (1.0 - m) + v * m;
+            }
+            for (r, &v) in self.params.slice_mut(s.running_var).iter_mut().zip(var.iter()) {
+                *r = *r * (1.0 - m) + v * unbias * m;
             }
         }
     }
 
-    /// The first node, in execution order, whose value is not finite.
-    fn first_non_finite(&self, exec: &Executor, values: &Values) -> Option<String> {
-        exec.order()
-            .iter()
-            .find(|&&id| values.get(id).is_some_and(|v| v.iter().any(|x| !x.is_finite())))
-            .map(|&id| self.tg.graph.node(id).name.clone())
+    /// The first node, in execution order, whose value is not finite: the step is run again with
+    /// every value kept.
+    fn first_non_finite(&self, feeds: &[(NodeId, View)], ctx: Ctx) -> Option<String> {
+        let exec = Executor::new(&self.tg.graph, &self.params.layout, &[]).ok()?;
+        let values = exec.run(&self.tg.graph, &self.params, feeds, ctx).ok()?;
+        let first = exec.order().find(|&id| values.get(id).is_some_and(|v| v.iter().any(|x| !x.is_finite())));
+        first.map(|id| self.tg.graph.node(id).name.clone())
     }
+}
+
+/// Why a training step failed.
+#[derive(Debug)]
+pub enum StepError {
+    /// The graph could not run.
+    Exec(ExecError),
+    /// The loss or a gradient is not finite; the first layer where a non-finite value appeared.
+    NonFinite { layer: Option<String> },
+}
+
+fn mean(v: &Tensor) -> f64 {
+    v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len().max(1) as f64
+}
+
+fn correct(pred: &Tensor, labels: &View) -> usize {
+    pred.outer_iter().zip(labels.iter()).filter(|(row, &label)| argmax(row.iter().copied()) == label as usize).count()
 }
 
 fn argmax(values: impl Iterator<Item = f32>) -> usize {
@@ -255,33 +361,55 @@ fn state_path(out: &Path) -> PathBuf {
     out.join("state.safetensors")
 }
 
-fn save(session: &Session, opt: &Optimizer, out: &Path, model: &str, epochs_done: usize) -> Result<(), RunError> {
+fn save(session: &Session, out: &Path, model: &str, epochs_done: usize) -> Result<(), RunError> {
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "cnnc".to_string());
     meta.insert("model".to_string(), model.to_string());
-    weights::save(&weights_path(out), &session.params.values, meta.clone())?;
-    let mut state = BTreeMap::new();
-    for (k, v) in &opt.m {
-        state.insert(format!("m/{k}"), v.clone());
-    }
-    for (k, v) in &opt.v {
-        state.insert(format!("v/{k}"), v.clone());
-    }
+    let params: Vec<weights::Named> = session.params.named().collect();
+    weights::save(&weights_path(out), &params, meta.clone())?;
+    let opt = &session.opt;
+    let names: Vec<(String, &[usize], &[f32])> = session
+        .params
+        .layout
+        .entries()
+        .iter()
+        .filter(|e| e.trainable)
+        .flat_map(|e| {
+            let m = (!opt.m.is_empty()).then(|| (format!("m/{}", e.name), e.shape.as_slice(), &opt.m[e.range()]));
+            let v = (!opt.v.is_empty()).then(|| (format!("v/{}", e.name), e.shape.as_slice(), &opt.v[e.range()]));
+            m.into_iter().chain(v)
+        })
+        .collect();
+    let state: Vec<weights::Named> = names.iter().map(|(n, s, v)| (n.as_str(), *s, *v)).collect();
     meta.insert("epochs".to_string(), epochs_done.to_string());
     meta.insert("t".to_string(), opt.t.to_string());
     weights::save(&state_path(out), &state, meta)?;
     Ok(())
 }
 
-fn resume(session: &mut Session, opt: &mut Optimizer, out: &Path) -> Result<usize, RunError> {
+fn resume(session: &mut Session, out: &Path) -> Result<usize, RunError> {
     weights::load_into(&weights_path(out), &mut session.params)?;
-    let (state, meta) = weights::load(&state_path(out))?;
-    for (k, v) in state {
-        if let Some(name) = k.strip_prefix("m/") {
-            opt.m.insert(name.to_string(), v);
-        } else if let Some(name) = k.strip_prefix("v/") {
-            opt.v.insert(name.to_string(), v);
+    let path = state_path(out);
+    let (state, meta) = weights::load(&path)?;
+    let layout = session.params.layout.clone();
+    let opt = &mut session.opt;
+    for (key, (shape, values)) in state {
+        let (buffer, name) = match key.split_once('/') {
+            Some(("m", name)) if !opt.m.is_empty() => (&mut opt.m, name),
+            Some(("v", name)) if !opt.v.is_empty() => (&mut opt.v, name),
+            _ => continue,
+        };
+        let Some(id) = layout.id(name) else { continue };
+        let e = layout.entry(id);
+        if e.shape != shape {
+            return Err(RunError::Weights(WeightsError::Shape {
+                path: path.clone(),
+                name: key.clone(),
+                expected: e.shape.clone(),
+                found: shape,
+            }));
         }
+        buffer[e.range()].copy_from_slice(&values);
     }
     opt.t = meta.get("t").and_then(|t| t.parse().ok()).unwrap_or(0);
     Ok(meta.get("epochs").and_then(|e| e.parse().ok()).unwrap_or(0))
@@ -296,10 +424,8 @@ fn write_metrics(path: &Path, history: &[EpochMetrics]) -> Result<(), RunError> 
             m.epoch, m.lr, m.train_loss, m.train_accuracy, m.test_loss, m.test_accuracy, m.images_per_second, m.seconds
         ));
     }
-    let tmp = path.with_extension("csv.tmp");
-    let io = |e: std::io::Error| RunError::Io { path: path.to_path_buf(), error: e.to_string() };
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::atomic::write(path, text.as_bytes())
+        .map_err(|e| RunError::Io { path: path.to_path_buf(), error: e.to_string() })
 }
 
 fn read_metrics(path: &Path) -> Vec<EpochMetrics> {
@@ -342,48 +468,36 @@ pub fn train(
 ) -> Result<(Session, Vec<EpochMetrics>), RunError> {
     let mut session = Session::new(model, spec)?;
     session.check(data)?;
-    let mut opt = Optimizer::new(spec.optimizer.as_ref(), spec.schedule.as_ref());
     std::fs::create_dir_all(&opts.out).map_err(|e| RunError::Io { path: opts.out.clone(), error: e.to_string() })?;
     let metrics_path = opts.out.join("metrics.csv");
-    let (start, mut history) = if opts.resume {
-        (resume(&mut session, &mut opt, &opts.out)?, read_metrics(&metrics_path))
-    } else {
-        (0, Vec::new())
-    };
+    let (start, mut history) =
+        if opts.resume { (resume(&mut session, &opts.out)?, read_metrics(&metrics_path)) } else { (0, Vec::new()) };
     history.retain(|m| m.epoch <= start);
-    let graph = session.tg.graph.clone();
-    let exec = Executor::new(&graph, &[]);
     let steps_per_epoch = data.train.len().div_ceil(spec.batch) as u64;
     let total_steps = steps_per_epoch * spec.epochs as u64;
-    let grads: Vec<(String, NodeId)> =
-        session.tg.grads.params.iter().map(|&(p, g)| (session.tg.graph.node(p).name.clone(), g)).collect();
     let show_bar = !opts.quiet && std::io::stderr().is_terminal();
     let loader = Loader { data, pipeline, workers: spec.workers };
     let eval_data = pipeline.for_eval(data);
     for epoch in start..spec.epochs {
         let started = Instant::now();
-        let lr = opt.lr_at(epoch, opt.t, total_steps);
+        let lr = session.opt.lr_at(epoch, session.opt.t, total_steps);
         let bar = progress_bar(show_bar, steps_per_epoch, epoch, spec.epochs);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let order = epoch_order(data.train.len(), spec.seed, epoch);
         let waited = loader.epoch(&order, spec.batch, epoch, |x, y, waited| {
             let batch = y.len();
-            let step = opt.t;
-            let lr = opt.lr_at(epoch, step, total_steps);
-            let ctx = Ctx { training: true, seed: spec.seed, step, node: 0 };
-            let values = exec.run(&session.params, &session.feeds(x, y.clone()), ctx)?;
-            let loss = session.loss(&values);
-            let grads: Vec<(String, Tensor)> =
-                grads.iter().filter_map(|(name, g)| values.get(*g).map(|v| (name.clone(), v.clone()))).collect();
-            if !loss.is_finite() || grads.iter().any(|(_, g)| g.iter().any(|v| !v.is_finite())) {
-                let layer = session.first_non_finite(&exec, &values);
-                save(&session, &opt, &opts.out, &model.name, epoch)?;
-                return Err(RunError::NonFinite { epoch, step, layer, lr, saved: weights_path(&opts.out) });
-            }
-            opt.step(&mut session.params, &grads, lr);
-            session.update_running_stats(&values);
-            loss_sum += loss * batch as f64;
-            correct += session.correct(&values, &y);
+            let step = session.opt.t;
+            let lr = session.opt.lr_at(epoch, step, total_steps);
+            let outcome = match session.step(x.view(), y.view(), lr) {
+                Ok(o) => o,
+                Err(StepError::Exec(e)) => return Err(e.into()),
+                Err(StepError::NonFinite { layer }) => {
+                    save(&session, &opts.out, &model.name, epoch)?;
+                    return Err(RunError::NonFinite { epoch, step, layer, lr, saved: weights_path(&opts.out) });
+                }
+            };
+            loss_sum += outcome.loss * batch as f64;
+            correct += outcome.correct;
             seen += batch;
             if let Some(bar) = &bar {
                 let elapsed = started.elapsed().as_secs_f64().max(1e-9);
@@ -429,7 +543,7 @@ pub fn train(
             );
         }
         history.push(m);
-        save(&session, &opt, &opts.out, &model.name, epoch + 1)?;
+        save(&session, &opts.out, &model.name, epoch + 1)?;
         write_metrics(&metrics_path, &history)?;
         crate::plot::write(&opts.out.join("metrics.png"), &history)
             .map_err(|e| RunError::Io { path: opts.out.join("metrics.png"), error: e })?;

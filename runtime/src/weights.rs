@@ -1,10 +1,8 @@
 //! Weights files in safetensors: parameters by name, f32, in cnnc's layout (convolution weights
-//! `[f.., c_in/groups, filters]`, dense weights `[n, units]`). Files are written atomically —
-//! a temporary file in the same folder, then a rename — so a crash never leaves a broken file.
+//! `[f.., c_in/groups, filters]`, dense weights `[n, units]`). Files are written atomically
+//! ([`crate::atomic`]), so a crash never leaves a broken file.
 
 use crate::params::Params;
-use crate::reference::Tensor;
-use ndarray::{ArrayD, IxDyn};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
@@ -50,37 +48,32 @@ impl fmt::Display for WeightsError {
 
 impl std::error::Error for WeightsError {}
 
-/// Writes `tensors` with `metadata` to `path` atomically.
-pub fn save(
-    path: &Path,
-    tensors: &BTreeMap<String, Tensor>,
-    metadata: HashMap<String, String>,
-) -> Result<(), WeightsError> {
+/// A tensor to write: its name, shape and values.
+pub type Named<'a> = (&'a str, &'a [usize], &'a [f32]);
+
+/// Writes `tensors` with `metadata` to `path` atomically (flushed to disk before it replaces the
+/// old file).
+pub fn save(path: &Path, tensors: &[Named], metadata: HashMap<String, String>) -> Result<(), WeightsError> {
     let io = |e: &dyn fmt::Display| WeightsError::Io { path: path.to_path_buf(), error: e.to_string() };
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+    let bytes: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views = tensors
         .iter()
-        .map(|(name, t)| (name.clone(), t.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape().to_vec()))
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(name, data, shape)| TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (name.clone(), v)))
+        .zip(&bytes)
+        .map(|((name, shape, _), data)| {
+            TensorView::new(Dtype::F32, shape.to_vec(), data).map(|v| (name.to_string(), v))
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| io(&e))?;
     let serialized = safetensors::serialize(views, Some(metadata)).map_err(|e| io(&e))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
     }
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, serialized).map_err(|e| io(&e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(&e)
-    })
+    crate::atomic::write(path, &serialized).map_err(|e| io(&e))
 }
 
-/// Tensors by name, and a file's metadata.
-pub type Contents = (BTreeMap<String, Tensor>, HashMap<String, String>);
+/// Tensors by name (shape and values), and a file's metadata.
+pub type Contents = (BTreeMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>);
 
 /// Reads every tensor of a file, with its metadata.
 pub fn load(path: &Path) -> Result<Contents, WeightsError> {
@@ -95,31 +88,32 @@ pub fn load(path: &Path) -> Result<Contents, WeightsError> {
         }
         let values: Vec<f32> =
             view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        let t = ArrayD::from_shape_vec(IxDyn(view.shape()), values).map_err(|e| corrupt(&e))?;
-        out.insert(name, t);
+        out.insert(name, (view.shape().to_vec(), values));
     }
     Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
 
 /// Reads a weights file into `params`, which must already hold every parameter of the model
-/// (for shapes); constants written in the model file keep their values.
+/// (for shapes); the file must have every one of them, each of its shape.
 pub fn load_into(path: &Path, params: &mut Params) -> Result<HashMap<String, String>, WeightsError> {
     let (tensors, meta) = load(path)?;
-    let missing: Vec<String> = params.values.keys().filter(|k| !tensors.contains_key(*k)).cloned().collect();
+    let layout = params.layout.clone();
+    let missing: Vec<String> =
+        layout.entries().iter().filter(|e| !tensors.contains_key(&e.name)).map(|e| e.name.clone()).collect();
     if !missing.is_empty() {
         return Err(WeightsError::Missing { path: path.to_path_buf(), names: missing });
     }
-    for (name, value) in params.values.iter_mut() {
-        let t = &tensors[name];
-        if t.shape() != value.shape() {
+    for (id, e) in layout.entries().iter().enumerate() {
+        let (shape, values) = &tensors[&e.name];
+        if *shape != e.shape {
             return Err(WeightsError::Shape {
                 path: path.to_path_buf(),
-                name: name.clone(),
-                expected: value.shape().to_vec(),
-                found: t.shape().to_vec(),
+                name: e.name.clone(),
+                expected: e.shape.clone(),
+                found: shape.clone(),
             });
         }
-        *value = t.clone();
+        params.slice_mut(id).copy_from_slice(values);
     }
     Ok(meta)
 }

@@ -237,14 +237,16 @@ fn multi_crop_and_ensembles_average_the_probabilities() {
     let examples: Vec<&[f32]> = (0..6).map(|i| &data.test.x[i * 64..(i + 1) * 64]).collect();
     let averaged = cnnc_runtime::evaluate::probabilities(&session, &models, &p, &examples, 10).unwrap();
     // Directly: every model on every crop of every example, one at a time.
-    let exec = Executor::new(&session.tg.graph, &[session.prediction]);
+    let prediction = session.prediction();
+    let exec = Executor::new(&session.infer, &models[0].layout, &[prediction.into()]).unwrap();
+    let input = session.infer.inputs()[0];
     for (i, example) in examples.iter().enumerate() {
         let mut sum = [0f32; 10];
         for params in &models {
             for crop in p.crops(example, 10) {
                 let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, 6, 6, 1]), crop).unwrap();
-                let v = exec.run(params, &[(session.input, x)], Ctx::eval()).unwrap();
-                let probs = softmax(v.get(session.prediction).unwrap());
+                let v = exec.run(&session.infer, params, &[(input, x.view())], Ctx::default()).unwrap();
+                let probs = softmax(&v.get(prediction).unwrap().view());
                 for (s, q) in sum.iter_mut().zip(probs.iter()) {
                     *s += q / 20.0;
                 }

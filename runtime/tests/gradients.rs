@@ -3,8 +3,8 @@
 //! from the autodiff pass and the reference executor's vector-Jacobian products.
 
 use cnnc_compiler::ir::op::{InputOp, LossKind, LossOp, Op};
-use cnnc_compiler::ir::{Graph, Node, NodeId};
-use cnnc_compiler::passes::autodiff;
+use cnnc_compiler::ir::{Graph, Node, NodeId, ValueId};
+use cnnc_compiler::passes::{autodiff, inference_mode, training_mode};
 use cnnc_compiler::shape::Shape;
 use cnnc_runtime::executor::Executor;
 use cnnc_runtime::params::Params;
@@ -39,27 +39,37 @@ struct Case {
 }
 
 /// Adds a loss on output `y` (L2 against a random target unless `kind` says otherwise) and the
-/// backward graph with respect to the input and parameters.
+/// backward graph with respect to the input and parameters, in training mode (batchnorm on batch
+/// statistics, dropout active) or inference mode.
 fn with_loss(mut graph: Graph, kind: LossKind) -> Case {
+    with_loss_in(graph_in_mode(&mut graph, true), kind)
+}
+
+fn graph_in_mode(graph: &mut Graph, training: bool) -> Graph {
+    if training {
+        training_mode::run(graph);
+    } else {
+        inference_mode::run(graph);
+    }
+    graph.clone()
+}
+
+fn with_loss_in(mut graph: Graph, kind: LossKind) -> Case {
     let y = graph.outputs()[0].1;
     let x = graph.inputs()[0];
     let y_shape = graph.node(y).shape.clone();
     let t_shape = if kind == LossKind::SoftmaxCrossEntropy { Shape(vec![]) } else { y_shape };
     let loc = graph.node(y).loc;
-    let target =
-        graph.add(Node { op: Op::Input(InputOp { name: "t".into() }), name: "t".into(), loc, shape: t_shape }, &[]);
-    let loss = graph.add(
-        Node { op: Op::Loss(LossOp { kind, weight: 0.7 }), name: "loss".into(), loc, shape: Shape(vec![]) },
-        &[y, target],
-    );
+    let target = graph.add(Node::new(Op::Input(InputOp { name: "t".into() }), "t", loc, t_shape), &[]);
+    let loss = graph.add(Node::new(Op::Loss(LossOp { kind, weight: 0.7 }), "loss", loc, Shape(vec![])), &[y, target]);
     let grads = autodiff::run(&mut graph, &[loss], true, &[target]);
     cnnc_compiler::ir::verify(&graph).expect("the training graph verifies");
     Case { graph, x, target, loss, grads }
 }
 
 fn total_loss(case: &Case, params: &Params, x: &Tensor, t: &Tensor, ctx: Ctx) -> f64 {
-    let exec = Executor::new(&case.graph, &[case.loss]);
-    let values = exec.run(params, &[(case.x, x.clone()), (case.target, t.clone())], ctx).unwrap();
+    let exec = Executor::new(&case.graph, &params.layout, &[case.loss.into()]).unwrap();
+    let values = exec.run(&case.graph, params, &[(case.x, x.view()), (case.target, t.view())], ctx).unwrap();
     values.get(case.loss).unwrap().iter().map(|&v| v as f64).sum::<f64>() * 0.7 / x.shape()[0] as f64
 }
 
@@ -81,13 +91,13 @@ fn check_once(case: &Case, batch: usize, kind: LossKind, seed: u64, attempt: u64
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut params = Params::init(&case.graph, seed);
     // Random, not the initializer's zeros and ones, so every path carries signal.
-    for v in params.values.values_mut() {
-        let shape = v.shape().to_vec();
-        let mut r = random(&shape, &mut rng);
-        if shape.len() == 1 {
+    let layout = params.layout.clone();
+    for (id, e) in layout.entries().iter().enumerate() {
+        let mut r = random(&e.shape, &mut rng);
+        if e.shape.len() == 1 {
             r.mapv_inplace(|a| 1.0 + 0.5 * a);
         }
-        *v = r;
+        params.slice_mut(id).copy_from_slice(r.as_slice().unwrap());
     }
     let x_shape: Vec<usize> = std::iter::once(batch).chain(case.graph.node(case.x).shape.0.iter().copied()).collect();
     let x = random(&x_shape, &mut rng);
@@ -102,9 +112,11 @@ fn check_once(case: &Case, batch: usize, kind: LossKind, seed: u64, attempt: u64
         LossKind::SigmoidCrossEntropy => random(&y_shape, &mut rng).mapv(|v| (v + 1.0) / 2.0),
         LossKind::L2 => random(&y_shape, &mut rng),
     };
-    let ctx = Ctx { training: true, seed, step: 3, node: 0 };
-    let exec = Executor::new(&case.graph, &[]);
-    let values = exec.run(&params, &[(case.x, x.clone()), (case.target, t.clone())], ctx).unwrap();
+    let ctx = Ctx { seed, step: 3 };
+    let mut keep: Vec<ValueId> = case.grads.params.iter().chain(&case.grads.inputs).map(|(_, g)| *g).collect();
+    keep.push(case.loss.into());
+    let exec = Executor::new(&case.graph, &params.layout, &keep).unwrap();
+    let values = exec.run(&case.graph, &params, &[(case.x, x.view()), (case.target, t.view())], ctx).unwrap();
 
     // Direction over the input and every trainable parameter; analytic ⟨∇L, v⟩.
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (attempt + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -117,15 +129,15 @@ fn check_once(case: &Case, batch: usize, kind: LossKind, seed: u64, attempt: u64
     let mut dirs = Vec::new();
     for &(p, g) in &case.grads.params {
         let name = case.graph.node(p).name.clone();
-        let d = random(params.get(&name).unwrap().shape(), &mut rng);
+        let d = random(&case.graph.node(p).shape.0, &mut rng);
         analytic += values.get(g).unwrap().iter().zip(d.iter()).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>();
         dirs.push((name, d));
     }
     let shifted = |sign: f32| {
         let mut p = params.clone();
         for (name, d) in &dirs {
-            let v = p.values.get_mut(name).unwrap();
-            *v = &*v + &(d * (sign * eps));
+            let id = p.layout.id(name).unwrap();
+            p.slice_mut(id).iter_mut().zip(d.iter()).for_each(|(v, d)| *v += d * sign * eps);
         }
         let xs = if gx.is_some() { &x + &(&dx * (sign * eps)) } else { x.clone() };
         total_loss(case, &p, &xs, &t, ctx)
@@ -140,10 +152,21 @@ fn check_once(case: &Case, batch: usize, kind: LossKind, seed: u64, attempt: u64
 }
 
 fn run(input: &[usize], layers: &str, kind: LossKind, batch: usize, seed: u64) -> Result<(), TestCaseError> {
-    let Some(graph) = model(input, layers) else {
+    run_in(input, layers, kind, batch, seed, true)
+}
+
+fn run_in(
+    input: &[usize],
+    layers: &str,
+    kind: LossKind,
+    batch: usize,
+    seed: u64,
+    training: bool,
+) -> Result<(), TestCaseError> {
+    let Some(mut graph) = model(input, layers) else {
         return Err(TestCaseError::reject("does not shape-check"));
     };
-    let case = with_loss(graph, kind);
+    let case = with_loss_in(graph_in_mode(&mut graph, training), kind);
     check(&case, batch, kind, seed)
 }
 
@@ -203,6 +226,8 @@ proptest! {
     fn batchnorm(rank in 1usize..=3, n in 2usize..=4, c in 1usize..=3, seed in any::<u64>()) {
         let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([c]).collect();
         run(&input, "batchnorm(eps: 0.001)", LossKind::L2, 3, seed)?;
+        // Inference mode (running statistics): the gradient style transfer takes through a net.
+        run_in(&input, "batchnorm(eps: 0.001)", LossKind::L2, 3, seed, false)?;
     }
 
     #[test]

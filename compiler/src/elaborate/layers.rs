@@ -216,7 +216,7 @@ impl Elab<'_> {
             "dropout" => b
                 .get("rate")
                 .and_then(|a| self.arg_float(sc, a, "a dropout rate", 0.0, 1.0, false))
-                .map(|rate| (Op::Dropout(DropoutOp { rate }), vec![])),
+                .map(|rate| (Op::Dropout(DropoutOp { rate, salt: crate::ir::name_hash(&naming.node) }), vec![])),
             "relu" => Some((Op::Activation(Activation::Relu), vec![])),
             "tanh" => Some((Op::Activation(Activation::Tanh), vec![])),
             "sigmoid" => Some((Op::Activation(Activation::Sigmoid), vec![])),
@@ -322,7 +322,7 @@ impl Elab<'_> {
                 Err(f) => return fault(self, sc, f),
             }
         }
-        let node = Node { op, name: naming.node.clone(), loc, shape: inferred.shape };
+        let node = Node { op, name: naming.node.clone(), loc, shape: inferred.shape, extra: inferred.extra };
         self.add_node(sc, node, &ids).map_or(Value::Poison, Value::Tensor)
     }
 
@@ -351,7 +351,7 @@ impl Elab<'_> {
         }
         let frozen = naming.frozen || p.frozen;
         let op = Op::Param(ParamOp { role: p.role, init: p.init, frozen, value: p.value });
-        let id = self.add_node(sc, Node { op, name: name.clone(), loc, shape: p.shape }, &[]);
+        let id = self.add_node(sc, Node::new(op, name.clone(), loc, p.shape), &[]);
         if let Some(id) = id {
             self.params.insert(name, id);
         }
@@ -505,7 +505,7 @@ impl Elab<'_> {
             ParamNeed::new(ParamRole::RunningMean, vec![c], Init::Zeros),
             ParamNeed::new(ParamRole::RunningVar, vec![c], Init::Ones),
         ];
-        Some((Op::BatchNorm(BatchNormOp { eps, momentum }), params))
+        Some((Op::BatchNorm(BatchNormOp { eps, momentum, training: false }), params))
     }
 }
 

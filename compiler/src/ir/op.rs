@@ -21,7 +21,9 @@ pub enum Op {
     Dense(DenseOp),
     /// Any shape to `[product]`.
     Flatten,
-    /// Batch normalization over the last axis. Inputs: x, gamma, beta, running mean, running var.
+    /// Batch normalization over the last axis. In inference: inputs x, gamma, beta, running mean,
+    /// running var; one result. In training: inputs x, gamma, beta; results y and the batch's
+    /// mean and (biased) variance per channel, which backward and the running averages read.
     BatchNorm(BatchNormOp),
     /// Zeroes a fraction of values while training; identity at inference.
     Dropout(DropoutOp),
@@ -33,12 +35,56 @@ pub enum Op {
     Add,
     /// Concatenation along the channel (last) axis; other axes must agree.
     Concat,
+    /// The same values in another shape of as many elements: an alias, no data moves (the
+    /// gradient of `flatten`).
+    Reshape(ReshapeOp),
+    /// Channels `start .. start + len` of the last axis: a view, no data moves (the gradient of
+    /// `concat` for one of its inputs).
+    ChannelSlice(SliceOp),
     /// A weighted loss per example (a scalar `[]`). Inputs: prediction, target.
     Loss(LossOp),
-    /// The vector-Jacobian product of a forward op with respect to its input `wrt`: the gradient
-    /// of the loss with respect to that input. Inputs: the forward op's inputs, its output, and
-    /// the gradient of its output (absent for a loss, whose gradient is 1/batch per example).
+    /// The vector-Jacobian products of a forward op with respect to its inputs `wrt`: the
+    /// gradients of the loss with respect to them, one result each. Its operands are only what
+    /// the rule reads ([`Read`]): some forward inputs, some forward results, and the gradient of
+    /// the forward output (absent for a loss, whose gradient is weight/batch per example).
     Backward(BackwardOp),
+}
+
+/// What a backward node reads, in the order of its operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Read {
+    /// Forward input (port) `i`.
+    Input(usize),
+    /// Forward result `r` (0 is the output).
+    Result(u16),
+    /// The gradient of the forward output.
+    Grad,
+}
+
+impl fmt::Display for Read {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Read::Input(i) => write!(f, "x{i}"),
+            Read::Result(r) => write!(f, "y{r}"),
+            Read::Grad => f.write_str("dy"),
+        }
+    }
+}
+
+/// Attributes of [`Op::Reshape`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReshapeOp {
+    /// The new shape (batch axis excluded).
+    pub shape: Vec<usize>,
+}
+
+/// Attributes of [`Op::ChannelSlice`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SliceOp {
+    /// First channel.
+    pub start: usize,
+    /// Number of channels.
+    pub len: usize,
 }
 
 /// Attributes of [`Op::Loss`].
@@ -61,6 +107,18 @@ pub enum LossKind {
     L2,
 }
 
+impl LossKind {
+    /// The loss called `name` in a train section, if the runtime implements it.
+    pub fn from_name(name: &str) -> Option<LossKind> {
+        match name {
+            "softmax_cross_entropy" => Some(LossKind::SoftmaxCrossEntropy),
+            "sigmoid_cross_entropy" => Some(LossKind::SigmoidCrossEntropy),
+            "l2" => Some(LossKind::L2),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for LossKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -76,10 +134,13 @@ impl fmt::Display for LossKind {
 pub struct BackwardOp {
     /// The forward op.
     pub of: Box<Op>,
-    /// Which of its inputs the gradient is for.
-    pub wrt: usize,
-    /// How many inputs the forward op has (the backward node's first operands).
-    pub arity: usize,
+    /// Which of its inputs the gradients are for, one result each, in this order.
+    pub wrt: Vec<usize>,
+    /// What each operand is, in port order.
+    pub reads: Vec<Read>,
+    /// The shapes of the forward op's inputs (so the verifier can check every operand and
+    /// result, and rules that need only a shape read no tensor).
+    pub inputs: Vec<crate::shape::Shape>,
 }
 
 /// Attributes of [`Op::Input`].
@@ -213,6 +274,9 @@ pub struct BatchNormOp {
     pub eps: f32,
     /// Weight of the new batch statistics in the running averages.
     pub momentum: f32,
+    /// Normalize with the batch's statistics (and give them as results 1 and 2), not the
+    /// running ones.
+    pub training: bool,
 }
 
 /// Attributes of [`Op::Dropout`].
@@ -220,6 +284,9 @@ pub struct BatchNormOp {
 pub struct DropoutOp {
     /// Fraction of values zeroed while training.
     pub rate: f32,
+    /// Part of the mask's hash, fixed from the layer's name when it is built, so that passes
+    /// that renumber nodes never change a mask.
+    pub salt: u64,
 }
 
 /// Activations.
@@ -251,12 +318,14 @@ impl Op {
             Op::GlobalPool(k) => format!("global_{k}pool"),
             Op::Dense(_) => "dense".into(),
             Op::Flatten => "flatten".into(),
-            Op::BatchNorm(_) => "batchnorm".into(),
+            Op::BatchNorm(b) => if b.training { "batchnorm.train" } else { "batchnorm" }.into(),
             Op::Dropout(_) => "dropout".into(),
             Op::Activation(a) => a.to_string(),
             Op::PRelu => "prelu".into(),
             Op::Add => "add".into(),
             Op::Concat => "concat".into(),
+            Op::Reshape(_) => "reshape".into(),
+            Op::ChannelSlice(_) => "channel_slice".into(),
             Op::Loss(l) => format!("loss.{}", l.kind),
             Op::Backward(b) => format!("vjp.{}", b.of.mnemonic()),
         }
@@ -295,15 +364,20 @@ impl Op {
             Op::Backward(b) => {
                 let inner = b.of.attributes();
                 let inner = inner.trim_start_matches('[').trim_end_matches(']');
+                let wrt: Vec<String> = b.wrt.iter().map(|w| w.to_string()).collect();
+                let reads: Vec<String> = b.reads.iter().map(|r| r.to_string()).collect();
+                let head = format!("wrt={};reads={}", wrt.join(","), reads.join(","));
                 if inner.is_empty() {
-                    format!("[wrt={}]", b.wrt)
+                    format!("[{head}]")
                 } else {
-                    format!("[wrt={};{inner}]", b.wrt)
+                    format!("[{head};{inner}]")
                 }
             }
             Op::BatchNorm(b) => format!("[eps={},momentum={}]", b.eps, b.momentum),
-            Op::Dropout(d) => format!("[rate={}]", d.rate),
+            Op::Dropout(d) => format!("[rate={},salt={:016x}]", d.rate, d.salt),
             Op::Activation(Activation::LeakyRelu { alpha }) => format!("[alpha={alpha}]"),
+            Op::Reshape(r) => format!("[{}]", list(&r.shape)),
+            Op::ChannelSlice(c) => format!("[start={},len={}]", c.start, c.len),
             Op::Param(p) => {
                 let init = match p.init {
                     Init::He => "he".to_string(),
@@ -315,7 +389,13 @@ impl Op {
                 };
                 format!("[init={init}{}]", if p.frozen { ",frozen" } else { "" })
             }
-            _ => String::new(),
+            Op::Activation(Activation::Relu | Activation::Tanh | Activation::Sigmoid | Activation::Softmax)
+            | Op::Input(_)
+            | Op::GlobalPool(_)
+            | Op::Flatten
+            | Op::PRelu
+            | Op::Add
+            | Op::Concat => String::new(),
         }
     }
 }

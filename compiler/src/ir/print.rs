@@ -1,5 +1,6 @@
 //! The IR as stable text: `%3 = conv2d[n=6,f=5x5,s=1x1,p=0x0] "conv1" %0, %1, %2 : [28, 28, 6]`.
-//! Nodes are renumbered in topological order; nothing depends on hash order or addresses.
+//! Nodes are renumbered in topological order; nothing depends on hash order or addresses. A
+//! node's second and later results are `%3.1`, `%3.2`, their shapes listed after the first.
 
 use super::{Graph, NodeId, Op};
 use std::collections::HashMap;
@@ -11,7 +12,14 @@ pub(super) fn print(graph: &Graph) -> String {
     let mut out = format!("graph {} {{\n", graph.name);
     for &id in &order {
         let node = graph.node(id);
-        let operands: Vec<String> = graph.operands(id).iter().map(|o| format!("%{}", number[o])).collect();
+        let operands: Vec<String> = graph
+            .inputs_of(id)
+            .iter()
+            .map(|v| match v.result {
+                0 => format!("%{}", number[&v.node]),
+                r => format!("%{}.{r}", number[&v.node]),
+            })
+            .collect();
         let name = match &node.op {
             Op::Input(i) => &i.name,
             _ => &node.name,
@@ -20,7 +28,11 @@ pub(super) fn print(graph: &Graph) -> String {
         if !operands.is_empty() {
             let _ = write!(out, " {}", operands.join(", "));
         }
-        let _ = writeln!(out, " : {}", node.shape);
+        let _ = write!(out, " : {}", node.shape);
+        for extra in &node.extra {
+            let _ = write!(out, ", {extra}");
+        }
+        out.push('\n');
     }
     for (name, id) in graph.outputs() {
         let _ = writeln!(out, "  output {name} = %{}", number[id]);

@@ -26,46 +26,63 @@ impl fmt::Display for VerifyError {
 
 impl std::error::Error for VerifyError {}
 
-/// Checks the invariants of `graph`.
+/// Checks the invariants of `graph`: acyclic; every node's ports fed once each, from results
+/// that exist; parameters in parameter ports; each op's arity; and every stored shape (every
+/// result's) what the op's rule gives, which for a backward node checks every operand against
+/// what it claims to read.
 pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
     let order = graph
         .topo_order()
         .ok_or_else(|| VerifyError { node: graph.name.clone(), problem: "the graph has a cycle".into() })?;
     for id in order {
         let node = graph.node(id);
-        let operands = graph.operands(id);
+        let inputs = graph.inputs_of(id);
         let fail = |problem: String| VerifyError { node: node.name.clone(), problem };
+        if !graph.ports_dense(id) {
+            return Err(fail("its input ports are not 0, 1, 2, ... each fed once".into()));
+        }
+        if let Some(v) = inputs.iter().find(|v| graph.node(v.node).result(v.result).is_none()) {
+            return Err(fail(format!(
+                "reads result {} of `{}`, which has no such result",
+                v.result,
+                graph.node(v.node).name
+            )));
+        }
+        let n = inputs.len();
         let arity_ok = match &node.op {
-            Op::Input(_) | Op::Param(_) => operands.is_empty(),
-            Op::Conv(_) | Op::Dense(_) => operands.len() == 2 || operands.len() == 3,
-            Op::BatchNorm(_) => operands.len() == 5,
-            Op::PRelu => operands.len() == 2,
-            Op::Add => operands.len() >= 2,
-            Op::Concat => !operands.is_empty(),
-            Op::Loss(_) => operands.len() == 2,
-            Op::Backward(b) => operands.len() == b.arity + if matches!(*b.of, Op::Loss(_)) { 1 } else { 2 },
-            _ => operands.len() == 1,
+            Op::Input(_) | Op::Param(_) => n == 0,
+            Op::Conv(_) | Op::Dense(_) => n == 2 || n == 3,
+            Op::BatchNorm(b) => n == if b.training { 3 } else { 5 },
+            Op::PRelu | Op::Loss(_) => n == 2,
+            Op::Add => n >= 2,
+            Op::Concat => n >= 1,
+            Op::Backward(b) => n == b.reads.len(),
+            Op::Pool(_)
+            | Op::GlobalPool(_)
+            | Op::Flatten
+            | Op::Dropout(_)
+            | Op::Activation(_)
+            | Op::Reshape(_)
+            | Op::ChannelSlice(_) => n == 1,
         };
         if !arity_ok {
-            return Err(fail(format!("{} has {} operands", node.op.mnemonic(), operands.len())));
+            return Err(fail(format!("{} has {n} operands", node.op.mnemonic())));
         }
-        if let Some(&weights) = operands.get(1) {
-            let param_ports = !matches!(node.op, Op::Add | Op::Concat | Op::Loss(_) | Op::Backward(_));
-            if param_ports && operands[1..].iter().any(|&p| !matches!(graph.node(p).op, Op::Param(_))) {
-                return Err(fail(format!(
-                    "operand `{}` in a parameter port is not a parameter",
-                    graph.node(weights).name
-                )));
-            }
+        let param_ports = matches!(node.op, Op::Conv(_) | Op::Dense(_) | Op::BatchNorm(_) | Op::PRelu);
+        if let Some(v) = inputs.iter().skip(1).find(|v| param_ports && !matches!(graph.node(v.node).op, Op::Param(_))) {
+            return Err(fail(format!("operand `{}` in a parameter port is not a parameter", graph.node(v.node).name)));
         }
         if matches!(node.op, Op::Input(_) | Op::Param(_)) {
             continue;
         }
-        let shapes: Vec<&shape::Shape> = operands.iter().map(|&o| &graph.node(o).shape).collect();
+        let shapes: Vec<&shape::Shape> = inputs.iter().map(|&v| graph.shape(v)).collect();
         match shape::infer(&node.op, &shapes) {
-            Ok(inferred) if inferred.shape == node.shape => {}
+            Ok(inferred) if inferred.shape == node.shape && inferred.extra == node.extra => {}
             Ok(inferred) => {
-                return Err(fail(format!("stored shape {} but the rule gives {}", node.shape, inferred.shape)))
+                return Err(fail(format!(
+                    "stored shapes {} {:?} but the rule gives {} {:?}",
+                    node.shape, node.extra, inferred.shape, inferred.extra
+                )))
             }
             Err(e) => return Err(fail(format!("shape rule rejects the operands: {e:?}"))),
         }

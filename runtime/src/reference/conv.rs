@@ -2,10 +2,10 @@
 //! and the convolution is one matrix product per group. 1D and 2D inputs are treated as 3D with
 //! unit leading axes.
 
-use super::Tensor;
+use super::{Tensor, View};
 use cnnc_compiler::ir::op::ConvOp;
 use cnnc_compiler::shape::AxisCalc;
-use ndarray::{s, Array2, ArrayD, Axis, IxDyn};
+use ndarray::{s, Array2, ArrayD, IxDyn};
 
 /// The geometry of a windowed op over three spatial axes (depth, height, width).
 #[derive(Clone, Debug)]
@@ -29,14 +29,13 @@ pub(super) fn three<T: Copy>(v: &[T], fill: T) -> [T; 3] {
 
 impl Geometry {
     pub fn new(
-        x: &Tensor,
+        shape: &[usize],
         size: &[usize],
         stride: &[usize],
         pad: &[(usize, usize)],
         dilation: &[usize],
         out: &[usize],
     ) -> Self {
-        let shape = x.shape();
         let spatial = &shape[1..shape.len() - 1];
         Geometry {
             n: shape[0],
@@ -102,14 +101,14 @@ impl Geometry {
 
 /// The geometry of a window op on `x`, output sizes by the compiler's own rule.
 pub(super) fn windowed(
-    x: &Tensor,
+    x: &[usize],
     size: &[usize],
     stride: &[usize],
     pad: &[(usize, usize)],
     dilation: &[usize],
     ceil: bool,
 ) -> Geometry {
-    let spatial = &x.shape()[1..x.ndim() - 1];
+    let spatial = &x[1..x.len() - 1];
     let out: Vec<usize> = (0..spatial.len())
         .map(|i| {
             let calc =
@@ -120,7 +119,7 @@ pub(super) fn windowed(
     Geometry::new(x, size, stride, pad, dilation, &out)
 }
 
-fn geometry(c: &ConvOp, x: &Tensor) -> Geometry {
+fn geometry(c: &ConvOp, x: &[usize]) -> Geometry {
     windowed(x, &c.size, &c.stride, &c.pad, &c.dilation, false)
 }
 
@@ -141,14 +140,14 @@ pub(super) fn output_shape(g: &Geometry, rank: usize, channels: usize) -> IxDyn 
 }
 
 /// Weights `[f.., c_in/groups, filters]` as a matrix `[window·c_in/groups, filters]`.
-fn weight_matrix(w: &Tensor) -> Array2<f32> {
+fn weight_matrix(w: &View) -> Array2<f32> {
     let filters = w.shape()[w.ndim() - 1];
     let rows = w.len() / filters.max(1);
     w.as_standard_layout().to_owned().into_shape_with_order((rows, filters)).expect("weights reshape")
 }
 
-pub(super) fn forward(c: &ConvOp, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
-    let g = geometry(c, x);
+pub(super) fn forward(c: &ConvOp, x: &View, w: &View, b: Option<&View>) -> Tensor {
+    let g = geometry(c, x.shape());
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let wm = weight_matrix(w);
@@ -165,27 +164,14 @@ pub(super) fn forward(c: &ConvOp, x: &Tensor, w: &Tensor, b: Option<&Tensor>) ->
     y.into_shape_with_order(output_shape(&g, x.ndim() - 2, c.filters)).expect("output reshape")
 }
 
-pub(super) fn vjp(c: &ConvOp, wrt: usize, x: &Tensor, w: &Tensor, dy: &Tensor) -> Tensor {
-    let g = geometry(c, x);
-    let dym =
-        dy.as_standard_layout().to_owned().into_shape_with_order((g.n * g.positions(), c.filters)).expect("dy reshape");
-    if wrt == 2 {
-        return dym.sum_axis(Axis(0)).into_dyn();
-    }
-    let xc = x.as_standard_layout();
-    let xs = xc.as_slice().expect("standard layout");
+/// The gradient with respect to the input: `dy` times the transposed weights, scattered back
+/// over each window (col2im).
+pub(super) fn grad_input(c: &ConvOp, x_shape: &[usize], w: &View, dy: &View) -> Tensor {
+    let g = geometry(c, x_shape);
+    let dym = rows(&g, c, dy);
     let wm = weight_matrix(w);
     let (cg, fg) = (g.channels / c.groups, c.filters / c.groups);
-    if wrt == 1 {
-        let mut dw = Array2::<f32>::zeros(wm.raw_dim());
-        for group in 0..c.groups {
-            let col = im2col(&g, xs, group * cg, cg);
-            let part = col.t().dot(&dym.slice(s![.., group * fg..(group + 1) * fg]));
-            dw.slice_mut(s![.., group * fg..(group + 1) * fg]).assign(&part);
-        }
-        return dw.into_shape_with_order(w.raw_dim()).expect("dw reshape");
-    }
-    let mut dx = ArrayD::<f32>::zeros(x.raw_dim());
+    let mut dx = ArrayD::<f32>::zeros(IxDyn(x_shape));
     let dxs = dx.as_slice_mut().expect("fresh arrays are contiguous");
     for group in 0..c.groups {
         let dcol =
@@ -195,4 +181,26 @@ pub(super) fn vjp(c: &ConvOp, wrt: usize, x: &Tensor, w: &Tensor, dy: &Tensor) -
         g.for_each(group * cg, cg, |r, k, i| dxs[i] += dcs[r * width + k]);
     }
     dx
+}
+
+/// The gradient with respect to the weights: im2col(x)ᵀ times `dy`, per group.
+pub(super) fn grad_weight(c: &ConvOp, x: &View, w_shape: &[usize], dy: &View) -> Tensor {
+    let g = geometry(c, x.shape());
+    let dym = rows(&g, c, dy);
+    let xc = x.as_standard_layout();
+    let xs = xc.as_slice().expect("standard layout");
+    let (cg, fg) = (g.channels / c.groups, c.filters / c.groups);
+    let filters = w_shape[w_shape.len() - 1];
+    let mut dw = Array2::<f32>::zeros((w_shape.iter().product::<usize>() / filters.max(1), filters));
+    for group in 0..c.groups {
+        let col = im2col(&g, xs, group * cg, cg);
+        let part = col.t().dot(&dym.slice(s![.., group * fg..(group + 1) * fg]));
+        dw.slice_mut(s![.., group * fg..(group + 1) * fg]).assign(&part);
+    }
+    dw.into_shape_with_order(IxDyn(w_shape)).expect("dw reshape")
+}
+
+/// `dy` as a matrix `[n·positions, filters]`.
+fn rows(g: &Geometry, c: &ConvOp, dy: &View) -> Array2<f32> {
+    dy.as_standard_layout().to_owned().into_shape_with_order((g.n * g.positions(), c.filters)).expect("dy reshape")
 }

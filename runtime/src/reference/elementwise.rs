@@ -1,10 +1,10 @@
 //! Activations, PReLU and dropout.
 
-use super::{Ctx, Tensor};
+use super::{Ctx, Tensor, View};
 use cnnc_compiler::ir::op::Activation;
 use ndarray::{Axis, Zip};
 
-pub(super) fn activation(a: Activation, x: &Tensor) -> Tensor {
+pub(super) fn activation(a: Activation, x: &View) -> Tensor {
     match a {
         Activation::Relu => x.mapv(|v| v.max(0.0)),
         Activation::LeakyRelu { alpha } => x.mapv(|v| if v > 0.0 { v } else { alpha * v }),
@@ -25,7 +25,7 @@ pub fn sigmoid(v: f32) -> f32 {
 }
 
 /// Softmax over the last axis, shifted by the maximum for stability.
-pub fn softmax(x: &Tensor) -> Tensor {
+pub fn softmax(x: &View) -> Tensor {
     let mut y = x.to_owned();
     let last = Axis(y.ndim() - 1);
     for mut lane in y.lanes_mut(last) {
@@ -37,11 +37,13 @@ pub fn softmax(x: &Tensor) -> Tensor {
     y
 }
 
-pub(super) fn activation_vjp(a: Activation, x: &Tensor, y: &Tensor, dy: &Tensor) -> Tensor {
+/// The gradient of an activation, from its output `y`: ReLU and leaky ReLU pass `dy` where
+/// `y > 0` (the sign of x, for slopes ≥ 0), so the forward may overwrite its input.
+pub(super) fn activation_vjp(a: Activation, y: &View, dy: &View) -> Tensor {
     match a {
-        Activation::Relu => Zip::from(x).and(dy).map_collect(|&x, &g| if x > 0.0 { g } else { 0.0 }),
+        Activation::Relu => Zip::from(y).and(dy).map_collect(|&y, &g| if y > 0.0 { g } else { 0.0 }),
         Activation::LeakyRelu { alpha } => {
-            Zip::from(x).and(dy).map_collect(|&x, &g| if x > 0.0 { g } else { alpha * g })
+            Zip::from(y).and(dy).map_collect(|&y, &g| if y > 0.0 { g } else { alpha * g })
         }
         Activation::Tanh => Zip::from(y).and(dy).map_collect(|&y, &g| g * (1.0 - y * y)),
         Activation::Sigmoid => Zip::from(y).and(dy).map_collect(|&y, &g| g * y * (1.0 - y)),
@@ -58,46 +60,52 @@ pub(super) fn activation_vjp(a: Activation, x: &Tensor, y: &Tensor, dy: &Tensor)
 }
 
 /// Per-channel slopes broadcast over `[n, .., c]`.
-fn slopes(x: &Tensor, a: &Tensor) -> Tensor {
+fn slopes(x: &View, a: &View) -> Tensor {
     a.broadcast(x.raw_dim()).expect("slopes broadcast over the channel axis").to_owned()
 }
 
-pub(super) fn prelu(x: &Tensor, a: &Tensor) -> Tensor {
+pub(super) fn prelu(x: &View, a: &View) -> Tensor {
     Zip::from(x).and(&slopes(x, a)).map_collect(|&x, &a| if x > 0.0 { x } else { a * x })
 }
 
-pub(super) fn prelu_vjp(wrt: usize, x: &Tensor, a: &Tensor, dy: &Tensor) -> Tensor {
-    if wrt == 0 {
-        return Zip::from(x).and(&slopes(x, a)).and(dy).map_collect(|&x, &a, &g| if x > 0.0 { g } else { a * g });
-    }
-    let c = a.len();
+pub(super) fn prelu_grad_input(x: &View, a: &View, dy: &View) -> Tensor {
+    Zip::from(x).and(&slopes(x, a)).and(dy).map_collect(|&x, &a, &g| if x > 0.0 { g } else { a * g })
+}
+
+pub(super) fn prelu_grad_slope(x: &View, a_shape: &[usize], dy: &View) -> Tensor {
+    let c: usize = a_shape.iter().product();
     let mut da = vec![0f32; c];
     for (i, (&x, &g)) in x.iter().zip(dy.iter()).enumerate() {
         if x <= 0.0 {
             da[i % c] += g * x;
         }
     }
-    ndarray::ArrayD::from_shape_vec(a.raw_dim(), da).expect("slope gradient")
+    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(a_shape), da).expect("slope gradient")
 }
 
-/// A stateless hash of (seed, step, node, element): the dropout mask is recomputed, not stored.
-fn keep(ctx: Ctx, index: usize, rate: f32) -> bool {
-    let mut z = ctx.seed ^ ctx.step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u64::from(ctx.node) << 40) ^ index as u64;
+/// Whether dropout keeps element `index`: a splitmix64 hash of (seed, step, the layer's salt,
+/// element) against the rate. Part of the op's semantics: every backend computes the same mask,
+/// and the backward recomputes it instead of storing it.
+pub fn keep(seed: u64, step: u64, salt: u64, index: usize, rate: f32) -> bool {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.rotate_left(29) ^ index as u64;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
     (z >> 40) as f32 / (1u64 << 24) as f32 >= rate
 }
 
-/// Dropout (inverted: kept values scaled by 1/(1 − rate)); the identity at inference. Its
-/// gradient is the same map applied to the output gradient.
-pub(super) fn dropout(rate: f32, x: &Tensor, ctx: Ctx) -> Tensor {
-    if !ctx.training || rate == 0.0 {
-        return x.clone();
+/// Dropout (inverted: kept values scaled by 1/(1 − rate)). Its gradient is the same map applied
+/// to the output gradient. (Inference graphs have no dropout.)
+pub(super) fn dropout(rate: f32, salt: u64, x: &View, ctx: Ctx) -> Tensor {
+    if rate == 0.0 {
+        return x.to_owned();
     }
     let scale = 1.0 / (1.0 - rate);
     let x = x.as_standard_layout();
-    let values: Vec<f32> =
-        x.iter().enumerate().map(|(i, &v)| if keep(ctx, i, rate) { v * scale } else { 0.0 }).collect();
+    let values: Vec<f32> = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| if keep(ctx.seed, ctx.step, salt, i, rate) { v * scale } else { 0.0 })
+        .collect();
     ndarray::ArrayD::from_shape_vec(x.raw_dim(), values).expect("same shape")
 }

@@ -2,12 +2,12 @@
 //! weighted mean over the batch).
 
 use super::elementwise::{sigmoid, softmax};
-use super::Tensor;
+use super::{Tensor, View};
 use cnnc_compiler::ir::op::LossKind;
 use ndarray::{Array1, ArrayD, Axis, Zip};
 
 /// Per-example losses `[n]`. For softmax cross-entropy the target holds class indices.
-pub(super) fn forward(kind: LossKind, pred: &Tensor, target: &Tensor) -> Tensor {
+pub(super) fn forward(kind: LossKind, pred: &View, target: &View) -> Tensor {
     let n = pred.shape()[0];
     let mut out = Array1::<f32>::zeros(n);
     for b in 0..n {
@@ -29,7 +29,7 @@ pub(super) fn forward(kind: LossKind, pred: &Tensor, target: &Tensor) -> Tensor 
     out.into_dyn()
 }
 
-pub(super) fn vjp(kind: LossKind, weight: f32, wrt: usize, pred: &Tensor, target: &Tensor) -> Tensor {
+pub(super) fn vjp(kind: LossKind, weight: f32, wrt: usize, pred: &View, target: &View) -> Tensor {
     let n = pred.shape()[0] as f32;
     let scale = weight / n;
     if wrt == 1 {

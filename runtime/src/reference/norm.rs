@@ -1,60 +1,83 @@
 //! Batch normalization over the channel (last) axis. Training mode normalizes with the batch's
-//! statistics (over the batch and all positions); inference mode with the running ones.
+//! statistics (over the batch and all positions) and gives them as results; inference mode uses
+//! the running ones. Backward computes the gradients asked for in one pass over x̂.
 
-use super::Tensor;
+use super::{Args, Tensor, View};
 use cnnc_compiler::ir::op::BatchNormOp;
 use ndarray::{Array1, Array2, Axis};
 
 /// `[n, .., c]` as `[rows, c]`.
-fn rows(x: &Tensor) -> Array2<f32> {
+fn rows(x: &View) -> Array2<f32> {
     let c = x.shape()[x.ndim() - 1];
     x.as_standard_layout().to_owned().into_shape_with_order((x.len() / c.max(1), c)).expect("rows view")
 }
 
-fn vector(t: &Tensor) -> Array1<f32> {
+fn vector(t: &View) -> Array1<f32> {
     t.view().into_dimensionality::<ndarray::Ix1>().expect("a per-channel vector").to_owned()
 }
 
 /// The batch's mean and (biased) variance per channel.
-pub fn batch_statistics(x: &Tensor) -> (Array1<f32>, Array1<f32>) {
+pub fn batch_statistics(x: &View) -> (Array1<f32>, Array1<f32>) {
     let r = rows(x);
     let mean = r.mean_axis(Axis(0)).expect("at least one row");
     let var = (&r - &mean).mapv(|v| v * v).mean_axis(Axis(0)).expect("at least one row");
     (mean, var)
 }
 
-fn statistics(b: &BatchNormOp, x: &Tensor, inputs: &[&Tensor], training: bool) -> (Array1<f32>, Array1<f32>) {
-    let (mean, var) = if training { batch_statistics(x) } else { (vector(inputs[3]), vector(inputs[4])) };
-    let inv_std = var.mapv(|v| 1.0 / (v + b.eps).sqrt());
-    (mean, inv_std)
+fn inv_std(b: &BatchNormOp, var: &Array1<f32>) -> Array1<f32> {
+    var.mapv(|v| 1.0 / (v + b.eps).sqrt())
 }
 
-pub(super) fn forward(b: &BatchNormOp, inputs: &[&Tensor], training: bool) -> Tensor {
-    let x = inputs[0];
-    let (mean, inv_std) = statistics(b, x, inputs, training);
-    let (gamma, beta) = (vector(inputs[1]), vector(inputs[2]));
-    let y = (rows(x) - &mean) * &(inv_std * &gamma) + &beta;
-    y.into_shape_with_order(x.raw_dim()).expect("same shape")
-}
-
-pub(super) fn vjp(b: &BatchNormOp, wrt: usize, inputs: &[&Tensor], dy: &Tensor, training: bool) -> Tensor {
-    let x = inputs[0];
-    let (mean, inv_std) = statistics(b, x, inputs, training);
-    let gamma = vector(inputs[1]);
-    let dy = rows(dy);
-    let xhat = (rows(x) - &mean) * &inv_std;
-    match wrt {
-        1 => (&dy * &xhat).sum_axis(Axis(0)).into_dyn(),
-        2 => dy.sum_axis(Axis(0)).into_dyn(),
-        0 if training => {
-            let m = dy.nrows() as f32;
-            let dxhat = &dy * &gamma;
-            let sum = dxhat.sum_axis(Axis(0));
-            let dot = (&dxhat * &xhat).sum_axis(Axis(0));
-            let dx = (dxhat * m - &sum - &xhat * &dot) * &(inv_std / m);
-            dx.into_shape_with_order(x.raw_dim()).expect("same shape")
-        }
-        0 => (dy * &(inv_std * &gamma)).into_shape_with_order(x.raw_dim()).expect("same shape"),
-        _ => unreachable!("running statistics are not differentiated"),
+/// Training: `[y, mean, var]`; inference: `[y]`.
+pub(super) fn forward(b: &BatchNormOp, inputs: &[View]) -> Vec<Tensor> {
+    let x = &inputs[0];
+    let (mean, var) = if b.training { batch_statistics(x) } else { (vector(&inputs[3]), vector(&inputs[4])) };
+    let (gamma, beta) = (vector(&inputs[1]), vector(&inputs[2]));
+    let y = (rows(x) - &mean) * &(inv_std(b, &var) * &gamma) + &beta;
+    let y = y.into_shape_with_order(x.raw_dim()).expect("same shape");
+    if b.training {
+        vec![y, mean.into_dyn(), var.into_dyn()]
+    } else {
+        vec![y]
     }
+}
+
+/// The gradients with respect to the inputs `wrt` (0: x, 1: γ, 2: β), in that order.
+pub(super) fn backward(b: &BatchNormOp, wrt: &[usize], a: &Args) -> Vec<Tensor> {
+    let dy = rows(a.dy());
+    // The statistics: the saved batch ones in training, the running ones in inference.
+    let stats = || {
+        if b.training {
+            (vector(a.y(1)), vector(a.y(2)))
+        } else {
+            let mean = if wrt.contains(&1) { vector(a.x(3)) } else { Array1::zeros(dy.ncols()) };
+            (mean, vector(a.x(4)))
+        }
+    };
+    let xhat = || {
+        let (mean, var) = stats();
+        (rows(a.x(0)) - &mean) * &inv_std(b, &var)
+    };
+    wrt.iter()
+        .map(|&w| match w {
+            1 => (&dy * &xhat()).sum_axis(Axis(0)).into_dyn(),
+            2 => dy.sum_axis(Axis(0)).into_dyn(),
+            _ => {
+                let gamma = vector(a.x(1));
+                let (_, var) = stats();
+                let inv = inv_std(b, &var);
+                let dx = if b.training {
+                    let xhat = xhat();
+                    let m = dy.nrows() as f32;
+                    let dxhat = &dy * &gamma;
+                    let sum = dxhat.sum_axis(Axis(0));
+                    let dot = (&dxhat * &xhat).sum_axis(Axis(0));
+                    (dxhat * m - &sum - &xhat * &dot) * &(inv / m)
+                } else {
+                    &dy * &(inv * &gamma)
+                };
+                dx.into_shape_with_order(a.dy().raw_dim()).expect("same shape")
+            }
+        })
+        .collect()
 }

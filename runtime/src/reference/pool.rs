@@ -2,11 +2,11 @@
 //! number of input elements in the window (padding is not counted).
 
 use super::conv::{output_shape, windowed, Geometry};
-use super::Tensor;
+use super::{Tensor, View};
 use cnnc_compiler::ir::op::{PoolKind, PoolOp};
 use ndarray::{ArrayD, Axis, IxDyn};
 
-fn geometry(p: &PoolOp, x: &Tensor) -> Geometry {
+fn geometry(p: &PoolOp, x: &[usize]) -> Geometry {
     windowed(x, &p.size, &p.stride, &p.pad, &vec![1; p.size.len()], p.ceil)
 }
 
@@ -20,8 +20,8 @@ fn windows(g: &Geometry) -> Vec<Vec<usize>> {
     out
 }
 
-pub(super) fn forward(p: &PoolOp, x: &Tensor) -> Tensor {
-    let g = geometry(p, x);
+pub(super) fn forward(p: &PoolOp, x: &View) -> Tensor {
+    let g = geometry(p, x.shape());
     let xs = x.as_standard_layout();
     let xs = xs.as_slice().expect("standard layout");
     let values: Vec<f32> = windows(&g)
@@ -34,16 +34,18 @@ pub(super) fn forward(p: &PoolOp, x: &Tensor) -> Tensor {
     ArrayD::from_shape_vec(output_shape(&g, x.ndim() - 2, g.channels), values).expect("pool output")
 }
 
-pub(super) fn vjp(p: &PoolOp, x: &Tensor, dy: &Tensor) -> Tensor {
-    let g = geometry(p, x);
-    let xs = x.as_standard_layout();
-    let xs = xs.as_slice().expect("standard layout");
+/// The gradient with respect to the input (of shape `x_shape`): max pooling routes each `dy` to
+/// its window's first maximum in `x`; average pooling spreads it evenly (needing no `x`).
+pub(super) fn vjp(p: &PoolOp, x_shape: &[usize], x: Option<&View>, dy: &View) -> Tensor {
+    let g = geometry(p, x_shape);
+    let xc = x.map(|x| x.as_standard_layout());
+    let xs = xc.as_ref().and_then(|x| x.as_slice());
     let dy = dy.as_standard_layout();
     let dys = dy.as_slice().expect("standard layout");
-    let mut dx = vec![0f32; x.len()];
+    let mut dx = vec![0f32; x_shape.iter().product()];
     for (o, w) in windows(&g).iter().enumerate() {
-        match p.kind {
-            PoolKind::Max => {
+        match (p.kind, xs) {
+            (PoolKind::Max, Some(xs)) => {
                 // The first maximum takes the gradient.
                 let mut best: Option<usize> = None;
                 for &i in w {
@@ -55,7 +57,7 @@ pub(super) fn vjp(p: &PoolOp, x: &Tensor, dy: &Tensor) -> Tensor {
                     dx[b] += dys[o];
                 }
             }
-            PoolKind::Avg => {
+            _ => {
                 let share = dys[o] / w.len().max(1) as f32;
                 for &i in w {
                     dx[i] += share;
@@ -63,17 +65,17 @@ pub(super) fn vjp(p: &PoolOp, x: &Tensor, dy: &Tensor) -> Tensor {
             }
         }
     }
-    ArrayD::from_shape_vec(x.raw_dim(), dx).expect("dx shape")
+    ArrayD::from_shape_vec(IxDyn(x_shape), dx).expect("dx shape")
 }
 
 /// `[n, spatial.., c]` viewed as `[n, positions, c]`.
-fn positions(x: &Tensor) -> ndarray::Array3<f32> {
+fn positions(x: &View) -> ndarray::Array3<f32> {
     let (n, c) = (x.shape()[0], x.shape()[x.ndim() - 1]);
     let p = x.len() / (n * c).max(1);
     x.as_standard_layout().to_owned().into_shape_with_order((n, p, c)).expect("positions view")
 }
 
-pub(super) fn global_forward(kind: PoolKind, x: &Tensor) -> Tensor {
+pub(super) fn global_forward(kind: PoolKind, x: &View) -> Tensor {
     let v = positions(x);
     match kind {
         PoolKind::Avg => v.mean_axis(Axis(1)).expect("at least one position").into_dyn(),
@@ -81,16 +83,19 @@ pub(super) fn global_forward(kind: PoolKind, x: &Tensor) -> Tensor {
     }
 }
 
-pub(super) fn global_vjp(kind: PoolKind, x: &Tensor, y: &Tensor, dy: &Tensor) -> Tensor {
-    let v = positions(x);
-    let (n, p, c) = v.dim();
+/// The gradient of global pooling with respect to its input (of shape `x_shape`): average
+/// spreads `dy` over all positions; max gives it to the first position equal to the maximum.
+pub(super) fn global_vjp(kind: PoolKind, x_shape: &[usize], a: &super::Args, dy: &View) -> Tensor {
+    let (n, c) = (x_shape[0], x_shape[x_shape.len() - 1]);
+    let p = x_shape.iter().product::<usize>() / (n * c).max(1);
     let mut dx = ndarray::Array3::<f32>::zeros((n, p, c));
+    let max = (kind == PoolKind::Max).then(|| (positions(a.x(0)), a.y(0)));
     for b in 0..n {
         for ch in 0..c {
             let g = dy[[b, ch]];
-            match kind {
-                PoolKind::Avg => dx.slice_mut(ndarray::s![b, .., ch]).fill(g / p as f32),
-                PoolKind::Max => {
+            match &max {
+                None => dx.slice_mut(ndarray::s![b, .., ch]).fill(g / p as f32),
+                Some((v, y)) => {
                     if let Some(i) = (0..p).find(|&i| v[[b, i, ch]] == y[[b, ch]]) {
                         dx[[b, i, ch]] = g;
                     }
@@ -98,5 +103,5 @@ pub(super) fn global_vjp(kind: PoolKind, x: &Tensor, y: &Tensor, dy: &Tensor) ->
             }
         }
     }
-    dx.into_shape_with_order(IxDyn(x.shape())).expect("dx shape")
+    dx.into_shape_with_order(IxDyn(x_shape)).expect("dx shape")
 }

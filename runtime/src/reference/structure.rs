@@ -1,13 +1,13 @@
-//! Dense layers, flatten, add and concat.
+//! Dense layers, reshapes, add, concat and channel slices.
 
-use super::Tensor;
-use ndarray::{Array2, ArrayD, Axis, Ix2};
+use super::{Tensor, View};
+use ndarray::{Array2, ArrayD, Axis, Ix2, IxDyn, Slice};
 
-fn matrix(t: &Tensor) -> Array2<f32> {
+fn matrix(t: &View) -> Array2<f32> {
     t.view().into_dimensionality::<Ix2>().expect("a matrix").to_owned()
 }
 
-pub(super) fn dense_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+pub(super) fn dense_forward(x: &View, w: &View, b: Option<&View>) -> Tensor {
     let mut y = matrix(x).dot(&matrix(w));
     if let Some(b) = b {
         y += &b.view().into_dimensionality::<ndarray::Ix1>().expect("bias is a vector");
@@ -15,38 +15,54 @@ pub(super) fn dense_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tenso
     y.into_dyn()
 }
 
-pub(super) fn dense_vjp(wrt: usize, x: &Tensor, w: &Tensor, dy: &Tensor) -> Tensor {
-    let dy = matrix(dy);
-    match wrt {
-        0 => dy.dot(&matrix(w).t()).into_dyn(),
-        1 => matrix(x).t().dot(&dy).into_dyn(),
-        _ => dy.sum_axis(Axis(0)).into_dyn(),
-    }
+/// `dy · Wᵀ`.
+pub(super) fn dense_grad_input(w: &View, dy: &View) -> Tensor {
+    matrix(dy).dot(&matrix(w).t()).into_dyn()
 }
 
-pub(super) fn flatten(x: &Tensor) -> Tensor {
-    let n = x.shape()[0];
-    let rest = x.len() / n.max(1);
-    x.as_standard_layout().to_owned().into_shape_with_order(ndarray::IxDyn(&[n, rest])).expect("flatten")
+/// `xᵀ · dy`.
+pub(super) fn dense_grad_weight(x: &View, dy: &View) -> Tensor {
+    matrix(x).t().dot(&matrix(dy)).into_dyn()
 }
 
-pub(super) fn add(inputs: &[&Tensor]) -> Tensor {
-    let mut y = inputs[0].clone();
+/// The sum over every axis but the last: a bias's gradient.
+pub(super) fn sum_rows(dy: &View) -> Tensor {
+    let c = dy.shape()[dy.ndim() - 1];
+    let rows = dy.as_standard_layout().to_owned().into_shape_with_order((dy.len() / c.max(1), c)).expect("rows");
+    rows.sum_axis(Axis(0)).into_dyn()
+}
+
+/// `x` as `[n, shape..]`.
+pub(super) fn reshape(x: &View, shape: &[usize]) -> Tensor {
+    let mut to = vec![x.shape()[0]];
+    to.extend_from_slice(shape);
+    x.as_standard_layout().to_owned().into_shape_with_order(IxDyn(&to)).expect("reshape keeps the element count")
+}
+
+pub(super) fn add(inputs: &[View]) -> Tensor {
+    let mut y = inputs[0].to_owned();
     for x in &inputs[1..] {
-        y += *x;
+        y += x;
     }
     y
 }
 
-pub(super) fn concat(inputs: &[&Tensor]) -> Tensor {
+pub(super) fn concat(inputs: &[View]) -> Tensor {
     let axis = Axis(inputs[0].ndim() - 1);
-    let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
-    ndarray::concatenate(axis, &views).expect("concat shapes were checked")
+    ndarray::concatenate(axis, inputs).expect("concat shapes were checked")
 }
 
-pub(super) fn concat_vjp(wrt: usize, inputs: &[&Tensor], dy: &Tensor) -> ArrayD<f32> {
-    let axis = dy.ndim() - 1;
-    let start: usize = inputs[..wrt].iter().map(|t| t.shape()[axis]).sum();
-    let len = inputs[wrt].shape()[axis];
-    dy.slice_axis(Axis(axis), ndarray::Slice::from(start..start + len)).to_owned()
+/// Channels `start .. start + len` of `x`.
+pub(super) fn channel_slice(x: &View, start: usize, len: usize) -> Tensor {
+    let axis = x.ndim() - 1;
+    x.slice_axis(Axis(axis), Slice::from(start..start + len)).to_owned()
+}
+
+/// `dy` placed at channels `start ..` of zeros of `shape`: the gradient of a channel slice.
+pub(super) fn unslice(dy: &View, shape: &[usize], start: usize) -> Tensor {
+    let mut dx = ArrayD::<f32>::zeros(IxDyn(shape));
+    let axis = dx.ndim() - 1;
+    let len = dy.shape()[axis];
+    dx.slice_axis_mut(Axis(axis), Slice::from(start..start + len)).assign(dy);
+    dx
 }

@@ -1,0 +1,99 @@
+//! `cnnc bench`: how fast a model compiles and runs. Source to runnable is timed per phase; then
+//! warm-up steps and timed steps on one preloaded synthetic batch (no loader, no evaluation), of
+//! training (forward, backward, update) or inference. Prints the median and spread, the peak
+//! memory of the process, and the CPU with its vector ISA flags, since machines differ.
+
+use cnnc_compiler::elaborate::ModelInfo;
+use cnnc_compiler::train::TrainSpec;
+use cnnc_compiler::Compilation;
+use cnnc_runtime::bench::{Workload, WorkloadKind};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::run::{fail, Failure, EXIT_INPUT};
+
+/// What `cnnc bench` was asked to do.
+pub struct Args {
+    pub file: PathBuf,
+    pub model: Option<String>,
+    pub train: bool,
+    pub batch: Option<usize>,
+    pub threads: Option<usize>,
+    pub steps: usize,
+    pub warmup: usize,
+}
+
+/// Runs the benchmark; `compiled` is how long parsing and checking took.
+pub fn run(c: &Compilation, args: &Args, compiled: Duration) -> Result<(), Failure> {
+    if let Some(t) = args.threads {
+        cnnc_runtime::bench::set_threads(t).map_err(|e| fail(EXIT_INPUT, e))?;
+    }
+    let model = pick(c, args.model.as_deref())?;
+    let spec: Option<&TrainSpec> = c.trains.iter().find(|t| t.model == model.name);
+    if args.train && spec.is_none() {
+        return Err(fail(
+            EXIT_INPUT,
+            format!("model `{}` has no train section: `--train` needs its loss and optimizer", model.name),
+        ));
+    }
+    let batch = args.batch.or(spec.map(|s| s.batch)).unwrap_or(1).max(1);
+    let kind = if args.train { WorkloadKind::Train } else { WorkloadKind::Infer };
+    let mut w = Workload::new(model, spec, kind, batch).map_err(|e| fail(EXIT_INPUT, e))?;
+    let cpu = cnnc_runtime::bench::cpu();
+    println!("cnnc bench {} ({}), {} b{batch}", model.name, args.file.display(), kind);
+    println!("cpu: {} ({} threads; {})", cpu.model, w.threads(), cpu.flags);
+    println!("source to runnable:");
+    println!("  {:<22}{:>10.2} ms", "parse + check", ms(compiled));
+    for (phase, d) in w.phases() {
+        println!("  {:<22}{:>10.2} ms", phase, ms(*d));
+    }
+    let total = compiled + w.phases().iter().map(|(_, d)| *d).sum::<Duration>();
+    println!("  {:<22}{:>10.2} ms", "total", ms(total));
+    for _ in 0..args.warmup {
+        w.step().map_err(|e| fail(EXIT_INPUT, e))?;
+    }
+    let mut times = Vec::with_capacity(args.steps);
+    for _ in 0..args.steps.max(1) {
+        let t = Instant::now();
+        w.step().map_err(|e| fail(EXIT_INPUT, e))?;
+        times.push(t.elapsed());
+    }
+    times.sort_unstable();
+    let median = times[times.len() / 2];
+    let (lo, hi) = (times[0], times[times.len() - 1]);
+    let per_image = batch as f64 / median.as_secs_f64();
+    println!(
+        "step ({} timed, {} warm-up): median {:.3} ms  min {:.3}  max {:.3}  ({:.0} images/s)",
+        times.len(),
+        args.warmup,
+        ms(median),
+        ms(lo),
+        ms(hi),
+        per_image
+    );
+    for (what, bytes) in w.memory() {
+        println!("memory: {:<32}{:>10.2} MiB", what, bytes as f64 / (1 << 20) as f64);
+    }
+    if let Some(peak) = cnnc_runtime::bench::peak_rss() {
+        println!("memory: {:<32}{:>10.2} MiB", "peak resident (process)", peak as f64 / (1 << 20) as f64);
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn pick<'c>(c: &'c Compilation, name: Option<&str>) -> Result<&'c ModelInfo, Failure> {
+    match name {
+        Some(n) => c.models.iter().find(|m| m.name == n).ok_or_else(|| {
+            let names: Vec<&str> = c.models.iter().map(|m| m.name.as_str()).collect();
+            fail(EXIT_INPUT, format!("no model `{n}` in this file (models: {})", names.join(", ")))
+        }),
+        None => match c.models.as_slice() {
+            [] => Err(fail(EXIT_INPUT, "the file defines no model")),
+            [one] => Ok(one),
+            _ => Err(fail(EXIT_INPUT, "the file has several models: choose one with --model NAME")),
+        },
+    }
+}
