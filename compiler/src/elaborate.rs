@@ -7,7 +7,7 @@
 mod args;
 mod block;
 mod eval;
-mod layers;
+pub(crate) mod layers;
 pub mod value;
 
 use crate::error::{similar, Problem, ResolveError, Warning};

@@ -10,6 +10,7 @@ pub mod elaborate;
 pub mod error;
 pub mod ir;
 pub mod load;
+pub mod ops;
 pub mod passes;
 pub mod report;
 pub mod shape;

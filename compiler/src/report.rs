@@ -47,6 +47,7 @@ pub const CODES: &[&str] = &[
     "cnnc::shape::too_large",
     "cnnc::shape::unread_input",
     "cnnc::train::augment_mismatch",
+    "cnnc::train::data_mismatch",
     "cnnc::train::duplicate_setting",
     "cnnc::train::missing_setting",
     "cnnc::train::unknown_function",
@@ -626,6 +627,20 @@ fn train(e: &TrainError) -> Diagnostic {
             ),
             did_you_mean(candidates),
         ),
+        TrainError::DataMismatch { loc, data, shape, augmented, input, expected, at } => {
+            let after = if *augmented { " after augmentation" } else { "" };
+            Diagnostic::new(
+                "cnnc::train::data_mismatch",
+                Error,
+                format!("`{data}` gives examples of shape {shape}{after} but input `{input}` is {expected}"),
+                *loc,
+                format!("examples of shape {shape}"),
+            )
+            .label(*at, format!("`{input}` is declared {expected} here"))
+            .help(format!(
+                "make the input `{input}: {expected}` match the data, or crop or pad the examples with `augment {{ random_crop(...) }}` or the data source's `pad:`"
+            ))
+        }
         TrainError::Augment { loc, step, problem, input } => Diagnostic::new(
             "cnnc::train::augment_mismatch",
             Error,

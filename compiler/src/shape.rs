@@ -171,179 +171,21 @@ impl From<Shape> for Inferred {
     }
 }
 
-/// Shape of the output of `op` applied to tensors of `inputs` shapes (weights included, in port order).
+/// Shapes of the results of `op` applied to tensors of `inputs` shapes (weights included, in
+/// port order): the op's family rule, then a size limit on every result.
 pub fn infer(op: &Op, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
-    let x = inputs.first().copied();
-    let inferred = match op {
-        Op::Input(_) | Op::Param(_) => return Err(ShapeFault::Arity { expected: 0, got: inputs.len() }),
-        Op::Conv(c) => {
-            let x = need(x, 2)?;
-            conv_rank(x)?;
-            let w = inputs.get(1).ok_or(ShapeFault::Arity { expected: 2, got: inputs.len() })?;
-            let calcs = windows(x, &c.size, &c.stride, &c.pad, &c.dilation, false)?;
-            if c.groups == 0 || c.filters == 0 {
-                return Err(ShapeFault::Zero { what: if c.groups == 0 { "groups" } else { "filters" } });
-            }
-            if x.channels() % c.groups != 0 {
-                return Err(ShapeFault::ChannelsNotDivisible { channels: x.channels(), groups: c.groups });
-            }
-            if c.filters % c.groups != 0 {
-                return Err(ShapeFault::FiltersNotDivisible { filters: c.filters, groups: c.groups });
-            }
-            let expected = conv_weight_shape(c, x.channels());
-            if **w != expected {
-                return Err(ShapeFault::ParamShape { expected, got: (*w).clone() });
-            }
-            if let Some(b) = inputs.get(2) {
-                if **b != Shape(vec![c.filters]) {
-                    return Err(ShapeFault::ParamShape { expected: Shape(vec![c.filters]), got: (*b).clone() });
-                }
-            }
-            finish_windows(calcs, c.filters)?
-        }
-        Op::Pool(p) => {
-            let x = need(x, 1)?;
-            conv_rank(x)?;
-            let ones = vec![1; p.size.len()];
-            let calcs = windows(x, &p.size, &p.stride, &p.pad, &ones, p.ceil)?;
-            finish_windows(calcs, x.channels())?
-        }
-        Op::GlobalPool(_) => {
-            let x = need(x, 1)?;
-            conv_rank(x)?;
-            Shape(vec![x.channels()]).into()
-        }
-        Op::Dense(d) => {
-            let x = need(x, 2)?;
-            if x.rank() != 1 {
-                return Err(ShapeFault::DenseUnflattened { got: x.clone() });
-            }
-            let expected = Shape(vec![x.0[0], d.units]);
-            if *inputs[1] != expected {
-                return Err(ShapeFault::ParamShape { expected, got: inputs[1].clone() });
-            }
-            Shape(vec![d.units]).into()
-        }
-        Op::Flatten => {
-            let x = need(x, 1)?;
-            Shape(vec![x.elements().ok_or(ShapeFault::TooLarge { shape: x.0.clone() })?]).into()
-        }
-        Op::BatchNorm(_) | Op::PRelu => {
-            let x = need(x, 1)?;
-            let c = Shape(vec![x.channels()]);
-            for p in &inputs[1..] {
-                if **p != c {
-                    return Err(ShapeFault::ParamShape { expected: c, got: (*p).clone() });
-                }
-            }
-            match op {
-                Op::BatchNorm(b) if b.training => {
-                    Inferred { shape: x.clone(), extra: vec![c.clone(), c], unread: Vec::new() }
-                }
-                _ => x.clone().into(),
-            }
-        }
-        Op::Reshape(r) => {
-            let x = need(x, 1)?;
-            let to = Shape(r.shape.clone());
-            if x.elements() != to.elements() {
-                return Err(ShapeFault::ParamShape { expected: to, got: x.clone() });
-            }
-            to.into()
-        }
-        Op::ChannelSlice(c) => {
-            let x = need(x, 1)?;
-            if x.rank() == 0 || c.len == 0 || c.start.checked_add(c.len).is_none_or(|end| end > x.channels()) {
-                return Err(ShapeFault::Zero { what: "channel slice" });
-            }
-            let mut out = x.0.clone();
-            if let Some(last) = out.last_mut() {
-                *last = c.len;
-            }
-            Shape(out).into()
-        }
-        Op::Dropout(_) | Op::Activation(_) => need(x, 1)?.clone().into(),
-        Op::Add => {
-            let first = need(x, 2)?;
-            for (i, other) in inputs.iter().enumerate().skip(1) {
-                if *other != first {
-                    return Err(ShapeFault::AddMismatch { first: first.clone(), other: (*other).clone(), index: i });
-                }
-            }
-            first.clone().into()
-        }
-        Op::Loss(crate::ir::op::LossOp { kind, .. }) => {
-            let (pred, target) = (need(x, 2)?, inputs.get(1).ok_or(ShapeFault::Arity { expected: 2, got: 1 })?);
-            let fits = match kind {
-                crate::ir::op::LossKind::SoftmaxCrossEntropy => pred.rank() == 1 && target.rank() == 0,
-                _ => pred == *target,
-            };
-            if !fits {
-                return Err(ShapeFault::ParamShape { expected: pred.clone(), got: (*target).clone() });
-            }
-            Shape(vec![]).into()
-        }
-        Op::Backward(b) => backward(b, inputs)?,
-        Op::Concat => {
-            let first = need(x, 1)?;
-            let mut channels = 0usize;
-            for (i, other) in inputs.iter().enumerate() {
-                if other.rank() != first.rank() || other.spatial() != first.spatial() || other.rank() == 0 {
-                    return Err(ShapeFault::ConcatMismatch { first: first.clone(), other: (*other).clone(), index: i });
-                }
-                channels += other.channels();
-            }
-            let mut out = first.0.clone();
-            if let Some(last) = out.last_mut() {
-                *last = channels;
-            }
-            Shape(out).into()
-        }
-    };
-    match inferred.shape.elements() {
-        Some(n) if n <= MAX_ELEMENTS => Ok(inferred),
-        _ => Err(ShapeFault::TooLarge { shape: inferred.shape.0 }),
-    }
-}
-
-/// A backward node: every operand has the shape of what it reads, and each result the shape of
-/// the forward input it is the gradient of.
-fn backward(b: &crate::ir::op::BackwardOp, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
-    use crate::ir::op::Read;
-    if inputs.len() != b.reads.len() {
-        return Err(ShapeFault::Arity { expected: b.reads.len(), got: inputs.len() });
-    }
-    let forward_inputs: Vec<&Shape> = b.inputs.iter().collect();
-    let forward = infer(&b.of, &forward_inputs)?;
-    for (port, (read, got)) in b.reads.iter().zip(inputs).enumerate() {
-        let expected = match read {
-            Read::Input(i) => b.inputs.get(*i),
-            Read::Result(0) | Read::Grad => Some(&forward.shape),
-            Read::Result(r) => forward.extra.get(usize::from(*r) - 1),
-        };
-        let Some(expected) = expected else {
-            return Err(ShapeFault::Arity { expected: b.inputs.len(), got: port });
-        };
-        if expected != *got {
-            return Err(ShapeFault::BackwardOperand { port, expected: expected.clone(), got: (*got).clone() });
+    let inferred = op.rule().infer(inputs)?;
+    for s in std::iter::once(&inferred.shape).chain(&inferred.extra) {
+        match s.elements() {
+            Some(n) if n <= MAX_ELEMENTS => {}
+            _ => return Err(ShapeFault::TooLarge { shape: s.0.clone() }),
         }
     }
-    let mut results = Vec::with_capacity(b.wrt.len());
-    for &w in &b.wrt {
-        results.push(b.inputs.get(w).cloned().ok_or(ShapeFault::Arity { expected: w + 1, got: b.inputs.len() })?);
-    }
-    let mut results = results.into_iter();
-    let shape = results.next().ok_or(ShapeFault::Arity { expected: 1, got: 0 })?;
-    Ok(Inferred { shape, extra: results.collect(), unread: Vec::new() })
+    Ok(inferred)
 }
 
 /// The weight shape of a convolution on `channels` input channels: `[f.., channels/groups, filters]`.
-pub fn conv_weight_shape(c: &crate::ir::op::ConvOp, channels: usize) -> Shape {
-    let mut w = c.size.clone();
-    w.push(channels / c.groups.max(1));
-    w.push(c.filters);
-    Shape(w)
-}
+pub use crate::ops::conv::weight_shape as conv_weight_shape;
 
 /// Output size of one axis with `same` padding, and the padding before and after that gives it:
 /// `out = ceil(n/s)`, total padding `max((out − 1)·s + f_eff − n, 0)`, the odd pixel after.
@@ -352,65 +194,6 @@ pub fn same_padding(n: usize, f_eff: usize, s: usize) -> (usize, usize) {
     let out = n.div_ceil(s);
     let total = (out.saturating_sub(1).saturating_mul(s)).saturating_add(f_eff).saturating_sub(n);
     (total / 2, total - total / 2)
-}
-
-fn need(x: Option<&Shape>, expected: usize) -> Result<&Shape, ShapeFault> {
-    x.ok_or(ShapeFault::Arity { expected, got: 0 })
-}
-
-fn conv_rank(x: &Shape) -> Result<(), ShapeFault> {
-    if (2..=4).contains(&x.rank()) {
-        Ok(())
-    } else {
-        Err(ShapeFault::Rank { expected: "[n, n_C], [n_H, n_W, n_C] or [n_D, n_H, n_W, n_C]", got: x.clone() })
-    }
-}
-
-fn windows(
-    x: &Shape,
-    size: &[usize],
-    stride: &[usize],
-    pad: &[(usize, usize)],
-    dilation: &[usize],
-    ceil: bool,
-) -> Result<Vec<AxisCalc>, ShapeFault> {
-    let spatial = x.spatial();
-    if size.len() != spatial.len() || stride.len() != spatial.len() || pad.len() != spatial.len() {
-        return Err(ShapeFault::Rank { expected: "as many spatial axes as the window has", got: x.clone() });
-    }
-    if size.contains(&0) {
-        return Err(ShapeFault::Zero { what: "window size" });
-    }
-    if stride.contains(&0) {
-        return Err(ShapeFault::Zero { what: "stride" });
-    }
-    if dilation.contains(&0) {
-        return Err(ShapeFault::Zero { what: "dilation" });
-    }
-    Ok((0..spatial.len())
-        .map(|axis| AxisCalc {
-            axis,
-            n: spatial[axis],
-            pad: pad[axis],
-            f: size[axis],
-            dilation: dilation[axis],
-            s: stride[axis],
-            ceil,
-        })
-        .collect())
-}
-
-fn finish_windows(calcs: Vec<AxisCalc>, channels: usize) -> Result<Inferred, ShapeFault> {
-    let mut out = Vec::with_capacity(calcs.len() + 1);
-    for c in &calcs {
-        out.push(c.out().ok_or_else(|| ShapeFault::OutputTooSmall { calc: c.clone() })?);
-    }
-    out.push(channels);
-    Ok(Inferred {
-        shape: Shape(out),
-        extra: Vec::new(),
-        unread: calcs.into_iter().filter(|c| c.unread() > 0).collect(),
-    })
 }
 
 #[cfg(test)]

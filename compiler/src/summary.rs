@@ -152,21 +152,8 @@ impl Summary {
 
 fn macs(graph: &Graph, id: NodeId) -> u64 {
     let node = graph.node(id);
-    let out = node.shape.elements().unwrap_or(0) as u64;
-    match &node.op {
-        Op::Conv(c) => {
-            let ops = graph.operands(id);
-            let cin = ops.first().map_or(0, |&x| graph.node(x).shape.channels()) as u64;
-            let window: u64 = c.size.iter().map(|&f| f as u64).product();
-            out.saturating_mul(window).saturating_mul(cin / c.groups.max(1) as u64)
-        }
-        Op::Dense(d) => {
-            let ops = graph.operands(id);
-            let n = ops.first().map_or(0, |&x| graph.node(x).shape.elements().unwrap_or(0)) as u64;
-            n.saturating_mul(d.units as u64)
-        }
-        _ => 0,
-    }
+    let inputs: Vec<&crate::shape::Shape> = graph.inputs_of(id).iter().map(|&v| graph.shape(v)).collect();
+    node.op.rule().macs(&inputs, &node.shape)
 }
 
 /// `61706` as `61,706`.

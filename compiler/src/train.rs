@@ -721,13 +721,18 @@ impl Checker<'_> {
             }
         }
         if known.is_some() && shape != input.shape {
-            let after = if augment.is_empty() { String::new() } else { " after augmentation".to_string() };
-            let problem = format!(
-                "the data gives examples of shape {shape}{after} but input `{}` is {}",
-                input.name, input.shape
+            self.problems.push(
+                TrainError::DataMismatch {
+                    loc: data.loc,
+                    data: data.name.clone(),
+                    shape,
+                    augmented: !augment.is_empty(),
+                    input: input.name.clone(),
+                    expected: input.shape.clone(),
+                    at: input.loc,
+                }
+                .into(),
             );
-            let inputs = vec![(input.name.clone(), input.shape.clone(), input.loc)];
-            self.problems.push(ShapeError::Loss { loc: data.loc, loss: data.name.clone(), problem, inputs }.into());
         }
     }
 

@@ -87,11 +87,8 @@ pub fn window_arithmetic(g: &Graph, id: NodeId) -> Vec<(String, String)> {
     let Some(&x) = tensor_inputs(g, id).first() else { return Vec::new() };
     let spatial = g.node(x).shape.spatial().to_vec();
     let out = g.node(id).shape.spatial().to_vec();
-    let (size, stride, pad, dilation, ceil) = match &g.node(id).op {
-        Op::Conv(c) => (&c.size, &c.stride, &c.pad, c.dilation.clone(), false),
-        Op::Pool(p) => (&p.size, &p.stride, &p.pad, vec![1; p.size.len()], p.ceil),
-        _ => return Vec::new(),
-    };
+    let Some(w) = g.node(id).op.rule().window() else { return Vec::new() };
+    let (size, stride, pad, dilation, ceil) = (w.size, w.stride, w.pad, w.dilation, w.ceil);
     let rank = size.len();
     (0..rank)
         .filter_map(|axis| {

@@ -1,5 +1,6 @@
-//! The built-in layers: their signatures, and how a call becomes parameter nodes and an op node
-//! whose shape the op's rule infers.
+//! Applying a built-in layer: its arguments are bound to its spec's parameters, its family's
+//! builder ([`crate::ops`]) makes the op and the parameters it needs through [`LayerArgs`], and
+//! the op node is added once its rule has inferred its shape.
 
 use super::args::ParamDecl;
 use super::eval::ArgValue;
@@ -8,171 +9,11 @@ use super::{Elab, Naming, Scope};
 use crate::error::{ResolveError, ShapeError, Warning};
 use crate::ir::op::*;
 use crate::ir::{Node, NodeId};
+use crate::ops::ParamNeed;
 use crate::shape::{self, Shape, ShapeFault, MAX_ELEMENTS};
 use crate::source::Loc;
-use std::sync::Arc;
 
-/// How many tensors a layer takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tensors {
-    /// One, piped or first positional.
-    One,
-    /// Two or more (`add`) or one or more (`concat`), all positional.
-    Many(usize),
-}
-
-/// A built-in layer's signature.
-#[derive(Clone, Copy, Debug)]
-pub struct LayerSpec {
-    /// Its name in `.cnn` files.
-    pub name: &'static str,
-    /// Tensor inputs.
-    pub tensors: Tensors,
-    /// Value parameters in positional order, with whether each is required.
-    pub params: &'static [(&'static str, bool)],
-    /// The signature as documented.
-    pub signature: &'static str,
-    /// One line on what it computes.
-    pub doc: &'static str,
-}
-
-const POOL: &[(&str, bool)] = &[("size", true), ("stride", false), ("pad", false), ("round", false)];
-
-/// Every built-in layer.
-pub static LAYERS: &[LayerSpec] = &[
-    LayerSpec {
-        name: "conv",
-        tensors: Tensors::One,
-        params: &[
-            ("filters", true),
-            ("size", true),
-            ("stride", false),
-            ("pad", false),
-            ("dilation", false),
-            ("groups", false),
-            ("bias", false),
-            ("weights", false),
-            ("init", false),
-        ],
-        signature:
-            "conv(filters, size, stride: 1, pad: valid, dilation: 1, groups: 1, bias: true, weights: CONST, init: he)",
-        doc: "Convolution over 1, 2 or 3 spatial axes (by the input's rank).",
-    },
-    LayerSpec {
-        name: "maxpool",
-        tensors: Tensors::One,
-        params: POOL,
-        signature: "maxpool(size, stride: size, pad: valid, round: floor)",
-        doc: "Maximum over each window.",
-    },
-    LayerSpec {
-        name: "avgpool",
-        tensors: Tensors::One,
-        params: POOL,
-        signature: "avgpool(size, stride: size, pad: valid, round: floor)",
-        doc: "Mean over each window (padding not counted).",
-    },
-    LayerSpec {
-        name: "global_avgpool",
-        tensors: Tensors::One,
-        params: &[],
-        signature: "global_avgpool",
-        doc: "Mean over all positions: [.., n_C] to [n_C].",
-    },
-    LayerSpec {
-        name: "global_maxpool",
-        tensors: Tensors::One,
-        params: &[],
-        signature: "global_maxpool",
-        doc: "Maximum over all positions: [.., n_C] to [n_C].",
-    },
-    LayerSpec {
-        name: "dense",
-        tensors: Tensors::One,
-        params: &[("units", true), ("bias", false), ("init", false)],
-        signature: "dense(units, bias: true, init: glorot)",
-        doc: "Fully connected layer on a flat [n] input.",
-    },
-    LayerSpec {
-        name: "flatten",
-        tensors: Tensors::One,
-        params: &[],
-        signature: "flatten",
-        doc: "Any shape to [product of axes].",
-    },
-    LayerSpec {
-        name: "batchnorm",
-        tensors: Tensors::One,
-        params: &[("eps", false), ("momentum", false)],
-        signature: "batchnorm(eps: 1e-5, momentum: 0.1)",
-        doc: "Batch normalization over the channel axis.",
-    },
-    LayerSpec {
-        name: "dropout",
-        tensors: Tensors::One,
-        params: &[("rate", true)],
-        signature: "dropout(rate)",
-        doc: "Zeroes a fraction of values while training.",
-    },
-    LayerSpec { name: "relu", tensors: Tensors::One, params: &[], signature: "relu", doc: "max(x, 0)." },
-    LayerSpec {
-        name: "leaky_relu",
-        tensors: Tensors::One,
-        params: &[("alpha", false)],
-        signature: "leaky_relu(alpha: 0.01)",
-        doc: "x if positive, else alpha·x.",
-    },
-    LayerSpec {
-        name: "prelu",
-        tensors: Tensors::One,
-        params: &[],
-        signature: "prelu",
-        doc: "Leaky ReLU with a learned slope per channel.",
-    },
-    LayerSpec { name: "tanh", tensors: Tensors::One, params: &[], signature: "tanh", doc: "Hyperbolic tangent." },
-    LayerSpec { name: "sigmoid", tensors: Tensors::One, params: &[], signature: "sigmoid", doc: "Logistic sigmoid." },
-    LayerSpec {
-        name: "softmax",
-        tensors: Tensors::One,
-        params: &[],
-        signature: "softmax",
-        doc: "Softmax over the last axis.",
-    },
-    LayerSpec {
-        name: "add",
-        tensors: Tensors::Many(2),
-        params: &[],
-        signature: "add(a, b, ...)",
-        doc: "Element-wise sum; `a + b` is the same.",
-    },
-    LayerSpec {
-        name: "concat",
-        tensors: Tensors::Many(1),
-        params: &[],
-        signature: "concat(a, b, ...)",
-        doc: "Concatenation along channels; other axes must agree.",
-    },
-];
-
-/// The built-in layer called `name`.
-pub fn spec(name: &str) -> Option<&'static LayerSpec> {
-    LAYERS.iter().find(|l| l.name == name)
-}
-
-/// A parameter a layer needs.
-struct ParamNeed {
-    role: ParamRole,
-    shape: Shape,
-    init: Init,
-    value: Option<Arc<[f32]>>,
-    frozen: bool,
-}
-
-impl ParamNeed {
-    fn new(role: ParamRole, shape: Vec<usize>, init: Init) -> Self {
-        ParamNeed { role, shape: Shape(shape), init, value: None, frozen: false }
-    }
-}
+pub use crate::ops::{spec, LayerSpec, Tensors, LAYERS};
 
 /// Arguments bound to a one-tensor layer's parameters, by name.
 struct Bound {
@@ -205,33 +46,7 @@ impl Elab<'_> {
             return Value::Poison;
         };
         let b = Bound { call: loc, x, x_loc: x_arg.loc, slots, names: spec.params };
-        let built = match name {
-            "conv" => self.conv(sc, &b),
-            "maxpool" | "avgpool" => self.pool(sc, &b, if name == "maxpool" { PoolKind::Max } else { PoolKind::Avg }),
-            "global_avgpool" => Some((Op::GlobalPool(PoolKind::Avg), vec![])),
-            "global_maxpool" => Some((Op::GlobalPool(PoolKind::Max), vec![])),
-            "dense" => self.dense(sc, &b),
-            "flatten" => Some((Op::Flatten, vec![])),
-            "batchnorm" => self.batchnorm(sc, &b),
-            "dropout" => b
-                .get("rate")
-                .and_then(|a| self.arg_float(sc, a, "a dropout rate", 0.0, 1.0, false))
-                .map(|rate| (Op::Dropout(DropoutOp { rate, salt: crate::ir::name_hash(&naming.node) }), vec![])),
-            "relu" => Some((Op::Activation(Activation::Relu), vec![])),
-            "tanh" => Some((Op::Activation(Activation::Tanh), vec![])),
-            "sigmoid" => Some((Op::Activation(Activation::Sigmoid), vec![])),
-            "softmax" => Some((Op::Activation(Activation::Softmax), vec![])),
-            "leaky_relu" => match b.get("alpha") {
-                Some(a) => self.arg_float(sc, a, "a leaky ReLU slope", 0.0, 1.0, true),
-                None => Some(0.01),
-            }
-            .map(|alpha| (Op::Activation(Activation::LeakyRelu { alpha }), vec![])),
-            "prelu" => {
-                let c = self.graph.node(x).shape.channels();
-                Some((Op::PRelu, vec![ParamNeed::new(ParamRole::Slope, vec![c], Init::Fill(0.25))]))
-            }
-            _ => None,
-        };
+        let built = (spec.build)(&mut LayerArgs { elab: self, sc, b: &b, node: &naming.node });
         let Some((op, params)) = built else { return Value::Poison };
         self.finish(sc, op, &[(x, b.x_loc)], params, loc, naming)
     }
@@ -279,8 +94,10 @@ impl Elab<'_> {
             );
             return Value::Poison;
         }
-        let op = if spec.name == "add" { Op::Add } else { Op::Concat };
-        self.finish(sc, op, &inputs, vec![], loc, naming)
+        let b = Bound { call: loc, x: inputs[0].0, x_loc: inputs[0].1, slots: Vec::new(), names: &[] };
+        let built = (spec.build)(&mut LayerArgs { elab: self, sc, b: &b, node: &naming.node });
+        let Some((op, params)) = built else { return Value::Poison };
+        self.finish(sc, op, &inputs, params, loc, naming)
     }
 
     /// Infers the op's shape; if it checks, adds its parameters and the op node.
@@ -399,120 +216,102 @@ impl Elab<'_> {
         self.report(sc, ShapeError::Layer { loc: b.call, layer: String::new(), op: op.into(), fault, inputs });
         None
     }
-
-    fn conv(&mut self, sc: &Scope, b: &Bound) -> Option<(Op, Vec<ParamNeed>)> {
-        let x = self.window_rank(sc, b, "conv")?;
-        let ones = vec![1; x.rank() - 1];
-        let filters = self.arg_int(sc, b.get("filters")?, "a filter count", 1)?;
-        let size = self.arg_axes(sc, b.get("size")?, "filter size", 1, &x, b.x_loc)?;
-        let stride = match b.get("stride") {
-            Some(a) => self.arg_axes(sc, a, "stride", 1, &x, b.x_loc)?,
-            None => ones.clone(),
-        };
-        let dilation = match b.get("dilation") {
-            Some(a) => self.arg_axes(sc, a, "dilation", 1, &x, b.x_loc)?,
-            None => ones,
-        };
-        let pad = self.padding(sc, b, &size, &stride, &dilation)?;
-        let groups = match b.get("groups") {
-            Some(a) => self.arg_int(sc, a, "a group count", 1)?,
-            None => 1,
-        };
-        let bias = match b.get("bias") {
-            Some(a) => self.arg_bool(sc, a, "`bias`")?,
-            None => true,
-        };
-        let init = match b.get("init") {
-            Some(a) => init_of(self.arg_choice(sc, a, "an initializer", &["he", "glorot"])?),
-            None => Init::He,
-        };
-        let op = ConvOp { filters, size, stride, pad, dilation, groups };
-        let mut weight = ParamNeed::new(ParamRole::Weight, shape::conv_weight_shape(&op, x.channels()).0, init);
-        let mut fixed = false;
-        if let Some(a) = b.get("weights") {
-            match &a.value {
-                Value::Const(c) => {
-                    weight.shape = Shape(c.shape.clone());
-                    weight.init = Init::Constant;
-                    weight.value = Some(c.data.clone());
-                    weight.frozen = true;
-                    fixed = true;
-                }
-                _ => {
-                    self.wrong(sc, a, "`weights`", "a constant declared with `const`");
-                    return None;
-                }
-            }
-        }
-        let mut params = vec![weight];
-        if bias {
-            let mut bias = ParamNeed::new(ParamRole::Bias, vec![op.filters], Init::Zeros);
-            bias.frozen = fixed;
-            params.push(bias);
-        }
-        Some((Op::Conv(op), params))
-    }
-
-    fn pool(&mut self, sc: &Scope, b: &Bound, kind: PoolKind) -> Option<(Op, Vec<ParamNeed>)> {
-        let x = self.window_rank(sc, b, if kind == PoolKind::Max { "maxpool" } else { "avgpool" })?;
-        let size = self.arg_axes(sc, b.get("size")?, "window size", 1, &x, b.x_loc)?;
-        let stride = match b.get("stride") {
-            Some(a) => self.arg_axes(sc, a, "stride", 1, &x, b.x_loc)?,
-            None => size.clone(),
-        };
-        let ones = vec![1; size.len()];
-        let pad = self.padding(sc, b, &size, &stride, &ones)?;
-        let ceil = match b.get("round") {
-            Some(a) => self.arg_choice(sc, a, "rounding", &["floor", "ceil"])? == "ceil",
-            None => false,
-        };
-        Some((Op::Pool(PoolOp { kind, size, stride, pad, ceil }), vec![]))
-    }
-
-    fn dense(&mut self, sc: &Scope, b: &Bound) -> Option<(Op, Vec<ParamNeed>)> {
-        let units = self.arg_int(sc, b.get("units")?, "a unit count", 1)?;
-        let bias = match b.get("bias") {
-            Some(a) => self.arg_bool(sc, a, "`bias`")?,
-            None => true,
-        };
-        let init = match b.get("init") {
-            Some(a) => init_of(self.arg_choice(sc, a, "an initializer", &["he", "glorot"])?),
-            None => Init::Glorot,
-        };
-        let x = &self.graph.node(b.x).shape;
-        // A non-flat input is reported by the shape rule; the weight shape then does not matter.
-        let n = if x.rank() == 1 { x.0[0] } else { 0 };
-        let mut params = vec![ParamNeed::new(ParamRole::Weight, vec![n, units], init)];
-        if bias {
-            params.push(ParamNeed::new(ParamRole::Bias, vec![units], Init::Zeros));
-        }
-        Some((Op::Dense(DenseOp { units }), params))
-    }
-
-    fn batchnorm(&mut self, sc: &Scope, b: &Bound) -> Option<(Op, Vec<ParamNeed>)> {
-        let eps = match b.get("eps") {
-            Some(a) => self.arg_float(sc, a, "`eps`", 0.0, 1.0, true)?,
-            None => 1e-5,
-        };
-        let momentum = match b.get("momentum") {
-            Some(a) => self.arg_float(sc, a, "`momentum`", 0.0, 1.0, true)?,
-            None => 0.1,
-        };
-        let c = self.graph.node(b.x).shape.channels();
-        let params = vec![
-            ParamNeed::new(ParamRole::Gamma, vec![c], Init::Ones),
-            ParamNeed::new(ParamRole::Beta, vec![c], Init::Zeros),
-            ParamNeed::new(ParamRole::RunningMean, vec![c], Init::Zeros),
-            ParamNeed::new(ParamRole::RunningVar, vec![c], Init::Ones),
-        ];
-        Some((Op::BatchNorm(BatchNormOp { eps, momentum, training: false }), params))
-    }
 }
 
-fn init_of(name: &str) -> Init {
-    if name == "glorot" {
-        Init::Glorot
-    } else {
-        Init::He
+/// What a layer's builder sees: the call's arguments, read through checked accessors that report
+/// a bad value (and then give `None`), and the input's shape.
+pub(crate) struct LayerArgs<'e, 'p> {
+    elab: &'e mut Elab<'p>,
+    sc: &'e Scope,
+    b: &'e Bound,
+    node: &'e str,
+}
+
+impl LayerArgs<'_, '_> {
+    /// The shape of the (first) input.
+    pub fn x(&self) -> Shape {
+        self.elab.graph.node(self.b.x).shape.clone()
+    }
+
+    /// A hash of the layer's name: a value fixed by the model file, never by node numbers.
+    pub fn salt(&self) -> u64 {
+        crate::ir::name_hash(self.node)
+    }
+
+    /// The input's shape if a window op (`op`) can take it; reported otherwise.
+    pub fn window_input(&mut self, op: &str) -> Option<Shape> {
+        self.elab.window_rank(self.sc, self.b, op)
+    }
+
+    /// An integer of at least `min`, or `default` when not given.
+    pub fn int(&mut self, name: &str, what: &str, min: i64, default: Option<usize>) -> Option<usize> {
+        match self.b.get(name) {
+            Some(a) => self.elab.arg_int(self.sc, a, what, min),
+            None => default,
+        }
+    }
+
+    /// One integer of at least `min` per spatial axis, or `default` when not given.
+    pub fn axes(
+        &mut self,
+        name: &str,
+        what: &'static str,
+        min: i64,
+        default: Option<Vec<usize>>,
+    ) -> Option<Vec<usize>> {
+        match self.b.get(name) {
+            Some(a) => {
+                let x = self.x();
+                self.elab.arg_axes(self.sc, a, what, min, &x, self.b.x_loc)
+            }
+            None => default,
+        }
+    }
+
+    /// A number in `[lo, hi)` (`[lo, hi]` when `closed`), or `default` when not given.
+    pub fn float(&mut self, name: &str, what: &str, range: (f64, f64, bool), default: Option<f32>) -> Option<f32> {
+        match self.b.get(name) {
+            Some(a) => self.elab.arg_float(self.sc, a, what, range.0, range.1, range.2),
+            None => default,
+        }
+    }
+
+    /// `true` or `false`, or `default` when not given.
+    pub fn flag(&mut self, name: &str, what: &str, default: bool) -> Option<bool> {
+        match self.b.get(name) {
+            Some(a) => self.elab.arg_bool(self.sc, a, what),
+            None => Some(default),
+        }
+    }
+
+    /// One of `choices`, or `default` when not given.
+    pub fn choice(
+        &mut self,
+        name: &str,
+        what: &str,
+        choices: &[&'static str],
+        default: &'static str,
+    ) -> Option<&'static str> {
+        match self.b.get(name) {
+            Some(a) => self.elab.arg_choice(self.sc, a, what, choices),
+            None => Some(default),
+        }
+    }
+
+    /// The `pad` argument of a window op: before and after, per axis (`same` solved per axis).
+    pub fn padding(&mut self, size: &[usize], stride: &[usize], dilation: &[usize]) -> Option<Vec<(usize, usize)>> {
+        self.elab.padding(self.sc, self.b, size, stride, dilation)
+    }
+
+    /// A constant tensor argument: `Some(None)` when not given, `None` after reporting another value.
+    pub fn constant(&mut self, name: &str, what: &str) -> Option<Option<super::value::ConstValue>> {
+        let Some(a) = self.b.get(name) else { return Some(None) };
+        match &a.value {
+            Value::Const(c) => Some(Some((**c).clone())),
+            _ => {
+                self.elab.wrong(self.sc, a, what, "a constant declared with `const`");
+                None
+            }
+        }
     }
 }

@@ -1,99 +1,122 @@
-//! The backward operand table: how autodiff differentiates each op, and what each gradient rule
-//! reads. A backward node is wired to exactly these operands, so liveness sees the true data
-//! flow: a convolution's bias gradient reads only `dy`, ReLU's reads its output (so the forward
-//! may run in place), and identity gradients are aliases, not nodes that copy.
+//! The backward op: the vector-Jacobian products of a forward op, wired by autodiff to exactly
+//! what each gradient rule reads ([`OpRule::reads`]), so liveness sees the true data flow: a
+//! convolution's bias gradient reads only `dy`, ReLU's reads its output (so the forward may run
+//! in place), and identity gradients are aliases, not nodes that copy.
 
-use super::op::{Activation, Op, PoolKind, Read};
+use crate::ops::{GradRule, OpRule};
+use crate::shape::{self, Inferred, Shape, ShapeFault};
+use std::fmt;
 
-/// How the gradients of an op's inputs are formed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rule {
-    /// Not differentiated (inputs and parameters are where gradients end).
-    Leaf,
-    /// Every input's gradient is the output's gradient itself (`add`).
-    Alias,
-    /// The input's gradient is the output's gradient in the input's shape (`flatten`, `reshape`).
-    Reshape,
-    /// Each input's gradient is its channel range of the output's gradient (`concat`).
-    Slice,
-    /// One backward node per input that needs a gradient.
-    PerInput,
-    /// One backward node for all inputs that need a gradient, one result each (batchnorm: its
-    /// three gradients share the normalized input and two reductions).
-    Grouped,
+use super::op::Op;
+
+/// What a backward node reads, in the order of its operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Read {
+    /// Forward input (port) `i`.
+    Input(usize),
+    /// Forward result `r` (0 is the output).
+    Result(u16),
+    /// The gradient of the forward output.
+    Grad,
 }
 
-/// How `op` is differentiated.
-pub fn rule(op: &Op) -> Rule {
-    match op {
-        Op::Input(_) | Op::Param(_) | Op::Backward(_) => Rule::Leaf,
-        Op::Add => Rule::Alias,
-        Op::Flatten | Op::Reshape(_) => Rule::Reshape,
-        Op::Concat => Rule::Slice,
-        Op::BatchNorm(_) => Rule::Grouped,
-        Op::Conv(_)
-        | Op::Pool(_)
-        | Op::GlobalPool(_)
-        | Op::Dense(_)
-        | Op::Dropout(_)
-        | Op::Activation(_)
-        | Op::PRelu
-        | Op::ChannelSlice(_)
-        | Op::Loss(_) => Rule::PerInput,
-    }
-}
-
-/// What the gradient of `op` with respect to its input `wrt` reads, in a canonical order (forward
-/// inputs, then forward results, then the output's gradient).
-pub fn reads(op: &Op, wrt: usize) -> Vec<Read> {
-    use Read::{Grad, Input, Result};
-    match op {
-        // dx = dy ⋆ W (a convolution of dy with the rotated filters), dW = x ⋆ dy, db = Σ dy.
-        Op::Conv(_) | Op::Dense(_) => match wrt {
-            0 => vec![Input(1), Grad],
-            1 => vec![Input(0), Grad],
-            _ => vec![Grad],
-        },
-        // Max routes dy to each window's maximum (found again in x); average spreads it evenly.
-        Op::Pool(p) => match p.kind {
-            PoolKind::Max => vec![Input(0), Grad],
-            PoolKind::Avg => vec![Grad],
-        },
-        Op::GlobalPool(PoolKind::Max) => vec![Input(0), Result(0), Grad],
-        Op::GlobalPool(PoolKind::Avg) => vec![Grad],
-        // The mask is a hash of (seed, step, salt, element): recomputed, not stored.
-        Op::Dropout(_) => vec![Grad],
-        // Every activation's derivative is a function of its output (ReLU: y > 0).
-        Op::Activation(Activation::Relu | Activation::LeakyRelu { .. })
-        | Op::Activation(Activation::Tanh | Activation::Sigmoid | Activation::Softmax) => vec![Result(0), Grad],
-        // Learned slopes may be negative, so the sign of x is not that of y.
-        Op::PRelu => match wrt {
-            0 => vec![Input(0), Input(1), Grad],
-            _ => vec![Input(0), Grad],
-        },
-        Op::BatchNorm(b) if b.training => match wrt {
-            // dx needs x̂ (from x and the saved statistics) and γ; dγ needs x̂; dβ only dy.
-            0 => vec![Input(0), Input(1), Result(1), Result(2), Grad],
-            1 => vec![Input(0), Result(1), Result(2), Grad],
-            _ => vec![Grad],
-        },
-        Op::BatchNorm(_) => match wrt {
-            0 => vec![Input(1), Input(4), Grad],
-            1 => vec![Input(0), Input(3), Input(4), Grad],
-            _ => vec![Grad],
-        },
-        Op::ChannelSlice(_) => vec![Grad],
-        Op::Loss(_) => vec![Input(0), Input(1)],
-        Op::Add | Op::Flatten | Op::Reshape(_) | Op::Concat | Op::Input(_) | Op::Param(_) | Op::Backward(_) => {
-            Vec::new()
+impl fmt::Display for Read {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Read::Input(i) => write!(f, "x{i}"),
+            Read::Result(r) => write!(f, "y{r}"),
+            Read::Grad => f.write_str("dy"),
         }
     }
 }
 
-/// What one backward node for the gradients of `wrt` reads: the union of each rule's reads.
-pub fn reads_all(op: &Op, wrt: &[usize]) -> Vec<Read> {
-    let mut all: Vec<Read> = wrt.iter().flat_map(|&w| reads(op, w)).collect();
-    all.sort_unstable();
-    all.dedup();
-    all
+/// Attributes of [`Op::Backward`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackwardOp {
+    /// The forward op.
+    pub of: Box<Op>,
+    /// Which of its inputs the gradients are for, one result each, in this order.
+    pub wrt: Vec<usize>,
+    /// What each operand is, in port order.
+    pub reads: Vec<Read>,
+    /// The shapes of the forward op's inputs (so the verifier can check every operand and
+    /// result, and rules that need only a shape read no tensor).
+    pub inputs: Vec<Shape>,
+}
+
+impl OpRule for BackwardOp {
+    fn mnemonic(&self) -> String {
+        format!("vjp.{}", self.of.mnemonic())
+    }
+
+    fn attributes(&self) -> String {
+        let inner = self.of.attributes();
+        let inner = inner.trim_start_matches('[').trim_end_matches(']');
+        let wrt: Vec<String> = self.wrt.iter().map(|w| w.to_string()).collect();
+        let reads: Vec<String> = self.reads.iter().map(|r| r.to_string()).collect();
+        let head = format!("wrt={};reads={}", wrt.join(","), reads.join(","));
+        if inner.is_empty() {
+            format!("[{head}]")
+        } else {
+            format!("[{head};{inner}]")
+        }
+    }
+
+    /// Every operand has the shape of what it reads, and each result the shape of the forward
+    /// input it is the gradient of.
+    fn infer(&self, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
+        if inputs.len() != self.reads.len() {
+            return Err(ShapeFault::Arity { expected: self.reads.len(), got: inputs.len() });
+        }
+        let forward_inputs: Vec<&Shape> = self.inputs.iter().collect();
+        let forward = shape::infer(&self.of, &forward_inputs)?;
+        for (port, (read, got)) in self.reads.iter().zip(inputs).enumerate() {
+            let expected = match read {
+                Read::Input(i) => self.inputs.get(*i),
+                Read::Result(0) | Read::Grad => Some(&forward.shape),
+                Read::Result(r) => forward.extra.get(usize::from(*r) - 1),
+            };
+            let Some(expected) = expected else {
+                return Err(ShapeFault::Arity { expected: self.inputs.len(), got: port });
+            };
+            if expected != *got {
+                return Err(ShapeFault::BackwardOperand { port, expected: expected.clone(), got: (*got).clone() });
+            }
+        }
+        let mut results = Vec::with_capacity(self.wrt.len());
+        for &w in &self.wrt {
+            results.push(
+                self.inputs.get(w).cloned().ok_or(ShapeFault::Arity { expected: w + 1, got: self.inputs.len() })?,
+            );
+        }
+        let mut results = results.into_iter();
+        let shape = results.next().ok_or(ShapeFault::Arity { expected: 1, got: 0 })?;
+        Ok(Inferred { shape, extra: results.collect(), unread: Vec::new() })
+    }
+
+    fn arity(&self, n: usize) -> bool {
+        n == self.reads.len()
+    }
+
+    /// The backward of a convolution or dense layer costs twice its forward (dx and dW); the
+    /// count is per gradient.
+    fn macs(&self, _: &[&Shape], _: &Shape) -> u64 {
+        let inputs: Vec<&Shape> = self.inputs.iter().collect();
+        match shape::infer(&self.of, &inputs) {
+            Ok(out) => {
+                let per_input = self.of.rule().macs(&inputs, &out.shape);
+                per_input.saturating_mul(self.wrt.iter().filter(|&&w| w < 2).count() as u64)
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Gradients are not differentiated again.
+    fn grad(&self) -> GradRule {
+        GradRule::Leaf
+    }
+
+    fn reads(&self, _: usize) -> Vec<Read> {
+        Vec::new()
+    }
 }

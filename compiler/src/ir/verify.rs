@@ -49,26 +49,11 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
             )));
         }
         let n = inputs.len();
-        let arity_ok = match &node.op {
-            Op::Input(_) | Op::Param(_) => n == 0,
-            Op::Conv(_) | Op::Dense(_) => n == 2 || n == 3,
-            Op::BatchNorm(b) => n == if b.training { 3 } else { 5 },
-            Op::PRelu | Op::Loss(_) => n == 2,
-            Op::Add => n >= 2,
-            Op::Concat => n >= 1,
-            Op::Backward(b) => n == b.reads.len(),
-            Op::Pool(_)
-            | Op::GlobalPool(_)
-            | Op::Flatten
-            | Op::Dropout(_)
-            | Op::Activation(_)
-            | Op::Reshape(_)
-            | Op::ChannelSlice(_) => n == 1,
-        };
+        let arity_ok = node.op.rule().arity(n);
         if !arity_ok {
             return Err(fail(format!("{} has {n} operands", node.op.mnemonic())));
         }
-        let param_ports = matches!(node.op, Op::Conv(_) | Op::Dense(_) | Op::BatchNorm(_) | Op::PRelu);
+        let param_ports = node.op.rule().param_ports();
         if let Some(v) = inputs.iter().skip(1).find(|v| param_ports && !matches!(graph.node(v.node).op, Op::Param(_))) {
             return Err(fail(format!("operand `{}` in a parameter port is not a parameter", graph.node(v.node).name)));
         }

@@ -3,9 +3,9 @@
 //! every model input). Frozen parameters and batchnorm statistics get none. Each backward node
 //! reads only what its rule needs ([`crate::ir::backward`]); identity gradients are aliases.
 
-use crate::ir::backward::{self, Rule};
 use crate::ir::op::{BackwardOp, Op, ParamOp, Read, ReshapeOp, SliceOp};
 use crate::ir::{Graph, Node, NodeId, ValueId};
+use crate::ops::{reads_all, GradRule as Rule};
 use std::collections::{HashMap, HashSet};
 
 /// Where the gradients are.
@@ -43,7 +43,7 @@ pub fn run(graph: &mut Graph, losses: &[NodeId], wrt_inputs: bool, constants: &[
         let wanted: Vec<usize> = (0..inputs.len()).filter(|&i| needs.contains(&inputs[i].node)).collect();
         let mut give = |i: usize, g: ValueId| contributions.entry(inputs[i].node).or_default().push(g);
         let name = |wrt: &str| format!("{}.d{wrt}", node.name);
-        match (backward::rule(&node.op), dy) {
+        match (node.op.rule().grad(), dy) {
             (Rule::Leaf, _) => {}
             (Rule::Alias, Some(dy)) => wanted.iter().for_each(|&i| give(i, dy)),
             (Rule::Reshape, Some(dy)) => {
@@ -91,7 +91,7 @@ fn differentiate(
     dy: Option<ValueId>,
     name: String,
 ) -> NodeId {
-    let reads = backward::reads_all(&node.op, wrt);
+    let reads = reads_all(&node.op, wrt);
     let operands: Vec<ValueId> = reads
         .iter()
         .filter_map(|r| match r {

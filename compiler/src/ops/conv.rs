@@ -1,0 +1,181 @@
+//! Convolution over 1, 2 or 3 spatial axes, with stride, padding, dilation and groups.
+
+use super::{axes_text, conv_rank, elements, finish_windows, need, pads_text, windows, GradRule, OpRule, Window};
+use super::{Built, LayerSpec, ParamNeed, Tensors};
+use crate::elaborate::layers::LayerArgs;
+use crate::ir::op::{Init, Op, ParamRole, Read};
+use crate::shape::{Inferred, Shape, ShapeFault};
+
+/// Attributes of [`Op::Conv`]. Every vector has one entry per spatial axis. Inputs: x, weight
+/// `[f.., c_in/groups, filters]`, bias?
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvOp {
+    /// Number of filters (output channels).
+    pub filters: usize,
+    /// Filter size `f` per axis.
+    pub size: Vec<usize>,
+    /// Stride `s` per axis.
+    pub stride: Vec<usize>,
+    /// Padding before and after, per axis.
+    pub pad: Vec<(usize, usize)>,
+    /// Dilation per axis; the effective filter size is `d·(f − 1) + 1`.
+    pub dilation: Vec<usize>,
+    /// Channel groups; `groups = c_in` is a depthwise convolution.
+    pub groups: usize,
+}
+
+/// `conv(filters, size, ...)`.
+pub const CONV: LayerSpec = LayerSpec {
+    name: "conv",
+    tensors: Tensors::One,
+    params: &[
+        ("filters", true),
+        ("size", true),
+        ("stride", false),
+        ("pad", false),
+        ("dilation", false),
+        ("groups", false),
+        ("bias", false),
+        ("weights", false),
+        ("init", false),
+    ],
+    signature:
+        "conv(filters, size, stride: 1, pad: valid, dilation: 1, groups: 1, bias: true, weights: CONST, init: he)",
+    doc: "Convolution over 1, 2 or 3 spatial axes (by the input's rank).",
+    build,
+};
+
+/// The weight shape of a convolution on `channels` input channels: `[f.., channels/groups, filters]`.
+pub fn weight_shape(c: &ConvOp, channels: usize) -> Shape {
+    let mut w = c.size.clone();
+    w.push(channels / c.groups.max(1));
+    w.push(c.filters);
+    Shape(w)
+}
+
+/// `he` or `glorot`.
+pub(crate) fn init(name: &str) -> Init {
+    if name == "glorot" {
+        Init::Glorot
+    } else {
+        Init::He
+    }
+}
+
+fn build(a: &mut LayerArgs) -> Option<Built> {
+    let x = a.window_input("conv")?;
+    let ones = vec![1; x.rank() - 1];
+    let filters = a.int("filters", "a filter count", 1, None)?;
+    let size = a.axes("size", "filter size", 1, None)?;
+    let stride = a.axes("stride", "stride", 1, Some(ones.clone()))?;
+    let dilation = a.axes("dilation", "dilation", 1, Some(ones))?;
+    let pad = a.padding(&size, &stride, &dilation)?;
+    let groups = a.int("groups", "a group count", 1, Some(1))?;
+    let bias = a.flag("bias", "`bias`", true)?;
+    let init = init(a.choice("init", "an initializer", &["he", "glorot"], "he")?);
+    let op = ConvOp { filters, size, stride, pad, dilation, groups };
+    let mut weight = ParamNeed::new(ParamRole::Weight, weight_shape(&op, x.channels()).0, init);
+    let fixed = match a.constant("weights", "`weights`")? {
+        Some(c) => {
+            weight.shape = Shape(c.shape.clone());
+            weight.init = Init::Constant;
+            weight.value = Some(c.data.clone());
+            weight.frozen = true;
+            true
+        }
+        None => false,
+    };
+    let mut params = vec![weight];
+    if bias {
+        let mut bias = ParamNeed::new(ParamRole::Bias, vec![op.filters], Init::Zeros);
+        bias.frozen = fixed;
+        params.push(bias);
+    }
+    Some((Op::Conv(op), params))
+}
+
+impl OpRule for ConvOp {
+    fn mnemonic(&self) -> String {
+        format!("conv{}d", self.size.len())
+    }
+
+    fn attributes(&self) -> String {
+        let mut s = format!(
+            "[n={},f={},s={},p={}",
+            self.filters,
+            axes_text(&self.size),
+            axes_text(&self.stride),
+            pads_text(&self.pad)
+        );
+        if self.dilation.iter().any(|&d| d != 1) {
+            s += &format!(",d={}", axes_text(&self.dilation));
+        }
+        if self.groups != 1 {
+            s += &format!(",g={}", self.groups);
+        }
+        s + "]"
+    }
+
+    fn infer(&self, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
+        let x = need(inputs, 2)?;
+        conv_rank(x)?;
+        let w = inputs.get(1).ok_or(ShapeFault::Arity { expected: 2, got: inputs.len() })?;
+        let calcs = windows(x, &self.geometry())?;
+        if self.groups == 0 || self.filters == 0 {
+            return Err(ShapeFault::Zero { what: if self.groups == 0 { "groups" } else { "filters" } });
+        }
+        if !x.channels().is_multiple_of(self.groups) {
+            return Err(ShapeFault::ChannelsNotDivisible { channels: x.channels(), groups: self.groups });
+        }
+        if !self.filters.is_multiple_of(self.groups) {
+            return Err(ShapeFault::FiltersNotDivisible { filters: self.filters, groups: self.groups });
+        }
+        let expected = weight_shape(self, x.channels());
+        if **w != expected {
+            return Err(ShapeFault::ParamShape { expected, got: (*w).clone() });
+        }
+        if let Some(b) = inputs.get(2) {
+            if **b != Shape(vec![self.filters]) {
+                return Err(ShapeFault::ParamShape { expected: Shape(vec![self.filters]), got: (*b).clone() });
+            }
+        }
+        finish_windows(calcs, self.filters)
+    }
+
+    fn arity(&self, n: usize) -> bool {
+        n == 2 || n == 3
+    }
+
+    fn param_ports(&self) -> bool {
+        true
+    }
+
+    fn macs(&self, inputs: &[&Shape], output: &Shape) -> u64 {
+        let cin = inputs.first().map_or(0, |x| x.channels()) as u64;
+        let window: u64 = self.size.iter().map(|&f| f as u64).product();
+        elements(output).saturating_mul(window).saturating_mul(cin / self.groups.max(1) as u64)
+    }
+
+    fn grad(&self) -> GradRule {
+        GradRule::PerInput
+    }
+
+    /// dx = dy ⋆ W (a convolution of dy with the rotated filters), dW = x ⋆ dy, db = Σ dy.
+    fn reads(&self, wrt: usize) -> Vec<Read> {
+        match wrt {
+            0 => vec![Read::Input(1), Read::Grad],
+            1 => vec![Read::Input(0), Read::Grad],
+            _ => vec![Read::Grad],
+        }
+    }
+
+    fn window(&self) -> Option<Window<'_>> {
+        Some(self.geometry())
+    }
+}
+
+impl ConvOp {
+    fn geometry(&self) -> Window<'_> {
+        Window { size: &self.size, stride: &self.stride, pad: &self.pad, dilation: self.dilation.clone(), ceil: false }
+    }
+}

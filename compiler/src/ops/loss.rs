@@ -1,0 +1,89 @@
+//! Losses, computed per example.
+
+use super::{need, GradRule, OpRule};
+use crate::ir::op::Read;
+use crate::shape::{Inferred, Shape, ShapeFault};
+use std::fmt;
+
+/// Attributes of [`crate::ir::Op::Loss`]: a weighted loss per example (a scalar `[]`). Inputs:
+/// prediction, target.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossOp {
+    /// Which loss.
+    pub kind: LossKind,
+    /// Its weight in the total loss.
+    pub weight: f32,
+}
+
+/// Losses, computed per example.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossKind {
+    /// `−log softmax(logits)[label]`; the target is a class index.
+    SoftmaxCrossEntropy,
+    /// Binary cross-entropy of `sigmoid(logits)` against targets in [0, 1], summed over the vector.
+    SigmoidCrossEntropy,
+    /// `½‖prediction − target‖²`.
+    L2,
+}
+
+impl LossKind {
+    /// The loss called `name` in a train section, if the runtime implements it.
+    pub fn from_name(name: &str) -> Option<LossKind> {
+        match name {
+            "softmax_cross_entropy" => Some(LossKind::SoftmaxCrossEntropy),
+            "sigmoid_cross_entropy" => Some(LossKind::SigmoidCrossEntropy),
+            "l2" => Some(LossKind::L2),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for LossKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LossKind::SoftmaxCrossEntropy => "softmax_cross_entropy",
+            LossKind::SigmoidCrossEntropy => "sigmoid_cross_entropy",
+            LossKind::L2 => "l2",
+        })
+    }
+}
+
+impl OpRule for LossOp {
+    fn mnemonic(&self) -> String {
+        format!("loss.{}", self.kind)
+    }
+
+    fn attributes(&self) -> String {
+        format!("[weight={}]", self.weight)
+    }
+
+    fn infer(&self, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
+        let pred = need(inputs, 2)?;
+        let target = inputs.get(1).ok_or(ShapeFault::Arity { expected: 2, got: 1 })?;
+        let fits = match self.kind {
+            LossKind::SoftmaxCrossEntropy => pred.rank() == 1 && target.rank() == 0,
+            LossKind::SigmoidCrossEntropy | LossKind::L2 => pred == *target,
+        };
+        if !fits {
+            return Err(ShapeFault::ParamShape { expected: pred.clone(), got: (*target).clone() });
+        }
+        Ok(Shape(vec![]).into())
+    }
+
+    fn arity(&self, n: usize) -> bool {
+        n == 2
+    }
+
+    fn macs(&self, _: &[&Shape], _: &Shape) -> u64 {
+        0
+    }
+
+    fn grad(&self) -> GradRule {
+        GradRule::PerInput
+    }
+
+    /// The seed of backpropagation: a function of the prediction and the target alone.
+    fn reads(&self, _: usize) -> Vec<Read> {
+        vec![Read::Input(0), Read::Input(1)]
+    }
+}

@@ -1,0 +1,383 @@
+//! Inputs, parameters, and the ops that move or combine values: flatten, reshape, channel
+//! slices, add, concat.
+
+use super::{axes_text, need, GradRule, LayerSpec, OpRule, Tensors};
+use crate::ir::op::{Op, Read};
+use crate::shape::{Inferred, Shape, ShapeFault};
+use std::sync::Arc;
+
+/// Attributes of [`Op::Input`]: a model input; its shape is declared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputOp {
+    /// The name declared in the model.
+    pub name: String,
+}
+
+/// What a parameter is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamRole {
+    /// Convolution or dense weights.
+    Weight,
+    /// Additive bias.
+    Bias,
+    /// Batchnorm scale.
+    Gamma,
+    /// Batchnorm shift.
+    Beta,
+    /// Batchnorm running mean (state, not trained by gradients).
+    RunningMean,
+    /// Batchnorm running variance (state, not trained by gradients).
+    RunningVar,
+    /// PReLU slopes.
+    Slope,
+}
+
+impl ParamRole {
+    /// The last segment of the parameter's name.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            ParamRole::Weight => "weight",
+            ParamRole::Bias => "bias",
+            ParamRole::Gamma => "gamma",
+            ParamRole::Beta => "beta",
+            ParamRole::RunningMean => "running_mean",
+            ParamRole::RunningVar => "running_var",
+            ParamRole::Slope => "slope",
+        }
+    }
+
+    /// Whether this is state updated outside of gradient descent.
+    pub fn is_state(self) -> bool {
+        matches!(self, ParamRole::RunningMean | ParamRole::RunningVar)
+    }
+}
+
+/// How a parameter starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// He (Kaiming) normal, for layers followed by ReLU.
+    He,
+    /// Glorot (Xavier) uniform.
+    Glorot,
+    /// All zeros.
+    Zeros,
+    /// All ones.
+    Ones,
+    /// Every value the same constant.
+    Fill(f32),
+    /// Values written in the model file.
+    Constant,
+}
+
+/// Attributes of [`Op::Param`]: a learned (or constant) tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamOp {
+    /// What it is for.
+    pub role: ParamRole,
+    /// How it starts.
+    pub init: Init,
+    /// Excluded from training (transfer learning, fixed filters).
+    pub frozen: bool,
+    /// Values given in the file, row-major, for [`Init::Constant`].
+    pub value: Option<Arc<[f32]>>,
+}
+
+/// Any shape to `[product]` ([`Op::Flatten`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flatten;
+
+/// Element-wise sum of two or more tensors of one shape ([`Op::Add`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Add;
+
+/// Concatenation along the channel (last) axis; other axes must agree ([`Op::Concat`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Concat;
+
+/// Attributes of [`Op::Reshape`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReshapeOp {
+    /// The new shape (batch axis excluded).
+    pub shape: Vec<usize>,
+}
+
+/// Attributes of [`Op::ChannelSlice`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SliceOp {
+    /// First channel.
+    pub start: usize,
+    /// Number of channels.
+    pub len: usize,
+}
+
+/// `flatten`.
+pub const FLATTEN: LayerSpec = LayerSpec {
+    name: "flatten",
+    tensors: Tensors::One,
+    params: &[],
+    signature: "flatten",
+    doc: "Any shape to [product of axes].",
+    build: |_| Some((Op::Flatten, vec![])),
+};
+
+/// `add(a, b, ...)`, also written `a + b`.
+pub const ADD: LayerSpec = LayerSpec {
+    name: "add",
+    tensors: Tensors::Many(2),
+    params: &[],
+    signature: "add(a, b, ...)",
+    doc: "Element-wise sum; `a + b` is the same.",
+    build: |_| Some((Op::Add, vec![])),
+};
+
+/// `concat(a, b, ...)`.
+pub const CONCAT: LayerSpec = LayerSpec {
+    name: "concat",
+    tensors: Tensors::Many(1),
+    params: &[],
+    signature: "concat(a, b, ...)",
+    doc: "Concatenation along channels; other axes must agree.",
+    build: |_| Some((Op::Concat, vec![])),
+};
+
+fn leaf(inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
+    Err(ShapeFault::Arity { expected: 0, got: inputs.len() })
+}
+
+impl OpRule for InputOp {
+    fn mnemonic(&self) -> String {
+        "input".into()
+    }
+
+    /// Its shape is declared, not inferred.
+    fn infer(&self, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
+        leaf(inputs)
+    }
+
+    fn arity(&self, n: usize) -> bool {
+        n == 0
+    }
+
+    fn macs(&self, _: &[&Shape], _: &Shape) -> u64 {
+        0
+    }
+
+    fn grad(&self) -> GradRule {
+        GradRule::Leaf
+    }
+
+    fn reads(&self, _: usize) -> Vec<Read> {
+        Vec::new()
+    }
+}
+
+impl OpRule for ParamOp {
+    fn mnemonic(&self) -> String {
+        "param".into()
+    }
+
+    fn attributes(&self) -> String {
+        let init = match self.init {
+            Init::He => "he".to_string(),
+            Init::Glorot => "glorot".to_string(),
+            Init::Zeros => "zeros".to_string(),
+            Init::Ones => "ones".to_string(),
+            Init::Fill(v) => format!("fill({v})"),
+            Init::Constant => "constant".to_string(),
+        };
+        format!("[init={init}{}]", if self.frozen { ",frozen" } else { "" })
+    }
+
+    /// Its shape is the layer's need, not inferred.
+    fn infer(&self, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
+        leaf(inputs)
+    }
+
+    fn arity(&self, n: usize) -> bool {
+        n == 0
+    }
+
+    fn macs(&self, _: &[&Shape], _: &Shape) -> u64 {
+        0
+    }
+
+    fn grad(&self) -> GradRule {
+        GradRule::Leaf
+    }
+
+    fn reads(&self, _: usize) -> Vec<Read> {
+        Vec::new()
+    }
+}
+
+impl OpRule for Flatten {
+    fn mnemonic(&self) -> String {
+        "flatten".into()
+    }
+
+    fn infer(&self, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
+        let x = need(inputs, 1)?;
+        Ok(Shape(vec![x.elements().ok_or(ShapeFault::TooLarge { shape: x.0.clone() })?]).into())
+    }
+
+    fn arity(&self, n: usize) -> bool {
+        n == 1
+    }
+
+    fn macs(&self, _: &[&Shape], _: &Shape) -> u64 {
+        0
+    }
+
+    fn grad(&self) -> GradRule {
+        GradRule::Reshape
+    }
+
+    fn reads(&self, _: usize) -> Vec<Read> {
+        Vec::new()
+    }
+}
+
+impl OpRule for ReshapeOp {
+    fn mnemonic(&self) -> String {
+        "reshape".into()
+    }
+
+    fn attributes(&self) -> String {
+        format!("[{}]", axes_text(&self.shape))
+    }
+
+    fn infer(&self, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
+        let x = need(inputs, 1)?;
+        let to = Shape(self.shape.clone());
+        if x.elements() != to.elements() {
+            return Err(ShapeFault::ParamShape { expected: to, got: x.clone() });
+        }
+        Ok(to.into())
+    }
+
+    fn arity(&self, n: usize) -> bool {
+        n == 1
+    }
+
+    fn macs(&self, _: &[&Shape], _: &Shape) -> u64 {
+        0
+    }
+
+    fn grad(&self) -> GradRule {
+        GradRule::Reshape
+    }
+
+    fn reads(&self, _: usize) -> Vec<Read> {
+        Vec::new()
+    }
+}
+
+impl OpRule for SliceOp {
+    fn mnemonic(&self) -> String {
+        "channel_slice".into()
+    }
+
+    fn attributes(&self) -> String {
+        format!("[start={},len={}]", self.start, self.len)
+    }
+
+    fn infer(&self, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
+        let x = need(inputs, 1)?;
+        let end = self.start.checked_add(self.len);
+        if x.rank() == 0 || self.len == 0 || end.is_none_or(|end| end > x.channels()) {
+            return Err(ShapeFault::Zero { what: "channel slice" });
+        }
+        let mut out = x.0.clone();
+        if let Some(last) = out.last_mut() {
+            *last = self.len;
+        }
+        Ok(Shape(out).into())
+    }
+
+    fn arity(&self, n: usize) -> bool {
+        n == 1
+    }
+
+    fn macs(&self, _: &[&Shape], _: &Shape) -> u64 {
+        0
+    }
+
+    fn grad(&self) -> GradRule {
+        GradRule::PerInput
+    }
+
+    /// The slice's gradient is `dy` placed in zeros of the input's shape.
+    fn reads(&self, _: usize) -> Vec<Read> {
+        vec![Read::Grad]
+    }
+}
+
+impl OpRule for Add {
+    fn mnemonic(&self) -> String {
+        "add".into()
+    }
+
+    fn infer(&self, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
+        let first = need(inputs, 2)?;
+        for (i, other) in inputs.iter().enumerate().skip(1) {
+            if *other != first {
+                return Err(ShapeFault::AddMismatch { first: first.clone(), other: (*other).clone(), index: i });
+            }
+        }
+        Ok(first.clone().into())
+    }
+
+    fn arity(&self, n: usize) -> bool {
+        n >= 2
+    }
+
+    fn macs(&self, _: &[&Shape], _: &Shape) -> u64 {
+        0
+    }
+
+    fn grad(&self) -> GradRule {
+        GradRule::Alias
+    }
+
+    fn reads(&self, _: usize) -> Vec<Read> {
+        Vec::new()
+    }
+}
+
+impl OpRule for Concat {
+    fn mnemonic(&self) -> String {
+        "concat".into()
+    }
+
+    fn infer(&self, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
+        let first = need(inputs, 1)?;
+        let mut channels = 0usize;
+        for (i, other) in inputs.iter().enumerate() {
+            if other.rank() != first.rank() || other.spatial() != first.spatial() || other.rank() == 0 {
+                return Err(ShapeFault::ConcatMismatch { first: first.clone(), other: (*other).clone(), index: i });
+            }
+            channels += other.channels();
+        }
+        let mut out = first.0.clone();
+        if let Some(last) = out.last_mut() {
+            *last = channels;
+        }
+        Ok(Shape(out).into())
+    }
+
+    fn arity(&self, n: usize) -> bool {
+        n >= 1
+    }
+
+    fn macs(&self, _: &[&Shape], _: &Shape) -> u64 {
+        0
+    }
+
+    fn grad(&self) -> GradRule {
+        GradRule::Slice
+    }
+
+    fn reads(&self, _: usize) -> Vec<Read> {
+        Vec::new()
+    }
+}
