@@ -21,6 +21,7 @@ pub struct Args {
     pub threads: Option<usize>,
     pub steps: usize,
     pub warmup: usize,
+    pub profile: bool,
 }
 
 /// Runs the benchmark; `compiled` is how long parsing and checking took.
@@ -52,6 +53,10 @@ pub fn run(c: &Compilation, args: &Args, compiled: Duration) -> Result<(), Failu
     for _ in 0..args.warmup {
         w.step().map_err(|e| fail(EXIT_INPUT, e))?;
     }
+    let profile = std::sync::Arc::new(std::sync::Mutex::new(cnnc_runtime::executor::Profile::default()));
+    if args.profile {
+        w.profile_into(profile.clone());
+    }
     let mut times = Vec::with_capacity(args.steps);
     for _ in 0..args.steps.max(1) {
         let t = Instant::now();
@@ -71,6 +76,9 @@ pub fn run(c: &Compilation, args: &Args, compiled: Duration) -> Result<(), Failu
         ms(hi),
         per_image
     );
+    if let (true, Ok(p)) = (args.profile, profile.lock()) {
+        print_profile(&p, times.len());
+    }
     for (what, bytes) in w.memory() {
         println!("memory: {:<32}{:>10.2} MiB", what, bytes as f64 / (1 << 20) as f64);
     }
@@ -78,6 +86,19 @@ pub fn run(c: &Compilation, args: &Args, compiled: Duration) -> Result<(), Failu
         println!("memory: {:<32}{:>10.2} MiB", "peak resident (process)", peak as f64 / (1 << 20) as f64);
     }
     Ok(())
+}
+
+/// Time per op kind and step, largest first, with its share of the time in ops.
+fn print_profile(p: &cnnc_runtime::executor::Profile, steps: usize) {
+    let total: Duration = p.ops.iter().map(|(_, d, _)| *d).sum();
+    let mut ops = p.ops.clone();
+    ops.sort_by(|a, b| b.1.cmp(&a.1));
+    println!("profile (per step, by op):");
+    for (op, d, runs) in ops {
+        let per_step = d / steps.max(1) as u32;
+        let share = 100.0 * d.as_secs_f64() / total.as_secs_f64().max(1e-12);
+        println!("  {op:<36}{:>10.3} ms {share:>6.1}%  ({} calls)", ms(per_step), runs / steps.max(1) as u64);
+    }
 }
 
 fn ms(d: Duration) -> f64 {

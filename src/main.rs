@@ -138,6 +138,9 @@ struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Break the step down by op: time per step, share of the step.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -255,6 +258,7 @@ fn main() -> ExitCode {
                 threads: a.threads,
                 steps: a.steps,
                 warmup: a.warmup,
+                profile: a.profile,
             };
             match bench::run(&c, &args, compiled) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,7 @@
 //! What `cnnc bench` measures: a model made runnable (phases timed), then one step at a time on a
 //! preloaded synthetic batch. Also the host's CPU and ISA flags and the process's peak memory.
 
-use crate::executor::Executor;
+use crate::executor::{Executor, Profile};
 use crate::params::Params;
 use crate::reference::{Ctx, Tensor};
 use crate::train::{Session, StepError};
@@ -139,6 +139,14 @@ impl Workload {
         };
         self.peak_bytes = self.peak_bytes.max(peak);
         Ok(())
+    }
+
+    /// Times every op of every later step into `profile`.
+    pub fn profile_into(&mut self, profile: std::sync::Arc<std::sync::Mutex<Profile>>) {
+        match &mut self.run {
+            Run::Train(s) => s.profile_into(profile),
+            Run::Infer(i) => i.exec.profile_into(profile),
+        }
     }
 
     /// Memory figures worth reporting, in bytes.

@@ -42,6 +42,25 @@ pub struct Values {
     pub peak_bytes: usize,
 }
 
+/// Time spent per op (by mnemonic) over the runs of a profiling executor.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Profile {
+    /// `(mnemonic, total time, runs)`, in first-run order.
+    pub ops: Vec<(String, std::time::Duration, u64)>,
+}
+
+impl Profile {
+    fn add(&mut self, op: String, t: std::time::Duration) {
+        match self.ops.iter_mut().find(|(o, _, _)| *o == op) {
+            Some(entry) => {
+                entry.1 += t;
+                entry.2 += 1;
+            }
+            None => self.ops.push((op, t, 1)),
+        }
+    }
+}
+
 impl Values {
     /// The value `v`, if it was kept.
     pub fn get(&self, v: impl Into<ValueId>) -> Option<&Tensor> {
@@ -63,6 +82,7 @@ pub struct Executor {
     steps: Vec<Step>,
     params: HashMap<NodeId, ParamId>,
     keep: Vec<ValueId>,
+    profile: Option<std::sync::Arc<std::sync::Mutex<Profile>>>,
 }
 
 impl Executor {
@@ -109,7 +129,12 @@ impl Executor {
                 steps[i].frees.push(v);
             }
         }
-        Ok(Executor { steps, params, keep })
+        Ok(Executor { steps, params, keep, profile: None })
+    }
+
+    /// Times every op of every run from now on into `profile`.
+    pub fn profile_into(&mut self, profile: std::sync::Arc<std::sync::Mutex<Profile>>) {
+        self.profile = Some(profile);
     }
 
     /// Nodes in the order they run.
@@ -141,7 +166,14 @@ impl Executor {
                     .iter()
                     .map(|v| self.operand(graph, params, feeds, &live, *v))
                     .collect::<Result<_, _>>()?;
-                reference::forward(&node.op, &inputs, ctx)
+                let started = self.profile.as_ref().map(|_| std::time::Instant::now());
+                let results = reference::forward(&node.op, &inputs, ctx);
+                if let (Some(p), Some(t)) = (&self.profile, started) {
+                    if let Ok(mut p) = p.lock() {
+                        p.add(node.op.mnemonic(), t.elapsed());
+                    }
+                }
+                results
             };
             for (r, t) in results.into_iter().enumerate() {
                 bytes += t.len() * 4;

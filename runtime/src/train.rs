@@ -198,6 +198,11 @@ impl Session {
         Ok(Session { tg, infer, classifies, params, opt, grads, grad_slots, stats, train_exec, seed: spec.seed })
     }
 
+    /// Times every op of every training step from now on into `profile`.
+    pub fn profile_into(&mut self, profile: std::sync::Arc<std::sync::Mutex<crate::executor::Profile>>) {
+        self.train_exec.profile_into(profile);
+    }
+
     /// Checks that the data's labels fit the prediction: every class needs a score.
     pub fn check(&self, data: &Dataset) -> Result<(), RunError> {
         let scores = self.tg.graph.node(self.tg.prediction).shape.0.first().copied().unwrap_or(0);

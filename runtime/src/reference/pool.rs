@@ -10,27 +10,38 @@ fn geometry(p: &PoolOp, x: &[usize]) -> Geometry {
     windowed(x, &p.size, &p.stride, &p.pad, &vec![1; p.size.len()], p.ceil)
 }
 
-/// For every output element (row-major over `[n, out.., c]`), the input offsets of its window.
-fn windows(g: &Geometry) -> Vec<Vec<usize>> {
+/// For every (output element, input element of its window) pair, in window order:
+/// `f(output offset, input offset)`, offsets row-major over `[n, out.., c]` and `[n, in.., c]`.
+fn for_each_pair(g: &Geometry, mut f: impl FnMut(usize, usize)) {
     let c = g.channels;
-    let mut out = vec![Vec::new(); g.n * g.positions() * c];
-    // `for_each` walks channel blocks; one block of all channels gives (row, k, offset) with
-    // k = window element · c + channel.
-    g.for_each(0, c, |row, k, i| out[row * c + k % c].push(i));
-    out
+    // One block of all channels gives (row, k, offset) with k = window element · c + channel.
+    g.for_each(0, c, |row, k, i| f(row * c + k % c, i));
+}
+
+/// How many input elements each output element's window holds (padding not counted).
+fn counts(g: &Geometry) -> Vec<u32> {
+    let mut count = vec![0u32; g.n * g.positions() * g.channels];
+    for_each_pair(g, |o, _| count[o] += 1);
+    count
 }
 
 pub(super) fn forward(p: &PoolOp, x: &View) -> Tensor {
     let g = geometry(p, x.shape());
     let xs = x.as_standard_layout();
     let xs = xs.as_slice().expect("standard layout");
-    let values: Vec<f32> = windows(&g)
-        .iter()
-        .map(|w| match p.kind {
-            PoolKind::Max => w.iter().map(|&i| xs[i]).fold(f32::NEG_INFINITY, f32::max),
-            PoolKind::Avg => w.iter().map(|&i| xs[i]).sum::<f32>() / w.len().max(1) as f32,
-        })
-        .collect();
+    let size = g.n * g.positions() * g.channels;
+    let values = match p.kind {
+        PoolKind::Max => {
+            let mut out = vec![f32::NEG_INFINITY; size];
+            for_each_pair(&g, |o, i| out[o] = out[o].max(xs[i]));
+            out
+        }
+        PoolKind::Avg => {
+            let mut out = vec![0f32; size];
+            for_each_pair(&g, |o, i| out[o] += xs[i]);
+            out.iter().zip(counts(&g)).map(|(s, n)| s / n.max(1) as f32).collect()
+        }
+    };
     ArrayD::from_shape_vec(output_shape(&g, x.ndim() - 2, g.channels), values).expect("pool output")
 }
 
@@ -38,31 +49,28 @@ pub(super) fn forward(p: &PoolOp, x: &View) -> Tensor {
 /// its window's first maximum in `x`; average pooling spreads it evenly (needing no `x`).
 pub(super) fn vjp(p: &PoolOp, x_shape: &[usize], x: Option<&View>, dy: &View) -> Tensor {
     let g = geometry(p, x_shape);
-    let xc = x.map(|x| x.as_standard_layout());
-    let xs = xc.as_ref().and_then(|x| x.as_slice());
     let dy = dy.as_standard_layout();
     let dys = dy.as_slice().expect("standard layout");
     let mut dx = vec![0f32; x_shape.iter().product()];
-    for (o, w) in windows(&g).iter().enumerate() {
-        match (p.kind, xs) {
-            (PoolKind::Max, Some(xs)) => {
-                // The first maximum takes the gradient.
-                let mut best: Option<usize> = None;
-                for &i in w {
-                    if best.is_none_or(|b| xs[i] > xs[b]) {
-                        best = Some(i);
-                    }
+    let xc = x.map(|x| x.as_standard_layout());
+    match (p.kind, xc.as_ref().and_then(|x| x.as_slice())) {
+        (PoolKind::Max, Some(xs)) => {
+            // The first maximum in window order takes the gradient.
+            let mut best: Vec<Option<usize>> = vec![None; dys.len()];
+            for_each_pair(&g, |o, i| {
+                if best[o].is_none_or(|b| xs[i] > xs[b]) {
+                    best[o] = Some(i);
                 }
-                if let Some(b) = best {
+            });
+            for (o, b) in best.into_iter().enumerate() {
+                if let Some(b) = b {
                     dx[b] += dys[o];
                 }
             }
-            _ => {
-                let share = dys[o] / w.len().max(1) as f32;
-                for &i in w {
-                    dx[i] += share;
-                }
-            }
+        }
+        _ => {
+            let count = counts(&g);
+            for_each_pair(&g, |o, i| dx[i] += dys[o] / count[o].max(1) as f32);
         }
     }
     ArrayD::from_shape_vec(IxDyn(x_shape), dx).expect("dx shape")
