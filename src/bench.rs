@@ -92,7 +92,7 @@ pub fn run(c: &Compilation, args: &Args, compiled: Duration) -> Result<(), Failu
 fn print_profile(p: &cnnc_runtime::executor::Profile, steps: usize) {
     let total: Duration = p.ops.iter().map(|(_, d, _)| *d).sum();
     let mut ops = p.ops.clone();
-    ops.sort_by(|a, b| b.1.cmp(&a.1));
+    ops.sort_by_key(|o| std::cmp::Reverse(o.1));
     println!("profile (per step, by op):");
     for (op, d, runs) in ops {
         let per_step = d / steps.max(1) as u32;
