@@ -183,6 +183,13 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_INTERNAL: u8 = 3;
 
 fn main() -> ExitCode {
+    // Output piped into a program that stops reading (`cnnc build ... | head`) ends cnnc quietly,
+    // as it ends any command-line tool, instead of failing a write.
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file, message_format, color } => {

@@ -122,3 +122,59 @@ fn the_bundled_models_are_formatted() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn build_shows_the_graph_after_a_pass_and_skips_optional_passes() {
+    let text = |args: &[&str]| {
+        let out = cnnc().args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, after_losses, _) = text(&["build", "examples/lenet5.cnn", "--emit", "train-ir", "--after", "losses"]);
+    assert_eq!(code, Some(0));
+    assert!(after_losses.contains("loss.softmax_cross_entropy") && !after_losses.contains("vjp."), "{after_losses}");
+    let (code, full, _) = text(&["build", "examples/lenet5.cnn", "--emit", "train-ir"]);
+    assert_eq!(code, Some(0));
+    assert!(full.contains("vjp.conv2d[wrt=1;reads=x0,dy"), "{full}");
+    let (code, infer, _) = text(&["build", "tests/passes/autodiff/branches.cnn", "--emit", "infer-ir"]);
+    assert_eq!(code, Some(0));
+    assert!(!infer.contains("dropout") && infer.contains("concat"), "{infer}");
+    let (code, no_dce, _) = text(&["build", "examples/lenet5.cnn", "--emit", "train-ir", "--disable-pass", "dce"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(no_dce, full, "nothing in LeNet-5's training graph is dead");
+    let (code, _, err) = text(&["build", "examples/lenet5.cnn", "--emit", "train-ir", "--disable-pass", "autodiff"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("cannot be disabled"), "{err}");
+    let (code, _, err) = text(&["build", "examples/lenet5.cnn", "--emit", "train-ir", "--after", "fusion"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no pass is called `fusion`"), "{err}");
+    let (code, list, _) = text(&["build", "examples/lenet5.cnn", "--disable-pass", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(list.contains("autodiff") && list.contains("inference_mode"), "{list}");
+}
+
+#[test]
+fn bench_times_steps_and_names_the_cpu() {
+    let out = cnnc()
+        .args(["bench", "examples/lenet5.cnn", "--train", "--batch", "4", "--steps", "2", "--warmup", "0", "--profile"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for expected in
+        ["training b4", "cpu:", "parse + check", "passes", "step (2 timed", "median", "vjp.conv2d", "peak live values"]
+    {
+        assert!(stdout.contains(expected), "`{expected}` missing from:\n{stdout}");
+    }
+    let out = cnnc().args(["bench", "examples/inception_module.cnn", "--batch", "1", "--steps", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("inference b1"));
+    let out = cnnc().args(["bench", "examples/inception_module.cnn", "--train"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no train section"));
+    let out = cnnc().args(["bench", "examples/lenet5.cnn", "--threads", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -62,7 +62,7 @@ impl Workload {
         let run = match (kind, spec) {
             (WorkloadKind::Train, Some(spec)) => {
                 let session = Session::new(model, spec).map_err(|e| e.to_string())?;
-                phases.push(("passes + schedule", t.elapsed()));
+                phases.clone_from(&session.phases);
                 Run::Train(Box::new(session))
             }
             (WorkloadKind::Train, None) => return Err("training needs a train section".into()),
@@ -72,6 +72,8 @@ impl Workload {
                 phases.push(("passes", t.elapsed()));
                 let t = Instant::now();
                 let params = Params::init(&graph, seed);
+                phases.push(("parameters", t.elapsed()));
+                let t = Instant::now();
                 let keep: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
                 let exec = Executor::new(&graph, &params.layout, &keep).map_err(|e| e.to_string())?;
                 phases.push(("schedule", t.elapsed()));
@@ -111,7 +113,8 @@ impl Workload {
         Ok(Workload { run, x, y, phases, params_bytes, peak_bytes: 0, batch })
     }
 
-    /// Time spent in each phase from checked IR to runnable, in order.
+    /// Time spent in each phase from checked IR to runnable, in order ("parameters" is the
+    /// initialization of the weights, which a model loaded from a file replaces).
     pub fn phases(&self) -> &[(&'static str, Duration)] {
         &self.phases
     }

@@ -134,6 +134,8 @@ pub struct Session {
     stats: Vec<RunningStats>,
     train_exec: Executor,
     seed: u64,
+    /// How long building it took, per phase: passes, parameters, schedule.
+    pub phases: Vec<(&'static str, std::time::Duration)>,
 }
 
 /// One batchnorm's batch statistics (values of the step) and running ones (parameters).
@@ -166,10 +168,15 @@ fn pipeline() -> Result<PassPipeline, RunError> {
 impl Session {
     /// Builds the training and inference graphs and initial parameters (from the spec's seed).
     pub fn new(model: &ModelInfo, spec: &TrainSpec) -> Result<Session, RunError> {
+        let started = Instant::now();
         let tg = training::run(model, spec, false, &mut pipeline()?).map_err(RunError::Plan)?;
         let infer = inference::run(model, &mut pipeline()?).map_err(|e| RunError::Plan(PlanError::Pass(e)))?;
+        let mut phases = vec![("passes", started.elapsed())];
         let classifies = tg.first_loss == LossKind::SoftmaxCrossEntropy;
+        let started = Instant::now();
         let params = Params::init(&tg.graph, spec.seed);
+        phases.push(("parameters", started.elapsed()));
+        let started = Instant::now();
         let layout = params.layout.clone();
         let id = |n: NodeId| layout.id(&tg.graph.node(n).name);
         let grad_slots = tg.grads.params.iter().filter_map(|&(p, g)| Some((id(p)?, g))).collect();
@@ -195,7 +202,9 @@ impl Session {
         let train_exec = Executor::new(&tg.graph, &layout, &keep)?;
         let opt = Optimizer::new(spec.optimizer_spec(), spec.schedule_spec(), &layout);
         let grads = vec![0.0; layout.len()];
-        Ok(Session { tg, infer, classifies, params, opt, grads, grad_slots, stats, train_exec, seed: spec.seed })
+        phases.push(("schedule", started.elapsed()));
+        let seed = spec.seed;
+        Ok(Session { tg, infer, classifies, params, opt, grads, grad_slots, stats, train_exec, seed, phases })
     }
 
     /// Times every op of every training step from now on into `profile`.
