@@ -217,13 +217,7 @@ fn main() -> ExitCode {
                 ensemble: a.ensemble,
                 preview: a.preview_augment,
             };
-            match run::run(&c, &args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(f) => {
-                    eprintln!("error: {}", f.message);
-                    ExitCode::from(f.code)
-                }
-            }
+            finish(run::run(&c, &args))
         }
         Command::Build { file, emit, model, after, disable_pass, color } => {
             if disable_pass.iter().any(|p| p == "list") {
@@ -267,13 +261,7 @@ fn main() -> ExitCode {
                 warmup: a.warmup,
                 profile: a.profile,
             };
-            match bench::run(&c, &args, compiled) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(f) => {
-                    eprintln!("error: {}", f.message);
-                    ExitCode::from(f.code)
-                }
-            }
+            finish(bench::run(&c, &args, compiled))
         }
         Command::Lsp => match cnnc_lsp::run_stdio() {
             Ok(()) => ExitCode::SUCCESS,
@@ -285,6 +273,17 @@ fn main() -> ExitCode {
         Command::Fmt { files, check } => {
             let outcome = cnnc_lsp::fmt::run(&files, check, &mut std::io::stdout(), &mut std::io::stderr());
             ExitCode::from(outcome.code())
+        }
+    }
+}
+
+/// The exit code of a command's outcome, its error printed.
+fn finish(outcome: Result<(), run::Failure>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
         }
     }
 }
