@@ -18,6 +18,8 @@ pub mod structure;
 
 use crate::elaborate::layers::LayerArgs;
 use crate::ir::op::{Init, Op, ParamRole, Read};
+use crate::lir::lower::Lowerer;
+use crate::lir::{Expr, Kernel, View};
 use crate::shape::{AxisCalc, Inferred, Shape, ShapeFault};
 use std::sync::Arc;
 
@@ -91,6 +93,23 @@ pub trait OpRule {
     fn window(&self) -> Option<Window<'_>> {
         None
     }
+
+    /// Emits the kernels that compute its results from its operands.
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String>;
+
+    /// Emits the kernels of its gradients with respect to inputs `wrt`, result `k` for `wrt[k]`,
+    /// on a backward node that reads what [`OpRule::reads`] names.
+    fn lower_grad(&self, l: &mut Lowerer, wrt: &[usize]) -> Result<(), String>;
+}
+
+/// The kernel `out = expr(inputs)` with `channels` broadcast per channel.
+pub(crate) fn map(expr: Vec<Expr>, inputs: Vec<View>, channels: Vec<View>, out: View) -> Kernel {
+    Kernel::Map { expr, inputs, channels, out }
+}
+
+/// For lowerings that only a driver or no graph reaches.
+pub(crate) fn not_lowered(what: &str) -> Result<(), String> {
+    Err(format!("{what} is not lowered by its op"))
 }
 
 /// What one backward node for the gradients of `wrt` of `op` reads: the union of each rule's.

@@ -158,6 +158,11 @@ impl Executor {
                         found: t.shape().get(1..).unwrap_or_default().to_vec(),
                     });
                 }
+                // A fed input is read in place; it is copied only when asked for as a result.
+                let v = ValueId::from(step.id);
+                if self.keep.contains(&v) {
+                    live.insert(v, t.to_owned());
+                }
                 continue;
             }
             let results = {

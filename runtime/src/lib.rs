@@ -7,6 +7,7 @@ pub mod bench;
 pub mod data;
 pub mod evaluate;
 pub mod executor;
+pub mod interp;
 pub mod loader;
 pub mod optim;
 pub mod params;

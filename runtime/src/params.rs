@@ -5,105 +5,15 @@
 //! (He, Glorot, constants), so they do not depend on the order of the graph.
 
 use crate::reference::View;
-use cnnc_compiler::ir::op::{Init, Op, ParamOp, ParamRole};
+use cnnc_compiler::ir::op::{Init, Op, ParamOp};
 use cnnc_compiler::ir::{name_hash, Graph};
 use ndarray::IxDyn;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
-use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::Arc;
 
-/// A parameter's index in a [`Layout`].
-pub type ParamId = usize;
-
-/// One parameter's place in the flat buffers.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Entry {
-    /// Its name (`conv1/weight`).
-    pub name: String,
-    /// Its shape.
-    pub shape: Vec<usize>,
-    /// Where it starts in the buffers.
-    pub offset: usize,
-    /// Updated by gradient descent (not frozen, not a running statistic).
-    pub trainable: bool,
-    /// What it is for.
-    pub role: ParamRole,
-}
-
-impl Entry {
-    /// Its elements in the buffers.
-    pub fn range(&self) -> Range<usize> {
-        self.offset..self.offset + self.shape.iter().product::<usize>()
-    }
-}
-
-/// Where every parameter of a model lives, in name order.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Layout {
-    entries: Vec<Entry>,
-    by_name: HashMap<String, ParamId>,
-    len: usize,
-}
-
-impl Layout {
-    /// The layout of the parameters of `graph` (a parameter shared by name appears once).
-    pub fn of(graph: &Graph) -> Layout {
-        let mut params: Vec<(&str, &[usize], &ParamOp)> = graph
-            .node_ids()
-            .filter_map(|id| {
-                let node = graph.node(id);
-                match &node.op {
-                    Op::Param(p) => Some((node.name.as_str(), node.shape.0.as_slice(), p)),
-                    _ => None,
-                }
-            })
-            .collect();
-        params.sort_by(|a, b| a.0.cmp(b.0));
-        params.dedup_by(|a, b| a.0 == b.0);
-        let mut layout = Layout::default();
-        for (name, shape, p) in params {
-            let entry = Entry {
-                name: name.to_string(),
-                shape: shape.to_vec(),
-                offset: layout.len,
-                trainable: !p.frozen && !p.role.is_state(),
-                role: p.role,
-            };
-            layout.len += shape.iter().product::<usize>();
-            layout.by_name.insert(entry.name.clone(), layout.entries.len());
-            layout.entries.push(entry);
-        }
-        layout
-    }
-
-    /// Every parameter, in name order.
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
-    }
-
-    /// The parameter called `name`.
-    pub fn id(&self, name: &str) -> Option<ParamId> {
-        self.by_name.get(name).copied()
-    }
-
-    /// The entry of parameter `id`.
-    pub fn entry(&self, id: ParamId) -> &Entry {
-        &self.entries[id]
-    }
-
-    /// Elements in all.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the model has no parameter.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
+pub use cnnc_compiler::params::{Entry, ParamId, ParamLayout as Layout};
 
 /// Parameter values in one buffer.
 #[derive(Clone, Debug, Default, PartialEq)]

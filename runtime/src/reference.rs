@@ -12,7 +12,7 @@ mod structure;
 use cnnc_compiler::ir::op::{BackwardOp, Op, Read};
 use ndarray::{ArrayD, ArrayViewD};
 
-pub use elementwise::{sigmoid, softmax};
+pub use elementwise::{keep as elementwise_keep, sigmoid, softmax};
 pub use norm::batch_statistics;
 
 /// A tensor: batch axis first, then the IR shape.

@@ -3,6 +3,7 @@
 //! convolution's bias gradient reads only `dy`, ReLU's reads its output (so the forward may run
 //! in place), and identity gradients are aliases, not nodes that copy.
 
+use crate::lir::lower::Lowerer;
 use crate::ops::{GradRule, OpRule};
 use crate::shape::{self, Inferred, Shape, ShapeFault};
 use std::fmt;
@@ -118,5 +119,14 @@ impl OpRule for BackwardOp {
 
     fn reads(&self, _: usize) -> Vec<Read> {
         Vec::new()
+    }
+
+    /// The forward op's gradient lowering, for the inputs `wrt`.
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        self.of.rule().lower_grad(l, &self.wrt)
+    }
+
+    fn lower_grad(&self, _: &mut Lowerer, _: &[usize]) -> Result<(), String> {
+        crate::ops::not_lowered("a gradient's gradient")
     }
 }

@@ -1,8 +1,10 @@
 //! Element-wise activations (and softmax over the last axis), PReLU, and dropout.
 
-use super::{need, Built, GradRule, LayerSpec, OpRule, ParamNeed, Tensors};
+use super::{map, need, Built, GradRule, LayerSpec, OpRule, ParamNeed, Tensors};
 use crate::elaborate::layers::LayerArgs;
 use crate::ir::op::{Init, Op, ParamRole, Read};
+use crate::lir::lower::Lowerer;
+use crate::lir::{Expr, Kernel};
 use crate::shape::{Inferred, Shape, ShapeFault};
 use std::fmt;
 
@@ -135,6 +137,66 @@ impl OpRule for Activation {
     fn reads(&self, _: usize) -> Vec<Read> {
         vec![Read::Result(0), Read::Grad]
     }
+
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        let x = l.input(0)?;
+        let y = l.output(0);
+        let expr = match *self {
+            Activation::Softmax => {
+                let x = l.contiguous(x);
+                l.emit(Kernel::Softmax { x, y });
+                return Ok(());
+            }
+            Activation::Relu => vec![Expr::Input(0), Expr::Relu(0)],
+            Activation::LeakyRelu { alpha } => {
+                vec![Expr::Input(0), Expr::Const(alpha), Expr::Mul(1, 0), Expr::Positive { c: 0, a: 0, b: 2 }]
+            }
+            Activation::Tanh => vec![Expr::Input(0), Expr::Tanh(0)],
+            Activation::Sigmoid => vec![Expr::Input(0), Expr::Sigmoid(0)],
+        };
+        l.emit(map(expr, vec![x], vec![], y));
+        Ok(())
+    }
+
+    /// From the output y and its gradient g: ReLU g·[y > 0]; leaky ReLU g or α·g; tanh
+    /// g·(1 − y²); sigmoid g·y·(1 − y); softmax y·(g − Σ g·y).
+    fn lower_grad(&self, l: &mut Lowerer, _: &[usize]) -> Result<(), String> {
+        let (y, dy) = (l.read(Read::Result(0))?, l.read(Read::Grad)?);
+        let dx = l.output(0);
+        let (yi, g) = (Expr::Input(0), Expr::Input(1));
+        let expr = match *self {
+            Activation::Softmax => {
+                l.emit(Kernel::SoftmaxGrad { y, dy, dx });
+                return Ok(());
+            }
+            Activation::Relu => vec![yi, g, Expr::Const(0.0), Expr::Positive { c: 0, a: 1, b: 2 }],
+            Activation::LeakyRelu { alpha } => {
+                vec![yi, g, Expr::Const(alpha), Expr::Mul(2, 1), Expr::Positive { c: 0, a: 1, b: 3 }]
+            }
+            Activation::Tanh => vec![
+                yi,
+                g,
+                Expr::Mul(0, 0),
+                Expr::Const(-1.0),
+                Expr::Mul(3, 2),
+                Expr::Const(1.0),
+                Expr::Add(5, 4),
+                Expr::Mul(1, 6),
+            ],
+            Activation::Sigmoid => vec![
+                yi,
+                g,
+                Expr::Mul(1, 0),
+                Expr::Const(-1.0),
+                Expr::Mul(3, 0),
+                Expr::Const(1.0),
+                Expr::Add(5, 4),
+                Expr::Mul(2, 6),
+            ],
+        };
+        l.emit(map(expr, vec![y, dy], vec![], dx));
+        Ok(())
+    }
 }
 
 impl OpRule for PRelu {
@@ -174,6 +236,46 @@ impl OpRule for PRelu {
             _ => vec![Read::Input(0), Read::Grad],
         }
     }
+
+    /// x if positive, else a·x with the channel's slope a.
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        let (x, a) = (l.input(0)?, l.input(1)?);
+        let y = l.output(0);
+        let expr = vec![Expr::Input(0), Expr::Channel(0), Expr::Mul(1, 0), Expr::Positive { c: 0, a: 0, b: 2 }];
+        l.emit(map(expr, vec![x], vec![a], y));
+        Ok(())
+    }
+
+    /// dx = g or a·g; da = Σ over positions of g·x where x ≤ 0.
+    fn lower_grad(&self, l: &mut Lowerer, wrt: &[usize]) -> Result<(), String> {
+        let (x, dy) = (l.read(Read::Input(0))?, l.read(Read::Grad)?);
+        for (k, &w) in wrt.iter().enumerate() {
+            let out = l.output(k as u16);
+            if w == 0 {
+                let a = l.read(Read::Input(1))?;
+                let expr = vec![
+                    Expr::Input(0),
+                    Expr::Input(1),
+                    Expr::Channel(0),
+                    Expr::Mul(2, 1),
+                    Expr::Positive { c: 0, a: 1, b: 3 },
+                ];
+                l.emit(map(expr, vec![x.clone(), dy.clone()], vec![a], out));
+            } else {
+                let t = l.temp("slope_terms", dy.shape.clone());
+                let expr = vec![
+                    Expr::Input(0),
+                    Expr::Input(1),
+                    Expr::Mul(1, 0),
+                    Expr::Const(0.0),
+                    Expr::Positive { c: 0, a: 3, b: 2 },
+                ];
+                l.emit(map(expr, vec![x.clone(), dy.clone()], vec![], t.clone()));
+                l.emit(Kernel::SumRows { x: t.matrix(), y: out });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl OpRule for DropoutOp {
@@ -204,5 +306,30 @@ impl OpRule for DropoutOp {
     /// The mask is a hash of (seed, step, salt, element): recomputed, not stored.
     fn reads(&self, _: usize) -> Vec<Read> {
         vec![Read::Grad]
+    }
+
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        let x = l.input(0)?;
+        let y = l.output(0);
+        l.emit(map(
+            vec![Expr::Input(0), Expr::Keep { rate: self.rate, salt: self.salt }, Expr::Mul(0, 1)],
+            vec![x],
+            vec![],
+            y,
+        ));
+        Ok(())
+    }
+
+    /// The same mask on the gradient.
+    fn lower_grad(&self, l: &mut Lowerer, _: &[usize]) -> Result<(), String> {
+        let dy = l.read(Read::Grad)?;
+        let dx = l.output(0);
+        l.emit(map(
+            vec![Expr::Input(0), Expr::Keep { rate: self.rate, salt: self.salt }, Expr::Mul(0, 1)],
+            vec![dy],
+            vec![],
+            dx,
+        ));
+        Ok(())
     }
 }

@@ -4,6 +4,8 @@ use super::{axes_text, conv_rank, elements, finish_windows, need, pads_text, win
 use super::{Built, LayerSpec, ParamNeed, Tensors};
 use crate::elaborate::layers::LayerArgs;
 use crate::ir::op::{Init, Op, ParamRole, Read};
+use crate::lir::lower::Lowerer;
+use crate::lir::{Kernel, View};
 use crate::shape::{Inferred, Shape, ShapeFault};
 
 /// Attributes of [`Op::Conv`]. Every vector has one entry per spatial axis. Inputs: x, weight
@@ -172,10 +174,127 @@ impl OpRule for ConvOp {
     fn window(&self) -> Option<Window<'_>> {
         Some(self.geometry())
     }
+
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        self.lower_forward(l)
+    }
+
+    fn lower_grad(&self, l: &mut Lowerer, wrt: &[usize]) -> Result<(), String> {
+        self.lower_gradients(l, wrt)
+    }
 }
 
 impl ConvOp {
     fn geometry(&self) -> Window<'_> {
         Window { size: &self.size, stride: &self.stride, pad: &self.pad, dilation: self.dilation.clone(), ceil: false }
+    }
+}
+
+/// Whether a convolution is a plain matrix product on the input viewed as `[n·positions, c]`:
+/// 1×1 windows, stride 1, no padding, one group.
+fn pointwise(c: &ConvOp) -> bool {
+    c.groups == 1
+        && c.size.iter().all(|&f| f == 1)
+        && c.stride.iter().all(|&s| s == 1)
+        && c.pad.iter().all(|&p| p == (0, 0))
+}
+
+/// The rows of the im2col matrix of group `g` (or `x` itself for a pointwise convolution).
+fn columns(c: &ConvOp, l: &mut Lowerer, x: &View, out: &[usize], g: usize) -> View {
+    let cg = x.cols() / c.groups;
+    let rows: usize = out[..out.len() - 1].iter().product();
+    if pointwise(c) {
+        return x.reshaped(vec![rows, cg]);
+    }
+    let geom = crate::lir::lower::geom(&x.shape, &c.geometry(), out, g * cg, cg);
+    let col = l.temp("col", vec![rows, geom.window() * cg]);
+    l.emit(Kernel::Im2col { x: x.clone(), col: col.clone(), geom });
+    col
+}
+
+/// Weights `[f.., c_in/groups, filters]` as a matrix `[window·c_in/groups, filters]`.
+fn weight_matrix(w: &View) -> View {
+    let filters = w.cols();
+    w.reshaped(vec![w.len() / filters.max(1), filters])
+}
+
+impl ConvOp {
+    /// y = im2col(x)·W (+ b), one product per group.
+    pub(crate) fn lower_forward(&self, l: &mut Lowerer) -> Result<(), String> {
+        let x = l.input(0)?;
+        let x = l.contiguous(x);
+        let w = weight_matrix(&l.input(1)?);
+        let bias = l.input(2).ok();
+        let y = l.output(0);
+        let fg = self.filters / self.groups;
+        for g in 0..self.groups {
+            let a = columns(self, l, &x, &y.shape, g);
+            let c = y.matrix().columns(g * fg, fg);
+            let bias = bias.as_ref().map(|b| b.columns(g * fg, fg));
+            l.emit(Kernel::Gemm { a, b: w.columns(g * fg, fg), c, ta: false, tb: false, accumulate: false, bias });
+        }
+        Ok(())
+    }
+
+    /// dx = col2im(dy·Wᵀ); dW = im2col(x)ᵀ·dy; db = Σ dy.
+    pub(crate) fn lower_gradients(&self, l: &mut Lowerer, wrt: &[usize]) -> Result<(), String> {
+        let dy = l.read(Read::Grad)?;
+        let dym = dy.matrix();
+        let fg = self.filters / self.groups;
+        for (k, &w) in wrt.iter().enumerate() {
+            let r = k as u16;
+            match w {
+                0 => {
+                    let wm = weight_matrix(&l.read(Read::Input(1))?);
+                    let x_shape = l.forward_input_shape(0)?;
+                    let dx = l.output(r);
+                    let cg = x_shape[x_shape.len() - 1] / self.groups;
+                    if pointwise(self) {
+                        let c = dx.reshaped(vec![dym.rows(), cg]);
+                        l.emit(Kernel::Gemm {
+                            a: dym.clone(),
+                            b: wm,
+                            c,
+                            ta: false,
+                            tb: true,
+                            accumulate: false,
+                            bias: None,
+                        });
+                        continue;
+                    }
+                    l.emit(Kernel::Fill { dst: dx.clone(), value: 0.0 });
+                    for g in 0..self.groups {
+                        let geom = crate::lir::lower::geom(&x_shape, &self.geometry(), &dy.shape, g * cg, cg);
+                        let dcol = l.temp("dcol", vec![dym.rows(), geom.window() * cg]);
+                        let (a, b) = (dym.columns(g * fg, fg), wm.columns(g * fg, fg));
+                        l.emit(Kernel::Gemm {
+                            a,
+                            b,
+                            c: dcol.clone(),
+                            ta: false,
+                            tb: true,
+                            accumulate: false,
+                            bias: None,
+                        });
+                        l.emit(Kernel::Col2im { col: dcol, dx: dx.clone(), geom });
+                    }
+                }
+                1 => {
+                    let x = l.read(Read::Input(0))?;
+                    let x = l.contiguous(x);
+                    let dw = weight_matrix(&l.output(r));
+                    for g in 0..self.groups {
+                        let col = columns(self, l, &x, &dy.shape, g);
+                        let (b, c) = (dym.columns(g * fg, fg), dw.columns(g * fg, fg));
+                        l.emit(Kernel::Gemm { a: col, b, c, ta: true, tb: false, accumulate: false, bias: None });
+                    }
+                }
+                _ => {
+                    let db = l.output(r);
+                    l.emit(Kernel::SumRows { x: dym.clone(), y: db });
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -3,6 +3,8 @@
 use super::{elements, need, Built, GradRule, LayerSpec, OpRule, ParamNeed, Tensors};
 use crate::elaborate::layers::LayerArgs;
 use crate::ir::op::{Op, ParamRole, Read};
+use crate::lir::lower::Lowerer;
+use crate::lir::Kernel;
 use crate::shape::{Inferred, Shape, ShapeFault};
 
 /// Attributes of [`Op::Dense`]. Inputs: x `[n]`, weight `[n, units]`, bias?
@@ -86,5 +88,44 @@ impl OpRule for DenseOp {
             1 => vec![Read::Input(0), Read::Grad],
             _ => vec![Read::Grad],
         }
+    }
+
+    /// y = x·W (+ b).
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        let (x, w, bias) = (l.input(0)?, l.input(1)?, l.input(2).ok());
+        let y = l.output(0);
+        l.emit(Kernel::Gemm { a: x, b: w, c: y, ta: false, tb: false, accumulate: false, bias });
+        Ok(())
+    }
+
+    /// dx = dy·Wᵀ, dW = xᵀ·dy, db = Σ dy.
+    fn lower_grad(&self, l: &mut Lowerer, wrt: &[usize]) -> Result<(), String> {
+        let dy = l.read(Read::Grad)?;
+        for (k, &w) in wrt.iter().enumerate() {
+            let out = l.output(k as u16);
+            let kernel = match w {
+                0 => Kernel::Gemm {
+                    a: dy.clone(),
+                    b: l.read(Read::Input(1))?,
+                    c: out,
+                    ta: false,
+                    tb: true,
+                    accumulate: false,
+                    bias: None,
+                },
+                1 => Kernel::Gemm {
+                    a: l.read(Read::Input(0))?,
+                    b: dy.clone(),
+                    c: out,
+                    ta: true,
+                    tb: false,
+                    accumulate: false,
+                    bias: None,
+                },
+                _ => Kernel::SumRows { x: dy.clone(), y: out },
+            };
+            l.emit(kernel);
+        }
+        Ok(())
     }
 }

@@ -1,7 +1,9 @@
 //! Losses, computed per example.
 
-use super::{need, GradRule, OpRule};
+use super::{map, need, GradRule, OpRule};
 use crate::ir::op::Read;
+use crate::lir::lower::Lowerer;
+use crate::lir::{Expr, Kernel};
 use crate::shape::{Inferred, Shape, ShapeFault};
 use std::fmt;
 
@@ -85,5 +87,43 @@ impl OpRule for LossOp {
     /// The seed of backpropagation: a function of the prediction and the target alone.
     fn reads(&self, _: usize) -> Vec<Read> {
         vec![Read::Input(0), Read::Input(1)]
+    }
+
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        let (pred, target) = (l.input(0)?, l.input(1)?);
+        let (pred, target) = (l.contiguous(pred), l.contiguous(target));
+        let out = l.output(0);
+        l.emit(Kernel::Loss { kind: self.kind, pred, target, out });
+        Ok(())
+    }
+
+    /// The seed: weight/batch times each example's gradient.
+    fn lower_grad(&self, l: &mut Lowerer, wrt: &[usize]) -> Result<(), String> {
+        let (pred, target) = (l.read(Read::Input(0))?, l.read(Read::Input(1))?);
+        let (pred, target) = (l.contiguous(pred), l.contiguous(target));
+        let scale = self.weight / l.batch() as f32;
+        for (k, &w) in wrt.iter().enumerate() {
+            let out = l.output(k as u16);
+            match (w, self.kind) {
+                (0, kind) => {
+                    l.emit(Kernel::LossGrad { kind, scale, pred: pred.clone(), target: target.clone(), dpred: out })
+                }
+                // Targets are data, never trained: their gradient is defined for completeness.
+                (_, LossKind::L2) => {
+                    let expr = vec![
+                        Expr::Input(0),
+                        Expr::Input(1),
+                        Expr::Const(-1.0),
+                        Expr::Mul(0, 2),
+                        Expr::Add(1, 3),
+                        Expr::Const(scale),
+                        Expr::Mul(4, 5),
+                    ];
+                    l.emit(map(expr, vec![pred.clone(), target.clone()], vec![], out));
+                }
+                (_, _) => l.emit(Kernel::Fill { dst: out, value: 0.0 }),
+            }
+        }
+        Ok(())
     }
 }

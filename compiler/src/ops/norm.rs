@@ -3,6 +3,8 @@
 use super::{need, Built, GradRule, LayerSpec, OpRule, ParamNeed, Tensors};
 use crate::elaborate::layers::LayerArgs;
 use crate::ir::op::{Init, Op, ParamRole, Read};
+use crate::lir::lower::Lowerer;
+use crate::lir::Kernel;
 use crate::shape::{Inferred, Shape, ShapeFault};
 
 /// Attributes of [`Op::BatchNorm`].
@@ -90,5 +92,49 @@ impl OpRule for BatchNormOp {
             (false, 1) => vec![Input(0), Input(3), Input(4), Grad],
             (_, _) => vec![Grad],
         }
+    }
+
+    /// Training: the batch's statistics, then the normalization; inference: the running ones.
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        let x = l.input(0)?;
+        let x = l.contiguous(x).matrix();
+        let (gamma, beta) = (l.input(1)?, l.input(2)?);
+        let y = l.output(0).matrix();
+        let (mean, var) = if self.training {
+            let (mean, var) = (l.output(1), l.output(2));
+            l.emit(Kernel::BnStats { x: x.clone(), mean: mean.clone(), var: var.clone() });
+            (mean, var)
+        } else {
+            (l.input(3)?, l.input(4)?)
+        };
+        l.emit(Kernel::BnApply { x, mean, var, gamma, beta, y, eps: self.eps });
+        Ok(())
+    }
+
+    fn lower_grad(&self, l: &mut Lowerer, wrt: &[usize]) -> Result<(), String> {
+        let dy = l.read(Read::Grad)?.matrix();
+        let wants = |w: usize| wrt.contains(&w);
+        let x = if wants(0) || wants(1) { Some(l.read(Read::Input(0))?.matrix()) } else { None };
+        let gamma = if wants(0) { Some(l.read(Read::Input(1))?) } else { None };
+        let (mean, var) = if self.training {
+            let stats = wants(0) || wants(1);
+            (
+                if stats { Some(l.read(Read::Result(1))?) } else { None },
+                if stats { Some(l.read(Read::Result(2))?) } else { None },
+            )
+        } else {
+            (
+                if wants(1) { Some(l.read(Read::Input(3))?) } else { None },
+                if wants(0) || wants(1) { Some(l.read(Read::Input(4))?) } else { None },
+            )
+        };
+        let mut outs = [None, None, None];
+        for (k, &w) in wrt.iter().enumerate() {
+            let out = l.output(k as u16);
+            outs[w.min(2)] = Some(if w == 0 { out.matrix() } else { out });
+        }
+        let [dx, dgamma, dbeta] = outs;
+        l.emit(Kernel::BnGrad { x, mean, var, gamma, dy, dx, dgamma, dbeta, eps: self.eps, training: self.training });
+        Ok(())
     }
 }

@@ -4,6 +4,8 @@ use super::{axes_text, conv_rank, finish_windows, need, pads_text, windows, Grad
 use super::{Built, LayerSpec, Tensors};
 use crate::elaborate::layers::LayerArgs;
 use crate::ir::op::{Op, Read};
+use crate::lir::lower::Lowerer;
+use crate::lir::Kernel;
 use crate::shape::{Inferred, Shape, ShapeFault};
 use std::fmt;
 
@@ -145,6 +147,30 @@ impl OpRule for PoolOp {
     fn window(&self) -> Option<Window<'_>> {
         Some(self.geometry())
     }
+
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        let x = l.input(0)?;
+        let x = l.contiguous(x);
+        let y = l.output(0);
+        let c = x.cols();
+        let geom = crate::lir::lower::geom(&x.shape, &self.geometry(), &y.shape, 0, c);
+        l.emit(Kernel::Pool { kind: self.kind, x, y, geom });
+        Ok(())
+    }
+
+    fn lower_grad(&self, l: &mut Lowerer, _: &[usize]) -> Result<(), String> {
+        let dy = l.read(Read::Grad)?;
+        let x = match self.kind {
+            PoolKind::Max => Some(l.read(Read::Input(0))?),
+            PoolKind::Avg => None,
+        };
+        let x_shape = l.forward_input_shape(0)?;
+        let dx = l.output(0);
+        let c = x_shape[x_shape.len() - 1];
+        let geom = crate::lir::lower::geom(&x_shape, &self.geometry(), &dy.shape, 0, c);
+        l.emit(Kernel::PoolGrad { kind: self.kind, x, dy, dx, geom });
+        Ok(())
+    }
 }
 
 impl PoolOp {
@@ -187,5 +213,24 @@ impl OpRule for GlobalPool {
             PoolKind::Max => vec![Read::Input(0), Read::Result(0), Read::Grad],
             PoolKind::Avg => vec![Read::Grad],
         }
+    }
+
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        let x = l.input(0)?;
+        let x = l.contiguous(x);
+        let y = l.output(0);
+        l.emit(Kernel::GlobalPool { kind: self.0, x, y });
+        Ok(())
+    }
+
+    fn lower_grad(&self, l: &mut Lowerer, _: &[usize]) -> Result<(), String> {
+        let dy = l.read(Read::Grad)?;
+        let (x, y) = match self.0 {
+            PoolKind::Max => (Some(l.read(Read::Input(0))?), Some(l.read(Read::Result(0))?)),
+            PoolKind::Avg => (None, None),
+        };
+        let dx = l.output(0);
+        l.emit(Kernel::GlobalPoolGrad { kind: self.0, x, y, dy, dx });
+        Ok(())
     }
 }

@@ -1,8 +1,10 @@
 //! Inputs, parameters, and the ops that move or combine values: flatten, reshape, channel
 //! slices, add, concat.
 
-use super::{axes_text, need, GradRule, LayerSpec, OpRule, Tensors};
+use super::{axes_text, map, need, not_lowered, GradRule, LayerSpec, OpRule, Tensors};
 use crate::ir::op::{Op, Read};
+use crate::lir::lower::Lowerer;
+use crate::lir::{Expr, Kernel};
 use crate::shape::{Inferred, Shape, ShapeFault};
 use std::sync::Arc;
 
@@ -169,6 +171,14 @@ impl OpRule for InputOp {
     fn reads(&self, _: usize) -> Vec<Read> {
         Vec::new()
     }
+
+    fn lower(&self, _: &mut Lowerer) -> Result<(), String> {
+        not_lowered("an input or parameter (the driver places it)")
+    }
+
+    fn lower_grad(&self, _: &mut Lowerer, _: &[usize]) -> Result<(), String> {
+        not_lowered("the gradient of an input or parameter")
+    }
 }
 
 impl OpRule for ParamOp {
@@ -208,6 +218,14 @@ impl OpRule for ParamOp {
     fn reads(&self, _: usize) -> Vec<Read> {
         Vec::new()
     }
+
+    fn lower(&self, _: &mut Lowerer) -> Result<(), String> {
+        not_lowered("an input or parameter (the driver places it)")
+    }
+
+    fn lower_grad(&self, _: &mut Lowerer, _: &[usize]) -> Result<(), String> {
+        not_lowered("the gradient of an input or parameter")
+    }
 }
 
 impl OpRule for Flatten {
@@ -234,6 +252,20 @@ impl OpRule for Flatten {
 
     fn reads(&self, _: usize) -> Vec<Read> {
         Vec::new()
+    }
+
+    /// A view of the same elements: no kernel.
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        let x = l.input(0)?;
+        let x = l.contiguous(x);
+        let shape = l.result_shape(0);
+        l.alias(0, x.reshaped(shape));
+        Ok(())
+    }
+
+    /// Autodiff reshapes the gradient back with a reshape node of its own.
+    fn lower_grad(&self, _: &mut Lowerer, _: &[usize]) -> Result<(), String> {
+        not_lowered("a reshape's gradient (a reshape)")
     }
 }
 
@@ -269,6 +301,20 @@ impl OpRule for ReshapeOp {
 
     fn reads(&self, _: usize) -> Vec<Read> {
         Vec::new()
+    }
+
+    /// A view of the same elements: no kernel.
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        let x = l.input(0)?;
+        let x = l.contiguous(x);
+        let shape = l.result_shape(0);
+        l.alias(0, x.reshaped(shape));
+        Ok(())
+    }
+
+    /// Autodiff reshapes the gradient back with a reshape node of its own.
+    fn lower_grad(&self, _: &mut Lowerer, _: &[usize]) -> Result<(), String> {
+        not_lowered("a reshape's gradient (a reshape)")
     }
 }
 
@@ -310,6 +356,22 @@ impl OpRule for SliceOp {
     fn reads(&self, _: usize) -> Vec<Read> {
         vec![Read::Grad]
     }
+
+    /// A view of the channels: no kernel.
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        let x = l.input(0)?;
+        l.alias(0, x.columns(self.start, self.len));
+        Ok(())
+    }
+
+    /// `dy` in its channels of zeros.
+    fn lower_grad(&self, l: &mut Lowerer, _: &[usize]) -> Result<(), String> {
+        let dy = l.read(Read::Grad)?;
+        let dx = l.output(0);
+        l.emit(Kernel::Fill { dst: dx.clone(), value: 0.0 });
+        l.emit(Kernel::Copy { src: dy, dst: dx.columns(self.start, self.len) });
+        Ok(())
+    }
 }
 
 impl OpRule for Add {
@@ -341,6 +403,25 @@ impl OpRule for Add {
 
     fn reads(&self, _: usize) -> Vec<Read> {
         Vec::new()
+    }
+
+    /// One map summing left to right.
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        let inputs = l.inputs()?;
+        let y = l.output(0);
+        let mut expr = vec![Expr::Input(0)];
+        for i in 1..inputs.len() {
+            expr.push(Expr::Input(i));
+            let (sum, next) = (expr.len() - 2, expr.len() - 1);
+            expr.push(Expr::Add(sum, next));
+        }
+        l.emit(map(expr, inputs, vec![], y));
+        Ok(())
+    }
+
+    /// Autodiff passes the gradient itself to every addend.
+    fn lower_grad(&self, _: &mut Lowerer, _: &[usize]) -> Result<(), String> {
+        not_lowered("an add's gradient (an alias)")
     }
 }
 
@@ -379,5 +460,23 @@ impl OpRule for Concat {
 
     fn reads(&self, _: usize) -> Vec<Read> {
         Vec::new()
+    }
+
+    /// Each input copied into its channels of the output.
+    fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
+        let inputs = l.inputs()?;
+        let y = l.output(0);
+        let mut start = 0;
+        for x in inputs {
+            let c = x.cols();
+            l.emit(Kernel::Copy { src: x, dst: y.columns(start, c) });
+            start += c;
+        }
+        Ok(())
+    }
+
+    /// Autodiff takes each input's channels of the gradient with a slice node.
+    fn lower_grad(&self, _: &mut Lowerer, _: &[usize]) -> Result<(), String> {
+        not_lowered("a concat's gradient (channel slices)")
     }
 }

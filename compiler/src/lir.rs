@@ -1,0 +1,433 @@
+//! The kernel IR: the level that code is generated from, below the layers. A [`Program`] is a
+//! list of kernels in execution order over concrete, batch-inclusive views of buffers. A buffer
+//! lives in the arena (planned by [`plan`]), in the flat parameter or gradient store, or is a fed
+//! input. A view is a buffer, an offset, a shape whose last axis is contiguous, and a row pitch
+//! (elements between consecutive rows), so a channel slice of an NHWC tensor is a view, and
+//! reshapes and slices move no data. The closed set of kernels: GEMM with transposes, bias and
+//! accumulation; im2col and col2im; window pooling and its backward; global pooling; row
+//! reductions; a fused element-wise map with per-channel broadcast; softmax; batchnorm
+//! statistics, apply and backward; losses and their backward; copy and fill.
+//!
+//! Each layer op lowers in one function of its family ([`crate::ops::OpRule::lower`]), each
+//! `(op, wrt)` in one more ([`crate::ops::OpRule::lower_grad`]); [`lower`] drives them.
+
+pub mod lower;
+pub mod plan;
+mod print;
+
+pub use lower::{lower, LowerError, Lowered, Purpose};
+pub use plan::{plan, MemoryPlan};
+
+use crate::ir::op::{LossKind, PoolKind};
+use std::fmt;
+
+/// A buffer's index in its program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufId(pub u32);
+
+/// Element types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    /// 32-bit float: activations, parameters, gradients.
+    F32,
+    /// 32-bit integer: class labels.
+    I32,
+}
+
+/// Where a buffer lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    /// The arena, at an offset the memory plan gives.
+    Arena,
+    /// The flat parameter store, at this offset.
+    Param(usize),
+    /// The flat gradient store (the parameters' layout), at this offset.
+    Grad(usize),
+    /// Fed input number `i` (the model inputs in order, then the labels).
+    Input(usize),
+}
+
+/// A buffer of a program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    /// The value it holds, for people (`conv1`, `conv1.d1`, `conv1/col`).
+    pub name: String,
+    /// Where it lives.
+    pub space: Space,
+    /// Elements.
+    pub len: usize,
+    /// Element type.
+    pub dtype: DType,
+    /// Read after the program ends (losses, predictions, batch statistics): never reused.
+    pub kept: bool,
+}
+
+/// A view of a buffer: `shape` (batch axis first) with the last axis contiguous and consecutive
+/// rows (all other axes flattened) `pitch` elements apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    /// The buffer.
+    pub buf: BufId,
+    /// First element.
+    pub offset: usize,
+    /// Shape, batch axis first.
+    pub shape: Vec<usize>,
+    /// Elements from one row to the next; the last axis's length when the view is contiguous.
+    pub pitch: usize,
+}
+
+impl View {
+    /// A contiguous view of a whole buffer of `shape`.
+    pub fn whole(buf: BufId, shape: Vec<usize>) -> View {
+        let pitch = shape.last().copied().unwrap_or(1);
+        View { buf, offset: 0, shape, pitch }
+    }
+
+    /// Length of the last axis.
+    pub fn cols(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+
+    /// Rows: the product of all axes but the last.
+    pub fn rows(&self) -> usize {
+        self.shape[..self.shape.len().saturating_sub(1)].iter().product()
+    }
+
+    /// Elements in the view.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the view has no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether its rows follow each other without gaps.
+    pub fn contiguous(&self) -> bool {
+        self.pitch == self.cols() || self.rows() <= 1
+    }
+
+    /// The last element's index in its buffer, plus one.
+    pub fn end(&self) -> usize {
+        if self.is_empty() {
+            self.offset
+        } else {
+            self.offset + (self.rows() - 1) * self.pitch + self.cols()
+        }
+    }
+
+    /// The same elements in another shape (a contiguous view only).
+    pub fn reshaped(&self, shape: Vec<usize>) -> View {
+        let pitch = shape.last().copied().unwrap_or(1);
+        View { buf: self.buf, offset: self.offset, shape, pitch }
+    }
+
+    /// Columns `start .. start + len` of every row.
+    pub fn columns(&self, start: usize, len: usize) -> View {
+        let mut shape = self.shape.clone();
+        if let Some(last) = shape.last_mut() {
+            *last = len;
+        }
+        View { buf: self.buf, offset: self.offset + start, shape, pitch: self.pitch }
+    }
+
+    /// The view as a matrix `[rows, cols]`.
+    pub fn matrix(&self) -> View {
+        View { buf: self.buf, offset: self.offset, shape: vec![self.rows(), self.cols()], pitch: self.pitch }
+    }
+}
+
+/// The geometry of a window op over three spatial axes (depth, height, width; unit axes in
+/// front for 1D and 2D), on channels `c0 .. c0 + cg` of `channels`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Geom {
+    /// Batch.
+    pub n: usize,
+    /// Input size per axis.
+    pub input: [usize; 3],
+    /// Channels of the input.
+    pub channels: usize,
+    /// First channel of the block a kernel works on.
+    pub c0: usize,
+    /// Channels in that block.
+    pub cg: usize,
+    /// Window size per axis.
+    pub size: [usize; 3],
+    /// Stride per axis.
+    pub stride: [usize; 3],
+    /// Padding before, per axis.
+    pub pad: [usize; 3],
+    /// Dilation per axis.
+    pub dilation: [usize; 3],
+    /// Output size per axis.
+    pub output: [usize; 3],
+}
+
+impl Geom {
+    /// Output positions per example.
+    pub fn positions(&self) -> usize {
+        self.output.iter().product()
+    }
+
+    /// Elements per window (one channel).
+    pub fn window(&self) -> usize {
+        self.size.iter().product()
+    }
+
+    /// The input coordinate read on `axis` by output `o` and window offset `k`, if inside.
+    pub fn source(&self, axis: usize, o: usize, k: usize) -> Option<usize> {
+        let i = (o * self.stride[axis] + k * self.dilation[axis]) as isize - self.pad[axis] as isize;
+        (i >= 0 && (i as usize) < self.input[axis]).then_some(i as usize)
+    }
+
+    /// Calls `f(row, column, input offset)` for every in-bounds (output position, window
+    /// element, channel of the block): row = output position over the batch, column = window
+    /// element · cg + channel, offset into the input viewed as `[n, d, h, w, channels]`.
+    pub fn for_each(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let [id, ih, iw] = self.input;
+        let c = self.channels;
+        let [od, oh, ow] = self.output;
+        let [fd, fh, fw] = self.size;
+        let mut row = 0;
+        for n in 0..self.n {
+            for zd in 0..od {
+                for zh in 0..oh {
+                    for zw in 0..ow {
+                        let mut col = 0;
+                        for kd in 0..fd {
+                            for kh in 0..fh {
+                                for kw in 0..fw {
+                                    if let (Some(d), Some(h), Some(w)) =
+                                        (self.source(0, zd, kd), self.source(1, zh, kh), self.source(2, zw, kw))
+                                    {
+                                        let base = (((n * id + d) * ih + h) * iw + w) * c + self.c0;
+                                        for ci in 0..self.cg {
+                                            f(row, col + ci, base + ci);
+                                        }
+                                    }
+                                    col += self.cg;
+                                }
+                            }
+                        }
+                        row += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One step of a [`Map`](Kernel::Map) expression, evaluated per element; it refers to earlier
+/// steps by index.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Expr {
+    /// Input `i`'s element.
+    Input(usize),
+    /// Per-channel input `i`'s element for this element's channel.
+    Channel(usize),
+    /// A constant.
+    Const(f32),
+    /// `a + b`.
+    Add(usize, usize),
+    /// `a · b`.
+    Mul(usize, usize),
+    /// `max(a, 0)`.
+    Relu(usize),
+    /// `tanh(a)`.
+    Tanh(usize),
+    /// The logistic function of `a`.
+    Sigmoid(usize),
+    /// `c > 0 ? a : b`.
+    Positive { c: usize, a: usize, b: usize },
+    /// `1/(1 − rate)` where dropout keeps this element at this step, else 0: the hash of (seed,
+    /// step, salt, element index) against the rate.
+    Keep { rate: f32, salt: u64 },
+}
+
+/// A kernel: one step of a program, over views.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kernel {
+    /// `c = op(a)·op(b) (+ c when accumulating) (+ bias per column)`, `op` transposing when
+    /// asked. `a`, `b`, `c` are matrices.
+    Gemm { a: View, b: View, c: View, ta: bool, tb: bool, accumulate: bool, bias: Option<View> },
+    /// Every output position's receptive field, as a row of `col` `[n·positions, window·cg]`.
+    Im2col { x: View, col: View, geom: Geom },
+    /// The reverse of im2col: each column entry added back to its input element.
+    Col2im { col: View, dx: View, geom: Geom },
+    /// Max or average over each window (average counts no padding).
+    Pool { kind: PoolKind, x: View, y: View, geom: Geom },
+    /// The gradient of pooling: max routes `dy` to the window's first maximum of `x`, average
+    /// spreads it. `dx` is overwritten.
+    PoolGrad { kind: PoolKind, x: Option<View>, dy: View, dx: View, geom: Geom },
+    /// Max or average over all positions: `[n, .., c]` to `[n, c]`.
+    GlobalPool { kind: PoolKind, x: View, y: View },
+    /// Its gradient (max: to the first position equal to the maximum).
+    GlobalPoolGrad { kind: PoolKind, x: Option<View>, y: Option<View>, dy: View, dx: View },
+    /// The sum of all rows: `[rows, c]` to `[c]`.
+    SumRows { x: View, y: View },
+    /// `out = expr(inputs)` element-wise; `Channel` inputs are `[c]` vectors broadcast over rows.
+    Map { expr: Vec<Expr>, inputs: Vec<View>, channels: Vec<View>, out: View },
+    /// Softmax over the last axis.
+    Softmax { x: View, y: View },
+    /// Its gradient from its output: `dx = y·(dy − Σ dy·y)` per row.
+    SoftmaxGrad { y: View, dy: View, dx: View },
+    /// The mean and biased variance per channel over all rows.
+    BnStats { x: View, mean: View, var: View },
+    /// `y = (x − mean)/sqrt(var + eps)·γ + β`.
+    BnApply { x: View, mean: View, var: View, gamma: View, beta: View, y: View, eps: f32 },
+    /// Batchnorm's gradients (those asked for), in training mode (statistics of the batch) or
+    /// not (running statistics, constants).
+    BnGrad {
+        x: Option<View>,
+        mean: Option<View>,
+        var: Option<View>,
+        gamma: Option<View>,
+        dy: View,
+        dx: Option<View>,
+        dgamma: Option<View>,
+        dbeta: Option<View>,
+        eps: f32,
+        training: bool,
+    },
+    /// Per-example losses `[n]`.
+    Loss { kind: LossKind, pred: View, target: View, out: View },
+    /// The gradient of `scale · Σ loss` with respect to the prediction (`scale` = weight/batch).
+    LossGrad { kind: LossKind, scale: f32, pred: View, target: View, dpred: View },
+    /// `dst = src`, row by row.
+    Copy { src: View, dst: View },
+    /// Every element of `dst` set to `value`.
+    Fill { dst: View, value: f32 },
+}
+
+impl Kernel {
+    /// The kernel's name in `--emit lir`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kernel::Gemm { .. } => "gemm",
+            Kernel::Im2col { .. } => "im2col",
+            Kernel::Col2im { .. } => "col2im",
+            Kernel::Pool { .. } => "pool",
+            Kernel::PoolGrad { .. } => "pool_grad",
+            Kernel::GlobalPool { .. } => "global_pool",
+            Kernel::GlobalPoolGrad { .. } => "global_pool_grad",
+            Kernel::SumRows { .. } => "sum_rows",
+            Kernel::Map { .. } => "map",
+            Kernel::Softmax { .. } => "softmax",
+            Kernel::SoftmaxGrad { .. } => "softmax_grad",
+            Kernel::BnStats { .. } => "bn_stats",
+            Kernel::BnApply { .. } => "bn_apply",
+            Kernel::BnGrad { .. } => "bn_grad",
+            Kernel::Loss { .. } => "loss",
+            Kernel::LossGrad { .. } => "loss_grad",
+            Kernel::Copy { .. } => "copy",
+            Kernel::Fill { .. } => "fill",
+        }
+    }
+
+    /// `(views read, views written)`. A written view that is also accumulated into is read too.
+    pub fn access(&self) -> (Vec<&View>, Vec<&View>) {
+        fn opt(v: &Option<View>) -> Vec<&View> {
+            v.iter().collect()
+        }
+        match self {
+            Kernel::Gemm { a, b, c, accumulate, bias, .. } => {
+                let mut r = vec![a, b];
+                r.extend(bias);
+                if *accumulate {
+                    r.push(c);
+                }
+                (r, vec![c])
+            }
+            Kernel::Im2col { x, col, .. } => (vec![x], vec![col]),
+            Kernel::Col2im { col, dx, .. } => (vec![col, dx], vec![dx]),
+            Kernel::Pool { x, y, .. } => (vec![x], vec![y]),
+            Kernel::PoolGrad { x, dy, dx, .. } => {
+                let mut r = opt(x);
+                r.push(dy);
+                (r, vec![dx])
+            }
+            Kernel::GlobalPool { x, y, .. } => (vec![x], vec![y]),
+            Kernel::GlobalPoolGrad { x, y, dy, dx, .. } => {
+                let mut r = opt(x);
+                r.extend(y);
+                r.push(dy);
+                (r, vec![dx])
+            }
+            Kernel::SumRows { x, y } => (vec![x], vec![y]),
+            Kernel::Map { inputs, channels, out, .. } => (inputs.iter().chain(channels).collect(), vec![out]),
+            Kernel::Softmax { x, y } => (vec![x], vec![y]),
+            Kernel::SoftmaxGrad { y, dy, dx } => (vec![y, dy], vec![dx]),
+            Kernel::BnStats { x, mean, var } => (vec![x], vec![mean, var]),
+            Kernel::BnApply { x, mean, var, gamma, beta, y, .. } => (vec![x, mean, var, gamma, beta], vec![y]),
+            Kernel::BnGrad { x, mean, var, gamma, dy, dx, dgamma, dbeta, .. } => {
+                let mut r = opt(x);
+                r.extend(mean);
+                r.extend(var);
+                r.extend(gamma);
+                r.push(dy);
+                let mut w = opt(dx);
+                w.extend(dgamma);
+                w.extend(dbeta);
+                (r, w)
+            }
+            Kernel::Loss { pred, target, out, .. } => (vec![pred, target], vec![out]),
+            Kernel::LossGrad { pred, target, dpred, .. } => (vec![pred, target], vec![dpred]),
+            Kernel::Copy { src, dst } => (vec![src], vec![dst]),
+            Kernel::Fill { dst, .. } => (vec![], vec![dst]),
+        }
+    }
+
+    /// Floating-point operations, counting a multiply-add as two.
+    pub fn flops(&self) -> u64 {
+        match self {
+            Kernel::Gemm { a, c, ta, .. } => {
+                let k = if *ta { a.rows() } else { a.cols() };
+                2 * (c.rows() * c.cols() * k) as u64
+            }
+            Kernel::Im2col { .. } | Kernel::Col2im { .. } | Kernel::Copy { .. } | Kernel::Fill { .. } => 0,
+            Kernel::Pool { y, geom, .. } => (y.len() * geom.window()) as u64,
+            Kernel::PoolGrad { dy, geom, .. } => (dy.len() * geom.window()) as u64,
+            Kernel::GlobalPool { x, .. } | Kernel::GlobalPoolGrad { dx: x, .. } | Kernel::SumRows { x, .. } => {
+                x.len() as u64
+            }
+            Kernel::Map { expr, out, .. } => (expr.len() * out.len()) as u64,
+            Kernel::Softmax { x, .. } => 4 * x.len() as u64,
+            Kernel::SoftmaxGrad { y, .. } => 4 * y.len() as u64,
+            Kernel::BnStats { x, .. } => 3 * x.len() as u64,
+            Kernel::BnApply { x, .. } => 4 * x.len() as u64,
+            Kernel::BnGrad { dy, .. } => 8 * dy.len() as u64,
+            Kernel::Loss { pred, .. } | Kernel::LossGrad { pred, .. } => 4 * pred.len() as u64,
+        }
+    }
+}
+
+/// A lowered graph: buffers, kernels in order, and where the results the caller reads are.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Program {
+    /// The graph's name.
+    pub name: String,
+    /// Examples per run.
+    pub batch: usize,
+    /// Every buffer.
+    pub buffers: Vec<Buffer>,
+    /// Kernels in execution order.
+    pub kernels: Vec<Kernel>,
+    /// Fed inputs in order: `(name, shape with batch, dtype)`.
+    pub inputs: Vec<(String, Vec<usize>, DType)>,
+    /// Values the caller reads after a run, by purpose.
+    pub results: Vec<(Purpose, View)>,
+}
+
+impl Program {
+    /// The view of the value read for `purpose`.
+    pub fn result(&self, purpose: &Purpose) -> Option<&View> {
+        self.results.iter().find(|(p, _)| p == purpose).map(|(_, v)| v)
+    }
+}
+
+impl fmt::Display for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&print::program(self))
+    }
+}

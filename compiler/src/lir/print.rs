@@ -1,0 +1,108 @@
+//! The kernel program as text (`cnnc build --emit lir`): buffers, then kernels with their views
+//! (`b3[64, 28, 28, 6]`, with `+offset` and `/pitch` where they are not the defaults).
+
+use super::{Geom, Kernel, Program, Space, View};
+use std::fmt::Write;
+
+fn view(v: &View) -> String {
+    let shape: Vec<String> = v.shape.iter().map(|d| d.to_string()).collect();
+    let mut s = format!("b{}", v.buf.0);
+    if v.offset != 0 {
+        s += &format!("+{}", v.offset);
+    }
+    s += &format!("[{}]", shape.join(","));
+    if !v.contiguous() {
+        s += &format!("/{}", v.pitch);
+    }
+    s
+}
+
+fn geom(g: &Geom) -> String {
+    let t = |a: &[usize; 3]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("x");
+    format!("f={},s={},p={},d={},c={}+{}", t(&g.size), t(&g.stride), t(&g.pad), t(&g.dilation), g.c0, g.cg)
+}
+
+fn opt(v: &Option<View>) -> String {
+    v.as_ref().map_or("-".into(), view)
+}
+
+pub(super) fn program(p: &Program) -> String {
+    let mut out = format!("program {} (batch {})\n", p.name, p.batch);
+    for (i, b) in p.buffers.iter().enumerate() {
+        let space = match b.space {
+            Space::Arena => "arena".to_string(),
+            Space::Param(o) => format!("param@{o}"),
+            Space::Grad(o) => format!("grad@{o}"),
+            Space::Input(i) => format!("input{i}"),
+        };
+        let kept = if b.kept { " kept" } else { "" };
+        let _ = writeln!(out, "  b{i} = {space} {:?} {} \"{}\"{kept}", b.dtype, b.len, b.name);
+    }
+    for (i, k) in p.kernels.iter().enumerate() {
+        let args = match k {
+            Kernel::Gemm { a, b, c, ta, tb, accumulate, bias } => format!(
+                "{}{} x {}{} {} {}{}",
+                view(a),
+                if *ta { "ᵀ" } else { "" },
+                view(b),
+                if *tb { "ᵀ" } else { "" },
+                if *accumulate { "+=" } else { "->" },
+                view(c),
+                bias.as_ref().map_or(String::new(), |b| format!(" bias {}", view(b)))
+            ),
+            Kernel::Im2col { x, col, geom: g } => format!("[{}] {} -> {}", geom(g), view(x), view(col)),
+            Kernel::Col2im { col, dx, geom: g } => format!("[{}] {} += {}", geom(g), view(dx), view(col)),
+            Kernel::Pool { kind, x, y, geom: g } => format!("[{kind},{}] {} -> {}", geom(g), view(x), view(y)),
+            Kernel::PoolGrad { kind, x, dy, dx, geom: g } => {
+                format!("[{kind},{}] x {} dy {} -> {}", geom(g), opt(x), view(dy), view(dx))
+            }
+            Kernel::GlobalPool { kind, x, y } => format!("[{kind}] {} -> {}", view(x), view(y)),
+            Kernel::GlobalPoolGrad { kind, x, y, dy, dx } => {
+                format!("[{kind}] x {} y {} dy {} -> {}", opt(x), opt(y), view(dy), view(dx))
+            }
+            Kernel::SumRows { x, y } => format!("{} -> {}", view(x), view(y)),
+            Kernel::Map { expr, inputs, channels, out } => {
+                let ins: Vec<String> = inputs.iter().map(view).collect();
+                let chs: Vec<String> = channels.iter().map(view).collect();
+                format!("{expr:?} ({}) per-channel ({}) -> {}", ins.join(", "), chs.join(", "), view(out))
+            }
+            Kernel::Softmax { x, y } => format!("{} -> {}", view(x), view(y)),
+            Kernel::SoftmaxGrad { y, dy, dx } => format!("y {} dy {} -> {}", view(y), view(dy), view(dx)),
+            Kernel::BnStats { x, mean, var } => format!("{} -> {}, {}", view(x), view(mean), view(var)),
+            Kernel::BnApply { x, mean, var, gamma, beta, y, eps } => format!(
+                "[eps={eps}] {} mean {} var {} γ {} β {} -> {}",
+                view(x),
+                view(mean),
+                view(var),
+                view(gamma),
+                view(beta),
+                view(y)
+            ),
+            Kernel::BnGrad { x, mean, var, gamma, dy, dx, dgamma, dbeta, eps, training } => format!(
+                "[eps={eps}{}] x {} mean {} var {} γ {} dy {} -> dx {} dγ {} dβ {}",
+                if *training { ",batch" } else { ",running" },
+                opt(x),
+                opt(mean),
+                opt(var),
+                opt(gamma),
+                view(dy),
+                opt(dx),
+                opt(dgamma),
+                opt(dbeta)
+            ),
+            Kernel::Loss { kind, pred, target, out } => {
+                format!("[{kind}] {} {} -> {}", view(pred), view(target), view(out))
+            }
+            Kernel::LossGrad { kind, scale, pred, target, dpred } => {
+                format!("[{kind},scale={scale}] {} {} -> {}", view(pred), view(target), view(dpred))
+            }
+            Kernel::Copy { src, dst } => format!("{} -> {}", view(src), view(dst)),
+            Kernel::Fill { dst, value } => format!("{value} -> {}", view(dst)),
+        };
+        let _ = writeln!(out, "  k{i} = {} {args}", k.name());
+    }
+    for (purpose, v) in &p.results {
+        let _ = writeln!(out, "  result {purpose:?} = {}", view(v));
+    }
+    out
+}

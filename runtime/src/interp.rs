@@ -1,0 +1,208 @@
+//! The kernel-IR interpreter: runs a lowered [`Program`] inside one arena laid out by its memory
+//! plan, with parameters and gradients read and written in place in the flat stores. One plain
+//! function per kernel (GEMM through matrixmultiply); the second oracle, below the reference
+//! executor, and the backend `cnnc run` trains with until native code exists.
+//!
+//! Every view of every kernel is checked against its buffer once, when the machine is built,
+//! and no kernel's written range may overlap a range it reads (other than the one view it
+//! accumulates into): that is what makes the slices the kernels take from the arena sound.
+
+mod kernels;
+
+use crate::reference::{Ctx, Tensor};
+use cnnc_compiler::lir::{plan, BufId, DType, Kernel, MemoryPlan, Program, Space, View};
+use ndarray::{ArrayD, IxDyn};
+use std::ops::Range;
+
+/// A fed input: model inputs as floats, class labels as integers.
+#[derive(Clone, Copy, Debug)]
+pub enum Feed<'a> {
+    /// 32-bit floats.
+    F32(&'a [f32]),
+    /// 32-bit integers.
+    I32(&'a [i32]),
+}
+
+/// A program ready to run: its memory plan and its arena.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    /// The program.
+    pub program: Program,
+    /// Where its arena buffers are.
+    pub plan: MemoryPlan,
+    arena: Vec<f32>,
+}
+
+/// The memory one run sees, by space.
+pub(crate) struct Mem<'a> {
+    arena: *mut f32,
+    arena_len: usize,
+    params: &'a [f32],
+    grads: *mut f32,
+    grads_len: usize,
+    feeds: &'a [Feed<'a>],
+    offsets: &'a [Option<usize>],
+    program: &'a Program,
+}
+
+impl Machine {
+    /// Plans `program`'s memory and checks every view against its buffer and every kernel's
+    /// writes against its reads.
+    pub fn new(program: Program) -> Result<Machine, String> {
+        let plan = plan(&program);
+        for (i, k) in program.kernels.iter().enumerate() {
+            let (reads, writes) = k.access();
+            for v in reads.iter().chain(&writes) {
+                let b = program.buffers.get(v.buf.0 as usize).ok_or(format!("k{i} names no buffer b{}", v.buf.0))?;
+                if v.end() > b.len || (v.rows() > 1 && v.pitch < v.cols()) {
+                    return Err(format!("k{i} ({}) reaches past buffer b{} `{}`", k.name(), v.buf.0, b.name));
+                }
+            }
+            for w in &writes {
+                for r in reads.iter().filter(|r| **r != *w) {
+                    if overlap(&program, &plan, w, r) {
+                        return Err(format!("k{i} ({}) writes b{} where it reads b{}", k.name(), w.buf.0, r.buf.0));
+                    }
+                }
+            }
+            if let Kernel::Map { expr, .. } = k {
+                if expr.len() > kernels::MAX_EXPR {
+                    return Err(format!("k{i}: a map of {} steps (at most {})", expr.len(), kernels::MAX_EXPR));
+                }
+            }
+        }
+        let arena = vec![0.0; plan.size];
+        Ok(Machine { program, plan, arena })
+    }
+
+    /// Runs every kernel. `params` and `grads` are the flat stores (the layout the program was
+    /// lowered with); `feeds` the inputs in the program's order.
+    pub fn run(&mut self, params: &[f32], grads: &mut [f32], feeds: &[Feed], ctx: Ctx) -> Result<(), String> {
+        if feeds.len() != self.program.inputs.len() {
+            return Err(format!("{} inputs fed, the program takes {}", feeds.len(), self.program.inputs.len()));
+        }
+        for (feed, (name, shape, dtype)) in feeds.iter().zip(&self.program.inputs) {
+            let (len, fed) = match feed {
+                Feed::F32(v) => (v.len(), DType::F32),
+                Feed::I32(v) => (v.len(), DType::I32),
+            };
+            if len != shape.iter().product::<usize>() || fed != *dtype {
+                return Err(format!("input `{name}` fed {len} {fed:?} values, the program takes {shape:?} {dtype:?}"));
+            }
+        }
+        for b in &self.program.buffers {
+            let fits = match b.space {
+                Space::Param(o) => o + b.len <= params.len(),
+                Space::Grad(o) => o + b.len <= grads.len(),
+                Space::Arena | Space::Input(_) => true,
+            };
+            if !fits {
+                return Err(format!("`{}` lies beyond the parameter store given", b.name));
+            }
+        }
+        let mem = Mem {
+            arena: self.arena.as_mut_ptr(),
+            arena_len: self.arena.len(),
+            params,
+            grads: grads.as_mut_ptr(),
+            grads_len: grads.len(),
+            feeds,
+            offsets: &self.plan.offsets,
+            program: &self.program,
+        };
+        for k in &self.program.kernels {
+            kernels::run(k, &mem, ctx);
+        }
+        Ok(())
+    }
+
+    /// The values of `view` (in the arena, or a store) after a run, as a tensor.
+    pub fn read(&self, view: &View, params: &[f32], grads: &[f32]) -> Tensor {
+        let b = &self.program.buffers[view.buf.0 as usize];
+        let base: &[f32] = match b.space {
+            Space::Arena => &self.arena[self.plan.offsets[view.buf.0 as usize].unwrap_or(0)..],
+            Space::Param(o) => &params[o..],
+            Space::Grad(o) => &grads[o..],
+            Space::Input(_) => &[],
+        };
+        let (rows, cols) = (view.rows(), view.cols());
+        let mut out = Vec::with_capacity(rows * cols);
+        for r in 0..rows {
+            let start = view.offset + r * view.pitch;
+            out.extend_from_slice(base.get(start..start + cols).unwrap_or(&[]));
+        }
+        ArrayD::from_shape_vec(IxDyn(&view.shape), out).unwrap_or_else(|_| ArrayD::zeros(IxDyn(&view.shape)))
+    }
+
+    /// Bytes of the arena.
+    pub fn arena_bytes(&self) -> usize {
+        self.arena.len() * 4
+    }
+}
+
+/// Whether two views can share an element, given where their buffers are.
+fn overlap(p: &Program, plan: &MemoryPlan, a: &View, b: &View) -> bool {
+    let (Some(ra), Some(rb)) = (span(p, plan, a), span(p, plan, b)) else { return false };
+    ra.0 == rb.0 && ra.1.start < rb.1.end && rb.1.start < ra.1.end
+}
+
+/// A view's space (arena, gradients, or a buffer of its own) and element range in it.
+fn span(p: &Program, plan: &MemoryPlan, v: &View) -> Option<(u64, Range<usize>)> {
+    let b = &p.buffers[v.buf.0 as usize];
+    let (space, base) = match b.space {
+        Space::Arena => (0, plan.offsets[v.buf.0 as usize]?),
+        Space::Grad(o) => (1, o),
+        Space::Param(_) | Space::Input(_) => (2 + u64::from(v.buf.0), 0),
+    };
+    Some((space, base + v.offset..base + v.end()))
+}
+
+impl Mem<'_> {
+    fn base(&self, buf: BufId) -> (*mut f32, usize) {
+        let b = &self.program.buffers[buf.0 as usize];
+        match b.space {
+            Space::Arena => {
+                let at = self.offsets[buf.0 as usize].unwrap_or(0);
+                // SAFETY: the plan keeps every arena buffer inside the arena.
+                (unsafe { self.arena.add(at.min(self.arena_len)) }, self.arena_len.saturating_sub(at))
+            }
+            // SAFETY: `run` checked that every gradient buffer lies inside the store.
+            Space::Grad(o) => (unsafe { self.grads.add(o) }, self.grads_len - o),
+            Space::Param(o) => (self.params[o..].as_ptr().cast_mut(), self.params.len() - o),
+            Space::Input(i) => match self.feeds[i] {
+                Feed::F32(v) => (v.as_ptr().cast_mut(), v.len()),
+                Feed::I32(v) => (v.as_ptr().cast::<f32>().cast_mut(), v.len()),
+            },
+        }
+    }
+
+    /// The elements a view spans (its rows and the gaps between them), to read.
+    pub(crate) fn src(&self, v: &View) -> &[f32] {
+        let (ptr, len) = self.base(v.buf);
+        let end = v.end().min(len);
+        // SAFETY: `Machine::new` checked the view inside its buffer; no kernel writes where it
+        // reads, so no `dst` slice of the same kernel aliases this one.
+        unsafe { std::slice::from_raw_parts(ptr.add(v.offset.min(end)), end - v.offset.min(end)) }
+    }
+
+    /// A view's elements as integers (class labels).
+    pub(crate) fn src_i32(&self, v: &View) -> &[i32] {
+        let s = self.src(v);
+        // SAFETY: an `I32` buffer is fed as `&[i32]`; f32 and i32 have one size and alignment.
+        unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<i32>(), s.len()) }
+    }
+
+    /// The elements a view spans, to write.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) fn dst(&self, v: &View) -> &mut [f32] {
+        let (ptr, len) = self.base(v.buf);
+        let end = v.end().min(len);
+        // SAFETY: as for `src`; parameters and inputs are never written (the lowering writes
+        // only arena and gradient buffers), and each kernel takes one `dst` at a time.
+        unsafe { std::slice::from_raw_parts_mut(ptr.add(v.offset.min(end)), end - v.offset.min(end)) }
+    }
+
+    pub(crate) fn dtype(&self, v: &View) -> DType {
+        self.program.buffers[v.buf.0 as usize].dtype
+    }
+}

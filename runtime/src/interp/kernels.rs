@@ -1,0 +1,439 @@
+//! One plain function per kernel of the kernel IR. Views are read row by row (`pitch` apart);
+//! the arithmetic follows the reference executor's, operation for operation where it can.
+
+use super::Mem;
+use crate::reference::{elementwise_keep, sigmoid, Ctx};
+use cnnc_compiler::ir::op::{LossKind, PoolKind};
+use cnnc_compiler::lir::{DType, Expr, Geom, Kernel, View};
+
+/// The longest map expression a machine accepts.
+pub(super) const MAX_EXPR: usize = 32;
+
+/// Runs one kernel.
+pub(super) fn run(k: &Kernel, m: &Mem, ctx: Ctx) {
+    match k {
+        Kernel::Gemm { a, b, c, ta, tb, accumulate, bias } => gemm(m, a, b, c, *ta, *tb, *accumulate, bias.as_ref()),
+        Kernel::Im2col { x, col, geom } => im2col(m, x, col, geom),
+        Kernel::Col2im { col, dx, geom } => col2im(m, col, dx, geom),
+        Kernel::Pool { kind, x, y, geom } => pool(m, *kind, x, y, geom),
+        Kernel::PoolGrad { kind, x, dy, dx, geom } => pool_grad(m, *kind, x.as_ref(), dy, dx, geom),
+        Kernel::GlobalPool { kind, x, y } => global_pool(m, *kind, x, y),
+        Kernel::GlobalPoolGrad { kind, x, y, dy, dx } => global_pool_grad(m, *kind, x.as_ref(), y.as_ref(), dy, dx),
+        Kernel::SumRows { x, y } => sum_rows(m, x, y),
+        Kernel::Map { expr, inputs, channels, out } => map(m, expr, inputs, channels, out, ctx),
+        Kernel::Softmax { x, y } => softmax(m, x, y),
+        Kernel::SoftmaxGrad { y, dy, dx } => softmax_grad(m, y, dy, dx),
+        Kernel::BnStats { x, mean, var } => bn_stats(m, x, mean, var),
+        Kernel::BnApply { x, mean, var, gamma, beta, y, eps } => bn_apply(m, x, mean, var, gamma, beta, y, *eps),
+        Kernel::BnGrad { .. } => bn_grad(m, k),
+        Kernel::Loss { kind, pred, target, out } => loss(m, *kind, pred, target, out),
+        Kernel::LossGrad { kind, scale, pred, target, dpred } => loss_grad(m, *kind, *scale, pred, target, dpred),
+        Kernel::Copy { src, dst } => copy(m, src, dst),
+        Kernel::Fill { dst, value } => fill(m, dst, *value),
+    }
+}
+
+/// Row `r` of a view's span.
+fn row<'s>(s: &'s [f32], v: &View, r: usize) -> &'s [f32] {
+    &s[r * v.pitch..r * v.pitch + v.cols()]
+}
+
+fn row_mut<'s>(s: &'s mut [f32], v: &View, r: usize) -> &'s mut [f32] {
+    &mut s[r * v.pitch..r * v.pitch + v.cols()]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: bool, bias: Option<&View>) {
+    let (rows, cols) = (c.rows(), c.cols());
+    let k = if ta { a.rows() } else { a.cols() };
+    let (sa, sb) = (m.src(a), m.src(b));
+    let sc = m.dst(c);
+    // (row stride, column stride) of op(A) and op(B).
+    let (rsa, csa) = if ta { (1, a.pitch) } else { (a.pitch, 1) };
+    let (rsb, csb) = if tb { (1, b.pitch) } else { (b.pitch, 1) };
+    if rows > 0 && cols > 0 {
+        // SAFETY: the machine checked every view inside its buffer, so every element the
+        // strides reach is inside these slices, and `c` overlaps neither `a` nor `b`.
+        unsafe {
+            matrixmultiply::sgemm(
+                rows,
+                k,
+                cols,
+                1.0,
+                sa.as_ptr(),
+                rsa as isize,
+                csa as isize,
+                sb.as_ptr(),
+                rsb as isize,
+                csb as isize,
+                if accumulate { 1.0 } else { 0.0 },
+                sc.as_mut_ptr(),
+                c.pitch as isize,
+                1,
+            );
+        }
+    }
+    if let Some(bias) = bias {
+        let sbias = m.src(bias);
+        for r in 0..rows {
+            for (y, &b) in row_mut(sc, c, r).iter_mut().zip(&sbias[..cols]) {
+                *y += b;
+            }
+        }
+    }
+}
+
+fn im2col(m: &Mem, x: &View, col: &View, g: &Geom) {
+    let xs = m.src(x);
+    let cs = m.dst(col);
+    for r in 0..col.rows() {
+        row_mut(cs, col, r).fill(0.0);
+    }
+    g.for_each(|r, k, i| cs[r * col.pitch + k] = xs[i]);
+}
+
+fn col2im(m: &Mem, col: &View, dx: &View, g: &Geom) {
+    let cs = m.src(col);
+    let ds = m.dst(dx);
+    g.for_each(|r, k, i| ds[i] += cs[r * col.pitch + k]);
+}
+
+/// `f(output offset, input offset)` for every window element of every output, in window order.
+fn pairs(g: &Geom, mut f: impl FnMut(usize, usize)) {
+    let c = g.cg;
+    g.for_each(|row, k, i| f(row * c + k % c, i));
+}
+
+fn pool(m: &Mem, kind: PoolKind, x: &View, y: &View, g: &Geom) {
+    let xs = m.src(x);
+    let ys = m.dst(y);
+    match kind {
+        PoolKind::Max => {
+            ys.fill(f32::NEG_INFINITY);
+            pairs(g, |o, i| ys[o] = ys[o].max(xs[i]));
+        }
+        PoolKind::Avg => {
+            ys.fill(0.0);
+            let mut count = vec![0u32; ys.len()];
+            pairs(g, |o, i| {
+                ys[o] += xs[i];
+                count[o] += 1;
+            });
+            ys.iter_mut().zip(count).for_each(|(v, n)| *v /= n.max(1) as f32);
+        }
+    }
+}
+
+fn pool_grad(m: &Mem, kind: PoolKind, x: Option<&View>, dy: &View, dx: &View, g: &Geom) {
+    let dys = m.src(dy);
+    let dxs = m.dst(dx);
+    dxs.fill(0.0);
+    match (kind, x) {
+        (PoolKind::Max, Some(x)) => {
+            let xs = m.src(x);
+            let mut best: Vec<Option<usize>> = vec![None; dys.len()];
+            pairs(g, |o, i| {
+                if best[o].is_none_or(|b| xs[i] > xs[b]) {
+                    best[o] = Some(i);
+                }
+            });
+            for (o, b) in best.into_iter().enumerate() {
+                if let Some(b) = b {
+                    dxs[b] += dys[o];
+                }
+            }
+        }
+        _ => {
+            let mut count = vec![0u32; dys.len()];
+            pairs(g, |o, _| count[o] += 1);
+            pairs(g, |o, i| dxs[i] += dys[o] / count[o].max(1) as f32);
+        }
+    }
+}
+
+/// `[n, positions, c]` of a contiguous `[n, .., c]` view.
+fn npc(x: &View) -> (usize, usize, usize) {
+    let (n, c) = (x.shape[0], x.cols());
+    (n, x.len() / (n * c).max(1), c)
+}
+
+fn global_pool(m: &Mem, kind: PoolKind, x: &View, y: &View) {
+    let xs = m.src(x);
+    let ys = m.dst(y);
+    let (n, p, c) = npc(x);
+    for b in 0..n {
+        for ch in 0..c {
+            let values = (0..p).map(|i| xs[(b * p + i) * c + ch]);
+            ys[b * y.pitch + ch] = match kind {
+                PoolKind::Avg => values.sum::<f32>() / p as f32,
+                PoolKind::Max => values.fold(f32::NEG_INFINITY, f32::max),
+            };
+        }
+    }
+}
+
+fn global_pool_grad(m: &Mem, kind: PoolKind, x: Option<&View>, y: Option<&View>, dy: &View, dx: &View) {
+    let dys = m.src(dy);
+    let dxs = m.dst(dx);
+    dxs.fill(0.0);
+    let (n, p, c) = npc(dx);
+    for b in 0..n {
+        for ch in 0..c {
+            let g = dys[b * dy.pitch + ch];
+            match (kind, x, y) {
+                (PoolKind::Max, Some(x), Some(y)) => {
+                    let (xs, ys) = (m.src(x), m.src(y));
+                    if let Some(i) = (0..p).find(|&i| xs[(b * p + i) * c + ch] == ys[b * y.pitch + ch]) {
+                        dxs[(b * p + i) * c + ch] = g;
+                    }
+                }
+                _ => (0..p).for_each(|i| dxs[(b * p + i) * c + ch] = g / p as f32),
+            }
+        }
+    }
+}
+
+fn sum_rows(m: &Mem, x: &View, y: &View) {
+    let xs = m.src(x);
+    let ys = m.dst(y);
+    let cols = x.cols();
+    ys[..cols].fill(0.0);
+    for r in 0..x.rows() {
+        for (acc, &v) in ys[..cols].iter_mut().zip(row(xs, x, r)) {
+            *acc += v;
+        }
+    }
+}
+
+fn map(m: &Mem, expr: &[Expr], inputs: &[View], channels: &[View], out: &View, ctx: Ctx) {
+    let ins: Vec<&[f32]> = inputs.iter().map(|v| m.src(v)).collect();
+    let chs: Vec<&[f32]> = channels.iter().map(|v| m.src(v)).collect();
+    let os = m.dst(out);
+    let cols = out.cols();
+    let mut stack = [0f32; MAX_EXPR];
+    for r in 0..out.rows() {
+        for c in 0..cols {
+            for (s, e) in expr.iter().enumerate() {
+                stack[s] = match *e {
+                    Expr::Input(i) => ins[i][r * inputs[i].pitch + c],
+                    Expr::Channel(i) => chs[i][c],
+                    Expr::Const(v) => v,
+                    Expr::Add(a, b) => stack[a] + stack[b],
+                    Expr::Mul(a, b) => stack[a] * stack[b],
+                    Expr::Relu(a) => stack[a].max(0.0),
+                    Expr::Tanh(a) => stack[a].tanh(),
+                    Expr::Sigmoid(a) => sigmoid(stack[a]),
+                    Expr::Positive { c: t, a, b } => {
+                        if stack[t] > 0.0 {
+                            stack[a]
+                        } else {
+                            stack[b]
+                        }
+                    }
+                    Expr::Keep { rate, salt } => {
+                        if rate == 0.0 || elementwise_keep(ctx.seed, ctx.step, salt, r * cols + c, rate) {
+                            1.0 / (1.0 - rate)
+                        } else {
+                            0.0
+                        }
+                    }
+                };
+            }
+            os[r * out.pitch + c] = stack[expr.len() - 1];
+        }
+    }
+}
+
+fn softmax(m: &Mem, x: &View, y: &View) {
+    let xs = m.src(x);
+    let ys = m.dst(y);
+    for r in 0..x.rows() {
+        let (xr, yr) = (row(xs, x, r), row_mut(ys, y, r));
+        let max = xr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        yr.iter_mut().zip(xr).for_each(|(o, &v)| *o = (v - max).exp());
+        let sum: f32 = yr.iter().sum();
+        yr.iter_mut().for_each(|o| *o /= sum);
+    }
+}
+
+fn softmax_grad(m: &Mem, y: &View, dy: &View, dx: &View) {
+    let (ys, dys) = (m.src(y), m.src(dy));
+    let dxs = m.dst(dx);
+    for r in 0..y.rows() {
+        let (yr, gr, dr) = (row(ys, y, r), row(dys, dy, r), row_mut(dxs, dx, r));
+        dr.iter_mut().zip(gr.iter().zip(yr)).for_each(|(d, (&g, &y))| *d = g * y);
+        let s: f32 = dr.iter().sum();
+        dr.iter_mut().zip(yr).for_each(|(d, &y)| *d -= y * s);
+    }
+}
+
+fn bn_stats(m: &Mem, x: &View, mean: &View, var: &View) {
+    let xs = m.src(x);
+    let (ms, vs) = (m.dst(mean), m.dst(var));
+    let (rows, c) = (x.rows(), x.cols());
+    ms[..c].fill(0.0);
+    vs[..c].fill(0.0);
+    for r in 0..rows {
+        row(xs, x, r).iter().zip(ms.iter_mut()).for_each(|(&v, acc)| *acc += v);
+    }
+    ms[..c].iter_mut().for_each(|v| *v /= rows as f32);
+    for r in 0..rows {
+        for ((&v, acc), &mu) in row(xs, x, r).iter().zip(vs.iter_mut()).zip(ms.iter()) {
+            *acc += (v - mu) * (v - mu);
+        }
+    }
+    vs[..c].iter_mut().for_each(|v| *v /= rows as f32);
+}
+
+fn inv_std(var: &[f32], eps: f32) -> Vec<f32> {
+    var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bn_apply(m: &Mem, x: &View, mean: &View, var: &View, gamma: &View, beta: &View, y: &View, eps: f32) {
+    let c = x.cols();
+    let (xs, ms, vs, gs, bs) = (m.src(x), m.src(mean), m.src(var), m.src(gamma), m.src(beta));
+    let scale: Vec<f32> = inv_std(&vs[..c], eps).iter().zip(&gs[..c]).map(|(i, g)| i * g).collect();
+    let ys = m.dst(y);
+    for r in 0..x.rows() {
+        for (ch, (o, &v)) in row_mut(ys, y, r).iter_mut().zip(row(xs, x, r)).enumerate() {
+            *o = (v - ms[ch]) * scale[ch] + bs[ch];
+        }
+    }
+}
+
+fn bn_grad(m: &Mem, k: &Kernel) {
+    let Kernel::BnGrad { x, mean, var, gamma, dy, dx, dgamma, dbeta, eps, training } = k else { return };
+    let (rows, c) = (dy.rows(), dy.cols());
+    let dys = m.src(dy);
+    let inv = var.as_ref().map(|v| inv_std(&m.src(v)[..c], *eps)).unwrap_or_default();
+    let (xs, ms) = (x.as_ref().map(|v| (m.src(v), v.pitch)), mean.as_ref().map(|v| m.src(v)));
+    let xhat = |r: usize, ch: usize| -> f32 {
+        match (xs, ms) {
+            (Some((xs, pitch)), Some(ms)) => (xs[r * pitch + ch] - ms[ch]) * inv[ch],
+            _ => 0.0,
+        }
+    };
+    if let Some(db) = dbeta {
+        let out = m.dst(db);
+        out[..c].fill(0.0);
+        (0..rows).for_each(|r| row(dys, dy, r).iter().zip(out.iter_mut()).for_each(|(&g, acc)| *acc += g));
+    }
+    if let Some(dg) = dgamma {
+        let out = m.dst(dg);
+        out[..c].fill(0.0);
+        for r in 0..rows {
+            for (ch, &g) in row(dys, dy, r).iter().enumerate() {
+                out[ch] += g * xhat(r, ch);
+            }
+        }
+    }
+    let (Some(dx), Some(gamma)) = (dx, gamma) else { return };
+    let gs = m.src(gamma);
+    let out = m.dst(dx);
+    if !training {
+        for r in 0..rows {
+            for (ch, (o, &g)) in row_mut(out, dx, r).iter_mut().zip(row(dys, dy, r)).enumerate() {
+                *o = g * (inv[ch] * gs[ch]);
+            }
+        }
+        return;
+    }
+    let n = rows as f32;
+    let (mut sum, mut dot) = (vec![0f32; c], vec![0f32; c]);
+    for r in 0..rows {
+        for (ch, &g) in row(dys, dy, r).iter().enumerate() {
+            let dxhat = g * gs[ch];
+            sum[ch] += dxhat;
+            dot[ch] += dxhat * xhat(r, ch);
+        }
+    }
+    for r in 0..rows {
+        for ch in 0..c {
+            let dxhat = dys[r * dy.pitch + ch] * gs[ch];
+            out[r * dx.pitch + ch] = (dxhat * n - sum[ch] - xhat(r, ch) * dot[ch]) * (inv[ch] / n);
+        }
+    }
+}
+
+/// The class index of example `b` of a label view (integers, or floats for other losses).
+fn label(m: &Mem, target: &View, b: usize) -> usize {
+    match m.dtype(target) {
+        DType::I32 => m.src_i32(target)[b].max(0) as usize,
+        DType::F32 => m.src(target)[b] as usize,
+    }
+}
+
+/// Example `b` of a contiguous view.
+fn example<'s>(s: &'s [f32], v: &View, b: usize) -> &'s [f32] {
+    let per = v.len() / v.shape[0].max(1);
+    &s[b * per..(b + 1) * per]
+}
+
+fn loss(m: &Mem, kind: LossKind, pred: &View, target: &View, out: &View) {
+    let ps = m.src(pred);
+    let os = m.dst(out);
+    for b in 0..pred.shape[0] {
+        let p = example(ps, pred, b);
+        os[b] = match kind {
+            LossKind::SoftmaxCrossEntropy => {
+                let max = p.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                let lse = p.iter().map(|&v| (v - max).exp()).sum::<f32>().ln() + max;
+                lse - p[label(m, target, b).min(p.len().saturating_sub(1))]
+            }
+            LossKind::SigmoidCrossEntropy => {
+                let t = example(m.src(target), target, b);
+                p.iter()
+                    .zip(t)
+                    .fold(0.0f32, |acc, (&z, &y)| acc + z.max(0.0) - z * y + (1.0f32 + (-z.abs()).exp()).ln())
+            }
+            LossKind::L2 => {
+                let t = example(m.src(target), target, b);
+                p.iter().zip(t).fold(0.0, |acc, (&a, &b)| acc + 0.5 * (a - b) * (a - b))
+            }
+        };
+    }
+}
+
+fn loss_grad(m: &Mem, kind: LossKind, scale: f32, pred: &View, target: &View, dpred: &View) {
+    let ps = m.src(pred);
+    let ds = m.dst(dpred);
+    let per = dpred.len() / dpred.shape[0].max(1);
+    for b in 0..pred.shape[0] {
+        let (p, d) = (example(ps, pred, b), &mut ds[b * per..(b + 1) * per]);
+        match kind {
+            LossKind::SoftmaxCrossEntropy => {
+                let max = p.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                d.iter_mut().zip(p).for_each(|(o, &v)| *o = (v - max).exp());
+                let sum: f32 = d.iter().sum();
+                d.iter_mut().for_each(|o| *o /= sum);
+                let l = label(m, target, b).min(d.len().saturating_sub(1));
+                d[l] -= 1.0;
+                d.iter_mut().for_each(|o| *o *= scale);
+            }
+            LossKind::SigmoidCrossEntropy => {
+                let t = example(m.src(target), target, b);
+                d.iter_mut().zip(p.iter().zip(t)).for_each(|(o, (&z, &y))| *o = (sigmoid(z) - y) * scale);
+            }
+            LossKind::L2 => {
+                let t = example(m.src(target), target, b);
+                d.iter_mut().zip(p.iter().zip(t)).for_each(|(o, (&a, &y))| *o = (a - y) * scale);
+            }
+        }
+    }
+}
+
+fn copy(m: &Mem, src: &View, dst: &View) {
+    let ss = m.src(src);
+    let ds = m.dst(dst);
+    for r in 0..src.rows() {
+        row_mut(ds, dst, r).copy_from_slice(row(ss, src, r));
+    }
+}
+
+fn fill(m: &Mem, dst: &View, value: f32) {
+    let ds = m.dst(dst);
+    for r in 0..dst.rows() {
+        row_mut(ds, dst, r).fill(value);
+    }
+}

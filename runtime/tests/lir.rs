@@ -1,0 +1,245 @@
+//! Differential tests: the kernel IR on its interpreter equals the layer IR on the reference
+//! executor, forward and backward, for every op in every configuration the property tests
+//! generate and for the stdlib and example models, within ‖a − b‖∞ ≤ 1e-4 · max(‖b‖∞, 1) per
+//! tensor.
+
+use cnnc_compiler::ir::op::{InputOp, LossKind, LossOp, Op};
+use cnnc_compiler::ir::{Graph, Node, NodeId, ValueId};
+use cnnc_compiler::lir::{self, Purpose};
+use cnnc_compiler::passes::{autodiff, inference_mode, training_mode};
+use cnnc_compiler::shape::Shape;
+use cnnc_runtime::executor::Executor;
+use cnnc_runtime::interp::{Feed, Machine};
+use cnnc_runtime::params::Params;
+use cnnc_runtime::reference::{Ctx, Tensor};
+use ndarray::{ArrayD, IxDyn};
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Compiles `model M { input x: SHAPE  output y = x |> LAYERS }`; `None` if it does not check.
+fn model(input: &[usize], layers: &str) -> Option<Graph> {
+    let shape: Vec<String> = input.iter().map(|d| d.to_string()).collect();
+    let text = format!("model M {{\n input x: [{}]\n output y = x |> {layers}\n}}", shape.join(", "));
+    let c = cnnc_compiler::compile_source("lir.cnn", None, text.as_bytes());
+    if c.has_errors() {
+        return None;
+    }
+    Some(c.models.into_iter().next()?.graph)
+}
+
+fn random(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
+    let n = shape.iter().product();
+    ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()).unwrap()
+}
+
+/// `‖a − b‖∞ ≤ 1e-4 · max(‖b‖∞, 1)`.
+fn close(a: &Tensor, b: &Tensor, what: &str) -> Result<(), String> {
+    if a.shape() != b.shape() {
+        return Err(format!("{what}: shape {:?} against {:?}", a.shape(), b.shape()));
+    }
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let diff = a.iter().zip(b.iter()).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    if diff <= 1e-4 * scale {
+        Ok(())
+    } else {
+        Err(format!("{what}: ‖a − b‖∞ = {diff} (scale {scale})"))
+    }
+}
+
+/// Runs `graph` (a training graph with `loss` and `grads`, or a forward graph when `loss` is
+/// `None`) on both backends and compares every kept value and every parameter gradient.
+fn compare(
+    graph: &Graph,
+    loss: Option<(NodeId, NodeId)>,
+    grads: &autodiff::Gradients,
+    batch: usize,
+    seed: u64,
+) -> Result<(), String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut params = Params::init(graph, seed);
+    let layout = params.layout.clone();
+    for (id, e) in layout.entries().iter().enumerate() {
+        let mut r = random(&e.shape, &mut rng);
+        if e.shape.len() == 1 {
+            r.mapv_inplace(|a| 1.0 + 0.5 * a);
+        }
+        params.slice_mut(id).copy_from_slice(r.as_slice().unwrap());
+    }
+    let x_node = graph.inputs()[0];
+    let x_shape: Vec<usize> = std::iter::once(batch).chain(graph.node(x_node).shape.0.iter().copied()).collect();
+    let x = random(&x_shape, &mut rng);
+    let mut keep: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+    let mut feeds_ref = vec![(x_node, x.view())];
+    let mut labels_i32 = Vec::new();
+    let target;
+    if let Some((loss, t)) = loss {
+        keep.push(loss.into());
+        let y = graph.operands(loss)[0];
+        let y_shape: Vec<usize> = std::iter::once(batch).chain(graph.node(y).shape.0.iter().copied()).collect();
+        target = match graph.node(loss).op {
+            Op::Loss(l) if l.kind == LossKind::SoftmaxCrossEntropy => {
+                labels_i32 = (0..batch).map(|_| rng.random_range(0..y_shape[1]) as i32).collect();
+                ArrayD::from_shape_vec(IxDyn(&[batch]), labels_i32.iter().map(|&v| v as f32).collect()).unwrap()
+            }
+            _ => random(&y_shape, &mut rng),
+        };
+        feeds_ref.push((t, target.view()));
+    } else {
+        target = ArrayD::zeros(IxDyn(&[0]));
+    }
+    keep.extend(grads.inputs.iter().map(|(_, g)| *g));
+    let mut keep_ref = keep.clone();
+    keep_ref.extend(grads.params.iter().map(|(_, g)| *g));
+    let ctx = Ctx { seed, step: 3 };
+    let exec = Executor::new(graph, &layout, &keep_ref).map_err(|e| e.to_string())?;
+    let want = exec.run(graph, &params, &feeds_ref, ctx).map_err(|e| e.to_string())?;
+
+    let lowered = lir::lower(graph, batch, &layout, &grads.params, &keep).map_err(|e| e.to_string())?;
+    let mut machine = Machine::new(lowered.program).map_err(|e| format!("machine: {e}"))?;
+    let feeds: Vec<Feed> = lowered
+        .feeds
+        .iter()
+        .map(|&id| {
+            match (id == x_node, machine.program.inputs.iter().any(|(n, _, d)| n == "label" && *d == lir::DType::I32)) {
+                (true, _) => Feed::F32(x.as_slice().unwrap()),
+                (false, true) => Feed::I32(&labels_i32),
+                (false, false) => Feed::F32(target.as_slice().unwrap()),
+            }
+        })
+        .collect();
+    let mut grad_store = vec![f32::NAN; layout.len()];
+    machine.run(&params.data, &mut grad_store, &feeds, ctx)?;
+    for v in &keep {
+        let view = machine.program.result(&Purpose::Value(*v)).ok_or("a kept value has no view")?.clone();
+        let got = machine.read(&view, &params.data, &grad_store);
+        close(
+            &got,
+            want.get(*v).ok_or("the reference lacks a value")?,
+            &format!("value of `{}`", graph.node(v.node).name),
+        )?;
+    }
+    for &(p, g) in &grads.params {
+        let e = layout.get(&graph.node(p).name).unwrap();
+        let got = ArrayD::from_shape_vec(IxDyn(&e.shape), grad_store[e.range()].to_vec()).unwrap();
+        close(&got, want.get(g).unwrap(), &format!("gradient of `{}`", e.name))?;
+    }
+    Ok(())
+}
+
+/// A loss on the model's output (and a target input), then autodiff, in training or inference
+/// mode; returns the graph, (loss, target) and the gradients.
+fn training(mut graph: Graph, kind: LossKind, train: bool) -> (Graph, (NodeId, NodeId), autodiff::Gradients) {
+    if train {
+        training_mode::run(&mut graph);
+    } else {
+        inference_mode::run(&mut graph);
+    }
+    let y = graph.outputs()[0].1;
+    let y_shape = graph.node(y).shape.clone();
+    let t_shape = if kind == LossKind::SoftmaxCrossEntropy { Shape(vec![]) } else { y_shape };
+    let loc = graph.node(y).loc;
+    let t = graph.add(Node::new(Op::Input(InputOp { name: "label".into() }), "label", loc, t_shape), &[]);
+    let loss = graph.add(Node::new(Op::Loss(LossOp { kind, weight: 0.7 }), "loss", loc, Shape(vec![])), &[y, t]);
+    let grads = autodiff::run(&mut graph, &[loss], true, &[t]);
+    cnnc_compiler::ir::verify(&graph).expect("the training graph verifies");
+    (graph, (loss, t), grads)
+}
+
+fn both(input: &[usize], layers: &str, kind: LossKind, batch: usize, seed: u64) -> Result<(), TestCaseError> {
+    let Some(graph) = model(input, layers) else { return Err(TestCaseError::reject("does not shape-check")) };
+    let mut forward = graph.clone();
+    inference_mode::run(&mut forward);
+    compare(&forward, None, &autodiff::Gradients::default(), batch, seed)
+        .map_err(|e| TestCaseError::fail(format!("forward: {e}")))?;
+    for train in [true, false] {
+        let (g, loss, grads) = training(graph.clone(), kind, train);
+        compare(&g, Some(loss), &grads, batch, seed)
+            .map_err(|e| TestCaseError::fail(format!("training={train}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn size(rank: usize, max: usize) -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1..=max, rank)
+}
+
+fn list(v: &[usize]) -> String {
+    format!("[{}]", v.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        max_global_rejects: 4096,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x00c0_ffee),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn conv(rank in 1usize..=3, f in size(3, 3), s in size(3, 2), p in size(3, 2), d in size(3, 2),
+            groups in 1usize..=2, filters in 1usize..=3, channels in 1usize..=2, n in 4usize..=7, batch in 1usize..=3, seed in any::<u64>()) {
+        let (f, s, d) = (&f[..rank], &s[..rank], &d[..rank]);
+        let p: Vec<usize> = p[..rank].iter().map(|v| v - 1).collect();
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([channels * groups]).collect();
+        let layer = format!("conv({}, {}, stride: {}, pad: {}, dilation: {}, groups: {groups})", filters * groups, list(f), list(s), list(&p), list(d));
+        both(&input, &layer, LossKind::L2, batch, seed)?;
+    }
+
+    #[test]
+    fn pointwise_conv(rank in 1usize..=3, n in 1usize..=5, c in 1usize..=4, filters in 1usize..=4, batch in 1usize..=3, seed in any::<u64>()) {
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([c]).collect();
+        both(&input, &format!("conv({filters}, 1)"), LossKind::L2, batch, seed)?;
+    }
+
+    #[test]
+    fn pooling(rank in 1usize..=3, max in any::<bool>(), f in 1usize..=3, s in 1usize..=3, p in 0usize..=1, ceil in any::<bool>(), n in 3usize..=7, seed in any::<u64>()) {
+        prop_assume!(p * 2 <= f);
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([2]).collect();
+        let kind = if max { "maxpool" } else { "avgpool" };
+        let round = if ceil { "ceil" } else { "floor" };
+        both(&input, &format!("{kind}({f}, stride: {s}, pad: {p}, round: {round})"), LossKind::L2, 2, seed)?;
+    }
+
+    #[test]
+    fn global_pooling(rank in 1usize..=3, max in any::<bool>(), n in 1usize..=4, seed in any::<u64>()) {
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([3]).collect();
+        both(&input, if max { "global_maxpool" } else { "global_avgpool" }, LossKind::L2, 2, seed)?;
+    }
+
+    #[test]
+    fn dense_and_flatten(h in 1usize..=4, w in 1usize..=4, c in 1usize..=3, units in 1usize..=5, bias in any::<bool>(), batch in 1usize..=4, seed in any::<u64>()) {
+        both(&[h, w, c], &format!("flatten |> dense({units}, bias: {bias})"), LossKind::L2, batch, seed)?;
+    }
+
+    #[test]
+    fn batchnorm(rank in 1usize..=3, n in 2usize..=4, c in 1usize..=3, seed in any::<u64>()) {
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([c]).collect();
+        both(&input, "batchnorm(eps: 0.001)", LossKind::L2, 3, seed)?;
+    }
+
+    #[test]
+    fn activations(which in 0usize..7, n in 1usize..=5, seed in any::<u64>()) {
+        let layer = ["relu", "leaky_relu(alpha: 0.1)", "tanh", "sigmoid", "softmax", "prelu", "dropout(0.3)"][which];
+        both(&[n, 3], layer, LossKind::L2, 2, seed)?;
+    }
+
+    #[test]
+    fn losses(which in 0usize..3, classes in 2usize..=6, batch in 1usize..=4, seed in any::<u64>()) {
+        let kind = [LossKind::SoftmaxCrossEntropy, LossKind::SigmoidCrossEntropy, LossKind::L2][which];
+        both(&[4], &format!("dense({classes})"), kind, batch, seed)?;
+    }
+}
+
+#[test]
+fn add_concat_and_shared_values() {
+    for (n, c) in [(1, 1), (3, 2), (4, 3)] {
+        let text = format!(
+            "model M {{\n input x: [{n}, {n}, {c}]\n a = x |> conv({c}, 3, pad: same) |> tanh\n b = a + x\n y2 = concat(a, b, x)\n output y = y2 |> conv(2, 1)\n}}"
+        );
+        let c = cnnc_compiler::compile_source("dag.cnn", None, text.as_bytes());
+        let graph = c.models.into_iter().next().unwrap().graph;
+        let (g, loss, grads) = training(graph, LossKind::L2, true);
+        compare(&g, Some(loss), &grads, 2, 7).unwrap();
+    }
+}
