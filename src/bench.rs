@@ -6,6 +6,7 @@
 use cnnc_compiler::elaborate::ModelInfo;
 use cnnc_compiler::train::TrainSpec;
 use cnnc_compiler::Compilation;
+use cnnc_runtime::backend::Backend;
 use cnnc_runtime::bench::{Workload, WorkloadKind};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ pub struct Args {
     pub steps: usize,
     pub warmup: usize,
     pub profile: bool,
+    pub backends: Vec<Backend>,
 }
 
 /// Runs the benchmark; `compiled` is how long parsing and checking took.
@@ -39,17 +41,48 @@ pub fn run(c: &Compilation, args: &Args, compiled: Duration) -> Result<(), Failu
     }
     let batch = args.batch.or(spec.map(|s| s.batch)).unwrap_or(1).max(1);
     let kind = if args.train { WorkloadKind::Train } else { WorkloadKind::Infer };
-    let mut w = Workload::new(model, spec, kind, batch).map_err(|e| fail(EXIT_INPUT, e))?;
     let cpu = cnnc_runtime::bench::cpu();
     println!("cnnc bench {} ({}), {} b{batch}", model.name, args.file.display(), kind);
-    println!("cpu: {} ({} threads; {})", cpu.model, w.threads(), cpu.flags);
-    println!("source to runnable:");
-    println!("  {:<24}{:>10.2} ms", "parse + check", ms(compiled));
-    for (phase, d) in w.phases() {
-        println!("  {:<24}{:>10.2} ms", phase, ms(*d));
+    println!("cpu: {} ({} threads; {})", cpu.model, cnnc_runtime::bench::threads(), cpu.flags);
+    let mut medians = Vec::new();
+    for (i, &backend) in args.backends.iter().enumerate() {
+        let mut w = Workload::new(model, spec, kind, batch, backend).map_err(|e| fail(EXIT_INPUT, e))?;
+        if i == 0 {
+            println!("source to runnable:");
+            println!("  {:<24}{:>10.2} ms", "parse + check", ms(compiled));
+            for (phase, d) in w.phases() {
+                println!("  {:<24}{:>10.2} ms", phase, ms(*d));
+            }
+            let rest = w.phases().iter().filter(|(p, _)| *p != "parameters").map(|(_, d)| *d);
+            println!("  {:<24}{:>10.2} ms", "total (parameters aside)", ms(compiled + rest.sum::<Duration>()));
+        }
+        let (median, times) = time_steps(&mut w, args)?;
+        let per_image = batch as f64 / median.as_secs_f64();
+        println!(
+            "step on {backend:<9} ({} timed, {} warm-up): median {:.3} ms  min {:.3}  max {:.3}  ({:.0} images/s)",
+            times.len(),
+            args.warmup,
+            ms(median),
+            ms(times[0]),
+            ms(times[times.len() - 1]),
+            per_image
+        );
+        for (what, bytes) in w.memory() {
+            println!("  memory: {:<32}{:>10.2} MiB", what, bytes as f64 / (1 << 20) as f64);
+        }
+        medians.push((backend, median));
     }
-    let total = compiled + w.phases().iter().filter(|(p, _)| *p != "parameters").map(|(_, d)| *d).sum::<Duration>();
-    println!("  {:<24}{:>10.2} ms", "total (parameters aside)", ms(total));
+    if let [(a, ta), (b, tb), ..] = medians[..] {
+        println!("{a} / {b}: {:.2}× the time per step", ta.as_secs_f64() / tb.as_secs_f64().max(1e-12));
+    }
+    if let Some(peak) = cnnc_runtime::bench::peak_rss() {
+        println!("memory: {:<34}{:>10.2} MiB", "peak resident (process)", peak as f64 / (1 << 20) as f64);
+    }
+    Ok(())
+}
+
+/// Warm-up steps, then timed steps (sorted); the median and all times.
+fn time_steps(w: &mut Workload, args: &Args) -> Result<(Duration, Vec<Duration>), Failure> {
     for _ in 0..args.warmup {
         w.step().map_err(|e| fail(EXIT_INPUT, e))?;
     }
@@ -64,28 +97,10 @@ pub fn run(c: &Compilation, args: &Args, compiled: Duration) -> Result<(), Failu
         times.push(t.elapsed());
     }
     times.sort_unstable();
-    let median = times[times.len() / 2];
-    let (lo, hi) = (times[0], times[times.len() - 1]);
-    let per_image = batch as f64 / median.as_secs_f64();
-    println!(
-        "step ({} timed, {} warm-up): median {:.3} ms  min {:.3}  max {:.3}  ({:.0} images/s)",
-        times.len(),
-        args.warmup,
-        ms(median),
-        ms(lo),
-        ms(hi),
-        per_image
-    );
     if let (true, Ok(p)) = (args.profile, profile.lock()) {
         print_profile(&p, times.len());
     }
-    for (what, bytes) in w.memory() {
-        println!("memory: {:<32}{:>10.2} MiB", what, bytes as f64 / (1 << 20) as f64);
-    }
-    if let Some(peak) = cnnc_runtime::bench::peak_rss() {
-        println!("memory: {:<32}{:>10.2} MiB", "peak resident (process)", peak as f64 / (1 << 20) as f64);
-    }
-    Ok(())
+    Ok((times[times.len() / 2], times))
 }
 
 /// Time per op kind and step, largest first, with its share of the time in ops.

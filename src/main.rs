@@ -111,6 +111,9 @@ struct RunArgs {
     /// Write a grid of augmented training examples to this PNG and stop.
     #[arg(long)]
     preview_augment: Option<PathBuf>,
+    /// What runs the model: `lir` (the kernel-IR interpreter, the default) or `reference`.
+    #[arg(long, default_value = "lir", value_parser = backend)]
+    backend: cnnc_runtime::backend::Backend,
 }
 
 #[derive(clap::Args)]
@@ -138,9 +141,12 @@ struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Break the step down by op: time per step, share of the step.
+    /// Break the step down by op (reference backend): time per step, share of the step.
     #[arg(long)]
     profile: bool,
+    /// Backends to time, in one run: reference, lir (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "reference,lir", value_parser = backend)]
+    backend: Vec<cnnc_runtime::backend::Backend>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -168,6 +174,11 @@ enum Emit {
     TrainIr,
     /// The inference graph as IR: batchnorm on running statistics, no dropout.
     InferIr,
+}
+
+/// Parses `--backend`.
+fn backend(text: &str) -> Result<cnnc_runtime::backend::Backend, String> {
+    cnnc_runtime::backend::Backend::parse(text)
 }
 
 /// Parses `--multi-crop`: 1, 5 or 10.
@@ -216,6 +227,7 @@ fn main() -> ExitCode {
                 multi_crop: a.multi_crop,
                 ensemble: a.ensemble,
                 preview: a.preview_augment,
+                backend: a.backend,
             };
             finish(run::run(&c, &args))
         }
@@ -260,6 +272,7 @@ fn main() -> ExitCode {
                 steps: a.steps,
                 warmup: a.warmup,
                 profile: a.profile,
+                backends: a.backend,
             };
             finish(bench::run(&c, &args, compiled))
         }

@@ -25,6 +25,7 @@ pub struct Args {
     pub multi_crop: usize,
     pub ensemble: Vec<PathBuf>,
     pub preview: Option<PathBuf>,
+    pub backend: cnnc_runtime::backend::Backend,
 }
 
 /// A failure with its exit code.
@@ -39,6 +40,7 @@ pub fn fail(code: u8, message: impl Into<String>) -> Failure {
 
 pub const EXIT_INPUT: u8 = 2;
 pub const EXIT_DIVERGED: u8 = 4;
+pub const EXIT_INTERNAL: u8 = 3;
 
 /// Runs the command; `Ok` carries what to print last.
 pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
@@ -81,6 +83,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     }
     if args.eval {
         let mut session = Session::new(model, &spec).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        session.backend = args.backend;
         session.check(&data).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         if !session.classifies && (args.multi_crop > 1 || args.ensemble.len() > 1) {
             return Err(fail(
@@ -112,7 +115,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             out.display()
         );
     }
-    let opts = RunOptions { out: out.clone(), resume: args.resume, quiet: args.quiet };
+    let opts = RunOptions { out: out.clone(), resume: args.resume, quiet: args.quiet, backend: args.backend };
     match train::train(model, &spec, &data, &pipeline, &opts) {
         Ok((_, history)) => {
             println!("weights: {}", train::weights_path(&out).display());
@@ -123,6 +126,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             Ok(())
         }
         Err(e @ train::RunError::NonFinite { .. }) => Err(fail(EXIT_DIVERGED, e.to_string())),
+        Err(e @ train::RunError::Internal(_)) => Err(fail(EXIT_INTERNAL, e.to_string())),
         Err(e) => Err(fail(EXIT_INPUT, e.to_string())),
     }
 }

@@ -182,6 +182,53 @@ impl Geom {
     }
 
     /// Calls `f(row, column, input offset)` for every in-bounds (output position, window
+    /// element): the `cg` channels of the block are the run of columns and input elements that
+    /// start there.
+    pub fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize)) {
+        self.for_each_window(|row, col, at| {
+            if let Some(at) = at {
+                f(row, col, at)
+            }
+        });
+    }
+
+    /// Calls `f(row, column, input offset)` for every (output position, window element); the
+    /// offset is `None` where the window element falls in the padding.
+    pub fn for_each_window(&self, mut f: impl FnMut(usize, usize, Option<usize>)) {
+        let [id, ih, iw] = self.input;
+        let c = self.channels;
+        let [od, oh, ow] = self.output;
+        let [fd, fh, fw] = self.size;
+        let mut row = 0;
+        for n in 0..self.n {
+            for zd in 0..od {
+                for zh in 0..oh {
+                    for zw in 0..ow {
+                        let mut col = 0;
+                        for kd in 0..fd {
+                            let d = self.source(0, zd, kd);
+                            for kh in 0..fh {
+                                let h = self.source(1, zh, kh);
+                                for kw in 0..fw {
+                                    let at = match (d, h, self.source(2, zw, kw)) {
+                                        (Some(d), Some(h), Some(w)) => {
+                                            Some((((n * id + d) * ih + h) * iw + w) * c + self.c0)
+                                        }
+                                        _ => None,
+                                    };
+                                    f(row, col, at);
+                                    col += self.cg;
+                                }
+                            }
+                        }
+                        row += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Calls `f(row, column, input offset)` for every in-bounds (output position, window
     /// element, channel of the block): row = output position over the batch, column = window
     /// element · cg + channel, offset into the input viewed as `[n, d, h, w, channels]`.
     pub fn for_each(&self, mut f: impl FnMut(usize, usize, usize)) {

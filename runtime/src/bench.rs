@@ -1,6 +1,7 @@
 //! What `cnnc bench` measures: a model made runnable (phases timed), then one step at a time on a
 //! preloaded synthetic batch. Also the host's CPU and ISA flags and the process's peak memory.
 
+use crate::backend::{Backend, Programs};
 use crate::executor::{Executor, Profile};
 use crate::params::Params;
 use crate::reference::{Ctx, Tensor};
@@ -46,6 +47,7 @@ struct Inference {
     graph: Graph,
     params: Params,
     exec: Executor,
+    programs: Option<Programs>,
 }
 
 enum Run {
@@ -55,13 +57,20 @@ enum Run {
 
 impl Workload {
     /// Builds the graph for `kind`, initial parameters and a synthetic batch of `batch` examples.
-    pub fn new(model: &ModelInfo, spec: Option<&TrainSpec>, kind: WorkloadKind, batch: usize) -> Result<Self, String> {
+    pub fn new(
+        model: &ModelInfo,
+        spec: Option<&TrainSpec>,
+        kind: WorkloadKind,
+        batch: usize,
+        backend: Backend,
+    ) -> Result<Self, String> {
         let mut phases = Vec::new();
         let seed = spec.map_or(0, |s| s.seed);
         let t = Instant::now();
         let run = match (kind, spec) {
             (WorkloadKind::Train, Some(spec)) => {
-                let session = Session::new(model, spec).map_err(|e| e.to_string())?;
+                let mut session = Session::new(model, spec).map_err(|e| e.to_string())?;
+                session.backend = backend;
                 phases.clone_from(&session.phases);
                 Run::Train(Box::new(session))
             }
@@ -76,8 +85,9 @@ impl Workload {
                 let t = Instant::now();
                 let keep: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
                 let exec = Executor::new(&graph, &params.layout, &keep).map_err(|e| e.to_string())?;
+                let programs = (backend == Backend::Lir).then(|| Programs::new(keep, Vec::new()));
                 phases.push(("schedule", t.elapsed()));
-                Run::Infer(Box::new(Inference { graph, params, exec }))
+                Run::Infer(Box::new(Inference { graph, params, exec, programs }))
             }
         };
         let graph = match &run {
@@ -119,24 +129,23 @@ impl Workload {
         &self.phases
     }
 
-    /// Compute threads in use.
-    pub fn threads(&self) -> usize {
-        threads()
-    }
-
     /// One training step (forward, backward, update) or one inference.
     pub fn step(&mut self) -> Result<(), String> {
         let peak = match &mut self.run {
             Run::Train(session) => match session.step(self.x.view(), self.y.view(), 1e-4) {
                 Ok(o) => o.peak_bytes,
                 Err(StepError::Exec(e)) => return Err(e.to_string()),
+                Err(StepError::Internal(e)) => return Err(format!("internal error: {e}")),
                 Err(StepError::NonFinite { .. }) => return Err("the synthetic batch made the loss non-finite".into()),
             },
             Run::Infer(i) => {
-                let Inference { graph, params, exec } = &**i;
+                let Inference { graph, params, exec, programs } = &mut **i;
                 let input = graph.inputs()[0];
-                let values =
-                    exec.run(graph, params, &[(input, self.x.view())], Ctx::default()).map_err(|e| e.to_string())?;
+                let feeds = [(input, self.x.view())];
+                let values = match programs {
+                    Some(p) => p.run(graph, params, &mut [], &feeds, Ctx::default())?,
+                    None => exec.run(graph, params, &feeds, Ctx::default()).map_err(|e| e.to_string())?,
+                };
                 values.peak_bytes
             }
         };
@@ -148,7 +157,12 @@ impl Workload {
     pub fn profile_into(&mut self, profile: std::sync::Arc<std::sync::Mutex<Profile>>) {
         match &mut self.run {
             Run::Train(s) => s.profile_into(profile),
-            Run::Infer(i) => i.exec.profile_into(profile),
+            Run::Infer(i) => {
+                i.exec.profile_into(profile.clone());
+                if let Some(p) = i.programs.as_mut() {
+                    p.profile_into(profile);
+                }
+            }
         }
     }
 
@@ -178,7 +192,8 @@ pub fn set_threads(n: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn threads() -> usize {
+/// Compute threads in use.
+pub fn threads() -> usize {
     std::env::var("MATMUL_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -4,9 +4,9 @@
 
 use crate::augment::Pipeline;
 use crate::data::Dataset;
-use crate::executor::{ExecError, Executor};
 use crate::params::Params;
-use crate::reference::{softmax, Ctx};
+use crate::reference::softmax;
+use crate::train::RunError;
 use crate::train::Session;
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
 
@@ -17,10 +17,8 @@ pub fn probabilities(
     pipeline: &Pipeline,
     examples: &[&[f32]],
     crops: usize,
-) -> Result<Array2<f32>, ExecError> {
+) -> Result<Array2<f32>, RunError> {
     let prediction = session.prediction();
-    let exec = Executor::new(&session.infer, &session.params.layout, &[prediction.into()])?;
-    let input = session.infer.inputs()[0];
     let per_example: Vec<Vec<Vec<f32>>> = examples.iter().map(|e| pipeline.crops(e, crops)).collect();
     let n_crops = per_example.first().map_or(0, Vec::len);
     let mut input_shape = vec![examples.len()];
@@ -30,7 +28,7 @@ pub fn probabilities(
         for j in 0..n_crops {
             let x: Vec<f32> = per_example.iter().flat_map(|crops| crops[j].iter().copied()).collect();
             let x = ArrayD::from_shape_vec(IxDyn(&input_shape), x).expect("crops fill the input shape");
-            let values = exec.run(&session.infer, params, &[(input, x.view())], Ctx::default())?;
+            let values = session.infer(params, x.view())?;
             let logits = values.get(prediction).expect("the prediction was computed");
             let p = softmax(&logits.view()).into_dimensionality::<ndarray::Ix2>().expect("class scores are vectors");
             sum = Some(match sum {
@@ -51,7 +49,7 @@ pub fn averaged(
     pipeline: &Pipeline,
     crops: usize,
     batch: usize,
-) -> Result<(f64, f64), ExecError> {
+) -> Result<(f64, f64), RunError> {
     let f = data.features();
     let (mut loss, mut correct) = (0.0f64, 0usize);
     let indices: Vec<usize> = (0..data.test.len()).collect();

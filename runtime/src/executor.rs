@@ -50,7 +50,8 @@ pub struct Profile {
 }
 
 impl Profile {
-    fn add(&mut self, op: String, t: std::time::Duration) {
+    /// Adds `t` to `op`'s total and one to its runs.
+    pub(crate) fn add(&mut self, op: String, t: std::time::Duration) {
         match self.ops.iter_mut().find(|(o, _, _)| *o == op) {
             Some(entry) => {
                 entry.1 += t;
@@ -62,6 +63,11 @@ impl Profile {
 }
 
 impl Values {
+    /// Values computed elsewhere (by another backend).
+    pub(crate) fn from_map(values: HashMap<ValueId, Tensor>, peak_bytes: usize) -> Self {
+        Values { values, peak_bytes }
+    }
+
     /// The value `v`, if it was kept.
     pub fn get(&self, v: impl Into<ValueId>) -> Option<&Tensor> {
         self.values.get(&v.into())

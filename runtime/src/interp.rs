@@ -31,6 +31,8 @@ pub struct Machine {
     /// Where its arena buffers are.
     pub plan: MemoryPlan,
     arena: Vec<f32>,
+    /// Time per kernel kind, when profiling.
+    pub profile: Option<std::sync::Arc<std::sync::Mutex<crate::executor::Profile>>>,
 }
 
 /// The memory one run sees, by space.
@@ -72,7 +74,7 @@ impl Machine {
             }
         }
         let arena = vec![0.0; plan.size];
-        Ok(Machine { program, plan, arena })
+        Ok(Machine { program, plan, arena, profile: None })
     }
 
     /// Runs every kernel. `params` and `grads` are the flat stores (the layout the program was
@@ -111,7 +113,13 @@ impl Machine {
             program: &self.program,
         };
         for k in &self.program.kernels {
+            let started = self.profile.as_ref().map(|_| std::time::Instant::now());
             kernels::run(k, &mem, ctx);
+            if let (Some(p), Some(t)) = (&self.profile, started) {
+                if let Ok(mut p) = p.lock() {
+                    p.add(k.name().to_string(), t.elapsed());
+                }
+            }
         }
         Ok(())
     }

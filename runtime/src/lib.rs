@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod augment;
+pub mod backend;
 pub mod bench;
 pub mod data;
 pub mod evaluate;

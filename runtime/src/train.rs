@@ -4,6 +4,7 @@
 //! to CSV, weights and optimizer state saved atomically after every epoch.
 
 use crate::augment::Pipeline;
+use crate::backend::{Backend, Programs};
 use crate::data::{epoch_order, Dataset, Split};
 use crate::executor::{ExecError, Executor, Values};
 use crate::loader::Loader;
@@ -21,6 +22,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Why training stopped early.
@@ -38,6 +40,8 @@ pub enum RunError {
     NonFinite { epoch: usize, step: u64, layer: Option<String>, lr: f32, saved: PathBuf },
     /// Anything else the run cannot do.
     Unsupported(String),
+    /// A bug in cnnc (a program that does not lower or run).
+    Internal(String),
     /// A file could not be written.
     Io { path: PathBuf, error: String },
 }
@@ -61,6 +65,7 @@ impl fmt::Display for RunError {
                 )
             }
             RunError::Unsupported(what) => write!(f, "{what}"),
+            RunError::Internal(what) => write!(f, "internal error: {what} (this is a bug in cnnc; please report it)"),
             RunError::Io { path, error } => write!(f, "cannot write `{}`: {error}", path.display()),
         }
     }
@@ -112,6 +117,8 @@ pub struct RunOptions {
     pub resume: bool,
     /// Print nothing but errors.
     pub quiet: bool,
+    /// What runs the steps and evaluations.
+    pub backend: Backend,
 }
 
 /// A model prepared for training and evaluation: its training and inference graphs, parameter
@@ -136,6 +143,10 @@ pub struct Session {
     seed: u64,
     /// How long building it took, per phase: passes, parameters, schedule.
     pub phases: Vec<(&'static str, std::time::Duration)>,
+    /// What runs the steps and evaluations.
+    pub backend: Backend,
+    train_programs: Mutex<Programs>,
+    infer_programs: Mutex<Programs>,
 }
 
 /// One batchnorm's batch statistics (values of the step) and running ones (parameters).
@@ -200,16 +211,38 @@ impl Session {
         keep.extend(tg.grads.params.iter().map(|(_, g)| *g));
         keep.extend(tg.stats.iter().flat_map(|s| [s.mean, s.var]));
         let train_exec = Executor::new(&tg.graph, &layout, &keep)?;
+        let train_programs = Mutex::new(Programs::new(keep, tg.grads.params.clone()));
         let opt = Optimizer::new(spec.optimizer_spec(), spec.schedule_spec(), &layout);
         let grads = vec![0.0; layout.len()];
         phases.push(("schedule", started.elapsed()));
         let seed = spec.seed;
-        Ok(Session { tg, infer, classifies, params, opt, grads, grad_slots, stats, train_exec, seed, phases })
+        let infer_keep = infer.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+        let infer_programs = Mutex::new(Programs::new(infer_keep, Vec::new()));
+        let backend = Backend::default();
+        Ok(Session {
+            tg,
+            infer,
+            classifies,
+            params,
+            opt,
+            grads,
+            grad_slots,
+            stats,
+            train_exec,
+            seed,
+            phases,
+            backend,
+            train_programs,
+            infer_programs,
+        })
     }
 
     /// Times every op of every training step from now on into `profile`.
     pub fn profile_into(&mut self, profile: std::sync::Arc<std::sync::Mutex<crate::executor::Profile>>) {
-        self.train_exec.profile_into(profile);
+        self.train_exec.profile_into(profile.clone());
+        if let Ok(p) = self.train_programs.get_mut() {
+            p.profile_into(profile);
+        }
     }
 
     /// Checks that the data's labels fit the prediction: every class needs a score.
@@ -245,14 +278,24 @@ impl Session {
     pub fn step(&mut self, x: View, y: View, lr: f32) -> Result<StepOutcome, StepError> {
         let ctx = Ctx { seed: self.seed, step: self.opt.t };
         let feeds = self.feeds(x.view(), y.view());
-        let values = self.train_exec.run(&self.tg.graph, &self.params, &feeds, ctx).map_err(StepError::Exec)?;
-        let loss = self.loss(&values);
-        for &(pid, g) in &self.grad_slots {
-            if let Some(v) = values.get(g) {
-                let range = self.params.layout.entry(pid).range();
-                self.grads[range].iter_mut().zip(v.iter()).for_each(|(d, &s)| *d = s);
+        let values = match self.backend {
+            Backend::Reference => {
+                let values = self.train_exec.run(&self.tg.graph, &self.params, &feeds, ctx).map_err(StepError::Exec)?;
+                for &(pid, g) in &self.grad_slots {
+                    if let Some(v) = values.get(g) {
+                        let range = self.params.layout.entry(pid).range();
+                        self.grads[range].iter_mut().zip(v.iter()).for_each(|(d, &s)| *d = s);
+                    }
+                }
+                values
             }
-        }
+            Backend::Lir => {
+                let programs =
+                    self.train_programs.get_mut().map_err(|_| StepError::Internal("a poisoned lock".into()))?;
+                programs.run(&self.tg.graph, &self.params, &mut self.grads, &feeds, ctx).map_err(StepError::Internal)?
+            }
+        };
+        let loss = self.loss(&values);
         if !loss.is_finite() || self.grads.iter().any(|g| !g.is_finite()) {
             return Err(StepError::NonFinite { layer: self.first_non_finite(&feeds, ctx) });
         }
@@ -265,17 +308,31 @@ impl Session {
         Ok(StepOutcome { loss, correct, peak_bytes: values.peak_bytes })
     }
 
+    /// The inference graph's outputs on batch `x`, with these parameters, on the session's backend.
+    pub fn infer(&self, params: &Params, x: View) -> Result<Values, RunError> {
+        let input = self.infer.inputs()[0];
+        match self.backend {
+            Backend::Reference => {
+                let keep: Vec<ValueId> = self.infer.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+                let exec = Executor::new(&self.infer, &params.layout, &keep)?;
+                Ok(exec.run(&self.infer, params, &[(input, x)], Ctx::default())?)
+            }
+            Backend::Lir => {
+                let mut programs =
+                    self.infer_programs.lock().map_err(|_| RunError::Unsupported("a poisoned lock".into()))?;
+                programs.run(&self.infer, params, &mut [], &[(input, x)], Ctx::default()).map_err(RunError::Unsupported)
+            }
+        }
+    }
+
     /// Mean loss and accuracy on `split`, on the inference graph.
-    pub fn evaluate(&self, data: &Dataset, split: &Split, batch: usize) -> Result<(f64, f64), ExecError> {
+    pub fn evaluate(&self, data: &Dataset, split: &Split, batch: usize) -> Result<(f64, f64), RunError> {
         let (mut loss, mut correct_count) = (0.0, 0usize);
         let outputs = self.outputs_of_losses();
-        let keep: Vec<ValueId> = outputs.iter().map(|(id, _, _)| ValueId::from(*id)).collect();
-        let exec = Executor::new(&self.infer, &self.params.layout, &keep)?;
-        let input = self.infer.inputs()[0];
         let indices: Vec<usize> = (0..split.len()).collect();
         for chunk in indices.chunks(batch.max(1)) {
             let (x, y) = data.batch(split, chunk);
-            let values = exec.run(&self.infer, &self.params, &[(input, x.view())], Ctx::default())?;
+            let values = self.infer(&self.params, x.view())?;
             for (i, &(id, kind, weight)) in outputs.iter().enumerate() {
                 let Some(pred) = values.get(id) else { continue };
                 loss += f64::from(weight) * mean(&reference::loss(kind, &pred.view(), &y.view())) * chunk.len() as f64;
@@ -344,6 +401,8 @@ impl Session {
 pub enum StepError {
     /// The graph could not run.
     Exec(ExecError),
+    /// The kernel program could not be built or run (a bug in cnnc).
+    Internal(String),
     /// The loss or a gradient is not finite; the first layer where a non-finite value appeared.
     NonFinite { layer: Option<String> },
 }
@@ -481,6 +540,7 @@ pub fn train(
     opts: &RunOptions,
 ) -> Result<(Session, Vec<EpochMetrics>), RunError> {
     let mut session = Session::new(model, spec)?;
+    session.backend = opts.backend;
     session.check(data)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| RunError::Io { path: opts.out.clone(), error: e.to_string() })?;
     let metrics_path = opts.out.join("metrics.csv");
@@ -505,6 +565,7 @@ pub fn train(
             let outcome = match session.step(x.view(), y.view(), lr) {
                 Ok(o) => o,
                 Err(StepError::Exec(e)) => return Err(e.into()),
+                Err(StepError::Internal(e)) => return Err(RunError::Internal(e)),
                 Err(StepError::NonFinite { layer }) => {
                     save(&session, &opts.out, &model.name, epoch)?;
                     return Err(RunError::NonFinite { epoch, step, layer, lr, saved: weights_path(&opts.out) });

@@ -86,16 +86,24 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
 fn im2col(m: &Mem, x: &View, col: &View, g: &Geom) {
     let xs = m.src(x);
     let cs = m.dst(col);
-    for r in 0..col.rows() {
-        row_mut(cs, col, r).fill(0.0);
-    }
-    g.for_each(|r, k, i| cs[r * col.pitch + k] = xs[i]);
+    let cg = g.cg;
+    g.for_each_window(|r, k, i| {
+        let at = r * col.pitch + k;
+        match i {
+            Some(i) => cs[at..at + cg].copy_from_slice(&xs[i..i + cg]),
+            None => cs[at..at + cg].fill(0.0),
+        }
+    });
 }
 
 fn col2im(m: &Mem, col: &View, dx: &View, g: &Geom) {
     let cs = m.src(col);
     let ds = m.dst(dx);
-    g.for_each(|r, k, i| ds[i] += cs[r * col.pitch + k]);
+    let cg = g.cg;
+    g.for_each_run(|r, k, i| {
+        let at = r * col.pitch + k;
+        ds[i..i + cg].iter_mut().zip(&cs[at..at + cg]).for_each(|(d, &v)| *d += v);
+    });
 }
 
 /// `f(output offset, input offset)` for every window element of every output, in window order.
@@ -205,41 +213,53 @@ fn sum_rows(m: &Mem, x: &View, y: &View) {
     }
 }
 
+/// Elements a map evaluates at a time: each step of its expression runs over this many
+/// elements of a row, so the steps are tight loops.
+const CHUNK: usize = 64;
+
 fn map(m: &Mem, expr: &[Expr], inputs: &[View], channels: &[View], out: &View, ctx: Ctx) {
     let ins: Vec<&[f32]> = inputs.iter().map(|v| m.src(v)).collect();
     let chs: Vec<&[f32]> = channels.iter().map(|v| m.src(v)).collect();
     let os = m.dst(out);
     let cols = out.cols();
-    let mut stack = [0f32; MAX_EXPR];
+    let mut stack = vec![[0f32; CHUNK]; expr.len()];
     for r in 0..out.rows() {
-        for c in 0..cols {
-            for (s, e) in expr.iter().enumerate() {
-                stack[s] = match *e {
-                    Expr::Input(i) => ins[i][r * inputs[i].pitch + c],
-                    Expr::Channel(i) => chs[i][c],
-                    Expr::Const(v) => v,
-                    Expr::Add(a, b) => stack[a] + stack[b],
-                    Expr::Mul(a, b) => stack[a] * stack[b],
-                    Expr::Relu(a) => stack[a].max(0.0),
-                    Expr::Tanh(a) => stack[a].tanh(),
-                    Expr::Sigmoid(a) => sigmoid(stack[a]),
-                    Expr::Positive { c: t, a, b } => {
-                        if stack[t] > 0.0 {
-                            stack[a]
-                        } else {
-                            stack[b]
+        let mut c0 = 0;
+        while c0 < cols {
+            let len = CHUNK.min(cols - c0);
+            for (s, step) in expr.iter().enumerate() {
+                let (done, rest) = stack.split_at_mut(s);
+                let dst = &mut rest[0][..len];
+                let arg = |i: usize| &done[i][..len];
+                match *step {
+                    Expr::Input(i) => {
+                        let at = r * inputs[i].pitch + c0;
+                        dst.copy_from_slice(&ins[i][at..at + len]);
+                    }
+                    Expr::Channel(i) => dst.copy_from_slice(&chs[i][c0..c0 + len]),
+                    Expr::Const(v) => dst.fill(v),
+                    Expr::Add(a, b) => dst.iter_mut().zip(arg(a).iter().zip(arg(b))).for_each(|(d, (x, y))| *d = x + y),
+                    Expr::Mul(a, b) => dst.iter_mut().zip(arg(a).iter().zip(arg(b))).for_each(|(d, (x, y))| *d = x * y),
+                    Expr::Relu(a) => dst.iter_mut().zip(arg(a)).for_each(|(d, x)| *d = x.max(0.0)),
+                    Expr::Tanh(a) => dst.iter_mut().zip(arg(a)).for_each(|(d, x)| *d = x.tanh()),
+                    Expr::Sigmoid(a) => dst.iter_mut().zip(arg(a)).for_each(|(d, &x)| *d = sigmoid(x)),
+                    Expr::Positive { c, a, b } => {
+                        for (k, d) in dst.iter_mut().enumerate() {
+                            *d = if done[c][k] > 0.0 { done[a][k] } else { done[b][k] };
                         }
                     }
                     Expr::Keep { rate, salt } => {
-                        if rate == 0.0 || elementwise_keep(ctx.seed, ctx.step, salt, r * cols + c, rate) {
-                            1.0 / (1.0 - rate)
-                        } else {
-                            0.0
+                        for (k, d) in dst.iter_mut().enumerate() {
+                            let index = r * cols + c0 + k;
+                            let kept = rate == 0.0 || elementwise_keep(ctx.seed, ctx.step, salt, index, rate);
+                            *d = if kept { 1.0 / (1.0 - rate) } else { 0.0 };
                         }
                     }
-                };
+                }
             }
-            os[r * out.pitch + c] = stack[expr.len() - 1];
+            let at = r * out.pitch + c0;
+            os[at..at + len].copy_from_slice(&stack[expr.len() - 1][..len]);
+            c0 += len;
         }
     }
 }
@@ -306,14 +326,18 @@ fn bn_grad(m: &Mem, k: &Kernel) {
     let Kernel::BnGrad { x, mean, var, gamma, dy, dx, dgamma, dbeta, eps, training } = k else { return };
     let (rows, c) = (dy.rows(), dy.cols());
     let dys = m.src(dy);
-    let inv = var.as_ref().map(|v| inv_std(&m.src(v)[..c], *eps)).unwrap_or_default();
-    let (xs, ms) = (x.as_ref().map(|v| (m.src(v), v.pitch)), mean.as_ref().map(|v| m.src(v)));
-    let xhat = |r: usize, ch: usize| -> f32 {
-        match (xs, ms) {
-            (Some((xs, pitch)), Some(ms)) => (xs[r * pitch + ch] - ms[ch]) * inv[ch],
-            _ => 0.0,
+    let inv = var.as_ref().map(|v| inv_std(&m.src(v)[..c], *eps)).unwrap_or_else(|| vec![0.0; c]);
+    let xs = x.as_ref().map(|v| (m.src(v), v));
+    let ms: Vec<f32> = mean.as_ref().map(|v| m.src(v)[..c].to_vec()).unwrap_or_else(|| vec![0.0; c]);
+    // x̂ of row r, into `out`.
+    let xhat = |r: usize, out: &mut [f32]| {
+        if let Some((xs, xv)) = xs {
+            for (ch, o) in out.iter_mut().enumerate() {
+                *o = (xs[r * xv.pitch + ch] - ms[ch]) * inv[ch];
+            }
         }
     };
+    let mut xh = vec![0f32; c];
     if let Some(db) = dbeta {
         let out = m.dst(db);
         out[..c].fill(0.0);
@@ -323,18 +347,18 @@ fn bn_grad(m: &Mem, k: &Kernel) {
         let out = m.dst(dg);
         out[..c].fill(0.0);
         for r in 0..rows {
-            for (ch, &g) in row(dys, dy, r).iter().enumerate() {
-                out[ch] += g * xhat(r, ch);
-            }
+            xhat(r, &mut xh);
+            row(dys, dy, r).iter().zip(&xh).zip(out.iter_mut()).for_each(|((&g, &h), acc)| *acc += g * h);
         }
     }
     let (Some(dx), Some(gamma)) = (dx, gamma) else { return };
-    let gs = m.src(gamma);
+    let gs = &m.src(gamma)[..c];
     let out = m.dst(dx);
     if !training {
+        let scale: Vec<f32> = inv.iter().zip(gs).map(|(i, g)| i * g).collect();
         for r in 0..rows {
-            for (ch, (o, &g)) in row_mut(out, dx, r).iter_mut().zip(row(dys, dy, r)).enumerate() {
-                *o = g * (inv[ch] * gs[ch]);
+            for ((o, &g), s) in row_mut(out, dx, r).iter_mut().zip(row(dys, dy, r)).zip(&scale) {
+                *o = g * s;
             }
         }
         return;
@@ -342,16 +366,19 @@ fn bn_grad(m: &Mem, k: &Kernel) {
     let n = rows as f32;
     let (mut sum, mut dot) = (vec![0f32; c], vec![0f32; c]);
     for r in 0..rows {
-        for (ch, &g) in row(dys, dy, r).iter().enumerate() {
-            let dxhat = g * gs[ch];
-            sum[ch] += dxhat;
-            dot[ch] += dxhat * xhat(r, ch);
-        }
-    }
-    for r in 0..rows {
+        xhat(r, &mut xh);
         for ch in 0..c {
             let dxhat = dys[r * dy.pitch + ch] * gs[ch];
-            out[r * dx.pitch + ch] = (dxhat * n - sum[ch] - xhat(r, ch) * dot[ch]) * (inv[ch] / n);
+            sum[ch] += dxhat;
+            dot[ch] += dxhat * xh[ch];
+        }
+    }
+    let factor: Vec<f32> = inv.iter().map(|i| i / n).collect();
+    for r in 0..rows {
+        xhat(r, &mut xh);
+        let (g, o) = (row(dys, dy, r), row_mut(out, dx, r));
+        for ch in 0..c {
+            o[ch] = (g[ch] * gs[ch] * n - sum[ch] - xh[ch] * dot[ch]) * factor[ch];
         }
     }
 }

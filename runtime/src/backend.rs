@@ -1,0 +1,144 @@
+//! The backends a model runs on: the reference executor over the layer graph (the oracle), or
+//! the kernel-IR interpreter over a program lowered from it, one per batch size (so the last,
+//! partial batch of an epoch gets its own), each inside its planned arena.
+
+use crate::executor::Values;
+use crate::interp::{Feed, Machine};
+use crate::params::Params;
+use crate::reference::{Ctx, View};
+use cnnc_compiler::ir::{Graph, NodeId, ValueId};
+use cnnc_compiler::lir::{self, DType, Purpose};
+use std::collections::HashMap;
+use std::fmt;
+
+/// Which executor runs a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The layer-level reference executor: one plain function per op, every value a fresh tensor.
+    Reference,
+    /// The kernel-IR interpreter inside a planned arena.
+    #[default]
+    Lir,
+}
+
+impl Backend {
+    /// Every backend, by name.
+    pub const ALL: [(&'static str, Backend); 2] = [("reference", Backend::Reference), ("lir", Backend::Lir)];
+
+    /// The backend called `name`.
+    pub fn parse(name: &str) -> Result<Backend, String> {
+        Backend::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, b)| *b)
+            .ok_or_else(|| format!("no backend `{name}` (backends: reference, lir)"))
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Reference => "reference",
+            Backend::Lir => "lir",
+        })
+    }
+}
+
+/// A lowered program ready to run, and which graph input each of its feeds is.
+#[derive(Debug)]
+struct Compiled {
+    machine: Machine,
+    feeds: Vec<NodeId>,
+}
+
+/// The programs of one graph, by batch size.
+#[derive(Debug, Default)]
+pub struct Programs {
+    keep: Vec<ValueId>,
+    grads: Vec<(NodeId, ValueId)>,
+    cache: HashMap<usize, Compiled>,
+    labels: Vec<i32>,
+    profile: Option<std::sync::Arc<std::sync::Mutex<crate::executor::Profile>>>,
+}
+
+impl Programs {
+    /// Programs that keep `keep` and write the parameter gradients `grads` into the gradient store.
+    pub fn new(keep: Vec<ValueId>, grads: Vec<(NodeId, ValueId)>) -> Self {
+        Programs { keep, grads, cache: HashMap::new(), labels: Vec::new(), profile: None }
+    }
+
+    /// Times every kernel of every later run into `profile`.
+    pub fn profile_into(&mut self, profile: std::sync::Arc<std::sync::Mutex<crate::executor::Profile>>) {
+        for c in self.cache.values_mut() {
+            c.machine.profile = Some(profile.clone());
+        }
+        self.profile = Some(profile);
+    }
+
+    /// The program for `batch` examples of `graph`, lowered and planned on first use.
+    pub fn program(&mut self, graph: &Graph, params: &Params, batch: usize) -> Result<&Machine, String> {
+        self.compiled(graph, params, batch).map(|c| &c.machine)
+    }
+
+    fn compiled(&mut self, graph: &Graph, params: &Params, batch: usize) -> Result<&mut Compiled, String> {
+        if !self.cache.contains_key(&batch) {
+            let lowered =
+                lir::lower(graph, batch, &params.layout, &self.grads, &self.keep).map_err(|e| e.to_string())?;
+            let mut machine = Machine::new(lowered.program)?;
+            machine.profile.clone_from(&self.profile);
+            self.cache.insert(batch, Compiled { machine, feeds: lowered.feeds });
+        }
+        self.cache.get_mut(&batch).ok_or_else(|| "a program vanished from its cache".into())
+    }
+
+    /// Runs on `feeds` (each graph input's batch): parameter gradients land in `grads`; the kept
+    /// values come back.
+    pub fn run(
+        &mut self,
+        graph: &Graph,
+        params: &Params,
+        grads: &mut [f32],
+        feeds: &[(NodeId, View)],
+        ctx: Ctx,
+    ) -> Result<Values, String> {
+        let batch = feeds.first().map_or(1, |(_, v)| v.shape()[0]);
+        let mut labels = std::mem::take(&mut self.labels);
+        let compiled = self.compiled(graph, params, batch)?;
+        let mut owned: Vec<std::borrow::Cow<[f32]>> = Vec::with_capacity(compiled.feeds.len());
+        for (id, (_, _, dtype)) in compiled.feeds.iter().zip(&compiled.machine.program.inputs) {
+            let view = &feeds.iter().find(|(f, _)| f == id).ok_or("an input was not fed")?.1;
+            match dtype {
+                DType::F32 => owned.push(match view.as_slice() {
+                    Some(s) => std::borrow::Cow::Borrowed(s),
+                    None => std::borrow::Cow::Owned(view.iter().copied().collect()),
+                }),
+                DType::I32 => {
+                    labels.clear();
+                    labels.extend(view.iter().map(|&v| v as i32));
+                    owned.push(std::borrow::Cow::Borrowed(&[]));
+                }
+            }
+        }
+        let fed: Vec<Feed> = owned
+            .iter()
+            .zip(&compiled.machine.program.inputs)
+            .map(|(s, (_, _, dtype))| match dtype {
+                DType::F32 => Feed::F32(s),
+                DType::I32 => Feed::I32(&labels),
+            })
+            .collect();
+        compiled.machine.run(&params.data, grads, &fed, ctx)?;
+        let machine = &compiled.machine;
+        let values = machine
+            .program
+            .results
+            .iter()
+            .map(|(Purpose::Value(v), view)| (*v, machine.read(view, &params.data, grads)))
+            .collect();
+        let arena = machine.arena_bytes();
+        drop(fed);
+        drop(owned);
+        self.labels = labels;
+        Ok(Values::from_map(values, arena))
+    }
+}
