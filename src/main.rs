@@ -5,10 +5,10 @@
 //! (a missing or corrupt file), 3 internal compiler error (a bug in cnnc), 4 training diverged.
 
 mod bench;
+mod build;
 mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use cnnc_compiler::summary::Summary;
 use cnnc_compiler::Compilation;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -52,6 +52,10 @@ enum Command {
         /// Skip an optional pass (repeatable); `--disable-pass list` lists the passes.
         #[arg(long, value_name = "PASS")]
         disable_pass: Vec<String>,
+        /// Examples per run for `--emit lir` and `--emit memory` (default: the train section's
+        /// batch, else 1).
+        #[arg(long)]
+        batch: Option<usize>,
         /// Colour in human-readable diagnostics.
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
@@ -165,7 +169,7 @@ enum Color {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Emit {
+pub(crate) enum Emit {
     /// Per-layer table: output shapes, parameters, MACs, totals.
     Summary,
     /// The graph IR as text.
@@ -174,6 +178,12 @@ enum Emit {
     TrainIr,
     /// The inference graph as IR: batchnorm on running statistics, no dropout.
     InferIr,
+    /// The kernel program (the training step when the model has a train section, else
+    /// inference), at `--batch` examples.
+    Lir,
+    /// The kernel program's memory plan: each arena buffer's size, offset and life; the arena
+    /// against the sum of all buffers and the peak live.
+    Memory,
 }
 
 /// Parses `--backend`.
@@ -190,8 +200,8 @@ fn crops(text: &str) -> Result<usize, String> {
 }
 
 const EXIT_DIAGNOSTICS: u8 = 1;
-const EXIT_USAGE: u8 = 2;
-const EXIT_INTERNAL: u8 = 3;
+pub(crate) const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_INTERNAL: u8 = 3;
 
 fn main() -> ExitCode {
     // Output piped into a program that stops reading (`cnnc build ... | head`) ends cnnc quietly,
@@ -231,7 +241,7 @@ fn main() -> ExitCode {
             };
             finish(run::run(&c, &args))
         }
-        Command::Build { file, emit, model, after, disable_pass, color } => {
+        Command::Build { file, emit, model, after, disable_pass, batch, color } => {
             if disable_pass.iter().any(|p| p == "list") {
                 for (name, contract) in cnnc_compiler::passes::PASSES {
                     println!("{name:<16}{contract}");
@@ -253,7 +263,7 @@ fn main() -> ExitCode {
             if status != ExitCode::SUCCESS {
                 return status;
             }
-            build(&c, emit, model.as_deref(), &options)
+            build::build(&c, emit, model.as_deref(), &options, batch)
         }
         Command::Bench(a) => {
             let started = std::time::Instant::now();
@@ -357,88 +367,5 @@ fn plural(n: usize) -> &'static str {
         ""
     } else {
         "s"
-    }
-}
-
-fn build(c: &Compilation, emit: Emit, model: Option<&str>, options: &cnnc_compiler::passes::Options) -> ExitCode {
-    let models: Vec<_> = match model {
-        Some(name) => match c.models.iter().find(|m| m.name == name) {
-            Some(m) => vec![m],
-            None => {
-                let names: Vec<&str> = c.models.iter().map(|m| m.name.as_str()).collect();
-                eprintln!("error: no model `{name}` in this file (models: {})", names.join(", "));
-                return ExitCode::from(EXIT_USAGE);
-            }
-        },
-        None => c.models.iter().collect(),
-    };
-    let mut out = std::io::stdout().lock();
-    if models.is_empty() {
-        // A library of blocks: list what it offers; blocks compile when a model instantiates them.
-        let _ = writeln!(out, "No model in this file; its blocks compile when a model uses them:");
-        if let Some(entry) = c.program.modules.first() {
-            for item in &entry.ast.items {
-                if let cnnc_grammar::ast::Item::Block(b) = item {
-                    let params: Vec<String> = b
-                        .params
-                        .iter()
-                        .map(|p| match &p.ty {
-                            Some(t) => format!("{}: {}", p.name, t),
-                            None => p.name.to_string(),
-                        })
-                        .collect();
-                    let _ = writeln!(out, "  block {}({})", b.name, params.join(", "));
-                }
-            }
-        }
-        return ExitCode::SUCCESS;
-    }
-    for (i, m) in models.iter().enumerate() {
-        if i > 0 {
-            let _ = writeln!(out);
-        }
-        let text = match emit {
-            Emit::Summary => Summary::of(&m.graph).to_text(),
-            Emit::Ir => m.graph.to_text(),
-            Emit::TrainIr | Emit::InferIr => match passes_text(c, m, emit, options) {
-                Ok(text) => text,
-                Err((code, message)) => {
-                    eprintln!("error: {message}");
-                    return ExitCode::from(code);
-                }
-            },
-        };
-        let _ = write!(out, "{text}");
-    }
-    ExitCode::SUCCESS
-}
-
-/// The training or inference graph of `m` as text: the finished graph, or the graph after the
-/// pass `options` names.
-fn passes_text(
-    c: &Compilation,
-    m: &cnnc_compiler::elaborate::ModelInfo,
-    emit: Emit,
-    options: &cnnc_compiler::passes::Options,
-) -> Result<String, (u8, String)> {
-    use cnnc_compiler::passes::{inference, training, PassError, Pipeline};
-    let code = |e: &PassError| if matches!(e, PassError::Verify { .. }) { EXIT_INTERNAL } else { EXIT_USAGE };
-    let mut pipe = Pipeline::new(options.clone()).map_err(|e| (code(&e), e.to_string()))?;
-    let graph = if emit == Emit::InferIr {
-        inference::run(m, &mut pipe).map_err(|e| (code(&e), e.to_string()))?
-    } else {
-        let Some(spec) = c.trains.iter().find(|t| t.model == m.name) else {
-            return Err((EXIT_USAGE, format!("model `{}` has no train section, so no training graph", m.name)));
-        };
-        match training::run(m, spec, false, &mut pipe) {
-            Ok(tg) => tg.graph,
-            Err(training::PlanError::Pass(e)) => return Err((code(&e), e.to_string())),
-            Err(e) => return Err((EXIT_USAGE, e.to_string())),
-        }
-    };
-    match (&options.dump_after, pipe.dumped) {
-        (None, _) => Ok(graph.to_text()),
-        (Some(_), Some(text)) => Ok(text),
-        (Some(pass), None) => Err((EXIT_USAGE, format!("the `{pass}` pass does not run when building this graph"))),
     }
 }

@@ -187,3 +187,22 @@ fn bench_times_steps_and_names_the_cpu() {
     let out = cnnc().args(["bench", "examples/lenet5.cnn", "--threads", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn build_emits_the_kernel_program_and_its_memory_plan() {
+    let out = cnnc().args(["build", "examples/lenet5.cnn", "--emit", "lir", "--batch", "2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let lir = String::from_utf8_lossy(&out.stdout);
+    for expected in ["program LeNet5 (batch 2)", "= im2col", "= gemm", "grad@", "I32 2 \"label\"", "= loss_grad"] {
+        assert!(lir.contains(expected), "`{expected}` missing from:\n{lir}");
+    }
+    let out = cnnc().args(["build", "examples/inception_module.cnn", "--emit", "memory"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let memory = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        memory.contains("arena:") && memory.contains("peak live:") && memory.contains("sum of buffers:"),
+        "{memory}"
+    );
+    let out = cnnc().args(["build", "examples/lenet5.cnn", "--emit", "lir", "--batch", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

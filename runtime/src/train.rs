@@ -206,11 +206,10 @@ impl Session {
                 })
             })
             .collect();
-        let mut keep: Vec<ValueId> = tg.losses.iter().map(|(l, _)| ValueId::from(*l)).collect();
-        keep.push(tg.prediction.into());
-        keep.extend(tg.grads.params.iter().map(|(_, g)| *g));
-        keep.extend(tg.stats.iter().flat_map(|s| [s.mean, s.var]));
-        let train_exec = Executor::new(&tg.graph, &layout, &keep)?;
+        let keep = tg.results();
+        let mut keep_grads = keep.clone();
+        keep_grads.extend(tg.grads.params.iter().map(|(_, g)| *g));
+        let train_exec = Executor::new(&tg.graph, &layout, &keep_grads)?;
         let train_programs = Mutex::new(Programs::new(keep, tg.grads.params.clone()));
         let opt = Optimizer::new(spec.optimizer_spec(), spec.schedule_spec(), &layout);
         let grads = vec![0.0; layout.len()];

@@ -66,28 +66,28 @@ fn compare(
         }
         params.slice_mut(id).copy_from_slice(r.as_slice().unwrap());
     }
-    let x_node = graph.inputs()[0];
-    let x_shape: Vec<usize> = std::iter::once(batch).chain(graph.node(x_node).shape.0.iter().copied()).collect();
-    let x = random(&x_shape, &mut rng);
+    let target_node = loss.map(|(_, t)| t);
+    let mut fed: Vec<(NodeId, Tensor)> = Vec::new();
+    for &id in graph.inputs().iter().filter(|&&id| Some(id) != target_node) {
+        let shape: Vec<usize> = std::iter::once(batch).chain(graph.node(id).shape.0.iter().copied()).collect();
+        fed.push((id, random(&shape, &mut rng)));
+    }
     let mut keep: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
-    let mut feeds_ref = vec![(x_node, x.view())];
     let mut labels_i32 = Vec::new();
-    let target;
     if let Some((loss, t)) = loss {
         keep.push(loss.into());
         let y = graph.operands(loss)[0];
         let y_shape: Vec<usize> = std::iter::once(batch).chain(graph.node(y).shape.0.iter().copied()).collect();
-        target = match graph.node(loss).op {
+        let target = match graph.node(loss).op {
             Op::Loss(l) if l.kind == LossKind::SoftmaxCrossEntropy => {
                 labels_i32 = (0..batch).map(|_| rng.random_range(0..y_shape[1]) as i32).collect();
                 ArrayD::from_shape_vec(IxDyn(&[batch]), labels_i32.iter().map(|&v| v as f32).collect()).unwrap()
             }
             _ => random(&y_shape, &mut rng),
         };
-        feeds_ref.push((t, target.view()));
-    } else {
-        target = ArrayD::zeros(IxDyn(&[0]));
+        fed.push((t, target));
     }
+    let feeds_ref: Vec<(NodeId, cnnc_runtime::reference::View)> = fed.iter().map(|(id, t)| (*id, t.view())).collect();
     keep.extend(grads.inputs.iter().map(|(_, g)| *g));
     let mut keep_ref = keep.clone();
     keep_ref.extend(grads.params.iter().map(|(_, g)| *g));
@@ -100,12 +100,10 @@ fn compare(
     let feeds: Vec<Feed> = lowered
         .feeds
         .iter()
-        .map(|&id| {
-            match (id == x_node, machine.program.inputs.iter().any(|(n, _, d)| n == "label" && *d == lir::DType::I32)) {
-                (true, _) => Feed::F32(x.as_slice().unwrap()),
-                (false, true) => Feed::I32(&labels_i32),
-                (false, false) => Feed::F32(target.as_slice().unwrap()),
-            }
+        .zip(&machine.program.inputs)
+        .map(|(id, (_, _, dtype))| match dtype {
+            lir::DType::I32 => Feed::I32(&labels_i32),
+            lir::DType::F32 => Feed::F32(fed.iter().find(|(f, _)| f == id).unwrap().1.as_slice().unwrap()),
         })
         .collect();
     let mut grad_store = vec![f32::NAN; layout.len()];
@@ -242,4 +240,37 @@ fn add_concat_and_shared_values() {
         let (g, loss, grads) = training(graph, LossKind::L2, true);
         compare(&g, Some(loss), &grads, 2, 7).unwrap();
     }
+}
+
+/// Every model of the standard library and the examples: forward on the inference graph, and
+/// for those with a train section the whole training step, agree between the backends.
+#[test]
+fn stdlib_and_example_models() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files: Vec<std::path::PathBuf> = ["stdlib", "examples"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap().map(|e| e.unwrap().path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
+        .collect();
+    files.sort();
+    let mut checked = 0;
+    for file in files {
+        let c = cnnc_compiler::compile_file(&file).unwrap();
+        assert!(!c.has_errors(), "{}", file.display());
+        for m in &c.models {
+            let name = format!("{}: {}", file.display(), m.name);
+            let mut pipe = cnnc_compiler::passes::Pipeline::new(Default::default()).unwrap();
+            let graph = cnnc_compiler::passes::inference::run(m, &mut pipe).unwrap();
+            compare(&graph, None, &autodiff::Gradients::default(), 1, 11)
+                .unwrap_or_else(|e| panic!("{name} forward: {e}"));
+            checked += 1;
+            let Some(spec) = c.trains.iter().find(|t| t.model == m.name) else { continue };
+            let Ok(tg) = cnnc_compiler::passes::training::run(m, spec, false, &mut pipe) else { continue };
+            let label = tg.label.unwrap();
+            compare(&tg.graph, Some((tg.losses[0].0, label)), &tg.grads, 2, 12)
+                .unwrap_or_else(|e| panic!("{name} training: {e}"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} graphs compared");
 }

@@ -6,7 +6,7 @@ use super::training_mode::{self, BatchStats};
 use super::{dce, PassError, Pipeline};
 use crate::elaborate::ModelInfo;
 use crate::ir::op::{InputOp, LossKind, LossOp, Op};
-use crate::ir::{Graph, Node, NodeId};
+use crate::ir::{Graph, Node, NodeId, ValueId};
 use crate::shape::Shape;
 use crate::source::Loc;
 use crate::train::{Arg, TrainSpec};
@@ -30,6 +30,17 @@ pub struct TrainingGraph {
     pub grads: Gradients,
     /// Each batchnorm's batch statistics and the running averages they update.
     pub stats: Vec<BatchStats>,
+}
+
+impl TrainingGraph {
+    /// The values a training step's caller reads: the losses, the prediction, and each
+    /// batchnorm's batch statistics (for the running averages).
+    pub fn results(&self) -> Vec<ValueId> {
+        let mut keep: Vec<ValueId> = self.losses.iter().map(|(l, _)| ValueId::from(*l)).collect();
+        keep.push(self.prediction.into());
+        keep.extend(self.stats.iter().flat_map(|s| [s.mean, s.var]));
+        keep
+    }
 }
 
 /// Why a train section cannot be turned into a training graph.

@@ -1,0 +1,138 @@
+//! `cnnc build`: compile a model file and print what `--emit` asks for: the summary, the graph
+//! IR, the training or inference graph (after any pass), or the kernel program and its memory
+//! plan.
+
+use crate::{Emit, EXIT_INTERNAL, EXIT_USAGE};
+use cnnc_compiler::elaborate::ModelInfo;
+use cnnc_compiler::passes::{inference, training, Options, PassError, Pipeline};
+use cnnc_compiler::summary::Summary;
+use cnnc_compiler::Compilation;
+use std::io::Write;
+use std::process::ExitCode;
+
+pub(crate) fn build(
+    c: &Compilation,
+    emit: Emit,
+    model: Option<&str>,
+    options: &Options,
+    batch: Option<usize>,
+) -> ExitCode {
+    let models: Vec<_> = match model {
+        Some(name) => match c.models.iter().find(|m| m.name == name) {
+            Some(m) => vec![m],
+            None => {
+                let names: Vec<&str> = c.models.iter().map(|m| m.name.as_str()).collect();
+                eprintln!("error: no model `{name}` in this file (models: {})", names.join(", "));
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => c.models.iter().collect(),
+    };
+    let mut out = std::io::stdout().lock();
+    if models.is_empty() {
+        // A library of blocks: list what it offers; blocks compile when a model instantiates them.
+        let _ = writeln!(out, "No model in this file; its blocks compile when a model uses them:");
+        if let Some(entry) = c.program.modules.first() {
+            for item in &entry.ast.items {
+                if let cnnc_grammar::ast::Item::Block(b) = item {
+                    let params: Vec<String> = b
+                        .params
+                        .iter()
+                        .map(|p| match &p.ty {
+                            Some(t) => format!("{}: {}", p.name, t),
+                            None => p.name.to_string(),
+                        })
+                        .collect();
+                    let _ = writeln!(out, "  block {}({})", b.name, params.join(", "));
+                }
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    for (i, m) in models.iter().enumerate() {
+        if i > 0 {
+            let _ = writeln!(out);
+        }
+        let text = match emit {
+            Emit::Summary => Summary::of(&m.graph).to_text(),
+            Emit::Ir => m.graph.to_text(),
+            Emit::Lir | Emit::Memory => match lir_text(c, m, emit, options, batch) {
+                Ok(text) => text,
+                Err((code, message)) => {
+                    eprintln!("error: {message}");
+                    return ExitCode::from(code);
+                }
+            },
+            Emit::TrainIr | Emit::InferIr => match passes_text(c, m, emit, options) {
+                Ok(text) => text,
+                Err((code, message)) => {
+                    eprintln!("error: {message}");
+                    return ExitCode::from(code);
+                }
+            },
+        };
+        let _ = write!(out, "{text}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// The training or inference graph of `m` as text: the finished graph, or the graph after the
+/// pass `options` names.
+fn passes_text(c: &Compilation, m: &ModelInfo, emit: Emit, options: &Options) -> Result<String, (u8, String)> {
+    let code = |e: &PassError| if matches!(e, PassError::Verify { .. }) { EXIT_INTERNAL } else { EXIT_USAGE };
+    let mut pipe = Pipeline::new(options.clone()).map_err(|e| (code(&e), e.to_string()))?;
+    let graph = if emit == Emit::InferIr {
+        inference::run(m, &mut pipe).map_err(|e| (code(&e), e.to_string()))?
+    } else {
+        let Some(spec) = c.trains.iter().find(|t| t.model == m.name) else {
+            return Err((EXIT_USAGE, format!("model `{}` has no train section, so no training graph", m.name)));
+        };
+        match training::run(m, spec, false, &mut pipe) {
+            Ok(tg) => tg.graph,
+            Err(training::PlanError::Pass(e)) => return Err((code(&e), e.to_string())),
+            Err(e) => return Err((EXIT_USAGE, e.to_string())),
+        }
+    };
+    match (&options.dump_after, pipe.dumped) {
+        (None, _) => Ok(graph.to_text()),
+        (Some(_), Some(text)) => Ok(text),
+        (Some(pass), None) => Err((EXIT_USAGE, format!("the `{pass}` pass does not run when building this graph"))),
+    }
+}
+
+/// The kernel program of `m` (its training step when it has a train section, else inference)
+/// at `batch` examples, or its memory plan.
+fn lir_text(
+    c: &Compilation,
+    m: &ModelInfo,
+    emit: Emit,
+    options: &Options,
+    batch: Option<usize>,
+) -> Result<String, (u8, String)> {
+    let internal = |e: &dyn std::fmt::Display| (EXIT_INTERNAL, e.to_string());
+    let mut pipe = Pipeline::new(options.clone()).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+    let spec = c.trains.iter().find(|t| t.model == m.name);
+    let batch = batch.or(spec.map(|s| s.batch)).unwrap_or(1);
+    if batch == 0 {
+        return Err((EXIT_USAGE, "--batch must be at least 1".into()));
+    }
+    let lowered = match spec {
+        Some(spec) => {
+            let tg = training::run(m, spec, false, &mut pipe).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+            let layout = cnnc_compiler::params::ParamLayout::of(&tg.graph);
+            cnnc_compiler::lir::lower(&tg.graph, batch, &layout, &tg.grads.params, &tg.results())
+                .map_err(|e| internal(&e))?
+        }
+        None => {
+            let graph = inference::run(m, &mut pipe).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+            let layout = cnnc_compiler::params::ParamLayout::of(&graph);
+            let keep: Vec<_> = graph.outputs().iter().map(|(_, id)| cnnc_compiler::ir::ValueId::from(*id)).collect();
+            cnnc_compiler::lir::lower(&graph, batch, &layout, &[], &keep).map_err(|e| internal(&e))?
+        }
+    };
+    let program = lowered.program;
+    Ok(match emit {
+        Emit::Memory => cnnc_compiler::lir::plan(&program).to_text(&program),
+        _ => program.to_string(),
+    })
+}
