@@ -86,14 +86,50 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
 fn im2col(m: &Mem, x: &View, col: &View, g: &Geom) {
     let xs = m.src(x);
     let cs = m.dst(col);
-    let cg = g.cg;
-    g.for_each_window(|r, k, i| {
-        let at = r * col.pitch + k;
-        match i {
-            Some(i) => cs[at..at + cg].copy_from_slice(&xs[i..i + cg]),
-            None => cs[at..at + cg].fill(0.0),
+    let ([id, ih, iw], c, cg) = (g.input, g.channels, g.cg);
+    let [od, oh, ow] = g.output;
+    let [fd, fh, fw] = g.size;
+    // A window row (all of kw) is one run of the input when every channel is taken and the
+    // width is not dilated.
+    let whole = cg == c && g.dilation[2] == 1;
+    let mut row = 0;
+    for n in 0..g.n {
+        for zd in 0..od {
+            for zh in 0..oh {
+                for zw in 0..ow {
+                    let mut at = row * col.pitch;
+                    let w0 = (zw * g.stride[2]) as isize - g.pad[2] as isize;
+                    for kd in 0..fd {
+                        let d = g.source(0, zd, kd);
+                        for kh in 0..fh {
+                            let run = &mut cs[at..at + fw * cg];
+                            match (d, g.source(1, zh, kh)) {
+                                (Some(d), Some(h)) if whole && w0 >= 0 && w0 as usize + fw <= iw => {
+                                    let base = (((n * id + d) * ih + h) * iw + w0 as usize) * c;
+                                    run.copy_from_slice(&xs[base..base + fw * c]);
+                                }
+                                (Some(d), Some(h)) => {
+                                    for kw in 0..fw {
+                                        let part = &mut run[kw * cg..(kw + 1) * cg];
+                                        match g.source(2, zw, kw) {
+                                            Some(w) => {
+                                                let base = (((n * id + d) * ih + h) * iw + w) * c + g.c0;
+                                                part.copy_from_slice(&xs[base..base + cg]);
+                                            }
+                                            None => part.fill(0.0),
+                                        }
+                                    }
+                                }
+                                _ => run.fill(0.0),
+                            }
+                            at += fw * cg;
+                        }
+                    }
+                    row += 1;
+                }
+            }
         }
-    });
+    }
 }
 
 fn col2im(m: &Mem, col: &View, dx: &View, g: &Geom) {
