@@ -6,7 +6,7 @@ use cnnc_compiler::train::{Arg, TrainSpec};
 use cnnc_compiler::Compilation;
 use cnnc_runtime::augment::{self, Pipeline};
 use cnnc_runtime::params::Params;
-use cnnc_runtime::predict::{Prediction, Predictor};
+use cnnc_runtime::predict::{PredictError, Prediction, Predictor};
 use cnnc_runtime::train::{self, RunOptions, Session};
 use std::path::{Path, PathBuf};
 
@@ -216,9 +216,13 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
         pad,
         crops: args.multi_crop,
         softmax: &softmax,
+        backend: args.backend,
     };
     for file in &args.predict {
-        let answers = predictor.predict(file, out).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        let answers = predictor.predict(file, out).map_err(|e| match e {
+            PredictError::Internal(_) => fail(EXIT_INTERNAL, e.to_string()),
+            _ => fail(EXIT_INPUT, e.to_string()),
+        })?;
         println!("{}:", file.display());
         for a in answers {
             match a {

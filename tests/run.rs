@@ -447,4 +447,20 @@ fn too_few_class_scores_and_batchnorm_models() {
     let (w, _) = cnnc_runtime::weights::load(&out.join("weights.safetensors")).unwrap();
     let mean = &w["batchnorm1/running_mean"];
     assert!(mean.1.iter().any(|&v| v != 0.0), "running statistics were updated");
+    // Both backends evaluate the saved weights alike (batchnorm on its running statistics).
+    let eval = |backend: &str| {
+        let args = ["run", p.to_str().unwrap(), "--eval", "--out", out.to_str().unwrap(), "--backend", backend];
+        let o = cnnc().args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(eval("reference"), eval("lir"));
+    // Training on the reference executor follows the same curve.
+    let reference = dir.path().join("bn-reference");
+    let args = ["run", p.to_str().unwrap(), "--out", reference.to_str().unwrap(), "--backend", "reference"];
+    let o = cnnc().args(args).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for (a, b) in m.iter().zip(metrics(&reference)) {
+        assert!((a[2] - b[2]).abs() <= 1e-3 * b[2].abs().max(1.0), "train losses {a:?} / {b:?}");
+    }
 }

@@ -52,6 +52,7 @@ impl Machine {
     /// writes against its reads.
     pub fn new(program: Program) -> Result<Machine, String> {
         let plan = plan(&program);
+        plan.check(&program)?;
         for (i, k) in program.kernels.iter().enumerate() {
             let (reads, writes) = k.access();
             for v in reads.iter().chain(&writes) {

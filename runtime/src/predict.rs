@@ -3,6 +3,7 @@
 //! either the top classes with their scores or, for a feature map, a PNG image.
 
 use crate::augment::Pipeline;
+use crate::backend::{Backend, Programs};
 use crate::data::{load_image, DataError};
 use crate::executor::{ExecError, Executor};
 use crate::params::Params;
@@ -31,6 +32,8 @@ pub enum PredictError {
     Exec(ExecError),
     /// An output image could not be written.
     Io { path: PathBuf, error: String },
+    /// A kernel program could not be built or run (a bug in cnnc).
+    Internal(String),
 }
 
 impl std::fmt::Display for PredictError {
@@ -39,6 +42,7 @@ impl std::fmt::Display for PredictError {
             PredictError::Data(e) => write!(f, "{e}"),
             PredictError::Exec(e) => write!(f, "{e}"),
             PredictError::Io { path, error } => write!(f, "cannot write `{}`: {error}", path.display()),
+            PredictError::Internal(e) => write!(f, "internal error: {e} (this is a bug in cnnc; please report it)"),
         }
     }
 }
@@ -64,12 +68,26 @@ pub fn read_example(data: &[usize], file: &Path, pad: usize) -> Result<Vec<f32>,
     Ok(x)
 }
 
-/// Runs the inference graph `graph` on the batch `x` and returns each output's value.
-pub fn outputs(graph: &Graph, params: &Params, x: View) -> Result<Vec<(String, Tensor)>, ExecError> {
+/// Runs the inference graph `graph` on the batch `x` on `backend` (with `programs`, the lowered
+/// programs of the graph, for the kernel-IR interpreter) and returns each output's value.
+pub fn outputs(
+    graph: &Graph,
+    params: &Params,
+    x: View,
+    backend: Backend,
+    programs: &mut Programs,
+) -> Result<Vec<(String, Tensor)>, PredictError> {
     let targets: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
-    let exec = Executor::new(graph, &params.layout, &targets)?;
     let input = graph.inputs()[0];
-    let values = exec.run(graph, params, &[(input, x)], Ctx::default())?;
+    let values = match backend {
+        Backend::Reference => {
+            let exec = Executor::new(graph, &params.layout, &targets).map_err(PredictError::Exec)?;
+            exec.run(graph, params, &[(input, x)], Ctx::default()).map_err(PredictError::Exec)?
+        }
+        Backend::Lir => {
+            programs.run(graph, params, &mut [], &[(input, x)], Ctx::default()).map_err(PredictError::Internal)?
+        }
+    };
     Ok(graph.outputs().iter().filter_map(|(name, id)| values.get(*id).map(|v| (name.clone(), v.clone()))).collect())
 }
 
@@ -88,6 +106,8 @@ pub struct Predictor<'a> {
     pub crops: usize,
     /// Outputs whose scores are softmax logits (averaged as probabilities).
     pub softmax: &'a [String],
+    /// What runs the model.
+    pub backend: Backend,
 }
 
 impl Predictor<'_> {
@@ -97,13 +117,15 @@ impl Predictor<'_> {
         let example = read_example(&self.pipeline.data, file, self.pad).map_err(PredictError::Data)?;
         let crops = self.pipeline.crops(&example, self.crops);
         let mut sums: Vec<(String, Tensor)> = Vec::new();
+        let keep = self.graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+        let mut programs = Programs::new(keep, Vec::new());
         let mut count = 0.0f32;
         for params in self.models {
             for crop in &crops {
                 let mut shape = vec![1];
                 shape.extend_from_slice(&self.pipeline.input);
                 let x = ArrayD::from_shape_vec(IxDyn(&shape), crop.clone()).expect("a crop fills the input shape");
-                let values = outputs(self.graph, params, x.view()).map_err(PredictError::Exec)?;
+                let values = outputs(self.graph, params, x.view(), self.backend, &mut programs)?;
                 count += 1.0;
                 for (name, value) in values {
                     let mut v = value.index_axis(Axis(0), 0).to_owned();
