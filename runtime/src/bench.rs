@@ -72,6 +72,11 @@ impl Workload {
                 let mut session = Session::new(model, spec).map_err(|e| e.to_string())?;
                 session.backend = backend;
                 phases.clone_from(&session.phases);
+                let t = Instant::now();
+                session.compile(batch).map_err(|e| e.to_string())?;
+                if backend == Backend::Lir {
+                    phases.push(("lowering + memory plan", t.elapsed()));
+                }
                 Run::Train(Box::new(session))
             }
             (WorkloadKind::Train, None) => return Err("training needs a train section".into()),
@@ -85,8 +90,13 @@ impl Workload {
                 let t = Instant::now();
                 let keep: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
                 let exec = Executor::new(&graph, &params.layout, &keep).map_err(|e| e.to_string())?;
-                let programs = (backend == Backend::Lir).then(|| Programs::new(keep, Vec::new()));
+                let mut programs = (backend == Backend::Lir).then(|| Programs::new(keep, Vec::new()));
                 phases.push(("schedule", t.elapsed()));
+                if let Some(p) = programs.as_mut() {
+                    let t = Instant::now();
+                    p.program(&graph, &params, batch)?;
+                    phases.push(("lowering + memory plan", t.elapsed()));
+                }
                 Run::Infer(Box::new(Inference { graph, params, exec, programs }))
             }
         };

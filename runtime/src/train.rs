@@ -236,6 +236,16 @@ impl Session {
         })
     }
 
+    /// Lowers and plans the training program for batches of `batch` now, rather than at the
+    /// first step (the reference backend needs nothing).
+    pub fn compile(&mut self, batch: usize) -> Result<(), RunError> {
+        if self.backend == Backend::Lir {
+            let programs = self.train_programs.get_mut().map_err(|_| RunError::Internal("a poisoned lock".into()))?;
+            programs.program(&self.tg.graph, &self.params, batch).map_err(RunError::Internal)?;
+        }
+        Ok(())
+    }
+
     /// Times every op of every training step from now on into `profile`.
     pub fn profile_into(&mut self, profile: std::sync::Arc<std::sync::Mutex<crate::executor::Profile>>) {
         self.train_exec.profile_into(profile.clone());
