@@ -72,8 +72,10 @@ pub fn run(c: &Compilation, args: &Args, compiled: Duration) -> Result<(), Failu
         }
         medians.push((backend, median));
     }
-    if let [(a, ta), (b, tb), ..] = medians[..] {
-        println!("{a} / {b}: {:.2}× the time per step", ta.as_secs_f64() / tb.as_secs_f64().max(1e-12));
+    if let [(a, ta), ref rest @ ..] = medians[..] {
+        for &(b, tb) in rest {
+            println!("{a} / {b}: {:.2}× the time per step", ta.as_secs_f64() / tb.as_secs_f64().max(1e-12));
+        }
     }
     if let Some(peak) = cnnc_runtime::bench::peak_rss() {
         println!("memory: {:<34}{:>10.2} MiB", "peak resident (process)", peak as f64 / (1 << 20) as f64);

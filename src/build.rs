@@ -56,7 +56,7 @@ pub(crate) fn build(
         let text = match emit {
             Emit::Summary => Summary::of(&m.graph).to_text(),
             Emit::Ir => m.graph.to_text(),
-            Emit::Lir | Emit::Memory => match lir_text(c, m, emit, options, batch) {
+            Emit::Lir | Emit::Memory | Emit::Kernels | Emit::Clif => match lir_text(c, m, emit, options, batch) {
                 Ok(text) => text,
                 Err((code, message)) => {
                     eprintln!("error: {message}");
@@ -133,6 +133,38 @@ fn lir_text(
     let program = lowered.program;
     Ok(match emit {
         Emit::Memory => cnnc_compiler::lir::plan(&program).to_text(&program),
+        Emit::Kernels | Emit::Clif => {
+            let mut jit = cnnc_codegen::Jit::new(cnnc_codegen::Options::default()).map_err(|e| internal(&e))?;
+            let mut text = String::new();
+            if emit == Emit::Kernels {
+                text += &format!("kernels {} (batch {}) on {}\n", program.name, program.batch, jit.isa);
+            }
+            let mut total = 0u64;
+            for (i, k) in program.kernels.iter().enumerate() {
+                let provider = match k {
+                    cnnc_compiler::lir::Kernel::Map { expr, .. } => {
+                        jit.map(expr).map_err(|e| internal(&e))?;
+                        "native (cranelift)"
+                    }
+                    cnnc_compiler::lir::Kernel::Gemm { .. } => "matrixmultiply",
+                    _ => "interpreter",
+                };
+                total += k.flops();
+                if emit == Emit::Kernels {
+                    let (_, writes) = k.access();
+                    let shape = writes.first().map(|v| format!("{:?}", v.shape)).unwrap_or_default();
+                    text += &format!("  k{i:<4} {:<16} {shape:<24} {:>14} FLOP  {provider}\n", k.name(), k.flops());
+                }
+            }
+            if emit == Emit::Kernels {
+                text += &format!("total: {total} FLOP; {} native functions compiled\n", jit.compiled());
+            } else {
+                for (name, clif) in jit.clif() {
+                    text += &format!("; {name}\n{clif}\n");
+                }
+            }
+            text
+        }
         _ => program.to_string(),
     })
 }

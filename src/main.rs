@@ -115,7 +115,8 @@ struct RunArgs {
     /// Write a grid of augmented training examples to this PNG and stop.
     #[arg(long)]
     preview_augment: Option<PathBuf>,
-    /// What runs the model: `lir` (the kernel-IR interpreter, the default) or `reference`.
+    /// What runs the model: `lir` (the kernel-IR interpreter, the default), `jit` (with native
+    /// kernels where the code generator has them) or `reference`.
     #[arg(long, default_value = "lir", value_parser = backend)]
     backend: cnnc_runtime::backend::Backend,
 }
@@ -148,8 +149,8 @@ struct BenchArgs {
     /// Break the step down by op (reference backend): time per step, share of the step.
     #[arg(long)]
     profile: bool,
-    /// Backends to time, in one run: reference, lir (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "reference,lir", value_parser = backend)]
+    /// Backends to time, in one run: reference, lir, jit (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "reference,lir,jit", value_parser = backend)]
     backend: Vec<cnnc_runtime::backend::Backend>,
 }
 
@@ -184,6 +185,11 @@ pub(crate) enum Emit {
     /// The kernel program's memory plan: each arena buffer's size, offset and life; the arena
     /// against the sum of all buffers and the peak live.
     Memory,
+    /// The kernels with their shapes, FLOPs and who runs them (native code, a library, the
+    /// interpreter).
+    Kernels,
+    /// The Cranelift IR of the kernels compiled to native code.
+    Clif,
 }
 
 /// Parses `--backend`.

@@ -83,7 +83,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     }
     if args.eval {
         let mut session = Session::new(model, &spec).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
-        session.backend = args.backend;
+        session.set_backend(args.backend).map_err(|e| fail(EXIT_INTERNAL, e.to_string()))?;
         session.check(&data).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         if !session.classifies && (args.multi_crop > 1 || args.ensemble.len() > 1) {
             return Err(fail(

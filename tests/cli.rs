@@ -206,3 +206,33 @@ fn build_emits_the_kernel_program_and_its_memory_plan() {
     let out = cnnc().args(["build", "examples/lenet5.cnn", "--emit", "lir", "--batch", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn the_jit_backend_trains_and_shows_its_code() {
+    let out = cnnc().args(["build", "examples/lenet5.cnn", "--emit", "kernels", "--batch", "4"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let kernels = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        kernels.contains("native (cranelift)") && kernels.contains("FLOP") && kernels.contains("x86_64"),
+        "{kernels}"
+    );
+    let out = cnnc().args(["build", "examples/lenet5.cnn", "--emit", "clif", "--batch", "4"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("function u0:0(i64)"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = cnnc()
+        .args([
+            "run",
+            "examples/digits.cnn",
+            "--epochs",
+            "1",
+            "--backend",
+            "jit",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("test accuracy: "));
+}

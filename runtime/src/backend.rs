@@ -19,11 +19,15 @@ pub enum Backend {
     /// The kernel-IR interpreter inside a planned arena.
     #[default]
     Lir,
+    /// The kernel program with the kernels the code generator handles compiled to native code
+    /// (Cranelift, for the host's ISA); the interpreter's functions run the others.
+    Jit,
 }
 
 impl Backend {
     /// Every backend, by name.
-    pub const ALL: [(&'static str, Backend); 2] = [("reference", Backend::Reference), ("lir", Backend::Lir)];
+    pub const ALL: [(&'static str, Backend); 3] =
+        [("reference", Backend::Reference), ("lir", Backend::Lir), ("jit", Backend::Jit)];
 
     /// The backend called `name`.
     pub fn parse(name: &str) -> Result<Backend, String> {
@@ -31,7 +35,7 @@ impl Backend {
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, b)| *b)
-            .ok_or_else(|| format!("no backend `{name}` (backends: reference, lir)"))
+            .ok_or_else(|| format!("no backend `{name}` (backends: reference, lir, jit)"))
     }
 }
 
@@ -40,6 +44,7 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Backend::Reference => "reference",
             Backend::Lir => "lir",
+            Backend::Jit => "jit",
         })
     }
 }
@@ -59,12 +64,30 @@ pub struct Programs {
     cache: HashMap<usize, Compiled>,
     labels: Vec<i32>,
     profile: Option<std::sync::Arc<std::sync::Mutex<crate::executor::Profile>>>,
+    /// The code generator, for the JIT backend: programs compiled from now on use native kernels.
+    jit: Option<cnnc_codegen::Jit>,
 }
 
 impl Programs {
     /// Programs that keep `keep` and write the parameter gradients `grads` into the gradient store.
     pub fn new(keep: Vec<ValueId>, grads: Vec<(NodeId, ValueId)>) -> Self {
-        Programs { keep, grads, cache: HashMap::new(), labels: Vec::new(), profile: None }
+        Programs { keep, grads, cache: HashMap::new(), labels: Vec::new(), profile: None, jit: None }
+    }
+
+    /// Switches to `backend` (the interpreter alone, or with native kernels); forgets the
+    /// programs compiled for the other.
+    pub fn set_backend(&mut self, backend: Backend) -> Result<(), String> {
+        let wants_jit = backend == Backend::Jit;
+        if wants_jit != self.jit.is_some() {
+            self.cache.clear();
+            self.jit = if wants_jit { Some(cnnc_codegen::Jit::new(cnnc_codegen::Options::default())?) } else { None };
+        }
+        Ok(())
+    }
+
+    /// The code generator's compiled functions as Cranelift IR, by name (JIT backend).
+    pub fn clif(&self) -> Vec<(String, String)> {
+        self.jit.as_ref().map(|j| j.clif().to_vec()).unwrap_or_default()
     }
 
     /// Times every kernel of every later run into `profile`.
@@ -86,6 +109,9 @@ impl Programs {
                 lir::lower(graph, batch, &params.layout, &self.grads, &self.keep).map_err(|e| e.to_string())?;
             let mut machine = Machine::new(lowered.program)?;
             machine.profile.clone_from(&self.profile);
+            if let Some(jit) = self.jit.as_mut() {
+                machine.compile(jit)?;
+            }
             self.cache.insert(batch, Compiled { machine, feeds: lowered.feeds });
         }
         self.cache.get_mut(&batch).ok_or_else(|| "a program vanished from its cache".into())

@@ -70,12 +70,12 @@ impl Workload {
         let run = match (kind, spec) {
             (WorkloadKind::Train, Some(spec)) => {
                 let mut session = Session::new(model, spec).map_err(|e| e.to_string())?;
-                session.backend = backend;
+                session.set_backend(backend).map_err(|e| e.to_string())?;
                 phases.clone_from(&session.phases);
                 let t = Instant::now();
                 session.compile(batch).map_err(|e| e.to_string())?;
-                if backend == Backend::Lir {
-                    phases.push(("lowering + memory plan", t.elapsed()));
+                if backend != Backend::Reference {
+                    phases.push(("lowering + memory plan + codegen", t.elapsed()));
                 }
                 Run::Train(Box::new(session))
             }
@@ -90,12 +90,19 @@ impl Workload {
                 let t = Instant::now();
                 let keep: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
                 let exec = Executor::new(&graph, &params.layout, &keep).map_err(|e| e.to_string())?;
-                let mut programs = (backend == Backend::Lir).then(|| Programs::new(keep, Vec::new()));
+                let mut programs = match backend {
+                    Backend::Reference => None,
+                    Backend::Lir | Backend::Jit => {
+                        let mut p = Programs::new(keep, Vec::new());
+                        p.set_backend(backend)?;
+                        Some(p)
+                    }
+                };
                 phases.push(("schedule", t.elapsed()));
                 if let Some(p) = programs.as_mut() {
                     let t = Instant::now();
                     p.program(&graph, &params, batch)?;
-                    phases.push(("lowering + memory plan", t.elapsed()));
+                    phases.push(("lowering + memory plan + codegen", t.elapsed()));
                 }
                 Run::Infer(Box::new(Inference { graph, params, exec, programs }))
             }

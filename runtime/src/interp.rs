@@ -10,6 +10,7 @@
 mod kernels;
 
 use crate::reference::{Ctx, Tensor};
+use cnnc_codegen::{Jit, MapArgs, MapFn};
 use cnnc_compiler::lir::{plan, BufId, DType, Kernel, MemoryPlan, Program, Space, View};
 use ndarray::{ArrayD, IxDyn};
 use std::ops::Range;
@@ -33,6 +34,8 @@ pub struct Machine {
     arena: Vec<f32>,
     /// Time per kernel kind, when profiling.
     pub profile: Option<std::sync::Arc<std::sync::Mutex<crate::executor::Profile>>>,
+    /// Per kernel: its native code, where the code generator compiled it.
+    natives: Vec<Option<MapFn>>,
 }
 
 /// The memory one run sees, by space.
@@ -75,7 +78,21 @@ impl Machine {
             }
         }
         let arena = vec![0.0; plan.size];
-        Ok(Machine { program, plan, arena, profile: None })
+        let natives = vec![None; program.kernels.len()];
+        Ok(Machine { program, plan, arena, profile: None, natives })
+    }
+
+    /// Compiles the kernels `jit` can generate to native code, which runs instead of the
+    /// interpreter's functions from now on; returns how many kernels it took.
+    pub fn compile(&mut self, jit: &mut Jit) -> Result<usize, String> {
+        let mut count = 0;
+        for (k, native) in self.program.kernels.iter().zip(&mut self.natives) {
+            if let Kernel::Map { expr, .. } = k {
+                *native = Some(jit.map(expr)?);
+                count += 1;
+            }
+        }
+        Ok(count)
     }
 
     /// Runs every kernel. `params` and `grads` are the flat stores (the layout the program was
@@ -113,9 +130,14 @@ impl Machine {
             offsets: &self.plan.offsets,
             program: &self.program,
         };
-        for k in &self.program.kernels {
+        for (k, native) in self.program.kernels.iter().zip(&self.natives) {
             let started = self.profile.as_ref().map(|_| std::time::Instant::now());
-            kernels::run(k, &mem, ctx);
+            match (k, native) {
+                (Kernel::Map { inputs, channels, out, .. }, Some(f)) => {
+                    native_map(&mem, *f, inputs, channels, out, ctx)?
+                }
+                _ => kernels::run(k, &mem, ctx),
+            }
             if let (Some(p), Some(t)) = (&self.profile, started) {
                 if let Ok(mut p) = p.lock() {
                     p.add(k.name().to_string(), t.elapsed());
@@ -147,6 +169,44 @@ impl Machine {
     pub fn arena_bytes(&self) -> usize {
         self.arena.len() * 4
     }
+}
+
+/// Runs a compiled map on views of `mem`.
+fn native_map(mem: &Mem, f: MapFn, inputs: &[View], channels: &[View], out: &View, ctx: Ctx) -> Result<(), String> {
+    let ins: Vec<&[f32]> = inputs.iter().map(|v| mem.src(v)).collect();
+    let chs: Vec<&[f32]> = channels.iter().map(|v| mem.src(v)).collect();
+    let pointers: Vec<*const f32> = ins.iter().map(|s| s.as_ptr()).collect();
+    let pitches: Vec<usize> = inputs.iter().map(|v| v.pitch).collect();
+    let lens: Vec<usize> = ins.iter().map(|s| s.len()).collect();
+    let channel_pointers: Vec<*const f32> = chs.iter().map(|s| s.as_ptr()).collect();
+    let channel_lens: Vec<usize> = chs.iter().map(|s| s.len()).collect();
+    let dst = mem.dst(out);
+    let mut args = MapArgs {
+        inputs: pointers.as_ptr(),
+        input_pitch: pitches.as_ptr(),
+        input_len: lens.as_ptr(),
+        channels: channel_pointers.as_ptr(),
+        channel_len: channel_lens.as_ptr(),
+        out: dst.as_mut_ptr(),
+        out_pitch: out.pitch,
+        out_len: dst.len(),
+        rows: out.rows(),
+        cols: out.cols(),
+        seed: ctx.seed,
+        step: ctx.step,
+        fault: 0,
+    };
+    // SAFETY: every pointer is to a slice that holds the view's rows (checked when the machine
+    // was built), the arrays hold one entry per input the expression reads, and the code was
+    // compiled for exactly this argument layout.
+    unsafe { f(&mut args) };
+    if args.fault != 0 {
+        return Err(format!(
+            "a compiled map read or wrote outside its buffers ({} rows × {} columns)",
+            args.rows, args.cols
+        ));
+    }
+    Ok(())
 }
 
 /// Whether two views can share an element, given where their buffers are.

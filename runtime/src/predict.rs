@@ -84,7 +84,8 @@ pub fn outputs(
             let exec = Executor::new(graph, &params.layout, &targets).map_err(PredictError::Exec)?;
             exec.run(graph, params, &[(input, x)], Ctx::default()).map_err(PredictError::Exec)?
         }
-        Backend::Lir => {
+        Backend::Lir | Backend::Jit => {
+            programs.set_backend(backend).map_err(PredictError::Internal)?;
             programs.run(graph, params, &mut [], &[(input, x)], Ctx::default()).map_err(PredictError::Internal)?
         }
     };

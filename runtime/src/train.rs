@@ -143,8 +143,7 @@ pub struct Session {
     seed: u64,
     /// How long building it took, per phase: passes, parameters, schedule.
     pub phases: Vec<(&'static str, std::time::Duration)>,
-    /// What runs the steps and evaluations.
-    pub backend: Backend,
+    backend: Backend,
     train_programs: Mutex<Programs>,
     infer_programs: Mutex<Programs>,
 }
@@ -236,10 +235,25 @@ impl Session {
         })
     }
 
-    /// Lowers and plans the training program for batches of `batch` now, rather than at the
-    /// first step (the reference backend needs nothing).
+    /// What runs the steps and evaluations.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs the steps and evaluations on `backend` from now on.
+    pub fn set_backend(&mut self, backend: Backend) -> Result<(), RunError> {
+        for programs in [&mut self.train_programs, &mut self.infer_programs] {
+            let p = programs.get_mut().map_err(|_| RunError::Internal("a poisoned lock".into()))?;
+            p.set_backend(backend).map_err(RunError::Internal)?;
+        }
+        self.backend = backend;
+        Ok(())
+    }
+
+    /// Lowers and plans (and, on the JIT backend, compiles) the training program for batches of
+    /// `batch` now, rather than at the first step (the reference backend needs nothing).
     pub fn compile(&mut self, batch: usize) -> Result<(), RunError> {
-        if self.backend == Backend::Lir {
+        if self.backend != Backend::Reference {
             let programs = self.train_programs.get_mut().map_err(|_| RunError::Internal("a poisoned lock".into()))?;
             programs.program(&self.tg.graph, &self.params, batch).map_err(RunError::Internal)?;
         }
@@ -298,7 +312,7 @@ impl Session {
                 }
                 values
             }
-            Backend::Lir => {
+            Backend::Lir | Backend::Jit => {
                 let programs =
                     self.train_programs.get_mut().map_err(|_| StepError::Internal("a poisoned lock".into()))?;
                 programs.run(&self.tg.graph, &self.params, &mut self.grads, &feeds, ctx).map_err(StepError::Internal)?
@@ -326,7 +340,7 @@ impl Session {
                 let exec = Executor::new(&self.infer, &params.layout, &keep)?;
                 Ok(exec.run(&self.infer, params, &[(input, x)], Ctx::default())?)
             }
-            Backend::Lir => {
+            Backend::Lir | Backend::Jit => {
                 let mut programs =
                     self.infer_programs.lock().map_err(|_| RunError::Unsupported("a poisoned lock".into()))?;
                 programs.run(&self.infer, params, &mut [], &[(input, x)], Ctx::default()).map_err(RunError::Unsupported)
@@ -549,7 +563,7 @@ pub fn train(
     opts: &RunOptions,
 ) -> Result<(Session, Vec<EpochMetrics>), RunError> {
     let mut session = Session::new(model, spec)?;
-    session.backend = opts.backend;
+    session.set_backend(opts.backend)?;
     session.check(data)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| RunError::Io { path: opts.out.clone(), error: e.to_string() })?;
     let metrics_path = opts.out.join("metrics.csv");

@@ -1,0 +1,334 @@
+//! The fused element-wise map: `out[r, c] = expr(inputs[i][r, c], channels[j][c])` over every
+//! row and column, compiled from its expression. One function per distinct expression (the
+//! template key); rows, columns, pitches and pointers are arguments.
+
+use super::Jit;
+use cnnc_compiler::lir::Expr;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, AbiParam, Block, InstBuilder, MemFlagsData, Value};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::JITBuilder;
+use cranelift_module::{FuncId, Linkage, Module};
+use std::mem::offset_of;
+
+/// What a compiled map reads: pointers to its views, their row pitches and lengths, the shape,
+/// the dropout context, and a fault flag it sets in bounds-checked mode.
+#[repr(C)]
+#[derive(Debug)]
+pub struct MapArgs {
+    /// Each input's first element.
+    pub inputs: *const *const f32,
+    /// Each input's row pitch.
+    pub input_pitch: *const usize,
+    /// Each input's elements from its first (for bounds checks).
+    pub input_len: *const usize,
+    /// Each per-channel input's first element.
+    pub channels: *const *const f32,
+    /// Each per-channel input's length.
+    pub channel_len: *const usize,
+    /// The output's first element.
+    pub out: *mut f32,
+    /// The output's row pitch.
+    pub out_pitch: usize,
+    /// The output's elements from its first.
+    pub out_len: usize,
+    /// Rows.
+    pub rows: usize,
+    /// Columns (the last axis).
+    pub cols: usize,
+    /// The run's seed (dropout).
+    pub seed: u64,
+    /// The training step (dropout).
+    pub step: u64,
+    /// Set to 1 by a bounds-checked kernel that found an access out of bounds.
+    pub fault: u32,
+}
+
+/// A compiled map.
+pub type MapFn = unsafe extern "C" fn(*mut MapArgs);
+
+extern "C" fn cnnc_tanh(x: f32) -> f32 {
+    x.tanh()
+}
+
+extern "C" fn cnnc_sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Dropout's mask: `1/(1 − rate)` where element `index` is kept at this step, else 0 (the hash
+/// of the reference, `cnnc_runtime::reference::elementwise_keep`, written out again here so the
+/// code generator does not depend on the runtime; the differential tests hold them equal).
+extern "C" fn cnnc_keep(seed: u64, step: u64, salt: u64, index: u64, rate: f32) -> f32 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.rotate_left(29) ^ index;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    if rate == 0.0 || (z >> 40) as f32 / (1u64 << 24) as f32 >= rate {
+        1.0 / (1.0 - rate)
+    } else {
+        0.0
+    }
+}
+
+/// Makes the Rust functions that compiled maps call known to the JIT.
+pub(super) fn register_symbols(builder: &mut JITBuilder) {
+    builder.symbol("cnnc_tanh", cnnc_tanh as *const u8);
+    builder.symbol("cnnc_sigmoid", cnnc_sigmoid as *const u8);
+    builder.symbol("cnnc_keep", cnnc_keep as *const u8);
+}
+
+impl Jit {
+    /// The compiled map of `expr` (compiled on first request).
+    pub fn map(&mut self, expr: &[Expr]) -> Result<MapFn, String> {
+        let key = format!("{expr:?}");
+        if let Some(&f) = self.maps.get(&key) {
+            return Ok(f);
+        }
+        let name = self.next_name("map");
+        let id = self.compile_map(&name, expr)?;
+        self.module.finalize_definitions().map_err(|e| e.to_string())?;
+        let code = self.module.get_finalized_function(id);
+        // SAFETY: the function was built with the signature `MapFn` describes: one pointer
+        // argument, no result, the host's default calling convention.
+        let f: MapFn = unsafe { std::mem::transmute::<*const u8, MapFn>(code) };
+        self.maps.insert(key, f);
+        Ok(f)
+    }
+
+    fn import(&mut self, name: &str, params: &[types::Type], ret: types::Type) -> Result<FuncId, String> {
+        let mut sig = self.module.make_signature();
+        sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
+        sig.returns.push(AbiParam::new(ret));
+        self.module.declare_function(name, Linkage::Import, &sig).map_err(|e| e.to_string())
+    }
+
+    fn compile_map(&mut self, name: &str, expr: &[Expr]) -> Result<FuncId, String> {
+        let ptr = self.module.target_config().pointer_type();
+        let tanh = self.import("cnnc_tanh", &[types::F32], types::F32)?;
+        let sigmoid = self.import("cnnc_sigmoid", &[types::F32], types::F32)?;
+        let keep =
+            self.import("cnnc_keep", &[types::I64, types::I64, types::I64, types::I64, types::F32], types::F32)?;
+        let mut ctx = self.module.make_context();
+        ctx.func.signature.params.push(AbiParam::new(ptr));
+        let id = self.module.declare_function(name, Linkage::Local, &ctx.func.signature).map_err(|e| e.to_string())?;
+        let checked = self.options.checked;
+        let config = self.module.target_config();
+        {
+            let mut fctx = FunctionBuilderContext::new();
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let fns = [tanh, sigmoid, keep].map(|f| self.module.declare_func_in_func(f, b.func));
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let args = b.block_params(entry)[0];
+            let flags = MemFlagsData::trusted();
+            let field = |b: &mut FunctionBuilder, offset: usize| b.ins().load(types::I64, flags, args, offset as i32);
+            let n_inputs = expr.iter().filter_map(|e| if let Expr::Input(i) = e { Some(i + 1) } else { None }).max();
+            let n_channels =
+                expr.iter().filter_map(|e| if let Expr::Channel(i) = e { Some(i + 1) } else { None }).max();
+            let (inputs, pitches, lens, channels, channel_lens) = (
+                field(&mut b, offset_of!(MapArgs, inputs)),
+                field(&mut b, offset_of!(MapArgs, input_pitch)),
+                field(&mut b, offset_of!(MapArgs, input_len)),
+                field(&mut b, offset_of!(MapArgs, channels)),
+                field(&mut b, offset_of!(MapArgs, channel_len)),
+            );
+            let load_at =
+                |b: &mut FunctionBuilder, base: Value, i: usize| b.ins().load(types::I64, flags, base, (i * 8) as i32);
+            let mut ins = Vec::new();
+            for i in 0..n_inputs.unwrap_or(0) {
+                ins.push((load_at(&mut b, inputs, i), load_at(&mut b, pitches, i), load_at(&mut b, lens, i)));
+            }
+            let mut chs = Vec::new();
+            for i in 0..n_channels.unwrap_or(0) {
+                chs.push((load_at(&mut b, channels, i), load_at(&mut b, channel_lens, i)));
+            }
+            let out = field(&mut b, offset_of!(MapArgs, out));
+            let out_pitch = field(&mut b, offset_of!(MapArgs, out_pitch));
+            let out_len = field(&mut b, offset_of!(MapArgs, out_len));
+            let rows = field(&mut b, offset_of!(MapArgs, rows));
+            let cols = field(&mut b, offset_of!(MapArgs, cols));
+            let seed = field(&mut b, offset_of!(MapArgs, seed));
+            let step = field(&mut b, offset_of!(MapArgs, step));
+
+            let (row_head, row_body, col_head, col_body, row_next, exit, fault) = (
+                b.create_block(),
+                b.create_block(),
+                b.create_block(),
+                b.create_block(),
+                b.create_block(),
+                b.create_block(),
+                b.create_block(),
+            );
+            b.append_block_param(row_head, types::I64);
+            b.append_block_param(col_head, types::I64);
+            let zero = b.ins().iconst(types::I64, 0);
+            b.ins().jump(row_head, &[zero.into()]);
+
+            b.switch_to_block(row_head);
+            let r = b.block_params(row_head)[0];
+            let more_rows = b.ins().icmp(IntCC::UnsignedLessThan, r, rows);
+            b.ins().brif(more_rows, row_body, &[], exit, &[]);
+
+            b.switch_to_block(row_body);
+            let zero = b.ins().iconst(types::I64, 0);
+            b.ins().jump(col_head, &[zero.into()]);
+
+            b.switch_to_block(col_head);
+            let c = b.block_params(col_head)[0];
+            let more_cols = b.ins().icmp(IntCC::UnsignedLessThan, c, cols);
+            b.ins().brif(more_cols, col_body, &[], row_next, &[]);
+
+            b.switch_to_block(col_body);
+            // An element's offset `r·pitch + c`, checked against `len` in bounds-checked mode.
+            let offset = |b: &mut FunctionBuilder, pitch: Value, len: Value| -> Value {
+                let at = b.ins().imul(r, pitch);
+                let at = b.ins().iadd(at, c);
+                if checked {
+                    guard(b, at, len, fault);
+                }
+                at
+            };
+            let mut stack: Vec<Value> = Vec::with_capacity(expr.len());
+            for step_expr in expr {
+                let v = match *step_expr {
+                    Expr::Input(i) => {
+                        let (base, pitch, len) = ins[i];
+                        let at = offset(&mut b, pitch, len);
+                        let bytes = b.ins().ishl_imm_u(at, 2);
+                        let addr = b.ins().iadd(base, bytes);
+                        b.ins().load(types::F32, flags, addr, 0)
+                    }
+                    Expr::Channel(i) => {
+                        let (base, len) = chs[i];
+                        if checked {
+                            guard(&mut b, c, len, fault);
+                        }
+                        let bytes = b.ins().ishl_imm_u(c, 2);
+                        let addr = b.ins().iadd(base, bytes);
+                        b.ins().load(types::F32, flags, addr, 0)
+                    }
+                    Expr::Const(v) => b.ins().f32const(v),
+                    Expr::Add(x, y) => b.ins().fadd(stack[x], stack[y]),
+                    Expr::Mul(x, y) => b.ins().fmul(stack[x], stack[y]),
+                    Expr::Relu(x) => {
+                        let z = b.ins().f32const(0.0);
+                        let positive = b.ins().fcmp(FloatCC::GreaterThan, stack[x], z);
+                        b.ins().select(positive, stack[x], z)
+                    }
+                    Expr::Tanh(x) => call(&mut b, fns[0], &[stack[x]]),
+                    Expr::Sigmoid(x) => call(&mut b, fns[1], &[stack[x]]),
+                    Expr::Positive { c: t, a, b: e } => {
+                        let z = b.ins().f32const(0.0);
+                        let positive = b.ins().fcmp(FloatCC::GreaterThan, stack[t], z);
+                        b.ins().select(positive, stack[a], stack[e])
+                    }
+                    Expr::Keep { rate, salt } => {
+                        let at = b.ins().imul(r, cols);
+                        let index = b.ins().iadd(at, c);
+                        let salt = b.ins().iconst(types::I64, salt as i64);
+                        let rate = b.ins().f32const(rate);
+                        call(&mut b, fns[2], &[seed, step, salt, index, rate])
+                    }
+                };
+                stack.push(v);
+            }
+            let at = offset(&mut b, out_pitch, out_len);
+            let bytes = b.ins().ishl_imm_u(at, 2);
+            let addr = b.ins().iadd(out, bytes);
+            let result = *stack.last().ok_or("an empty map expression")?;
+            b.ins().store(flags, result, addr, 0);
+            let next = b.ins().iadd_imm_u(c, 1);
+            b.ins().jump(col_head, &[next.into()]);
+
+            b.switch_to_block(row_next);
+            let next = b.ins().iadd_imm_u(r, 1);
+            b.ins().jump(row_head, &[next.into()]);
+
+            b.switch_to_block(fault);
+            let one = b.ins().iconst(types::I32, 1);
+            b.ins().store(flags, one, args, offset_of!(MapArgs, fault) as i32);
+            b.ins().jump(exit, &[]);
+
+            b.switch_to_block(exit);
+            b.ins().return_(&[]);
+            b.seal_all_blocks();
+            b.finalize(config);
+        }
+        self.clif.push((name.to_string(), ctx.func.display().to_string()));
+        self.module.define_function(id, &mut ctx).map_err(|e| format!("{e:?}"))?;
+        self.module.clear_context(&mut ctx);
+        Ok(id)
+    }
+}
+
+/// Continues in a new block when `at < len`, else jumps to `fault`.
+fn guard(b: &mut FunctionBuilder, at: Value, len: Value, fault: Block) {
+    let inside = b.ins().icmp(IntCC::UnsignedLessThan, at, len);
+    let ok = b.create_block();
+    b.ins().brif(inside, ok, &[], fault, &[]);
+    b.switch_to_block(ok);
+}
+
+fn call(b: &mut FunctionBuilder, f: cranelift_codegen::ir::FuncRef, args: &[Value]) -> Value {
+    let inst = b.ins().call(f, args);
+    b.inst_results(inst)[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Options;
+
+    fn run(f: MapFn, x: &[f32], a: &[f32], out: &mut [f32], rows: usize, cols: usize, out_len: usize) -> u32 {
+        let (inputs, pitch, len) = ([x.as_ptr()], [cols], [x.len()]);
+        let (channels, channel_len) = ([a.as_ptr()], [a.len()]);
+        let mut args = MapArgs {
+            inputs: inputs.as_ptr(),
+            input_pitch: pitch.as_ptr(),
+            input_len: len.as_ptr(),
+            channels: channels.as_ptr(),
+            channel_len: channel_len.as_ptr(),
+            out: out.as_mut_ptr(),
+            out_pitch: cols,
+            out_len,
+            rows,
+            cols,
+            seed: 0,
+            step: 0,
+            fault: 0,
+        };
+        // SAFETY: the arrays hold what the arguments say (out_len may say less, on purpose).
+        unsafe { f(&mut args) };
+        args.fault
+    }
+
+    #[test]
+    fn a_prelu_map_computes_and_checked_code_reports_an_access_out_of_bounds() {
+        // PReLU: x if x > 0 else a_c · x, with a per-channel slope.
+        let expr = [Expr::Input(0), Expr::Channel(0), Expr::Mul(1, 0), Expr::Positive { c: 0, a: 0, b: 2 }];
+        let x = [1.0, -2.0, 3.0, -4.0, 5.0, -6.0];
+        let a = [0.5, 0.25, 2.0];
+        for checked in [false, true] {
+            let mut jit = Jit::new(Options { checked }).unwrap();
+            let f = jit.map(&expr).unwrap();
+            assert!(std::ptr::fn_addr_eq(f, jit.map(&expr).unwrap()), "one function per expression");
+            let mut out = [0f32; 6];
+            assert_eq!(run(f, &x, &a, &mut out, 2, 3, 6), 0);
+            assert_eq!(out, [1.0, -0.5, 3.0, -2.0, 5.0, -12.0]);
+            let clif = &jit.clif()[0].1;
+            assert!(clif.contains("fcmp") && clif.contains("select"), "{clif}");
+        }
+        // Told the output holds 4 elements, checked code stops at the fifth and says so.
+        let mut jit = Jit::new(Options { checked: true }).unwrap();
+        let f = jit.map(&expr).unwrap();
+        let mut out = [0f32; 6];
+        assert_eq!(run(f, &x, &a, &mut out, 2, 3, 4), 1);
+        assert_eq!(out[4..], [0.0, 0.0], "nothing written out of bounds");
+    }
+}
