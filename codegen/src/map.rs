@@ -5,7 +5,7 @@
 use super::Jit;
 use cnnc_compiler::lir::Expr;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, AbiParam, Block, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::{types, AbiParam, Block, Endianness, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::JITBuilder;
 use cranelift_module::{FuncId, Linkage, Module};
@@ -156,8 +156,7 @@ impl Jit {
             let seed = field(&mut b, offset_of!(MapArgs, seed));
             let step = field(&mut b, offset_of!(MapArgs, step));
 
-            let (row_head, row_body, col_head, col_body, row_next, exit, fault) = (
-                b.create_block(),
+            let (row_head, row_body, col_head, row_next, exit, fault) = (
                 b.create_block(),
                 b.create_block(),
                 b.create_block(),
@@ -181,70 +180,40 @@ impl Jit {
 
             b.switch_to_block(col_head);
             let c = b.block_params(col_head)[0];
-            let more_cols = b.ins().icmp(IntCC::UnsignedLessThan, c, cols);
-            b.ins().brif(more_cols, col_body, &[], row_next, &[]);
-
-            b.switch_to_block(col_body);
-            // An element's offset `r·pitch + c`, checked against `len` in bounds-checked mode.
-            let offset = |b: &mut FunctionBuilder, pitch: Value, len: Value| -> Value {
-                let at = b.ins().imul(r, pitch);
-                let at = b.ins().iadd(at, c);
-                if checked {
-                    guard(b, at, len, fault);
-                }
-                at
-            };
-            let mut stack: Vec<Value> = Vec::with_capacity(expr.len());
-            for step_expr in expr {
-                let v = match *step_expr {
-                    Expr::Input(i) => {
-                        let (base, pitch, len) = ins[i];
-                        let at = offset(&mut b, pitch, len);
-                        let bytes = b.ins().ishl_imm_u(at, 2);
-                        let addr = b.ins().iadd(base, bytes);
-                        b.ins().load(types::F32, flags, addr, 0)
-                    }
-                    Expr::Channel(i) => {
-                        let (base, len) = chs[i];
-                        if checked {
-                            guard(&mut b, c, len, fault);
-                        }
-                        let bytes = b.ins().ishl_imm_u(c, 2);
-                        let addr = b.ins().iadd(base, bytes);
-                        b.ins().load(types::F32, flags, addr, 0)
-                    }
-                    Expr::Const(v) => b.ins().f32const(v),
-                    Expr::Add(x, y) => b.ins().fadd(stack[x], stack[y]),
-                    Expr::Mul(x, y) => b.ins().fmul(stack[x], stack[y]),
-                    Expr::Relu(x) => {
-                        let z = b.ins().f32const(0.0);
-                        let positive = b.ins().fcmp(FloatCC::GreaterThan, stack[x], z);
-                        b.ins().select(positive, stack[x], z)
-                    }
-                    Expr::Tanh(x) => call(&mut b, fns[0], &[stack[x]]),
-                    Expr::Sigmoid(x) => call(&mut b, fns[1], &[stack[x]]),
-                    Expr::Positive { c: t, a, b: e } => {
-                        let z = b.ins().f32const(0.0);
-                        let positive = b.ins().fcmp(FloatCC::GreaterThan, stack[t], z);
-                        b.ins().select(positive, stack[a], stack[e])
-                    }
-                    Expr::Keep { rate, salt } => {
-                        let at = b.ins().imul(r, cols);
-                        let index = b.ins().iadd(at, c);
-                        let salt = b.ins().iconst(types::I64, salt as i64);
-                        let rate = b.ins().f32const(rate);
-                        call(&mut b, fns[2], &[seed, step, salt, index, rate])
-                    }
-                };
-                stack.push(v);
+            // Four columns at a time while four remain, when every step has a vector form;
+            // then (or else) one at a time.
+            let (scalar_head, scalar_body, vector_body) = (b.create_block(), b.create_block(), b.create_block());
+            b.append_block_param(scalar_head, types::I64);
+            if vectorizable(expr) {
+                let c4 = b.ins().iadd_imm_u(c, 4);
+                let four_more = b.ins().icmp(IntCC::UnsignedLessThanOrEqual, c4, cols);
+                b.ins().brif(four_more, vector_body, &[], scalar_head, &[c.into()]);
+            } else {
+                b.ins().jump(scalar_head, &[c.into()]);
             }
-            let at = offset(&mut b, out_pitch, out_len);
-            let bytes = b.ins().ishl_imm_u(at, 2);
-            let addr = b.ins().iadd(out, bytes);
-            let result = *stack.last().ok_or("an empty map expression")?;
-            b.ins().store(flags, result, addr, 0);
+
+            b.switch_to_block(vector_body);
+            if vectorizable(expr) {
+                let at = Site { r, c, lanes: 4, checked, fault };
+                let result = emit(&mut b, expr, &at, &ins, &chs, &fns, (seed, step, cols))?;
+                store(&mut b, &at, out, out_pitch, out_len, result);
+                let next = b.ins().iadd_imm_u(c, 4);
+                b.ins().jump(col_head, &[next.into()]);
+            } else {
+                b.ins().jump(scalar_head, &[c.into()]);
+            }
+
+            b.switch_to_block(scalar_head);
+            let c = b.block_params(scalar_head)[0];
+            let more_cols = b.ins().icmp(IntCC::UnsignedLessThan, c, cols);
+            b.ins().brif(more_cols, scalar_body, &[], row_next, &[]);
+
+            b.switch_to_block(scalar_body);
+            let at = Site { r, c, lanes: 1, checked, fault };
+            let result = emit(&mut b, expr, &at, &ins, &chs, &fns, (seed, step, cols))?;
+            store(&mut b, &at, out, out_pitch, out_len, result);
             let next = b.ins().iadd_imm_u(c, 1);
-            b.ins().jump(col_head, &[next.into()]);
+            b.ins().jump(scalar_head, &[next.into()]);
 
             b.switch_to_block(row_next);
             let next = b.ins().iadd_imm_u(r, 1);
@@ -265,6 +234,133 @@ impl Jit {
         self.module.clear_context(&mut ctx);
         Ok(id)
     }
+}
+
+/// Whether every step of `expr` has a four-lane form (calls into Rust are one lane at a time).
+fn vectorizable(expr: &[Expr]) -> bool {
+    !expr.iter().any(|e| matches!(e, Expr::Tanh(_) | Expr::Sigmoid(_) | Expr::Keep { .. }))
+}
+
+/// Where the element (or the four elements) being computed is.
+struct Site {
+    r: Value,
+    c: Value,
+    lanes: u8,
+    checked: bool,
+    fault: Block,
+}
+
+impl Site {
+    fn ty(&self) -> types::Type {
+        if self.lanes == 4 {
+            types::F32X4
+        } else {
+            types::F32
+        }
+    }
+
+    /// Flags of a load or store here: vector accesses may be unaligned.
+    fn flags(&self) -> MemFlagsData {
+        if self.lanes == 4 {
+            MemFlagsData::new().with_notrap()
+        } else {
+            MemFlagsData::trusted()
+        }
+    }
+
+    /// The address of element `r·pitch + c` of `base`, checked against `len` (its last lane) in
+    /// bounds-checked mode.
+    fn address(&self, b: &mut FunctionBuilder, base: Value, pitch: Value, len: Value) -> Value {
+        let at = b.ins().imul(self.r, pitch);
+        let at = b.ins().iadd(at, self.c);
+        self.check(b, at, len);
+        let bytes = b.ins().ishl_imm_u(at, 2);
+        b.ins().iadd(base, bytes)
+    }
+
+    fn check(&self, b: &mut FunctionBuilder, at: Value, len: Value) {
+        if self.checked {
+            let last = b.ins().iadd_imm_u(at, i64::from(self.lanes) - 1);
+            guard(b, last, len, self.fault);
+        }
+    }
+
+    fn constant(&self, b: &mut FunctionBuilder, v: f32) -> Value {
+        let x = b.ins().f32const(v);
+        if self.lanes == 4 {
+            b.ins().splat(types::F32X4, x)
+        } else {
+            x
+        }
+    }
+
+    /// `c > 0 ? x : y`, lane by lane.
+    fn positive(&self, b: &mut FunctionBuilder, c: Value, x: Value, y: Value) -> Value {
+        let zero = self.constant(b, 0.0);
+        let mask = b.ins().fcmp(FloatCC::GreaterThan, c, zero);
+        if self.lanes == 4 {
+            let mask = b.ins().bitcast(types::F32X4, MemFlagsData::new().with_endianness(Endianness::Little), mask);
+            b.ins().bitselect(mask, x, y)
+        } else {
+            b.ins().select(mask, x, y)
+        }
+    }
+}
+
+type Inputs = [(Value, Value, Value)];
+
+/// Emits the steps of `expr` at `at`; returns the last step's value.
+fn emit(
+    b: &mut FunctionBuilder,
+    expr: &[Expr],
+    at: &Site,
+    ins: &Inputs,
+    chs: &[(Value, Value)],
+    fns: &[cranelift_codegen::ir::FuncRef; 3],
+    (seed, step, cols): (Value, Value, Value),
+) -> Result<Value, String> {
+    let mut stack: Vec<Value> = Vec::with_capacity(expr.len());
+    for e in expr {
+        let v = match *e {
+            Expr::Input(i) => {
+                let (base, pitch, len) = ins[i];
+                let addr = at.address(b, base, pitch, len);
+                b.ins().load(at.ty(), at.flags(), addr, 0)
+            }
+            Expr::Channel(i) => {
+                let (base, len) = chs[i];
+                at.check(b, at.c, len);
+                let bytes = b.ins().ishl_imm_u(at.c, 2);
+                let addr = b.ins().iadd(base, bytes);
+                b.ins().load(at.ty(), at.flags(), addr, 0)
+            }
+            Expr::Const(v) => at.constant(b, v),
+            Expr::Add(x, y) => b.ins().fadd(stack[x], stack[y]),
+            Expr::Mul(x, y) => b.ins().fmul(stack[x], stack[y]),
+            Expr::Relu(x) => {
+                let zero = at.constant(b, 0.0);
+                at.positive(b, stack[x], stack[x], zero)
+            }
+            Expr::Positive { c, a, b: y } => at.positive(b, stack[c], stack[a], stack[y]),
+            Expr::Tanh(x) => call(b, fns[0], &[stack[x]]),
+            Expr::Sigmoid(x) => call(b, fns[1], &[stack[x]]),
+            Expr::Keep { rate, salt } => {
+                let row = b.ins().imul(at.r, cols);
+                let index = b.ins().iadd(row, at.c);
+                let salt = b.ins().iconst(types::I64, salt as i64);
+                let rate = b.ins().f32const(rate);
+                call(b, fns[2], &[seed, step, salt, index, rate])
+            }
+        };
+        stack.push(v);
+    }
+    stack.last().copied().ok_or_else(|| "an empty map expression".to_string())
+}
+
+/// Stores `value` at the output element (or elements) of `at`.
+fn store(b: &mut FunctionBuilder, at: &Site, out: Value, pitch: Value, len: Value, value: Value) {
+    let addr = at.address(b, out, pitch, len);
+    b.ins().store(at.flags(), value, addr, 0);
 }
 
 /// Continues in a new block when `at < len`, else jumps to `fault`.
