@@ -89,8 +89,12 @@ struct RunArgs {
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Continue training from the weights and optimizer state in OUT.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "init")]
     resume: bool,
+    /// Start training from pretrained weights: every parameter the file has (by name and shape)
+    /// is loaded, the others start fresh (a new head); constants keep the model file's values.
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
     /// Only evaluate saved weights on the test split.
     #[arg(long)]
     eval: bool,
@@ -244,6 +248,7 @@ fn main() -> ExitCode {
                 ensemble: a.ensemble,
                 preview: a.preview_augment,
                 backend: a.backend,
+                init: a.init,
             };
             finish(run::run(&c, &args))
         }

@@ -26,6 +26,7 @@ pub struct Args {
     pub ensemble: Vec<PathBuf>,
     pub preview: Option<PathBuf>,
     pub backend: cnnc_runtime::backend::Backend,
+    pub init: Option<PathBuf>,
 }
 
 /// A failure with its exit code.
@@ -45,6 +46,12 @@ pub const EXIT_INTERNAL: u8 = 3;
 /// Runs the command; `Ok` carries what to print last.
 pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     let model = pick_model(c, args)?;
+    if args.init.is_some() && (args.eval || !args.predict.is_empty()) {
+        return Err(fail(
+            EXIT_INPUT,
+            "--init starts training from pretrained weights; --eval and --predict take --weights FILE",
+        ));
+    }
     let spec = c.trains.iter().find(|t| t.model == model.name).cloned();
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&model.name));
     let base = args.file.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -115,7 +122,19 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             out.display()
         );
     }
-    let opts = RunOptions { out: out.clone(), resume: args.resume, quiet: args.quiet, backend: args.backend };
+    if args.weights.is_some() {
+        return Err(fail(
+            EXIT_INPUT,
+            "--weights chooses the weights that --eval and --predict use; to start training from them, use --init FILE",
+        ));
+    }
+    let opts = RunOptions {
+        out: out.clone(),
+        resume: args.resume,
+        quiet: args.quiet,
+        backend: args.backend,
+        init: args.init.clone(),
+    };
     match train::train(model, &spec, &data, &pipeline, &opts) {
         Ok((_, history)) => {
             println!("weights: {}", train::weights_path(&out).display());

@@ -464,3 +464,84 @@ fn too_few_class_scores_and_batchnorm_models() {
         assert!((a[2] - b[2]).abs() <= 1e-3 * b[2].abs().max(1.0), "train losses {a:?} / {b:?}");
     }
 }
+
+/// A model on the 8×8 digits with a fixed (constant) filter, a body and a head named `head`.
+fn digits_model(dir: &Path, head: &str) -> PathBuf {
+    let data = common::root().join("examples/data/digits.csv.gz");
+    let text = format!(
+        "const EDGE: [3, 3, 1, 1] = [1, 0, -1, 2, 0, -2, 1, 0, -1]\nmodel M {{\n input image: [8, 8, 1]\n e = image |> conv(1, 3x3, pad: same, weights: EDGE, bias: false)\n x = concat(image, e) |> conv(8, 3x3, pad: same, name: \"body\") |> relu |> flatten |> dense(10, name: \"{head}\")\n output logits = x\n}}\ntrain M {{\n data csv(\"{}\", shape: [8, 8, 1], scale: 0.0625)\n loss softmax_cross_entropy(logits, label)\n optimizer adam(lr: 0.01)\n batch 32 epochs 1 seed 4\n}}\n",
+        data.display()
+    );
+    let p = dir.join(format!("{head}.cnn"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn init_starts_from_pretrained_weights_and_bad_weights_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = digits_model(dir.path(), "head");
+    let out = dir.path().join("first");
+    let o = cnnc().args(["run", first.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let trained = out.join("weights.safetensors");
+    // A new head over the trained body: the body is loaded, the head starts fresh.
+    let second = digits_model(dir.path(), "new_head");
+    let run_init = |model: &Path, init: &Path| {
+        let args = ["run", model.to_str().unwrap(), "--init", init.to_str().unwrap(), "--out"];
+        cnnc().args(args).arg(dir.path().join("second")).output().unwrap()
+    };
+    let o = run_init(&second, &trained);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("initialized 2 of 4 parameters"), "{stdout}");
+    assert!(stdout.contains("fresh (not in the file): new_head/bias, new_head/weight"), "{stdout}");
+    // Constants come from the model file, never from weights: a file without them evaluates.
+    let (mut tensors, _) = cnnc_runtime::weights::load(&trained).unwrap();
+    assert!(tensors.remove("conv1/weight").is_some(), "the constant filter was saved too");
+    let write = |path: &Path, tensors: &std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>| {
+        let named: Vec<(&str, &[usize], &[f32])> =
+            tensors.iter().map(|(n, (s, v))| (n.as_str(), s.as_slice(), v.as_slice())).collect();
+        cnnc_runtime::weights::save(path, &named, Default::default()).unwrap();
+    };
+    let without = dir.path().join("without_constants.safetensors");
+    write(&without, &tensors);
+    let o = cnnc()
+        .args(["run", first.to_str().unwrap(), "--eval", "--weights", without.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Non-finite values, wrong shapes and files of another model are errors that name them.
+    let mut nan = tensors.clone();
+    nan.get_mut("body/bias").unwrap().1[3] = f32::NAN;
+    let nan_file = dir.path().join("nan.safetensors");
+    write(&nan_file, &nan);
+    let o = cnnc()
+        .args(["run", first.to_str().unwrap(), "--eval", "--weights", nan_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tensor `body/bias` holds NaN"), "{}", text(&o));
+    let mut shaped = tensors.clone();
+    shaped.insert("body/bias".into(), (vec![7], vec![0.0; 7]));
+    let shaped_file = dir.path().join("shaped.safetensors");
+    write(&shaped_file, &shaped);
+    let o = run_init(&second, &shaped_file);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`body/bias` has shape [7]"), "{}", text(&o));
+    let other: std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> =
+        [("fc/weight".to_string(), (vec![2], vec![0.0, 1.0]))].into_iter().collect();
+    let other_file = dir.path().join("other.safetensors");
+    write(&other_file, &other);
+    let o = run_init(&second, &other_file);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("has no parameter of this model (it has fc/weight)"),
+        "{}",
+        text(&o)
+    );
+    // --weights does not start training; it says what does.
+    let o = cnnc().args(["run", first.to_str().unwrap(), "--weights", without.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("use --init FILE"), "{}", text(&o));
+}

@@ -22,6 +22,8 @@ pub struct Entry {
     pub offset: usize,
     /// Updated by gradient descent (not frozen, not a running statistic).
     pub trainable: bool,
+    /// Its values are written in the model file (fixed filters): never read from weights files.
+    pub constant: bool,
     /// What it is for.
     pub role: ParamRole,
 }
@@ -63,6 +65,7 @@ impl ParamLayout {
                 shape: shape.to_vec(),
                 offset: layout.len,
                 trainable: !p.frozen && !p.role.is_state(),
+                constant: p.init == crate::ir::op::Init::Constant,
                 role: p.role,
             };
             layout.len += shape.iter().product::<usize>();

@@ -119,6 +119,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// What runs the steps and evaluations.
     pub backend: Backend,
+    /// Pretrained weights to start from (parameters the file lacks start fresh).
+    pub init: Option<PathBuf>,
 }
 
 /// A model prepared for training and evaluation: its training and inference graphs, parameter
@@ -570,6 +572,16 @@ pub fn train(
     let (start, mut history) =
         if opts.resume { (resume(&mut session, &opts.out)?, read_metrics(&metrics_path)) } else { (0, Vec::new()) };
     history.retain(|m| m.epoch <= start);
+    if let (Some(init), false) = (&opts.init, opts.resume) {
+        let fresh = weights::init_from(init, &mut session.params)?;
+        if !opts.quiet {
+            let total = session.params.layout.entries().iter().filter(|e| !e.constant).count();
+            println!("initialized {} of {total} parameters from {}", total - fresh.len(), init.display());
+            if !fresh.is_empty() {
+                println!("  fresh (not in the file): {}", fresh.join(", "));
+            }
+        }
+    }
     let steps_per_epoch = data.train.len().div_ceil(spec.batch) as u64;
     let total_steps = steps_per_epoch * spec.epochs as u64;
     let show_bar = !opts.quiet && std::io::stderr().is_terminal();

@@ -22,6 +22,10 @@ pub enum WeightsError {
     Missing { path: PathBuf, names: Vec<String> },
     /// A parameter's shape differs from the model's.
     Shape { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
+    /// A tensor holds NaN or an infinity.
+    NonFinite { path: PathBuf, name: String },
+    /// Nothing in the file is a parameter of the model.
+    NoMatch { path: PathBuf, found: Vec<String> },
 }
 
 impl fmt::Display for WeightsError {
@@ -41,6 +45,19 @@ impl fmt::Display for WeightsError {
             }
             WeightsError::Shape { path, name, expected, found } => {
                 write!(f, "`{}`: parameter `{name}` has shape {found:?}, the model needs {expected:?}", path.display())
+            }
+            WeightsError::NonFinite { path, name } => {
+                write!(f, "`{}`: tensor `{name}` holds NaN or infinite values", path.display())
+            }
+            WeightsError::NoMatch { path, found } => {
+                let shown: Vec<&str> = found.iter().take(5).map(String::as_str).collect();
+                write!(
+                    f,
+                    "`{}` has no parameter of this model (it has {}{})",
+                    path.display(),
+                    shown.join(", "),
+                    if found.len() > 5 { ", ..." } else { "" }
+                )
             }
         }
     }
@@ -94,26 +111,76 @@ pub fn load(path: &Path) -> Result<Contents, WeightsError> {
 }
 
 /// Reads a weights file into `params`, which must already hold every parameter of the model
-/// (for shapes); the file must have every one of them, each of its shape.
+/// (for shapes): the file must have every one that is not a constant of the model file, each of
+/// its shape and finite. Constants keep the values the model file gives them.
 pub fn load_into(path: &Path, params: &mut Params) -> Result<HashMap<String, String>, WeightsError> {
     let (tensors, meta) = load(path)?;
     let layout = params.layout.clone();
-    let missing: Vec<String> =
-        layout.entries().iter().filter(|e| !tensors.contains_key(&e.name)).map(|e| e.name.clone()).collect();
+    let missing: Vec<String> = layout
+        .entries()
+        .iter()
+        .filter(|e| !e.constant && !tensors.contains_key(&e.name))
+        .map(|e| e.name.clone())
+        .collect();
     if !missing.is_empty() {
         return Err(WeightsError::Missing { path: path.to_path_buf(), names: missing });
     }
-    for (id, e) in layout.entries().iter().enumerate() {
-        let (shape, values) = &tensors[&e.name];
-        if *shape != e.shape {
-            return Err(WeightsError::Shape {
-                path: path.to_path_buf(),
-                name: e.name.clone(),
-                expected: e.shape.clone(),
-                found: shape.clone(),
-            });
-        }
+    copy_found(path, &tensors, params)?;
+    Ok(meta)
+}
+
+/// Starts from a file of pretrained weights: every parameter of the model that the file has (by
+/// name, of the right shape, finite) is taken from it; the others keep their values. Returns
+/// the names of the parameters initialized fresh. A file that has none of the model's
+/// parameters is an error, and so is one whose tensor of a parameter's name has another shape.
+pub fn init_from(path: &Path, params: &mut Params) -> Result<Vec<String>, WeightsError> {
+    let (tensors, _) = load(path)?;
+    let layout = params.layout.clone();
+    let wanted = |e: &&cnnc_compiler::params::Entry| !e.constant;
+    if !layout.entries().iter().filter(wanted).any(|e| tensors.contains_key(&e.name)) {
+        return Err(WeightsError::NoMatch { path: path.to_path_buf(), found: tensors.keys().cloned().collect() });
+    }
+    copy_found(path, &tensors, params)?;
+    Ok(layout
+        .entries()
+        .iter()
+        .filter(wanted)
+        .filter(|e| !tensors.contains_key(&e.name))
+        .map(|e| e.name.clone())
+        .collect())
+}
+
+/// Copies every tensor of `tensors` named as a (non-constant) parameter into `params`, after
+/// checking all of them: nothing is written if any has the wrong shape or is not finite.
+fn copy_found(
+    path: &Path,
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    params: &mut Params,
+) -> Result<(), WeightsError> {
+    let layout = params.layout.clone();
+    let found: Vec<(usize, &Vec<f32>)> = layout
+        .entries()
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !e.constant)
+        .filter_map(|(id, e)| tensors.get(&e.name).map(|t| (id, e, t)))
+        .map(|(id, e, (shape, values))| {
+            if *shape != e.shape {
+                return Err(WeightsError::Shape {
+                    path: path.to_path_buf(),
+                    name: e.name.clone(),
+                    expected: e.shape.clone(),
+                    found: shape.clone(),
+                });
+            }
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(WeightsError::NonFinite { path: path.to_path_buf(), name: e.name.clone() });
+            }
+            Ok((id, values))
+        })
+        .collect::<Result<_, _>>()?;
+    for (id, values) in found {
         params.slice_mut(id).copy_from_slice(values);
     }
-    Ok(meta)
+    Ok(())
 }
