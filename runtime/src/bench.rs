@@ -184,12 +184,29 @@ impl Workload {
     }
 
     /// Memory figures worth reporting, in bytes.
-    pub fn memory(&self) -> Vec<(&'static str, usize)> {
-        vec![
+    pub fn memory(&mut self) -> Vec<(&'static str, usize)> {
+        let mut lines = vec![
             ("parameters", self.params_bytes),
             ("peak live values", self.peak_bytes),
             ("peak live values per example", self.peak_bytes / self.batch.max(1)),
-        ]
+        ];
+        if let Some(plan) = self.plan() {
+            lines.push(("arena peak live (least possible)", plan.peak_live * 4));
+            lines.push(("sum of all buffers (no reuse)", plan.total * 4));
+        }
+        lines
+    }
+
+    /// The memory plan of the program that runs, on the interpreter and JIT backends.
+    fn plan(&mut self) -> Option<cnnc_compiler::lir::MemoryPlan> {
+        let batch = self.batch;
+        match &mut self.run {
+            Run::Train(s) => s.plan(batch),
+            Run::Infer(i) => {
+                let Inference { graph, params, programs, .. } = &mut **i;
+                programs.as_mut()?.program(graph, params, batch).ok().map(|m| m.plan.clone())
+            }
+        }
     }
 }
 

@@ -262,6 +262,16 @@ impl Session {
         Ok(())
     }
 
+    /// The memory plan of the training program for batches of `batch` (none on the reference
+    /// backend).
+    pub fn plan(&mut self, batch: usize) -> Option<cnnc_compiler::lir::MemoryPlan> {
+        if self.backend == Backend::Reference {
+            return None;
+        }
+        let programs = self.train_programs.get_mut().ok()?;
+        programs.program(&self.tg.graph, &self.params, batch).ok().map(|m| m.plan.clone())
+    }
+
     /// Times every op of every training step from now on into `profile`.
     pub fn profile_into(&mut self, profile: std::sync::Arc<std::sync::Mutex<crate::executor::Profile>>) {
         self.train_exec.profile_into(profile.clone());
