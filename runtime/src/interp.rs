@@ -65,6 +65,19 @@ impl Machine {
                 }
             }
             for w in &writes {
+                if matches!(program.buffers[w.buf.0 as usize].space, Space::Param(_) | Space::Input(_)) {
+                    return Err(format!("k{i} ({}) writes into a parameter or an input", k.name()));
+                }
+                for other in writes.iter().filter(|o| !std::ptr::eq(**o, *w)) {
+                    if overlap(&program, &plan, w, other) {
+                        return Err(format!(
+                            "k{i} ({}) writes b{} and b{} over each other",
+                            k.name(),
+                            w.buf.0,
+                            other.buf.0
+                        ));
+                    }
+                }
                 for r in reads.iter().filter(|r| **r != *w) {
                     if overlap(&program, &plan, w, r) {
                         return Err(format!("k{i} ({}) writes b{} where it reads b{}", k.name(), w.buf.0, r.buf.0));
