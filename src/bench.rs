@@ -47,7 +47,7 @@ pub fn run(c: &Compilation, args: &Args, compiled: Duration) -> Result<(), Failu
     let mut medians = Vec::new();
     for (i, &backend) in args.backends.iter().enumerate() {
         let mut w = Workload::new(model, spec, kind, batch, backend).map_err(|e| fail(EXIT_INPUT, e))?;
-        if i == 0 || backend == Backend::Lir {
+        if i == 0 || backend != Backend::Reference {
             println!("source to runnable on {backend}:");
             println!("  {:<24}{:>10.2} ms", "parse + check", ms(compiled));
             for (phase, d) in w.phases() {
