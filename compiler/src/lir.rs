@@ -232,36 +232,8 @@ impl Geom {
     /// element, channel of the block): row = output position over the batch, column = window
     /// element · cg + channel, offset into the input viewed as `[n, d, h, w, channels]`.
     pub fn for_each(&self, mut f: impl FnMut(usize, usize, usize)) {
-        let [id, ih, iw] = self.input;
-        let c = self.channels;
-        let [od, oh, ow] = self.output;
-        let [fd, fh, fw] = self.size;
-        let mut row = 0;
-        for n in 0..self.n {
-            for zd in 0..od {
-                for zh in 0..oh {
-                    for zw in 0..ow {
-                        let mut col = 0;
-                        for kd in 0..fd {
-                            for kh in 0..fh {
-                                for kw in 0..fw {
-                                    if let (Some(d), Some(h), Some(w)) =
-                                        (self.source(0, zd, kd), self.source(1, zh, kh), self.source(2, zw, kw))
-                                    {
-                                        let base = (((n * id + d) * ih + h) * iw + w) * c + self.c0;
-                                        for ci in 0..self.cg {
-                                            f(row, col + ci, base + ci);
-                                        }
-                                    }
-                                    col += self.cg;
-                                }
-                            }
-                        }
-                        row += 1;
-                    }
-                }
-            }
-        }
+        let cg = self.cg;
+        self.for_each_run(|row, col, at| (0..cg).for_each(|ci| f(row, col + ci, at + ci)));
     }
 }
 

@@ -11,24 +11,11 @@ use cnnc_runtime::params::Params;
 use cnnc_runtime::reference::{Ctx, Tensor};
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
+
+mod common;
+use common::{list, model, random, size};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-/// Compiles `model M { input x: SHAPE  output y = x |> LAYERS }`; `None` if it does not check.
-fn model(input: &[usize], layers: &str) -> Option<Graph> {
-    let shape: Vec<String> = input.iter().map(|d| d.to_string()).collect();
-    let text = format!("model M {{\n input x: [{}]\n output y = x |> {layers}\n}}", shape.join(", "));
-    let c = cnnc_compiler::compile_source("grad.cnn", None, text.as_bytes());
-    if c.has_errors() {
-        return None;
-    }
-    Some(c.models.into_iter().next()?.graph)
-}
-
-fn random(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
-    let n = shape.iter().product();
-    ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()).unwrap()
-}
 
 struct Case {
     graph: Graph,
@@ -168,14 +155,6 @@ fn run_in(
     };
     let case = with_loss_in(graph_in_mode(&mut graph, training), kind);
     check(&case, batch, kind, seed)
-}
-
-fn size(rank: usize, max: usize) -> impl Strategy<Value = Vec<usize>> {
-    prop::collection::vec(1..=max, rank)
-}
-
-fn list(v: &[usize]) -> String {
-    format!("[{}]", v.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
 }
 
 proptest! {

@@ -15,28 +15,15 @@ use cnnc_runtime::params::Params;
 use cnnc_runtime::reference::{Ctx, Tensor};
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
+
+mod common;
+use common::{list, model, random, size};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 thread_local! {
     /// One bounds-checked JIT per test thread: its kernels are compiled once per expression.
     static JIT: std::cell::RefCell<Jit> = std::cell::RefCell::new(Jit::new(Options { checked: true }).expect("a JIT for this host"));
-}
-
-/// Compiles `model M { input x: SHAPE  output y = x |> LAYERS }`; `None` if it does not check.
-fn model(input: &[usize], layers: &str) -> Option<Graph> {
-    let shape: Vec<String> = input.iter().map(|d| d.to_string()).collect();
-    let text = format!("model M {{\n input x: [{}]\n output y = x |> {layers}\n}}", shape.join(", "));
-    let c = cnnc_compiler::compile_source("lir.cnn", None, text.as_bytes());
-    if c.has_errors() {
-        return None;
-    }
-    Some(c.models.into_iter().next()?.graph)
-}
-
-fn random(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
-    let n = shape.iter().product();
-    ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()).unwrap()
 }
 
 /// `‖a − b‖∞ ≤ 1e-4 · max(‖b‖∞, 1)`.
@@ -179,14 +166,6 @@ fn both(input: &[usize], layers: &str, kind: LossKind, batch: usize, seed: u64) 
             .map_err(|e| TestCaseError::fail(format!("training={train}: {e}")))?;
     }
     Ok(())
-}
-
-fn size(rank: usize, max: usize) -> impl Strategy<Value = Vec<usize>> {
-    prop::collection::vec(1..=max, rank)
-}
-
-fn list(v: &[usize]) -> String {
-    format!("[{}]", v.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
 }
 
 proptest! {

@@ -142,6 +142,15 @@ pub const CONCAT: LayerSpec = LayerSpec {
     build: |_| Some((Op::Concat, vec![])),
 };
 
+/// A reshape (or flatten) is a view of the same elements: no kernel.
+fn lower_reshape(l: &mut Lowerer) -> Result<(), String> {
+    let x = l.input(0)?;
+    let x = l.contiguous(x);
+    let shape = l.result_shape(0);
+    l.alias(0, x.reshaped(shape));
+    Ok(())
+}
+
 fn leaf(inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
     Err(ShapeFault::Arity { expected: 0, got: inputs.len() })
 }
@@ -254,13 +263,8 @@ impl OpRule for Flatten {
         Vec::new()
     }
 
-    /// A view of the same elements: no kernel.
     fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
-        let x = l.input(0)?;
-        let x = l.contiguous(x);
-        let shape = l.result_shape(0);
-        l.alias(0, x.reshaped(shape));
-        Ok(())
+        lower_reshape(l)
     }
 
     /// Autodiff reshapes the gradient back with a reshape node of its own.
@@ -303,13 +307,8 @@ impl OpRule for ReshapeOp {
         Vec::new()
     }
 
-    /// A view of the same elements: no kernel.
     fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
-        let x = l.input(0)?;
-        let x = l.contiguous(x);
-        let shape = l.result_shape(0);
-        l.alias(0, x.reshaped(shape));
-        Ok(())
+        lower_reshape(l)
     }
 
     /// Autodiff reshapes the gradient back with a reshape node of its own.
