@@ -105,16 +105,27 @@ fn time_steps(w: &mut Workload, args: &Args) -> Result<(Duration, Vec<Duration>)
     Ok((times[times.len() / 2], times))
 }
 
-/// Time per op kind and step, largest first, with its share of the time in ops.
+/// Time per op or kernel kind and step, largest first, with its share of the step and, for
+/// kernels, its GFLOP/s.
 fn print_profile(p: &cnnc_runtime::executor::Profile, steps: usize) {
-    let total: Duration = p.ops.iter().map(|(_, d, _)| *d).sum();
+    let total: Duration = p.ops.iter().map(|e| e.time).sum();
     let mut ops = p.ops.clone();
-    ops.sort_by_key(|o| std::cmp::Reverse(o.1));
-    println!("profile (per step, by op):");
-    for (op, d, runs) in ops {
-        let per_step = d / steps.max(1) as u32;
-        let share = 100.0 * d.as_secs_f64() / total.as_secs_f64().max(1e-12);
-        println!("  {op:<36}{:>10.3} ms {share:>6.1}%  ({} calls)", ms(per_step), runs / steps.max(1) as u64);
+    ops.sort_by_key(|e| std::cmp::Reverse(e.time));
+    println!("profile (per step):");
+    for e in ops {
+        let per_step = e.time / steps.max(1) as u32;
+        let share = 100.0 * e.time.as_secs_f64() / total.as_secs_f64().max(1e-12);
+        let rate = if e.flops > 0 {
+            format!("{:>8.2} GFLOP/s", e.flops as f64 / e.time.as_secs_f64().max(1e-12) / 1e9)
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:<36}{:>10.3} ms {share:>6.1}%  {:>4} calls {rate}",
+            e.name,
+            ms(per_step),
+            e.runs / steps.max(1) as u64
+        );
     }
 }
 

@@ -45,19 +45,33 @@ pub struct Values {
 /// Time spent per op (by mnemonic) over the runs of a profiling executor.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Profile {
-    /// `(mnemonic, total time, runs)`, in first-run order.
-    pub ops: Vec<(String, std::time::Duration, u64)>,
+    /// Per op or kernel kind, in first-run order.
+    pub ops: Vec<ProfileEntry>,
+}
+
+/// The time spent in one kind of op or kernel.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProfileEntry {
+    /// Its name (`vjp.conv2d`, `gemm`).
+    pub name: String,
+    /// Total time.
+    pub time: std::time::Duration,
+    /// Calls.
+    pub runs: u64,
+    /// Floating-point operations done (kernels only; 0 where not counted).
+    pub flops: u64,
 }
 
 impl Profile {
-    /// Adds `t` to `op`'s total and one to its runs.
-    pub(crate) fn add(&mut self, op: String, t: std::time::Duration) {
-        match self.ops.iter_mut().find(|(o, _, _)| *o == op) {
-            Some(entry) => {
-                entry.1 += t;
-                entry.2 += 1;
+    /// Adds a call of `name` that took `t` and did `flops` operations.
+    pub(crate) fn add(&mut self, name: String, t: std::time::Duration, flops: u64) {
+        match self.ops.iter_mut().find(|e| e.name == name) {
+            Some(e) => {
+                e.time += t;
+                e.runs += 1;
+                e.flops += flops;
             }
-            None => self.ops.push((op, t, 1)),
+            None => self.ops.push(ProfileEntry { name, time: t, runs: 1, flops }),
         }
     }
 }
@@ -181,7 +195,7 @@ impl Executor {
                 let results = reference::forward(&node.op, &inputs, ctx);
                 if let (Some(p), Some(t)) = (&self.profile, started) {
                     if let Ok(mut p) = p.lock() {
-                        p.add(node.op.mnemonic(), t.elapsed());
+                        p.add(node.op.mnemonic(), t.elapsed(), 0);
                     }
                 }
                 results

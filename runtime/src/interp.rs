@@ -153,7 +153,7 @@ impl Machine {
             }
             if let (Some(p), Some(t)) = (&self.profile, started) {
                 if let Ok(mut p) = p.lock() {
-                    p.add(k.name().to_string(), t.elapsed());
+                    p.add(k.name().to_string(), t.elapsed(), k.flops());
                 }
             }
         }
