@@ -430,6 +430,10 @@ pub struct Program {
     pub batch: usize,
     /// Every buffer.
     pub buffers: Vec<Buffer>,
+    /// The `prepare` phase: kernels that compute derived parameters (buffers the step kernels
+    /// read, such as folded or pre-packed weights) from the parameters, run whenever the
+    /// parameters change. Empty for now: every kernel reads the parameters themselves.
+    pub prepare: Vec<Kernel>,
     /// Kernels in execution order.
     pub kernels: Vec<Kernel>,
     /// Fed inputs in order: `(name, shape with batch, dtype)`.

@@ -153,6 +153,8 @@ impl Programs {
                 DType::I32 => Feed::I32(&labels),
             })
             .collect();
+        // Parameters change between runs (every training step): derive what depends on them first.
+        compiled.machine.prepare(&params.data)?;
         compiled.machine.run(&params.data, grads, &fed, ctx)?;
         let machine = &compiled.machine;
         let values = machine

@@ -56,7 +56,7 @@ impl Machine {
     pub fn new(program: Program) -> Result<Machine, String> {
         let plan = plan(&program);
         plan.check(&program)?;
-        for (i, k) in program.kernels.iter().enumerate() {
+        for (i, k) in program.prepare.iter().chain(&program.kernels).enumerate() {
             let (reads, writes) = k.access();
             for v in reads.iter().chain(&writes) {
                 let b = program.buffers.get(v.buf.0 as usize).ok_or(format!("k{i} names no buffer b{}", v.buf.0))?;
@@ -84,6 +84,13 @@ impl Machine {
                     }
                 }
             }
+            if i < program.prepare.len() {
+                let outside =
+                    |v: &&View| !matches!(program.buffers[v.buf.0 as usize].space, Space::Param(_) | Space::Arena);
+                if reads.iter().chain(&writes).any(outside) {
+                    return Err(format!("prepare kernel p{i} ({}) reaches beyond parameters and the arena", k.name()));
+                }
+            }
             if let Kernel::Map { expr, .. } = k {
                 if expr.len() > kernels::MAX_EXPR {
                     return Err(format!("k{i}: a map of {} steps (at most {})", expr.len(), kernels::MAX_EXPR));
@@ -106,6 +113,35 @@ impl Machine {
             }
         }
         Ok(count)
+    }
+
+    /// Runs the prepare phase: computes the derived parameters from `params`. Call it whenever
+    /// the parameters changed, before [`Machine::run`].
+    pub fn prepare(&mut self, params: &[f32]) -> Result<(), String> {
+        if self.program.prepare.is_empty() {
+            return Ok(());
+        }
+        let fits = self.program.buffers.iter().all(|b| match b.space {
+            Space::Param(o) => o + b.len <= params.len(),
+            _ => true,
+        });
+        if !fits {
+            return Err("the program's parameters lie beyond the store given".into());
+        }
+        let mem = Mem {
+            arena: self.arena.as_mut_ptr(),
+            arena_len: self.arena.len(),
+            params,
+            grads: std::ptr::null_mut(),
+            grads_len: 0,
+            feeds: &[],
+            offsets: &self.plan.offsets,
+            program: &self.program,
+        };
+        for k in &self.program.prepare {
+            kernels::run(k, &mem, Ctx::default());
+        }
+        Ok(())
     }
 
     /// Runs every kernel. `params` and `grads` are the flat stores (the layout the program was
@@ -286,5 +322,52 @@ impl Mem<'_> {
 
     pub(crate) fn dtype(&self, v: &View) -> DType {
         self.program.buffers[v.buf.0 as usize].dtype
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cnnc_compiler::lir::{Buffer, Expr, Purpose};
+
+    fn buffer(space: Space, kept: bool) -> Buffer {
+        Buffer { name: String::new(), space, len: 4, dtype: DType::F32, kept }
+    }
+
+    #[test]
+    fn the_prepare_phase_derives_parameters_that_the_step_reads() {
+        // prepare: b1 = 2·w; step: b2 = b1 + 1.
+        let view = |b: u32| View::whole(BufId(b), vec![4]);
+        let map = |expr: Vec<Expr>, from: u32, to: u32| Kernel::Map {
+            expr,
+            inputs: vec![view(from)],
+            channels: vec![],
+            out: view(to),
+        };
+        let program = Program {
+            name: "derived".into(),
+            batch: 1,
+            buffers: vec![buffer(Space::Param(0), false), buffer(Space::Arena, true), buffer(Space::Arena, true)],
+            prepare: vec![map(vec![Expr::Input(0), Expr::Const(2.0), Expr::Mul(0, 1)], 0, 1)],
+            kernels: vec![map(vec![Expr::Input(0), Expr::Const(1.0), Expr::Add(0, 1)], 1, 2)],
+            inputs: vec![],
+            results: vec![(Purpose::Value(cnnc_compiler::ir::NodeId::new(0).into()), view(2))],
+        };
+        let mut m = Machine::new(program.clone()).unwrap();
+        let params = [1.0, 2.0, 3.0, 4.0];
+        m.prepare(&params).unwrap();
+        m.run(&params, &mut [], &[], Ctx::default()).unwrap();
+        assert_eq!(m.read(&view(2), &params, &[]).as_slice().unwrap(), &[3.0, 5.0, 7.0, 9.0]);
+        // The derived buffer keeps its values across runs; a new prepare follows new parameters.
+        let params = [0.0, 0.0, 0.0, 1.0];
+        m.run(&params, &mut [], &[], Ctx::default()).unwrap();
+        assert_eq!(m.read(&view(2), &params, &[]).as_slice().unwrap(), &[3.0, 5.0, 7.0, 9.0]);
+        m.prepare(&params).unwrap();
+        m.run(&params, &mut [], &[], Ctx::default()).unwrap();
+        assert_eq!(m.read(&view(2), &params, &[]).as_slice().unwrap(), &[1.0, 1.0, 1.0, 3.0]);
+        // A prepare kernel may not write a parameter.
+        let mut bad = program;
+        bad.prepare = vec![map(vec![Expr::Input(0)], 1, 0)];
+        assert!(Machine::new(bad).is_err());
     }
 }

@@ -67,6 +67,7 @@ pub fn lower(
             name: graph.name.clone(),
             batch,
             buffers: Vec::new(),
+            prepare: Vec::new(),
             kernels: Vec::new(),
             inputs: Vec::new(),
             results: Vec::new(),
@@ -257,6 +258,16 @@ impl Lowerer<'_> {
     /// Appends a kernel.
     pub fn emit(&mut self, k: Kernel) {
         self.program.kernels.push(k);
+    }
+
+    /// A derived parameter of `shape` computed by `kernels` (which write it) in the prepare
+    /// phase, once per change of the parameters rather than every step.
+    pub fn derive(&mut self, what: &str, shape: Vec<usize>, kernels: impl FnOnce(View) -> Vec<Kernel>) -> View {
+        let view = self.temp(what, shape);
+        self.program.buffers[view.buf.0 as usize].kept = true;
+        let ks = kernels(view.clone());
+        self.program.prepare.extend(ks);
+        view
     }
 
     fn value_name(&self, r: u16) -> String {

@@ -31,6 +31,13 @@ fn aligned(n: usize) -> usize {
 pub fn plan(p: &Program) -> MemoryPlan {
     let n = p.buffers.len();
     let mut lives: Vec<Option<(usize, usize)>> = vec![None; n];
+    // Derived parameters are written before the first step kernel and read until the last.
+    for kernel in &p.prepare {
+        let (reads, writes) = kernel.access();
+        for v in reads.into_iter().chain(writes) {
+            lives[v.buf.0 as usize] = Some((0, p.kernels.len()));
+        }
+    }
     for (k, kernel) in p.kernels.iter().enumerate() {
         let (reads, writes) = kernel.access();
         for v in reads.into_iter().chain(writes) {
@@ -155,6 +162,7 @@ mod tests {
             name: "chain".into(),
             batch: 1,
             buffers: vec![buffer(100), buffer(100), buffer(100), buffer(100)],
+            prepare: vec![],
             kernels: vec![copy(0, 1, 100), copy(1, 2, 100), copy(2, 3, 100)],
             inputs: vec![],
             results: vec![],

@@ -38,7 +38,9 @@ pub(super) fn program(p: &Program) -> String {
         let kept = if b.kept { " kept" } else { "" };
         let _ = writeln!(out, "  b{i} = {space} {:?} {} \"{}\"{kept}", b.dtype, b.len, b.name);
     }
-    for (i, k) in p.kernels.iter().enumerate() {
+    let prepare = p.prepare.iter().map(|k| ("p", k));
+    for (i, (tag, k)) in prepare.chain(p.kernels.iter().map(|k| ("k", k))).enumerate() {
+        let i = if tag == "p" { i } else { i - p.prepare.len() };
         let args = match k {
             Kernel::Gemm { a, b, c, ta, tb, accumulate, bias } => format!(
                 "{}{} x {}{} {} {}{}",
@@ -99,7 +101,7 @@ pub(super) fn program(p: &Program) -> String {
             Kernel::Copy { src, dst } => format!("{} -> {}", view(src), view(dst)),
             Kernel::Fill { dst, value } => format!("{value} -> {}", view(dst)),
         };
-        let _ = writeln!(out, "  k{i} = {} {args}", k.name());
+        let _ = writeln!(out, "  {tag}{i} = {} {args}", k.name());
     }
     for (purpose, v) in &p.results {
         let _ = writeln!(out, "  result {purpose:?} = {}", view(v));
