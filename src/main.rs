@@ -95,6 +95,10 @@ struct RunArgs {
     /// is loaded, the others start fresh (a new head); constants keep the model file's values.
     #[arg(long, value_name = "FILE")]
     init: Option<PathBuf>,
+    /// With --predict: write every output of every file at full precision to this safetensors
+    /// file (each output stacked over the files, in order).
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
     /// Only evaluate saved weights on the test split.
     #[arg(long)]
     eval: bool,
@@ -249,6 +253,7 @@ fn main() -> ExitCode {
                 preview: a.preview_augment,
                 backend: a.backend,
                 init: a.init,
+                output: a.output,
             };
             finish(run::run(&c, &args))
         }

@@ -27,6 +27,7 @@ pub struct Args {
     pub preview: Option<PathBuf>,
     pub backend: cnnc_runtime::backend::Backend,
     pub init: Option<PathBuf>,
+    pub output: Option<PathBuf>,
 }
 
 /// A failure with its exit code.
@@ -46,6 +47,9 @@ pub const EXIT_INTERNAL: u8 = 3;
 /// Runs the command; `Ok` carries what to print last.
 pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     let model = pick_model(c, args)?;
+    if args.output.is_some() && args.predict.is_empty() {
+        return Err(fail(EXIT_INPUT, "--output writes the outputs of --predict: give the files to predict on"));
+    }
     if args.init.is_some() && (args.eval || !args.predict.is_empty()) {
         return Err(fail(
             EXIT_INPUT,
@@ -237,11 +241,28 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
         softmax: &softmax,
         backend: args.backend,
     };
+    let mut exact: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for file in &args.predict {
-        let answers = predictor.predict(file, out).map_err(|e| match e {
+        let failed = |e: PredictError| match e {
             PredictError::Internal(_) => fail(EXIT_INTERNAL, e.to_string()),
             _ => fail(EXIT_INPUT, e.to_string()),
-        })?;
+        };
+        let outputs = predictor.outputs(file).map_err(failed)?;
+        if args.output.is_some() {
+            for (name, value) in &outputs {
+                match exact.iter_mut().find(|(n, _, _)| n == name) {
+                    Some((_, shape, values)) => {
+                        shape[0] += 1;
+                        values.extend(value.iter());
+                    }
+                    None => {
+                        let shape = std::iter::once(1).chain(value.shape().iter().copied()).collect();
+                        exact.push((name.clone(), shape, value.iter().copied().collect()));
+                    }
+                }
+            }
+        }
+        let answers = predictor.answers(outputs, out).map_err(failed)?;
         println!("{}:", file.display());
         for a in answers {
             match a {
@@ -263,6 +284,15 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
                 }
             }
         }
+    }
+    if let Some(path) = &args.output {
+        let named: Vec<cnnc_runtime::weights::Named> =
+            exact.iter().map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())).collect();
+        let files: Vec<String> = args.predict.iter().map(|f| f.display().to_string()).collect();
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("files".to_string(), files.join("\n"));
+        cnnc_runtime::weights::save(path, &named, meta).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        println!("wrote every output ({} per file, full precision) to {}", exact.len(), path.display());
     }
     Ok(())
 }

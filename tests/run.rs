@@ -355,6 +355,21 @@ fn predict_prints_the_top_classes_of_a_digit() {
     };
     assert_eq!(class, label as usize, "{stdout}");
     assert!(p > 0.5 && p <= 1.0, "{stdout}");
+    // Every output at full precision, stacked over the files.
+    let exact = dir.path().join("outputs.safetensors");
+    let png = png.to_str().unwrap();
+    let o =
+        run(&["run", "examples/lenet5.cnn", "--predict", png, png, "--out", out, "--output", exact.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (tensors, meta) = cnnc_runtime::weights::load(&exact).unwrap();
+    let (shape, probs) = &tensors["logits"];
+    assert_eq!(shape, &vec![2, 10]);
+    assert!((probs[..10].iter().sum::<f32>() - 1.0).abs() < 1e-5, "softmax outputs are probabilities: {probs:?}");
+    assert_eq!(probs[..10], probs[10..], "the same file twice gives the same outputs");
+    assert!((probs[class] - p).abs() < 1e-4, "{probs:?} / {p}");
+    assert_eq!(meta["files"], format!("{png}\n{png}"));
+    let o = run(&["run", "examples/lenet5.cnn", "--out", out, "--output", exact.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
     // A picture of the wrong size is refused.
     let o = run(&["run", "examples/lenet5.cnn", "--predict", "examples/data/camera.png", "--out", out]);
     assert_eq!(o.status.code(), Some(2));

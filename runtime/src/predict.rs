@@ -112,9 +112,9 @@ pub struct Predictor<'a> {
 }
 
 impl Predictor<'_> {
-    /// Predicts on one file. Vector outputs are averaged over crops and models; a feature map
-    /// is written from the first model and the centre crop.
-    pub fn predict(&self, file: &Path, out: &Path) -> Result<Vec<Prediction>, PredictError> {
+    /// Every output of the model on one file, at full precision: vectors averaged over crops and
+    /// models (softmax outputs as probabilities), other outputs from the first model and crop.
+    pub fn outputs(&self, file: &Path) -> Result<Vec<(String, Tensor)>, PredictError> {
         let example = read_example(&self.pipeline.data, file, self.pad).map_err(PredictError::Data)?;
         let crops = self.pipeline.crops(&example, self.crops);
         let mut sums: Vec<(String, Tensor)> = Vec::new();
@@ -141,26 +141,40 @@ impl Predictor<'_> {
                 }
             }
         }
+        Ok(sums
+            .into_iter()
+            .map(|(name, sum)| if sum.ndim() == 1 { (name, sum / count.max(1.0)) } else { (name, sum) })
+            .collect())
+    }
+
+    /// Predicts on one file: each vector output's top classes, each feature map written as a
+    /// PNG into `out`, other outputs' values.
+    pub fn predict(&self, file: &Path, out: &Path) -> Result<Vec<Prediction>, PredictError> {
+        self.answers(self.outputs(file)?, out)
+    }
+
+    /// The answers for a file's outputs (from [`Predictor::outputs`]).
+    pub fn answers(&self, outputs: Vec<(String, Tensor)>, out: &Path) -> Result<Vec<Prediction>, PredictError> {
         let mut answers = Vec::new();
-        for (name, sum) in sums {
-            answers.push(match sum.ndim() {
+        for (name, value) in outputs {
+            answers.push(match value.ndim() {
                 1 => {
-                    let scores = sum / count.max(1.0);
+                    let scores = value;
                     let mut top: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
                     top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                     top.truncate(5);
                     let probabilities = self.softmax.contains(&name);
                     Prediction::Classes { output: name, top, probabilities }
                 }
-                3 if matches!(sum.shape()[2], 1 | 3) => {
+                3 if matches!(value.shape()[2], 1 | 3) => {
                     let path = out.join(format!("{name}.png"));
-                    write_map(&sum, &path).map_err(|error| PredictError::Io { path: path.clone(), error })?;
+                    write_map(&value, &path).map_err(|error| PredictError::Io { path: path.clone(), error })?;
                     Prediction::Image { output: name, path }
                 }
                 _ => Prediction::Values {
                     output: name,
-                    shape: sum.shape().to_vec(),
-                    values: sum.iter().copied().collect(),
+                    shape: value.shape().to_vec(),
+                    values: value.iter().copied().collect(),
                 },
             });
         }

@@ -103,8 +103,8 @@ pub(super) fn program(p: &Program) -> String {
         };
         let _ = writeln!(out, "  {tag}{i} = {} {args}", k.name());
     }
-    for (purpose, v) in &p.results {
-        let _ = writeln!(out, "  result {purpose:?} = {}", view(v));
+    for (_, v) in &p.results {
+        let _ = writeln!(out, "  result \"{}\" = {}", p.buffers[v.buf.0 as usize].name, view(v));
     }
     out
 }
