@@ -1,0 +1,139 @@
+//! Which GEMM for the JIT: the real (M, K, N) of the workloads' kernel programs (batch 1 and 64,
+//! transposed operands in backward), timed with matrixmultiply (what the interpreter calls; its
+//! threads from `MATMUL_NUM_THREADS`) and the `gemm` crate on 1 and 2 threads. Prints a table of
+//! GFLOP/s. `cargo bench --bench gemm` (and with `MATMUL_NUM_THREADS=1`).
+
+use cnnc_compiler::ir::ValueId;
+use cnnc_compiler::lir::{self, Kernel};
+use cnnc_compiler::params::ParamLayout;
+use cnnc_compiler::passes::{inference, training, Pipeline};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// `(m, k, n, a transposed, b transposed)`.
+type Shape = (usize, usize, usize, bool, bool);
+
+fn shapes(file: &str, model: Option<&str>, train: bool, batch: usize) -> Vec<(Shape, u64)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let c = cnnc_compiler::compile_file(&root.join(file)).expect("the workload reads");
+    let m = c.model(model).expect("the model");
+    let mut pipe = Pipeline::new(Default::default()).expect("default passes");
+    let program = if train {
+        let spec = c.trains.iter().find(|t| t.model == m.name).expect("a train section");
+        let tg = training::run(m, spec, false, &mut pipe).expect("a training graph");
+        let layout = ParamLayout::of(&tg.graph);
+        lir::lower(&tg.graph, batch, &layout, &tg.grads.params, &tg.results()).expect("lowers").program
+    } else {
+        let g = inference::run(m, &mut pipe).expect("an inference graph");
+        let layout = ParamLayout::of(&g);
+        let keep: Vec<ValueId> = g.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+        lir::lower(&g, batch, &layout, &[], &keep).expect("lowers").program
+    };
+    let mut found: BTreeMap<Shape, u64> = BTreeMap::new();
+    for k in &program.kernels {
+        if let Kernel::Gemm { a, c, ta, tb, .. } = k {
+            let kk = if *ta { a.rows() } else { a.cols() };
+            *found.entry((c.rows(), kk, c.cols(), *ta, *tb)).or_default() += 1;
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// Seconds per product, timed over enough repetitions to take about 40 ms.
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let started = Instant::now();
+    let mut runs = 0u32;
+    while started.elapsed() < Duration::from_millis(40) || runs < 3 {
+        f();
+        runs += 1;
+    }
+    started.elapsed().as_secs_f64() / f64::from(runs)
+}
+
+fn main() {
+    let workloads: [(&str, &str, Option<&str>, bool, usize); 8] = [
+        ("LeNet-5 train", "examples/lenet5.cnn", None, true, 1),
+        ("LeNet-5 train", "examples/lenet5.cnn", None, true, 64),
+        ("ResNet-20 train", "benches/models/resnet20_train.cnn", None, true, 1),
+        ("ResNet-20 train", "benches/models/resnet20_train.cnn", None, true, 64),
+        ("ResNet-50 infer", "stdlib/resnet.cnn", Some("ResNet50"), false, 1),
+        ("GoogLeNet infer", "stdlib/inception.cnn", Some("GoogLeNet"), false, 1),
+        ("VGG-16 infer", "stdlib/vgg.cnn", Some("VGG16"), false, 1),
+        ("Inception 3a", "examples/inception_module.cnn", None, false, 32),
+    ];
+    let threads = std::env::var("MATMUL_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    println!("| workload | b | M | K | N | op | count | matrixmultiply ({threads} threads) | gemm 1 thread | gemm 2 threads |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (name, file, model, train, batch) in workloads {
+        let mut list = shapes(file, model, train, batch);
+        // The shapes that carry the most work, and at most eight per workload.
+        list.sort_by_key(|&((m, k, n, _, _), count)| std::cmp::Reverse((m * k * n) as u64 * count));
+        for ((m, k, n, ta, tb), count) in list.into_iter().take(8) {
+            let a = vec![0.5f32; m * k];
+            let b = vec![0.25f32; k * n];
+            let mut c = vec![0f32; m * n];
+            // Row-major operands: op(A) is m×k, op(B) is k×n; a transposed one is stored k×m / n×k.
+            let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
+            let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
+            let flops = 2.0 * (m * k * n) as f64;
+            let mm = time(|| unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    rsa,
+                    csa,
+                    b.as_ptr(),
+                    rsb,
+                    csb,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            });
+            let mut g = |p: gemm::Parallelism| {
+                time(|| unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        c.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr(),
+                        csa,
+                        rsa,
+                        b.as_ptr(),
+                        csb,
+                        rsb,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        p,
+                    )
+                })
+            };
+            let (g1, g2) = (g(gemm::Parallelism::None), g(gemm::Parallelism::Rayon(2)));
+            let op = match (ta, tb) {
+                (false, false) => "A·B",
+                (true, false) => "Aᵀ·B",
+                (false, true) => "A·Bᵀ",
+                (true, true) => "Aᵀ·Bᵀ",
+            };
+            println!(
+                "| {name} | {batch} | {m} | {k} | {n} | {op} | {count} | {:.1} | {:.1} | {:.1} |",
+                flops / mm / 1e9,
+                flops / g1 / 1e9,
+                flops / g2 / 1e9
+            );
+        }
+    }
+}
