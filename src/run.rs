@@ -240,6 +240,7 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
         crops: args.multi_crop,
         softmax: &softmax,
         backend: args.backend,
+        programs: cnnc_runtime::predict::programs_for(&graph),
     };
     let mut exact: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for file in &args.predict {

@@ -109,6 +109,14 @@ pub struct Predictor<'a> {
     pub softmax: &'a [String],
     /// What runs the model.
     pub backend: Backend,
+    /// The lowered programs of `graph` by batch size, compiled once for all the files.
+    pub programs: std::sync::Mutex<Programs>,
+}
+
+/// The programs a [`Predictor`] on `graph` runs: one set for every file predicted.
+pub fn programs_for(graph: &Graph) -> std::sync::Mutex<Programs> {
+    let keep = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+    std::sync::Mutex::new(Programs::new(keep, Vec::new()))
 }
 
 impl Predictor<'_> {
@@ -118,8 +126,7 @@ impl Predictor<'_> {
         let example = read_example(&self.pipeline.data, file, self.pad).map_err(PredictError::Data)?;
         let crops = self.pipeline.crops(&example, self.crops);
         let mut sums: Vec<(String, Tensor)> = Vec::new();
-        let keep = self.graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
-        let mut programs = Programs::new(keep, Vec::new());
+        let mut programs = self.programs.lock().map_err(|_| PredictError::Internal("a poisoned lock".into()))?;
         let mut count = 0.0f32;
         for params in self.models {
             for crop in &crops {
