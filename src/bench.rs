@@ -108,11 +108,20 @@ fn time_steps(w: &mut Workload, args: &Args) -> Result<(Duration, Vec<Duration>)
 /// Time per op or kernel kind and step, largest first, with its share of the step and, for
 /// kernels, its GFLOP/s.
 fn print_profile(p: &cnnc_runtime::executor::Profile, steps: usize) {
-    let total: Duration = p.ops.iter().map(|e| e.time).sum();
-    let mut ops = p.ops.clone();
-    ops.sort_by_key(|e| std::cmp::Reverse(e.time));
     println!("profile (per step):");
-    for e in ops {
+    print_entries(&p.ops, steps, usize::MAX);
+    if !p.kernels.is_empty() {
+        println!("slowest kernels (per step):");
+        print_entries(&p.kernels, steps, 12);
+    }
+}
+
+/// The `most` largest of `entries`, with their shares of the entries' total.
+fn print_entries(entries: &[cnnc_runtime::executor::ProfileEntry], steps: usize, most: usize) {
+    let total: Duration = entries.iter().map(|e| e.time).sum();
+    let mut ops = entries.to_vec();
+    ops.sort_by_key(|e| std::cmp::Reverse(e.time));
+    for e in ops.into_iter().take(most) {
         let per_step = e.time / steps.max(1) as u32;
         let share = 100.0 * e.time.as_secs_f64() / total.as_secs_f64().max(1e-12);
         let rate = if e.flops > 0 {

@@ -141,14 +141,10 @@ fn lir_text(
             }
             let mut total = 0u64;
             for (i, k) in program.kernels.iter().enumerate() {
-                let provider = match k {
-                    cnnc_compiler::lir::Kernel::Map { expr, .. } => {
-                        jit.map(expr).map_err(|e| internal(&e))?;
-                        "native (cranelift)"
-                    }
-                    cnnc_compiler::lir::Kernel::Gemm { .. } => "matrixmultiply",
-                    _ => "interpreter",
-                };
+                if let cnnc_compiler::lir::Kernel::Map { expr, .. } = k {
+                    jit.map(expr).map_err(|e| internal(&e))?;
+                }
+                let provider = cnnc_runtime::interp::provider(k);
                 total += k.flops();
                 if emit == Emit::Kernels {
                     let (_, writes) = k.access();

@@ -123,9 +123,9 @@ struct RunArgs {
     /// Write a grid of augmented training examples to this PNG and stop.
     #[arg(long)]
     preview_augment: Option<PathBuf>,
-    /// What runs the model: `lir` (the kernel-IR interpreter, the default), `jit` (with native
-    /// kernels where the code generator has them) or `reference`.
-    #[arg(long, default_value = "lir", value_parser = backend)]
+    /// What runs the model: `jit` (native kernels, the default), `lir` (the kernel-IR
+    /// interpreter) or `reference` (the layer-level reference executor).
+    #[arg(long, default_value = "jit", value_parser = backend)]
     backend: cnnc_runtime::backend::Backend,
 }
 

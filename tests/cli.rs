@@ -213,7 +213,10 @@ fn the_jit_backend_trains_and_shows_its_code() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let kernels = String::from_utf8_lossy(&out.stdout);
     assert!(
-        kernels.contains("native (cranelift)") && kernels.contains("FLOP") && kernels.contains("x86_64"),
+        kernels.contains("generated (cranelift)")
+            && kernels.contains("gemm crate")
+            && kernels.contains("FLOP")
+            && kernels.contains("x86_64"),
         "{kernels}"
     );
     let out = cnnc().args(["build", "examples/lenet5.cnn", "--emit", "clif", "--batch", "4"]).output().unwrap();

@@ -47,19 +47,6 @@ pub struct MapArgs {
 /// A compiled map.
 pub type MapFn = unsafe extern "C" fn(*mut MapArgs);
 
-extern "C" fn cnnc_tanh(x: f32) -> f32 {
-    x.tanh()
-}
-
-extern "C" fn cnnc_sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-
 /// Dropout's mask: `1/(1 − rate)` where element `index` is kept at this step, else 0 (the hash
 /// of the reference, `cnnc_runtime::reference::elementwise_keep`, written out again here so the
 /// code generator does not depend on the runtime; the differential tests hold them equal).
@@ -77,8 +64,6 @@ extern "C" fn cnnc_keep(seed: u64, step: u64, salt: u64, index: u64, rate: f32) 
 
 /// Makes the Rust functions that compiled maps call known to the JIT.
 pub(super) fn register_symbols(builder: &mut JITBuilder) {
-    builder.symbol("cnnc_tanh", cnnc_tanh as *const u8);
-    builder.symbol("cnnc_sigmoid", cnnc_sigmoid as *const u8);
     builder.symbol("cnnc_keep", cnnc_keep as *const u8);
 }
 
@@ -109,8 +94,6 @@ impl Jit {
 
     fn compile_map(&mut self, name: &str, expr: &[Expr]) -> Result<FuncId, String> {
         let ptr = self.module.target_config().pointer_type();
-        let tanh = self.import("cnnc_tanh", &[types::F32], types::F32)?;
-        let sigmoid = self.import("cnnc_sigmoid", &[types::F32], types::F32)?;
         let keep =
             self.import("cnnc_keep", &[types::I64, types::I64, types::I64, types::I64, types::F32], types::F32)?;
         let mut ctx = self.module.make_context();
@@ -121,7 +104,7 @@ impl Jit {
         {
             let mut fctx = FunctionBuilderContext::new();
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let fns = [tanh, sigmoid, keep].map(|f| self.module.declare_func_in_func(f, b.func));
+            let fns = [keep].map(|f| self.module.declare_func_in_func(f, b.func));
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
@@ -236,9 +219,10 @@ impl Jit {
     }
 }
 
-/// Whether every step of `expr` has a four-lane form (calls into Rust are one lane at a time).
+/// Whether every step of `expr` has a four-lane form (dropout's hash is a call into Rust, one
+/// lane at a time).
 fn vectorizable(expr: &[Expr]) -> bool {
-    !expr.iter().any(|e| matches!(e, Expr::Tanh(_) | Expr::Sigmoid(_) | Expr::Keep { .. }))
+    !expr.iter().any(|e| matches!(e, Expr::Keep { .. }))
 }
 
 /// Where the element (or the four elements) being computed is.
@@ -298,6 +282,11 @@ impl Site {
     fn positive(&self, b: &mut FunctionBuilder, c: Value, x: Value, y: Value) -> Value {
         let zero = self.constant(b, 0.0);
         let mask = b.ins().fcmp(FloatCC::GreaterThan, c, zero);
+        self.choose(b, mask, x, y)
+    }
+
+    /// `mask ? x : y`, lane by lane, for the result of an `fcmp` at this site.
+    fn choose(&self, b: &mut FunctionBuilder, mask: Value, x: Value, y: Value) -> Value {
         if self.lanes == 4 {
             let mask = b.ins().bitcast(types::F32X4, MemFlagsData::new().with_endianness(Endianness::Little), mask);
             b.ins().bitselect(mask, x, y)
@@ -316,7 +305,7 @@ fn emit(
     at: &Site,
     ins: &Inputs,
     chs: &[(Value, Value)],
-    fns: &[cranelift_codegen::ir::FuncRef; 3],
+    fns: &[cranelift_codegen::ir::FuncRef; 1],
     (seed, step, cols): (Value, Value, Value),
 ) -> Result<Value, String> {
     let mut stack: Vec<Value> = Vec::with_capacity(expr.len());
@@ -342,19 +331,71 @@ fn emit(
                 at.positive(b, stack[x], stack[x], zero)
             }
             Expr::Positive { c, a, b: y } => at.positive(b, stack[c], stack[a], stack[y]),
-            Expr::Tanh(x) => call(b, fns[0], &[stack[x]]),
-            Expr::Sigmoid(x) => call(b, fns[1], &[stack[x]]),
+            Expr::Tanh(x) => tanh(b, at, stack[x]),
+            Expr::Sigmoid(x) => {
+                // σ(x) = ½·tanh(x/2) + ½.
+                let half = at.constant(b, 0.5);
+                let t = b.ins().fmul(stack[x], half);
+                let t = tanh(b, at, t);
+                let t = b.ins().fmul(t, half);
+                b.ins().fadd(t, half)
+            }
             Expr::Keep { rate, salt } => {
                 let row = b.ins().imul(at.r, cols);
                 let index = b.ins().iadd(row, at.c);
                 let salt = b.ins().iconst(types::I64, salt as i64);
                 let rate = b.ins().f32const(rate);
-                call(b, fns[2], &[seed, step, salt, index, rate])
+                call(b, fns[0], &[seed, step, salt, index, rate])
             }
         };
         stack.push(v);
     }
     stack.last().copied().ok_or_else(|| "an empty map expression".to_string())
+}
+
+/// `tanh(x)` in every lane, as a rational function of `x` on `[−7.9, 7.9]` (the odd degree-13
+/// over even degree-6 minimax approximation Eigen uses; within a few float roundings of the
+/// correctly rounded value, ±1 beyond), `x` itself where `|x| < 0.0004`. NaN stays NaN: `fmin`
+/// and `fmax` propagate it. Multiplies and adds are separate, so every ISA rounds alike.
+fn tanh(b: &mut FunctionBuilder, at: &Site, x: Value) -> Value {
+    #[allow(clippy::excessive_precision)] // Eigen's coefficients as published.
+    const ALPHA: [f32; 7] = [
+        -2.760_768_5e-16,
+        2.000_187_9e-13,
+        -8.604_671_5e-11,
+        5.122_297e-8,
+        1.485_722_4e-5,
+        6.372_619_3e-4,
+        4.893_524_6e-3,
+    ];
+    const BETA: [f32; 4] = [1.198_258_4e-6, 1.185_347_1e-4, 2.268_434_6e-3, 4.893_525e-3];
+    // Clamped by compare and select, not `fmin`/`fmax` (whose NaN and −0 rules cost eight
+    // instructions each on x86): a NaN compares false and passes through.
+    let limit = at.constant(b, 7.905_311);
+    let low = at.constant(b, -7.905_311);
+    let above = b.ins().fcmp(FloatCC::GreaterThan, x, limit);
+    let clamped = at.choose(b, above, limit, x);
+    let below = b.ins().fcmp(FloatCC::LessThan, clamped, low);
+    let clamped = at.choose(b, below, low, clamped);
+    let x2 = b.ins().fmul(clamped, clamped);
+    let horner = |b: &mut FunctionBuilder, coefficients: &[f32]| {
+        let mut acc = at.constant(b, coefficients[0]);
+        for &k in &coefficients[1..] {
+            let k = at.constant(b, k);
+            acc = b.ins().fmul(acc, x2);
+            acc = b.ins().fadd(acc, k);
+        }
+        acc
+    };
+    let p = horner(b, &ALPHA);
+    let p = b.ins().fmul(p, clamped);
+    let q = horner(b, &BETA);
+    let ratio = b.ins().fdiv(p, q);
+    // |x| < 0.0004: x.
+    let magnitude = b.ins().fabs(x);
+    let tiny = at.constant(b, 0.0004);
+    let small = b.ins().fcmp(FloatCC::LessThan, magnitude, tiny);
+    at.choose(b, small, x, ratio)
 }
 
 /// Stores `value` at the output element (or elements) of `at`.
@@ -426,5 +467,32 @@ mod tests {
         let mut out = [0f32; 6];
         assert_eq!(run(f, &x, &a, &mut out, 2, 3, 4), 1);
         assert_eq!(out[4..], [0.0, 0.0], "nothing written out of bounds");
+    }
+
+    #[test]
+    fn tanh_and_sigmoid_are_within_float_rounding_in_vector_and_scalar_lanes() {
+        // 7 columns: four lanes, then three scalar ones, the same function on both paths.
+        let xs: Vec<f32> = (0..7 * 2000).map(|i| (i as f32 - 7000.0) * 0.003).collect();
+        let mut jit = Jit::new(Options::default()).unwrap();
+        for (expr, exact) in [
+            ([Expr::Input(0), Expr::Tanh(0)], (|x: f64| x.tanh()) as fn(f64) -> f64),
+            ([Expr::Input(0), Expr::Sigmoid(0)], |x: f64| 1.0 / (1.0 + (-x).exp())),
+        ] {
+            let f = jit.map(&expr).unwrap();
+            let mut out = vec![0f32; xs.len()];
+            assert_eq!(run(f, &xs, &[], &mut out, xs.len() / 7, 7, xs.len()), 0);
+            let worst =
+                xs.iter().zip(&out).map(|(&x, &y)| (f64::from(y) - exact(f64::from(x))).abs()).fold(0.0, f64::max);
+            assert!(worst < 5e-7, "{expr:?}: worst error {worst:e}");
+            // Odd symmetry (tanh) and range.
+            assert!(out.iter().all(|y| (-1.0..=1.0).contains(y)));
+            let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, 1e-30, -1e-5, 30.0];
+            let mut out = [0f32; 7];
+            assert_eq!(run(f, &special, &[], &mut out, 1, 7, 7), 0);
+            assert!(out[0].is_nan(), "NaN stays NaN");
+            for (x, y) in special.iter().zip(&out).skip(1) {
+                assert!((f64::from(*y) - exact(f64::from(*x))).abs() < 5e-7, "{expr:?} at {x}: {y}");
+            }
+        }
     }
 }

@@ -16,11 +16,12 @@ use std::fmt;
 pub enum Backend {
     /// The layer-level reference executor: one plain function per op, every value a fresh tensor.
     Reference,
-    /// The kernel-IR interpreter inside a planned arena.
-    #[default]
+    /// The kernel-IR interpreter inside a planned arena (the second oracle).
     Lir,
-    /// The kernel program with the kernels the code generator handles compiled to native code
-    /// (Cranelift, for the host's ISA); the interpreter's functions run the others.
+    /// The kernel program run natively: element-wise maps compiled by Cranelift for the host's
+    /// ISA, GEMM through the `gemm` crate, window kernels tuned and split over the threads; the
+    /// interpreter's functions run the rest. The default.
+    #[default]
     Jit,
 }
 

@@ -217,21 +217,35 @@ fn synthetic(i: u64) -> f32 {
     ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
 }
 
-/// Sets the number of compute threads; call before anything runs.
+/// Compute threads, once set (0: not yet).
+static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets the number of compute threads (the rayon pool the JIT backend's kernels share, and
+/// matrixmultiply's threads in the interpreter); call before anything runs.
 pub fn set_threads(n: usize) -> Result<(), String> {
     if n == 0 {
         return Err("--threads must be at least 1".into());
     }
     std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
+    // The global pool can be built once; a later call keeps the first pool's size.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 
-/// Compute threads in use.
+/// Compute threads in use: as set, else `MATMUL_NUM_THREADS`, else every core (inside a rayon
+/// pool's `install`, that pool's threads).
 pub fn threads() -> usize {
-    std::env::var("MATMUL_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    if THREADS.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        let n = std::env::var("MATMUL_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    rayon::current_num_threads()
 }
 
 /// The host CPU.

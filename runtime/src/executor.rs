@@ -47,6 +47,8 @@ pub struct Values {
 pub struct Profile {
     /// Per op or kernel kind, in first-run order.
     pub ops: Vec<ProfileEntry>,
+    /// Per kernel of a kernel program (`k5 gemm [6400, 16]`), in first-run order.
+    pub kernels: Vec<ProfileEntry>,
 }
 
 /// The time spent in one kind of op or kernel.
@@ -65,13 +67,22 @@ pub struct ProfileEntry {
 impl Profile {
     /// Adds a call of `name` that took `t` and did `flops` operations.
     pub(crate) fn add(&mut self, name: String, t: std::time::Duration, flops: u64) {
-        match self.ops.iter_mut().find(|e| e.name == name) {
+        Self::add_to(&mut self.ops, name, t, flops);
+    }
+
+    /// Adds a run of one kernel, named with its index and shape, that took `t`.
+    pub(crate) fn add_kernel(&mut self, name: String, t: std::time::Duration, flops: u64) {
+        Self::add_to(&mut self.kernels, name, t, flops);
+    }
+
+    fn add_to(list: &mut Vec<ProfileEntry>, name: String, t: std::time::Duration, flops: u64) {
+        match list.iter_mut().find(|e| e.name == name) {
             Some(e) => {
                 e.time += t;
                 e.runs += 1;
                 e.flops += flops;
             }
-            None => self.ops.push(ProfileEntry { name, time: t, runs: 1, flops }),
+            None => list.push(ProfileEntry { name, time: t, runs: 1, flops }),
         }
     }
 }

@@ -8,11 +8,15 @@
 //! accumulates into): that is what makes the slices the kernels take from the arena sound.
 
 mod kernels;
+mod tuned;
+
+pub use tuned::provider;
 
 use crate::reference::{Ctx, Tensor};
 use cnnc_codegen::{Jit, MapArgs, MapFn};
-use cnnc_compiler::lir::{plan, BufId, DType, Kernel, MemoryPlan, Program, Space, View};
+use cnnc_compiler::lir::{plan, BufId, DType, Expr, Kernel, MemoryPlan, Program, Space, View};
 use ndarray::{ArrayD, IxDyn};
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// A fed input: model inputs as floats, class labels as integers.
@@ -34,8 +38,17 @@ pub struct Machine {
     arena: Vec<f32>,
     /// Time per kernel kind, when profiling.
     pub profile: Option<std::sync::Arc<std::sync::Mutex<crate::executor::Profile>>>,
-    /// Per kernel: its native code, where the code generator compiled it.
-    natives: Vec<Option<MapFn>>,
+    /// Per kernel: its native code, where the JIT backend has one.
+    natives: Vec<Option<Native>>,
+}
+
+/// Native code for a kernel.
+#[derive(Clone, Copy, Debug)]
+enum Native {
+    /// A map the code generator compiled.
+    Map(MapFn),
+    /// A precompiled tuned kernel (`tuned.rs`).
+    Tuned,
 }
 
 /// The memory one run sees, by space.
@@ -102,15 +115,20 @@ impl Machine {
         Ok(Machine { program, plan, arena, profile: None, natives })
     }
 
-    /// Compiles the kernels `jit` can generate to native code, which runs instead of the
-    /// interpreter's functions from now on; returns how many kernels it took.
+    /// Compiles the kernels `jit` can generate to native code and takes the tuned precompiled
+    /// kernels for the others it covers; they run instead of the interpreter's functions from
+    /// now on. Returns how many kernels are native.
     pub fn compile(&mut self, jit: &mut Jit) -> Result<usize, String> {
         let mut count = 0;
         for (k, native) in self.program.kernels.iter().zip(&mut self.natives) {
             if let Kernel::Map { expr, .. } = k {
-                *native = Some(jit.map(expr)?);
-                count += 1;
+                *native = Some(Native::Map(jit.map(expr)?));
+            } else if tuned::covers(k) {
+                *native = Some(Native::Tuned);
+            } else {
+                continue;
             }
+            count += 1;
         }
         Ok(count)
     }
@@ -179,17 +197,22 @@ impl Machine {
             offsets: &self.plan.offsets,
             program: &self.program,
         };
-        for (k, native) in self.program.kernels.iter().zip(&self.natives) {
+        for (i, (k, native)) in self.program.kernels.iter().zip(&self.natives).enumerate() {
             let started = self.profile.as_ref().map(|_| std::time::Instant::now());
             match (k, native) {
-                (Kernel::Map { inputs, channels, out, .. }, Some(f)) => {
-                    native_map(&mem, *f, inputs, channels, out, ctx)?
+                (Kernel::Map { expr, inputs, channels, out }, Some(Native::Map(f))) => {
+                    native_map(&mem, *f, expr, inputs, channels, out, ctx)?
                 }
+                (_, Some(Native::Tuned)) => tuned::run(k, &mem),
                 _ => kernels::run(k, &mem, ctx),
             }
             if let (Some(p), Some(t)) = (&self.profile, started) {
                 if let Ok(mut p) = p.lock() {
-                    p.add(k.name().to_string(), t.elapsed(), k.flops());
+                    let t = t.elapsed();
+                    p.add(k.name().to_string(), t, k.flops());
+                    let (_, writes) = k.access();
+                    let shape = writes.first().map(|v| format!("{:?}", v.shape)).unwrap_or_default();
+                    p.add_kernel(format!("k{i} {} {shape}", k.name()), t, k.flops());
                 }
             }
         }
@@ -220,42 +243,123 @@ impl Machine {
     }
 }
 
-/// Runs a compiled map on views of `mem`.
-fn native_map(mem: &Mem, f: MapFn, inputs: &[View], channels: &[View], out: &View, ctx: Ctx) -> Result<(), String> {
-    let ins: Vec<&[f32]> = inputs.iter().map(|v| mem.src(v)).collect();
-    let chs: Vec<&[f32]> = channels.iter().map(|v| mem.src(v)).collect();
-    let pointers: Vec<*const f32> = ins.iter().map(|s| s.as_ptr()).collect();
-    let pitches: Vec<usize> = inputs.iter().map(|v| v.pitch).collect();
-    let lens: Vec<usize> = ins.iter().map(|s| s.len()).collect();
-    let channel_pointers: Vec<*const f32> = chs.iter().map(|s| s.as_ptr()).collect();
-    let channel_lens: Vec<usize> = chs.iter().map(|s| s.len()).collect();
-    let dst = mem.dst(out);
-    let mut args = MapArgs {
-        inputs: pointers.as_ptr(),
-        input_pitch: pitches.as_ptr(),
-        input_len: lens.as_ptr(),
-        channels: channel_pointers.as_ptr(),
-        channel_len: channel_lens.as_ptr(),
-        out: dst.as_mut_ptr(),
-        out_pitch: out.pitch,
-        out_len: dst.len(),
-        rows: out.rows(),
-        cols: out.cols(),
-        seed: ctx.seed,
-        step: ctx.step,
-        fault: 0,
-    };
-    // SAFETY: every pointer is to a slice that holds the view's rows (checked when the machine
-    // was built), the arrays hold one entry per input the expression reads, and the code was
-    // compiled for exactly this argument layout.
-    unsafe { f(&mut args) };
-    if args.fault != 0 {
-        return Err(format!(
-            "a compiled map read or wrote outside its buffers ({} rows × {} columns)",
-            args.rows, args.cols
-        ));
+/// Runs a compiled map on views of `mem`. Where every view is contiguous, `k` rows side by side
+/// make one row of `k·cols` (per-channel inputs repeated `k` times), so narrow rows (6 channels)
+/// still fill the vector lanes; large maps are split in blocks of rows over the rayon pool (each
+/// element is computed alone, so the split changes no bit). A map with dropout runs whole: its
+/// mask hashes the row index.
+fn native_map(
+    mem: &Mem,
+    f: MapFn,
+    expr: &[Expr],
+    inputs: &[View],
+    channels: &[View],
+    out: &View,
+    ctx: Ctx,
+) -> Result<(), String> {
+    let (rows, cols) = (out.rows(), out.cols());
+    if rows == 0 || cols == 0 {
+        return Ok(());
     }
-    Ok(())
+    let contiguous = rows == 1 || (out.pitch == cols && inputs.iter().all(|v| v.pitch == cols));
+    let k = if contiguous { side_by_side(rows, cols) } else { 1 };
+    let narrow = cols;
+    let (rows, cols) = (rows / k, cols * k);
+    let pitch = |v: &View| if k > 1 { cols } else { v.pitch };
+    let ins: Vec<Region> = inputs.iter().map(|v| Region::of(mem.src(v), pitch(v))).collect();
+    let tiled: Vec<Vec<f32>> =
+        if k > 1 { channels.iter().map(|v| mem.src(v)[..narrow.min(v.len())].repeat(k)).collect() } else { vec![] };
+    let chs: Vec<Region> = if k > 1 {
+        tiled.iter().map(|t| Region::of(t, 0)).collect()
+    } else {
+        channels.iter().map(|v| Region::of(mem.src(v), 0)).collect()
+    };
+    let dst = mem.dst(out);
+    let dst = Region { ptr: dst.as_ptr(), len: dst.len(), pitch: pitch(out) };
+    let threads = crate::bench::threads();
+    let dropout = expr.iter().any(|e| matches!(e, Expr::Keep { .. }));
+    let parts = if dropout || threads < 2 || rows * cols < PARALLEL_MAP { 1 } else { threads.min(rows) };
+    let block = rows.div_ceil(parts);
+    let run = |part: usize| -> Result<(), String> {
+        let r0 = part * block;
+        let n = block.min(rows - r0.min(rows));
+        if n == 0 {
+            return Ok(());
+        }
+        let pointers: Vec<*const f32> = ins.iter().map(|s| s.at(r0)).collect();
+        let pitches: Vec<usize> = ins.iter().map(|s| s.pitch).collect();
+        let lens: Vec<usize> = ins.iter().map(|s| s.len_from(r0)).collect();
+        let channel_pointers: Vec<*const f32> = chs.iter().map(|s| s.ptr).collect();
+        let channel_lens: Vec<usize> = chs.iter().map(|s| s.len).collect();
+        let mut args = MapArgs {
+            inputs: pointers.as_ptr(),
+            input_pitch: pitches.as_ptr(),
+            input_len: lens.as_ptr(),
+            channels: channel_pointers.as_ptr(),
+            channel_len: channel_lens.as_ptr(),
+            out: dst.at(r0).cast_mut(),
+            out_pitch: dst.pitch,
+            out_len: dst.len_from(r0),
+            rows: n,
+            cols,
+            seed: ctx.seed,
+            step: ctx.step,
+            fault: 0,
+        };
+        // SAFETY: every pointer is to a slice that holds the view's rows from `r0` (checked when
+        // the machine was built; `len_from` is what remains of it), the arrays hold one entry per
+        // input the expression reads, the blocks of rows the parts write are disjoint, and the
+        // code was compiled for exactly this argument layout.
+        unsafe { f(&mut args) };
+        if args.fault != 0 {
+            return Err(format!("a compiled map read or wrote outside its buffers ({n} rows × {cols} columns)"));
+        }
+        Ok(())
+    };
+    if parts == 1 {
+        run(0)
+    } else {
+        (0..parts).into_par_iter().map(run).collect()
+    }
+}
+
+/// Maps smaller than this (elements) run on one thread.
+const PARALLEL_MAP: usize = 1 << 15;
+
+/// How many rows of `cols` to put side by side: the most that divide `rows` and keep a row
+/// within 512 elements (1 for rows already that wide).
+fn side_by_side(rows: usize, cols: usize) -> usize {
+    let most = (512 / cols.max(1)).clamp(1, rows);
+    (1..=most).rev().find(|k| rows.is_multiple_of(*k)).unwrap_or(1)
+}
+
+/// A slice a compiled map reads or writes, by raw pointer so that blocks of it cross threads.
+#[derive(Clone, Copy)]
+struct Region {
+    ptr: *const f32,
+    len: usize,
+    pitch: usize,
+}
+
+// SAFETY: a region is only read, or written in blocks of rows no other thread touches.
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+impl Region {
+    fn of(s: &[f32], pitch: usize) -> Region {
+        Region { ptr: s.as_ptr(), len: s.len(), pitch }
+    }
+
+    /// Row `r`'s first element.
+    fn at(&self, r: usize) -> *const f32 {
+        self.ptr.wrapping_add((r * self.pitch).min(self.len))
+    }
+
+    /// Elements from row `r`'s first to the end.
+    fn len_from(&self, r: usize) -> usize {
+        self.len - (r * self.pitch).min(self.len)
+    }
 }
 
 /// Whether two views can share an element, given where their buffers are.

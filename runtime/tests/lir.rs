@@ -244,6 +244,55 @@ fn add_concat_and_shared_values() {
     }
 }
 
+/// Batches large enough that the tuned kernels of the JIT backend split their work (weight
+/// gradients split over K, products and maps over the threads, im2col and pooling over the
+/// examples, the forward im2col kept for the weight gradient) agree with the interpreter and the
+/// reference; and a step gives the same bits on one, two and three threads.
+#[test]
+fn tuned_kernels_split_their_work_and_give_the_same_bits_on_any_number_of_threads() {
+    let layers = "conv(8, 3x3, pad: same) |> relu |> maxpool(3x3, stride: 2, pad: same) \
+                  |> conv(6, 3x3) |> tanh |> avgpool(2x2, stride: 2) |> flatten |> dense(5)";
+    both(&[12, 12, 3], layers, LossKind::SoftmaxCrossEntropy, 48, 5).unwrap();
+
+    let (graph, (_, label), grads) =
+        training(model(&[12, 12, 3], layers).unwrap(), LossKind::SoftmaxCrossEntropy, true);
+    let batch = 48;
+    let params = Params::init(&graph, 3);
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let image = random(&[batch, 12, 12, 3], &mut rng);
+    let labels: Vec<i32> = (0..batch as i32).map(|i| i % 5).collect();
+    let keep: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+    let lowered = lir::lower(&graph, batch, &params.layout, &grads.params, &keep).unwrap();
+    let feeds: Vec<Feed> = lowered
+        .feeds
+        .iter()
+        .map(|id| if *id == label { Feed::I32(&labels) } else { Feed::F32(image.as_slice().unwrap()) })
+        .collect();
+    let mut jit = Jit::new(Options::default()).unwrap();
+    let mut step = |threads: usize| {
+        let mut m = Machine::new(lowered.program.clone()).unwrap();
+        m.compile(&mut jit).unwrap();
+        let mut g = vec![f32::NAN; params.layout.len()];
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| m.run(&params.data, &mut g, &feeds, Ctx { seed: 1, step: 1 })).unwrap();
+        let outputs: Vec<Vec<f32>> = keep
+            .iter()
+            .map(|v| {
+                m.read(m.program.result(&Purpose::Value(*v)).unwrap(), &params.data, &g).into_raw_vec_and_offset().0
+            })
+            .collect();
+        (g, outputs)
+    };
+    let one = step(1);
+    assert!(one.0.iter().all(|g| g.is_finite()), "every gradient written");
+    for threads in [2, 3] {
+        let other = step(threads);
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same(&one.0, &other.0), "gradients on 1 and {threads} threads differ");
+        assert!(one.1.iter().zip(&other.1).all(|(a, b)| same(a, b)), "outputs on 1 and {threads} threads differ");
+    }
+}
+
 /// Every model of the standard library and the examples: forward on the inference graph, and
 /// for those with a train section the whole training step, agree between the backends.
 #[test]

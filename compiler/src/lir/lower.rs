@@ -75,6 +75,8 @@ pub fn lower(
         views: HashMap::new(),
         grad_of: HashMap::new(),
         node: order.first().copied().unwrap_or_default(),
+        columns: Vec::new(),
+        column_budget: COLUMN_BUDGET,
     };
     for &(p, g) in grads {
         let name = &graph.node(p).name;
@@ -134,7 +136,16 @@ pub struct Lowerer<'g> {
     /// Parameter-gradient values and their parameter's offset.
     grad_of: HashMap<ValueId, usize>,
     node: NodeId,
+    /// im2col matrices made so far: (input, geometry, columns), for the backward pass to reuse.
+    columns: Vec<(View, Geom, View)>,
+    /// Elements of im2col matrices the backward pass may still keep alive from the forward.
+    column_budget: usize,
 }
+
+/// Elements of forward im2col matrices the backward pass keeps alive to reuse rather than build
+/// again (32 MiB): the small early-layer matrices of small nets (LeNet-5's first, 5 MB), not the
+/// large ones of VGG or ResNet, whose memory matters more than their im2col time.
+const COLUMN_BUDGET: usize = 8 << 20;
 
 impl Lowerer<'_> {
     fn fail(&self, problem: String) -> LowerError {
@@ -243,6 +254,26 @@ impl Lowerer<'_> {
         let name = format!("{}/{what}", self.graph.node(self.node).name);
         let buf = self.buffer(name, Space::Arena, shape.iter().product(), DType::F32);
         View::whole(buf, shape)
+    }
+
+    /// The im2col matrix of `x` over `geom`: one made before (the forward pass's, for the
+    /// weight gradient) while the budget of kept matrices allows, else a new one.
+    pub fn columns(&mut self, x: &View, geom: Geom) -> View {
+        if let Some((_, _, col)) =
+            self.columns.iter().find(|(v, g, col)| v == x && *g == geom && col.len() <= self.column_budget)
+        {
+            let col = col.clone();
+            self.column_budget -= col.len();
+            return col;
+        }
+        let col = self.temp("col", vec![self.batch_rows(&geom), geom.window() * geom.cg]);
+        self.emit(Kernel::Im2col { x: x.clone(), col: col.clone(), geom: geom.clone() });
+        self.columns.push((x.clone(), geom, col.clone()));
+        col
+    }
+
+    fn batch_rows(&self, geom: &Geom) -> usize {
+        geom.n * geom.positions()
     }
 
     /// A contiguous copy of `view` when it is strided (a channel slice), else the view itself.

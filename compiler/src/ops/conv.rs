@@ -207,9 +207,8 @@ fn columns(c: &ConvOp, l: &mut Lowerer, x: &View, out: &[usize], g: usize) -> Vi
         return x.reshaped(vec![rows, cg]);
     }
     let geom = crate::lir::lower::geom(&x.shape, &c.geometry(), out, g * cg, cg);
-    let col = l.temp("col", vec![rows, geom.window() * cg]);
-    l.emit(Kernel::Im2col { x: x.clone(), col: col.clone(), geom });
-    col
+    debug_assert_eq!(geom.n * geom.positions(), rows);
+    l.columns(x, geom)
 }
 
 /// Weights `[f.., c_in/groups, filters]` as a matrix `[window·c_in/groups, filters]`.

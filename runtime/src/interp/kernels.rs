@@ -84,8 +84,11 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
 }
 
 fn im2col(m: &Mem, x: &View, col: &View, g: &Geom) {
-    let xs = m.src(x);
-    let cs = m.dst(col);
+    im2col_slices(m.src(x), m.dst(col), col.pitch, g);
+}
+
+/// im2col of the `g.n` examples of `xs` into the rows of `cs`, `pitch` apart.
+pub(super) fn im2col_slices(xs: &[f32], cs: &mut [f32], pitch: usize, g: &Geom) {
     let ([id, ih, iw], c, cg) = (g.input, g.channels, g.cg);
     let [od, oh, ow] = g.output;
     let [fd, fh, fw] = g.size;
@@ -97,30 +100,30 @@ fn im2col(m: &Mem, x: &View, col: &View, g: &Geom) {
         for zd in 0..od {
             for zh in 0..oh {
                 for zw in 0..ow {
-                    let mut at = row * col.pitch;
+                    let mut at = row * pitch;
+                    let end = at + fd * fh * fw * cg;
                     let w0 = (zw * g.stride[2]) as isize - g.pad[2] as isize;
                     for kd in 0..fd {
                         let d = g.source(0, zd, kd);
                         for kh in 0..fh {
-                            let run = &mut cs[at..at + fw * cg];
                             match (d, g.source(1, zh, kh)) {
                                 (Some(d), Some(h)) if whole && w0 >= 0 && w0 as usize + fw <= iw => {
                                     let base = (((n * id + d) * ih + h) * iw + w0 as usize) * c;
-                                    run.copy_from_slice(&xs[base..base + fw * c]);
+                                    copy_run(cs, at, end, xs, base, fw * c);
                                 }
                                 (Some(d), Some(h)) => {
                                     for kw in 0..fw {
-                                        let part = &mut run[kw * cg..(kw + 1) * cg];
+                                        let part = at + kw * cg;
                                         match g.source(2, zw, kw) {
                                             Some(w) => {
                                                 let base = (((n * id + d) * ih + h) * iw + w) * c + g.c0;
-                                                part.copy_from_slice(&xs[base..base + cg]);
+                                                copy_run(cs, part, end, xs, base, cg);
                                             }
-                                            None => part.fill(0.0),
+                                            None => cs[part..part + cg].fill(0.0),
                                         }
                                     }
                                 }
-                                _ => run.fill(0.0),
+                                _ => cs[at..at + fw * cg].fill(0.0),
                             }
                             at += fw * cg;
                         }
@@ -129,6 +132,21 @@ fn im2col(m: &Mem, x: &View, col: &View, g: &Geom) {
                 }
             }
         }
+    }
+}
+
+/// Copies `len` elements from `xs[base..]` to `cs[at..]`. A short run is copied as a block of 8
+/// or 16 (moves of a fixed size, not a call to `memcpy`) when the block stays inside the row
+/// (`end`) and the input: the runs of a row are written in order and tile it, so what a block
+/// writes past its run is written again by a later run of the same row.
+#[inline(always)]
+fn copy_run(cs: &mut [f32], at: usize, end: usize, xs: &[f32], base: usize, len: usize) {
+    if len <= 8 && at + 8 <= end && base + 8 <= xs.len() {
+        cs[at..at + 8].copy_from_slice(&xs[base..base + 8]);
+    } else if len <= 16 && at + 16 <= end && base + 16 <= xs.len() {
+        cs[at..at + 16].copy_from_slice(&xs[base..base + 16]);
+    } else {
+        cs[at..at + len].copy_from_slice(&xs[base..base + len]);
     }
 }
 

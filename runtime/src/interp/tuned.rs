@@ -1,0 +1,331 @@
+//! The precompiled kernels the JIT backend calls beside its generated maps: GEMM through the
+//! `gemm` crate (its micro-kernels picked for the host's ISA at run time), and window kernels
+//! (im2col, col2im, pooling and its gradient) written for the NHWC layout, split over the
+//! examples of the batch on the rayon pool.
+//!
+//! Work is split in fixed parts (an example, a block of rows) that never add into one another,
+//! so a run gives the same bits whatever the number of threads. The interpreter's functions in
+//! `kernels.rs` stay the oracle these are tested against.
+
+use super::Mem;
+use cnnc_compiler::ir::op::PoolKind;
+use cnnc_compiler::lir::{Geom, Kernel, View};
+use rayon::prelude::*;
+
+/// Whether `k` has a tuned function here.
+pub(super) fn covers(k: &Kernel) -> bool {
+    match k {
+        Kernel::Gemm { .. } | Kernel::Im2col { .. } | Kernel::Col2im { .. } => true,
+        Kernel::Pool { geom, .. } | Kernel::PoolGrad { geom, .. } => geom.c0 == 0 && geom.cg == geom.channels,
+        _ => false,
+    }
+}
+
+/// Who computes `k` on the JIT backend (`cnnc build --emit kernels`).
+pub fn provider(k: &Kernel) -> &'static str {
+    match k {
+        Kernel::Map { .. } => "generated (cranelift)",
+        Kernel::Gemm { .. } => "gemm crate",
+        k if covers(k) => "tuned Rust",
+        _ => "interpreter",
+    }
+}
+
+/// Runs `k`, which [`covers`] accepts.
+pub(super) fn run(k: &Kernel, m: &Mem) {
+    match k {
+        Kernel::Gemm { a, b, c, ta, tb, accumulate, bias } => gemm(m, a, b, c, *ta, *tb, *accumulate, bias.as_ref()),
+        Kernel::Im2col { x, col, geom } => {
+            let xs = m.src(x);
+            per_example(m.dst(col), col.pitch, geom, |n, rows, g| {
+                super::kernels::im2col_slices(&xs[n * in_len(geom)..], rows, col.pitch, g)
+            })
+        }
+        Kernel::Col2im { col, dx, geom } => {
+            let cs = m.src(col);
+            let rows = geom.positions() * col.pitch;
+            per_example_in(m.dst(dx), geom, |n, dxs, g| {
+                let cs = &cs[n * rows..];
+                g.for_each_run(|r, k, i| {
+                    let at = r * col.pitch + k;
+                    dxs[i..i + g.cg].iter_mut().zip(&cs[at..at + g.cg]).for_each(|(d, &v)| *d += v);
+                });
+            })
+        }
+        Kernel::Pool { kind, x, y, geom } => {
+            let xs = m.src(x);
+            let per_out = geom.positions() * geom.cg;
+            let ys = m.dst(y);
+            ys.par_chunks_mut(per_out).enumerate().for_each(|(n, ys)| pool(*kind, &xs[n * in_len(geom)..], ys, geom));
+        }
+        Kernel::PoolGrad { kind, x, dy, dx, geom } => {
+            let dys = m.src(dy);
+            let xs = x.as_ref().map(|x| m.src(x));
+            let per_out = geom.positions() * geom.cg;
+            per_example_in(m.dst(dx), geom, |n, dxs, g| {
+                dxs.fill(0.0);
+                pool_grad(*kind, xs.map(|xs| &xs[n * in_len(geom)..]), &dys[n * per_out..], dxs, g);
+            })
+        }
+        _ => super::kernels::run(k, m, crate::reference::Ctx::default()),
+    }
+}
+
+/// Elements of one example's input.
+fn in_len(g: &Geom) -> usize {
+    g.input.iter().product::<usize>() * g.channels
+}
+
+/// The geometry of one example of `g`.
+fn one(g: &Geom) -> Geom {
+    Geom { n: 1, ..g.clone() }
+}
+
+/// Calls `f(example, its rows of out, geometry of one example)` for each example, in parallel;
+/// `out` holds `positions` rows `pitch` apart per example.
+fn per_example(out: &mut [f32], pitch: usize, g: &Geom, f: impl Fn(usize, &mut [f32], &Geom) + Sync) {
+    let g1 = one(g);
+    let chunk = (g.positions() * pitch).max(1);
+    out.par_chunks_mut(chunk).enumerate().for_each(|(n, rows)| f(n, rows, &g1));
+}
+
+/// Calls `f(example, its part of the input-shaped `out`, geometry of one example)` in parallel.
+fn per_example_in(out: &mut [f32], g: &Geom, f: impl Fn(usize, &mut [f32], &Geom) + Sync) {
+    let g1 = one(g);
+    out.par_chunks_mut(in_len(g).max(1)).enumerate().for_each(|(n, part)| f(n, part, &g1));
+}
+
+/// Products smaller than this (m·k·n) run on one thread: splitting costs more than it saves.
+const PARALLEL_GEMM: usize = 1 << 17;
+
+#[allow(clippy::too_many_arguments)]
+fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: bool, bias: Option<&View>) {
+    let (rows, cols) = (c.rows(), c.cols());
+    let k = if ta { a.rows() } else { a.cols() };
+    let (sa, sb) = (m.src(a), m.src(b));
+    let sc = m.dst(c);
+    let (rsa, csa) = if ta { (1, a.pitch) } else { (a.pitch, 1) };
+    let (rsb, csb) = if tb { (1, b.pitch) } else { (b.pitch, 1) };
+    if rows > 0 && cols > 0 {
+        if k == 0 {
+            if !accumulate {
+                (0..rows).for_each(|r| sc[r * c.pitch..r * c.pitch + cols].fill(0.0));
+            }
+        } else if rows * cols <= SPLIT_K_OUTPUT && k >= 2 * K_BLOCK {
+            // A small product over a long sum (a weight gradient: K = every output position of
+            // the batch) leaves nothing to split but K: fixed blocks of K into partial products,
+            // in parallel, then added in block order — the same bits on any number of threads.
+            let blocks = k.div_ceil(K_BLOCK);
+            let mut partial = vec![0f32; blocks * rows * cols];
+            let (pa, pb) = (Shared(sa.as_ptr()), Shared(sb.as_ptr()));
+            partial.par_chunks_mut(rows * cols).enumerate().for_each(|(i, part)| {
+                let (k0, kn) = (i * K_BLOCK, K_BLOCK.min(k - i * K_BLOCK));
+                let lhs = pa.get().wrapping_add(k0 * csa);
+                let rhs = pb.get().wrapping_add(k0 * rsb);
+                // SAFETY: as below; block `i` reads columns k0..k0+kn of op(A) and rows of op(B).
+                unsafe {
+                    product(rows, cols, kn, part.as_mut_ptr(), cols, false, (lhs, rsa, csa), (rhs, rsb, csb), None)
+                };
+            });
+            for r in 0..rows {
+                let out = &mut sc[r * c.pitch..r * c.pitch + cols];
+                if !accumulate {
+                    out.fill(0.0);
+                }
+                for part in partial.chunks(rows * cols) {
+                    out.iter_mut().zip(&part[r * cols..(r + 1) * cols]).for_each(|(y, &p)| *y += p);
+                }
+            }
+        } else {
+            let threads = crate::bench::threads();
+            let parallelism = (threads > 1 && rows * cols * k >= PARALLEL_GEMM).then_some(threads);
+            // SAFETY: the machine checked every view inside its buffer, so every element the
+            // strides reach is inside these slices, and `c` overlaps neither `a` nor `b`.
+            unsafe {
+                product(
+                    rows,
+                    cols,
+                    k,
+                    sc.as_mut_ptr(),
+                    c.pitch,
+                    accumulate,
+                    (sa.as_ptr(), rsa, csa),
+                    (sb.as_ptr(), rsb, csb),
+                    parallelism,
+                )
+            };
+        }
+    }
+    if let Some(bias) = bias {
+        let sbias = &m.src(bias)[..cols];
+        sc.par_chunks_mut(c.pitch.max(1) * 64).for_each(|block| {
+            for row in block.chunks_mut(c.pitch.max(1)) {
+                row.iter_mut().take(cols).zip(sbias).for_each(|(y, &b)| *y += b);
+            }
+        });
+    }
+}
+
+/// Outputs (m·n) small enough that a long K is split instead.
+const SPLIT_K_OUTPUT: usize = 128 * 128;
+
+/// Elements of K per partial product when K is split.
+const K_BLOCK: usize = 2048;
+
+/// A pointer shared by the parallel parts of a product, which only read through it.
+#[derive(Clone, Copy)]
+struct Shared(*const f32);
+// SAFETY: only read, by parts that each write their own output.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The pointer (a method, so closures capture the wrapper and not its field).
+    fn get(self) -> *const f32 {
+        self.0
+    }
+}
+
+/// `C = op(A)·op(B)` (`+ C` when `accumulate`), `m × n`, over `k`; each operand as (pointer,
+/// row stride, column stride); `C`'s rows `pitch` apart; on `threads` threads, or one.
+///
+/// # Safety
+/// Every element the strides reach must be inside its allocation, and `C` must overlap neither
+/// operand.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    pitch: usize,
+    accumulate: bool,
+    (a, rsa, csa): (*const f32, usize, usize),
+    (b, rsb, csb): (*const f32, usize, usize),
+    threads: Option<usize>,
+) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            pitch as isize,
+            accumulate,
+            a,
+            csa as isize,
+            rsa as isize,
+            b,
+            csb as isize,
+            rsb as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            threads.map_or(gemm::Parallelism::None, gemm::Parallelism::Rayon),
+        )
+    }
+}
+
+/// The input coordinates a window covers on `axis` for output `o`: `(first k, last k + 1)` of
+/// the window offsets that fall inside the input.
+fn window(g: &Geom, axis: usize, o: usize) -> std::ops::Range<usize> {
+    let ks = 0..g.size[axis];
+    let first = ks.clone().find(|&k| g.source(axis, o, k).is_some());
+    match first {
+        Some(f) => f..ks.rev().find(|&k| g.source(axis, o, k).is_some()).map_or(f, |l| l + 1),
+        None => 0..0,
+    }
+}
+
+/// The input offsets (channel 0) a window of output `(zd, zh, zw)` reads, in window order.
+fn taps(g: &Geom, z: [usize; 3], out: &mut Vec<usize>) {
+    out.clear();
+    let [_, ih, iw] = g.input;
+    let (wd, wh, ww) = (window(g, 0, z[0]), window(g, 1, z[1]), window(g, 2, z[2]));
+    for kd in wd {
+        let d = g.source(0, z[0], kd).unwrap_or(0);
+        for kh in wh.clone() {
+            let h = g.source(1, z[1], kh).unwrap_or(0);
+            for kw in ww.clone() {
+                let w = g.source(2, z[2], kw).unwrap_or(0);
+                out.push(((d * ih + h) * iw + w) * g.channels);
+            }
+        }
+    }
+}
+
+/// Calls `f(output offset, taps)` for every output position of one example.
+fn each_output(g: &Geom, mut f: impl FnMut(usize, &[usize])) {
+    let [od, oh, ow] = g.output;
+    let mut list = Vec::with_capacity(g.window());
+    let mut o = 0;
+    for zd in 0..od {
+        for zh in 0..oh {
+            for zw in 0..ow {
+                taps(g, [zd, zh, zw], &mut list);
+                f(o, &list);
+                o += g.cg;
+            }
+        }
+    }
+}
+
+/// Pooling of one example: channels innermost, window elements added in window order (as the
+/// interpreter adds them), an average over the elements inside the input.
+fn pool(kind: PoolKind, xs: &[f32], ys: &mut [f32], g: &Geom) {
+    let c = g.cg;
+    each_output(g, |o, taps| {
+        let y = &mut ys[o..o + c];
+        match kind {
+            PoolKind::Max => {
+                y.fill(f32::NEG_INFINITY);
+                for &t in taps {
+                    y.iter_mut().zip(&xs[t..t + c]).for_each(|(y, &x)| *y = y.max(x));
+                }
+            }
+            PoolKind::Avg => {
+                y.fill(0.0);
+                for &t in taps {
+                    y.iter_mut().zip(&xs[t..t + c]).for_each(|(y, &x)| *y += x);
+                }
+                let count = taps.len().max(1) as f32;
+                y.iter_mut().for_each(|v| *v /= count);
+            }
+        }
+    });
+}
+
+/// The gradient of one example's pooling: to the first largest element of each window (max), or
+/// shared equally over the elements inside the input (average).
+fn pool_grad(kind: PoolKind, xs: Option<&[f32]>, dys: &[f32], dxs: &mut [f32], g: &Geom) {
+    let c = g.cg;
+    let mut best = vec![0usize; c];
+    each_output(g, |o, taps| {
+        let dy = &dys[o..o + c];
+        match (kind, xs) {
+            (PoolKind::Max, Some(xs)) => {
+                let Some(&first) = taps.first() else { return };
+                best.iter_mut().enumerate().for_each(|(ch, b)| *b = first + ch);
+                for &t in &taps[1..] {
+                    for (ch, b) in best.iter_mut().enumerate() {
+                        if xs[t + ch] > xs[*b] {
+                            *b = t + ch;
+                        }
+                    }
+                }
+                best.iter().zip(dy).for_each(|(&b, &d)| dxs[b] += d);
+            }
+            _ => {
+                let count = taps.len().max(1) as f32;
+                for &t in taps {
+                    dxs[t..t + c].iter_mut().zip(dy).for_each(|(d, &v)| *d += v / count);
+                }
+            }
+        }
+    });
+}
