@@ -274,6 +274,10 @@ pub enum Kernel {
     Im2col { x: View, col: View, geom: Geom },
     /// The reverse of im2col: each column entry added back to its input element.
     Col2im { col: View, dx: View, geom: Geom },
+    /// Filters `w` `[taps·cin, cout]` turned for the backward pass of a stride-1 convolution:
+    /// `out` `[taps·cout, cin]`, taps in reverse order, `out[(T−1−t)·cout + co, ci] =
+    /// w[t·cin + ci, co]`.
+    RotateFilters { w: View, out: View, taps: usize },
     /// Max or average over each window (average counts no padding).
     Pool { kind: PoolKind, x: View, y: View, geom: Geom },
     /// The gradient of pooling: max routes `dy` to the window's first maximum of `x`, average
@@ -340,6 +344,7 @@ impl Kernel {
             Kernel::Loss { .. } => "loss",
             Kernel::LossGrad { .. } => "loss_grad",
             Kernel::Copy { .. } => "copy",
+            Kernel::RotateFilters { .. } => "rotate_filters",
             Kernel::Fill { .. } => "fill",
         }
     }
@@ -393,6 +398,7 @@ impl Kernel {
             Kernel::Loss { pred, target, out, .. } => (vec![pred, target], vec![out]),
             Kernel::LossGrad { pred, target, dpred, .. } => (vec![pred, target], vec![dpred]),
             Kernel::Copy { src, dst } => (vec![src], vec![dst]),
+            Kernel::RotateFilters { w, out, .. } => (vec![w], vec![out]),
             Kernel::Fill { dst, .. } => (vec![], vec![dst]),
         }
     }
@@ -404,7 +410,11 @@ impl Kernel {
                 let k = if *ta { a.rows() } else { a.cols() };
                 2 * (c.rows() * c.cols() * k) as u64
             }
-            Kernel::Im2col { .. } | Kernel::Col2im { .. } | Kernel::Copy { .. } | Kernel::Fill { .. } => 0,
+            Kernel::Im2col { .. }
+            | Kernel::Col2im { .. }
+            | Kernel::Copy { .. }
+            | Kernel::Fill { .. }
+            | Kernel::RotateFilters { .. } => 0,
             Kernel::Pool { y, geom, .. } => (y.len() * geom.window()) as u64,
             Kernel::PoolGrad { dy, geom, .. } => (dy.len() * geom.window()) as u64,
             Kernel::GlobalPool { x, .. } | Kernel::GlobalPoolGrad { dx: x, .. } | Kernel::SumRows { x, .. } => {

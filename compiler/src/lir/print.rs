@@ -99,6 +99,7 @@ pub(super) fn program(p: &Program) -> String {
                 format!("[{kind},scale={scale}] {} {} -> {}", view(pred), view(target), view(dpred))
             }
             Kernel::Copy { src, dst } => format!("{} -> {}", view(src), view(dst)),
+            Kernel::RotateFilters { w, out, taps } => format!("[taps={taps}] {} -> {}", view(w), view(out)),
             Kernel::Fill { dst, value } => format!("{value} -> {}", view(dst)),
         };
         let _ = writeln!(out, "  {tag}{i} = {} {args}", k.name());

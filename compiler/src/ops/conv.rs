@@ -5,7 +5,7 @@ use super::{Built, LayerSpec, ParamNeed, Tensors};
 use crate::elaborate::layers::LayerArgs;
 use crate::ir::op::{Init, Op, ParamRole, Read};
 use crate::lir::lower::Lowerer;
-use crate::lir::{Kernel, View};
+use crate::lir::{Geom, Kernel, View};
 use crate::shape::{Inferred, Shape, ShapeFault};
 
 /// Attributes of [`Op::Conv`]. Every vector has one entry per spatial axis. Inputs: x, weight
@@ -218,6 +218,42 @@ fn weight_matrix(w: &View) -> View {
 }
 
 impl ConvOp {
+    /// The im2col geometry over `dy` that makes the input gradient a convolution of `dy` with the
+    /// rotated filters: one group, stride 1, padding `d·(f − 1) − p` before each axis; `None` where
+    /// the convolution is not of that kind, or where `dy·Wᵀ` with a col2im moves less data: both
+    /// products do the same work, but the rotated one writes `window·c_out` columns per input
+    /// position where the other writes (and col2im reads back) `window·c_in`. Measured
+    /// (`cnnc bench --profile`, AVX2, 2 threads): LeNet-5's conv2 (6 → 16) takes 5.1 ms a step
+    /// with col2im and 8–11 ms rotated; ResNet-20's 3×3 convolutions (c_in = c_out) 221 ms
+    /// rotated against 226 ms with col2im, so equal channels go to the rotation.
+    fn rotated(&self, x: &[usize], dy: &[usize]) -> Option<Geom> {
+        let (cin, cout) = (x[x.len() - 1], dy[dy.len() - 1]);
+        if self.groups != 1 || self.stride.iter().any(|&s| s != 1) || cout > cin {
+            return None;
+        }
+        let mut pad = Vec::new();
+        for ((&f, &d), &(before, _)) in self.size.iter().zip(&self.dilation).zip(&self.pad) {
+            pad.push((d * (f - 1)).checked_sub(before)?);
+        }
+        let three = |v: &[usize], fill: usize| {
+            let mut a = [fill; 3];
+            a[3 - v.len()..].copy_from_slice(v);
+            a
+        };
+        Some(Geom {
+            n: dy[0],
+            input: three(&dy[1..dy.len() - 1], 1),
+            channels: cout,
+            c0: 0,
+            cg: cout,
+            size: three(&self.size, 1),
+            stride: [1; 3],
+            pad: three(&pad, 0),
+            dilation: three(&self.dilation, 1),
+            output: three(&x[1..x.len() - 1], 1),
+        })
+    }
+
     /// y = im2col(x)·W (+ b), one product per group.
     pub(crate) fn lower_forward(&self, l: &mut Lowerer) -> Result<(), String> {
         let x = l.input(0)?;
@@ -259,6 +295,18 @@ impl ConvOp {
                             accumulate: false,
                             bias: None,
                         });
+                        continue;
+                    }
+                    if let Some(geom) = self.rotated(&x_shape, &dy.shape) {
+                        // dx = im2col(dy, padded by d·(f − 1) − p)·rot(W): a convolution
+                        // over dy, written once, with no col2im.
+                        let taps = geom.window();
+                        let turned = l.temp("rotated_filters", vec![taps * self.filters, cg]);
+                        l.emit(Kernel::RotateFilters { w: wm, out: turned.clone(), taps });
+                        let dyc = l.contiguous(dy.clone());
+                        let a = l.columns(&dyc, geom);
+                        let c = dx.reshaped(vec![a.rows(), cg]);
+                        l.emit(Kernel::Gemm { a, b: turned, c, ta: false, tb: false, accumulate: false, bias: None });
                         continue;
                     }
                     l.emit(Kernel::Fill { dst: dx.clone(), value: 0.0 });

@@ -29,6 +29,7 @@ pub(super) fn run(k: &Kernel, m: &Mem, ctx: Ctx) {
         Kernel::Loss { kind, pred, target, out } => loss(m, *kind, pred, target, out),
         Kernel::LossGrad { kind, scale, pred, target, dpred } => loss_grad(m, *kind, *scale, pred, target, dpred),
         Kernel::Copy { src, dst } => copy(m, src, dst),
+        Kernel::RotateFilters { w, out, taps } => rotate_filters(m, w, out, *taps),
         Kernel::Fill { dst, value } => fill(m, dst, *value),
     }
 }
@@ -147,6 +148,19 @@ fn copy_run(cs: &mut [f32], at: usize, end: usize, xs: &[f32], base: usize, len:
         cs[at..at + 16].copy_from_slice(&xs[base..base + 16]);
     } else {
         cs[at..at + len].copy_from_slice(&xs[base..base + len]);
+    }
+}
+
+fn rotate_filters(m: &Mem, w: &View, out: &View, taps: usize) {
+    let (ws, os) = (m.src(w), m.dst(out));
+    let (cout, cin) = (w.cols(), out.cols());
+    for t in 0..taps {
+        for ci in 0..cin {
+            let from = row(ws, w, t * cin + ci);
+            for (co, &v) in from.iter().enumerate() {
+                os[((taps - 1 - t) * cout + co) * out.pitch + ci] = v;
+            }
+        }
     }
 }
 

@@ -17,6 +17,8 @@ pub(super) fn covers(k: &Kernel) -> bool {
     match k {
         Kernel::Gemm { .. } | Kernel::Im2col { .. } | Kernel::Col2im { .. } => true,
         Kernel::Pool { geom, .. } | Kernel::PoolGrad { geom, .. } => geom.c0 == 0 && geom.cg == geom.channels,
+        Kernel::BnStats { .. } | Kernel::BnApply { .. } | Kernel::BnGrad { .. } | Kernel::SumRows { .. } => true,
+        Kernel::Fill { .. } => true,
         _ => false,
     }
 }
@@ -67,8 +69,143 @@ pub(super) fn run(k: &Kernel, m: &Mem) {
                 pool_grad(*kind, xs.map(|xs| &xs[n * in_len(geom)..]), &dys[n * per_out..], dxs, g);
             })
         }
+        Kernel::SumRows { x, y } => {
+            let xs = m.src(x);
+            let cols = x.cols();
+            let total = column_sums(x.rows(), cols, |r, acc| add(acc, &xs[r * x.pitch..r * x.pitch + cols]));
+            m.dst(y)[..cols].copy_from_slice(&total);
+        }
+        Kernel::Fill { dst, value } => {
+            let cols = dst.cols();
+            each_row(m.dst(dst), dst.pitch, cols, |_, row| row.fill(*value));
+        }
+        Kernel::BnStats { x, mean, var } => bn_stats(m, x, mean, var),
+        Kernel::BnApply { x, mean, var, gamma, beta, y, eps } => {
+            let c = x.cols();
+            let (xs, ms, gs, bs) = (m.src(x), &m.src(mean)[..c], &m.src(gamma)[..c], &m.src(beta)[..c]);
+            let scale: Vec<f32> = inv_std(&m.src(var)[..c], *eps).iter().zip(gs).map(|(i, g)| i * g).collect();
+            each_row(m.dst(y), y.pitch, c, |r, out| {
+                let xr = &xs[r * x.pitch..r * x.pitch + c];
+                for ch in 0..c {
+                    out[ch] = (xr[ch] - ms[ch]) * scale[ch] + bs[ch];
+                }
+            });
+        }
+        Kernel::BnGrad { .. } => bn_grad(m, k),
         _ => super::kernels::run(k, m, crate::reference::Ctx::default()),
     }
+}
+
+/// Rows per block of a reduction over rows: a fixed size, so that partial sums and the order
+/// they are added in do not depend on the number of threads.
+const ROW_BLOCK: usize = 512;
+
+/// `Σ_r f(r)` per column (`f` adds row `r`'s terms into a row of `width` sums), in fixed blocks
+/// of rows on the pool, the blocks' sums added in block order.
+fn column_sums(rows: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let blocks = rows.div_ceil(ROW_BLOCK).max(1);
+    let mut partial = vec![0f32; blocks * width];
+    partial.par_chunks_mut(width.max(1)).enumerate().for_each(|(b, acc)| {
+        (b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(rows)).for_each(|r| f(r, acc));
+    });
+    let mut total = vec![0f32; width];
+    for p in partial.chunks(width.max(1)) {
+        add(&mut total, p);
+    }
+    total
+}
+
+fn add(acc: &mut [f32], x: &[f32]) {
+    acc.iter_mut().zip(x).for_each(|(a, &v)| *a += v);
+}
+
+/// Calls `f(r, row r)` for every row of a view's span `out` (`cols` wide, `pitch` apart), in
+/// blocks of rows on the pool.
+fn each_row(out: &mut [f32], pitch: usize, cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let pitch = pitch.max(cols).max(1);
+    out.par_chunks_mut(ROW_BLOCK * pitch).enumerate().for_each(|(b, block)| {
+        for (j, row) in block.chunks_mut(pitch).enumerate() {
+            if row.len() >= cols {
+                f(b * ROW_BLOCK + j, &mut row[..cols]);
+            }
+        }
+    });
+}
+
+fn inv_std(var: &[f32], eps: f32) -> Vec<f32> {
+    var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect()
+}
+
+/// Batch mean and (biased) variance per channel, in two passes.
+fn bn_stats(m: &Mem, x: &View, mean: &View, var: &View) {
+    let xs = m.src(x);
+    let (rows, c) = (x.rows(), x.cols());
+    let row = |r: usize| &xs[r * x.pitch..r * x.pitch + c];
+    let mut mu = column_sums(rows, c, |r, acc| add(acc, row(r)));
+    mu.iter_mut().for_each(|v| *v /= rows.max(1) as f32);
+    let mut v = column_sums(rows, c, |r, acc| {
+        for ((a, &x), &m) in acc.iter_mut().zip(row(r)).zip(&mu) {
+            *a += (x - m) * (x - m);
+        }
+    });
+    v.iter_mut().for_each(|v| *v /= rows.max(1) as f32);
+    m.dst(mean)[..c].copy_from_slice(&mu);
+    m.dst(var)[..c].copy_from_slice(&v);
+}
+
+/// Batchnorm's backward: dβ = Σ dy and dγ = Σ dy·x̂ in one pass; then, in training mode,
+/// dx = (γ/σ)·(dy − (dβ + x̂·dγ)/n), in inference mode dx = dy·γ/σ.
+fn bn_grad(m: &Mem, k: &Kernel) {
+    let Kernel::BnGrad { x, mean, var, gamma, dy, dx, dgamma, dbeta, eps, training } = k else { return };
+    let (rows, c) = (dy.rows(), dy.cols());
+    let dys = m.src(dy);
+    let inv = var.as_ref().map(|v| inv_std(&m.src(v)[..c], *eps)).unwrap_or_else(|| vec![0.0; c]);
+    let xs = x.as_ref().map(|v| (m.src(v), v.pitch));
+    let ms: Vec<f32> = mean.as_ref().map(|v| m.src(v)[..c].to_vec()).unwrap_or_else(|| vec![0.0; c]);
+    let zeros = vec![0f32; c];
+    // Row r of x (zeros without x: x̂ is then 0, as the interpreter has it).
+    let xrow = |r: usize| xs.map_or(&zeros[..], |(xs, pitch)| &xs[r * pitch..r * pitch + c]);
+    let (ms, inv) = (&ms[..c], &inv[..c]);
+    let g = |r: usize| &dys[r * dy.pitch..r * dy.pitch + c];
+    let need = dgamma.is_some() || dbeta.is_some() || (*training && dx.is_some());
+    let sums = if need {
+        column_sums(rows, 2 * c, |r, acc| {
+            let (sum, dot) = acc.split_at_mut(c);
+            let (g, x) = (g(r), xrow(r));
+            for ch in 0..c {
+                let h = if xs.is_some() { (x[ch] - ms[ch]) * inv[ch] } else { 0.0 };
+                sum[ch] += g[ch];
+                dot[ch] += g[ch] * h;
+            }
+        })
+    } else {
+        vec![0.0; 2 * c]
+    };
+    let (sum, dot) = sums.split_at(c);
+    if let Some(db) = dbeta {
+        m.dst(db)[..c].copy_from_slice(sum);
+    }
+    if let Some(dg) = dgamma {
+        m.dst(dg)[..c].copy_from_slice(dot);
+    }
+    let (Some(dx), Some(gamma)) = (dx, gamma) else { return };
+    let gs = &m.src(gamma)[..c];
+    let scale: Vec<f32> = inv.iter().zip(gs).map(|(i, g)| i * g).collect();
+    let n = rows.max(1) as f32;
+    let (sum, dot) = (&sum[..c], &dot[..c]);
+    each_row(m.dst(dx), dx.pitch, c, |r, out| {
+        let (g, x) = (g(r), xrow(r));
+        if *training {
+            for ch in 0..c {
+                let h = if xs.is_some() { (x[ch] - ms[ch]) * inv[ch] } else { 0.0 };
+                out[ch] = scale[ch] * (g[ch] - (sum[ch] + h * dot[ch]) / n);
+            }
+        } else {
+            for ch in 0..c {
+                out[ch] = g[ch] * scale[ch];
+            }
+        }
+    });
 }
 
 /// Elements of one example's input.
