@@ -130,7 +130,8 @@ fn lir_text(
             cnnc_compiler::lir::lower(&graph, batch, &layout, &[], &keep).map_err(|e| internal(&e))?
         }
     };
-    let program = lowered.program;
+    let mut program = lowered.program;
+    pipe.optimize(&mut program);
     Ok(match emit {
         Emit::Memory => cnnc_compiler::lir::plan(&program).to_text(&program),
         Emit::Kernels | Emit::Clif => {

@@ -262,6 +262,10 @@ fn main() -> ExitCode {
                 for (name, contract) in cnnc_compiler::passes::PASSES {
                     println!("{name:<16}{contract}");
                 }
+                println!("on the kernel program:");
+                for (name, contract) in cnnc_compiler::lir::passes::PASSES {
+                    println!("{name:<16}{contract}");
+                }
                 return ExitCode::SUCCESS;
             }
             let options =

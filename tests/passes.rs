@@ -45,6 +45,49 @@ fn autodiff() {
     });
 }
 
+/// `tests/passes/<pass>/*.cnn`: the inference program (batch 2) with the kernel-IR passes before
+/// `pass`, then with `pass` too; the pass must rewrite something, and the result must still be a
+/// program the interpreter accepts.
+fn kernel_pass(pass: &str) {
+    let names: Vec<&str> = cnnc_compiler::lir::passes::PASSES.iter().map(|(n, _)| *n).collect();
+    let at = names.iter().position(|n| *n == pass).expect("a kernel pass");
+    insta::glob!(&format!("passes/{pass}/*.cnn"), |path| {
+        let c = common::compile(path);
+        assert!(!c.has_errors(), "{}", common::rendered(&c));
+        let model = &c.models[0];
+        let graph = inference::run(model, &mut pipeline()).unwrap();
+        let layout = cnnc_compiler::params::ParamLayout::of(&graph);
+        let keep: Vec<_> = graph.outputs().iter().map(|(_, id)| cnnc_compiler::ir::ValueId::from(*id)).collect();
+        let program = |upto: usize| {
+            let mut p = cnnc_compiler::lir::lower(&graph, 2, &layout, &[], &keep).unwrap().program;
+            let disabled: Vec<String> = names[upto..].iter().map(|n| n.to_string()).collect();
+            let done = cnnc_compiler::lir::passes::optimize(&mut p, &disabled);
+            (p, done)
+        };
+        let (before, _) = program(at);
+        let (after, done) = program(at + 1);
+        assert!(done.iter().any(|&(n, count)| n == pass && count > 0), "{pass} rewrote nothing: {done:?}");
+        cnnc_compiler::lir::plan(&after).check(&after).unwrap();
+        let name = format!("{pass}@{}", path.file_name().and_then(|f| f.to_str()).unwrap_or_default());
+        insta::assert_snapshot!(name, format!("before:\n{before}\nafter:\n{after}"));
+    });
+}
+
+#[test]
+fn fold_batchnorm() {
+    kernel_pass("fold_batchnorm");
+}
+
+#[test]
+fn fuse_maps() {
+    kernel_pass("fuse_maps");
+}
+
+#[test]
+fn fuse_epilogue() {
+    kernel_pass("fuse_epilogue");
+}
+
 #[test]
 fn inference_graph_has_no_dropout_and_batchnorm_on_running_statistics() {
     let src = "model M {\n    input x: [8, 8, 3]\n    output y = x |> conv(4, 3x3) |> batchnorm |> relu |> dropout(0.5) |> flatten |> dense(2)\n}\n";

@@ -12,6 +12,7 @@
 //! `(op, wrt)` in one more ([`crate::ops::OpRule::lower_grad`]); [`lower`] drives them.
 
 pub mod lower;
+pub mod passes;
 pub mod plan;
 mod print;
 
@@ -130,6 +131,16 @@ impl View {
             *last = len;
         }
         View { buf: self.buf, offset: self.offset + start, shape, pitch: self.pitch }
+    }
+
+    /// Rows `first .. first + rows` of the view as a matrix `[rows, cols]`.
+    pub fn row_block(&self, first: usize, rows: usize) -> View {
+        View {
+            buf: self.buf,
+            offset: self.offset + first * self.pitch,
+            shape: vec![rows, self.cols()],
+            pitch: self.pitch,
+        }
     }
 
     /// The view as a matrix `[rows, cols]`.
@@ -264,12 +275,33 @@ pub enum Expr {
     Keep { rate: f32, salt: u64 },
 }
 
+/// What a product does to its output while it is still in cache: `c = expr(inputs, channels)`
+/// element by element, as a [`Kernel::Map`] over `c` would (an input may be `c` itself).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Epilogue {
+    /// The steps.
+    pub expr: Vec<Expr>,
+    /// Inputs of the shape of `c`.
+    pub inputs: Vec<View>,
+    /// Per-column inputs.
+    pub channels: Vec<View>,
+}
+
 /// A kernel: one step of a program, over views.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kernel {
     /// `c = op(a)·op(b) (+ c when accumulating) (+ bias per column)`, `op` transposing when
-    /// asked. `a`, `b`, `c` are matrices.
-    Gemm { a: View, b: View, c: View, ta: bool, tb: bool, accumulate: bool, bias: Option<View> },
+    /// asked, then the epilogue (if any) over `c`. `a`, `b`, `c` are matrices.
+    Gemm {
+        a: View,
+        b: View,
+        c: View,
+        ta: bool,
+        tb: bool,
+        accumulate: bool,
+        bias: Option<View>,
+        epilogue: Option<Box<Epilogue>>,
+    },
     /// Every output position's receptive field, as a row of `col` `[n·positions, window·cg]`.
     Im2col { x: View, col: View, geom: Geom },
     /// The reverse of im2col: each column entry added back to its input element.
@@ -295,6 +327,9 @@ pub enum Kernel {
     Softmax { x: View, y: View },
     /// Its gradient from its output: `dx = y·(dy − Σ dy·y)` per row.
     SoftmaxGrad { y: View, dy: View, dx: View },
+    /// Batchnorm on running statistics as a per-channel affine map (a prepare kernel):
+    /// `scale = γ/√(var + eps)`, `shift = β − mean·scale`.
+    BnAffine { mean: View, var: View, gamma: View, beta: View, eps: f32, scale: View, shift: View },
     /// The mean and biased variance per channel over all rows.
     BnStats { x: View, mean: View, var: View },
     /// `y = (x − mean)/sqrt(var + eps)·γ + β`.
@@ -345,6 +380,7 @@ impl Kernel {
             Kernel::LossGrad { .. } => "loss_grad",
             Kernel::Copy { .. } => "copy",
             Kernel::RotateFilters { .. } => "rotate_filters",
+            Kernel::BnAffine { .. } => "bn_affine",
             Kernel::Fill { .. } => "fill",
         }
     }
@@ -355,11 +391,14 @@ impl Kernel {
             v.iter().collect()
         }
         match self {
-            Kernel::Gemm { a, b, c, accumulate, bias, .. } => {
+            Kernel::Gemm { a, b, c, accumulate, bias, epilogue, .. } => {
                 let mut r = vec![a, b];
                 r.extend(bias);
                 if *accumulate {
                     r.push(c);
+                }
+                if let Some(e) = epilogue {
+                    r.extend(e.inputs.iter().chain(&e.channels));
                 }
                 (r, vec![c])
             }
@@ -399,6 +438,9 @@ impl Kernel {
             Kernel::LossGrad { pred, target, dpred, .. } => (vec![pred, target], vec![dpred]),
             Kernel::Copy { src, dst } => (vec![src], vec![dst]),
             Kernel::RotateFilters { w, out, .. } => (vec![w], vec![out]),
+            Kernel::BnAffine { mean, var, gamma, beta, scale, shift, .. } => {
+                (vec![mean, var, gamma, beta], vec![scale, shift])
+            }
             Kernel::Fill { dst, .. } => (vec![], vec![dst]),
         }
     }
@@ -406,10 +448,12 @@ impl Kernel {
     /// Floating-point operations, counting a multiply-add as two.
     pub fn flops(&self) -> u64 {
         match self {
-            Kernel::Gemm { a, c, ta, .. } => {
+            Kernel::Gemm { a, c, ta, epilogue, .. } => {
                 let k = if *ta { a.rows() } else { a.cols() };
-                2 * (c.rows() * c.cols() * k) as u64
+                let tail = epilogue.as_ref().map_or(0, |e| e.expr.len() * c.len());
+                2 * (c.rows() * c.cols() * k) as u64 + tail as u64
             }
+            Kernel::BnAffine { mean, .. } => 4 * mean.len() as u64,
             Kernel::Im2col { .. }
             | Kernel::Col2im { .. }
             | Kernel::Copy { .. }

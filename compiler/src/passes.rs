@@ -42,12 +42,13 @@ pub struct Options {
 impl Options {
     /// Checks that every pass named exists and that disabled ones are optional.
     pub fn validate(&self) -> Result<(), PassError> {
-        for name in self.disabled.iter().chain(&self.dump_after) {
+        let kernel = |name: &str| crate::lir::passes::PASSES.iter().any(|(p, _)| *p == name);
+        for name in self.disabled.iter().filter(|n| !kernel(n)).chain(&self.dump_after) {
             if !PASSES.iter().any(|(p, _)| p == name) {
                 return Err(PassError::Unknown { name: name.clone() });
             }
         }
-        if let Some(name) = self.disabled.iter().find(|n| !OPTIONAL.contains(&n.as_str())) {
+        if let Some(name) = self.disabled.iter().find(|n| !OPTIONAL.contains(&n.as_str()) && !kernel(n)) {
             return Err(PassError::Required { name: name.clone() });
         }
         Ok(())
@@ -89,6 +90,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Runs the kernel-IR passes not disabled on `program` (see [`crate::lir::passes`]).
+    pub fn optimize(&self, program: &mut crate::lir::Program) -> Vec<(&'static str, usize)> {
+        crate::lir::passes::optimize(program, &self.options.disabled)
+    }
+
     /// A pipeline with these options (checked by [`Options::validate`] first).
     pub fn new(options: Options) -> Result<Self, PassError> {
         options.validate()?;

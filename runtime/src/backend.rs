@@ -106,8 +106,9 @@ impl Programs {
 
     fn compiled(&mut self, graph: &Graph, params: &Params, batch: usize) -> Result<&mut Compiled, String> {
         if !self.cache.contains_key(&batch) {
-            let lowered =
+            let mut lowered =
                 lir::lower(graph, batch, &params.layout, &self.grads, &self.keep).map_err(|e| e.to_string())?;
+            lir::passes::optimize(&mut lowered.program, &[]);
             let mut machine = Machine::new(lowered.program)?;
             machine.profile.clone_from(&self.profile);
             if let Some(jit) = self.jit.as_mut() {
@@ -154,15 +155,16 @@ impl Programs {
                 DType::I32 => Feed::I32(&labels),
             })
             .collect();
-        // Parameters change between runs (every training step): derive what depends on them first.
-        compiled.machine.prepare(&params.data)?;
-        compiled.machine.run(&params.data, grads, &fed, ctx)?;
+        // Parameters change between runs (every training step): derive what depends on them
+        // first, when they changed since the last run.
+        compiled.machine.prepare_once(params.data(), params.stamp())?;
+        compiled.machine.run(params.data(), grads, &fed, ctx)?;
         let machine = &compiled.machine;
         let values = machine
             .program
             .results
             .iter()
-            .map(|(Purpose::Value(v), view)| (*v, machine.read(view, &params.data, grads)))
+            .map(|(Purpose::Value(v), view)| (*v, machine.read(view, params.data(), grads)))
             .collect();
         let arena = machine.arena_bytes();
         drop(fed);

@@ -134,8 +134,8 @@ impl Workload {
             Run::Infer(_) => ArrayD::zeros(IxDyn(&[batch])),
         };
         let params_bytes = match &run {
-            Run::Train(s) => s.params.data.len() * 4,
-            Run::Infer(i) => i.params.data.len() * 4,
+            Run::Train(s) => s.params.data().len() * 4,
+            Run::Infer(i) => i.params.data().len() * 4,
         };
         Ok(Workload { run, x, y, phases, params_bytes, peak_bytes: 0, batch })
     }

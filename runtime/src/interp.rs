@@ -40,6 +40,8 @@ pub struct Machine {
     pub profile: Option<std::sync::Arc<std::sync::Mutex<crate::executor::Profile>>>,
     /// Per kernel: its native code, where the JIT backend has one.
     natives: Vec<Option<Native>>,
+    /// The stamp of the parameters the prepare phase last ran on.
+    prepared: Option<u64>,
 }
 
 /// Native code for a kernel.
@@ -49,6 +51,8 @@ enum Native {
     Map(MapFn),
     /// A precompiled tuned kernel (`tuned.rs`).
     Tuned,
+    /// A tuned product whose epilogue the code generator compiled.
+    Epilogue(MapFn),
 }
 
 /// The memory one run sees, by space.
@@ -112,7 +116,7 @@ impl Machine {
         }
         let arena = vec![0.0; plan.size];
         let natives = vec![None; program.kernels.len()];
-        Ok(Machine { program, plan, arena, profile: None, natives })
+        Ok(Machine { program, plan, arena, profile: None, natives, prepared: None })
     }
 
     /// Compiles the kernels `jit` can generate to native code and takes the tuned precompiled
@@ -123,6 +127,8 @@ impl Machine {
         for (k, native) in self.program.kernels.iter().zip(&mut self.natives) {
             if let Kernel::Map { expr, .. } = k {
                 *native = Some(Native::Map(jit.map(expr)?));
+            } else if let Kernel::Gemm { epilogue: Some(e), .. } = k {
+                *native = Some(Native::Epilogue(jit.map(&e.expr)?));
             } else if tuned::covers(k) {
                 *native = Some(Native::Tuned);
             } else {
@@ -133,9 +139,20 @@ impl Machine {
         Ok(count)
     }
 
+    /// Runs the prepare phase unless it last ran on parameters of the same `stamp`
+    /// ([`Params::stamp`](crate::params::Params::stamp)): equal stamps, equal values.
+    pub fn prepare_once(&mut self, params: &[f32], stamp: u64) -> Result<(), String> {
+        if self.prepared != Some(stamp) {
+            self.prepare(params)?;
+            self.prepared = Some(stamp);
+        }
+        Ok(())
+    }
+
     /// Runs the prepare phase: computes the derived parameters from `params`. Call it whenever
     /// the parameters changed, before [`Machine::run`].
     pub fn prepare(&mut self, params: &[f32]) -> Result<(), String> {
+        self.prepared = None;
         if self.program.prepare.is_empty() {
             return Ok(());
         }
@@ -204,6 +221,7 @@ impl Machine {
                     native_map(&mem, *f, expr, inputs, channels, out, ctx)?
                 }
                 (_, Some(Native::Tuned)) => tuned::run(k, &mem),
+                (_, Some(Native::Epilogue(f))) => tuned::gemm_then(&mem, k, *f, ctx)?,
                 _ => kernels::run(k, &mem, ctx),
             }
             if let (Some(p), Some(t)) = (&self.profile, started) {
@@ -266,16 +284,16 @@ fn native_map(
     let narrow = cols;
     let (rows, cols) = (rows / k, cols * k);
     let pitch = |v: &View| if k > 1 { cols } else { v.pitch };
-    let ins: Vec<Region> = inputs.iter().map(|v| Region::of(mem.src(v), pitch(v))).collect();
+    // Raw pointers throughout: an epilogue's input may be its output.
+    let ins: Vec<Region> = inputs.iter().map(|v| mem.region(v, pitch(v))).collect();
     let tiled: Vec<Vec<f32>> =
         if k > 1 { channels.iter().map(|v| mem.src(v)[..narrow.min(v.len())].repeat(k)).collect() } else { vec![] };
     let chs: Vec<Region> = if k > 1 {
         tiled.iter().map(|t| Region::of(t, 0)).collect()
     } else {
-        channels.iter().map(|v| Region::of(mem.src(v), 0)).collect()
+        channels.iter().map(|v| mem.region(v, 0)).collect()
     };
-    let dst = mem.dst(out);
-    let dst = Region { ptr: dst.as_ptr(), len: dst.len(), pitch: pitch(out) };
+    let dst = mem.region(out, pitch(out));
     let threads = crate::bench::threads();
     let dropout = expr.iter().any(|e| matches!(e, Expr::Keep { .. }));
     let parts = if dropout || threads < 2 || rows * cols < PARALLEL_MAP { 1 } else { threads.min(rows) };
@@ -379,6 +397,11 @@ fn span(p: &Program, plan: &MemoryPlan, v: &View) -> Option<(u64, Range<usize>)>
     Some((space, base + v.offset..base + v.end()))
 }
 
+// SAFETY: a `Mem` hands out slices of the run's buffers; kernels that split their work over
+// threads give each thread disjoint ranges to write (blocks of rows, examples), and no kernel
+// writes where it reads.
+unsafe impl Sync for Mem<'_> {}
+
 impl Mem<'_> {
     fn base(&self, buf: BufId) -> (*mut f32, usize) {
         let b = &self.program.buffers[buf.0 as usize];
@@ -396,6 +419,14 @@ impl Mem<'_> {
                 Feed::I32(v) => (v.as_ptr().cast::<f32>().cast_mut(), v.len()),
             },
         }
+    }
+
+    /// The elements a view spans, as a raw region (no reference made) with row pitch `pitch`.
+    fn region(&self, v: &View, pitch: usize) -> Region {
+        let (ptr, len) = self.base(v.buf);
+        let end = v.end().min(len);
+        let start = v.offset.min(end);
+        Region { ptr: ptr.wrapping_add(start), len: end - start, pitch }
     }
 
     /// The elements a view spans (its rows and the gaps between them), to read.

@@ -54,7 +54,7 @@ impl Optimizer {
         let t = self.t as i32;
         for e in self.layout.entries().iter().filter(|e| e.trainable) {
             let r = e.range();
-            let (w, g) = (&mut params.data[r.clone()], &grads[r.clone()]);
+            let (w, g) = (&mut params.data_mut()[r.clone()], &grads[r.clone()]);
             match self.spec {
                 OptimizerSpec::Sgd { momentum, nesterov, weight_decay, .. } => {
                     if momentum == 0.0 {
@@ -94,7 +94,7 @@ mod tests {
         let c = cnnc_compiler::compile_source("m.cnn", None, src.as_bytes());
         let mut p = Params::init(&c.models[0].graph, 0);
         assert_eq!(p.layout.entries()[0].role, ParamRole::Weight);
-        p.data[0] = v;
+        p.data_mut()[0] = v;
         p
     }
 
@@ -110,12 +110,12 @@ mod tests {
         opt.step(&mut p, &[1.0], 0.1);
         opt.step(&mut p, &[1.0], 0.1);
         // v1 = 1, w = 0.9; v2 = 0.9 + 1 = 1.9, w = 0.9 − 0.19 = 0.71
-        assert!((p.data[0] - 0.71).abs() < 1e-6);
+        assert!((p.data()[0] - 0.71).abs() < 1e-6);
         let mut p = one_param(1.0);
         let mut opt = sgd(0.9, true, &p.layout);
         opt.step(&mut p, &[1.0], 0.1);
         // Nesterov: v1 = 1, update = g + 0.9·v1 = 1.9
-        assert!((p.data[0] - 0.81).abs() < 1e-6);
+        assert!((p.data()[0] - 0.81).abs() < 1e-6);
     }
 
     #[test]
@@ -124,7 +124,7 @@ mod tests {
         let spec = OptimizerSpec::Adam { lr: 0.001, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
         let mut opt = Optimizer::new(spec, ScheduleSpec::Constant, &p.layout);
         opt.step(&mut p, &[5.0], 0.001);
-        assert!((p.data[0] - 0.999).abs() < 1e-6);
+        assert!((p.data()[0] - 0.999).abs() < 1e-6);
     }
 
     #[test]

@@ -16,12 +16,27 @@ use std::sync::Arc;
 pub use cnnc_compiler::params::{Entry, ParamId, ParamLayout as Layout};
 
 /// Parameter values in one buffer.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct Params {
     /// Where each parameter is.
     pub layout: Arc<Layout>,
     /// Every value, as the layout places them.
-    pub data: Vec<f32>,
+    data: Vec<f32>,
+    /// Changes with every write access to `data` (unique in the process): what was derived from
+    /// the values (folded batchnorm) is derived again only when it changed.
+    stamp: u64,
+}
+
+impl PartialEq for Params {
+    fn eq(&self, other: &Params) -> bool {
+        self.layout == other.layout && self.data == other.data
+    }
+}
+
+/// The next stamp.
+fn fresh_stamp() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Params {
@@ -35,12 +50,28 @@ impl Params {
             let Some(pid) = layout.id(&node.name) else { continue };
             initial(p, &node.shape.0, seed ^ name_hash(&node.name), &mut data[layout.entry(pid).range()]);
         }
-        Params { layout: Arc::new(layout), data }
+        Params { layout: Arc::new(layout), data, stamp: fresh_stamp() }
+    }
+
+    /// Every value, as the layout places them.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Every value, to change (the stamp changes).
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        self.stamp = fresh_stamp();
+        &mut self.data
+    }
+
+    /// A number that changes whenever the values may have: equal stamps, equal values.
+    pub fn stamp(&self) -> u64 {
+        self.stamp
     }
 
     /// Zeros in `layout` (gradient and optimizer buffers).
     pub fn zeros(layout: &Arc<Layout>) -> Params {
-        Params { layout: layout.clone(), data: vec![0.0; layout.len()] }
+        Params { layout: layout.clone(), data: vec![0.0; layout.len()], stamp: fresh_stamp() }
     }
 
     /// The values of parameter `id`.
@@ -51,7 +82,7 @@ impl Params {
     /// The values of parameter `id`, to change.
     pub fn slice_mut(&mut self, id: ParamId) -> &mut [f32] {
         let range = self.layout.entry(id).range();
-        &mut self.data[range]
+        &mut self.data_mut()[range]
     }
 
     /// Parameter `id` as a tensor view.

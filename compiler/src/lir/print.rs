@@ -42,15 +42,29 @@ pub(super) fn program(p: &Program) -> String {
     for (i, (tag, k)) in prepare.chain(p.kernels.iter().map(|k| ("k", k))).enumerate() {
         let i = if tag == "p" { i } else { i - p.prepare.len() };
         let args = match k {
-            Kernel::Gemm { a, b, c, ta, tb, accumulate, bias } => format!(
-                "{}{} x {}{} {} {}{}",
+            Kernel::Gemm { a, b, c, ta, tb, accumulate, bias, epilogue } => format!(
+                "{}{} x {}{} {} {}{}{}",
                 view(a),
                 if *ta { "ᵀ" } else { "" },
                 view(b),
                 if *tb { "ᵀ" } else { "" },
                 if *accumulate { "+=" } else { "->" },
                 view(c),
-                bias.as_ref().map_or(String::new(), |b| format!(" bias {}", view(b)))
+                bias.as_ref().map_or(String::new(), |b| format!(" bias {}", view(b))),
+                epilogue.as_ref().map_or(String::new(), |e| {
+                    let ins: Vec<String> = e.inputs.iter().map(view).collect();
+                    let chs: Vec<String> = e.channels.iter().map(view).collect();
+                    format!(" then {:?} ({}) per-channel ({})", e.expr, ins.join(", "), chs.join(", "))
+                })
+            ),
+            Kernel::BnAffine { mean, var, gamma, beta, eps, scale, shift } => format!(
+                "[eps={eps}] mean {} var {} γ {} β {} -> {}, {}",
+                view(mean),
+                view(var),
+                view(gamma),
+                view(beta),
+                view(scale),
+                view(shift)
             ),
             Kernel::Im2col { x, col, geom: g } => format!("[{}] {} -> {}", geom(g), view(x), view(col)),
             Kernel::Col2im { col, dx, geom: g } => format!("[{}] {} += {}", geom(g), view(dx), view(col)),

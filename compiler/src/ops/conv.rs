@@ -266,7 +266,16 @@ impl ConvOp {
             let a = columns(self, l, &x, &y.shape, g);
             let c = y.matrix().columns(g * fg, fg);
             let bias = bias.as_ref().map(|b| b.columns(g * fg, fg));
-            l.emit(Kernel::Gemm { a, b: w.columns(g * fg, fg), c, ta: false, tb: false, accumulate: false, bias });
+            l.emit(Kernel::Gemm {
+                a,
+                b: w.columns(g * fg, fg),
+                c,
+                ta: false,
+                tb: false,
+                accumulate: false,
+                bias,
+                epilogue: None,
+            });
         }
         Ok(())
     }
@@ -294,6 +303,7 @@ impl ConvOp {
                             tb: true,
                             accumulate: false,
                             bias: None,
+                            epilogue: None,
                         });
                         continue;
                     }
@@ -306,7 +316,16 @@ impl ConvOp {
                         let dyc = l.contiguous(dy.clone());
                         let a = l.columns(&dyc, geom);
                         let c = dx.reshaped(vec![a.rows(), cg]);
-                        l.emit(Kernel::Gemm { a, b: turned, c, ta: false, tb: false, accumulate: false, bias: None });
+                        l.emit(Kernel::Gemm {
+                            a,
+                            b: turned,
+                            c,
+                            ta: false,
+                            tb: false,
+                            accumulate: false,
+                            bias: None,
+                            epilogue: None,
+                        });
                         continue;
                     }
                     l.emit(Kernel::Fill { dst: dx.clone(), value: 0.0 });
@@ -322,6 +341,7 @@ impl ConvOp {
                             tb: true,
                             accumulate: false,
                             bias: None,
+                            epilogue: None,
                         });
                         l.emit(Kernel::Col2im { col: dcol, dx: dx.clone(), geom });
                     }
@@ -333,7 +353,16 @@ impl ConvOp {
                     for g in 0..self.groups {
                         let col = columns(self, l, &x, &dy.shape, g);
                         let (b, c) = (dym.columns(g * fg, fg), dw.columns(g * fg, fg));
-                        l.emit(Kernel::Gemm { a: col, b, c, ta: true, tb: false, accumulate: false, bias: None });
+                        l.emit(Kernel::Gemm {
+                            a: col,
+                            b,
+                            c,
+                            ta: true,
+                            tb: false,
+                            accumulate: false,
+                            bias: None,
+                            epilogue: None,
+                        });
                     }
                 }
                 _ => {

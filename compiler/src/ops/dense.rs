@@ -94,7 +94,7 @@ impl OpRule for DenseOp {
     fn lower(&self, l: &mut Lowerer) -> Result<(), String> {
         let (x, w, bias) = (l.input(0)?, l.input(1)?, l.input(2).ok());
         let y = l.output(0);
-        l.emit(Kernel::Gemm { a: x, b: w, c: y, ta: false, tb: false, accumulate: false, bias });
+        l.emit(Kernel::Gemm { a: x, b: w, c: y, ta: false, tb: false, accumulate: false, bias, epilogue: None });
         Ok(())
     }
 
@@ -112,6 +112,7 @@ impl OpRule for DenseOp {
                     tb: true,
                     accumulate: false,
                     bias: None,
+                    epilogue: None,
                 },
                 1 => Kernel::Gemm {
                     a: l.read(Read::Input(0))?,
@@ -121,6 +122,7 @@ impl OpRule for DenseOp {
                     tb: false,
                     accumulate: false,
                     bias: None,
+                    epilogue: None,
                 },
                 _ => Kernel::SumRows { x: dy.clone(), y: out },
             };

@@ -12,7 +12,27 @@ pub(super) const MAX_EXPR: usize = 32;
 /// Runs one kernel.
 pub(super) fn run(k: &Kernel, m: &Mem, ctx: Ctx) {
     match k {
-        Kernel::Gemm { a, b, c, ta, tb, accumulate, bias } => gemm(m, a, b, c, *ta, *tb, *accumulate, bias.as_ref()),
+        Kernel::Gemm { a, b, c, ta, tb, accumulate, bias, epilogue } => {
+            gemm(m, a, b, c, *ta, *tb, *accumulate, bias.as_ref());
+            if let Some(e) = epilogue {
+                // The epilogue reads the product it overwrites: from a copy.
+                let product = m.src(c).to_vec();
+                let ins: Vec<&[f32]> = e.inputs.iter().map(|v| if v == c { &product[..] } else { m.src(v) }).collect();
+                map_slices(m, &e.expr, &ins, &e.inputs, &e.channels, c, ctx);
+            }
+        }
+        Kernel::BnAffine { mean, var, gamma, beta, eps, scale, shift } => {
+            let c = mean.cols();
+            let (ms, vs, gs, bs) = (m.src(mean), m.src(var), m.src(gamma), m.src(beta));
+            let sc = m.dst(scale);
+            for i in 0..c {
+                sc[i] = gs[i] / (vs[i] + eps).sqrt();
+            }
+            let sh = m.dst(shift);
+            for i in 0..c {
+                sh[i] = bs[i] - ms[i] * sc[i];
+            }
+        }
         Kernel::Im2col { x, col, geom } => im2col(m, x, col, geom),
         Kernel::Col2im { col, dx, geom } => col2im(m, col, dx, geom),
         Kernel::Pool { kind, x, y, geom } => pool(m, *kind, x, y, geom),
@@ -287,6 +307,11 @@ const CHUNK: usize = 64;
 
 fn map(m: &Mem, expr: &[Expr], inputs: &[View], channels: &[View], out: &View, ctx: Ctx) {
     let ins: Vec<&[f32]> = inputs.iter().map(|v| m.src(v)).collect();
+    map_slices(m, expr, &ins, inputs, channels, out, ctx);
+}
+
+/// A map whose inputs are given as slices (each spanning its view).
+fn map_slices(m: &Mem, expr: &[Expr], ins: &[&[f32]], inputs: &[View], channels: &[View], out: &View, ctx: Ctx) {
     let chs: Vec<&[f32]> = channels.iter().map(|v| m.src(v)).collect();
     let os = m.dst(out);
     let cols = out.cols();

@@ -27,6 +27,7 @@ pub(super) fn covers(k: &Kernel) -> bool {
 pub fn provider(k: &Kernel) -> &'static str {
     match k {
         Kernel::Map { .. } => "generated (cranelift)",
+        Kernel::Gemm { epilogue: Some(_), .. } => "gemm crate + generated epilogue",
         Kernel::Gemm { .. } => "gemm crate",
         k if covers(k) => "tuned Rust",
         _ => "interpreter",
@@ -36,7 +37,9 @@ pub fn provider(k: &Kernel) -> &'static str {
 /// Runs `k`, which [`covers`] accepts.
 pub(super) fn run(k: &Kernel, m: &Mem) {
     match k {
-        Kernel::Gemm { a, b, c, ta, tb, accumulate, bias } => gemm(m, a, b, c, *ta, *tb, *accumulate, bias.as_ref()),
+        Kernel::Gemm { a, b, c, ta, tb, accumulate, bias, .. } => {
+            gemm(m, a, b, c, *ta, *tb, *accumulate, bias.as_ref(), true)
+        }
         Kernel::Im2col { x, col, geom } => {
             let xs = m.src(x);
             per_example(m.dst(col), col.pitch, geom, |n, rows, g| {
@@ -235,8 +238,39 @@ fn per_example_in(out: &mut [f32], g: &Geom, f: impl Fn(usize, &mut [f32], &Geom
 /// Products smaller than this (m·k·n) run on one thread: splitting costs more than it saves.
 const PARALLEL_GEMM: usize = 1 << 17;
 
+/// Rows of a block of a product with an epilogue: about 128 KiB of output, and at least 256
+/// rows, since each block packs the right-hand matrix again (a function of the width alone, so
+/// the blocks do not depend on the threads).
+fn epilogue_rows(cols: usize) -> usize {
+    (32768 / cols.max(1)).clamp(256, 1024)
+}
+
+/// A product and its epilogue (`f`, the epilogue's compiled map). Tall products run in blocks of
+/// rows over the pool, each block's epilogue right after its product, while the block is in
+/// cache; short ones as a whole product (split inside) and then the map.
+pub(super) fn gemm_then(m: &Mem, k: &Kernel, f: cnnc_codegen::MapFn, ctx: crate::reference::Ctx) -> Result<(), String> {
+    let Kernel::Gemm { a, b, c, ta, tb, accumulate, bias, epilogue: Some(e) } = k else {
+        run(k, m);
+        return Ok(());
+    };
+    let rows = c.rows();
+    let block = epilogue_rows(c.cols());
+    if *ta || rows < 4 * block {
+        gemm(m, a, b, c, *ta, *tb, *accumulate, bias.as_ref(), true);
+        return super::native_map(m, f, &e.expr, &e.inputs, &e.channels, c, ctx);
+    }
+    (0..rows.div_ceil(block)).into_par_iter().try_for_each(|i| {
+        let (first, n) = (i * block, block.min(rows - i * block));
+        let (a, c) = (a.row_block(first, n), c.row_block(first, n));
+        gemm(m, &a, b, &c, false, *tb, *accumulate, bias.as_ref(), false);
+        let inputs: Vec<View> = e.inputs.iter().map(|v| v.row_block(first, n)).collect();
+        super::native_map(m, f, &e.expr, &inputs, &e.channels, &c, ctx)
+    })
+}
+
+/// `c = op(a)·op(b)` (`+ c`), `+ bias`; `split`: on the pool, and over K where M·N is small.
 #[allow(clippy::too_many_arguments)]
-fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: bool, bias: Option<&View>) {
+fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: bool, bias: Option<&View>, split: bool) {
     let (rows, cols) = (c.rows(), c.cols());
     let k = if ta { a.rows() } else { a.cols() };
     let (sa, sb) = (m.src(a), m.src(b));
@@ -248,7 +282,7 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
             if !accumulate {
                 (0..rows).for_each(|r| sc[r * c.pitch..r * c.pitch + cols].fill(0.0));
             }
-        } else if rows * cols <= SPLIT_K_OUTPUT && k >= 2 * K_BLOCK {
+        } else if split && rows * cols <= SPLIT_K_OUTPUT && k >= 2 * K_BLOCK {
             // A small product over a long sum (a weight gradient: K = every output position of
             // the batch) leaves nothing to split but K: fixed blocks of K into partial products,
             // in parallel, then added in block order — the same bits on any number of threads.
@@ -275,7 +309,7 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
             }
         } else {
             let threads = crate::bench::threads();
-            let parallelism = (threads > 1 && rows * cols * k >= PARALLEL_GEMM).then_some(threads);
+            let parallelism = (split && threads > 1 && rows * cols * k >= PARALLEL_GEMM).then_some(threads);
             // SAFETY: the machine checked every view inside its buffer, so every element the
             // strides reach is inside these slices, and `c` overlaps neither `a` nor `b`.
             unsafe {
@@ -295,11 +329,16 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
     }
     if let Some(bias) = bias {
         let sbias = &m.src(bias)[..cols];
-        sc.par_chunks_mut(c.pitch.max(1) * 64).for_each(|block| {
+        let add_bias = |block: &mut [f32]| {
             for row in block.chunks_mut(c.pitch.max(1)) {
                 row.iter_mut().take(cols).zip(sbias).for_each(|(y, &b)| *y += b);
             }
-        });
+        };
+        if split {
+            sc.par_chunks_mut(c.pitch.max(1) * 64).for_each(add_bias);
+        } else {
+            add_bias(sc);
+        }
     }
 }
 

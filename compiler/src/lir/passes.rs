@@ -1,0 +1,103 @@
+//! Passes over a lowered kernel program. Each is one file with a one-line contract and a `run`
+//! that rewrites the program in place and says how many rewrites it made; [`optimize`] runs them
+//! in order, skipping the ones disabled by name (`cnnc build --disable-pass NAME`).
+//!
+//! - `fold_batchnorm`: batchnorm on running statistics becomes a per-channel affine map whose
+//!   scale and shift the prepare phase derives;
+//! - `fuse_maps`: a map whose only reader is another map is computed inside it;
+//! - `fuse_epilogue`: a map whose only input from a product is that product's output becomes the
+//!   product's epilogue, applied while the output is in cache.
+
+pub mod fold_batchnorm;
+pub mod fuse_epilogue;
+pub mod fuse_maps;
+
+use super::{BufId, Expr, Program, Space, View};
+
+/// The kernel-IR passes, in the order they run: name and contract.
+pub const PASSES: &[(&str, &str)] = &[
+    (
+        "fold_batchnorm",
+        "inference batchnorm as a per-channel affine map, its scale and shift derived in prepare (optional)",
+    ),
+    ("fuse_maps", "a map read only by another map is computed inside it (optional)"),
+    ("fuse_epilogue", "a map over a product's output becomes the product's epilogue (optional)"),
+];
+
+/// The longest fused map expression (the interpreter's limit).
+pub const MAX_EXPR: usize = 32;
+
+/// A pass: rewrites a program, says how many rewrites it made.
+type Pass = fn(&mut Program) -> usize;
+
+/// Runs every pass not in `disabled`; returns (pass, rewrites) for each that ran.
+pub fn optimize(p: &mut Program, disabled: &[String]) -> Vec<(&'static str, usize)> {
+    let passes: [(&str, Pass); 3] =
+        [("fold_batchnorm", fold_batchnorm::run), ("fuse_maps", fuse_maps::run), ("fuse_epilogue", fuse_epilogue::run)];
+    passes
+        .into_iter()
+        .filter(|(name, _)| !disabled.iter().any(|d| d == name))
+        .map(|(name, pass)| (name, pass(p)))
+        .collect()
+}
+
+/// Who touches each buffer in the step: the kernels that write it and those that read it.
+pub(crate) struct Uses {
+    pub writers: Vec<Vec<usize>>,
+    pub readers: Vec<Vec<usize>>,
+}
+
+impl Uses {
+    pub fn of(p: &Program) -> Uses {
+        let n = p.buffers.len();
+        let (mut writers, mut readers) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+        for (i, k) in p.kernels.iter().enumerate() {
+            let (r, w) = k.access();
+            for v in r {
+                readers[v.buf.0 as usize].push(i);
+            }
+            for v in w {
+                writers[v.buf.0 as usize].push(i);
+            }
+        }
+        for (_, v) in &p.results {
+            readers[v.buf.0 as usize].push(usize::MAX);
+        }
+        Uses { writers, readers }
+    }
+
+    /// Whether any kernel strictly between `i` and `j` reads or writes `buf`.
+    pub fn touched_between(&self, buf: BufId, i: usize, j: usize) -> bool {
+        let b = buf.0 as usize;
+        self.writers[b].iter().chain(&self.readers[b]).any(|&k| k > i && k < j)
+    }
+
+    /// Whether any kernel at `i` or strictly before `j` (and after `i`) writes `buf`.
+    pub fn written_from(&self, buf: BufId, i: usize, j: usize) -> bool {
+        self.writers[buf.0 as usize].iter().any(|&k| k >= i && k < j)
+    }
+}
+
+/// A buffer a pass may remove: an arena buffer the program does not keep across runs.
+pub(crate) fn temporary(p: &Program, buf: BufId) -> bool {
+    let b = &p.buffers[buf.0 as usize];
+    b.space == Space::Arena && !b.kept
+}
+
+/// Whether two views name the same elements as matrices.
+pub(crate) fn same_matrix(a: &View, b: &View) -> bool {
+    a.buf == b.buf && a.offset == b.offset && a.pitch == b.pitch && a.rows() == b.rows() && a.cols() == b.cols()
+}
+
+/// The steps of `expr` with every reference to an earlier step moved through `at`.
+pub(crate) fn renumber(e: Expr, at: &[usize]) -> Expr {
+    match e {
+        Expr::Add(a, b) => Expr::Add(at[a], at[b]),
+        Expr::Mul(a, b) => Expr::Mul(at[a], at[b]),
+        Expr::Relu(a) => Expr::Relu(at[a]),
+        Expr::Tanh(a) => Expr::Tanh(at[a]),
+        Expr::Sigmoid(a) => Expr::Sigmoid(at[a]),
+        Expr::Positive { c, a, b } => Expr::Positive { c: at[c], a: at[a], b: at[b] },
+        e @ (Expr::Input(_) | Expr::Channel(_) | Expr::Const(_) | Expr::Keep { .. }) => e,
+    }
+}
