@@ -45,9 +45,10 @@ fn autodiff() {
     });
 }
 
-/// `tests/passes/<pass>/*.cnn`: the inference program (batch 2) with the kernel-IR passes before
-/// `pass`, then with `pass` too; the pass must rewrite something, and the result must still be a
-/// program the interpreter accepts.
+/// `tests/passes/<pass>/*.cnn`: the training program (batch 2) where the file has a train
+/// section, else the inference program, with the kernel-IR passes before `pass`, then with `pass`
+/// too; the pass must rewrite something, and the result must still be a program whose memory plan
+/// checks.
 fn kernel_pass(pass: &str) {
     let names: Vec<&str> = cnnc_compiler::lir::passes::PASSES.iter().map(|(n, _)| *n).collect();
     let at = names.iter().position(|n| *n == pass).expect("a kernel pass");
@@ -55,11 +56,22 @@ fn kernel_pass(pass: &str) {
         let c = common::compile(path);
         assert!(!c.has_errors(), "{}", common::rendered(&c));
         let model = &c.models[0];
-        let graph = inference::run(model, &mut pipeline()).unwrap();
+        let (graph, grads, keep) = match c.trains.iter().find(|t| t.model == model.name) {
+            Some(spec) => {
+                let tg = training::run(model, spec, false, &mut pipeline()).unwrap();
+                let keep = tg.results();
+                (tg.graph, tg.grads.params, keep)
+            }
+            None => {
+                let graph = inference::run(model, &mut pipeline()).unwrap();
+                let keep: Vec<_> =
+                    graph.outputs().iter().map(|(_, id)| cnnc_compiler::ir::ValueId::from(*id)).collect();
+                (graph, Vec::new(), keep)
+            }
+        };
         let layout = cnnc_compiler::params::ParamLayout::of(&graph);
-        let keep: Vec<_> = graph.outputs().iter().map(|(_, id)| cnnc_compiler::ir::ValueId::from(*id)).collect();
         let program = |upto: usize| {
-            let mut p = cnnc_compiler::lir::lower(&graph, 2, &layout, &[], &keep).unwrap().program;
+            let mut p = cnnc_compiler::lir::lower(&graph, 2, &layout, &grads, &keep).unwrap().program;
             let disabled: Vec<String> = names[upto..].iter().map(|n| n.to_string()).collect();
             let done = cnnc_compiler::lir::passes::optimize(&mut p, &disabled);
             (p, done)
@@ -86,6 +98,11 @@ fn fuse_maps() {
 #[test]
 fn fuse_epilogue() {
     kernel_pass("fuse_epilogue");
+}
+
+#[test]
+fn fuse_im2col() {
+    kernel_pass("fuse_im2col");
 }
 
 #[test]

@@ -302,6 +302,12 @@ pub enum Kernel {
         bias: Option<View>,
         epilogue: Option<Box<Epilogue>>,
     },
+    /// A convolution as an implicit product: `c = im2col(x)·op(b) (+ bias)`, then the epilogue,
+    /// the im2col rows made block by block where the product reads them and never stored whole.
+    ConvGemm { x: View, geom: Geom, b: View, c: View, tb: bool, bias: Option<View>, epilogue: Option<Box<Epilogue>> },
+    /// A convolution's weight gradient as an implicit product: `c = im2col(x)ᵀ·dy`, over blocks of
+    /// im2col rows made where they are multiplied.
+    ConvWeightGrad { x: View, geom: Geom, dy: View, c: View },
     /// Every output position's receptive field, as a row of `col` `[n·positions, window·cg]`.
     Im2col { x: View, col: View, geom: Geom },
     /// The reverse of im2col: each column entry added back to its input element.
@@ -364,6 +370,8 @@ impl Kernel {
         match self {
             Kernel::Gemm { .. } => "gemm",
             Kernel::Im2col { .. } => "im2col",
+            Kernel::ConvGemm { .. } => "conv_gemm",
+            Kernel::ConvWeightGrad { .. } => "conv_weight_grad",
             Kernel::Col2im { .. } => "col2im",
             Kernel::Pool { .. } => "pool",
             Kernel::PoolGrad { .. } => "pool_grad",
@@ -403,6 +411,15 @@ impl Kernel {
                 (r, vec![c])
             }
             Kernel::Im2col { x, col, .. } => (vec![x], vec![col]),
+            Kernel::ConvWeightGrad { x, dy, c, .. } => (vec![x, dy], vec![c]),
+            Kernel::ConvGemm { x, b, c, bias, epilogue, .. } => {
+                let mut r = vec![x, b];
+                r.extend(bias);
+                if let Some(e) = epilogue {
+                    r.extend(e.inputs.iter().chain(&e.channels));
+                }
+                (r, vec![c])
+            }
             Kernel::Col2im { col, dx, .. } => (vec![col, dx], vec![dx]),
             Kernel::Pool { x, y, .. } => (vec![x], vec![y]),
             Kernel::PoolGrad { x, dy, dx, .. } => {
@@ -454,6 +471,12 @@ impl Kernel {
                 2 * (c.rows() * c.cols() * k) as u64 + tail as u64
             }
             Kernel::BnAffine { mean, .. } => 4 * mean.len() as u64,
+            Kernel::ConvWeightGrad { dy, c, .. } => 2 * (dy.rows() * c.rows() * c.cols()) as u64,
+            Kernel::ConvGemm { geom, c, epilogue, .. } => {
+                let k = geom.window() * geom.cg;
+                let tail = epilogue.as_ref().map_or(0, |e| e.expr.len() * c.len());
+                2 * (c.rows() * c.cols() * k) as u64 + tail as u64
+            }
             Kernel::Im2col { .. }
             | Kernel::Col2im { .. }
             | Kernel::Copy { .. }

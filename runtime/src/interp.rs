@@ -8,6 +8,7 @@
 //! accumulates into): that is what makes the slices the kernels take from the arena sound.
 
 mod kernels;
+pub mod microkernel;
 mod tuned;
 
 pub use tuned::provider;
@@ -127,7 +128,7 @@ impl Machine {
         for (k, native) in self.program.kernels.iter().zip(&mut self.natives) {
             if let Kernel::Map { expr, .. } = k {
                 *native = Some(Native::Map(jit.map(expr)?));
-            } else if let Kernel::Gemm { epilogue: Some(e), .. } = k {
+            } else if let Kernel::Gemm { epilogue: Some(e), .. } | Kernel::ConvGemm { epilogue: Some(e), .. } = k {
                 *native = Some(Native::Epilogue(jit.map(&e.expr)?));
             } else if tuned::covers(k) {
                 *native = Some(Native::Tuned);

@@ -257,10 +257,10 @@ impl Lowerer<'_> {
     }
 
     /// The im2col matrix of `x` over `geom`: one made before (the forward pass's, for the
-    /// weight gradient) while the budget of kept matrices allows, else a new one.
-    pub fn columns(&mut self, x: &View, geom: Geom) -> View {
+    /// weight gradient) where `reuse` and the budget of kept matrices allows, else a new one.
+    pub fn columns(&mut self, x: &View, geom: Geom, reuse: bool) -> View {
         if let Some((_, _, col)) =
-            self.columns.iter().find(|(v, g, col)| v == x && *g == geom && col.len() <= self.column_budget)
+            self.columns.iter().find(|(v, g, col)| reuse && v == x && *g == geom && col.len() <= self.column_budget)
         {
             let col = col.clone();
             self.column_budget -= col.len();

@@ -6,10 +6,12 @@
 //!   scale and shift the prepare phase derives;
 //! - `fuse_maps`: a map whose only reader is another map is computed inside it;
 //! - `fuse_epilogue`: a map whose only input from a product is that product's output becomes the
-//!   product's epilogue, applied while the output is in cache.
+//!   product's epilogue, applied while the output is in cache;
+//! - `fuse_im2col`: an im2col read only by one product becomes part of it (implicit GEMM).
 
 pub mod fold_batchnorm;
 pub mod fuse_epilogue;
+pub mod fuse_im2col;
 pub mod fuse_maps;
 
 use super::{BufId, Expr, Program, Space, View};
@@ -22,6 +24,7 @@ pub const PASSES: &[(&str, &str)] = &[
     ),
     ("fuse_maps", "a map read only by another map is computed inside it (optional)"),
     ("fuse_epilogue", "a map over a product's output becomes the product's epilogue (optional)"),
+    ("fuse_im2col", "an im2col read by one product only is made block by block inside it (optional)"),
 ];
 
 /// The longest fused map expression (the interpreter's limit).
@@ -32,8 +35,12 @@ type Pass = fn(&mut Program) -> usize;
 
 /// Runs every pass not in `disabled`; returns (pass, rewrites) for each that ran.
 pub fn optimize(p: &mut Program, disabled: &[String]) -> Vec<(&'static str, usize)> {
-    let passes: [(&str, Pass); 3] =
-        [("fold_batchnorm", fold_batchnorm::run), ("fuse_maps", fuse_maps::run), ("fuse_epilogue", fuse_epilogue::run)];
+    let passes: [(&str, Pass); 4] = [
+        ("fold_batchnorm", fold_batchnorm::run),
+        ("fuse_maps", fuse_maps::run),
+        ("fuse_epilogue", fuse_epilogue::run),
+        ("fuse_im2col", fuse_im2col::run),
+    ];
     passes
         .into_iter()
         .filter(|(name, _)| !disabled.iter().any(|d| d == name))

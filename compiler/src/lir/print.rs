@@ -66,6 +66,23 @@ pub(super) fn program(p: &Program) -> String {
                 view(scale),
                 view(shift)
             ),
+            Kernel::ConvWeightGrad { x, geom: g, dy, c } => {
+                format!("[{}] im2col {}ᵀ x {} -> {}", geom(g), view(x), view(dy), view(c))
+            }
+            Kernel::ConvGemm { x, geom: g, b, c, tb, bias, epilogue } => format!(
+                "[{}] im2col {} x {}{} -> {}{}{}",
+                geom(g),
+                view(x),
+                view(b),
+                if *tb { "ᵀ" } else { "" },
+                view(c),
+                bias.as_ref().map_or(String::new(), |b| format!(" bias {}", view(b))),
+                epilogue.as_ref().map_or(String::new(), |e| {
+                    let ins: Vec<String> = e.inputs.iter().map(view).collect();
+                    let chs: Vec<String> = e.channels.iter().map(view).collect();
+                    format!(" then {:?} ({}) per-channel ({})", e.expr, ins.join(", "), chs.join(", "))
+                })
+            ),
             Kernel::Im2col { x, col, geom: g } => format!("[{}] {} -> {}", geom(g), view(x), view(col)),
             Kernel::Col2im { col, dx, geom: g } => format!("[{}] {} += {}", geom(g), view(dx), view(col)),
             Kernel::Pool { kind, x, y, geom: g } => format!("[{kind},{}] {} -> {}", geom(g), view(x), view(y)),

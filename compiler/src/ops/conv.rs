@@ -208,7 +208,10 @@ fn columns(c: &ConvOp, l: &mut Lowerer, x: &View, out: &[usize], g: usize) -> Vi
     }
     let geom = crate::lir::lower::geom(&x.shape, &c.geometry(), out, g * cg, cg);
     debug_assert_eq!(geom.n * geom.positions(), rows);
-    l.columns(x, geom)
+    // The weight gradient reuses the forward matrix only where the products are too narrow for
+    // the micro-kernels (filters not a multiple of 8): elsewhere `fuse_im2col` makes both
+    // products implicit, which moves less memory than keeping the matrix.
+    l.columns(x, geom, !(c.filters / c.groups).is_multiple_of(8))
 }
 
 /// Weights `[f.., c_in/groups, filters]` as a matrix `[window·c_in/groups, filters]`.
@@ -314,7 +317,7 @@ impl ConvOp {
                         let turned = l.temp("rotated_filters", vec![taps * self.filters, cg]);
                         l.emit(Kernel::RotateFilters { w: wm, out: turned.clone(), taps });
                         let dyc = l.contiguous(dy.clone());
-                        let a = l.columns(&dyc, geom);
+                        let a = l.columns(&dyc, geom, false);
                         let c = dx.reshaped(vec![a.rows(), cg]);
                         l.emit(Kernel::Gemm {
                             a,

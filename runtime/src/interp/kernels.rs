@@ -13,12 +13,29 @@ pub(super) const MAX_EXPR: usize = 32;
 pub(super) fn run(k: &Kernel, m: &Mem, ctx: Ctx) {
     match k {
         Kernel::Gemm { a, b, c, ta, tb, accumulate, bias, epilogue } => {
-            gemm(m, a, b, c, *ta, *tb, *accumulate, bias.as_ref());
+            gemm(m, m.src(a), a, b, c, *ta, *tb, *accumulate, bias.as_ref());
             if let Some(e) = epilogue {
-                // The epilogue reads the product it overwrites: from a copy.
-                let product = m.src(c).to_vec();
-                let ins: Vec<&[f32]> = e.inputs.iter().map(|v| if v == c { &product[..] } else { m.src(v) }).collect();
-                map_slices(m, &e.expr, &ins, &e.inputs, &e.channels, c, ctx);
+                epilogue_of(m, e, c, ctx);
+            }
+        }
+        Kernel::ConvWeightGrad { x, geom, dy, c } => {
+            let k = geom.window() * geom.cg;
+            let rows = dy.rows();
+            let mut col = vec![0f32; rows * k];
+            im2col_slices(m.src(x), &mut col, k, geom);
+            let shape = View::whole(x.buf, vec![rows, k]);
+            gemm(m, &col, &shape, dy, c, true, false, false, None);
+        }
+        Kernel::ConvGemm { x, geom, b, c, tb, bias, epilogue } => {
+            // The im2col matrix, made whole here (the oracle), then the product.
+            let k = geom.window() * geom.cg;
+            let rows = c.rows();
+            let mut col = vec![0f32; rows * k];
+            im2col_slices(m.src(x), &mut col, k, geom);
+            let shape = View::whole(x.buf, vec![rows, k]);
+            gemm(m, &col, &shape, b, c, false, *tb, false, bias.as_ref());
+            if let Some(e) = epilogue {
+                epilogue_of(m, e, c, ctx);
             }
         }
         Kernel::BnAffine { mean, var, gamma, beta, eps, scale, shift } => {
@@ -63,11 +80,20 @@ fn row_mut<'s>(s: &'s mut [f32], v: &View, r: usize) -> &'s mut [f32] {
     &mut s[r * v.pitch..r * v.pitch + v.cols()]
 }
 
+/// A product's epilogue over its output `c`.
+fn epilogue_of(m: &Mem, e: &cnnc_compiler::lir::Epilogue, c: &View, ctx: Ctx) {
+    // The epilogue reads the product it overwrites: from a copy.
+    let product = m.src(c).to_vec();
+    let ins: Vec<&[f32]> = e.inputs.iter().map(|v| if v == c { &product[..] } else { m.src(v) }).collect();
+    map_slices(m, &e.expr, &ins, &e.inputs, &e.channels, c, ctx);
+}
+
+/// `c = op(a)·op(b) (+ c) (+ bias)`, `a`'s elements `sa` laid out as the view `a` says.
 #[allow(clippy::too_many_arguments)]
-fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: bool, bias: Option<&View>) {
+fn gemm(m: &Mem, sa: &[f32], a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: bool, bias: Option<&View>) {
     let (rows, cols) = (c.rows(), c.cols());
     let k = if ta { a.rows() } else { a.cols() };
-    let (sa, sb) = (m.src(a), m.src(b));
+    let sb = m.src(b);
     let sc = m.dst(c);
     // (row stride, column stride) of op(A) and op(B).
     let (rsa, csa) = if ta { (1, a.pitch) } else { (a.pitch, 1) };
@@ -110,47 +136,48 @@ fn im2col(m: &Mem, x: &View, col: &View, g: &Geom) {
 
 /// im2col of the `g.n` examples of `xs` into the rows of `cs`, `pitch` apart.
 pub(super) fn im2col_slices(xs: &[f32], cs: &mut [f32], pitch: usize, g: &Geom) {
+    im2col_rows(xs, cs, pitch, g, 0, g.n * g.positions());
+}
+
+/// Rows `first .. first + count` of the im2col matrix of `xs` into `cs` (row `first` first).
+pub(super) fn im2col_rows(xs: &[f32], cs: &mut [f32], pitch: usize, g: &Geom, first: usize, count: usize) {
     let ([id, ih, iw], c, cg) = (g.input, g.channels, g.cg);
-    let [od, oh, ow] = g.output;
+    let [_, oh, ow] = g.output;
     let [fd, fh, fw] = g.size;
+    let positions = g.positions().max(1);
     // A window row (all of kw) is one run of the input when every channel is taken and the
     // width is not dilated.
     let whole = cg == c && g.dilation[2] == 1;
-    let mut row = 0;
-    for n in 0..g.n {
-        for zd in 0..od {
-            for zh in 0..oh {
-                for zw in 0..ow {
-                    let mut at = row * pitch;
-                    let end = at + fd * fh * fw * cg;
-                    let w0 = (zw * g.stride[2]) as isize - g.pad[2] as isize;
-                    for kd in 0..fd {
-                        let d = g.source(0, zd, kd);
-                        for kh in 0..fh {
-                            match (d, g.source(1, zh, kh)) {
-                                (Some(d), Some(h)) if whole && w0 >= 0 && w0 as usize + fw <= iw => {
-                                    let base = (((n * id + d) * ih + h) * iw + w0 as usize) * c;
-                                    copy_run(cs, at, end, xs, base, fw * c);
+    for r in first..first + count {
+        let (n, p) = (r / positions, r % positions);
+        let (zd, zh, zw) = (p / (oh * ow).max(1), (p / ow.max(1)) % oh.max(1), p % ow.max(1));
+        let row = r - first;
+        let mut at = row * pitch;
+        let end = at + fd * fh * fw * cg;
+        let w0 = (zw * g.stride[2]) as isize - g.pad[2] as isize;
+        for kd in 0..fd {
+            let d = g.source(0, zd, kd);
+            for kh in 0..fh {
+                match (d, g.source(1, zh, kh)) {
+                    (Some(d), Some(h)) if whole && w0 >= 0 && w0 as usize + fw <= iw => {
+                        let base = (((n * id + d) * ih + h) * iw + w0 as usize) * c;
+                        copy_run(cs, at, end, xs, base, fw * c);
+                    }
+                    (Some(d), Some(h)) => {
+                        for kw in 0..fw {
+                            let part = at + kw * cg;
+                            match g.source(2, zw, kw) {
+                                Some(w) => {
+                                    let base = (((n * id + d) * ih + h) * iw + w) * c + g.c0;
+                                    copy_run(cs, part, end, xs, base, cg);
                                 }
-                                (Some(d), Some(h)) => {
-                                    for kw in 0..fw {
-                                        let part = at + kw * cg;
-                                        match g.source(2, zw, kw) {
-                                            Some(w) => {
-                                                let base = (((n * id + d) * ih + h) * iw + w) * c + g.c0;
-                                                copy_run(cs, part, end, xs, base, cg);
-                                            }
-                                            None => cs[part..part + cg].fill(0.0),
-                                        }
-                                    }
-                                }
-                                _ => cs[at..at + fw * cg].fill(0.0),
+                                None => cs[part..part + cg].fill(0.0),
                             }
-                            at += fw * cg;
                         }
                     }
-                    row += 1;
+                    _ => cs[at..at + fw * cg].fill(0.0),
                 }
+                at += fw * cg;
             }
         }
     }

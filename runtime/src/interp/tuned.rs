@@ -18,6 +18,7 @@ pub(super) fn covers(k: &Kernel) -> bool {
         Kernel::Gemm { .. } | Kernel::Im2col { .. } | Kernel::Col2im { .. } => true,
         Kernel::Pool { geom, .. } | Kernel::PoolGrad { geom, .. } => geom.c0 == 0 && geom.cg == geom.channels,
         Kernel::BnStats { .. } | Kernel::BnApply { .. } | Kernel::BnGrad { .. } | Kernel::SumRows { .. } => true,
+        Kernel::ConvGemm { .. } | Kernel::ConvWeightGrad { .. } => true,
         Kernel::Fill { .. } => true,
         _ => false,
     }
@@ -27,7 +28,17 @@ pub(super) fn covers(k: &Kernel) -> bool {
 pub fn provider(k: &Kernel) -> &'static str {
     match k {
         Kernel::Map { .. } => "generated (cranelift)",
+        Kernel::ConvGemm { c, geom, epilogue, .. } => {
+            let micro = super::microkernel::suits(c.rows(), geom.window() * geom.cg, c.cols(), false);
+            match (micro, epilogue.is_some()) {
+                (true, true) => "implicit GEMM, micro-kernel + generated epilogue",
+                (true, false) => "implicit GEMM, micro-kernel",
+                (false, true) => "implicit GEMM, gemm crate + generated epilogue",
+                (false, false) => "implicit GEMM, gemm crate",
+            }
+        }
         Kernel::Gemm { epilogue: Some(_), .. } => "gemm crate + generated epilogue",
+        Kernel::ConvWeightGrad { .. } => "implicit GEMM over K blocks, gemm crate",
         Kernel::Gemm { .. } => "gemm crate",
         k if covers(k) => "tuned Rust",
         _ => "interpreter",
@@ -95,6 +106,11 @@ pub(super) fn run(k: &Kernel, m: &Mem) {
             });
         }
         Kernel::BnGrad { .. } => bn_grad(m, k),
+        Kernel::ConvWeightGrad { x, geom, dy, c } => conv_weight_grad(m, x, geom, dy, c),
+        Kernel::ConvGemm { .. } => {
+            // Without an epilogue nothing can fail.
+            let _ = conv_gemm(m, k, None, crate::reference::Ctx::default());
+        }
         _ => super::kernels::run(k, m, crate::reference::Ctx::default()),
     }
 }
@@ -249,6 +265,9 @@ fn epilogue_rows(cols: usize) -> usize {
 /// rows over the pool, each block's epilogue right after its product, while the block is in
 /// cache; short ones as a whole product (split inside) and then the map.
 pub(super) fn gemm_then(m: &Mem, k: &Kernel, f: cnnc_codegen::MapFn, ctx: crate::reference::Ctx) -> Result<(), String> {
+    if let Kernel::ConvGemm { .. } = k {
+        return conv_gemm(m, k, Some(f), ctx);
+    }
     let Kernel::Gemm { a, b, c, ta, tb, accumulate, bias, epilogue: Some(e) } = k else {
         run(k, m);
         return Ok(());
@@ -268,6 +287,88 @@ pub(super) fn gemm_then(m: &Mem, k: &Kernel, f: cnnc_codegen::MapFn, ctx: crate:
     })
 }
 
+/// `c = im2col(x)ᵀ·dy` in fixed blocks of im2col rows (K of the product), each made in a buffer
+/// of its own and multiplied into a partial product; the partials added in block order.
+fn conv_weight_grad(m: &Mem, x: &View, geom: &Geom, dy: &View, c: &View) {
+    let kk = geom.window() * geom.cg;
+    let (rows, n) = (dy.rows(), dy.cols());
+    let (xs, sd) = (m.src(x), m.src(dy));
+    let sc = m.dst(c);
+    let block = (rows / 256).max(512);
+    let blocks = rows.div_ceil(block).max(1);
+    let mut partial = vec![0f32; blocks * kk * n];
+    let pd = Shared(sd.as_ptr());
+    partial.par_chunks_mut((kk * n).max(1)).enumerate().for_each_init(Vec::new, |col: &mut Vec<f32>, (i, part)| {
+        let (first, count) = (i * block, block.min(rows.saturating_sub(i * block)));
+        if count == 0 {
+            return;
+        }
+        col.resize(count * kk, 0.0);
+        super::kernels::im2col_rows(xs, col, kk, geom, first, count);
+        let rhs = pd.get().wrapping_add(first * dy.pitch);
+        // SAFETY: `col` holds `count` rows of `kk`; `dy` rows `first..first + count` lie inside
+        // its view; `part` holds `kk × n`.
+        unsafe { product(kk, n, count, part.as_mut_ptr(), n, false, (col.as_ptr(), 1, kk), (rhs, dy.pitch, 1), None) };
+    });
+    for r in 0..kk {
+        let out = &mut sc[r * c.pitch..r * c.pitch + n];
+        out.fill(0.0);
+        for part in partial.chunks((kk * n).max(1)) {
+            out.iter_mut().zip(&part[r * n..(r + 1) * n]).for_each(|(y, &p)| *y += p);
+        }
+    }
+}
+
+/// An implicit-GEMM convolution: blocks of rows on the pool, each making its im2col rows in a
+/// buffer of its own, multiplying them (the micro-kernels where the shape suits them, over the
+/// filters packed once; else the `gemm` crate on one thread), adding the bias and running the
+/// epilogue (`f`, compiled) on the block.
+fn conv_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::reference::Ctx) -> Result<(), String> {
+    let Kernel::ConvGemm { x, geom, b, c, tb, bias, epilogue } = k else { return Ok(()) };
+    let kk = geom.window() * geom.cg;
+    let (rows, cols) = (c.rows(), c.cols());
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let (xs, sb) = (m.src(x), m.src(b));
+    let (rsb, csb) = if *tb { (1, b.pitch) } else { (b.pitch, 1) };
+    let micro = super::microkernel::suits(rows, kk, cols, false);
+    let packed = if micro { super::microkernel::pack(sb, kk, cols, rsb, csb) } else { Vec::new() };
+    let block = cnnc_compiler::lir::passes::fuse_im2col::block_rows(kk, cols);
+    let sbias = bias.as_ref().map(|v| &m.src(v)[..cols]);
+    let pb = Shared(sb.as_ptr());
+    (0..rows.div_ceil(block)).into_par_iter().try_for_each_init(Vec::new, |col: &mut Vec<f32>, i| {
+        let (first, n) = (i * block, block.min(rows - i * block));
+        col.resize(n * kk, 0.0);
+        super::kernels::im2col_rows(xs, col, kk, geom, first, n);
+        let cv = c.row_block(first, n);
+        let sc = m.dst(&cv);
+        if micro {
+            // SAFETY: `suits` checked the host's ISA; `col` holds `n` rows of `kk`, `sc` `n` rows
+            // of `cols` at the view's pitch, `packed` `kk·cols` values.
+            unsafe { super::microkernel::gemm(n, kk, cols, col, kk, &packed, sc, c.pitch, false) };
+        } else {
+            // SAFETY: as in `gemm`: the view checks put every element the strides reach inside.
+            unsafe {
+                product(n, cols, kk, sc.as_mut_ptr(), c.pitch, false, (col.as_ptr(), kk, 1), (pb.get(), rsb, csb), None)
+            };
+        }
+        if let Some(bias) = sbias {
+            for row in sc.chunks_mut(c.pitch.max(1)) {
+                row.iter_mut().take(cols).zip(bias).for_each(|(y, &b)| *y += b);
+            }
+        }
+        match (epilogue, f) {
+            (Some(e), Some(f)) => {
+                let inputs: Vec<View> = e.inputs.iter().map(|v| v.row_block(first, n)).collect();
+                super::native_map(m, f, &e.expr, &inputs, &e.channels, &cv, ctx)
+            }
+            (Some(_), None) => Err("a convolution's epilogue was not compiled".to_string()),
+            _ => Ok(()),
+        }
+    })
+}
+
 /// `c = op(a)·op(b)` (`+ c`), `+ bias`; `split`: on the pool, and over K where M·N is small.
 #[allow(clippy::too_many_arguments)]
 fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: bool, bias: Option<&View>, split: bool) {
@@ -281,6 +382,23 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
         if k == 0 {
             if !accumulate {
                 (0..rows).for_each(|r| sc[r * c.pitch..r * c.pitch + cols].fill(0.0));
+            }
+        } else if csa == 1 && super::microkernel::suits(rows, k, cols, ta) {
+            let packed = super::microkernel::pack(sb, k, cols, rsb, csb);
+            let (lda, ldc) = (a.pitch, c.pitch);
+            let block = |(i, cs): (usize, &mut [f32])| {
+                let first = i * super::microkernel::BLOCK_ROWS;
+                let n = super::microkernel::BLOCK_ROWS.min(rows - first);
+                // SAFETY: `suits` checked the host's ISA; the view checks put `n` rows of `k` at
+                // pitch `lda` from row `first` in `sa`, `n` rows of `cols` in this block of `sc`,
+                // and `pack` made `k·cols` values.
+                unsafe { super::microkernel::gemm(n, k, cols, &sa[first * lda..], lda, &packed, cs, ldc, accumulate) };
+            };
+            let chunk = super::microkernel::BLOCK_ROWS * ldc;
+            if split && rows > super::microkernel::BLOCK_ROWS {
+                sc.par_chunks_mut(chunk).enumerate().for_each(block);
+            } else {
+                sc.chunks_mut(chunk).enumerate().for_each(block);
             }
         } else if split && rows * cols <= SPLIT_K_OUTPUT && k >= 2 * K_BLOCK {
             // A small product over a long sum (a weight gradient: K = every output position of
