@@ -2,6 +2,7 @@
 //! IR, the training or inference graph (after any pass), or the kernel program and its memory
 //! plan.
 
+use crate::run::EXIT_INPUT;
 use crate::{Emit, EXIT_INTERNAL, EXIT_USAGE};
 use cnnc_compiler::elaborate::ModelInfo;
 use cnnc_compiler::passes::{inference, training, Options, PassError, Pipeline};
@@ -56,6 +57,8 @@ pub(crate) fn build(
         let text = match emit {
             Emit::Summary => Summary::of(&m.graph).to_text(),
             Emit::Ir => m.graph.to_text(),
+            // Written to a file by `onnx`, never printed.
+            Emit::Onnx => String::new(),
             Emit::Lir | Emit::Memory | Emit::Kernels | Emit::Clif => match lir_text(c, m, emit, options, batch) {
                 Ok(text) => text,
                 Err((code, message)) => {
@@ -164,4 +167,60 @@ fn lir_text(
         }
         _ => program.to_string(),
     })
+}
+
+/// `cnnc build --emit onnx -o FILE [--weights W]`: one model's inference graph with its weights
+/// (those of `W`, else the initial ones of the train section's seed) as an ONNX model.
+pub(crate) fn onnx(
+    c: &Compilation,
+    model: Option<&str>,
+    output: Option<&std::path::Path>,
+    weights: Option<&std::path::Path>,
+) -> ExitCode {
+    let fail = |code: u8, message: String| {
+        eprintln!("error: {message}");
+        ExitCode::from(code)
+    };
+    let Some(output) = output else {
+        return fail(EXIT_USAGE, "--emit onnx writes a file: give it with --output FILE".into());
+    };
+    let m = match (model, c.models.as_slice()) {
+        (Some(name), models) => match models.iter().find(|m| m.name == name) {
+            Some(m) => m,
+            None => return fail(EXIT_USAGE, format!("no model `{name}` in this file")),
+        },
+        (None, [m]) => m,
+        (None, []) => return fail(EXIT_USAGE, "this file has no model to export".into()),
+        (None, models) => {
+            let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+            return fail(EXIT_USAGE, format!("pick the model to export with --model ({})", names.join(", ")));
+        }
+    };
+    let mut pipe = match Pipeline::new(Options::default()) {
+        Ok(p) => p,
+        Err(e) => return fail(EXIT_INTERNAL, e.to_string()),
+    };
+    let graph = match inference::run(m, &mut pipe) {
+        Ok(g) => g,
+        Err(e) => return fail(EXIT_INTERNAL, e.to_string()),
+    };
+    let seed = c.trains.iter().find(|t| t.model == m.name).map_or(0, |t| t.seed);
+    let mut params = cnnc_runtime::params::Params::init(&graph, seed);
+    match weights {
+        Some(w) => {
+            if let Err(e) = cnnc_runtime::weights::load_into(w, &mut params) {
+                return fail(EXIT_INPUT, e.to_string());
+            }
+        }
+        None => eprintln!("note: no --weights given: exporting the initial weights of seed {seed}"),
+    }
+    let bytes = match cnnc_runtime::onnx::export(&graph, &params) {
+        Ok(b) => b,
+        Err(e) => return fail(EXIT_USAGE, format!("`{}` cannot be exported to ONNX: {e}", m.name)),
+    };
+    if let Err(e) = cnnc_runtime::atomic::write(output, &bytes) {
+        return fail(EXIT_INPUT, format!("cannot write {}: {e}", output.display()));
+    }
+    println!("{}: {} bytes, opset 17, input and output channels-last as in cnnc", output.display(), bytes.len());
+    ExitCode::SUCCESS
 }

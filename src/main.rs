@@ -56,6 +56,13 @@ enum Command {
         /// batch, else 1).
         #[arg(long)]
         batch: Option<usize>,
+        /// Where `--emit onnx` writes the model.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The weights `--emit onnx` exports (default: the initial weights of the train
+        /// section's seed).
+        #[arg(long, value_name = "FILE")]
+        weights: Option<PathBuf>,
         /// Colour in human-readable diagnostics.
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
@@ -198,6 +205,8 @@ pub(crate) enum Emit {
     Kernels,
     /// The Cranelift IR of the kernels compiled to native code.
     Clif,
+    /// The inference graph and its weights as an ONNX model, written to `--output`.
+    Onnx,
 }
 
 /// Parses `--backend`.
@@ -257,7 +266,7 @@ fn main() -> ExitCode {
             };
             finish(run::run(&c, &args))
         }
-        Command::Build { file, emit, model, after, disable_pass, batch, color } => {
+        Command::Build { file, emit, model, after, disable_pass, batch, output, weights, color } => {
             if disable_pass.iter().any(|p| p == "list") {
                 for (name, contract) in cnnc_compiler::passes::PASSES {
                     println!("{name:<16}{contract}");
@@ -282,6 +291,13 @@ fn main() -> ExitCode {
             let status = report(&c, MessageFormat::Human, color);
             if status != ExitCode::SUCCESS {
                 return status;
+            }
+            if emit == Emit::Onnx {
+                return build::onnx(&c, model.as_deref(), output.as_deref(), weights.as_deref());
+            }
+            if output.is_some() || weights.is_some() {
+                eprintln!("error: --output and --weights go with --emit onnx");
+                return ExitCode::from(EXIT_USAGE);
             }
             build::build(&c, emit, model.as_deref(), &options, batch)
         }

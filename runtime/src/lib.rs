@@ -10,6 +10,7 @@ pub mod evaluate;
 pub mod executor;
 pub mod interp;
 pub mod loader;
+pub mod onnx;
 pub mod optim;
 pub mod params;
 pub mod plot;

@@ -1,0 +1,66 @@
+//! ONNX export: every stdlib and example model's inference graph, exported with its seeded
+//! weights, passes the ONNX checker (full check) and ONNX Runtime gives the reference executor's
+//! outputs on the same input within ‖a − b‖∞ ≤ 1e-4 · max(‖b‖∞, 1) (`tests/onnx_check.py`,
+//! which needs `onnx` and `onnxruntime`: `.ci/run` installs them).
+
+mod common;
+
+use cnnc_compiler::ir::ValueId;
+use cnnc_runtime::executor::Executor;
+use cnnc_runtime::params::Params;
+use cnnc_runtime::reference::Ctx;
+
+/// Models above this many parameters are left out (VGG-16's file alone is 528 MB).
+const MOST_PARAMETERS: usize = 30_000_000;
+
+#[test]
+fn every_model_exports_to_onnx_and_onnx_runtime_agrees() {
+    let mut files: Vec<std::path::PathBuf> = ["stdlib", "examples"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(common::root().join(d)).unwrap().map(|e| e.unwrap().path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
+        .collect();
+    files.sort();
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = Vec::new();
+    for file in files {
+        let c = common::compile(&file);
+        assert!(!c.has_errors(), "{}", common::rendered(&c));
+        for m in &c.models {
+            let mut pipe = cnnc_compiler::passes::Pipeline::new(Default::default()).unwrap();
+            let graph = cnnc_compiler::passes::inference::run(m, &mut pipe).unwrap();
+            let params = Params::init(&graph, 7);
+            if params.data().len() > MOST_PARAMETERS || graph.inputs().len() != 1 {
+                continue;
+            }
+            let input = graph.inputs()[0];
+            let shape: Vec<usize> = std::iter::once(1).chain(graph.node(input).shape.0.iter().copied()).collect();
+            let n: usize = shape.iter().product();
+            let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+            let tensor = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), x.clone()).unwrap();
+            let keep: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+            let exec = Executor::new(&graph, &params.layout, &keep).unwrap();
+            let values = exec.run(&graph, &params, &[(input, tensor.view())], Ctx::default()).unwrap();
+
+            let case = dir.path().join(&m.name);
+            std::fs::create_dir_all(&case).unwrap();
+            let bytes = cnnc_runtime::onnx::export(&graph, &params).unwrap_or_else(|e| panic!("{}: {e}", m.name));
+            std::fs::write(case.join("model.onnx"), bytes).unwrap();
+            let raw = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+            std::fs::write(case.join("input.bin"), raw(&x)).unwrap();
+            for (i, v) in keep.iter().enumerate() {
+                let out: Vec<f32> = values.get(*v).unwrap().iter().copied().collect();
+                std::fs::write(case.join(format!("output{i}.bin")), raw(&out)).unwrap();
+            }
+            let o = std::process::Command::new("python3")
+                .arg(common::root().join("tests/onnx_check.py"))
+                .arg(&case)
+                .output()
+                .expect("python3 runs");
+            let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            assert!(o.status.success(), "{} ({}): {text}", m.name, file.display());
+            checked.push(m.name.clone());
+        }
+    }
+    assert!(checked.len() >= 10, "only {checked:?} were checked");
+}
