@@ -64,3 +64,76 @@ fn every_model_exports_to_onnx_and_onnx_runtime_agrees() {
     }
     assert!(checked.len() >= 10, "only {checked:?} were checked");
 }
+
+/// `cnnc build --emit onnx`: writes the file with the weights given, refuses what it cannot
+/// export (exit 2, nothing written), and the exported weights are the file's.
+#[test]
+fn the_onnx_command_writes_the_weights_given_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lenet.onnx");
+    let run = |args: &[&str]| common::cnnc().args(args).output().unwrap();
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // No output file named; several models and none picked.
+    let o = run(&["build", "examples/lenet5.cnn", "--emit", "onnx"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--output"), "{}", text(&o));
+    let o = run(&["build", "stdlib/resnet.cnn", "--emit", "onnx", "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--model"), "{}", text(&o));
+    assert!(!out.exists());
+
+    // Weights: all of LeNet-5's parameters at 0.25, then one of them not finite.
+    let c = common::compile(&common::root().join("examples/lenet5.cnn"));
+    let mut pipe = cnnc_compiler::passes::Pipeline::new(Default::default()).unwrap();
+    let graph = cnnc_compiler::passes::inference::run(&c.models[0], &mut pipe).unwrap();
+    let params = Params::init(&graph, 1);
+    let values: Vec<Vec<f32>> = params.named().map(|(_, _, v)| vec![0.25; v.len()]).collect();
+    let named: Vec<(&str, &[usize], &[f32])> =
+        params.named().zip(&values).map(|((n, s, _), v)| (n, s, v.as_slice())).collect();
+    let good = dir.path().join("good.safetensors");
+    cnnc_runtime::weights::save(&good, &named, Default::default()).unwrap();
+    let mut nan = values.clone();
+    nan[0][3] = f32::NAN;
+    let named: Vec<(&str, &[usize], &[f32])> =
+        params.named().zip(&nan).map(|((n, s, _), v)| (n, s, v.as_slice())).collect();
+    let bad = dir.path().join("bad.safetensors");
+    cnnc_runtime::weights::save(&bad, &named, Default::default()).unwrap();
+
+    let o = run(&[
+        "build",
+        "examples/lenet5.cnn",
+        "--emit",
+        "onnx",
+        "-o",
+        out.to_str().unwrap(),
+        "--weights",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!out.exists(), "nothing written");
+    let o = run(&[
+        "build",
+        "examples/lenet5.cnn",
+        "--emit",
+        "onnx",
+        "-o",
+        out.to_str().unwrap(),
+        "--weights",
+        good.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // The file holds the weights: every float of every initializer is 0.25 (LeNet-5's are all
+    // parameters), and there are as many as the model has.
+    let model: cnnc_runtime::onnx::proto::ModelProto = prost::Message::decode(&*std::fs::read(&out).unwrap()).unwrap();
+    let inits = model.graph.unwrap().initializer;
+    let floats: Vec<f32> = inits
+        .iter()
+        .filter(|t| t.data_type == 1)
+        .flat_map(|t| {
+            t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(floats.len(), params.data().len());
+    assert!(floats.iter().all(|&v| v == 0.25));
+}
