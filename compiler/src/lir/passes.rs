@@ -2,8 +2,8 @@
 //! that rewrites the program in place and says how many rewrites it made; [`optimize`] runs them
 //! in order, skipping the ones disabled by name (`cnnc build --disable-pass NAME`).
 //!
-//! - `fold_batchnorm`: batchnorm on running statistics becomes a per-channel affine map whose
-//!   scale and shift the prepare phase derives;
+//! - `fold_batchnorm`: batchnorm's apply becomes a per-channel affine map whose scale and shift
+//!   the prepare phase derives (running statistics) or the step right after the batch's;
 //! - `fuse_maps`: a map whose only reader is another map is computed inside it;
 //! - `fuse_epilogue`: a map whose only input from a product is that product's output becomes the
 //!   product's epilogue, applied while the output is in cache;
@@ -20,7 +20,7 @@ use super::{BufId, Expr, Program, Space, View};
 pub const PASSES: &[(&str, &str)] = &[
     (
         "fold_batchnorm",
-        "inference batchnorm as a per-channel affine map, its scale and shift derived in prepare (optional)",
+        "batchnorm as a per-channel affine map, scale and shift derived in prepare (running statistics) or in the step (optional)",
     ),
     ("fuse_maps", "a map read only by another map is computed inside it (optional)"),
     ("fuse_epilogue", "a map over a product's output becomes the product's epilogue (optional)"),
