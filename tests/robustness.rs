@@ -178,3 +178,35 @@ fn huge_numbers_are_diagnostics() {
         survives(text.as_bytes());
     }
 }
+
+/// A diagnostic on a line longer than the renderer can show (past column 65,535) still renders,
+/// with its place by line and column, and `cnnc check` exits 1, not with a panic.
+#[test]
+fn a_diagnostic_on_a_very_long_line_renders() {
+    let text = format!(
+        "model M {{\n    input image: [8, 8, 1]\n    x = image |> {}nope\n    output y = x\n}}\n",
+        " ".repeat(70_000)
+    );
+    let c = cnnc_compiler::compile_source("long.cnn", None, text.as_bytes());
+    let d = c.diagnostics();
+    assert!(!d.is_empty());
+    let shown = d[0].render(&c.program.sources, false);
+    assert!(shown.contains("long.cnn:3:70018") && shown.contains("unknown layer or block `nope`"), "{shown}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.cnn");
+    std::fs::write(&path, &text).unwrap();
+    let o = common::cnnc().args(["check", path.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A `repeat` whose body fails stops at its first failure: nested repeats of a million million
+/// iterations of an unknown name end at once with one diagnostic (they used to run until memory
+/// ran out).
+#[test]
+fn a_failing_repeat_body_ends_at_its_first_failure() {
+    let text = "model M {\n input image: [8, 8, 1]\n x = image |> repeat 10000 { repeat 10000 { repeat 10000 { nope } } }\n output y = x\n}\n";
+    let c = cnnc_compiler::compile_source("repeat.cnn", None, text.as_bytes());
+    let errors: Vec<_> = c.diagnostics().into_iter().filter(|d| d.is_error()).collect();
+    assert_eq!(errors.len(), 1, "{}", common::rendered(&c));
+    assert!(errors[0].message.contains("nope"));
+}

@@ -89,14 +89,42 @@ impl Diagnostic {
         self.severity == Severity::Error
     }
 
-    /// Renders for a terminal; `color` turns on ANSI colours.
+    /// Renders for a terminal; `color` turns on ANSI colours. Where a labelled line is too long
+    /// to show (miette's renderer cannot place a label past column 65,535), the diagnostic is
+    /// rendered without its source excerpt, each label by line and column.
     pub fn render(&self, sources: &SourceMap, color: bool) -> String {
+        if self.labels.iter().any(|l| longest_line(sources, l.loc) > MAX_SHOWN_LINE) {
+            return self.plain(sources);
+        }
         let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
         let handler = GraphicalReportHandler::new_themed(theme).with_width(110).with_links(false);
         let mut out = String::new();
         let report = Rendered::new(self, sources);
         if handler.render_report(&mut out, &report).is_err() {
             out = format!("{}: {}\n", self.code, self.message);
+        }
+        out
+    }
+
+    /// The diagnostic as plain lines: code and message, each label's place and message, help
+    /// and notes.
+    fn plain(&self, sources: &SourceMap) -> String {
+        let kind = if self.is_error() { "error" } else { "warning" };
+        let mut out = format!("{kind}[{}]: {}\n", self.code, self.message);
+        for l in &self.labels {
+            let f = sources.get(l.loc.file);
+            let (line, col) = f.line_col(l.loc.span.start as usize);
+            out += &format!(
+                "  --> {}:{line}:{col} (line too long to show){}\n",
+                f.name,
+                if l.message.is_empty() { String::new() } else { format!(": {}", l.message) }
+            );
+        }
+        if let Some(h) = &self.help {
+            out += &format!("  help: {h}\n");
+        }
+        for n in &self.notes {
+            out += &format!("  note: {n}\n");
         }
         out
     }
@@ -223,4 +251,16 @@ impl miette::Diagnostic for Rendered {
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         Some(Box::new(self.labels.iter().cloned()))
     }
+}
+
+/// The longest line a diagnostic shows with its source excerpt, in bytes.
+const MAX_SHOWN_LINE: usize = 4096;
+
+/// The length of the longest line that `loc` touches.
+fn longest_line(sources: &SourceMap, loc: Loc) -> usize {
+    let text = sources.get(loc.file).text.as_bytes();
+    let (start, end) = ((loc.span.start as usize).min(text.len()), (loc.span.end as usize).min(text.len()));
+    let first = text[..start].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let last = text[end.max(first)..].iter().position(|&b| b == b'\n').map_or(text.len(), |i| end.max(first) + i);
+    text[first..last].split(|&b| b == b'\n').map(<[u8]>::len).max().unwrap_or(0)
 }

@@ -193,6 +193,10 @@ impl Elab<'_> {
                         value = self.recorded_stage(sc, s, value, from);
                         from = sc.loc(s.span());
                     }
+                    // A body that failed fails the same way every time: stop at the first.
+                    if matches!(value, Value::Poison) {
+                        break;
+                    }
                 }
                 if let Some(v) = var {
                     sc.slots.remove(&v.name);
