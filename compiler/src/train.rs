@@ -747,6 +747,43 @@ impl Checker<'_> {
             return Err(format!("it transforms images [n_H, n_W, n_C], and the examples have shape {shape}"));
         }
         let (h, w, c) = (shape.0[0], shape.0[1], shape.0[2]);
+        // Every number finite and in a range the augmentation can use (a huge angle, warp or
+        // padding would fail or exhaust memory in the loader, after the check had passed).
+        for (name, value) in &step.args {
+            let bad = match value {
+                Arg::Num(v) => !v.is_finite(),
+                Arg::List(v) => v.iter().any(|x| !x.is_finite()),
+                _ => false,
+            };
+            if bad {
+                return Err(format!("`{name}` must be a finite number"));
+            }
+        }
+        let within = |name: &str, low: f64, high: f64| {
+            let v = number(name);
+            if step.args.contains_key(name) && !(low..=high).contains(&v) {
+                let shown = if v.abs() >= 1e6 { format!("{v:e}") } else { v.to_string() };
+                Err(format!("`{name}` = {shown} is outside {low} to {high}"))
+            } else {
+                Ok(())
+            }
+        };
+        match step.name.as_str() {
+            "rotate" => within("degrees", -360.0, 360.0)?,
+            "shear" => within("degrees", -80.0, 80.0)?,
+            "warp" => {
+                within("alpha", 0.0, 1000.0)?;
+                within("sigma", 0.0, 64.0)?;
+            }
+            "brightness" | "contrast" | "color_shift" => within("max", 0.0, 10.0)?,
+            "pca_color" => within("std", 0.0, 10.0)?,
+            "random_crop" => {
+                within("size", 1.0, 16384.0)?;
+                within("pad", 0.0, 1024.0)?;
+            }
+            "random_resized_crop" => within("size", 1.0, 16384.0)?,
+            _ => {}
+        }
         match step.name.as_str() {
             "color_shift" | "pca_color" if c != 3 => Err(format!(
                 "it changes colours, and the examples have {c} channel{} ({shape}), not RGB",
