@@ -560,3 +560,24 @@ fn init_starts_from_pretrained_weights_and_bad_weights_are_refused() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("use --init FILE"), "{}", text(&o));
 }
+
+/// A model that passes the check but whose parameters and training step cannot fit in memory is
+/// refused before anything is allocated, with the figures, exit 2 (it used to abort with exit 134).
+#[test]
+fn a_run_too_large_for_memory_is_refused_with_the_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::root().join("examples/data/digits.csv.gz");
+    let model = format!(
+        "model M {{\n input image: [8, 8, 1]\n x = image |> flatten |> dense(1073741824) |> dense(10)\n output logits = x\n}}\ntrain M {{\n data csv(\"{}\", shape: [8, 8, 1], scale: 0.0625)\n loss softmax_cross_entropy(logits, label)\n optimizer sgd(lr: 0.01)\n batch 32 epochs 1\n}}\n",
+        data.display()
+    );
+    let p = dir.path().join("huge.cnn");
+    std::fs::write(&p, model).unwrap();
+    let out = dir.path().join("out");
+    let o = run(&["check", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = run(&["run", p.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("GiB available"), "{}", text(&o));
+    assert!(!out.join("weights.safetensors").exists());
+}

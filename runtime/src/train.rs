@@ -25,6 +25,33 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// Refuses, before anything is allocated, a run whose parameters (with their gradients and two
+/// slots of optimizer state) and training step (its planned arena at `batch`) need more memory
+/// than the machine has available (`MemAvailable`; no check where the system does not say).
+fn check_memory(tg: &training::TrainingGraph, batch: usize) -> Result<(), RunError> {
+    let Some(available) = available_memory() else { return Ok(()) };
+    let layout = cnnc_compiler::params::ParamLayout::of(&tg.graph);
+    let parameters = (layout.len() as u64).saturating_mul(16);
+    // An impossible size does not even lower: count it as all of memory and more.
+    let step = match cnnc_compiler::lir::lower(&tg.graph, batch.max(1), &layout, &tg.grads.params, &tg.results()) {
+        Ok(l) => (cnnc_compiler::lir::plan(&l.program).size as u64).saturating_mul(4),
+        Err(_) => u64::MAX / 2,
+    };
+    let needed = parameters.saturating_add(step);
+    if needed > available {
+        return Err(RunError::Memory { needed, parameters, step, batch, available });
+    }
+    Ok(())
+}
+
+/// The memory the system says is available, in bytes.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Why training stopped early.
 #[derive(Debug)]
 pub enum RunError {
@@ -44,6 +71,8 @@ pub enum RunError {
     Internal(String),
     /// A file could not be written.
     Io { path: PathBuf, error: String },
+    /// The run needs more memory than the machine has available.
+    Memory { needed: u64, parameters: u64, step: u64, batch: usize, available: u64 },
 }
 
 impl fmt::Display for RunError {
@@ -67,6 +96,19 @@ impl fmt::Display for RunError {
             RunError::Unsupported(what) => write!(f, "{what}"),
             RunError::Internal(what) => write!(f, "internal error: {what} (this is a bug in cnnc; please report it)"),
             RunError::Io { path, error } => write!(f, "cannot write `{}`: {error}", path.display()),
+            RunError::Memory { needed, parameters, step, batch, available } => {
+                let gib = |b: &u64| *b as f64 / (1u64 << 30) as f64;
+                write!(
+                    f,
+                    "this run needs about {:.1} GiB ({:.1} GiB for the parameters, their gradients and the \
+                     optimizer's state; {:.1} GiB for a training step at batch {batch}), and the machine has \
+                     {:.1} GiB available.\n  help: make the model or the batch smaller",
+                    gib(needed),
+                    gib(parameters),
+                    gib(step),
+                    gib(available)
+                )
+            }
         }
     }
 }
@@ -184,6 +226,7 @@ impl Session {
         let tg = training::run(model, spec, false, &mut pipeline()?).map_err(RunError::Plan)?;
         let infer = inference::run(model, &mut pipeline()?).map_err(|e| RunError::Plan(PlanError::Pass(e)))?;
         let mut phases = vec![("passes", started.elapsed())];
+        check_memory(&tg, spec.batch)?;
         let classifies = tg.first_loss == LossKind::SoftmaxCrossEntropy;
         let started = Instant::now();
         let params = Params::init(&tg.graph, spec.seed);
