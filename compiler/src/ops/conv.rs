@@ -208,9 +208,10 @@ fn columns(c: &ConvOp, l: &mut Lowerer, x: &View, out: &[usize], g: usize) -> Vi
     }
     let geom = crate::lir::lower::geom(&x.shape, &c.geometry(), out, g * cg, cg);
     debug_assert_eq!(geom.n * geom.positions(), rows);
-    // The weight gradient reuses the forward matrix only where the products are too narrow for
-    // the micro-kernels (filters not a multiple of 8): elsewhere `fuse_im2col` makes both
-    // products implicit, which moves less memory than keeping the matrix.
+    // The weight gradient reuses the forward matrix where the filters are not a multiple of 8
+    // (LeNet-5's first layer: its implicit GEMM, one-channel rows of 5 made block by block, took
+    // 1.5 ms a step against 0.87 + 0.66 ms for the im2col and the product); elsewhere
+    // `fuse_im2col` makes both products implicit, which moves less memory than keeping it.
     l.columns(x, geom, !(c.filters / c.groups).is_multiple_of(8))
 }
 

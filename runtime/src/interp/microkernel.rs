@@ -1,5 +1,5 @@
-//! cnnc's own GEMM for the narrow products of small nets (N = 16 to 256 output channels, a
-//! multiple of 8, K ≤ 1024): AVX2 and FMA micro-kernels of 6 rows × 16 (or 8) columns that keep
+//! cnnc's own GEMM for the narrow products of small nets (N up to 256 output channels, the last
+//! panel padded with zero columns and stored with masks, K ≤ 1024): AVX2 and FMA micro-kernels of 6 rows × 16 (or 8) columns that keep
 //! their 12 accumulators in registers, over the right-hand matrix packed into panels of 16
 //! columns (small: K × N), reading the left-hand rows in place. Each output element is one sum
 //! in K order, whatever the split over threads. Chosen at run time when the host has AVX2 and
@@ -26,22 +26,32 @@ pub fn available() -> bool {
 
 /// Whether a product of these dimensions goes to the micro-kernels.
 pub fn suits(rows: usize, k: usize, cols: usize, ta: bool) -> bool {
-    !ta && cols.is_multiple_of(8) && (8..=256).contains(&cols) && (1..=1024).contains(&k) && rows >= MR && available()
+    !ta && (1..=256).contains(&cols) && (1..=1024).contains(&k) && rows >= MR && available()
 }
 
 /// `op(B)` (`k × n`, element `(i, j)` at `b[i·rsb + j·csb]`) packed into panels of 16 columns
 /// (the last may be 8): panel `p` is `k` rows of its width, one after the other.
 pub fn pack(b: &[f32], k: usize, n: usize, rsb: usize, csb: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(k * n);
+    let mut out = Vec::with_capacity(k * n.next_multiple_of(8));
     let mut j0 = 0;
     while j0 < n {
-        let w = if n - j0 >= 16 { 16 } else { 8 };
+        let w = width(n - j0);
         for i in 0..k {
-            out.extend((j0..j0 + w).map(|j| b[i * rsb + j * csb]));
+            out.extend((j0..j0 + w).map(|j| if j < n { b[i * rsb + j * csb] } else { 0.0 }));
         }
         j0 += w;
     }
     out
+}
+
+/// The width of the panel that starts with `left` columns to go: 16, or 8 for the last few (the
+/// columns past `n` are zeros in the panel and are not stored).
+fn width(left: usize) -> usize {
+    if left > 8 {
+        16
+    } else {
+        8
+    }
 }
 
 /// `C[rows × n] = A·B (+ C)`: `a` row-major with row pitch `lda` (`rows × k`), `packed` from
@@ -62,7 +72,7 @@ pub unsafe fn gemm(
     ldc: usize,
     accumulate: bool,
 ) {
-    debug_assert!(available() && packed.len() >= k * n);
+    debug_assert!(available() && packed.len() >= k * n.next_multiple_of(8));
     debug_assert!(rows == 0 || a.len() >= (rows - 1) * lda + k);
     debug_assert!(rows == 0 || c.len() >= (rows - 1) * ldc + n);
     #[cfg(target_arch = "x86_64")]
@@ -70,25 +80,26 @@ pub unsafe fn gemm(
     unsafe {
         let mut j0 = 0;
         while j0 < n {
-            let w = if n - j0 >= 16 { 16 } else { 8 };
+            let w = width(n - j0);
+            let valid = w.min(n - j0);
             let panel = packed.as_ptr().add(j0 * k);
             let mut r = 0;
             while r < rows {
                 let mr = MR.min(rows - r);
                 let (ap, cp) = (a.as_ptr().add(r * lda), c.as_mut_ptr().add(r * ldc + j0));
                 match (mr, w) {
-                    (6, 16) => avx2::tile::<6, 2>(k, ap, lda, panel, cp, ldc, accumulate),
-                    (6, _) => avx2::tile::<6, 1>(k, ap, lda, panel, cp, ldc, accumulate),
-                    (5, 16) => avx2::tile::<5, 2>(k, ap, lda, panel, cp, ldc, accumulate),
-                    (5, _) => avx2::tile::<5, 1>(k, ap, lda, panel, cp, ldc, accumulate),
-                    (4, 16) => avx2::tile::<4, 2>(k, ap, lda, panel, cp, ldc, accumulate),
-                    (4, _) => avx2::tile::<4, 1>(k, ap, lda, panel, cp, ldc, accumulate),
-                    (3, 16) => avx2::tile::<3, 2>(k, ap, lda, panel, cp, ldc, accumulate),
-                    (3, _) => avx2::tile::<3, 1>(k, ap, lda, panel, cp, ldc, accumulate),
-                    (2, 16) => avx2::tile::<2, 2>(k, ap, lda, panel, cp, ldc, accumulate),
-                    (2, _) => avx2::tile::<2, 1>(k, ap, lda, panel, cp, ldc, accumulate),
-                    (_, 16) => avx2::tile::<1, 2>(k, ap, lda, panel, cp, ldc, accumulate),
-                    (_, _) => avx2::tile::<1, 1>(k, ap, lda, panel, cp, ldc, accumulate),
+                    (6, 16) => avx2::tile::<6, 2>(k, ap, lda, panel, cp, ldc, accumulate, valid),
+                    (6, _) => avx2::tile::<6, 1>(k, ap, lda, panel, cp, ldc, accumulate, valid),
+                    (5, 16) => avx2::tile::<5, 2>(k, ap, lda, panel, cp, ldc, accumulate, valid),
+                    (5, _) => avx2::tile::<5, 1>(k, ap, lda, panel, cp, ldc, accumulate, valid),
+                    (4, 16) => avx2::tile::<4, 2>(k, ap, lda, panel, cp, ldc, accumulate, valid),
+                    (4, _) => avx2::tile::<4, 1>(k, ap, lda, panel, cp, ldc, accumulate, valid),
+                    (3, 16) => avx2::tile::<3, 2>(k, ap, lda, panel, cp, ldc, accumulate, valid),
+                    (3, _) => avx2::tile::<3, 1>(k, ap, lda, panel, cp, ldc, accumulate, valid),
+                    (2, 16) => avx2::tile::<2, 2>(k, ap, lda, panel, cp, ldc, accumulate, valid),
+                    (2, _) => avx2::tile::<2, 1>(k, ap, lda, panel, cp, ldc, accumulate, valid),
+                    (_, 16) => avx2::tile::<1, 2>(k, ap, lda, panel, cp, ldc, accumulate, valid),
+                    (_, _) => avx2::tile::<1, 1>(k, ap, lda, panel, cp, ldc, accumulate, valid),
                 }
                 r += mr;
             }
@@ -105,8 +116,9 @@ mod avx2 {
     ///
     /// # Safety
     /// AVX2 and FMA; `a` holds `M` rows of `k` at pitch `lda`, `b` `k` rows of `8·V`, `c` `M`
-    /// rows of `8·V` at pitch `ldc`.
+    /// rows of `valid` (at most `8·V`) at pitch `ldc`.
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile<const M: usize, const V: usize>(
         k: usize,
         a: *const f32,
@@ -115,6 +127,7 @@ mod avx2 {
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
+        valid: usize,
     ) {
         // SAFETY: within the bounds the caller promises.
         unsafe {
@@ -135,8 +148,19 @@ mod avx2 {
             for (m, acc) in acc.iter().enumerate() {
                 for (v, &sum) in acc.iter().enumerate() {
                     let at = c.add(m * ldc + 8 * v);
-                    let sum = if accumulate { _mm256_add_ps(_mm256_loadu_ps(at), sum) } else { sum };
-                    _mm256_storeu_ps(at, sum);
+                    let lanes = valid.saturating_sub(8 * v).min(8);
+                    if lanes == 8 {
+                        let sum = if accumulate { _mm256_add_ps(_mm256_loadu_ps(at), sum) } else { sum };
+                        _mm256_storeu_ps(at, sum);
+                    } else if lanes > 0 {
+                        // The last columns: only the lanes inside the product are touched.
+                        let mask = _mm256_cmpgt_epi32(
+                            _mm256_set1_epi32(lanes as i32),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                        );
+                        let sum = if accumulate { _mm256_add_ps(_mm256_maskload_ps(at, mask), sum) } else { sum };
+                        _mm256_maskstore_ps(at, mask, sum);
+                    }
                 }
             }
         }
@@ -152,7 +176,17 @@ mod tests {
         if !available() {
             return;
         }
-        for (rows, k, n) in [(6, 1, 8), (7, 3, 16), (13, 17, 24), (1, 5, 8), (30, 64, 144), (11, 9, 40)] {
+        for (rows, k, n) in [
+            (6, 1, 8),
+            (7, 3, 16),
+            (13, 17, 24),
+            (1, 5, 8),
+            (30, 64, 144),
+            (11, 9, 40),
+            (8, 25, 6),
+            (7, 4, 13),
+            (9, 3, 1),
+        ] {
             let a: Vec<f32> = (0..rows * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.25).collect();
             let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.5).collect();
             for (tb, accumulate) in [(false, false), (true, false), (false, true)] {

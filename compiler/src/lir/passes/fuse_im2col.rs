@@ -11,7 +11,7 @@ use crate::lir::{Kernel, Program};
 /// 256 rows where the `gemm` crate packs the filters again for each block. A function of the
 /// shape alone, so that the blocks do not depend on the threads.
 pub fn block_rows(k: usize, n: usize) -> usize {
-    if n <= 256 && n.is_multiple_of(8) && k <= 1024 {
+    if n <= 256 && k <= 1024 {
         (16384 / k.max(1)).clamp(48, 768) / 6 * 6
     } else {
         256
@@ -63,7 +63,7 @@ fn find(p: &Program) -> Option<(usize, usize, Kernel)> {
         // better split inside, on the whole matrix).
         // And products the blocks run well: the micro-kernels' shapes, or wide ones.
         let n = c.cols();
-        let suits = (n.is_multiple_of(8) && n <= 256 && col.cols() <= 1024) || n >= 64;
+        let suits = (n <= 256 && col.cols() <= 1024) || n >= 64;
         let enough = suits && col.rows() >= 4 * block_rows(col.cols(), n);
         if !enough
             || !same_matrix(a, col)
