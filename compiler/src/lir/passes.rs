@@ -48,6 +48,18 @@ pub fn optimize(p: &mut Program, disabled: &[String]) -> Vec<(&'static str, usiz
         .collect()
 }
 
+/// Applies the rewrites `find` returns until it finds none: `(keep, drop, fused)` puts `fused`
+/// at index `keep` and removes the kernel at `drop`. Returns how many.
+pub(crate) fn fuse_all(p: &mut Program, find: fn(&Program) -> Option<(usize, usize, super::Kernel)>) -> usize {
+    let mut count = 0;
+    while let Some((keep, drop, fused)) = find(p) {
+        p.kernels[keep] = fused;
+        p.kernels.remove(drop);
+        count += 1;
+    }
+    count
+}
+
 /// Who touches each buffer in the step: the kernels that write it and those that read it.
 pub(crate) struct Uses {
     pub writers: Vec<Vec<usize>>,

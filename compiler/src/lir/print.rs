@@ -22,6 +22,13 @@ fn geom(g: &Geom) -> String {
     format!("f={},s={},p={},d={},c={}+{}", t(&g.size), t(&g.stride), t(&g.pad), t(&g.dilation), g.c0, g.cg)
 }
 
+/// A product's epilogue: ` then [steps] (inputs) per-channel (channels)`.
+fn epilogue_text(e: &super::Epilogue) -> String {
+    let ins: Vec<String> = e.inputs.iter().map(view).collect();
+    let chs: Vec<String> = e.channels.iter().map(view).collect();
+    format!(" then {:?} ({}) per-channel ({})", e.expr, ins.join(", "), chs.join(", "))
+}
+
 fn opt(v: &Option<View>) -> String {
     v.as_ref().map_or("-".into(), view)
 }
@@ -51,11 +58,7 @@ pub(super) fn program(p: &Program) -> String {
                 if *accumulate { "+=" } else { "->" },
                 view(c),
                 bias.as_ref().map_or(String::new(), |b| format!(" bias {}", view(b))),
-                epilogue.as_ref().map_or(String::new(), |e| {
-                    let ins: Vec<String> = e.inputs.iter().map(view).collect();
-                    let chs: Vec<String> = e.channels.iter().map(view).collect();
-                    format!(" then {:?} ({}) per-channel ({})", e.expr, ins.join(", "), chs.join(", "))
-                })
+                epilogue.as_deref().map_or(String::new(), epilogue_text)
             ),
             Kernel::BnAffine { mean, var, gamma, beta, eps, scale, shift } => format!(
                 "[eps={eps}] mean {} var {} γ {} β {} -> {}, {}",
@@ -77,11 +80,7 @@ pub(super) fn program(p: &Program) -> String {
                 if *tb { "ᵀ" } else { "" },
                 view(c),
                 bias.as_ref().map_or(String::new(), |b| format!(" bias {}", view(b))),
-                epilogue.as_ref().map_or(String::new(), |e| {
-                    let ins: Vec<String> = e.inputs.iter().map(view).collect();
-                    let chs: Vec<String> = e.channels.iter().map(view).collect();
-                    format!(" then {:?} ({}) per-channel ({})", e.expr, ins.join(", "), chs.join(", "))
-                })
+                epilogue.as_deref().map_or(String::new(), epilogue_text)
             ),
             Kernel::Im2col { x, col, geom: g } => format!("[{}] {} -> {}", geom(g), view(x), view(col)),
             Kernel::Col2im { col, dx, geom: g } => format!("[{}] {} += {}", geom(g), view(dx), view(col)),

@@ -7,13 +7,7 @@ use crate::lir::{Epilogue, Expr, Kernel, Program};
 
 /// Fuses every product and map it can; returns how many.
 pub fn run(p: &mut Program) -> usize {
-    let mut count = 0;
-    while let Some((i, j, fused)) = find(p) {
-        p.kernels[i] = fused;
-        p.kernels.remove(j);
-        count += 1;
-    }
-    count
+    super::fuse_all(p, find)
 }
 
 /// The first (product, map, product with the map as its epilogue).

@@ -20,13 +20,7 @@ pub fn block_rows(k: usize, n: usize) -> usize {
 
 /// Fuses every im2col it can into its product; returns how many.
 pub fn run(p: &mut Program) -> usize {
-    let mut count = 0;
-    while let Some((i, j, fused)) = find(p) {
-        p.kernels[j] = fused;
-        p.kernels.remove(i);
-        count += 1;
-    }
-    count
+    super::fuse_all(p, |p| find(p).map(|(i, j, fused)| (j, i, fused)))
 }
 
 /// The first (im2col, product, convolution).

@@ -6,13 +6,7 @@ use crate::lir::{Expr, Kernel, Program, View};
 
 /// Fuses pairs until none is left; returns how many.
 pub fn run(p: &mut Program) -> usize {
-    let mut count = 0;
-    while let Some((i, j, fused)) = find(p) {
-        p.kernels[j] = fused;
-        p.kernels.remove(i);
-        count += 1;
-    }
-    count
+    super::fuse_all(p, |p| find(p).map(|(i, j, fused)| (j, i, fused)))
 }
 
 /// The first (producer, consumer, fused map).
