@@ -209,6 +209,8 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
     let mut pipe =
         cnnc_compiler::passes::Pipeline::new(Default::default()).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
     let graph = cnnc_compiler::passes::inference::run(model, &mut pipe).map_err(|e| fail(3, e.to_string()))?;
+    let keep: Vec<cnnc_compiler::ir::ValueId> = graph.outputs().iter().map(|(_, id)| (*id).into()).collect();
+    cnnc_runtime::train::fits_in_memory(&graph, 1, &[], &keep, 4).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
     let params = Params::init(&graph, seed);
     let trainable =
         model.graph.node_ids().any(|id| matches!(&model.graph.node(id).op, Op::Param(p) if p.value.is_none()));

@@ -580,4 +580,9 @@ fn a_run_too_large_for_memory_is_refused_with_the_figures() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("GiB available"), "{}", text(&o));
     assert!(!out.join("weights.safetensors").exists());
+    // Prediction checks too, before it makes the parameters.
+    let image = common::root().join("examples/data/camera.png");
+    let o = run(&["run", p.to_str().unwrap(), "--predict", image.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("GiB available"), "{}", text(&o));
 }

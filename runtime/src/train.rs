@@ -29,11 +29,25 @@ use std::time::Instant;
 /// slots of optimizer state) and training step (its planned arena at `batch`) need more memory
 /// than the machine has available (`MemAvailable`; no check where the system does not say).
 fn check_memory(tg: &training::TrainingGraph, batch: usize) -> Result<(), RunError> {
+    fits_in_memory(&tg.graph, batch, &tg.grads.params, &tg.results(), 16)
+}
+
+/// Refuses, before anything is allocated, running `graph` at `batch` (computing `grads`, keeping
+/// `keep`) when its parameters (`per_parameter` bytes each: 4 for the values alone) and the
+/// step's planned arena need more memory than the machine has available (`MemAvailable`; no
+/// check where the system does not say).
+pub fn fits_in_memory(
+    graph: &cnnc_compiler::ir::Graph,
+    batch: usize,
+    grads: &[(NodeId, cnnc_compiler::ir::ValueId)],
+    keep: &[cnnc_compiler::ir::ValueId],
+    per_parameter: u64,
+) -> Result<(), RunError> {
     let Some(available) = available_memory() else { return Ok(()) };
-    let layout = cnnc_compiler::params::ParamLayout::of(&tg.graph);
-    let parameters = (layout.len() as u64).saturating_mul(16);
+    let layout = cnnc_compiler::params::ParamLayout::of(graph);
+    let parameters = (layout.len() as u64).saturating_mul(per_parameter);
     // An impossible size does not even lower: count it as all of memory and more.
-    let step = match cnnc_compiler::lir::lower(&tg.graph, batch.max(1), &layout, &tg.grads.params, &tg.results()) {
+    let step = match cnnc_compiler::lir::lower(graph, batch.max(1), &layout, grads, keep) {
         Ok(l) => (cnnc_compiler::lir::plan(&l.program).size as u64).saturating_mul(4),
         Err(_) => u64::MAX / 2,
     };
@@ -100,9 +114,9 @@ impl fmt::Display for RunError {
                 let gib = |b: &u64| *b as f64 / (1u64 << 30) as f64;
                 write!(
                     f,
-                    "this run needs about {:.1} GiB ({:.1} GiB for the parameters, their gradients and the \
-                     optimizer's state; {:.1} GiB for a training step at batch {batch}), and the machine has \
-                     {:.1} GiB available.\n  help: make the model or the batch smaller",
+                    "this run needs about {:.1} GiB ({:.1} GiB for the parameters, with their gradients and \
+                     the optimizer's state when training; {:.1} GiB for a step at batch {batch}), and the \
+                     machine has {:.1} GiB available.\n  help: make the model or the batch smaller",
                     gib(needed),
                     gib(parameters),
                     gib(step),
