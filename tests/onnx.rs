@@ -88,40 +88,28 @@ fn the_onnx_command_writes_the_weights_given_and_refuses_bad_input() {
     let mut pipe = cnnc_compiler::passes::Pipeline::new(Default::default()).unwrap();
     let graph = cnnc_compiler::passes::inference::run(&c.models[0], &mut pipe).unwrap();
     let params = Params::init(&graph, 1);
+    // A weights file of `values` (one list per parameter, in name order), and an export of it.
+    let save = |values: &[Vec<f32>], name: &str| {
+        let named: Vec<(&str, &[usize], &[f32])> =
+            params.named().zip(values).map(|((n, s, _), v)| (n, s, v.as_slice())).collect();
+        let path = dir.path().join(name);
+        cnnc_runtime::weights::save(&path, &named, Default::default()).unwrap();
+        path
+    };
+    let export = |weights: &std::path::Path| {
+        let args = ["build", "examples/lenet5.cnn", "--emit", "onnx", "-o", out.to_str().unwrap(), "--weights"];
+        common::cnnc().args(args).arg(weights).output().unwrap()
+    };
     let values: Vec<Vec<f32>> = params.named().map(|(_, _, v)| vec![0.25; v.len()]).collect();
-    let named: Vec<(&str, &[usize], &[f32])> =
-        params.named().zip(&values).map(|((n, s, _), v)| (n, s, v.as_slice())).collect();
-    let good = dir.path().join("good.safetensors");
-    cnnc_runtime::weights::save(&good, &named, Default::default()).unwrap();
+    let good = save(&values, "good.safetensors");
     let mut nan = values.clone();
     nan[0][3] = f32::NAN;
-    let named: Vec<(&str, &[usize], &[f32])> =
-        params.named().zip(&nan).map(|((n, s, _), v)| (n, s, v.as_slice())).collect();
-    let bad = dir.path().join("bad.safetensors");
-    cnnc_runtime::weights::save(&bad, &named, Default::default()).unwrap();
+    let bad = save(&nan, "bad.safetensors");
 
-    let o = run(&[
-        "build",
-        "examples/lenet5.cnn",
-        "--emit",
-        "onnx",
-        "-o",
-        out.to_str().unwrap(),
-        "--weights",
-        bad.to_str().unwrap(),
-    ]);
+    let o = export(&bad);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(!out.exists(), "nothing written");
-    let o = run(&[
-        "build",
-        "examples/lenet5.cnn",
-        "--emit",
-        "onnx",
-        "-o",
-        out.to_str().unwrap(),
-        "--weights",
-        good.to_str().unwrap(),
-    ]);
+    let o = export(&good);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     // The file holds the weights: every float of every initializer is 0.25 (LeNet-5's are all
     // parameters), and there are as many as the model has.

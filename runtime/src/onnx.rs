@@ -194,6 +194,11 @@ impl Exporter<'_> {
         self.graph.node(id).shape.0.len() + 1
     }
 
+    /// Where value `id` keeps its channels now (element-wise ops keep that layout).
+    fn layout_of(&self, id: NodeId) -> Layout {
+        self.names.get(&id).map_or(Layout::Last, |v| v.1)
+    }
+
     /// The name of value `id` in `layout`, moving it there (once) if it is elsewhere.
     fn at(&mut self, id: NodeId, layout: Layout) -> Result<String, String> {
         let (name, has) = self
@@ -362,7 +367,7 @@ impl Exporter<'_> {
                 self.nodes.push(node("BatchNormalization", &name, ins, vec![out], vec![float("epsilon", b.eps)]));
             }
             Op::Activation(a) => {
-                let layout = self.names.get(&ops[0]).map_or(Layout::Last, |v| v.1);
+                let layout = self.layout_of(ops[0]);
                 let x = self.at(ops[0], layout)?;
                 let (op, attrs) = match a {
                     Activation::Relu => ("Relu", vec![]),
@@ -378,7 +383,7 @@ impl Exporter<'_> {
                 self.nodes.push(node(op, &name, vec![x], vec![out], attrs));
             }
             Op::PRelu => {
-                let layout = self.names.get(&ops[0]).map_or(Layout::Last, |v| v.1);
+                let layout = self.layout_of(ops[0]);
                 let x = self.at(ops[0], layout)?;
                 let slope = self.param(ops[1])?;
                 let mut dims = vec![slope.len()];
@@ -390,13 +395,13 @@ impl Exporter<'_> {
                 self.nodes.push(node("PRelu", &name, vec![x, s], vec![out], vec![]));
             }
             Op::Add => {
-                let layout = self.names.get(&ops[0]).map_or(Layout::Last, |v| v.1);
+                let layout = self.layout_of(ops[0]);
                 let (a, b) = (self.at(ops[0], layout)?, self.at(ops[1], layout)?);
                 let out = self.set(id, layout);
                 self.nodes.push(node("Add", &name, vec![a, b], vec![out], vec![]));
             }
             Op::Concat => {
-                let layout = self.names.get(&ops[0]).map_or(Layout::Last, |v| v.1);
+                let layout = self.layout_of(ops[0]);
                 let ins = ops.iter().map(|&o| self.at(o, layout)).collect::<Result<Vec<_>, _>>()?;
                 let axis = if layout == Layout::First && rank >= 3 { 1 } else { -1 };
                 let out = self.set(id, layout);
@@ -410,7 +415,7 @@ impl Exporter<'_> {
                 self.nodes.push(node("Reshape", &name, vec![x, s], vec![out], vec![]));
             }
             Op::ChannelSlice(s) => {
-                let layout = self.names.get(&ops[0]).map_or(Layout::Last, |v| v.1);
+                let layout = self.layout_of(ops[0]);
                 let x = self.at(ops[0], layout)?;
                 let axis = if layout == Layout::First && rank >= 3 { 1 } else { -1 };
                 let starts = self.init_i64(&format!("{name}/starts"), &[s.start as i64]);
@@ -420,7 +425,7 @@ impl Exporter<'_> {
                 self.nodes.push(node("Slice", &name, vec![x, starts, ends, axes], vec![out], vec![]));
             }
             Op::Dropout(_) => {
-                let layout = self.names.get(&ops[0]).map_or(Layout::Last, |v| v.1);
+                let layout = self.layout_of(ops[0]);
                 let x = self.at(ops[0], layout)?;
                 let out = self.set(id, layout);
                 self.nodes.push(node("Identity", &name, vec![x], vec![out], vec![]));

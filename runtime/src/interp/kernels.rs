@@ -19,20 +19,11 @@ pub(super) fn run(k: &Kernel, m: &Mem, ctx: Ctx) {
             }
         }
         Kernel::ConvWeightGrad { x, geom, dy, c } => {
-            let k = geom.window() * geom.cg;
-            let rows = dy.rows();
-            let mut col = vec![0f32; rows * k];
-            im2col_slices(m.src(x), &mut col, k, geom);
-            let shape = View::whole(x.buf, vec![rows, k]);
+            let (col, shape) = whole_columns(m, x, geom);
             gemm(m, &col, &shape, dy, c, true, false, false, None);
         }
         Kernel::ConvGemm { x, geom, b, c, tb, bias, epilogue } => {
-            // The im2col matrix, made whole here (the oracle), then the product.
-            let k = geom.window() * geom.cg;
-            let rows = c.rows();
-            let mut col = vec![0f32; rows * k];
-            im2col_slices(m.src(x), &mut col, k, geom);
-            let shape = View::whole(x.buf, vec![rows, k]);
+            let (col, shape) = whole_columns(m, x, geom);
             gemm(m, &col, &shape, b, c, false, *tb, false, bias.as_ref());
             if let Some(e) = epilogue {
                 epilogue_of(m, e, c, ctx);
@@ -78,6 +69,15 @@ fn row<'s>(s: &'s [f32], v: &View, r: usize) -> &'s [f32] {
 
 fn row_mut<'s>(s: &'s mut [f32], v: &View, r: usize) -> &'s mut [f32] {
     &mut s[r * v.pitch..r * v.pitch + v.cols()]
+}
+
+/// The whole im2col matrix of `x` (the oracle of the implicit products, which never make it),
+/// and a view describing its shape.
+fn whole_columns(m: &Mem, x: &View, geom: &Geom) -> (Vec<f32>, View) {
+    let (rows, k) = (geom.n * geom.positions(), geom.window() * geom.cg);
+    let mut col = vec![0f32; rows * k];
+    im2col_slices(m.src(x), &mut col, k, geom);
+    (col, View::whole(x.buf, vec![rows, k]))
 }
 
 /// A product's epilogue over its output `c`.
@@ -212,11 +212,14 @@ fn rotate_filters(m: &Mem, w: &View, out: &View, taps: usize) {
 }
 
 fn col2im(m: &Mem, col: &View, dx: &View, g: &Geom) {
-    let cs = m.src(col);
-    let ds = m.dst(dx);
+    col2im_slices(m.src(col), col.pitch, m.dst(dx), g);
+}
+
+/// col2im of the rows of `cs` (`pitch` apart) added into the `g.n` examples of `ds`.
+pub(super) fn col2im_slices(cs: &[f32], pitch: usize, ds: &mut [f32], g: &Geom) {
     let cg = g.cg;
     g.for_each_run(|r, k, i| {
-        let at = r * col.pitch + k;
+        let at = r * pitch + k;
         ds[i..i + cg].iter_mut().zip(&cs[at..at + cg]).for_each(|(d, &v)| *d += v);
     });
 }
@@ -425,7 +428,8 @@ fn bn_stats(m: &Mem, x: &View, mean: &View, var: &View) {
     vs[..c].iter_mut().for_each(|v| *v /= rows as f32);
 }
 
-fn inv_std(var: &[f32], eps: f32) -> Vec<f32> {
+/// `1/√(var + eps)` per channel.
+pub(super) fn inv_std(var: &[f32], eps: f32) -> Vec<f32> {
     var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect()
 }
 

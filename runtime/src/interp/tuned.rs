@@ -61,11 +61,7 @@ pub(super) fn run(k: &Kernel, m: &Mem) {
             let cs = m.src(col);
             let rows = geom.positions() * col.pitch;
             per_example_in(m.dst(dx), geom, |n, dxs, g| {
-                let cs = &cs[n * rows..];
-                g.for_each_run(|r, k, i| {
-                    let at = r * col.pitch + k;
-                    dxs[i..i + g.cg].iter_mut().zip(&cs[at..at + g.cg]).for_each(|(d, &v)| *d += v);
-                });
+                super::kernels::col2im_slices(&cs[n * rows..], col.pitch, dxs, g)
             })
         }
         Kernel::Pool { kind, x, y, geom } => {
@@ -97,7 +93,8 @@ pub(super) fn run(k: &Kernel, m: &Mem) {
         Kernel::BnApply { x, mean, var, gamma, beta, y, eps } => {
             let c = x.cols();
             let (xs, ms, gs, bs) = (m.src(x), &m.src(mean)[..c], &m.src(gamma)[..c], &m.src(beta)[..c]);
-            let scale: Vec<f32> = inv_std(&m.src(var)[..c], *eps).iter().zip(gs).map(|(i, g)| i * g).collect();
+            let scale: Vec<f32> =
+                super::kernels::inv_std(&m.src(var)[..c], *eps).iter().zip(gs).map(|(i, g)| i * g).collect();
             each_row(m.dst(y), y.pitch, c, |r, out| {
                 let xr = &xs[r * x.pitch..r * x.pitch + c];
                 for ch in 0..c {
@@ -151,10 +148,6 @@ fn each_row(out: &mut [f32], pitch: usize, cols: usize, f: impl Fn(usize, &mut [
     });
 }
 
-fn inv_std(var: &[f32], eps: f32) -> Vec<f32> {
-    var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect()
-}
-
 /// Batch mean and (biased) variance per channel, in two passes.
 fn bn_stats(m: &Mem, x: &View, mean: &View, var: &View) {
     let xs = m.src(x);
@@ -178,7 +171,7 @@ fn bn_grad(m: &Mem, k: &Kernel) {
     let Kernel::BnGrad { x, mean, var, gamma, dy, dx, dgamma, dbeta, eps, training } = k else { return };
     let (rows, c) = (dy.rows(), dy.cols());
     let dys = m.src(dy);
-    let inv = var.as_ref().map(|v| inv_std(&m.src(v)[..c], *eps)).unwrap_or_else(|| vec![0.0; c]);
+    let inv = var.as_ref().map(|v| super::kernels::inv_std(&m.src(v)[..c], *eps)).unwrap_or_else(|| vec![0.0; c]);
     let xs = x.as_ref().map(|v| (m.src(v), v.pitch));
     let ms: Vec<f32> = mean.as_ref().map(|v| m.src(v)[..c].to_vec()).unwrap_or_else(|| vec![0.0; c]);
     let zeros = vec![0f32; c];
@@ -282,9 +275,42 @@ pub(super) fn gemm_then(m: &Mem, k: &Kernel, f: cnnc_codegen::MapFn, ctx: crate:
         let (first, n) = (i * block, block.min(rows - i * block));
         let (a, c) = (a.row_block(first, n), c.row_block(first, n));
         gemm(m, &a, b, &c, false, *tb, *accumulate, bias.as_ref(), false);
-        let inputs: Vec<View> = e.inputs.iter().map(|v| v.row_block(first, n)).collect();
-        super::native_map(m, f, &e.expr, &inputs, &e.channels, &c, ctx)
+        epilogue_rows_of(m, f, e, first, &c, ctx)
     })
+}
+
+/// Runs the compiled epilogue `f` of `e` on rows `first ..` of the product, `c` those rows.
+fn epilogue_rows_of(
+    m: &Mem,
+    f: cnnc_codegen::MapFn,
+    e: &cnnc_compiler::lir::Epilogue,
+    first: usize,
+    c: &View,
+    ctx: crate::reference::Ctx,
+) -> Result<(), String> {
+    let inputs: Vec<View> = e.inputs.iter().map(|v| v.row_block(first, c.rows())).collect();
+    super::native_map(m, f, &e.expr, &inputs, &e.channels, c, ctx)
+}
+
+/// Adds the products `partial` (`rows × cols` each, in order) into `sc` (rows `pitch` apart),
+/// over what it holds when `accumulate`, else over zeros.
+fn add_partials(sc: &mut [f32], pitch: usize, rows: usize, cols: usize, partial: &[f32], accumulate: bool) {
+    for r in 0..rows {
+        let out = &mut sc[r * pitch..r * pitch + cols];
+        if !accumulate {
+            out.fill(0.0);
+        }
+        for part in partial.chunks((rows * cols).max(1)) {
+            add(out, &part[r * cols..(r + 1) * cols]);
+        }
+    }
+}
+
+/// Adds `bias` to the first `bias.len()` columns of every row (`pitch` apart) of `block`.
+fn add_bias(block: &mut [f32], pitch: usize, bias: &[f32]) {
+    for row in block.chunks_mut(pitch.max(1)) {
+        add(row, bias);
+    }
 }
 
 /// `c = im2col(x)ᵀ·dy` in fixed blocks of im2col rows (K of the product), each made in a buffer
@@ -310,13 +336,7 @@ fn conv_weight_grad(m: &Mem, x: &View, geom: &Geom, dy: &View, c: &View) {
         // its view; `part` holds `kk × n`.
         unsafe { product(kk, n, count, part.as_mut_ptr(), n, false, (col.as_ptr(), 1, kk), (rhs, dy.pitch, 1), None) };
     });
-    for r in 0..kk {
-        let out = &mut sc[r * c.pitch..r * c.pitch + n];
-        out.fill(0.0);
-        for part in partial.chunks((kk * n).max(1)) {
-            out.iter_mut().zip(&part[r * n..(r + 1) * n]).for_each(|(y, &p)| *y += p);
-        }
-    }
+    add_partials(sc, c.pitch, kk, n, &partial, false);
 }
 
 /// An implicit-GEMM convolution: blocks of rows on the pool, each making its im2col rows in a
@@ -354,15 +374,10 @@ fn conv_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::re
             };
         }
         if let Some(bias) = sbias {
-            for row in sc.chunks_mut(c.pitch.max(1)) {
-                row.iter_mut().take(cols).zip(bias).for_each(|(y, &b)| *y += b);
-            }
+            add_bias(sc, c.pitch, bias);
         }
         match (epilogue, f) {
-            (Some(e), Some(f)) => {
-                let inputs: Vec<View> = e.inputs.iter().map(|v| v.row_block(first, n)).collect();
-                super::native_map(m, f, &e.expr, &inputs, &e.channels, &cv, ctx)
-            }
+            (Some(e), Some(f)) => epilogue_rows_of(m, f, e, first, &cv, ctx),
             (Some(_), None) => Err("a convolution's epilogue was not compiled".to_string()),
             _ => Ok(()),
         }
@@ -416,15 +431,7 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
                     product(rows, cols, kn, part.as_mut_ptr(), cols, false, (lhs, rsa, csa), (rhs, rsb, csb), None)
                 };
             });
-            for r in 0..rows {
-                let out = &mut sc[r * c.pitch..r * c.pitch + cols];
-                if !accumulate {
-                    out.fill(0.0);
-                }
-                for part in partial.chunks(rows * cols) {
-                    out.iter_mut().zip(&part[r * cols..(r + 1) * cols]).for_each(|(y, &p)| *y += p);
-                }
-            }
+            add_partials(sc, c.pitch, rows, cols, &partial, accumulate);
         } else {
             let threads = crate::bench::threads();
             let parallelism = (split && threads > 1 && rows * cols * k >= PARALLEL_GEMM).then_some(threads);
@@ -447,15 +454,10 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
     }
     if let Some(bias) = bias {
         let sbias = &m.src(bias)[..cols];
-        let add_bias = |block: &mut [f32]| {
-            for row in block.chunks_mut(c.pitch.max(1)) {
-                row.iter_mut().take(cols).zip(sbias).for_each(|(y, &b)| *y += b);
-            }
-        };
         if split {
-            sc.par_chunks_mut(c.pitch.max(1) * 64).for_each(add_bias);
+            sc.par_chunks_mut(c.pitch.max(1) * 64).for_each(|block| add_bias(block, c.pitch, sbias));
         } else {
-            add_bias(sc);
+            add_bias(sc, c.pitch, sbias);
         }
     }
 }
