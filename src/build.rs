@@ -58,7 +58,7 @@ pub(crate) fn build(
             Emit::Summary => Summary::of(&m.graph).to_text(),
             Emit::Ir => m.graph.to_text(),
             // Written to a file by `onnx`, never printed.
-            Emit::Onnx => String::new(),
+            Emit::Onnx | Emit::Weights => String::new(),
             Emit::Lir | Emit::Memory | Emit::Kernels | Emit::Clif => match lir_text(c, m, emit, options, batch) {
                 Ok(text) => text,
                 Err((code, message)) => {
@@ -169,10 +169,12 @@ fn lir_text(
     })
 }
 
-/// `cnnc build --emit onnx -o FILE [--weights W]`: one model's inference graph with its weights
-/// (those of `W`, else the initial ones of the train section's seed) as an ONNX model.
-pub(crate) fn onnx(
+/// `cnnc build --emit onnx|weights -o FILE [--weights W]`: one model's inference graph with its
+/// weights (those of `W`, else the initial ones of the train section's seed) as an ONNX model, or
+/// its weights alone as a safetensors file.
+pub(crate) fn export(
     c: &Compilation,
+    emit: Emit,
     model: Option<&str>,
     output: Option<&std::path::Path>,
     weights: Option<&std::path::Path>,
@@ -182,7 +184,8 @@ pub(crate) fn onnx(
         ExitCode::from(code)
     };
     let Some(output) = output else {
-        return fail(EXIT_USAGE, "--emit onnx writes a file: give it with --output FILE".into());
+        let what = if emit == Emit::Onnx { "onnx" } else { "weights" };
+        return fail(EXIT_USAGE, format!("--emit {what} writes a file: give it with --output FILE"));
     };
     let m = match (model, c.models.as_slice()) {
         (Some(name), models) => match models.iter().find(|m| m.name == name) {
@@ -213,6 +216,17 @@ pub(crate) fn onnx(
             }
         }
         None => eprintln!("note: no --weights given: exporting the initial weights of seed {seed}"),
+    }
+    if emit == Emit::Weights {
+        let named: Vec<cnnc_runtime::weights::Named> = params.named().collect();
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("format".to_string(), "cnnc".to_string());
+        meta.insert("model".to_string(), m.name.clone());
+        if let Err(e) = cnnc_runtime::weights::save(output, &named, meta) {
+            return fail(EXIT_INPUT, e.to_string());
+        }
+        println!("{}: {} tensors, cnnc's layout", output.display(), named.len());
+        return ExitCode::SUCCESS;
     }
     let bytes = match cnnc_runtime::onnx::export(&graph, &params) {
         Ok(b) => b,

@@ -207,6 +207,9 @@ pub(crate) enum Emit {
     Clif,
     /// The inference graph and its weights as an ONNX model, written to `--output`.
     Onnx,
+    /// The model's parameters as a safetensors file, written to `--output`: the initial ones of
+    /// the train section's seed (those `--emit onnx` exports without `--weights`).
+    Weights,
 }
 
 /// Parses `--backend`.
@@ -292,11 +295,11 @@ fn main() -> ExitCode {
             if status != ExitCode::SUCCESS {
                 return status;
             }
-            if emit == Emit::Onnx {
-                return build::onnx(&c, model.as_deref(), output.as_deref(), weights.as_deref());
+            if matches!(emit, Emit::Onnx | Emit::Weights) {
+                return build::export(&c, emit, model.as_deref(), output.as_deref(), weights.as_deref());
             }
             if output.is_some() || weights.is_some() {
-                eprintln!("error: --output and --weights go with --emit onnx");
+                eprintln!("error: --output and --weights go with --emit onnx or --emit weights");
                 return ExitCode::from(EXIT_USAGE);
             }
             build::build(&c, emit, model.as_deref(), &options, batch)

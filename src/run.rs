@@ -216,6 +216,7 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
         model.graph.node_ids().any(|id| matches!(&model.graph.node(id).op, Op::Param(p) if p.value.is_none()));
     let models = if trainable { weights_of(&params, args, out)? } else { vec![params] };
     let input = model.graph.inputs().first().map(|&id| model.graph.node(id).shape.0.clone()).unwrap_or_default();
+    let input_name = model.graph.inputs().first().map(|&id| model.graph.node(id).name.clone()).unwrap_or_default();
     let data_call = spec.and_then(|s| s.data.as_ref());
     let data_shape = data_call.map_or_else(|| input.clone(), |d| cnnc_runtime::data::example_shape(d, &input));
     let steps = spec.map(|s| augment::steps(&s.augment)).unwrap_or_default();
@@ -242,60 +243,89 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
         crops: args.multi_crop,
         softmax: &softmax,
         backend: args.backend,
+        input_name: &input_name,
         programs: cnnc_runtime::predict::programs_for(&graph),
     };
+    if let Some(path) = &args.output {
+        let npy = path.extension().is_some_and(|e| e == "npy");
+        if npy && graph.outputs().len() != 1 {
+            return Err(fail(
+                EXIT_INPUT,
+                format!(
+                    "--output {}: a .npy file holds one tensor and this model has {} outputs; write a .safetensors file",
+                    path.display(),
+                    graph.outputs().len()
+                ),
+            ));
+        }
+    }
     let mut exact: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for file in &args.predict {
         let failed = |e: PredictError| match e {
             PredictError::Internal(_) => fail(EXIT_INTERNAL, e.to_string()),
             _ => fail(EXIT_INPUT, e.to_string()),
         };
-        let outputs = predictor.outputs(file).map_err(failed)?;
-        if args.output.is_some() {
-            for (name, value) in &outputs {
-                match exact.iter_mut().find(|(n, _, _)| n == name) {
-                    Some((_, shape, values)) => {
-                        shape[0] += 1;
-                        values.extend(value.iter());
-                    }
-                    None => {
-                        let shape = std::iter::once(1).chain(value.shape().iter().copied()).collect();
-                        exact.push((name.clone(), shape, value.iter().copied().collect()));
+        let examples = predictor.outputs(file).map_err(failed)?;
+        let batch = examples.len() > 1;
+        for (index, outputs) in examples.into_iter().enumerate() {
+            if args.output.is_some() {
+                for (name, value) in &outputs {
+                    match exact.iter_mut().find(|(n, _, _)| n == name) {
+                        Some((_, shape, values)) => {
+                            shape[0] += 1;
+                            values.extend(value.iter());
+                        }
+                        None => {
+                            let shape = std::iter::once(1).chain(value.shape().iter().copied()).collect();
+                            exact.push((name.clone(), shape, value.iter().copied().collect()));
+                        }
                     }
                 }
             }
-        }
-        let answers = predictor.answers(outputs, out).map_err(failed)?;
-        println!("{}:", file.display());
-        for a in answers {
-            match a {
-                Prediction::Classes { output, top, probabilities } => {
-                    let what = if probabilities { "probability" } else { "score" };
-                    println!("  {output}: top classes ({what})");
-                    for (class, score) in top {
-                        println!("    {class:>4}  {score:.4}");
-                    }
-                }
-                Prediction::Image { output, path } => println!("  {output}: wrote {}", path.display()),
-                Prediction::Values { output, shape, values } => {
-                    let shown: Vec<String> = values.iter().take(8).map(|v| format!("{v:.4}")).collect();
-                    println!(
-                        "  {output} {shape:?}: [{}{}]",
-                        shown.join(", "),
-                        if values.len() > 8 { ", ..." } else { "" }
-                    );
-                }
+            let out = if batch { out.join(index.to_string()) } else { out.to_path_buf() };
+            let answers = predictor.answers(outputs, &out).map_err(failed)?;
+            if batch {
+                println!("{}[{index}]:", file.display());
+            } else {
+                println!("{}:", file.display());
             }
+            print_answers(answers);
         }
     }
     if let Some(path) = &args.output {
-        let named: Vec<cnnc_runtime::weights::Named> =
-            exact.iter().map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())).collect();
-        let files: Vec<String> = args.predict.iter().map(|f| f.display().to_string()).collect();
-        let mut meta = std::collections::HashMap::new();
-        meta.insert("files".to_string(), files.join("\n"));
-        cnnc_runtime::weights::save(path, &named, meta).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
-        println!("wrote every output ({} per file, full precision) to {}", exact.len(), path.display());
+        let rows: usize = exact.first().map_or(0, |(_, s, _)| s[0]);
+        if path.extension().is_some_and(|e| e == "npy") {
+            let (_, shape, values) = &exact[0];
+            cnnc_runtime::weights::save_npy(path, shape, values).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        } else {
+            let named: Vec<cnnc_runtime::weights::Named> =
+                exact.iter().map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())).collect();
+            let files: Vec<String> = args.predict.iter().map(|f| f.display().to_string()).collect();
+            let mut meta = std::collections::HashMap::new();
+            meta.insert("files".to_string(), files.join("\n"));
+            cnnc_runtime::weights::save(path, &named, meta).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        }
+        println!("wrote every output ({} of them, {rows} examples, full precision) to {}", exact.len(), path.display());
     }
     Ok(())
+}
+
+/// Prints one example's answers: top classes, written maps, or the first values.
+fn print_answers(answers: Vec<Prediction>) {
+    for a in answers {
+        match a {
+            Prediction::Classes { output, top, probabilities } => {
+                let what = if probabilities { "probability" } else { "score" };
+                println!("  {output}: top classes ({what})");
+                for (class, score) in top {
+                    println!("    {class:>4}  {score:.4}");
+                }
+            }
+            Prediction::Image { output, path } => println!("  {output}: wrote {}", path.display()),
+            Prediction::Values { output, shape, values } => {
+                let shown: Vec<String> = values.iter().take(8).map(|v| format!("{v:.4}")).collect();
+                println!("  {output} {shape:?}: [{}{}]", shown.join(", "), if values.len() > 8 { ", ..." } else { "" });
+            }
+        }
+    }
 }

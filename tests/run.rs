@@ -586,3 +586,75 @@ fn a_run_too_large_for_memory_is_refused_with_the_figures() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("GiB available"), "{}", text(&o));
 }
+
+#[test]
+fn predict_reads_tensors_of_any_rank_and_batch_and_writes_exact_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let model = "examples/signals.cnn";
+    // The initial weights of the model's seed, written by `--emit weights`.
+    let o = run(&["build", model, "--model", "Signal1D", "--emit", "weights", "-o", &path("w.safetensors")]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (weights, _) = cnnc_runtime::weights::load(Path::new(&path("w.safetensors"))).unwrap();
+    assert!(weights.contains_key("conv1/weight"), "{:?}", weights.keys());
+    // A batch of three 1D signals [1000, 2] as .npy, and the second one alone as .safetensors.
+    let values: Vec<f32> = (0..3 * 1000 * 2).map(|i| (i as f32 * 0.37).sin() * (i as f32 * 0.0011).cos()).collect();
+    cnnc_runtime::weights::save_npy(Path::new(&path("batch.npy")), &[3, 1000, 2], &values).unwrap();
+    let second: Vec<(&str, &[usize], &[f32])> = vec![("signal", &[1000, 2], &values[2000..4000])];
+    cnnc_runtime::weights::save(Path::new(&path("one.safetensors")), &second, Default::default()).unwrap();
+    let predict = |input: &str, output: &str, backend: &str| {
+        let args = ["run", model, "--model", "Signal1D", "--weights", &path("w.safetensors"), "--predict", input];
+        let o = run(&[&args[..], &["--output", &path(output), "--backend", backend, "--out", &path("runs")]].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let bytes = std::fs::read(path(output)).unwrap();
+        // The .npy header: magic, version, header length, then a dict with the shape.
+        assert_eq!(&bytes[..6], b"\x93NUMPY");
+        let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        let header = String::from_utf8_lossy(&bytes[10..10 + header_len]).to_string();
+        let data: Vec<f32> =
+            bytes[10 + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        (header, data, String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    let (header, jit, stdout) = predict(&path("batch.npy"), "jit.npy", "jit");
+    assert!(header.contains("'shape': (3, 4)") && header.contains("'descr': '<f4'"), "{header}");
+    assert!(stdout.contains("batch.npy[2]:"), "each example of the batch is answered: {stdout}");
+    let (_, reference, _) = predict(&path("batch.npy"), "reference.npy", "reference");
+    let scale = reference.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let worst = jit.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst <= 1e-4 * scale, "the JIT against the reference executor: {worst}");
+    assert!(jit[..4] != jit[4..8], "different signals give different outputs: {jit:?}");
+    let (header, one, _) = predict(&path("one.safetensors"), "one.npy", "jit");
+    assert!(header.contains("'shape': (1, 4)"), "{header}");
+    assert_eq!(one, jit[4..8], "the second example alone gives the batch's second row");
+    // Tensors that are not the model's input, or not floats, or not finite, are refused.
+    cnnc_runtime::weights::save_npy(Path::new(&path("wrong.npy")), &[1000, 3], &values[..3000]).unwrap();
+    let mut bad = values[..2000].to_vec();
+    bad[17] = f32::NAN;
+    cnnc_runtime::weights::save_npy(Path::new(&path("nan.npy")), &[1000, 2], &bad).unwrap();
+    std::fs::write(path("junk.npy"), b"not an array").unwrap();
+    for (file, says) in [
+        ("wrong.npy", "holds a tensor of shape [1000, 3]; the model's input is [1000, 2]"),
+        ("nan.npy", "value 17 is NaN"),
+        ("junk.npy", "is not a valid data file"),
+    ] {
+        let o =
+            run(&["run", model, "--model", "Signal1D", "--weights", &path("w.safetensors"), "--predict", &path(file)]);
+        assert_eq!(o.status.code(), Some(2), "{file}: {}", text(&o));
+        assert!(text(&o).contains(says), "{file}: {}", text(&o));
+    }
+    // Crops are for images: a tensor is the model's input as is.
+    let o = run(&[
+        "run",
+        model,
+        "--model",
+        "Signal1D",
+        "--weights",
+        &path("w.safetensors"),
+        "--predict",
+        &path("batch.npy"),
+        "--multi-crop",
+        "5",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--multi-crop crops images"), "{}", text(&o));
+}

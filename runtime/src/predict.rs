@@ -68,6 +68,89 @@ pub fn read_example(data: &[usize], file: &Path, pad: usize) -> Result<Vec<f32>,
     Ok(x)
 }
 
+/// Whether `file` is read as a tensor (`.npy`, `.safetensors`) rather than as an image.
+pub fn is_tensor_file(file: &Path) -> bool {
+    matches!(file.extension().and_then(|e| e.to_str()), Some("npy" | "safetensors"))
+}
+
+/// Reads a tensor file given to `--predict`: the model's input as is (no padding, scaling, crop
+/// or normalization), of the input's shape (one example) or `[n, ..input]` (`n` examples),
+/// float32 or float64, every value finite. A `.safetensors` file holds one tensor, or several of
+/// which the one named `name` (the model's input) is read.
+pub fn read_tensors(file: &Path, input: &[usize], name: &str) -> Result<Vec<Vec<f32>>, DataError> {
+    let bad = |detail: String| DataError::BadHeader { path: file.to_path_buf(), detail };
+    let (shape, values): (Vec<usize>, Vec<f32>) = match file.extension().and_then(|e| e.to_str()) {
+        Some("npy") => {
+            use ndarray_npy::{ReadNpyError, ReadNpyExt};
+            let open = || {
+                std::fs::File::open(file).map_err(|e| DataError::Io { path: file.to_path_buf(), error: e.to_string() })
+            };
+            match ArrayD::<f32>::read_npy(open()?) {
+                Ok(a) => (a.shape().to_vec(), a.iter().copied().collect()),
+                Err(ReadNpyError::WrongDescriptor(_)) => match ArrayD::<f64>::read_npy(open()?) {
+                    Ok(a) => (a.shape().to_vec(), a.iter().map(|&v| v as f32).collect()),
+                    Err(ReadNpyError::WrongDescriptor(d)) => {
+                        return Err(bad(format!("its values are {d}; --predict reads float32 or float64 arrays")))
+                    }
+                    Err(e) => return Err(bad(e.to_string())),
+                },
+                Err(e) => return Err(bad(e.to_string())),
+            }
+        }
+        _ => {
+            use safetensors::{Dtype, SafeTensors};
+            let bytes =
+                std::fs::read(file).map_err(|e| DataError::Io { path: file.to_path_buf(), error: e.to_string() })?;
+            let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+            let names = st.names();
+            let chosen = match names.as_slice() {
+                [one] => one.to_string(),
+                _ if names.contains(&name) => name.to_string(),
+                _ => {
+                    return Err(bad(format!(
+                        "it holds {} tensors and none is named `{name}`, the model's input",
+                        names.len()
+                    )))
+                }
+            };
+            let view = st.tensor(&chosen).map_err(|e| bad(e.to_string()))?;
+            let values = match view.dtype() {
+                Dtype::F32 => {
+                    view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                }
+                Dtype::F64 => view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
+                    .collect(),
+                d => return Err(bad(format!("tensor `{chosen}` is {d:?}; --predict reads F32 or F64 tensors"))),
+            };
+            (view.shape().to_vec(), values)
+        }
+    };
+    let examples = if shape == input {
+        1
+    } else if shape.len() == input.len() + 1 && shape[1..] == *input {
+        shape[0]
+    } else {
+        return Err(DataError::Unsupported {
+            what: format!(
+                "`{}` holds a tensor of shape {shape:?}; the model's input is {input:?} (or a batch of them, [n, {}])",
+                file.display(),
+                input.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    };
+    if examples == 0 {
+        return Err(DataError::Empty { path: file.to_path_buf() });
+    }
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(bad(format!("value {i} is {}; inputs must be finite", values[i])));
+    }
+    let size = values.len() / examples;
+    Ok(values.chunks_exact(size).map(|c| c.to_vec()).collect())
+}
+
 /// Runs the inference graph `graph` on the batch `x` on `backend` (with `programs`, the lowered
 /// programs of the graph, for the kernel-IR interpreter) and returns each output's value.
 pub fn outputs(
@@ -109,6 +192,8 @@ pub struct Predictor<'a> {
     pub softmax: &'a [String],
     /// What runs the model.
     pub backend: Backend,
+    /// The name of the model's input (the tensor read from a `.safetensors` file of several).
+    pub input_name: &'a str,
     /// The lowered programs of `graph` by batch size, compiled once for all the files.
     pub programs: std::sync::Mutex<Programs>,
 }
@@ -120,19 +205,38 @@ pub fn programs_for(graph: &Graph) -> std::sync::Mutex<Programs> {
 }
 
 impl Predictor<'_> {
-    /// Every output of the model on one file, at full precision: vectors averaged over crops and
-    /// models (softmax outputs as probabilities), other outputs from the first model and crop.
-    pub fn outputs(&self, file: &Path) -> Result<Vec<(String, Tensor)>, PredictError> {
+    /// Every output of the model on one file, at full precision, one list per example: an image
+    /// is one example; a tensor file (`.npy`, `.safetensors`) is the model's input as is, one
+    /// example or a batch. Vectors are averaged over crops and models (softmax outputs as
+    /// probabilities); other outputs come from the first model and crop.
+    pub fn outputs(&self, file: &Path) -> Result<Vec<Vec<(String, Tensor)>>, PredictError> {
+        if is_tensor_file(file) {
+            if self.crops > 1 {
+                return Err(PredictError::Data(DataError::Unsupported {
+                    what: format!(
+                        "--multi-crop crops images; `{}` is a tensor, given to the model as its input as is",
+                        file.display()
+                    ),
+                }));
+            }
+            let examples = read_tensors(file, &self.pipeline.input, self.input_name).map_err(PredictError::Data)?;
+            return examples.into_iter().map(|x| self.average(&[x])).collect();
+        }
         let example = read_example(&self.pipeline.data, file, self.pad).map_err(PredictError::Data)?;
-        let crops = self.pipeline.crops(&example, self.crops);
+        Ok(vec![self.average(&self.pipeline.crops(&example, self.crops))?])
+    }
+
+    /// The model's outputs on `crops` (each an input), averaged over crops and models.
+    fn average(&self, crops: &[Vec<f32>]) -> Result<Vec<(String, Tensor)>, PredictError> {
         let mut sums: Vec<(String, Tensor)> = Vec::new();
         let mut programs = self.programs.lock().map_err(|_| PredictError::Internal("a poisoned lock".into()))?;
         let mut count = 0.0f32;
         for params in self.models {
-            for crop in &crops {
+            for crop in crops {
                 let mut shape = vec![1];
                 shape.extend_from_slice(&self.pipeline.input);
-                let x = ArrayD::from_shape_vec(IxDyn(&shape), crop.clone()).expect("a crop fills the input shape");
+                let x = ArrayD::from_shape_vec(IxDyn(&shape), crop.clone())
+                    .map_err(|e| PredictError::Internal(format!("an input does not fill the model's input: {e}")))?;
                 let values = outputs(self.graph, params, x.view(), self.backend, &mut programs)?;
                 count += 1.0;
                 for (name, value) in values {
@@ -152,12 +256,6 @@ impl Predictor<'_> {
             .into_iter()
             .map(|(name, sum)| if sum.ndim() == 1 { (name, sum / count.max(1.0)) } else { (name, sum) })
             .collect())
-    }
-
-    /// Predicts on one file: each vector output's top classes, each feature map written as a
-    /// PNG into `out`, other outputs' values.
-    pub fn predict(&self, file: &Path, out: &Path) -> Result<Vec<Prediction>, PredictError> {
-        self.answers(self.outputs(file)?, out)
     }
 
     /// The answers for a file's outputs (from [`Predictor::outputs`]).

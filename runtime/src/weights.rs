@@ -89,6 +89,19 @@ pub fn save(path: &Path, tensors: &[Named], metadata: HashMap<String, String>) -
     crate::atomic::write(path, &serialized).map_err(|e| io(&e))
 }
 
+/// Writes one tensor as a `.npy` file (float32, little-endian, C order), atomically as [`save`].
+pub fn save_npy(path: &Path, shape: &[usize], values: &[f32]) -> Result<(), WeightsError> {
+    use ndarray_npy::WriteNpyExt;
+    let io = |e: &dyn fmt::Display| WeightsError::Io { path: path.to_path_buf(), error: e.to_string() };
+    let array = ndarray::ArrayViewD::from_shape(ndarray::IxDyn(shape), values).map_err(|e| io(&e))?;
+    let mut bytes = Vec::new();
+    array.write_npy(&mut bytes).map_err(|e| io(&e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
+    }
+    crate::atomic::write(path, &bytes).map_err(|e| io(&e))
+}
+
 /// Tensors by name (shape and values), and a file's metadata.
 pub type Contents = (BTreeMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>);
 
