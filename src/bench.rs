@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::run::{fail, Failure, EXIT_INPUT};
+use crate::EXIT_USAGE;
 
 /// What `cnnc bench` was asked to do.
 pub struct Args {
@@ -24,10 +25,20 @@ pub struct Args {
     pub warmup: usize,
     pub profile: bool,
     pub backends: Vec<Backend>,
+    /// Kernel-program passes left out.
+    pub disabled: Vec<String>,
 }
 
 /// Runs the benchmark; `compiled` is how long parsing and checking took.
 pub fn run(c: &Compilation, args: &Args, compiled: Duration) -> Result<(), Failure> {
+    if let Some(name) = args.disabled.iter().find(|n| !cnnc_compiler::lir::passes::PASSES.iter().any(|(p, _)| p == *n))
+    {
+        let names: Vec<&str> = cnnc_compiler::lir::passes::PASSES.iter().map(|(p, _)| *p).collect();
+        return Err(fail(
+            EXIT_USAGE,
+            format!("--disable-pass {name}: cnnc bench leaves out the kernel-program passes: {}", names.join(", ")),
+        ));
+    }
     if let Some(t) = args.threads {
         cnnc_runtime::bench::set_threads(t).map_err(|e| fail(EXIT_INPUT, e))?;
     }
@@ -46,7 +57,8 @@ pub fn run(c: &Compilation, args: &Args, compiled: Duration) -> Result<(), Failu
     println!("cpu: {} ({} threads; {})", cpu.model, cnnc_runtime::bench::threads(), cpu.flags);
     let mut medians = Vec::new();
     for (i, &backend) in args.backends.iter().enumerate() {
-        let mut w = Workload::new(model, spec, kind, batch, backend).map_err(|e| fail(EXIT_INPUT, e))?;
+        let mut w =
+            Workload::new(model, spec, kind, batch, backend, &args.disabled).map_err(|e| fail(EXIT_INPUT, e))?;
         if i == 0 || backend != Backend::Reference {
             println!("source to runnable on {backend}:");
             println!("  {:<24}{:>10.2} ms", "parse + check", ms(compiled));

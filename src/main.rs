@@ -167,6 +167,10 @@ struct BenchArgs {
     /// Backends to time, in one run: reference, lir, jit (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "reference,lir,jit", value_parser = backend)]
     backend: Vec<cnnc_runtime::backend::Backend>,
+    /// Leave out a kernel-program pass (repeatable), to measure what it gains:
+    /// fold_batchnorm, fuse_maps, fuse_epilogue, fuse_im2col.
+    #[arg(long = "disable-pass", value_name = "PASS")]
+    disable_pass: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -322,6 +326,7 @@ fn main() -> ExitCode {
                 warmup: a.warmup,
                 profile: a.profile,
                 backends: a.backend,
+                disabled: a.disable_pass,
             };
             finish(bench::run(&c, &args, compiled))
         }

@@ -176,6 +176,22 @@ pub struct Geom {
 }
 
 impl Geom {
+    /// Whether a convolution over this geometry with `filters` filters runs as a direct
+    /// convolution rather than as a product (the runtime's choice, which the lowering and the
+    /// passes follow): few filters over a short window of few channels, where im2col's rows are
+    /// short and the product narrow (LeNet-5's first layer, 6 filters over 5×5×1), the whole
+    /// group of channels, and the width axis unit-strided and undilated, so that each output row
+    /// is a run of multiply-adds over a contiguous row.
+    pub fn direct(&self, filters: usize) -> bool {
+        self.c0 == 0
+            && self.cg == self.channels
+            && self.stride[2] == 1
+            && self.dilation[2] == 1
+            && (1..=16).contains(&filters)
+            && self.window() * self.cg <= 64
+            && self.output[2] * filters <= 4096
+    }
+
     /// Output positions per example.
     pub fn positions(&self) -> usize {
         self.output.iter().product()

@@ -67,12 +67,28 @@ pub struct Programs {
     profile: Option<std::sync::Arc<std::sync::Mutex<crate::executor::Profile>>>,
     /// The code generator, for the JIT backend: programs compiled from now on use native kernels.
     jit: Option<cnnc_codegen::Jit>,
+    /// Kernel-program passes left out.
+    disabled: Vec<String>,
 }
 
 impl Programs {
     /// Programs that keep `keep` and write the parameter gradients `grads` into the gradient store.
     pub fn new(keep: Vec<ValueId>, grads: Vec<(NodeId, ValueId)>) -> Self {
-        Programs { keep, grads, cache: HashMap::new(), labels: Vec::new(), profile: None, jit: None }
+        Programs {
+            keep,
+            grads,
+            cache: HashMap::new(),
+            labels: Vec::new(),
+            profile: None,
+            jit: None,
+            disabled: Vec::new(),
+        }
+    }
+
+    /// Leaves out the kernel-program passes `names` in the programs compiled from now on.
+    pub fn disable_passes(&mut self, names: &[String]) {
+        self.disabled = names.to_vec();
+        self.cache.clear();
     }
 
     /// Switches to `backend` (the interpreter alone, or with native kernels); forgets the
@@ -108,7 +124,7 @@ impl Programs {
         if !self.cache.contains_key(&batch) {
             let mut lowered =
                 lir::lower(graph, batch, &params.layout, &self.grads, &self.keep).map_err(|e| e.to_string())?;
-            lir::passes::optimize(&mut lowered.program, &[]);
+            lir::passes::optimize(&mut lowered.program, &self.disabled);
             let mut machine = Machine::new(lowered.program)?;
             machine.profile.clone_from(&self.profile);
             if let Some(jit) = self.jit.as_mut() {

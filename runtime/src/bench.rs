@@ -63,6 +63,7 @@ impl Workload {
         kind: WorkloadKind,
         batch: usize,
         backend: Backend,
+        disabled: &[String],
     ) -> Result<Self, String> {
         let mut phases = Vec::new();
         let seed = spec.map_or(0, |s| s.seed);
@@ -71,6 +72,7 @@ impl Workload {
             (WorkloadKind::Train, Some(spec)) => {
                 let mut session = Session::new(model, spec).map_err(|e| e.to_string())?;
                 session.set_backend(backend).map_err(|e| e.to_string())?;
+                session.disable_passes(disabled).map_err(|e| e.to_string())?;
                 phases.clone_from(&session.phases);
                 let t = Instant::now();
                 session.compile(batch).map_err(|e| e.to_string())?;
@@ -95,6 +97,7 @@ impl Workload {
                     Backend::Lir | Backend::Jit => {
                         let mut p = Programs::new(keep, Vec::new());
                         p.set_backend(backend)?;
+                        p.disable_passes(disabled);
                         Some(p)
                     }
                 };

@@ -7,6 +7,7 @@
 //! and no kernel's written range may overlap a range it reads (other than the one view it
 //! accumulates into): that is what makes the slices the kernels take from the arena sound.
 
+mod direct;
 mod kernels;
 pub mod microkernel;
 mod tuned;

@@ -309,6 +309,16 @@ impl Session {
         Ok(())
     }
 
+    /// Leaves out the kernel-program passes `names` (`cnnc bench --disable-pass`) in the programs
+    /// compiled from now on.
+    pub fn disable_passes(&mut self, names: &[String]) -> Result<(), RunError> {
+        for programs in [&mut self.train_programs, &mut self.infer_programs] {
+            let p = programs.get_mut().map_err(|_| RunError::Internal("a poisoned lock".into()))?;
+            p.disable_passes(names);
+        }
+        Ok(())
+    }
+
     /// Lowers and plans (and, on the JIT backend, compiles) the training program for batches of
     /// `batch` now, rather than at the first step (the reference backend needs nothing).
     pub fn compile(&mut self, batch: usize) -> Result<(), RunError> {

@@ -209,10 +209,12 @@ fn columns(c: &ConvOp, l: &mut Lowerer, x: &View, out: &[usize], g: usize) -> Vi
     let geom = crate::lir::lower::geom(&x.shape, &c.geometry(), out, g * cg, cg);
     debug_assert_eq!(geom.n * geom.positions(), rows);
     // The weight gradient reuses the forward matrix where the filters are not a multiple of 8
-    // (LeNet-5's first layer: its implicit GEMM, one-channel rows of 5 made block by block, took
-    // 1.5 ms a step against 0.87 + 0.66 ms for the im2col and the product); elsewhere
-    // `fuse_im2col` makes both products implicit, which moves less memory than keeping it.
-    l.columns(x, geom, !(c.filters / c.groups).is_multiple_of(8))
+    // (measured on ResNet-like shapes); elsewhere `fuse_im2col` makes both products implicit,
+    // which moves less memory than keeping it. A layer that runs as a direct convolution (LeNet-5's
+    // first: 0.87 ms for its im2col and 0.66 + 0.33 ms for the two narrow products, against
+    // direct loops over rows) keeps no matrix.
+    let fg = c.filters / c.groups;
+    l.columns(x, geom.clone(), !fg.is_multiple_of(8) && !geom.direct(fg))
 }
 
 /// Weights `[f.., c_in/groups, filters]` as a matrix `[window·c_in/groups, filters]`.

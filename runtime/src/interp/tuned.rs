@@ -28,6 +28,14 @@ pub(super) fn covers(k: &Kernel) -> bool {
 pub fn provider(k: &Kernel) -> &'static str {
     match k {
         Kernel::Map { .. } => "generated (cranelift)",
+        Kernel::ConvGemm { c, geom, epilogue, x, tb: false, .. } if direct_suits(x, geom, c.cols()) => {
+            if epilogue.is_some() {
+                "direct convolution + generated epilogue"
+            } else {
+                "direct convolution"
+            }
+        }
+        Kernel::ConvWeightGrad { x, geom, c, .. } if direct_suits(x, geom, c.cols()) => "direct convolution",
         Kernel::ConvGemm { c, geom, epilogue, .. } => {
             let micro = super::microkernel::suits(c.rows(), geom.window() * geom.cg, c.cols(), false);
             match (micro, epilogue.is_some()) {
@@ -313,9 +321,18 @@ fn add_bias(block: &mut [f32], pitch: usize, bias: &[f32]) {
     }
 }
 
+/// Whether a convolution of `x` over `geom` with `filters` filters runs as a direct convolution
+/// (`direct.rs`): the geometry's rule, and `x` contiguous.
+fn direct_suits(x: &View, geom: &Geom, filters: usize) -> bool {
+    geom.direct(filters) && x.pitch == geom.channels && x.cols() == geom.channels
+}
+
 /// `c = im2col(x)ᵀ·dy` in fixed blocks of im2col rows (K of the product), each made in a buffer
 /// of its own and multiplied into a partial product; the partials added in block order.
 fn conv_weight_grad(m: &Mem, x: &View, geom: &Geom, dy: &View, c: &View) {
+    if direct_suits(x, geom, c.cols()) {
+        return super::direct::weight_grad(m.src(x), geom, m.src(dy), dy.pitch, c.cols(), m.dst(c), c.pitch);
+    }
     let kk = geom.window() * geom.cg;
     let (rows, n) = (dy.rows(), dy.cols());
     let (xs, sd) = (m.src(x), m.src(dy));
@@ -351,11 +368,24 @@ fn conv_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::re
         return Ok(());
     }
     let (xs, sb) = (m.src(x), m.src(b));
+    let sbias = bias.as_ref().map(|v| &m.src(v)[..cols]);
+    if !*tb && direct_suits(x, geom, cols) {
+        let plan = super::direct::Forward::new(geom, sb, b.pitch, sbias, cols);
+        let positions = geom.positions();
+        return (0..geom.n).into_par_iter().try_for_each_init(Vec::new, |e: &mut Vec<f32>, n| {
+            let cv = c.row_block(n * positions, positions);
+            plan.example(xs, n, geom, cols, m.dst(&cv), c.pitch, e);
+            match (epilogue, f) {
+                (Some(e), Some(f)) => epilogue_rows_of(m, f, e, n * positions, &cv, ctx),
+                (Some(_), None) => Err("a convolution's epilogue was not compiled".to_string()),
+                _ => Ok(()),
+            }
+        });
+    }
     let (rsb, csb) = if *tb { (1, b.pitch) } else { (b.pitch, 1) };
     let micro = super::microkernel::suits(rows, kk, cols, false);
     let packed = if micro { super::microkernel::pack(sb, kk, cols, rsb, csb) } else { Vec::new() };
     let block = cnnc_compiler::lir::passes::fuse_im2col::block_rows(kk, cols);
-    let sbias = bias.as_ref().map(|v| &m.src(v)[..cols]);
     let pb = Shared(sb.as_ptr());
     (0..rows.div_ceil(block)).into_par_iter().try_for_each_init(Vec::new, |col: &mut Vec<f32>, i| {
         let (first, n) = (i * block, block.min(rows - i * block));
@@ -538,88 +568,117 @@ fn window(g: &Geom, axis: usize, o: usize) -> std::ops::Range<usize> {
     }
 }
 
-/// The input offsets (channel 0) a window of output `(zd, zh, zw)` reads, in window order.
-fn taps(g: &Geom, z: [usize; 3], out: &mut Vec<usize>) {
-    out.clear();
-    let [_, ih, iw] = g.input;
-    let (wd, wh, ww) = (window(g, 0, z[0]), window(g, 1, z[1]), window(g, 2, z[2]));
-    for kd in wd {
-        let d = g.source(0, z[0], kd).unwrap_or(0);
-        for kh in wh.clone() {
-            let h = g.source(1, z[1], kh).unwrap_or(0);
-            for kw in ww.clone() {
-                let w = g.source(2, z[2], kw).unwrap_or(0);
-                out.push(((d * ih + h) * iw + w) * g.channels);
-            }
+/// Calls `f(output row, input rows, positions)` for every output row `(zd, zh)` of one example:
+/// the input rows `(d, h)` its windows cover (as `d·ih + h`, in window order), and for each
+/// window column `kw` inside the input for some position, `(kw, first zw, last zw + 1, input
+/// column of the first)`. Pooling runs along these rows, so that no window is listed tap by tap.
+fn each_output_row(g: &Geom, mut f: impl FnMut(usize, &[usize], &[(usize, usize, usize, usize)])) {
+    let [od, oh, ow] = g.output;
+    let ih = g.input[1];
+    // Along the width, the same for every row: for each kw, the outputs whose window column kw
+    // is inside the input.
+    let mut columns = Vec::new();
+    for kw in 0..g.size[2] {
+        let inside: Vec<usize> = (0..ow).filter(|&zw| g.source(2, zw, kw).is_some()).collect();
+        if let (Some(&lo), Some(&hi)) = (inside.first(), inside.last()) {
+            columns.push((kw, lo, hi + 1, g.source(2, lo, kw).unwrap_or(0)));
         }
     }
-}
-
-/// Calls `f(output offset, taps)` for every output position of one example.
-fn each_output(g: &Geom, mut f: impl FnMut(usize, &[usize])) {
-    let [od, oh, ow] = g.output;
-    let mut list = Vec::with_capacity(g.window());
-    let mut o = 0;
+    let mut rows = Vec::with_capacity(g.size[0] * g.size[1]);
     for zd in 0..od {
         for zh in 0..oh {
-            for zw in 0..ow {
-                taps(g, [zd, zh, zw], &mut list);
-                f(o, &list);
-                o += g.cg;
+            rows.clear();
+            for kd in window(g, 0, zd) {
+                let d = g.source(0, zd, kd).unwrap_or(0);
+                for kh in window(g, 1, zh) {
+                    rows.push(d * ih + g.source(1, zh, kh).unwrap_or(0));
+                }
             }
+            f(zd * oh + zh, &rows, &columns);
         }
     }
 }
 
-/// Pooling of one example: channels innermost, window elements added in window order (as the
-/// interpreter adds them), an average over the elements inside the input.
+/// How many window columns of each output position `zw` fall inside the input.
+fn columns_inside(g: &Geom) -> Vec<f32> {
+    (0..g.output[2]).map(|zw| window(g, 2, zw).len() as f32).collect()
+}
+
+/// Pooling of one example, row by row: channels innermost; an average over the elements inside
+/// the input.
 fn pool(kind: PoolKind, xs: &[f32], ys: &mut [f32], g: &Geom) {
     let c = g.cg;
-    each_output(g, |o, taps| {
-        let y = &mut ys[o..o + c];
-        match kind {
-            PoolKind::Max => {
-                y.fill(f32::NEG_INFINITY);
-                for &t in taps {
-                    y.iter_mut().zip(&xs[t..t + c]).for_each(|(y, &x)| *y = y.max(x));
+    let (iw, ow, step) = (g.input[2], g.output[2], g.stride[2] * c);
+    let inside = columns_inside(g);
+    each_output_row(g, |r, rows, columns| {
+        let y = &mut ys[r * ow * c..(r + 1) * ow * c];
+        y.fill(if kind == PoolKind::Max { f32::NEG_INFINITY } else { 0.0 });
+        for &row in rows {
+            for &(_, lo, hi, first) in columns {
+                let mut at = (row * iw + first) * c;
+                for y in y[lo * c..hi * c].chunks_exact_mut(c) {
+                    let x = &xs[at..at + c];
+                    match kind {
+                        PoolKind::Max => y.iter_mut().zip(x).for_each(|(y, &x)| *y = y.max(x)),
+                        PoolKind::Avg => y.iter_mut().zip(x).for_each(|(y, &x)| *y += x),
+                    }
+                    at += step;
                 }
             }
-            PoolKind::Avg => {
-                y.fill(0.0);
-                for &t in taps {
-                    y.iter_mut().zip(&xs[t..t + c]).for_each(|(y, &x)| *y += x);
-                }
-                let count = taps.len().max(1) as f32;
+        }
+        if kind == PoolKind::Avg {
+            for (y, &cols) in y.chunks_exact_mut(c).zip(&inside) {
+                let count = (cols * rows.len() as f32).max(1.0);
                 y.iter_mut().for_each(|v| *v /= count);
             }
         }
     });
 }
 
-/// The gradient of one example's pooling: to the first largest element of each window (max), or
-/// shared equally over the elements inside the input (average).
+/// The gradient of one example's pooling, row by row: to the first largest element of each
+/// window in window order (max), or shared equally over the elements inside the input (average).
 fn pool_grad(kind: PoolKind, xs: Option<&[f32]>, dys: &[f32], dxs: &mut [f32], g: &Geom) {
     let c = g.cg;
-    let mut best = vec![0usize; c];
-    each_output(g, |o, taps| {
-        let dy = &dys[o..o + c];
+    let (iw, ow, step) = (g.input[2], g.output[2], g.stride[2] * c);
+    let inside = columns_inside(g);
+    let mut best = vec![(f32::NEG_INFINITY, usize::MAX); ow * c];
+    each_output_row(g, |r, rows, columns| {
+        let dy = &dys[r * ow * c..(r + 1) * ow * c];
         match (kind, xs) {
             (PoolKind::Max, Some(xs)) => {
-                let Some(&first) = taps.first() else { return };
-                best.iter_mut().enumerate().for_each(|(ch, b)| *b = first + ch);
-                for &t in &taps[1..] {
-                    for (ch, b) in best.iter_mut().enumerate() {
-                        if xs[t + ch] > xs[*b] {
-                            *b = t + ch;
+                best.fill((f32::NEG_INFINITY, usize::MAX));
+                // Window order: input rows, then window columns; a later element wins only if
+                // larger, so the first maximum is kept.
+                for &row in rows {
+                    for &(_, lo, hi, first) in columns {
+                        let mut at = (row * iw + first) * c;
+                        for b in best[lo * c..hi * c].chunks_exact_mut(c) {
+                            for (ch, b) in b.iter_mut().enumerate() {
+                                let x = xs[at + ch];
+                                if b.1 == usize::MAX || x > b.0 {
+                                    *b = (x, at + ch);
+                                }
+                            }
+                            at += step;
                         }
                     }
                 }
-                best.iter().zip(dy).for_each(|(&b, &d)| dxs[b] += d);
+                for (&(_, at), &d) in best.iter().zip(dy) {
+                    if at != usize::MAX {
+                        dxs[at] += d;
+                    }
+                }
             }
             _ => {
-                let count = taps.len().max(1) as f32;
-                for &t in taps {
-                    dxs[t..t + c].iter_mut().zip(dy).for_each(|(d, &v)| *d += v / count);
+                for &row in rows {
+                    for &(_, lo, hi, first) in columns {
+                        let mut at = (row * iw + first) * c;
+                        for (zw, dy) in dy[lo * c..hi * c].chunks_exact(c).enumerate() {
+                            let count = (inside[lo + zw] * rows.len() as f32).max(1.0);
+                            dxs[at..at + c].iter_mut().zip(dy).for_each(|(d, &v)| *d += v / count);
+                            at += step;
+                        }
+                    }
                 }
             }
         }

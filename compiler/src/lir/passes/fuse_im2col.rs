@@ -38,8 +38,9 @@ fn find(p: &Program) -> Option<(usize, usize, Kernel)> {
             &p.kernels[j]
         {
             // A weight gradient: im2col(x)ᵀ·dy, where the partial products of its blocks are
-            // not too small to pay (LeNet-5's first layer, 25 × 6, is not).
-            if c.len() >= 1024
+            // not too small to pay, or the layer runs as a direct convolution (LeNet-5's first
+            // layer, 25 × 6: too small for blocks, the runtime's direct loops instead).
+            if (c.len() >= 1024 || geom.direct(c.cols()))
                 && same_matrix(a, col)
                 && col.pitch == col.cols()
                 && !uses.written_from(x.buf, i + 1, j)
@@ -58,7 +59,7 @@ fn find(p: &Program) -> Option<(usize, usize, Kernel)> {
         // And products the blocks run well: the micro-kernels' shapes, or wide ones.
         let n = c.cols();
         let suits = (n <= 256 && col.cols() <= 1024) || n >= 64;
-        let enough = suits && col.rows() >= 4 * block_rows(col.cols(), n);
+        let enough = (suits && col.rows() >= 4 * block_rows(col.cols(), n)) || geom.direct(n);
         if !enough
             || !same_matrix(a, col)
             || col.pitch != col.cols()
