@@ -78,6 +78,12 @@ def wait_quiet(limit_s=120, load=0.5):
         time.sleep(5)
 
 
+def settle():
+    """A pause before each system's turn: worker threads of the one before (OpenMP, Eigen) spin
+    for a while after their work, and would take the cores from the next."""
+    time.sleep(1.0)
+
+
 class Peer:
     def __init__(self, system, threads):
         self.system = system
@@ -164,10 +170,12 @@ def measure(w, systems, threads, rounds, log):
             result["systems"][s] = {"version": p.version, "compile_ms": loaded["compile_ms"], "rounds": []}
         result["systems"]["cnnc"] = {"rounds": [], "compile_ms": []}
         for r in range(rounds):
+            settle()
             step, compile_ = cnnc_bench(w, threads)
             result["systems"]["cnnc"]["rounds"].append(step)
             result["systems"]["cnnc"]["compile_ms"].append(compile_)
             for s, p in peers.items():
+                settle()
                 t = p.ask(cmd="time", steps=steps, warmup=warmup)
                 if "error" in t:
                     log(f"  {s}: {t['error']}")

@@ -107,12 +107,26 @@ def batchnorm(ops, args, a, cl, training, inputs, updates):
     return y
 
 
+def ceil_pads(size, k, s, pads):
+    """Pads `[top, left, bottom, right]` grown at the end so that flooring gives what ONNX's
+    ceil_mode gives (as PyTorch: a last window starting in the end padding is dropped)."""
+    out = list(pads)
+    for axis in range(2):
+        n, before, after = size[axis], pads[axis], pads[axis + 2]
+        count = -(-(n + before + after - k[axis]) // s[axis]) + 1
+        if (count - 1) * s[axis] >= n + before:
+            count -= 1
+        out[axis + 2] = max(after, (count - 1) * s[axis] + k[axis] - n - before)
+    return out
+
+
 def pool(kind):
     def f(ops, args, a, cl, training, inputs, updates):
+        k, s, pads = a["kernel_shape"], a.get("strides", [1, 1]), a.get("pads", [0, 0, 0, 0])
         if a.get("ceil_mode", 0):
-            raise SystemExit("ceil_mode pools are not understood")
-        return ops.pool(kind, args[0], a["kernel_shape"], a.get("strides", [1, 1]), a.get("pads", [0, 0, 0, 0]),
-                        a.get("count_include_pad", 0), cl)
+            shape = ops.shape(args[0])
+            pads = ceil_pads(shape[1:3] if ops.channels_last else shape[2:4], k, s, pads)
+        return ops.pool(kind, args[0], k, s, pads, a.get("count_include_pad", 0), cl)
     return f
 
 

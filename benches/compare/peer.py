@@ -73,7 +73,17 @@ class TorchOps:
     def pool(self, kind, x, k, s, pads, count_include_pad, cl):
         t, l, b, r = pads
         if (t, l) != (b, r):
-            raise SystemExit("asymmetric pool padding is not understood on torch")
+            # Grown at the end for ceil mode (`graph.ceil_pads`): PyTorch's pools pad both sides
+            # alike, so pad the input explicitly (-inf for max; an average then counts only the
+            # elements inside, as ONNX's count_include_pad = 0 does, through a count map).
+            if kind == "max":
+                return self.F.max_pool2d(self.F.pad(x, (l, r, t, b), value=-float("inf")), tuple(k), tuple(s))
+            h, w = x.shape[2], x.shape[3]
+            y = self.F.avg_pool2d(self.F.pad(x, (l, r, t, b)), tuple(k), tuple(s))
+            if count_include_pad:
+                return y
+            scale = (k[0] * k[1]) / pool_counts((h, w), k, s, pads)
+            return y * self.torch.from_numpy(scale.astype(np.float32))
         if kind == "max":
             return self.F.max_pool2d(x, tuple(k), tuple(s), (t, l))
         return self.F.avg_pool2d(x, tuple(k), tuple(s), (t, l), count_include_pad=bool(count_include_pad))

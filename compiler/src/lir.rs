@@ -192,6 +192,25 @@ impl Geom {
             && self.output[2] * filters <= 4096
     }
 
+    /// Whether a convolution over this geometry with `filters` filters runs by Winograd's
+    /// F(2×2, 3×3) in an inference program (the `winograd` pass): 2D 3×3 windows, stride and
+    /// dilation 1, the whole group of channels, channels and filters enough for its sixteen
+    /// products to be worth their transforms (16 and more each), and maps of 28×28 and more
+    /// (a 14×14 map has 49 tiles, products too short to pay: VGG-16's 14×14 layers at batch 1
+    /// took 9 ms by Winograd against 6–7 ms by implicit GEMM).
+    pub fn winograd(&self, filters: usize) -> bool {
+        self.input[0] == 1
+            && self.size == [1, 3, 3]
+            && self.stride == [1, 1, 1]
+            && self.dilation == [1, 1, 1]
+            && self.c0 == 0
+            && self.cg == self.channels
+            && self.channels >= 16
+            && filters >= 16
+            && self.output[1] >= 28
+            && self.output[2] >= 28
+    }
+
     /// Output positions per example.
     pub fn positions(&self) -> usize {
         self.output.iter().product()
@@ -320,7 +339,22 @@ pub enum Kernel {
     },
     /// A convolution as an implicit product: `c = im2col(x)·op(b) (+ bias)`, then the epilogue,
     /// the im2col rows made block by block where the product reads them and never stored whole.
-    ConvGemm { x: View, geom: Geom, b: View, c: View, tb: bool, bias: Option<View>, epilogue: Option<Box<Epilogue>> },
+    /// With `winograd` (the filters `b` transformed by [`Kernel::WinogradFilters`]), the runtime
+    /// computes it by Winograd's F(2×2, 3×3) instead; the interpreter computes it from `b`.
+    ConvGemm {
+        x: View,
+        geom: Geom,
+        b: View,
+        c: View,
+        tb: bool,
+        bias: Option<View>,
+        epilogue: Option<Box<Epilogue>>,
+        winograd: Option<View>,
+    },
+    /// 3×3 filters `w` (`[9·cin, cout]`) transformed for Winograd's F(2×2, 3×3) (a prepare
+    /// kernel): `u` `[16·cin, cout]`, `u[(4i + j)·cin + ci, co] = (G·g·Gᵀ)[i][j]` where
+    /// `g[kh][kw] = w[(3kh + kw)·cin + ci, co]`.
+    WinogradFilters { w: View, u: View },
     /// A convolution's weight gradient as an implicit product: `c = im2col(x)ᵀ·dy`, over blocks of
     /// im2col rows made where they are multiplied.
     ConvWeightGrad { x: View, geom: Geom, dy: View, c: View },
@@ -387,6 +421,7 @@ impl Kernel {
             Kernel::Gemm { .. } => "gemm",
             Kernel::Im2col { .. } => "im2col",
             Kernel::ConvGemm { .. } => "conv_gemm",
+            Kernel::WinogradFilters { .. } => "winograd_filters",
             Kernel::ConvWeightGrad { .. } => "conv_weight_grad",
             Kernel::Col2im { .. } => "col2im",
             Kernel::Pool { .. } => "pool",
@@ -428,9 +463,10 @@ impl Kernel {
             }
             Kernel::Im2col { x, col, .. } => (vec![x], vec![col]),
             Kernel::ConvWeightGrad { x, dy, c, .. } => (vec![x, dy], vec![c]),
-            Kernel::ConvGemm { x, b, c, bias, epilogue, .. } => {
+            Kernel::ConvGemm { x, b, c, bias, epilogue, winograd, .. } => {
                 let mut r = vec![x, b];
                 r.extend(bias);
+                r.extend(winograd);
                 if let Some(e) = epilogue {
                     r.extend(e.inputs.iter().chain(&e.channels));
                 }
@@ -471,6 +507,7 @@ impl Kernel {
             Kernel::LossGrad { pred, target, dpred, .. } => (vec![pred, target], vec![dpred]),
             Kernel::Copy { src, dst } => (vec![src], vec![dst]),
             Kernel::RotateFilters { w, out, .. } => (vec![w], vec![out]),
+            Kernel::WinogradFilters { w, u } => (vec![w], vec![u]),
             Kernel::BnAffine { mean, var, gamma, beta, scale, shift, .. } => {
                 (vec![mean, var, gamma, beta], vec![scale, shift])
             }
@@ -489,10 +526,13 @@ impl Kernel {
             Kernel::BnAffine { mean, .. } => 4 * mean.len() as u64,
             Kernel::ConvWeightGrad { dy, c, .. } => 2 * (dy.rows() * c.rows() * c.cols()) as u64,
             Kernel::ConvGemm { geom, c, epilogue, .. } => {
+                // The convolution's operations, whatever the algorithm (Winograd's fewer
+                // multiplies show as a higher rate).
                 let k = geom.window() * geom.cg;
                 let tail = epilogue.as_ref().map_or(0, |e| e.expr.len() * c.len());
                 2 * (c.rows() * c.cols() * k) as u64 + tail as u64
             }
+            Kernel::WinogradFilters { u, .. } => 4 * u.len() as u64,
             Kernel::Im2col { .. }
             | Kernel::Col2im { .. }
             | Kernel::Copy { .. }

@@ -11,6 +11,7 @@ mod direct;
 mod kernels;
 pub mod microkernel;
 mod tuned;
+mod winograd;
 
 pub use tuned::provider;
 

@@ -7,12 +7,15 @@
 //! - `fuse_maps`: a map whose only reader is another map is computed inside it;
 //! - `fuse_epilogue`: a map whose only input from a product is that product's output becomes the
 //!   product's epilogue, applied while the output is in cache;
-//! - `fuse_im2col`: an im2col read only by one product becomes part of it (implicit GEMM).
+//! - `fuse_im2col`: an im2col read only by one product becomes part of it (implicit GEMM);
+//! - `winograd`: in inference, a 3×3 stride-1 convolution with enough channels runs by
+//!   Winograd's F(2×2, 3×3), its filters transformed in the prepare phase.
 
 pub mod fold_batchnorm;
 pub mod fuse_epilogue;
 pub mod fuse_im2col;
 pub mod fuse_maps;
+pub mod winograd;
 
 use super::{BufId, Expr, Program, Space, View};
 
@@ -25,6 +28,10 @@ pub const PASSES: &[(&str, &str)] = &[
     ("fuse_maps", "a map read only by another map is computed inside it (optional)"),
     ("fuse_epilogue", "a map over a product's output becomes the product's epilogue (optional)"),
     ("fuse_im2col", "an im2col read by one product only is made block by block inside it (optional)"),
+    (
+        "winograd",
+        "an inference 3×3 stride-1 convolution runs by Winograd F(2×2, 3×3), filters transformed in prepare (optional)",
+    ),
 ];
 
 /// The longest fused map expression (the interpreter's limit).
@@ -35,11 +42,12 @@ type Pass = fn(&mut Program) -> usize;
 
 /// Runs every pass not in `disabled`; returns (pass, rewrites) for each that ran.
 pub fn optimize(p: &mut Program, disabled: &[String]) -> Vec<(&'static str, usize)> {
-    let passes: [(&str, Pass); 4] = [
+    let passes: [(&str, Pass); 5] = [
         ("fold_batchnorm", fold_batchnorm::run),
         ("fuse_maps", fuse_maps::run),
         ("fuse_epilogue", fuse_epilogue::run),
         ("fuse_im2col", fuse_im2col::run),
+        ("winograd", winograd::run),
     ];
     passes
         .into_iter()
@@ -101,6 +109,14 @@ impl Uses {
 pub(crate) fn temporary(p: &Program, buf: BufId) -> bool {
     let b = &p.buffers[buf.0 as usize];
     b.space == Space::Arena && !b.kept
+}
+
+/// The kernel that alone reads `col`, the matrix the kernel at `i` writes, if `col` is a temporary
+/// only that kernel writes and one later kernel reads (an im2col matrix a pass may fold away).
+pub(crate) fn only_reader(p: &Program, uses: &Uses, i: usize, col: &View) -> Option<usize> {
+    let t = col.buf.0 as usize;
+    let (writers, readers) = (&uses.writers[t], &uses.readers[t]);
+    (temporary(p, col.buf) && writers == &[i] && readers.len() == 1 && readers[0] > i).then(|| readers[0])
 }
 
 /// Whether two views name the same elements as matrices.

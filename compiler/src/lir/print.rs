@@ -72,16 +72,18 @@ pub(super) fn program(p: &Program) -> String {
             Kernel::ConvWeightGrad { x, geom: g, dy, c } => {
                 format!("[{}] im2col {}ᵀ x {} -> {}", geom(g), view(x), view(dy), view(c))
             }
-            Kernel::ConvGemm { x, geom: g, b, c, tb, bias, epilogue } => format!(
-                "[{}] im2col {} x {}{} -> {}{}{}",
+            Kernel::ConvGemm { x, geom: g, b, c, tb, bias, epilogue, winograd } => format!(
+                "[{}] im2col {} x {}{}{} -> {}{}{}",
                 geom(g),
                 view(x),
                 view(b),
                 if *tb { "ᵀ" } else { "" },
+                winograd.as_ref().map_or(String::new(), |u| format!(" winograd {}", view(u))),
                 view(c),
                 bias.as_ref().map_or(String::new(), |b| format!(" bias {}", view(b))),
                 epilogue.as_deref().map_or(String::new(), epilogue_text)
             ),
+            Kernel::WinogradFilters { w, u } => format!("{} -> {}", view(w), view(u)),
             Kernel::Im2col { x, col, geom: g } => format!("[{}] {} -> {}", geom(g), view(x), view(col)),
             Kernel::Col2im { col, dx, geom: g } => format!("[{}] {} += {}", geom(g), view(dx), view(col)),
             Kernel::Pool { kind, x, y, geom: g } => format!("[{kind},{}] {} -> {}", geom(g), view(x), view(y)),

@@ -22,7 +22,8 @@ pub(super) fn run(k: &Kernel, m: &Mem, ctx: Ctx) {
             let (col, shape) = whole_columns(m, x, geom);
             gemm(m, &col, &shape, dy, c, true, false, false, None);
         }
-        Kernel::ConvGemm { x, geom, b, c, tb, bias, epilogue } => {
+        // A Winograd form (`winograd`) is the runtime's: the oracle computes the convolution.
+        Kernel::ConvGemm { x, geom, b, c, tb, bias, epilogue, .. } => {
             let (col, shape) = whole_columns(m, x, geom);
             gemm(m, &col, &shape, b, c, false, *tb, false, bias.as_ref());
             if let Some(e) = epilogue {
@@ -58,6 +59,21 @@ pub(super) fn run(k: &Kernel, m: &Mem, ctx: Ctx) {
         Kernel::LossGrad { kind, scale, pred, target, dpred } => loss_grad(m, *kind, *scale, pred, target, dpred),
         Kernel::Copy { src, dst } => copy(m, src, dst),
         Kernel::RotateFilters { w, out, taps } => rotate_filters(m, w, out, *taps),
+        Kernel::WinogradFilters { w, u } => {
+            let (cin, cout) = (w.rows() / 9, w.cols());
+            let (ws, us) = (m.src(w), m.dst(u));
+            for ci in 0..cin {
+                for co in 0..cout {
+                    let g: [[f32; 3]; 3] = std::array::from_fn(|kh| {
+                        std::array::from_fn(|kw| ws[((kh * 3 + kw) * cin + ci) * w.pitch + co])
+                    });
+                    let t = super::winograd::filter(&g);
+                    for (xi, v) in t.iter().flatten().enumerate() {
+                        us[(xi * cin + ci) * u.pitch + co] = *v;
+                    }
+                }
+            }
+        }
         Kernel::Fill { dst, value } => fill(m, dst, *value),
     }
 }

@@ -28,6 +28,13 @@ pub(super) fn covers(k: &Kernel) -> bool {
 pub fn provider(k: &Kernel) -> &'static str {
     match k {
         Kernel::Map { .. } => "generated (cranelift)",
+        Kernel::ConvGemm { epilogue, winograd: Some(_), .. } => {
+            if epilogue.is_some() {
+                "Winograd F(2×2, 3×3) + generated epilogue"
+            } else {
+                "Winograd F(2×2, 3×3)"
+            }
+        }
         Kernel::ConvGemm { c, geom, epilogue, x, tb: false, .. } if direct_suits(x, geom, c.cols()) => {
             if epilogue.is_some() {
                 "direct convolution + generated epilogue"
@@ -361,7 +368,7 @@ fn conv_weight_grad(m: &Mem, x: &View, geom: &Geom, dy: &View, c: &View) {
 /// filters packed once; else the `gemm` crate on one thread), adding the bias and running the
 /// epilogue (`f`, compiled) on the block.
 fn conv_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::reference::Ctx) -> Result<(), String> {
-    let Kernel::ConvGemm { x, geom, b, c, tb, bias, epilogue } = k else { return Ok(()) };
+    let Kernel::ConvGemm { x, geom, b, c, tb, bias, epilogue, winograd } = k else { return Ok(()) };
     let kk = geom.window() * geom.cg;
     let (rows, cols) = (c.rows(), c.cols());
     if rows == 0 || cols == 0 {
@@ -369,17 +376,28 @@ fn conv_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::re
     }
     let (xs, sb) = (m.src(x), m.src(b));
     let sbias = bias.as_ref().map(|v| &m.src(v)[..cols]);
+    let epilogue_of = |first: usize, rows: usize| match (epilogue, f) {
+        (Some(e), Some(f)) => epilogue_rows_of(m, f, e, first, &c.row_block(first, rows), ctx),
+        (Some(_), None) => Err("a convolution's epilogue was not compiled".to_string()),
+        _ => Ok(()),
+    };
+    if let Some(u) = winograd.as_ref().filter(|_| x.pitch == geom.channels && !*tb) {
+        let conv = super::winograd::Conv { x: xs, u: m.src(u), u_pitch: u.pitch, bias: sbias, cout: cols };
+        return super::winograd::conv(
+            &conv,
+            geom,
+            c.pitch,
+            |first, rows| m.dst(&c.row_block(first, rows)),
+            epilogue_of,
+        );
+    }
     if !*tb && direct_suits(x, geom, cols) {
         let plan = super::direct::Forward::new(geom, sb, b.pitch, sbias, cols);
         let positions = geom.positions();
         return (0..geom.n).into_par_iter().try_for_each_init(Vec::new, |e: &mut Vec<f32>, n| {
             let cv = c.row_block(n * positions, positions);
             plan.example(xs, n, geom, cols, m.dst(&cv), c.pitch, e);
-            match (epilogue, f) {
-                (Some(e), Some(f)) => epilogue_rows_of(m, f, e, n * positions, &cv, ctx),
-                (Some(_), None) => Err("a convolution's epilogue was not compiled".to_string()),
-                _ => Ok(()),
-            }
+            epilogue_of(n * positions, positions)
         });
     }
     let (rsb, csb) = if *tb { (1, b.pitch) } else { (b.pitch, 1) };
@@ -406,11 +424,7 @@ fn conv_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::re
         if let Some(bias) = sbias {
             add_bias(sc, c.pitch, bias);
         }
-        match (epilogue, f) {
-            (Some(e), Some(f)) => epilogue_rows_of(m, f, e, first, &cv, ctx),
-            (Some(_), None) => Err("a convolution's epilogue was not compiled".to_string()),
-            _ => Ok(()),
-        }
+        epilogue_of(first, n)
     })
 }
 
@@ -520,7 +534,7 @@ impl Shared {
 /// Every element the strides reach must be inside its allocation, and `C` must overlap neither
 /// operand.
 #[allow(clippy::too_many_arguments)]
-unsafe fn product(
+pub(super) unsafe fn product(
     m: usize,
     n: usize,
     k: usize,

@@ -3,7 +3,7 @@
 //! by block where the product reads them, in cache, and the whole matrix is never written to
 //! memory.
 
-use super::{same_matrix, temporary, Uses};
+use super::{only_reader, same_matrix, Uses};
 use crate::lir::{Kernel, Program};
 
 /// Rows of im2col a block of an implicit-GEMM convolution makes at once (`k` columns each, `n`
@@ -28,12 +28,7 @@ fn find(p: &Program) -> Option<(usize, usize, Kernel)> {
     let uses = Uses::of(p);
     for (i, k) in p.kernels.iter().enumerate() {
         let Kernel::Im2col { x, col, geom } = k else { continue };
-        let t = col.buf;
-        let (writers, readers) = (&uses.writers[t.0 as usize], &uses.readers[t.0 as usize]);
-        if !temporary(p, t) || writers != &[i] || readers.len() != 1 || readers[0] <= i {
-            continue;
-        }
-        let j = readers[0];
+        let Some(j) = only_reader(p, &uses, i, col) else { continue };
         if let Kernel::Gemm { a, b, c, ta: true, tb: false, accumulate: false, bias: None, epilogue: None } =
             &p.kernels[j]
         {
@@ -79,6 +74,7 @@ fn find(p: &Program) -> Option<(usize, usize, Kernel)> {
                 tb: *tb,
                 bias: bias.clone(),
                 epilogue: epilogue.clone(),
+                winograd: None,
             },
         ));
     }

@@ -1,0 +1,510 @@
+//! Winograd's F(2×2, 3×3) (Lavin and Gray, 2016) for the convolutions the `winograd` pass gives
+//! a Winograd form: each 2×2 block of outputs (a *tile*) comes from the 4×4 block of input
+//! around it as `Y = Aᵀ·[Σ_ci (G·g·Gᵀ) ⊙ (Bᵀ·d·B)]·A`, the sum over input channels being sixteen
+//! products `[tiles, cin]·[cin, cout]`, one per position ξ of the 4×4 transformed block. That is
+//! 16 multiplies per tile and channel pair where the direct convolution makes 36.
+//!
+//! The filters' transform `U = G·g·Gᵀ` is a prepare kernel ([`filter`]). Here: blocks of tile
+//! rows (whole rows of the output, so that a block's outputs are contiguous rows for the
+//! epilogue) of one example, split over the pool; per block the input transform into
+//! `[16, tiles, cin]`, the sixteen products into `[16, tiles, cout]`, the output transform, the
+//! bias and the epilogue.
+
+use cnnc_compiler::lir::Geom;
+use rayon::prelude::*;
+
+/// `G·g·Gᵀ` for one 3×3 filter `g`, `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
+pub(super) fn filter(g: &[[f32; 3]; 3]) -> [[f32; 4]; 4] {
+    let apply = |r: [f32; 3]| [r[0], 0.5 * (r[0] + r[1] + r[2]), 0.5 * (r[0] - r[1] + r[2]), r[2]];
+    // Columns of G·g, then G applied to each row of G·g.
+    let gg: [[f32; 4]; 3] = std::array::from_fn(|j| apply([g[0][j], g[1][j], g[2][j]]));
+    std::array::from_fn(|i| apply([gg[0][i], gg[1][i], gg[2][i]]))
+}
+
+/// The convolution's operands: input, transformed filters, output and bias.
+pub(super) struct Conv<'a> {
+    /// The batch, contiguous `[n, h, w, cin]`.
+    pub x: &'a [f32],
+    /// Transformed filters `[16·cin, cout]`, rows `u_pitch` apart.
+    pub u: &'a [f32],
+    pub u_pitch: usize,
+    /// Bias per output channel.
+    pub bias: Option<&'a [f32]>,
+    /// Output channels.
+    pub cout: usize,
+}
+
+/// Runs the convolution over `g`: for each run of output rows, `out(first row, rows)` gives the
+/// output rows (`[rows, cout]`, `pitch` apart) to write and `after(first row, rows)` runs the
+/// epilogue on them.
+///
+/// Small filters (up to 4 MiB transformed: VGG-16's first six layers) go block by block, a block
+/// of tiles at a time through both transforms and the sixteen products while it is in cache.
+/// Larger ones would be read from memory again for every block, so they go phase by phase over
+/// a whole example: every tile's input transform, then the sixteen products (one per task, each
+/// position's filters read once), then the output transforms.
+pub(super) fn conv<'o>(
+    k: &Conv,
+    g: &Geom,
+    pitch: usize,
+    out: impl Fn(usize, usize) -> &'o mut [f32] + Sync,
+    after: impl Fn(usize, usize) -> Result<(), String> + Sync,
+) -> Result<(), String> {
+    let [_, oh, ow] = g.output;
+    let total = oh.div_ceil(2) * ow.div_ceil(2);
+    let (cin, cout) = (g.channels, k.cout);
+    let whole = 16 * cin * cout > WHOLE_FILTERS;
+    // Tiles of a block (in row-major order, across tile rows): the block's transformed input
+    // and products fit in L2 cache.
+    let span = if whole { total } else { tiles_per_block(cin, cout).min(total) };
+    // The micro-kernel over any number of filters, its filters packed once per call.
+    let micro = super::microkernel::suits(span, cin, cout.min(256), false);
+    let pack = |xi: usize| super::microkernel::pack(&k.u[xi * cin * k.u_pitch..], cin, cout, k.u_pitch, 1);
+    let emit = |n: usize, t0: usize, t1: usize, mm: &[f32], plane: usize, y: &mut Vec<f32>| {
+        y.resize(4 * (t1 - t0) * cout, 0.0);
+        // In the whole-example phases `mm` holds every tile (`first` = t0); in a block, the
+        // block's alone (`first` = 0).
+        let first = if whole { t0 } else { 0 };
+        transform_output(mm, plane, first, t1 - t0, k.bias, cout, y);
+        write_rows(g, n, t0, t1, y, cout, pitch, &out, &after)
+    };
+    if whole {
+        let packed: Vec<Vec<f32>> = if micro { (0..16).into_par_iter().map(pack).collect() } else { Vec::new() };
+        let mut v = vec![0f32; 16 * total * cin];
+        let mut mm = vec![0f32; 16 * total * cout];
+        for n in 0..g.n {
+            // Input transforms, tile by tile: `v` is `[tiles, 16, cin]`.
+            v.par_chunks_mut(CHUNK * 16 * cin).enumerate().for_each(|(i, part)| {
+                let t0 = i * CHUNK;
+                transform_input(k.x, g, n, t0, (t0 + CHUNK).min(total), part, cin, 16 * cin);
+            });
+            // The sixteen products, one a task: `mm` is `[16, tiles, cout]`.
+            mm.par_chunks_mut(total * cout)
+                .enumerate()
+                .for_each(|(xi, c)| product(&v[xi * cin..], 16 * cin, total, cin, cout, k, xi, packed.get(xi), c));
+            (0..total.div_ceil(CHUNK)).into_par_iter().try_for_each_init(Vec::new, |y, i| {
+                let t0 = i * CHUNK;
+                emit(n, t0, (t0 + CHUNK).min(total), &mm, total, y)
+            })?;
+        }
+        return Ok(());
+    }
+    let packed: Vec<Vec<f32>> = if micro { (0..16).map(pack).collect() } else { Vec::new() };
+    let blocks = total.div_ceil(span);
+    (0..g.n * blocks).into_par_iter().try_for_each_init(
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(v, mm, y): &mut (Vec<f32>, Vec<f32>, Vec<f32>), task| {
+            let (n, b) = (task / blocks, task % blocks);
+            let (t0, t1) = (b * span, ((b + 1) * span).min(total));
+            let tiles = t1 - t0;
+            v.resize(16 * tiles * cin, 0.0);
+            mm.resize(16 * tiles * cout, 0.0);
+            // `v` is `[16, tiles, cin]`, `mm` `[16, tiles, cout]`.
+            transform_input(k.x, g, n, t0, t1, v, tiles * cin, cin);
+            for (xi, c) in mm.chunks_mut(tiles * cout).enumerate() {
+                product(&v[xi * tiles * cin..], cin, tiles, cin, cout, k, xi, packed.get(xi), c);
+            }
+            emit(n, t0, t1, mm, tiles, y)
+        },
+    )
+}
+
+/// Filters (transformed, values) above which [`conv`] goes phase by phase: 4 MiB.
+const WHOLE_FILTERS: usize = 1 << 20;
+
+/// Tiles per task of the whole-example phases.
+const CHUNK: usize = 32;
+
+/// Position ξ's product for `tiles` tiles: `c` (`[tiles, cout]`) = `a` (`tiles` rows of `cin`,
+/// `lda` apart) · the filters of ξ (`packed` for the micro-kernel, else from `k.u`).
+#[allow(clippy::too_many_arguments)]
+fn product(
+    a: &[f32],
+    lda: usize,
+    tiles: usize,
+    cin: usize,
+    cout: usize,
+    k: &Conv,
+    xi: usize,
+    packed: Option<&Vec<f32>>,
+    c: &mut [f32],
+) {
+    match packed {
+        // SAFETY: `suits` checked the host's ISA; `a` holds `tiles` rows of `cin` at `lda`, `c`
+        // `tiles` rows of `cout`, `packed` `cin·cout` values.
+        Some(packed) => unsafe { super::microkernel::gemm(tiles, cin, cout, a, lda, packed, c, cout, false) },
+        None => {
+            let ub = k.u[xi * cin * k.u_pitch..].as_ptr();
+            // SAFETY: as above; the filters of ξ are `cin × cout` at pitch `u_pitch` in `u`.
+            unsafe {
+                super::tuned::product(
+                    tiles,
+                    cout,
+                    cin,
+                    c.as_mut_ptr(),
+                    cout,
+                    false,
+                    (a.as_ptr(), lda, 1),
+                    (ub, k.u_pitch, 1),
+                    None,
+                )
+            }
+        }
+    }
+}
+
+/// Writes the outputs `y` of tiles `t0..t1` of example `n` (each tile's 2×2 outputs, `cout`
+/// values each): for each tile row they touch, two output rows of their columns, each a run of
+/// rows of the output matrix, its epilogue run after it.
+#[allow(clippy::too_many_arguments)]
+fn write_rows<'o>(
+    g: &Geom,
+    n: usize,
+    t0: usize,
+    t1: usize,
+    y: &[f32],
+    cout: usize,
+    pitch: usize,
+    out: &impl Fn(usize, usize) -> &'o mut [f32],
+    after: &impl Fn(usize, usize) -> Result<(), String>,
+) -> Result<(), String> {
+    let [_, oh, ow] = g.output;
+    let tw = ow.div_ceil(2);
+    for ty in t0 / tw..=(t1 - 1) / tw {
+        let (txa, txb) = (t0.max(ty * tw) - ty * tw, t1.min((ty + 1) * tw) - ty * tw);
+        let cols = (2 * txb).min(ow) - 2 * txa;
+        for a in 0..2 {
+            let h = 2 * ty + a;
+            if h >= oh {
+                break;
+            }
+            let first = (n * oh + h) * ow + 2 * txa;
+            let dst = out(first, cols);
+            for w in 0..cols {
+                let src = ((ty * tw + txa + w / 2 - t0) * 4 + a * 2 + w % 2) * cout;
+                dst[w * pitch..w * pitch + cout].copy_from_slice(&y[src..src + cout]);
+            }
+            after(first, cols)?;
+        }
+    }
+    Ok(())
+}
+
+/// Tiles per block: the block's transformed input and products (`16·tiles·(cin + cout)` values)
+/// in about 256 KiB, at least 32 tiles for the products' sake, at most 128.
+fn tiles_per_block(cin: usize, cout: usize) -> usize {
+    (4096 / (cin + cout).max(1)).clamp(32, 128)
+}
+
+/// The input transform `Bᵀ·d·B` of tiles `t0..t1` (row-major) of example `n`, into `v`
+/// (`[16, tiles, cin]`), `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`:
+/// one loop over the channels per tile, sixteen loads and sixteen stores each, which the
+/// compiler vectorizes.
+#[allow(clippy::too_many_arguments)]
+fn transform_input(x: &[f32], g: &Geom, n: usize, t0: usize, t1: usize, v: &mut [f32], xs: usize, ts: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the host has AVX2.
+        return unsafe { transform_input_avx2(x, g, n, t0, t1, v, xs, ts) };
+    }
+    transform_input_body(x, g, n, t0, t1, v, xs, ts)
+}
+
+/// [`transform_input_body`] compiled for AVX2: the transform's eight channels one register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_input_avx2(
+    x: &[f32],
+    g: &Geom,
+    n: usize,
+    t0: usize,
+    t1: usize,
+    v: &mut [f32],
+    xs: usize,
+    ts: usize,
+) {
+    transform_input_body(x, g, n, t0, t1, v, xs, ts)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn transform_input_body(x: &[f32], g: &Geom, n: usize, t0: usize, t1: usize, v: &mut [f32], xs: usize, ts: usize) {
+    let [_, ih, iw] = g.input;
+    let cin = g.channels;
+    let tiles = t1 - t0;
+    let tw = g.output[2].div_ceil(2);
+    let zeros = vec![0f32; cin];
+    let example = &x[n * ih * iw * cin..(n + 1) * ih * iw * cin];
+    // The 4×4 block of a tile's input pixels (channels contiguous), zeros outside the image.
+    let gather = |tile: usize| -> [&[f32]; 16] {
+        let (ty, tx) = (tile / tw, tile % tw);
+        std::array::from_fn(|ij| {
+            let h = (2 * ty + ij / 4) as isize - g.pad[1] as isize;
+            let w = (2 * tx + ij % 4) as isize - g.pad[2] as isize;
+            if h < 0 || w < 0 || h as usize >= ih || w as usize >= iw {
+                &zeros[..]
+            } else {
+                let at = (h as usize * iw + w as usize) * cin;
+                &example[at..at + cin]
+            }
+        })
+    };
+    if xs == cin {
+        // Tile-major `[tiles, 16, cin]`: a tile's sixteen vectors are contiguous.
+        for (t, region) in v.chunks_exact_mut(ts).take(tiles).enumerate() {
+            let mut it = region.chunks_exact_mut(cin);
+            let mut out: [&mut [f32]; 16] = std::array::from_fn(|_| it.next().unwrap_or(&mut []));
+            input_tile(&gather(t0 + t), &mut out, cin);
+        }
+    } else {
+        // Position-major `[16, tiles, cin]`.
+        let mut planes: Vec<&mut [f32]> = v.chunks_exact_mut(xs).collect();
+        for t in 0..tiles {
+            let mut it = planes.iter_mut().map(|p| &mut p[t * ts..t * ts + cin]);
+            let mut out: [&mut [f32]; 16] = std::array::from_fn(|_| it.next().unwrap_or(&mut []));
+            input_tile(&gather(t0 + t), &mut out, cin);
+        }
+    }
+}
+
+/// Channels transformed at once, in local arrays the compiler keeps in vector registers.
+const W: usize = 8;
+
+/// `Bᵀ·d·B` for one tile, `W` channels at a time (the last few one by one).
+#[inline(always)]
+fn input_tile(d: &[&[f32]; 16], out: &mut [&mut [f32]; 16], cin: usize) {
+    let mut ci = 0;
+    while ci < cin {
+        let w = W.min(cin - ci);
+        let mut e = [[0f32; W]; 16];
+        if w == W {
+            // Whole blocks: copies of a constant length, kept in registers.
+            for (k, src) in d.iter().enumerate() {
+                e[k] = src[ci..ci + W].try_into().unwrap_or([0.0; W]);
+            }
+            let o = input_block(&e);
+            for (k, dst) in out.iter_mut().enumerate() {
+                if let Ok(dst) = <&mut [f32; W]>::try_from(&mut dst[ci..ci + W]) {
+                    *dst = o[k];
+                }
+            }
+        } else {
+            for (k, src) in d.iter().enumerate() {
+                e[k][..w].copy_from_slice(&src[ci..ci + w]);
+            }
+            let o = input_block(&e);
+            for (k, dst) in out.iter_mut().enumerate() {
+                dst[ci..ci + w].copy_from_slice(&o[k][..w]);
+            }
+        }
+        ci += w;
+    }
+}
+
+/// `Bᵀ·d·B` on `W` channels: `e[4i + j]` is the block's element (i, j).
+#[inline(always)]
+fn input_block(e: &[[f32; W]; 16]) -> [[f32; W]; 16] {
+    let mut bd = [[0f32; W]; 16];
+    for j in 0..4 {
+        for l in 0..W {
+            let (d0, d1, d2, d3) = (e[j][l], e[4 + j][l], e[8 + j][l], e[12 + j][l]);
+            bd[j][l] = d0 - d2;
+            bd[4 + j][l] = d1 + d2;
+            bd[8 + j][l] = d2 - d1;
+            bd[12 + j][l] = d1 - d3;
+        }
+    }
+    let mut o = [[0f32; W]; 16];
+    for i in 0..4 {
+        for l in 0..W {
+            let (r0, r1, r2, r3) = (bd[4 * i][l], bd[4 * i + 1][l], bd[4 * i + 2][l], bd[4 * i + 3][l]);
+            o[4 * i][l] = r0 - r2;
+            o[4 * i + 1][l] = r1 + r2;
+            o[4 * i + 2][l] = r2 - r1;
+            o[4 * i + 3][l] = r1 - r3;
+        }
+    }
+    o
+}
+
+/// The output transform `Aᵀ·m·A` of `tiles` tiles from tile `first` of the products `mm`
+/// (`[16, plane, cout]`), `Aᵀ = [[1, 1, 1, 0], [0, 1,
+/// −1, −1]]`, plus the bias, into `y`: for each tile its outputs (0, 0), (0, 1), (1, 0), (1, 1),
+/// `cout` values each.
+fn transform_output(
+    mm: &[f32],
+    plane: usize,
+    first: usize,
+    tiles: usize,
+    bias: Option<&[f32]>,
+    cout: usize,
+    y: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the host has AVX2.
+        return unsafe { transform_output_avx2(mm, plane, first, tiles, bias, cout, y) };
+    }
+    transform_output_body(mm, plane, first, tiles, bias, cout, y)
+}
+
+/// [`transform_output_body`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transform_output_avx2(
+    mm: &[f32],
+    plane: usize,
+    first: usize,
+    tiles: usize,
+    bias: Option<&[f32]>,
+    cout: usize,
+    y: &mut [f32],
+) {
+    transform_output_body(mm, plane, first, tiles, bias, cout, y)
+}
+
+#[inline(always)]
+fn transform_output_body(
+    mm: &[f32],
+    plane: usize,
+    first: usize,
+    tiles: usize,
+    bias: Option<&[f32]>,
+    cout: usize,
+    y: &mut [f32],
+) {
+    let zeros = vec![0f32; cout];
+    let bias = bias.map_or(&zeros[..], |b| &b[..cout]);
+    for t in 0..tiles {
+        let m: [&[f32]; 16] =
+            std::array::from_fn(|ij| &mm[(ij * plane + first + t) * cout..(ij * plane + first + t + 1) * cout]);
+        output_tile(&m, bias, &mut y[4 * t * cout..4 * (t + 1) * cout], cout);
+    }
+}
+
+/// `Aᵀ·m·A + bias` for one tile, `W` channels at a time, into `y` (`[2×2, cout]`).
+#[inline(always)]
+fn output_tile(m: &[&[f32]; 16], bias: &[f32], y: &mut [f32], cout: usize) {
+    let mut co = 0;
+    while co < cout {
+        let w = W.min(cout - co);
+        let mut e = [[0f32; W]; 16];
+        let mut b = [0f32; W];
+        if w == W {
+            // Whole blocks: copies of a constant length, kept in registers.
+            for (k, src) in m.iter().enumerate() {
+                e[k] = src[co..co + W].try_into().unwrap_or([0.0; W]);
+            }
+            b = bias[co..co + W].try_into().unwrap_or([0.0; W]);
+            let o = output_block(&e, &b);
+            for (k, o) in o.iter().enumerate() {
+                if let Ok(dst) = <&mut [f32; W]>::try_from(&mut y[k * cout + co..k * cout + co + W]) {
+                    *dst = *o;
+                }
+            }
+        } else {
+            for (k, src) in m.iter().enumerate() {
+                e[k][..w].copy_from_slice(&src[co..co + w]);
+            }
+            b[..w].copy_from_slice(&bias[co..co + w]);
+            let o = output_block(&e, &b);
+            for (k, o) in o.iter().enumerate() {
+                y[k * cout + co..k * cout + co + w].copy_from_slice(&o[..w]);
+            }
+        }
+        co += w;
+    }
+}
+
+/// `Aᵀ·m·A + bias` on `W` channels: outputs (0, 0), (0, 1), (1, 0), (1, 1).
+#[inline(always)]
+fn output_block(e: &[[f32; W]; 16], bias: &[f32; W]) -> [[f32; W]; 4] {
+    // ·A on each row i: [a + b + c, b − c − d].
+    let mut r = [[0f32; W]; 8];
+    for i in 0..4 {
+        for l in 0..W {
+            let (a, b, c, d) = (e[4 * i][l], e[4 * i + 1][l], e[4 * i + 2][l], e[4 * i + 3][l]);
+            r[2 * i][l] = a + b + c;
+            r[2 * i + 1][l] = b - c - d;
+        }
+    }
+    let mut o = [[0f32; W]; 4];
+    for l in 0..W {
+        o[0][l] = r[0][l] + r[2][l] + r[4][l] + bias[l];
+        o[1][l] = r[1][l] + r[3][l] + r[5][l] + bias[l];
+        o[2][l] = r[2][l] - r[4][l] - r[6][l] + bias[l];
+        o[3][l] = r[3][l] - r[5][l] - r[7][l] + bias[l];
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn winograd_equals_the_direct_convolution() {
+        for (n, h, w, cin, cout, pad) in [(2, 14, 14, 16, 16, 1), (1, 15, 17, 20, 24, 1), (1, 16, 14, 16, 32, 0)] {
+            let (oh, ow) = (h + 2 * pad - 2, w + 2 * pad - 2);
+            let g = Geom {
+                n,
+                input: [1, h, w],
+                channels: cin,
+                c0: 0,
+                cg: cin,
+                size: [1, 3, 3],
+                stride: [1, 1, 1],
+                pad: [0, pad, pad],
+                dilation: [1, 1, 1],
+                output: [1, oh, ow],
+            };
+            let value = |i: usize, s: usize| ((i * 7919 + s * 104729) % 1013) as f32 / 506.5 - 1.0;
+            let x: Vec<f32> = (0..n * h * w * cin).map(|i| value(i, 1)).collect();
+            let wt: Vec<f32> = (0..9 * cin * cout).map(|i| value(i, 2) * 0.1).collect();
+            let bias: Vec<f32> = (0..cout).map(|i| value(i, 3)).collect();
+            let mut u = vec![0f32; 16 * cin * cout];
+            for ci in 0..cin {
+                for co in 0..cout {
+                    let f: [[f32; 3]; 3] =
+                        std::array::from_fn(|kh| std::array::from_fn(|kw| wt[((kh * 3 + kw) * cin + ci) * cout + co]));
+                    for (xi, v) in filter(&f).iter().flatten().enumerate() {
+                        u[(xi * cin + ci) * cout + co] = *v;
+                    }
+                }
+            }
+            let mut expected = vec![0f32; n * oh * ow * cout];
+            g.for_each(|r, k, at| {
+                for co in 0..cout {
+                    expected[r * cout + co] += x[at] * wt[k * cout + co];
+                }
+            });
+            expected.chunks_mut(cout).for_each(|r| r.iter_mut().zip(&bias).for_each(|(o, b)| *o += b));
+            let got = std::sync::Mutex::new(vec![f32::NAN; n * oh * ow * cout]);
+            let k = Conv { x: &x, u: &u, u_pitch: cout, bias: Some(&bias), cout };
+            // Each block's rows are written through a buffer of its own, then copied in.
+            let blocks = std::sync::Mutex::new(Vec::new());
+            conv(
+                &k,
+                &g,
+                cout,
+                |first, rows| {
+                    let mut b = blocks.lock().unwrap();
+                    b.push((first, vec![f32::NAN; rows * cout]));
+                    let last = b.last_mut().unwrap();
+                    // SAFETY (test): the buffer lives in `blocks` until the end of the test.
+                    unsafe { std::slice::from_raw_parts_mut(last.1.as_mut_ptr(), last.1.len()) }
+                },
+                |_, _| Ok(()),
+            )
+            .unwrap();
+            for (first, rows) in blocks.into_inner().unwrap() {
+                got.lock().unwrap()[first * cout..first * cout + rows.len()].copy_from_slice(&rows);
+            }
+            let got = got.into_inner().unwrap();
+            let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let worst = got.iter().zip(&expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 1e-4 * scale, "({n}, {h}, {w}, {cin}, {cout}, pad {pad}): largest difference {worst}");
+        }
+    }
+}
