@@ -1,6 +1,9 @@
-//! Atomic file writes: the bytes go to a temporary file in the same folder, which is flushed to
-//! disk (`fsync`) and renamed over the target; then the folder itself is flushed, so the rename
-//! survives a crash. A reader sees the old file or the new one, never a part of either.
+//! Files in and out. Writes are atomic: the bytes go to a temporary file in the same folder,
+//! created exclusively under a random name (never through a symbolic link another user left),
+//! flushed to disk (`fsync`) and renamed over the target; then the folder itself is flushed, so
+//! the rename survives a crash. A reader sees the old file or the new one, never a part of
+//! either, and a killed run leaves no temporary file behind it to pile up under a fixed name.
+//! Reads take regular files only: a FIFO would block forever and `/dev/zero` never ends.
 
 use std::io::Write;
 use std::path::Path;
@@ -9,23 +12,34 @@ use std::path::Path;
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Flushing a folder is how POSIX makes a rename durable; where a folder cannot be opened
-        // as a file (not on Linux) the rename stands without it.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let mut file = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    // On an error the temporary file is removed when `file` is dropped.
+    file.persist(path).map_err(|e| e.error)?;
+    // Flushing a folder is how POSIX makes a rename durable; where a folder cannot be opened as
+    // a file (not on Linux) the rename stands without it.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
     }
-    result
+    Ok(())
+}
+
+/// Reads the whole of `path`, which must be a regular file (not a FIFO, a device or a folder).
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    regular(path)?;
+    std::fs::read(path)
+}
+
+/// An error unless `path` is a regular file (symbolic links followed).
+pub fn regular(path: &Path) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_file() {
+        Ok(())
+    } else {
+        let what = if meta.is_dir() { "a folder" } else { "not a regular file (a FIFO, a socket or a device)" };
+        Err(std::io::Error::other(format!("it is {what}; cnnc reads regular files")))
+    }
 }
 
 #[cfg(test)]
@@ -41,5 +55,20 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.txt")]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reads_only_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        for path in [fifo.as_path(), std::path::Path::new("/dev/zero"), dir.path()] {
+            let e = super::read(path).unwrap_err().to_string();
+            assert!(e.contains("cnnc reads regular files"), "{}: {e}", path.display());
+        }
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert_eq!(super::read(&file).unwrap(), b"x");
     }
 }

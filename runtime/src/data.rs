@@ -174,7 +174,8 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 
 /// Reads a whole file, un-gzipping it if it starts with gzip's magic bytes.
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.to_path_buf(), error: e.to_string() })?;
+    let bytes =
+        crate::atomic::read(path).map_err(|e| DataError::Io { path: path.to_path_buf(), error: e.to_string() })?;
     if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         let mut decoder = flate2::read::GzDecoder::new(&bytes[..]);

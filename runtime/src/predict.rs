@@ -99,8 +99,8 @@ pub fn read_tensors(file: &Path, input: &[usize], name: &str) -> Result<Vec<Vec<
         }
         _ => {
             use safetensors::{Dtype, SafeTensors};
-            let bytes =
-                std::fs::read(file).map_err(|e| DataError::Io { path: file.to_path_buf(), error: e.to_string() })?;
+            let bytes = crate::atomic::read(file)
+                .map_err(|e| DataError::Io { path: file.to_path_buf(), error: e.to_string() })?;
             let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
             let names = st.names();
             let chosen = match names.as_slice() {

@@ -82,11 +82,39 @@ pub fn save(path: &Path, tensors: &[Named], metadata: HashMap<String, String>) -
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| io(&e))?;
-    let serialized = safetensors::serialize(views, Some(metadata)).map_err(|e| io(&e))?;
+    let serialized = sorted_header(safetensors::serialize(views, Some(metadata)).map_err(|e| io(&e))?);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
     }
     crate::atomic::write(path, &serialized).map_err(|e| io(&e))
+}
+
+/// The file with its JSON header's keys in sorted order (the metadata comes from a `HashMap`,
+/// whose order changes from run to run), padded with spaces to its old length: two runs that
+/// save the same tensors write the same bytes, so `cmp` or `sha256sum` can confirm them.
+fn sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(map) => {
+                let entries: std::collections::BTreeMap<String, serde_json::Value> =
+                    map.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+                serde_json::Value::Object(entries.into_iter().collect())
+            }
+            other => other,
+        }
+    }
+    let Some(len) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize) else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8 + len) else { return bytes };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else { return bytes };
+    let Ok(text) = serde_json::to_string(&sorted(value)) else { return bytes };
+    if text.len() <= len {
+        let mut padded = text.into_bytes();
+        padded.resize(len, b' ');
+        bytes[8..8 + len].copy_from_slice(&padded);
+    }
+    bytes
 }
 
 /// Writes one tensor as a `.npy` file (float32, little-endian, C order), atomically as [`save`].
@@ -107,7 +135,8 @@ pub type Contents = (BTreeMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, S
 
 /// Reads every tensor of a file, with its metadata.
 pub fn load(path: &Path) -> Result<Contents, WeightsError> {
-    let bytes = std::fs::read(path).map_err(|e| WeightsError::Io { path: path.to_path_buf(), error: e.to_string() })?;
+    let bytes =
+        crate::atomic::read(path).map_err(|e| WeightsError::Io { path: path.to_path_buf(), error: e.to_string() })?;
     let corrupt = |e: &dyn fmt::Display| WeightsError::Corrupt { path: path.to_path_buf(), error: e.to_string() };
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(&e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&e))?;
@@ -196,4 +225,27 @@ fn copy_found(
         params.slice_mut(id).copy_from_slice(values);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_same_tensors_and_metadata_give_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let values = [1.0f32, -2.0, 3.5, 0.25];
+        let tensors: Vec<super::Named> = vec![("b/bias", &[2], &values[..2]), ("a/weight", &[2], &values[2..])];
+        let mut files = Vec::new();
+        for i in 0..4 {
+            // A new map each time: its order of iteration differs from map to map.
+            let meta: std::collections::HashMap<String, String> =
+                (0..8).map(|k| (format!("key{k}"), format!("value {k}"))).collect();
+            let path = dir.path().join(format!("w{i}.safetensors"));
+            super::save(&path, &tensors, meta).unwrap();
+            files.push(std::fs::read(&path).unwrap());
+        }
+        assert!(files.iter().all(|f| *f == files[0]), "every save wrote the same bytes");
+        let (loaded, meta) = super::load(&dir.path().join("w0.safetensors")).unwrap();
+        assert_eq!(loaded["a/weight"], (vec![2], vec![3.5, 0.25]));
+        assert_eq!(meta["key3"], "value 3");
+    }
 }

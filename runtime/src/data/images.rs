@@ -12,6 +12,7 @@ pub fn load_image(path: &Path, shape: &[usize]) -> Result<Vec<f32>, DataError> {
             what: format!("images feed models whose input is [h, w, c], not {shape:?}"),
         });
     };
+    crate::atomic::regular(path).map_err(|e| DataError::Io { path: path.to_path_buf(), error: e.to_string() })?;
     let img = image::open(path).map_err(|e| match e {
         image::ImageError::IoError(io) => DataError::Io { path: path.to_path_buf(), error: io.to_string() },
         other => DataError::Decode { path: path.to_path_buf(), error: other.to_string() },
