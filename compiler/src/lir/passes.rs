@@ -9,8 +9,11 @@
 //!   product's epilogue, applied while the output is in cache;
 //! - `fuse_im2col`: an im2col read only by one product becomes part of it (implicit GEMM);
 //! - `winograd`: in inference, a 3×3 stride-1 convolution with enough channels runs by
-//!   Winograd's F(2×2, 3×3), its filters transformed in the prepare phase.
+//!   Winograd's F(2×2, 3×3), its filters transformed in the prepare phase;
+//! - `concat_in_place`: a product whose output only a concatenation's copy reads writes into its
+//!   channels of the concatenated buffer, and the copy goes.
 
+pub mod concat_in_place;
 pub mod fold_batchnorm;
 pub mod fuse_epilogue;
 pub mod fuse_im2col;
@@ -32,6 +35,10 @@ pub const PASSES: &[(&str, &str)] = &[
         "winograd",
         "an inference 3×3 stride-1 convolution runs by Winograd F(2×2, 3×3), filters transformed in prepare (optional)",
     ),
+    (
+        "concat_in_place",
+        "a product read only by a concatenation's copy writes into its channels of the concatenation (optional)",
+    ),
 ];
 
 /// The longest fused map expression (the interpreter's limit).
@@ -42,12 +49,13 @@ type Pass = fn(&mut Program) -> usize;
 
 /// Runs every pass not in `disabled`; returns (pass, rewrites) for each that ran.
 pub fn optimize(p: &mut Program, disabled: &[String]) -> Vec<(&'static str, usize)> {
-    let passes: [(&str, Pass); 5] = [
+    let passes: [(&str, Pass); 6] = [
         ("fold_batchnorm", fold_batchnorm::run),
         ("fuse_maps", fuse_maps::run),
         ("fuse_epilogue", fuse_epilogue::run),
         ("fuse_im2col", fuse_im2col::run),
         ("winograd", winograd::run),
+        ("concat_in_place", concat_in_place::run),
     ];
     passes
         .into_iter()
