@@ -415,7 +415,7 @@ mod tests {
     }
 
     fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| (((i * 7919 + seed * 104729) % 1009) as f32 / 504.5 - 1.0)).collect()
+        (0..len).map(|i| ((i * 7919 + seed * 104729) % 1009) as f32 / 504.5 - 1.0).collect()
     }
 
     fn close(a: &[f32], b: &[f32]) {
