@@ -65,26 +65,48 @@ fn absolute(p: &Path) -> PathBuf {
     }
 }
 
+/// The per-user cache of the standard library's files: under `XDG_CACHE_HOME` or `HOME`, else a
+/// folder of this user's own in the temporary directory (see [`private_dir`]).
 fn cache_dir() -> Option<PathBuf> {
     let absolute_var = |name: &str| std::env::var_os(name).map(PathBuf::from).filter(|p| p.is_absolute());
-    let base = absolute_var("XDG_CACHE_HOME")
-        .or_else(|| absolute_var("HOME").map(|h| h.join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    Some(base.join("cnnc").join("std"))
+    match absolute_var("XDG_CACHE_HOME").or_else(|| absolute_var("HOME").map(|h| h.join(".cache"))) {
+        Some(base) => Some(base.join("cnnc").join("std")),
+        None => private_dir(),
+    }
 }
 
-/// Writes each module whose file is missing or differs, through a temporary file and a rename so
-/// that a reader never sees half a file.
+/// `cnnc-std-UID` in the temporary directory, made with mode 0700 if missing, and used only if
+/// it is a real folder (not a symbolic link) that this user owns and no one else can write:
+/// another local user cannot plant it and have the server write through it.
+#[cfg(unix)]
+fn private_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("cnnc-std-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    (meta.is_dir() && meta.uid() == uid && meta.mode() & 0o022 == 0).then_some(dir)
+}
+
+#[cfg(not(unix))]
+fn private_dir() -> Option<PathBuf> {
+    None
+}
+
+/// Writes each module whose file is missing or differs, through a temporary file (created
+/// exclusively under a random name) and a rename so that a reader never sees half a file.
 fn write_all(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
     std::fs::create_dir_all(dir)?;
     for (name, text) in stdlib::MODULES {
         let path = dir.join(format!("{name}.cnn"));
         if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
             continue;
         }
-        let tmp = dir.join(format!(".{name}.cnn.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &path)?;
+        let mut tmp = tempfile::Builder::new().prefix(&format!(".{name}.cnn.")).suffix(".tmp").tempfile_in(dir)?;
+        tmp.write_all(text.as_bytes())?;
+        tmp.persist(&path).map_err(|e| e.error)?;
     }
     Ok(())
 }
@@ -107,5 +129,24 @@ mod tests {
         assert_eq!(StdFiles::module_of("std/resnet.cnn"), Some("resnet"));
         assert_eq!(StdFiles::module_of("std/nope.cnn"), None);
         assert_eq!(StdFiles::module_of("resnet.cnn"), None);
+    }
+}
+
+#[cfg(all(test, unix))]
+mod private_tests {
+    #[test]
+    fn the_fallback_cache_is_a_private_folder_of_this_user() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = super::private_dir().expect("a private folder");
+        let meta = std::fs::symlink_metadata(&dir).unwrap();
+        assert!(meta.is_dir() && !meta.file_type().is_symlink());
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(meta.uid(), unsafe { libc::getuid() });
+        assert_eq!(meta.mode() & 0o022, 0, "no one else can write it");
+        super::write_all(&dir).unwrap();
+        let names: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "no temporary file left: {names:?}");
+        assert!(names.iter().any(|n| n == "resnet.cnn"), "{names:?}");
     }
 }

@@ -78,21 +78,17 @@ fn one(file: &Path, check: bool, out: &mut impl Write, err: &mut impl Write) -> 
     }
 }
 
-/// Writes `text` to a temporary file in `file`'s folder, with `file`'s permissions, and renames
-/// it over `file`.
+/// Writes `text` to a temporary file in `file`'s folder (created exclusively under a random
+/// name, never through a symbolic link), with `file`'s permissions, and renames it over `file`.
 fn replace(file: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
     let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{base}.cnnc-fmt-{}.tmp", std::process::id()));
-    let result = (|| {
-        std::fs::write(&tmp, text)?;
-        std::fs::set_permissions(&tmp, std::fs::metadata(file)?.permissions())?;
-        std::fs::rename(&tmp, file)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut tmp = tempfile::Builder::new().prefix(&format!(".{base}.cnnc-fmt.")).suffix(".tmp").tempfile_in(dir)?;
+    tmp.write_all(text.as_bytes())?;
+    std::fs::set_permissions(tmp.path(), std::fs::metadata(file)?.permissions())?;
+    // On an error the temporary file is removed when `tmp` is dropped.
+    tmp.persist(file).map(|_| ()).map_err(|e| e.error)
 }
 
 #[cfg(test)]
