@@ -106,6 +106,11 @@ fn fuse_im2col() {
 }
 
 #[test]
+fn merge_siblings() {
+    kernel_pass("merge_siblings");
+}
+
+#[test]
 fn winograd() {
     kernel_pass("winograd");
 }

@@ -194,7 +194,7 @@ impl Geom {
 
     /// Whether a convolution over this geometry with `filters` filters runs by Winograd's
     /// F(2×2, 3×3) in an inference program (the `winograd` pass): 2D 3×3 windows, stride and
-    /// dilation 1, the whole group of channels, channels and filters enough for its sixteen
+    /// dilation 1, one group of channels (possibly a block of a wider input), channels and filters enough for its sixteen
     /// products to be worth their transforms (16 and more each), and maps of 28×28 and more
     /// (a 14×14 map has 49 tiles, products too short to pay: VGG-16's 14×14 layers at batch 1
     /// took 9 ms by Winograd against 6–7 ms by implicit GEMM).
@@ -203,9 +203,7 @@ impl Geom {
             && self.size == [1, 3, 3]
             && self.stride == [1, 1, 1]
             && self.dilation == [1, 1, 1]
-            && self.c0 == 0
-            && self.cg == self.channels
-            && self.channels >= 16
+            && self.cg >= 16
             && filters >= 16
             && self.output[1] >= 28
             && self.output[2] >= 28

@@ -8,6 +8,8 @@
 //! - `fuse_epilogue`: a map whose only input from a product is that product's output becomes the
 //!   product's epilogue, applied while the output is in cache;
 //! - `fuse_im2col`: an im2col read only by one product becomes part of it (implicit GEMM);
+//! - `merge_siblings`: in inference, products of one input by parameters (an inception module's
+//!   three 1×1 convolutions) become one product over their filters side by side;
 //! - `winograd`: in inference, a 3×3 stride-1 convolution with enough channels runs by
 //!   Winograd's F(2×2, 3×3), its filters transformed in the prepare phase;
 //! - `concat_in_place`: a product whose output only a concatenation's copy reads writes into its
@@ -18,6 +20,7 @@ pub mod fold_batchnorm;
 pub mod fuse_epilogue;
 pub mod fuse_im2col;
 pub mod fuse_maps;
+pub mod merge_siblings;
 pub mod winograd;
 
 use super::{BufId, Expr, Program, Space, View};
@@ -31,6 +34,10 @@ pub const PASSES: &[(&str, &str)] = &[
     ("fuse_maps", "a map read only by another map is computed inside it (optional)"),
     ("fuse_epilogue", "a map over a product's output becomes the product's epilogue (optional)"),
     ("fuse_im2col", "an im2col read by one product only is made block by block inside it (optional)"),
+    (
+        "merge_siblings",
+        "inference products of one input by parameters (sibling 1×1 convolutions) become one product, readers reading its column ranges (optional)",
+    ),
     (
         "winograd",
         "an inference 3×3 stride-1 convolution runs by Winograd F(2×2, 3×3), filters transformed in prepare (optional)",
@@ -49,11 +56,12 @@ type Pass = fn(&mut Program) -> usize;
 
 /// Runs every pass not in `disabled`; returns (pass, rewrites) for each that ran.
 pub fn optimize(p: &mut Program, disabled: &[String]) -> Vec<(&'static str, usize)> {
-    let passes: [(&str, Pass); 6] = [
+    let passes: [(&str, Pass); 7] = [
         ("fold_batchnorm", fold_batchnorm::run),
         ("fuse_maps", fuse_maps::run),
         ("fuse_epilogue", fuse_epilogue::run),
         ("fuse_im2col", fuse_im2col::run),
+        ("merge_siblings", merge_siblings::run),
         ("winograd", winograd::run),
         ("concat_in_place", concat_in_place::run),
     ];

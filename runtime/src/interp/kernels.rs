@@ -179,6 +179,14 @@ pub(super) fn im2col_rows(xs: &[f32], cs: &mut [f32], pitch: usize, g: &Geom, fi
                         let base = (((n * id + d) * ih + h) * iw + w0 as usize) * c;
                         copy_run(cs, at, end, xs, base, fw * c);
                     }
+                    // A block of the channels, the window row inside the input: runs of `cg`,
+                    // `c` apart, with no bounds to test per tap.
+                    (Some(d), Some(h)) if g.dilation[2] == 1 && w0 >= 0 && w0 as usize + fw <= iw => {
+                        let base = (((n * id + d) * ih + h) * iw + w0 as usize) * c + g.c0;
+                        for kw in 0..fw {
+                            copy_run(cs, at + kw * cg, end, xs, base + kw * c, cg);
+                        }
+                    }
                     (Some(d), Some(h)) => {
                         for kw in 0..fw {
                             let part = at + kw * cg;

@@ -23,7 +23,8 @@ pub(super) fn filter(g: &[[f32; 3]; 3]) -> [[f32; 4]; 4] {
 
 /// The convolution's operands: input, transformed filters, output and bias.
 pub(super) struct Conv<'a> {
-    /// The batch, contiguous `[n, h, w, cin]`.
+    /// The batch, contiguous `[n, h, w, channels]` (the convolution reads the geometry's block
+    /// of `cg` channels from `c0`).
     pub x: &'a [f32],
     /// Transformed filters `[16·cin, cout]`, rows `u_pitch` apart.
     pub u: &'a [f32],
@@ -52,7 +53,7 @@ pub(super) fn conv<'o>(
 ) -> Result<(), String> {
     let [_, oh, ow] = g.output;
     let total = oh.div_ceil(2) * ow.div_ceil(2);
-    let (cin, cout) = (g.channels, k.cout);
+    let (cin, cout) = (g.cg, k.cout);
     let whole = 16 * cin * cout > WHOLE_FILTERS;
     // Tiles of a block (in row-major order, across tile rows): the block's transformed input
     // and products fit in L2 cache.
@@ -231,11 +232,12 @@ unsafe fn transform_input_avx2(
 #[allow(clippy::too_many_arguments)]
 fn transform_input_body(x: &[f32], g: &Geom, n: usize, t0: usize, t1: usize, v: &mut [f32], xs: usize, ts: usize) {
     let [_, ih, iw] = g.input;
-    let cin = g.channels;
+    // The input's pixels are `channels` apart; the convolution reads `cg` of them from `c0`.
+    let (channels, cin, c0) = (g.channels, g.cg, g.c0);
     let tiles = t1 - t0;
     let tw = g.output[2].div_ceil(2);
     let zeros = vec![0f32; cin];
-    let example = &x[n * ih * iw * cin..(n + 1) * ih * iw * cin];
+    let example = &x[n * ih * iw * channels..(n + 1) * ih * iw * channels];
     // The 4×4 block of a tile's input pixels (channels contiguous), zeros outside the image.
     let gather = |tile: usize| -> [&[f32]; 16] {
         let (ty, tx) = (tile / tw, tile % tw);
@@ -245,7 +247,7 @@ fn transform_input_body(x: &[f32], g: &Geom, n: usize, t0: usize, t1: usize, v: 
             if h < 0 || w < 0 || h as usize >= ih || w as usize >= iw {
                 &zeros[..]
             } else {
-                let at = (h as usize * iw + w as usize) * cin;
+                let at = (h as usize * iw + w as usize) * channels + c0;
                 &example[at..at + cin]
             }
         })

@@ -28,14 +28,14 @@ pub fn run(p: &mut Program) -> usize {
         let filters = c.cols();
         if !geom.winograd(filters)
             || !matches!(p.buffers[b.buf.0 as usize].space, Space::Param(_))
-            || b.rows() != 9 * geom.channels
+            || b.rows() != 9 * geom.cg
         {
             continue;
         }
         let w = b.clone();
         let name = p.buffers[w.buf.0 as usize].name.rsplit_once('/').map_or("conv", |(l, _)| l).to_string();
         let id = crate::lir::BufId(p.buffers.len() as u32);
-        let len = 16 * geom.channels * filters;
+        let len = 16 * geom.cg * filters;
         p.buffers.push(Buffer {
             name: format!("{name}/winograd"),
             space: Space::Arena,
@@ -43,7 +43,7 @@ pub fn run(p: &mut Program) -> usize {
             dtype: DType::F32,
             kept: true,
         });
-        let u = View::whole(id, vec![16 * geom.channels, filters]);
+        let u = View::whole(id, vec![16 * geom.cg, filters]);
         p.prepare.push(Kernel::WinogradFilters { w, u: u.clone() });
         if let Kernel::ConvGemm { winograd, .. } = &mut p.kernels[i] {
             *winograd = Some(u);
