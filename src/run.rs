@@ -246,8 +246,8 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
         input_name: &input_name,
         programs: cnnc_runtime::predict::programs_for(&graph),
     };
+    let npy = args.output.as_ref().is_some_and(|p| p.extension().is_some_and(|e| e == "npy"));
     if let Some(path) = &args.output {
-        let npy = path.extension().is_some_and(|e| e == "npy");
         if npy && graph.outputs().len() != 1 {
             return Err(fail(
                 EXIT_INPUT,
@@ -294,8 +294,10 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
     }
     if let Some(path) = &args.output {
         let rows: usize = exact.first().map_or(0, |(_, s, _)| s[0]);
-        if path.extension().is_some_and(|e| e == "npy") {
-            let (_, shape, values) = &exact[0];
+        if npy {
+            let Some((_, shape, values)) = exact.first() else {
+                return Err(fail(EXIT_INPUT, "--output: there was nothing to predict".to_string()));
+            };
             cnnc_runtime::weights::save_npy(path, shape, values).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         } else {
             let named: Vec<cnnc_runtime::weights::Named> =

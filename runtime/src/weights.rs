@@ -83,10 +83,16 @@ pub fn save(path: &Path, tensors: &[Named], metadata: HashMap<String, String>) -
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| io(&e))?;
     let serialized = sorted_header(safetensors::serialize(views, Some(metadata)).map_err(|e| io(&e))?);
+    write(path, &serialized)
+}
+
+/// Writes `bytes` to `path` atomically, its folder made first if missing.
+fn write(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
+    let io = |e: &dyn fmt::Display| WeightsError::Io { path: path.to_path_buf(), error: e.to_string() };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
     }
-    crate::atomic::write(path, &serialized).map_err(|e| io(&e))
+    crate::atomic::write(path, bytes).map_err(|e| io(&e))
 }
 
 /// The file with its JSON header's keys in sorted order (the metadata comes from a `HashMap`,
@@ -124,10 +130,7 @@ pub fn save_npy(path: &Path, shape: &[usize], values: &[f32]) -> Result<(), Weig
     let array = ndarray::ArrayViewD::from_shape(ndarray::IxDyn(shape), values).map_err(|e| io(&e))?;
     let mut bytes = Vec::new();
     array.write_npy(&mut bytes).map_err(|e| io(&e))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
-    }
-    crate::atomic::write(path, &bytes).map_err(|e| io(&e))
+    write(path, &bytes)
 }
 
 /// Tensors by name (shape and values), and a file's metadata.

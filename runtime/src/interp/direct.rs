@@ -100,19 +100,34 @@ fn taps(g: &Geom, filters: usize, zd: usize, zh: usize, out: &mut Vec<(usize, us
 /// `acc += a · b` on a block of `LANES` (a multiply then an add).
 #[inline(always)]
 fn block(acc: &mut [f32; LANES], a: &[f32], b: &[f32]) {
-    let (a, b): (&[f32; LANES], &[f32; LANES]) = (a[..LANES].try_into().unwrap(), b[..LANES].try_into().unwrap());
-    for l in 0..LANES {
-        acc[l] += a[l] * b[l];
+    for ((o, &x), &y) in acc.iter_mut().zip(&a[..LANES]).zip(&b[..LANES]) {
+        *o += x * y;
     }
+}
+
+/// The registers of a period of the tiled filters where the AVX2 loops run on this host, else
+/// `None` (the portable loops): decided once per convolution, so that its loops and the weight
+/// gradient's fold agree.
+fn registers(filters: usize) -> Option<usize> {
+    period(filters).filter(|_| avx2())
 }
 
 /// Output row `row` (`stride` values) from its taps `list`: the tiled `bias` plus each tap's
 /// expanded input times its tiled filters (`tiled`, a row of `stride` per filter row).
-fn forward_row(e: &[f32], tiled: &[f32], bias: &[f32], list: &[(usize, usize)], row: &mut [f32], filters: usize) {
+fn forward_row(
+    e: &[f32],
+    tiled: &[f32],
+    bias: &[f32],
+    list: &[(usize, usize)],
+    row: &mut [f32],
+    periodic: Option<usize>,
+) {
     let stride = row.len();
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = periodic;
     #[cfg(target_arch = "x86_64")]
-    if let Some(v) = period(filters).filter(|_| avx::available()) {
-        // SAFETY: `available` found AVX2; `expand` left two chunks of slack after the last row,
+    if let Some(v) = periodic {
+        // SAFETY: `registers` found AVX2; `expand` left two chunks of slack after the last row,
         // so every chunk read from `e` at a tap's start is inside it; `tiled` holds a row of
         // `stride` ≥ a period per filter row, `bias` `stride` values, `row` whole chunks.
         unsafe {
@@ -125,7 +140,8 @@ fn forward_row(e: &[f32], tiled: &[f32], bias: &[f32], list: &[(usize, usize)], 
         return;
     }
     for j0 in (0..stride).step_by(LANES) {
-        let mut acc: [f32; LANES] = bias[j0..j0 + LANES].try_into().unwrap();
+        let mut acc = [0f32; LANES];
+        acc.copy_from_slice(&bias[j0..j0 + LANES]);
         for &(w, x) in list {
             block(&mut acc, &e[x + j0..], &tiled[w * stride + j0..]);
         }
@@ -135,10 +151,12 @@ fn forward_row(e: &[f32], tiled: &[f32], bias: &[f32], list: &[(usize, usize)], 
 
 /// Adds into `acc` (`stride` values: the sums of one filter row) the products of the expanded
 /// input at each `(x, dy row)` of `pairs` with that row of `dyc`.
-fn weight_grad_row(e: &[f32], dyc: &[f32], pairs: &[(usize, usize)], acc: &mut [f32], filters: usize) {
+fn weight_grad_row(e: &[f32], dyc: &[f32], pairs: &[(usize, usize)], acc: &mut [f32], periodic: Option<usize>) {
     let stride = acc.len();
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = periodic;
     #[cfg(target_arch = "x86_64")]
-    if let Some(v) = period(filters).filter(|_| avx::available()) {
+    if let Some(v) = periodic {
         // SAFETY: as in `forward_row`; every pair's dy row holds `stride` values of `dyc`.
         unsafe {
             match v {
@@ -150,7 +168,8 @@ fn weight_grad_row(e: &[f32], dyc: &[f32], pairs: &[(usize, usize)], acc: &mut [
         return;
     }
     for j0 in (0..stride).step_by(LANES) {
-        let mut sum: [f32; LANES] = acc[j0..j0 + LANES].try_into().unwrap();
+        let mut sum = [0f32; LANES];
+        sum.copy_from_slice(&acc[j0..j0 + LANES]);
         for &(x, r) in pairs {
             block(&mut sum, &e[x + j0..], &dyc[r * stride + j0..]);
         }
@@ -281,6 +300,8 @@ fn tile_row(values: &[f32], out: &mut [f32]) {
 pub(super) struct Forward {
     tiled: Vec<f32>,
     bias: Vec<f32>,
+    /// [`registers`] for these filters.
+    periodic: Option<usize>,
 }
 
 impl Forward {
@@ -296,7 +317,7 @@ impl Forward {
         if let Some(b) = bias {
             tile_row(&b[..filters], &mut tiled_bias);
         }
-        Forward { tiled, bias: tiled_bias }
+        Forward { tiled, bias: tiled_bias, periodic: registers(filters) }
     }
 
     /// Example `n` of the batch `x` (contiguous `[n, d, h, w, channels]`) into `out` (its
@@ -320,7 +341,7 @@ impl Forward {
         for zd in 0..od {
             for zh in 0..oh {
                 taps(g, filters, zd, zh, &mut list);
-                forward_row(e, &self.tiled, &self.bias, &list, &mut row, filters);
+                forward_row(e, &self.tiled, &self.bias, &list, &mut row, self.periodic);
                 copy_rows(&row[..ow * filters], filters, &mut out[(zd * oh + zh) * ow * pitch..], pitch);
             }
         }
@@ -356,6 +377,7 @@ pub(super) fn weight_grad(
             }
         }
     }
+    let periodic = registers(filters);
     let blocks = g.n.div_ceil(EXAMPLES_PER_BLOCK).max(1);
     let mut partial = vec![0f32; blocks * rows * stride];
     partial.par_chunks_mut((rows * stride).max(1)).enumerate().for_each_init(
@@ -371,17 +393,13 @@ pub(super) fn weight_grad(
                     copy_rows(&dy[at..at + (ow - 1) * dy_pitch + filters], dy_pitch, &mut out[..owf], filters);
                 }
                 for (w, acc) in acc.chunks_mut(stride).enumerate() {
-                    weight_grad_row(e, dyc, &pairs[w], acc, filters);
+                    weight_grad_row(e, dyc, &pairs[w], acc, periodic);
                 }
             }
         },
     );
     // Fold each filter row's sums over positions (or over the period) and the blocks, in order.
-    let span = if cfg!(target_arch = "x86_64") && period(filters).is_some() && avx2() {
-        8 * period(filters).unwrap_or(1)
-    } else {
-        owf
-    };
+    let span = periodic.map_or(owf, |v| 8 * v);
     for r in 0..rows {
         let out = &mut dw[r * dw_pitch..r * dw_pitch + filters];
         out.fill(0.0);

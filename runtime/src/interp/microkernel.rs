@@ -24,9 +24,17 @@ pub fn available() -> bool {
     }
 }
 
-/// Whether a product of these dimensions goes to the micro-kernels.
+/// Whether a product of these dimensions goes to the micro-kernels: any that [`runs`], up to
+/// 256 columns (wider products stream their packed filters from L2 once per block of rows: the
+/// gemm crate, which blocks K, ran ResNet-50's wide products faster).
 pub fn suits(rows: usize, k: usize, cols: usize, ta: bool) -> bool {
-    !ta && (1..=256).contains(&cols) && (1..=1024).contains(&k) && rows >= MR && available()
+    !ta && (1..=256).contains(&cols) && runs(rows, k)
+}
+
+/// Whether the micro-kernels can run a product of `rows` rows over `k` (of any width) on this
+/// host; short products of filters packed once per call (Winograd's) take them at any width.
+pub fn runs(rows: usize, k: usize) -> bool {
+    (1..=1024).contains(&k) && rows >= MR && available()
 }
 
 /// `op(B)` (`k × n`, element `(i, j)` at `b[i·rsb + j·csb]`) packed into panels of 16 columns

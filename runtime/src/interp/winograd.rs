@@ -59,7 +59,7 @@ pub(super) fn conv<'o>(
     // and products fit in L2 cache.
     let span = if whole { total } else { tiles_per_block(cin, cout).min(total) };
     // The micro-kernel over any number of filters, its filters packed once per call.
-    let micro = super::microkernel::suits(span, cin, cout.min(256), false);
+    let micro = cout > 0 && super::microkernel::runs(span, cin);
     let pack = |xi: usize| super::microkernel::pack(&k.u[xi * cin * k.u_pitch..], cin, cout, k.u_pitch, 1);
     let emit = |n: usize, t0: usize, t1: usize, mm: &[f32], plane: usize, y: &mut Vec<f32>| {
         y.resize(4 * (t1 - t0) * cout, 0.0);
