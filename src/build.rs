@@ -169,6 +169,21 @@ fn lir_text(
     })
 }
 
+/// The model `name` of `c`, or its only model.
+pub(crate) fn pick<'c>(c: &'c Compilation, name: Option<&str>, verb: &str) -> Result<&'c ModelInfo, String> {
+    match (name, c.models.as_slice()) {
+        (Some(name), models) => {
+            models.iter().find(|m| m.name == name).ok_or_else(|| format!("no model `{name}` in this file"))
+        }
+        (None, [m]) => Ok(m),
+        (None, []) => Err(format!("this file has no model to {verb}")),
+        (None, models) => {
+            let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+            Err(format!("pick the model to {verb} with --model ({})", names.join(", ")))
+        }
+    }
+}
+
 /// `cnnc build --emit onnx|weights -o FILE [--weights W]`: one model's inference graph with its
 /// weights (those of `W`, else the initial ones of the train section's seed) as an ONNX model, or
 /// its weights alone as a safetensors file.
@@ -187,17 +202,9 @@ pub(crate) fn export(
         let what = if emit == Emit::Onnx { "onnx" } else { "weights" };
         return fail(EXIT_USAGE, format!("--emit {what} writes a file: give it with --output FILE"));
     };
-    let m = match (model, c.models.as_slice()) {
-        (Some(name), models) => match models.iter().find(|m| m.name == name) {
-            Some(m) => m,
-            None => return fail(EXIT_USAGE, format!("no model `{name}` in this file")),
-        },
-        (None, [m]) => m,
-        (None, []) => return fail(EXIT_USAGE, "this file has no model to export".into()),
-        (None, models) => {
-            let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-            return fail(EXIT_USAGE, format!("pick the model to export with --model ({})", names.join(", ")));
-        }
+    let m = match pick(c, model, "export") {
+        Ok(m) => m,
+        Err(message) => return fail(EXIT_USAGE, message),
     };
     let mut pipe = match Pipeline::new(Options::default()) {
         Ok(p) => p,

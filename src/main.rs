@@ -6,6 +6,7 @@
 
 mod bench;
 mod build;
+mod import;
 mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -66,6 +67,28 @@ enum Command {
         /// Colour in human-readable diagnostics.
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
+    },
+    /// Convert another framework's weights (a PyTorch state dict as safetensors, or an ONNX
+    /// model's initializers) into a weights file of this model, in cnnc's layout.
+    Import {
+        /// The .cnn file.
+        file: PathBuf,
+        /// The weights to convert: `.safetensors` (PyTorch names and layouts) or `.onnx`.
+        from: PathBuf,
+        /// Which model, when the file has several.
+        #[arg(long)]
+        model: Option<String>,
+        /// Rules pairing the file's layers with the model's (`SRC => DST`, `ignore SRC`,
+        /// `flatten chw|whc|hwc`); layers no rule names pair by order, kind by kind.
+        #[arg(long, value_name = "FILE")]
+        map: Option<PathBuf>,
+        /// How the file orders the axes it flattens before a dense layer (default: chw for
+        /// PyTorch, hwc for cnnc's own ONNX).
+        #[arg(long, value_parser = flatten_order)]
+        flatten: Option<cnnc_runtime::import::Flatten>,
+        /// The weights file to write (safetensors, cnnc's names and layout).
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: PathBuf,
     },
     /// Time compiling a model and running its steps on a synthetic batch (no data, no evaluation).
     Bench(BenchArgs),
@@ -221,6 +244,11 @@ fn backend(text: &str) -> Result<cnnc_runtime::backend::Backend, String> {
     cnnc_runtime::backend::Backend::parse(text)
 }
 
+/// Parses `--flatten`.
+fn flatten_order(text: &str) -> Result<cnnc_runtime::import::Flatten, String> {
+    text.parse()
+}
+
 /// Parses `--multi-crop`: 1, 5 or 10.
 fn crops(text: &str) -> Result<usize, String> {
     match text {
@@ -307,6 +335,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
             build::build(&c, emit, model.as_deref(), &options, batch)
+        }
+        Command::Import { file, from, model, map, flatten, output } => {
+            let Some(c) = compile(&file) else { return ExitCode::from(EXIT_USAGE) };
+            let status = report(&c, MessageFormat::Human, Color::Auto);
+            if status != ExitCode::SUCCESS {
+                return status;
+            }
+            import::import(&c, model.as_deref(), &from, map.as_deref(), flatten, &output)
         }
         Command::Bench(a) => {
             let started = std::time::Instant::now();

@@ -91,6 +91,9 @@ pub mod proto {
         /// 1 float, 7 int64.
         #[prost(int32, tag = "2")]
         pub data_type: i32,
+        /// Values as floats, when not in `raw_data` (read by the importer; never written).
+        #[prost(float, repeated, tag = "4")]
+        pub float_data: Vec<f32>,
         #[prost(string, tag = "8")]
         pub name: String,
         #[prost(bytes = "vec", tag = "9")]
@@ -237,6 +240,7 @@ impl Exporter<'_> {
             data_type: 1,
             name: name.into(),
             raw_data: raw,
+            float_data: Vec::new(),
         });
         name.to_string()
     }
@@ -248,6 +252,7 @@ impl Exporter<'_> {
             data_type: 7,
             name: name.into(),
             raw_data: raw,
+            float_data: Vec::new(),
         });
         name.to_string()
     }
