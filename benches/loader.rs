@@ -20,7 +20,7 @@ fn mnist(root: &Path) -> Dataset {
     args.insert("pad".to_string(), Arg::Int(2));
     args.insert("limit".to_string(), Arg::Int(IMAGES as i64));
     let call = FnCall { name: "mnist".into(), args, loc: Default::default() };
-    cnnc_runtime::data::load(&call, root, &[32, 32, 1], 0).expect("the bundled MNIST digits load")
+    cnnc_runtime::data::load(&call, root, &[32, 32, 1], 0, &Default::default()).expect("the bundled MNIST digits load")
 }
 
 fn full_pipeline() -> Vec<Step> {

@@ -47,8 +47,11 @@ pub const EXIT_INTERNAL: u8 = 3;
 /// Runs the command; `Ok` carries what to print last.
 pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     let model = pick_model(c, args)?;
-    if args.output.is_some() && args.predict.is_empty() {
-        return Err(fail(EXIT_INPUT, "--output writes the outputs of --predict: give the files to predict on"));
+    if args.output.is_some() && args.predict.is_empty() && !args.eval {
+        return Err(fail(
+            EXIT_INPUT,
+            "--output writes the outputs of --predict or --eval: give the files to predict on, or --eval",
+        ));
     }
     if args.init.is_some() && (args.eval || !args.predict.is_empty()) {
         return Err(fail(
@@ -76,14 +79,16 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     }
     let data_call = spec.data.clone().ok_or_else(|| fail(EXIT_INPUT, "the train section has no data source"))?;
     let input = model.graph.inputs().first().map(|&id| model.graph.node(id).shape.0.clone()).unwrap_or_default();
-    let mut data =
-        cnnc_runtime::data::load(&data_call, &base, &input, spec.seed).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+    let (prep, values) = cnnc_runtime::preprocess::steps(&spec.preprocess);
+    let mut data = cnnc_runtime::data::load(&data_call, &base, &input, spec.seed, &prep)
+        .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
     if let Some(limit) = args.limit.filter(|&l| l < data.train.len()) {
         let f = data.features();
         data.train.x.truncate(limit * f);
         data.train.y.truncate(limit);
     }
-    let pipeline = Pipeline::new(augment::steps(&spec.augment), &data.shape, &input, &data.train, spec.seed)
+    let steps = [augment::steps(&spec.augment), values].concat();
+    let pipeline = Pipeline::new(steps, &data.shape, &input, &data.train, spec.seed)
         .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
     if let Some(path) = &args.preview {
         pipeline
@@ -103,9 +108,20 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             ));
         }
         let models = weights_of(&session.params, args, &out)?;
+        if args.output.is_some() && (models.len() > 1 || args.multi_crop > 1) {
+            return Err(fail(
+                EXIT_INPUT,
+                "--eval --output writes one model's outputs: without --ensemble and --multi-crop",
+            ));
+        }
         let (loss, acc) = if models.len() == 1 && args.multi_crop <= 1 {
             session.params = models.into_iter().next().unwrap_or_default();
             let eval = pipeline.for_eval(&data);
+            if let Some(path) = &args.output {
+                let exact =
+                    session.outputs(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+                write_outputs(path, &exact, "the test split".into())?;
+            }
             session.evaluate(&eval, &eval.test, spec.batch)
         } else {
             cnnc_runtime::evaluate::averaged(&session, &models, &data, &pipeline, args.multi_crop, spec.batch)
@@ -218,8 +234,10 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
     let input = model.graph.inputs().first().map(|&id| model.graph.node(id).shape.0.clone()).unwrap_or_default();
     let input_name = model.graph.inputs().first().map(|&id| model.graph.node(id).name.clone()).unwrap_or_default();
     let data_call = spec.and_then(|s| s.data.as_ref());
-    let data_shape = data_call.map_or_else(|| input.clone(), |d| cnnc_runtime::data::example_shape(d, &input));
-    let steps = spec.map(|s| augment::steps(&s.augment)).unwrap_or_default();
+    let (prep, values) = cnnc_runtime::preprocess::steps(spec.map_or(&[][..], |s| &s.preprocess[..]));
+    let data_shape =
+        data_call.map_or_else(|| input.clone(), |d| prep.shape(&cnnc_runtime::data::example_shape(d, &input)));
+    let steps = [spec.map(|s| augment::steps(&s.augment)).unwrap_or_default(), values].concat();
     let pipeline = Pipeline::new(steps, &data_shape, &input, &Default::default(), seed)
         .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
     let pad = data_call.filter(|d| d.name == "mnist").map_or(0, |d| d.num("pad", 0.0) as usize);
@@ -240,6 +258,7 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
         models: &models,
         pipeline: &pipeline,
         pad,
+        prep: &prep,
         crops: args.multi_crop,
         softmax: &softmax,
         backend: args.backend,
@@ -293,22 +312,36 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
         }
     }
     if let Some(path) = &args.output {
-        let rows: usize = exact.first().map_or(0, |(_, s, _)| s[0]);
-        if npy {
-            let Some((_, shape, values)) = exact.first() else {
-                return Err(fail(EXIT_INPUT, "--output: there was nothing to predict".to_string()));
-            };
-            cnnc_runtime::weights::save_npy(path, shape, values).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
-        } else {
-            let named: Vec<cnnc_runtime::weights::Named> =
-                exact.iter().map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())).collect();
-            let files: Vec<String> = args.predict.iter().map(|f| f.display().to_string()).collect();
-            let mut meta = std::collections::HashMap::new();
-            meta.insert("files".to_string(), files.join("\n"));
-            cnnc_runtime::weights::save(path, &named, meta).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
-        }
-        println!("wrote every output ({} of them, {rows} examples, full precision) to {}", exact.len(), path.display());
+        let files: Vec<String> = args.predict.iter().map(|f| f.display().to_string()).collect();
+        write_outputs(path, &exact, files.join("\n"))?;
     }
+    Ok(())
+}
+
+/// Writes outputs stacked over examples to `path`: a `.npy` file (one output) or a
+/// safetensors file (every output), with `source` (what was run on) in its metadata.
+fn write_outputs(path: &Path, exact: &[(String, Vec<usize>, Vec<f32>)], source: String) -> Result<(), Failure> {
+    let rows: usize = exact.first().map_or(0, |(_, s, _)| s[0]);
+    if path.extension().is_some_and(|e| e == "npy") {
+        let [(_, shape, values)] = exact else {
+            return Err(fail(
+                EXIT_INPUT,
+                format!(
+                    "--output {}: a .npy file holds one tensor and there are {} outputs; write a .safetensors file",
+                    path.display(),
+                    exact.len()
+                ),
+            ));
+        };
+        cnnc_runtime::weights::save_npy(path, shape, values).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+    } else {
+        let named: Vec<cnnc_runtime::weights::Named> =
+            exact.iter().map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())).collect();
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("files".to_string(), source);
+        cnnc_runtime::weights::save(path, &named, meta).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+    }
+    println!("wrote every output ({} of them, {rows} examples, full precision) to {}", exact.len(), path.display());
     Ok(())
 }
 

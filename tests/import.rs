@@ -214,3 +214,90 @@ fn bad_files_and_mappings_are_clear_errors_that_write_nothing() {
     let e = import(&path("junk.onnx"), &[]);
     assert!(e.contains("not a valid ONNX model"), "{e}");
 }
+
+/// A safetensors file's float32 tensors, read without cnnc.
+fn tensors(path: &Path) -> import::Tensors {
+    cnnc_runtime::weights::load(path).unwrap().0
+}
+
+#[test]
+fn mtcnn_imported_reproduces_the_original_networks_scores() {
+    // PNet, RNet and ONet from facenet-pytorch's weights, read through `preprocess` (grey to
+    // RGB, bilinear resize, (x − 127.5)/128), against the original networks run in numpy on the
+    // same pixels (examples/mtcnn/reference.py): within 1e-5, and faces told from non-faces.
+    let dir = tempfile::tempdir().unwrap();
+    let gunzip = |name: &str| {
+        let mut raw = Vec::new();
+        let file = std::fs::File::open(root().join("examples/data/lfw_subset").join(name)).unwrap();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(file), &mut raw).unwrap();
+        raw
+    };
+    let labels = gunzip("labels-idx1-ubyte.gz")[8..].to_vec();
+    let images = gunzip("images-idx3-ubyte.gz")[16..].to_vec();
+    for (model, file, flatten) in [("PNet", "pnet", "chw"), ("RNet", "rnet", "whc"), ("ONet", "onet", "whc")] {
+        let out = dir.path().join(model);
+        let weights = out.join("weights.safetensors");
+        let o = run(&[
+            "import",
+            "examples/mtcnn.cnn",
+            &format!("examples/mtcnn/{file}.safetensors"),
+            "--model",
+            model,
+            "--flatten",
+            flatten,
+            "-o",
+            weights.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let scores = dir.path().join(format!("{file}.safetensors"));
+        let o = run(&[
+            "run",
+            "examples/mtcnn.cnn",
+            "--model",
+            model,
+            "--eval",
+            "--out",
+            out.to_str().unwrap(),
+            "--output",
+            scores.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let (shape, face) = tensors(&scores).remove("face").unwrap();
+        assert_eq!(shape, [200, 2]);
+        let want = npy(&root().join(format!("examples/mtcnn/reference_{file}.npy")));
+        let worst = face.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        assert!(worst <= 1e-5 * scale, "{model}: ‖cnnc − original‖∞ = {worst}");
+        let probability = |row: &[f32]| 1.0 / (1.0 + (row[0] - row[1]).exp());
+        let mean = |label: u8| {
+            let p: Vec<f32> =
+                face.chunks(2).zip(&labels).filter(|(_, &l)| l == label).map(|(r, _)| probability(r)).collect();
+            p.iter().sum::<f32>() / p.len() as f32
+        };
+        assert!(mean(1) > 0.9 && mean(0) < 0.05, "{model}: faces {} non-faces {}", mean(1), mean(0));
+        // The first patch as a 25×25 grey PNG file: `--predict` reads it through the same
+        // `preprocess` (RGB, resized to the input) and answers what evaluation answered (as
+        // probabilities: the output is trained with softmax cross-entropy).
+        let png = dir.path().join("patch.png");
+        image::save_buffer(&png, &images[..25 * 25], 25, 25, image::ExtendedColorType::L8).unwrap();
+        let predicted = dir.path().join(format!("{file}_png.safetensors"));
+        let o = run(&[
+            "run",
+            "examples/mtcnn.cnn",
+            "--model",
+            model,
+            "--weights",
+            weights.to_str().unwrap(),
+            "--predict",
+            png.to_str().unwrap(),
+            "--output",
+            predicted.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let (_, one) = tensors(&predicted).remove("face").unwrap();
+        let p = probability(&face[..2]);
+        assert!((one[1] - p).abs() <= 1e-6 && (one[0] - (1.0 - p)).abs() <= 1e-6, "{model}: {one:?} against {p}");
+    }
+}

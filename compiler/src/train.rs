@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 /// Every setting of a `train` section.
 pub const SETTINGS: &[&str] =
-    &["data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "augment", "workers"];
+    &["data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "augment", "preprocess", "workers"];
 
 /// A checked argument value.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +83,52 @@ impl FnCall {
     }
 }
 
+/// The example shape after one preprocessing step, or why it cannot apply to `shape`. With
+/// `known` false, the data's shape is not known before the run (image folders, IDX files): the
+/// channel count is then not held against the step.
+fn preprocess_step(step: &FnCall, shape: &Shape, known: bool) -> Result<Shape, String> {
+    for (name, value) in &step.args {
+        let bad = match value {
+            Arg::Num(v) => !v.is_finite(),
+            Arg::List(v) => v.iter().any(|x| !x.is_finite()),
+            Arg::Int(v) => *v <= 0 || *v > 16384,
+            _ => false,
+        };
+        if bad {
+            return Err(format!("`{name}` must be a finite number (sizes 1 to 16384)"));
+        }
+    }
+    if shape.rank() != 3 {
+        return Err(format!("it reads images [n_H, n_W, n_C], and the examples have shape {shape}"));
+    }
+    let (h, w, c) = (shape.0[0], shape.0[1], shape.0[2]);
+    let colour = |to: usize| {
+        if known && c != 1 && c != 3 {
+            Err(format!("it converts grey or RGB images, and the examples have {c} channels ({shape})"))
+        } else {
+            Ok(Shape(vec![h, w, to]))
+        }
+    };
+    match step.name.as_str() {
+        "resize" => Ok(Shape(vec![step.num("height", 1.0) as usize, step.num("width", 1.0) as usize, c])),
+        "rgb" | "bgr" => colour(3),
+        "grey" => colour(1),
+        "normalize" => {
+            let (mean, std) = (step.numbers("mean"), step.numbers("std"));
+            if let Some(bad) = std.iter().find(|&&s| s <= 0.0) {
+                return Err(format!("a standard deviation must be positive, not {bad}"));
+            }
+            for (name, list) in [("mean", &mean), ("std", &std)] {
+                if list.len() != 1 && list.len() != c {
+                    return Err(format!("`{name}` has {} values: give one, or one per channel ({c})", list.len()));
+                }
+            }
+            Ok(shape.clone())
+        }
+        _ => Ok(shape.clone()),
+    }
+}
+
 /// One weighted loss term.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LossTerm {
@@ -115,6 +161,9 @@ pub struct TrainSpec {
     pub workers: usize,
     /// Augmentation steps in order.
     pub augment: Vec<FnCall>,
+    /// Preprocessing steps in order: resizing and colour conversion as examples are read, then
+    /// scaling and normalization (after augmentation), in training, evaluation and prediction.
+    pub preprocess: Vec<FnCall>,
     /// Where the section is.
     pub loc: Loc,
 }
@@ -270,6 +319,15 @@ const LOSSES: &[FnSpec] = &[
     FnSpec { name: "style", params: &[("output", Output, Some(R))] },
 ];
 
+const PREPROCESS: &[FnSpec] = &[
+    FnSpec { name: "resize", params: &[("height", Int, Some(R)), ("width", Int, Some(R))] },
+    FnSpec { name: "rgb", params: &[] },
+    FnSpec { name: "bgr", params: &[] },
+    FnSpec { name: "grey", params: &[] },
+    FnSpec { name: "scale", params: &[("factor", Num, Some(R)), ("offset", Num, Some(Dflt::Num(0.0)))] },
+    FnSpec { name: "normalize", params: &[("mean", Numbers, Some(R)), ("std", Numbers, Some(R))] },
+];
+
 const OPTIMIZERS: &[FnSpec] = &[
     FnSpec {
         name: "sgd",
@@ -364,12 +422,14 @@ impl Checker<'_> {
             seed: 0,
             workers: 2,
             augment: Vec::new(),
+            preprocess: Vec::new(),
             loc: self.loc(t.span),
         };
         let mut seen: BTreeMap<String, Loc> = BTreeMap::new();
         for setting in &t.settings {
             let (key, key_loc) = match setting {
                 ast::Setting::Augment { span, .. } => ("augment".to_string(), self.loc(*span)),
+                ast::Setting::Preprocess { span, .. } => ("preprocess".to_string(), self.loc(*span)),
                 ast::Setting::Value { key, .. } => (key.name.clone(), self.loc(key.span)),
             };
             if let Some(first) = seen.get(&key) {
@@ -380,6 +440,10 @@ impl Checker<'_> {
             match setting {
                 ast::Setting::Augment { steps, .. } => {
                     spec.augment = steps.iter().filter_map(|s| self.call(s, AUGMENTS, "augmentation")).collect();
+                }
+                ast::Setting::Preprocess { steps, .. } => {
+                    spec.preprocess =
+                        steps.iter().filter_map(|s| self.call(s, PREPROCESS, "preprocessing step")).collect();
                 }
                 ast::Setting::Value { key, value, .. } => match key.name.as_str() {
                     "data" => spec.data = self.single(value, DATA, "data source"),
@@ -413,7 +477,7 @@ impl Checker<'_> {
             }
         }
         if let Some(data) = &spec.data {
-            self.check_data(data, &spec.augment);
+            self.check_data(data, &spec.preprocess, &spec.augment);
         }
         spec
     }
@@ -703,13 +767,33 @@ impl Checker<'_> {
         })
     }
 
-    /// Checks the data's example shape, through the augmentation steps, against the model input.
-    fn check_data(&mut self, data: &FnCall, augment: &[FnCall]) {
+    /// Checks the data's example shape, through the preprocessing and augmentation steps,
+    /// against the model input.
+    fn check_data(&mut self, data: &FnCall, preprocess: &[FnCall], augment: &[FnCall]) {
         let input = self.model.graph.inputs().first().map(|&id| self.model.graph.node(id));
         let Some(input) = input else { return };
         let known = data.example_shape();
         // Without a known data shape, the steps are checked against the model input's.
         let mut shape = known.clone().unwrap_or_else(|| input.shape.clone());
+        let mut values_seen = false;
+        for step in preprocess {
+            let reads = matches!(step.name.as_str(), "resize" | "rgb" | "bgr" | "grey");
+            let result = if reads && values_seen {
+                Err("resizing and colour steps come before `scale` and `normalize` (they apply as examples are read)"
+                    .to_string())
+            } else {
+                values_seen |= !reads;
+                preprocess_step(step, &shape, known.is_some())
+            };
+            match result {
+                Ok(next) => shape = next,
+                Err(problem) => {
+                    let e = TrainError::Augment { loc: step.loc, step: step.name.clone(), problem, input: input.loc };
+                    self.problems.push(e.into());
+                    return;
+                }
+            }
+        }
         for step in augment {
             match self.augment_step(step, &shape) {
                 Ok(next) => shape = next,
@@ -737,6 +821,7 @@ impl Checker<'_> {
     }
 
     /// The example shape after one augmentation step, or why the step cannot apply to `shape`.
+    /// (Preprocessing steps: [`preprocess_step`].)
     fn augment_step(&self, step: &FnCall, shape: &Shape) -> Result<Shape, String> {
         let number = |name: &str| step.num(name, 0.0);
         let p = number("p");

@@ -166,6 +166,9 @@ pub struct Train {
 pub enum Setting {
     /// `augment { mirror(), random_crop(28, pad: 2) }`
     Augment { steps: Vec<Call>, span: Span },
+    /// `preprocess { resize(12x12), rgb, scale(255) }`: applied to every example, in training,
+    /// evaluation and prediction.
+    Preprocess { steps: Vec<Call>, span: Span },
     /// `key value`, such as `batch 64` or `optimizer sgd(lr: 0.1)`.
     Value { key: Ident, value: Expr, span: Span },
 }

@@ -294,6 +294,20 @@ fn train_decl(pair: Pair<Rule>) -> Result<Train> {
                 let steps = p.into_inner().map(|c| call(c, false)).collect::<Result<_>>()?;
                 settings.push(Setting::Augment { steps, span: s });
             }
+            Rule::preprocess => {
+                let steps = p
+                    .into_inner()
+                    .map(|c| match c.as_rule() {
+                        Rule::ident => {
+                            let callee = ident(c);
+                            let span = callee.span;
+                            Ok(Call { callee, args: Vec::new(), frozen: false, bare: true, span })
+                        }
+                        _ => call(c, false),
+                    })
+                    .collect::<Result<_>>()?;
+                settings.push(Setting::Preprocess { steps, span: s });
+            }
             _ => {
                 let mut kv = p.into_inner();
                 let key = ident(next(&mut kv, s)?);

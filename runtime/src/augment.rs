@@ -42,6 +42,8 @@ pub enum Step {
     Contrast { max: f64, p: f64 },
     /// `(x − mean_c) / std_c` per channel; applied at evaluation too.
     Normalize { mean: Vec<f32>, std: Vec<f32> },
+    /// `x · factor + offset` (a `preprocess` step); applied at evaluation too.
+    Scale { factor: f32, offset: f32 },
 }
 
 /// The eigen-decomposition of the training set's RGB covariance.
@@ -68,6 +70,16 @@ pub struct Pipeline {
     pub pca: Option<Pca>,
     /// Seed of the run.
     pub seed: u64,
+}
+
+/// `img` through `step` if it is a deterministic value step (normalize, scale); else unchanged.
+fn values(step: &Step, mut img: Image) -> Image {
+    match step {
+        Step::Normalize { mean, std } => img.normalize(mean, std),
+        Step::Scale { factor, offset } => img.data.iter_mut().for_each(|v| *v = *v * factor + offset),
+        _ => {}
+    }
+    img
 }
 
 fn list(c: &FnCall, name: &str) -> Vec<f32> {
@@ -99,6 +111,7 @@ pub fn steps(calls: &[FnCall]) -> Vec<Step> {
                 "brightness" => Step::Brightness { max: c.num("max", 0.0), p },
                 "contrast" => Step::Contrast { max: c.num("max", 0.0), p },
                 "normalize" => Step::Normalize { mean: list(c, "mean"), std: list(c, "std") },
+                "scale" => Step::Scale { factor: c.num("factor", 1.0) as f32, offset: c.num("offset", 0.0) as f32 },
                 _ => return None,
             })
         })
@@ -273,22 +286,17 @@ impl Pipeline {
         out.into_iter().map(|img| self.normalized(img).data).collect()
     }
 
+    /// `img` through the deterministic value steps (normalization, scaling), in order.
     fn normalized(&self, mut img: Image) -> Image {
         for step in &self.steps {
-            if let Step::Normalize { mean, std } = step {
-                img.normalize(mean, std);
-            }
+            img = values(step, img);
         }
         img
     }
 
     fn apply(&self, step: &Step, img: Image, rng: &mut impl Rng) -> Image {
         let p = match step {
-            Step::Normalize { mean, std } => {
-                let mut img = img;
-                img.normalize(mean, std);
-                return img;
-            }
+            Step::Normalize { .. } | Step::Scale { .. } => return values(step, img),
             Step::Mirror { p }
             | Step::FlipVertical { p }
             | Step::RandomCrop { p, .. }
@@ -359,7 +367,7 @@ impl Pipeline {
                 let mean = img.data.iter().sum::<f32>() / img.data.len().max(1) as f32;
                 img.map_channels(|_, v| (v - mean) * f + mean)
             }
-            Step::Normalize { .. } => img,
+            Step::Normalize { .. } | Step::Scale { .. } => img,
         }
     }
 }

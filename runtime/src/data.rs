@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use images::load_image;
+pub use images::{load_image, load_image_as};
 
 /// Why data could not be loaded.
 #[derive(Clone, Debug, PartialEq)]
@@ -221,8 +221,15 @@ pub fn example_shape(call: &FnCall, input: &[usize]) -> Vec<usize> {
 }
 
 /// Loads the data source of a train section; paths are relative to `base` (the model file's
-/// folder). `input` is the model input's shape, `seed` fixes the train/test split.
-pub fn load(call: &FnCall, base: &Path, input: &[usize], seed: u64) -> Result<Dataset, DataError> {
+/// folder). `input` is the model input's shape, `seed` fixes the train/test split. Examples are
+/// read as `prep` says (resized, their colours converted).
+pub fn load(
+    call: &FnCall,
+    base: &Path,
+    input: &[usize],
+    seed: u64,
+    prep: &crate::preprocess::Prep,
+) -> Result<Dataset, DataError> {
     let path = |name: &str| call.str(name).map(|p| base.join(p));
     let dataset = match call.name.as_str() {
         "mnist" => {
@@ -266,12 +273,13 @@ pub fn load(call: &FnCall, base: &Path, input: &[usize], seed: u64) -> Result<Da
         }
         "images" => {
             let dir = path("dir").unwrap_or_default();
-            let (all, classes) = images::folders(&dir, input)?;
+            let (all, classes) = images::folders(&dir, input, prep)?;
             let (train, test) = split(all, input.iter().product(), call.num("split", 0.2), seed);
-            Dataset { train, test, classes, shape: input.to_vec(), pad: 0, scale: 1.0 / 255.0 }
+            // Read as `prep` says already.
+            return Ok(Dataset { train, test, classes, shape: input.to_vec(), pad: 0, scale: 1.0 / 255.0 });
         }
         other => return Err(DataError::Unsupported { what: format!("data source `{other}` is not supported") }),
     };
     // The augmentation pipeline checks the example shape against the model input (crops may change it).
-    Ok(dataset)
+    prep.dataset(dataset)
 }

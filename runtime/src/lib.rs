@@ -16,6 +16,7 @@ pub mod optim;
 pub mod params;
 pub mod plot;
 pub mod predict;
+pub mod preprocess;
 pub mod reference;
 pub mod train;
 pub mod weights;

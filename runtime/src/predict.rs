@@ -4,9 +4,10 @@
 
 use crate::augment::Pipeline;
 use crate::backend::{Backend, Programs};
-use crate::data::{load_image, DataError};
+use crate::data::{load_image_as, DataError};
 use crate::executor::{ExecError, Executor};
 use crate::params::Params;
+use crate::preprocess::Prep;
 use crate::reference::{Ctx, Tensor, View};
 use cnnc_compiler::ir::{Graph, ValueId};
 use ndarray::{ArrayD, Axis, IxDyn};
@@ -50,8 +51,9 @@ impl std::fmt::Display for PredictError {
 impl std::error::Error for PredictError {}
 
 /// Reads `file` as one data example of shape `data` (`[h, w, c]`): an image of that size less
-/// `pad` on each side, scaled to [0, 1], then zero-padded as the training data was.
-pub fn read_example(data: &[usize], file: &Path, pad: usize) -> Result<Vec<f32>, DataError> {
+/// `pad` on each side (any size when `prep` resizes), scaled to [0, 1] and read as `prep` says,
+/// then zero-padded as the training data was.
+pub fn read_example(data: &[usize], file: &Path, pad: usize, prep: &Prep) -> Result<Vec<f32>, DataError> {
     let [h, w, c] = data[..] else {
         return Err(DataError::Unsupported { what: format!("--predict reads images; this model's data is {data:?}") });
     };
@@ -59,7 +61,7 @@ pub fn read_example(data: &[usize], file: &Path, pad: usize) -> Result<Vec<f32>,
         return Err(DataError::Unsupported { what: format!("padding {pad} leaves no image inside {data:?}") });
     }
     let (ih, iw) = (h - 2 * pad, w - 2 * pad);
-    let values = load_image(file, &[ih, iw, c])?;
+    let values = load_image_as(file, &[ih, iw, c], prep)?;
     let mut x = vec![0f32; h * w * c];
     for r in 0..ih {
         let dst = ((r + pad) * w + pad) * c;
@@ -186,6 +188,9 @@ pub struct Predictor<'a> {
     pub pipeline: &'a Pipeline,
     /// Zero padding the training data added around images.
     pub pad: usize,
+    /// How image files are read (resized, colours converted), as the train section's
+    /// `preprocess` says.
+    pub prep: &'a Prep,
     /// Number of crops: 1, 5 or 10.
     pub crops: usize,
     /// Outputs whose scores are softmax logits (averaged as probabilities).
@@ -222,7 +227,7 @@ impl Predictor<'_> {
             let examples = read_tensors(file, &self.pipeline.input, self.input_name).map_err(PredictError::Data)?;
             return examples.into_iter().map(|x| self.average(&[x])).collect();
         }
-        let example = read_example(&self.pipeline.data, file, self.pad).map_err(PredictError::Data)?;
+        let example = read_example(&self.pipeline.data, file, self.pad, self.prep).map_err(PredictError::Data)?;
         Ok(vec![self.average(&self.pipeline.crops(&example, self.crops))?])
     }
 

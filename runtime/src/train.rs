@@ -179,6 +179,9 @@ pub struct RunOptions {
     pub init: Option<PathBuf>,
 }
 
+/// An output stacked over examples: its name, shape `[examples, ..]` and values.
+pub type Stacked = (String, Vec<usize>, Vec<f32>);
+
 /// A model prepared for training and evaluation: its training and inference graphs, parameter
 /// store, gradient buffer and optimizer, and the executors that run them.
 pub struct Session {
@@ -445,6 +448,30 @@ impl Session {
         }
         let n = split.len().max(1) as f64;
         Ok((loss / n, if self.classifies { correct_count as f64 / n } else { f64::NAN }))
+    }
+
+    /// Every output of the inference graph on every example of `split`, in order: name, shape
+    /// `[examples, ..]` and values (what `--eval --output` writes).
+    pub fn outputs(&self, data: &Dataset, split: &Split, batch: usize) -> Result<Vec<Stacked>, RunError> {
+        let mut out: Vec<Stacked> = Vec::new();
+        let indices: Vec<usize> = (0..split.len()).collect();
+        for chunk in indices.chunks(batch.max(1)) {
+            let (x, _) = data.batch(split, chunk);
+            let values = self.infer(&self.params, x.view())?;
+            for (k, (name, id)) in self.infer.outputs().iter().enumerate() {
+                let Some(v) = values.get(*id) else { continue };
+                if out.len() <= k {
+                    out.push((
+                        name.clone(),
+                        vec![0].into_iter().chain(v.shape()[1..].iter().copied()).collect(),
+                        Vec::new(),
+                    ));
+                }
+                out[k].1[0] += chunk.len();
+                out[k].2.extend(v.iter());
+            }
+        }
+        Ok(out)
     }
 
     /// The inference graph's output that the first loss applies to.
