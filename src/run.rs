@@ -148,14 +148,62 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             "--weights chooses the weights that --eval and --predict use; to start training from them, use --init FILE",
         ));
     }
-    let opts = RunOptions {
+    let mut opts = RunOptions {
         out: out.clone(),
         resume: args.resume,
         quiet: args.quiet,
         backend: args.backend,
         init: args.init.clone(),
     };
-    match train::train(model, &spec, &data, &pipeline, &opts) {
+    // `cache true`: the frozen body runs once per example; the head trains on what it gave.
+    let cached = if spec.cache {
+        let c = cnnc_runtime::frozen::prepare(model, &spec, &data, &pipeline, args.init.as_deref(), args.backend, &out)
+            .map_err(|e| match e {
+                train::RunError::Internal(_) => fail(EXIT_INTERNAL, e.to_string()),
+                _ => fail(EXIT_INPUT, e.to_string()),
+            })?;
+        if let (Some(init), false) = (&args.init, args.quiet) {
+            let total = c.body.layout.entries().len();
+            println!(
+                "frozen body: {} of its {total} parameters from {}{}",
+                total - c.fresh.len(),
+                init.display(),
+                if c.fresh.is_empty() { String::new() } else { format!(" (fresh: {})", c.fresh.join(", ")) }
+            );
+        }
+        if !args.quiet {
+            let how = if c.reused { "read back from" } else { "computed and kept in" };
+            println!(
+                "frozen body up to `{}` {:?}: activations of {} examples {how} {} ({:.2} s); training the head alone",
+                c.cut.0,
+                c.cut.1,
+                c.data.train.len() + c.data.test.len(),
+                cnnc_runtime::frozen::cache_path(&out).display(),
+                c.seconds
+            );
+        }
+        // The head starts from the file's values of its own parameters, if it has any.
+        if let Some(init) = &args.init {
+            let head = cnnc_compiler::params::ParamLayout::of(&c.model.graph);
+            let (tensors, _) = cnnc_runtime::weights::load(init).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+            if !head.entries().iter().any(|e| tensors.contains_key(&e.name)) {
+                opts.init = None;
+            }
+        }
+        Some(c)
+    } else {
+        None
+    };
+    let (model, data, pipeline) = match &cached {
+        Some(c) => (&c.model, &c.data, &c.pipeline),
+        None => (model, &data, &pipeline),
+    };
+    let result = train::train(model, &spec, data, pipeline, &opts);
+    if let (Some(c), true) = (&cached, train::weights_path(&out).exists()) {
+        cnnc_runtime::frozen::join_weights(&train::weights_path(&out), &c.body)
+            .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+    }
+    match result {
         Ok((_, history)) => {
             println!("weights: {}", train::weights_path(&out).display());
             if let Some(last) = history.last() {

@@ -136,6 +136,7 @@ fn torchvision_state_dicts_pair_with_the_stdlib_nets() {
         ("resnet50", "stdlib/resnet.cnn", "ResNet50", 107),
         ("vgg16", "stdlib/vgg.cnn", "VGG16", 16),
         ("alexnet", "stdlib/alexnet.cnn", "AlexNet", 8),
+        ("googlenet", "stdlib/inception.cnn", "GoogLeNetBN", 115),
     ] {
         let done = import::check(&model_layers(file, model), &source(net), &Mapping::default())
             .unwrap_or_else(|e| panic!("{net} into {model}: {e}"));

@@ -58,6 +58,7 @@ fn classic_networks_have_their_published_parameter_counts() {
         ("stdlib/resnet.cnn", "ResNet50", 25_557_032),
         ("stdlib/resnet.cnn", "ResNet20", 272_474),
         ("stdlib/inception.cnn", "GoogLeNet", 6_998_552),
+        ("stdlib/inception.cnn", "GoogLeNetBN", 6_624_904),
     ];
     for (file, model, count) in expected {
         let s = params(file, model);

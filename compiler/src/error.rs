@@ -88,6 +88,8 @@ pub enum TrainError {
     UnknownSetting { loc: Loc, name: String, candidates: Vec<String> },
     /// A setting given twice.
     DuplicateSetting { loc: Loc, first: Loc, name: String },
+    /// `cache true` on a model or section whose frozen body cannot be cached.
+    Cache { loc: Loc, problem: String },
     /// A required setting is missing.
     MissingSetting { loc: Loc, name: &'static str, example: &'static str },
     /// A data source, loss, optimizer, schedule or augmentation cnnc does not know.

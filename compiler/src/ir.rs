@@ -182,6 +182,11 @@ impl Graph {
         self.outputs.push((name.into(), id));
     }
 
+    /// Replaces the named outputs.
+    pub fn set_outputs(&mut self, outputs: Vec<(String, NodeId)>) {
+        self.outputs = outputs;
+    }
+
     /// The node with this id.
     pub fn node(&self, id: NodeId) -> &Node {
         &self.graph[id]

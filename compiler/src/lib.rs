@@ -8,6 +8,7 @@
 pub mod diag;
 pub mod elaborate;
 pub mod error;
+pub mod frozen;
 pub mod ir;
 pub mod lir;
 pub mod load;

@@ -47,6 +47,7 @@ pub const CODES: &[&str] = &[
     "cnnc::shape::too_large",
     "cnnc::shape::unread_input",
     "cnnc::train::augment_mismatch",
+    "cnnc::train::cache",
     "cnnc::train::data_mismatch",
     "cnnc::train::duplicate_setting",
     "cnnc::train::missing_setting",
@@ -600,6 +601,17 @@ fn train(e: &TrainError) -> Diagnostic {
                 "not a setting",
             ),
             did_you_mean(candidates).or_else(|| Some(format!("settings are {}", crate::train::SETTINGS.join(", ")))),
+        ),
+        TrainError::Cache { loc, problem } => Diagnostic::new(
+            "cnnc::train::cache",
+            Error,
+            format!("the frozen body's activations cannot be cached: {problem}"),
+            *loc,
+            "cache asked here",
+        )
+        .help(
+            "freeze the layers from the input on with `frozen` (they run once per example), put no augmentation in \
+             the section, or remove `cache true`",
         ),
         TrainError::DuplicateSetting { loc, first, name } => Diagnostic::new(
             "cnnc::train::duplicate_setting",

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 /// Every setting of a `train` section.
 pub const SETTINGS: &[&str] =
-    &["data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "augment", "preprocess", "workers"];
+    &["data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "augment", "preprocess", "cache", "workers"];
 
 /// A checked argument value.
 #[derive(Clone, Debug, PartialEq)]
@@ -164,6 +164,9 @@ pub struct TrainSpec {
     /// Preprocessing steps in order: resizing and colour conversion as examples are read, then
     /// scaling and normalization (after augmentation), in training, evaluation and prediction.
     pub preprocess: Vec<FnCall>,
+    /// Compute the frozen body's activations once and train the head alone on them
+    /// ([`crate::frozen`]).
+    pub cache: bool,
     /// Where the section is.
     pub loc: Loc,
 }
@@ -423,9 +426,11 @@ impl Checker<'_> {
             workers: 2,
             augment: Vec::new(),
             preprocess: Vec::new(),
+            cache: false,
             loc: self.loc(t.span),
         };
         let mut seen: BTreeMap<String, Loc> = BTreeMap::new();
+        let mut cache_at = None;
         for setting in &t.settings {
             let (key, key_loc) = match setting {
                 ast::Setting::Augment { span, .. } => ("augment".to_string(), self.loc(*span)),
@@ -453,6 +458,15 @@ impl Checker<'_> {
                     "batch" => spec.batch = self.positive(value, "a batch size").unwrap_or(spec.batch),
                     "epochs" => spec.epochs = self.positive(value, "an epoch count").unwrap_or(spec.epochs),
                     "workers" => spec.workers = self.positive(value, "a worker count").unwrap_or(spec.workers),
+                    "cache" => match value.kind {
+                        ExprKind::Bool(b) => {
+                            spec.cache = b;
+                            if b {
+                                cache_at = Some(self.loc(value.span));
+                            }
+                        }
+                        _ => self.bad(value, "`cache`", "true or false"),
+                    },
                     "seed" => match value.kind {
                         ExprKind::Int(v) if v >= 0 => spec.seed = v as u64,
                         _ => self.bad(value, "a seed", "a non-negative integer"),
@@ -478,6 +492,16 @@ impl Checker<'_> {
         }
         if let Some(data) = &spec.data {
             self.check_data(data, &spec.preprocess, &spec.augment);
+        }
+        if let Some(loc) = cache_at {
+            let problem = if spec.augment.is_empty() {
+                crate::frozen::split(&self.model.graph).err()
+            } else {
+                Some("augmentation changes the examples every epoch, so the body's activations do too".to_string())
+            };
+            if let Some(problem) = problem {
+                self.problems.push(TrainError::Cache { loc, problem }.into());
+            }
         }
         spec
     }

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod data;
 pub mod evaluate;
 pub mod executor;
+pub mod frozen;
 pub mod import;
 pub mod interp;
 pub mod loader;

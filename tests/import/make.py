@@ -12,8 +12,9 @@ Writes, beside this script:
 - tiny_resnet.safetensors: torchvision's ResNet (its BasicBlock and names) at widths 8-64 with one
   block a stage, for 32x32 inputs (tiny_resnet.cnn, from std.resnet's blocks);
 - *_x.npy (inputs, channels-last as cnnc takes them) and *_y.npy (PyTorch's outputs);
-- torchvision.json: the names and shapes of torchvision's ResNet-18/34/50, VGG-16 and AlexNet
-  state dicts (no values), for the test that the stdlib's nets pair with them.
+- torchvision.json: the names and shapes of torchvision's ResNet-18/34/50, VGG-16, AlexNet and
+  GoogLeNet (without its auxiliary classifiers, as its pretrained weights load) state dicts (no
+  values), for the test that the stdlib's nets pair with them.
 """
 import json
 import os
@@ -116,8 +117,9 @@ def main():
     torch.onnx.export(small, x, os.path.join(HERE, "small.onnx"), dynamo=False, do_constant_folding=False)
     fixture("tiny_resnet", TinyResNet(), (3, 32, 32), gen)
     shapes = {}
-    for name in ["resnet18", "resnet34", "resnet50", "vgg16", "alexnet"]:
-        model = getattr(torchvision.models, name)(weights=None)
+    for name in ["resnet18", "resnet34", "resnet50", "vgg16", "alexnet", "googlenet"]:
+        extra = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
+        model = getattr(torchvision.models, name)(weights=None, **extra)
         shapes[name] = [[k, list(v.shape), str(v.dtype)] for k, v in model.state_dict().items()]
     with open(os.path.join(HERE, "torchvision.json"), "w") as f:
         json.dump(shapes, f, indent=0)

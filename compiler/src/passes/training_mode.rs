@@ -1,6 +1,9 @@
 //! `training_mode`: every batchnorm normalizes with its batch's statistics and gives them as
 //! results 1 and 2 (mean, biased variance), which its backward and the running averages read.
 //! It no longer reads the running statistics; [`BatchStats`] says where they are updated from.
+//! A frozen batchnorm (its scale and shift frozen: part of a frozen body) stays as it is in
+//! inference, on its running statistics, which are not updated (as Keras does for a layer that
+//! is not trainable).
 
 use crate::ir::op::Op;
 use crate::ir::{Graph, NodeId, ValueId};
@@ -29,6 +32,10 @@ pub fn run(graph: &mut Graph) -> Vec<BatchStats> {
     for id in ids {
         let Op::BatchNorm(b) = &graph.node(id).op else { continue };
         if b.training {
+            continue;
+        }
+        let gamma = graph.operands(id).get(1).copied();
+        if gamma.is_some_and(|g| matches!(&graph.node(g).op, Op::Param(p) if p.frozen)) {
             continue;
         }
         let mut b = b.clone();
