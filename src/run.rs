@@ -154,14 +154,17 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         quiet: args.quiet,
         backend: args.backend,
         init: args.init.clone(),
+        body: None,
     };
     // `cache true`: the frozen body runs once per example; the head trains on what it gave.
     let cached = if spec.cache {
-        let c = cnnc_runtime::frozen::prepare(model, &spec, &data, &pipeline, args.init.as_deref(), args.backend, &out)
-            .map_err(|e| match e {
+        let from = (args.init.as_deref(), args.resume);
+        let c = cnnc_runtime::frozen::prepare(model, &spec, &data, &pipeline, from, args.backend, &out).map_err(
+            |e| match e {
                 train::RunError::Internal(_) => fail(EXIT_INTERNAL, e.to_string()),
                 _ => fail(EXIT_INPUT, e.to_string()),
-            })?;
+            },
+        )?;
         if let (Some(init), false) = (&args.init, args.quiet) {
             let total = c.body.layout.entries().len();
             println!(
@@ -190,6 +193,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
                 opts.init = None;
             }
         }
+        opts.body = Some(c.body.clone());
         Some(c)
     } else {
         None
@@ -198,12 +202,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         Some(c) => (&c.model, &c.data, &c.pipeline),
         None => (model, &data, &pipeline),
     };
-    let result = train::train(model, &spec, data, pipeline, &opts);
-    if let (Some(c), true) = (&cached, train::weights_path(&out).exists()) {
-        cnnc_runtime::frozen::join_weights(&train::weights_path(&out), &c.body)
-            .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
-    }
-    match result {
+    match train::train(model, &spec, data, pipeline, &opts) {
         Ok((_, history)) => {
             println!("weights: {}", train::weights_path(&out).display());
             if let Some(last) = history.last() {

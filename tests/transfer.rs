@@ -63,6 +63,16 @@ fn a_pretrained_frozen_body_beats_a_random_one_and_caching_changes_no_weight() {
     let o = run(&["run", model, "--model", "FewShot", "--out", &path("few"), "--eval"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!((accuracy(&o) - a).abs() < 1e-9, "evaluating the saved model gives the run's accuracy");
+    // Resuming (no --init: the body comes from the run's own weights file, which holds the
+    // whole model at every save) keeps the pretrained body.
+    let o = run(&["run", model, "--model", "FewShot", "--out", &path("few"), "--resume", "--epochs", "17", "--quiet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let resumed = weights(&dir.path().join("few/weights.safetensors"));
+    for (name, value) in &pre {
+        if name.starts_with("features1/") {
+            assert_eq!(resumed.get(name), Some(value), "{name} kept on --resume");
+        }
+    }
     // A second run reads the activations back.
     let again = few(&path("few"), Some(&pretrained));
     assert!(String::from_utf8_lossy(&again.stdout).contains("read back from"), "{}", text(&again));

@@ -27,6 +27,11 @@ pub use layers::LAYERS;
 /// Most nodes one model may have; more means a runaway `repeat` or recursion.
 pub const MAX_NODES: usize = 200_000;
 
+/// Most elaboration steps (nodes created, `repeat` iterations, block instances) for all the
+/// models of one file together: a file of many large models, or of work that creates nothing,
+/// stops here instead of exhausting the machine.
+pub const MAX_WORK: usize = 1_000_000;
+
 /// Deepest nesting of block instances.
 pub const MAX_DEPTH: usize = 64;
 
@@ -68,12 +73,23 @@ pub struct CallSite {
 pub fn elaborate(program: &Program, problems: &mut Vec<Problem>) -> Vec<ModelInfo> {
     let Some(entry) = program.modules.first() else { return Vec::new() };
     let mut models = Vec::new();
+    let mut work = 0;
     for item in &entry.ast.items {
         if let ast::Item::Model(m) = item {
             let before = problems.iter().filter(|p| !p.is_warning()).count();
+            let (count, exhausted) = (problems.len(), work > MAX_WORK);
             let mut elab = Elab::new(program, problems, &m.name.name);
+            // Past the file's budget (reported once), the rest are not elaborated.
+            elab.work = work;
+            elab.aborted = exhausted;
             let mut info = elab.model(0, m);
-            info.failed = problems.iter().filter(|p| !p.is_warning()).count() > before;
+            work = elab.work;
+            if exhausted {
+                problems.truncate(count);
+                info.failed = true;
+            } else {
+                info.failed = problems.iter().filter(|p| !p.is_warning()).count() > before;
+            }
             models.push(info);
         }
     }
@@ -155,6 +171,8 @@ struct Elab<'p> {
     bindings: Vec<(Loc, NodeId)>,
     calls: Vec<CallSite>,
     aborted: bool,
+    /// Elaboration steps so far in the file (this model's and the ones before).
+    work: usize,
 }
 
 impl<'p> Elab<'p> {
@@ -168,7 +186,23 @@ impl<'p> Elab<'p> {
             bindings: Vec::new(),
             calls: Vec::new(),
             aborted: false,
+            work: 0,
         }
+    }
+
+    /// Counts one elaboration step; false (after reporting it, once) when the file's budget is
+    /// spent.
+    fn tick(&mut self, sc: &Scope, loc: Loc) -> bool {
+        if self.aborted {
+            return false;
+        }
+        self.work += 1;
+        if self.work > MAX_WORK {
+            self.aborted = true;
+            self.report(sc, ResolveError::TooMuchWork { loc, limit: MAX_WORK });
+            return false;
+        }
+        true
     }
 
     /// Records a problem, wrapped with the block instances it happened in.
@@ -182,7 +216,7 @@ impl<'p> Elab<'p> {
     }
 
     fn add_node(&mut self, sc: &Scope, node: Node, inputs: &[NodeId]) -> Option<NodeId> {
-        if self.aborted {
+        if !self.tick(sc, node.loc) {
             return None;
         }
         if self.graph.len() >= MAX_NODES {

@@ -57,6 +57,8 @@ pub enum ResolveError {
     Arithmetic { loc: Loc, problem: &'static str },
     /// A graph too large to be meant (runaway `repeat`).
     TooLarge { loc: Loc, nodes: usize, limit: usize },
+    /// The file's models together take too many elaboration steps.
+    TooMuchWork { loc: Loc, limit: usize },
     /// A `train` section for a model that the file does not define.
     UnknownModel { loc: Loc, name: String, candidates: Vec<String> },
 }

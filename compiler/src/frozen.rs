@@ -5,7 +5,7 @@
 //! the one value where the body ends. The body runs once per example; every epoch trains the
 //! head alone on what it gave.
 
-use crate::ir::op::{Init, InputOp, Op};
+use crate::ir::op::{InputOp, Op};
 use crate::ir::{Graph, Node, NodeId};
 use crate::shape::Shape;
 use std::collections::{HashMap, HashSet};
@@ -31,7 +31,7 @@ pub fn split(graph: &Graph) -> Result<Split, String> {
         let node = graph.node(id);
         let is_frozen = match &node.op {
             Op::Input(_) => true,
-            Op::Param(p) => p.frozen || p.init == Init::Constant || p.role.is_state(),
+            Op::Param(p) => p.fixed() || p.role.is_state(),
             Op::Dropout(_) => false,
             _ => graph.operands(id).iter().all(|o| frozen.contains(o)),
         };

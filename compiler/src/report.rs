@@ -28,6 +28,7 @@ pub const CODES: &[&str] = &[
     "cnnc::resolve::missing_return",
     "cnnc::resolve::recursion",
     "cnnc::resolve::too_large",
+    "cnnc::resolve::too_much_work",
     "cnnc::resolve::too_many_arguments",
     "cnnc::resolve::unknown_argument",
     "cnnc::resolve::unknown_import",
@@ -389,6 +390,16 @@ fn resolve(e: &ResolveError) -> Diagnostic {
             format!("stopped here, after {nodes}"),
         )
         .help("check `repeat` counts"),
+        ResolveError::TooMuchWork { loc, limit } => Diagnostic::new(
+            "cnnc::resolve::too_much_work",
+            Error,
+            format!(
+                "the file's models take more than {limit} steps to build together (layers, repeats, block instances)"
+            ),
+            *loc,
+            "stopped here",
+        )
+        .help("check `repeat` counts and how deeply blocks call blocks; split very large files into several"),
         ResolveError::UnknownModel { loc, name, candidates } => with_help(
             Diagnostic::new(
                 "cnnc::resolve::unknown_model",

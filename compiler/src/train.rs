@@ -800,12 +800,22 @@ impl Checker<'_> {
         // Without a known data shape, the steps are checked against the model input's.
         let mut shape = known.clone().unwrap_or_else(|| input.shape.clone());
         let mut values_seen = false;
+        let (mut resized, mut coloured) = (false, false);
+        let padded = data.name == "mnist" && data.num("pad", 0.0) > 0.0;
         for step in preprocess {
             let reads = matches!(step.name.as_str(), "resize" | "rgb" | "bgr" | "grey");
+            let (resize, colour) = (step.name == "resize", reads && step.name != "resize");
             let result = if reads && values_seen {
                 Err("resizing and colour steps come before `scale` and `normalize` (they apply as examples are read)"
                     .to_string())
+            } else if (resize && resized) || (colour && coloured) {
+                Err(format!("a second {} step: give one", if resize { "resize" } else { "colour" }))
+            } else if resize && padded {
+                Err("`mnist(pad: ...)` pads the digits as they are read, before any resize: resize, or pad, not both"
+                    .to_string())
             } else {
+                resized |= resize;
+                coloured |= colour;
                 values_seen |= !reads;
                 preprocess_step(step, &shape, known.is_some())
             };

@@ -21,3 +21,4 @@ pub mod symbols;
 pub mod syntax;
 
 pub use server::{run_stdio, serve};
+pub mod transport;

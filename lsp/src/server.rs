@@ -31,10 +31,10 @@ pub type ServerError = Box<dyn Error + Send + Sync>;
 
 /// Runs the server on standard input and output until the client says `exit` or goes away.
 pub fn run_stdio() -> Result<(), ServerError> {
-    let (connection, io_threads) = Connection::stdio();
+    let (connection, threads) = crate::transport::stdio();
     serve(&connection)?;
     drop(connection);
-    io_threads.join()?;
+    threads.join()?;
     Ok(())
 }
 

@@ -273,10 +273,11 @@ pub fn load(
         }
         "images" => {
             let dir = path("dir").unwrap_or_default();
-            let (all, classes) = images::folders(&dir, input, prep)?;
-            let (train, test) = split(all, input.iter().product(), call.num("split", 0.2), seed);
-            // Read as `prep` says already.
-            return Ok(Dataset { train, test, classes, shape: input.to_vec(), pad: 0, scale: 1.0 / 255.0 });
+            // Read as `prep` says already: resized and converted as each image is read.
+            let shape = prep.shape(input);
+            let (all, classes) = images::folders(&dir, &shape, prep)?;
+            let (train, test) = split(all, shape.iter().product(), call.num("split", 0.2), seed);
+            return Ok(Dataset { train, test, classes, shape, pad: 0, scale: 1.0 / 255.0 });
         }
         other => return Err(DataError::Unsupported { what: format!("data source `{other}` is not supported") }),
     };

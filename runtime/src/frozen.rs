@@ -46,13 +46,15 @@ fn plan(e: impl std::fmt::Display) -> RunError {
 
 /// Splits `model` at its frozen body, runs the body on every example of `data` (as `pipeline`
 /// presents it for evaluation), or reads the activations back from `OUT/cache.safetensors` when
-/// the same body saw the same inputs, and returns the head to train.
+/// the same body saw the same inputs, and returns the head to train. The body's weights come
+/// from `init`, or when resuming from the run's own weights file (which holds the whole model),
+/// else from the seed.
 pub fn prepare(
     model: &ModelInfo,
     spec: &TrainSpec,
     data: &Dataset,
     pipeline: &Pipeline,
-    init: Option<&Path>,
+    (init, resume): (Option<&Path>, bool),
     backend: Backend,
     out: &Path,
 ) -> Result<Cached, RunError> {
@@ -61,9 +63,12 @@ pub fn prepare(
     let body_model = ModelInfo { graph: split.body, ..model.clone() };
     let body = inference::run(&body_model, &mut Passes::new(Options::default()).map_err(plan)?).map_err(plan)?;
     let mut params = Params::init(&body, spec.seed);
-    let fresh = match init {
-        Some(init) => crate::weights::init_from(init, &mut params)?,
-        None => Vec::new(),
+    let own = crate::train::weights_path(out);
+    let from = if resume { Some(own.as_path()) } else { init };
+    let wanted = params.layout.entries().iter().any(|e| !e.constant);
+    let fresh = match from {
+        Some(file) if wanted => crate::weights::init_from(file, &mut params)?,
+        _ => Vec::new(),
     };
     // The body's inputs, as evaluation presents them (no augmentation: the section has none).
     let f = data.features().max(1);
@@ -142,17 +147,4 @@ fn read_cache(path: &Path, key: &str, width: usize) -> Option<(Vec<f32>, Vec<f32
     let (train_shape, train) = tensors.remove("train")?;
     let (test_shape, test) = tensors.remove("test")?;
     (train_shape.get(1) == Some(&width) && test_shape.get(1) == Some(&width)).then_some((train, test))
-}
-
-/// Adds the body's weights to the head's weights file at `path`, so that it holds the whole
-/// model (for `--eval`, `--predict`, `--init` and export).
-pub fn join_weights(path: &Path, body: &Params) -> Result<(), RunError> {
-    let (mut tensors, meta) = crate::weights::load(path)?;
-    for (name, shape, values) in body.named() {
-        tensors.entry(name.to_string()).or_insert_with(|| (shape.to_vec(), values.to_vec()));
-    }
-    let named: Vec<crate::weights::Named> =
-        tensors.iter().map(|(n, (s, v))| (n.as_str(), s.as_slice(), v.as_slice())).collect();
-    crate::weights::save(path, &named, meta)?;
-    Ok(())
 }

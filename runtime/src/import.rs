@@ -70,6 +70,8 @@ pub struct Foreign {
     pub tensors: BTreeMap<Role, Tensor>,
     /// Its dense weight is already `[in, out]` (ONNX `MatMul`, `Gemm` without `transB`).
     pub in_out: bool,
+    /// A batchnorm's epsilon, when the file says it (ONNX).
+    pub eps: Option<f32>,
 }
 
 /// A foreign tensor's role, ordered as cnnc's parameters are listed.
@@ -161,8 +163,17 @@ fn floats(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
 }
 
 fn read_torch(path: &Path, bytes: &[u8]) -> Result<Source, ImportError> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| ImportError(format!("`{}` is not a valid safetensors file: {e}", path.display())))?;
+    let pickle =
+        path.extension().is_some_and(|e| ["pt", "pth", "bin", "ckpt"].iter().any(|x| e.eq_ignore_ascii_case(x)));
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        let hint = if pickle {
+            "; a PyTorch .pt/.pth file is a pickle, which cnnc does not run: save the state dict with \
+             `safetensors.torch.save_file(model.state_dict(), \"w.safetensors\")`"
+        } else {
+            ""
+        };
+        ImportError(format!("`{}` is not a valid safetensors file: {e}{hint}", path.display()))
+    })?;
     let mut tensors = Vec::new();
     let mut unknown = Vec::new();
     for (name, view) in st.tensors() {
@@ -224,7 +235,7 @@ pub fn state_dict(tensors: Vec<Tensor>) -> Source {
             }
         };
         let tensors = tensors.into_iter().filter_map(|(s, t)| role(&s).map(|r| (r, t))).collect();
-        layers.push(Foreign { name: module, kind, tensors, in_out: false });
+        layers.push(Foreign { name: module, kind, tensors, in_out: false, eps: None });
     }
     layers.sort_by(|a, b| natural(&a.name, &b.name));
     Source { layers, flatten: Flatten::Chw, unknown }
@@ -284,7 +295,7 @@ fn read_onnx(path: &Path, bytes: &[u8]) -> Result<Source, ImportError> {
         } else {
             t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         };
-        if values.len() != shape.iter().product::<usize>() {
+        if Some(values.len()) != shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
             return err(format!(
                 "`{}`: initializer `{name}` has {} values for shape {shape:?}",
                 path.display(),
@@ -305,8 +316,11 @@ fn read_onnx(path: &Path, bytes: &[u8]) -> Result<Source, ImportError> {
     }
     let origin = |name: &str| {
         let mut name = name.to_string();
-        while let Some(&from) = reshaped.get(name.as_str()) {
+        let mut steps = 0;
+        // At most one step a node: a cycle of reshapes (an invalid graph) ends too.
+        while let (Some(&from), true) = (reshaped.get(name.as_str()), steps <= graph.node.len()) {
             name = from.to_string();
+            steps += 1;
         }
         name
     };
@@ -347,6 +361,16 @@ fn read_onnx(path: &Path, bytes: &[u8]) -> Result<Source, ImportError> {
         if !tensors.contains_key(&Role::Weight) {
             continue; // weights computed in the graph, not stored: nothing to import
         }
+        if node.op_type == "Gemm" {
+            let float = |n: &str| node.attribute.iter().find(|a| a.name == n).map_or(1.0, |a| a.f);
+            if attr("transA").unwrap_or(0) != 0 || float("alpha") != 1.0 || float("beta") != 1.0 {
+                return err(format!(
+                    "`{}`: Gemm node `{}` scales or transposes its input (alpha, beta, transA), which no dense layer does",
+                    path.display(),
+                    node.name
+                ));
+            }
+        }
         let in_out = match node.op_type.as_str() {
             "MatMul" => true,
             "Gemm" => attr("transB").unwrap_or(0) == 0,
@@ -365,7 +389,9 @@ fn read_onnx(path: &Path, bytes: &[u8]) -> Result<Source, ImportError> {
                 matmul_out.insert(out, layers.len());
             }
         }
-        layers.push(Foreign { name, kind, tensors, in_out });
+        let eps = (node.op_type == "BatchNormalization")
+            .then(|| node.attribute.iter().find(|a| a.name == "epsilon").map_or(1e-5, |a| a.f));
+        layers.push(Foreign { name, kind, tensors, in_out, eps });
     }
     let unknown = graph
         .initializer
@@ -564,6 +590,8 @@ pub struct Layer {
     pub constant: bool,
     /// For a dense layer after a flatten: the shape that was flattened (`[h, w, c]`).
     pub flattened: Option<Vec<usize>>,
+    /// A batchnorm's epsilon.
+    pub eps: Option<f32>,
 }
 
 /// The layers of `graph` that hold parameters, in the model file's order (shared layers once).
@@ -601,7 +629,11 @@ pub fn layers(graph: &Graph) -> Vec<Layer> {
             }
             _ => None,
         };
-        out.push(Layer { name, kind, params, constant, flattened });
+        let eps = match &node.op {
+            Op::BatchNorm(b) => Some(b.eps),
+            _ => None,
+        };
+        out.push(Layer { name, kind, params, constant, flattened, eps });
     }
     out
 }
@@ -807,6 +839,14 @@ fn convert(
         ParamRole::RunningMean => Role::Mean,
         ParamRole::RunningVar => Role::Var,
     };
+    if let (Some(a), Some(b)) = (foreign.eps, layer.eps) {
+        if (a - b).abs() > 1e-6 * a.abs().max(b.abs()) {
+            return err(format!(
+                "`{}` {how}: the file's batchnorm `{}` has epsilon {a}, the model's {b}: write `batchnorm(eps: {a})`",
+                layer.name, foreign.name
+            ));
+        }
+    }
     let wanted: HashSet<Role> = layer.params.iter().map(|p| role_of(p.0)).collect();
     if let Some((_, t)) = foreign.tensors.iter().find(|(r, _)| !wanted.contains(r)) {
         return err(format!(

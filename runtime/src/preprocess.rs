@@ -67,6 +67,11 @@ impl Prep {
 
     /// One image, converted then resized.
     pub fn image(&self, img: Image) -> Result<Image, DataError> {
+        if img.h == 0 || img.w == 0 || img.c == 0 {
+            return Err(DataError::Unsupported {
+                what: format!("an image of {}×{}×{} has no pixel", img.h, img.w, img.c),
+            });
+        }
         let img = match self.colour {
             None => img,
             Some(colour) => convert(img, colour)?,
@@ -90,6 +95,23 @@ impl Prep {
                 ),
             });
         };
+        if h * w * c == 0 {
+            return Err(DataError::Unsupported { what: format!("the data's examples {:?} have no value", data.shape) });
+        }
+        // Resizing may grow the data: refuse what the machine cannot hold, before allocating it.
+        let bytes =
+            (data.train.len() + data.test.len()) as u64 * self.shape(&data.shape).iter().product::<usize>() as u64 * 4;
+        if let Some(available) = crate::train::available_memory().filter(|&a| bytes > a) {
+            return Err(DataError::Unsupported {
+                what: format!(
+                    "`preprocess` makes {} examples of {:?}: {} MiB, and {} MiB are available",
+                    data.train.len() + data.test.len(),
+                    self.shape(&data.shape),
+                    bytes >> 20,
+                    available >> 20
+                ),
+            });
+        }
         let split = |s: &Split| -> Result<Split, DataError> {
             let mut x = Vec::new();
             for example in s.x.chunks(h * w * c) {

@@ -59,7 +59,7 @@ pub fn fits_in_memory(
 }
 
 /// The memory the system says is available, in bytes.
-fn available_memory() -> Option<u64> {
+pub(crate) fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -177,6 +177,10 @@ pub struct RunOptions {
     pub backend: Backend,
     /// Pretrained weights to start from (parameters the file lacks start fresh).
     pub init: Option<PathBuf>,
+    /// Parameters outside the trained model written with its weights at every save: a frozen
+    /// body whose activations are cached ([`crate::frozen`]), so the weights file always holds
+    /// the whole model.
+    pub body: Option<Params>,
 }
 
 /// An output stacked over examples: its name, shape `[examples, ..]` and values.
@@ -563,11 +567,16 @@ fn state_path(out: &Path) -> PathBuf {
     out.join("state.safetensors")
 }
 
-fn save(session: &Session, out: &Path, model: &str, epochs_done: usize) -> Result<(), RunError> {
+fn save(session: &Session, body: Option<&Params>, out: &Path, model: &str, epochs_done: usize) -> Result<(), RunError> {
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "cnnc".to_string());
     meta.insert("model".to_string(), model.to_string());
-    let params: Vec<weights::Named> = session.params.named().collect();
+    let mut params: Vec<weights::Named> = session.params.named().collect();
+    if let Some(body) = body {
+        let own = session.params.layout.clone();
+        params.extend(body.named().filter(|(name, _, _)| own.id(name).is_none()));
+        params.sort_by(|a, b| a.0.cmp(b.0));
+    }
     weights::save(&weights_path(out), &params, meta.clone())?;
     let opt = &session.opt;
     let names: Vec<(String, &[usize], &[f32])> = session
@@ -706,7 +715,7 @@ pub fn train(
                 Err(StepError::Exec(e)) => return Err(e.into()),
                 Err(StepError::Internal(e)) => return Err(RunError::Internal(e)),
                 Err(StepError::NonFinite { layer }) => {
-                    save(&session, &opts.out, &model.name, epoch)?;
+                    save(&session, opts.body.as_ref(), &opts.out, &model.name, epoch)?;
                     return Err(RunError::NonFinite { epoch, step, layer, lr, saved: weights_path(&opts.out) });
                 }
             };
@@ -757,7 +766,7 @@ pub fn train(
             );
         }
         history.push(m);
-        save(&session, &opts.out, &model.name, epoch + 1)?;
+        save(&session, opts.body.as_ref(), &opts.out, &model.name, epoch + 1)?;
         write_metrics(&metrics_path, &history)?;
         crate::plot::write(&opts.out.join("metrics.png"), &history)
             .map_err(|e| RunError::Io { path: opts.out.join("metrics.png"), error: e })?;

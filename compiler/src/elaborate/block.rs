@@ -27,6 +27,9 @@ impl Elab<'_> {
         let block = def.item.clone();
         let def_loc = Loc { file: self.program.modules[def.module].file, span: block.name.span };
         let key = (def.module, block.name.name.clone());
+        if !self.tick(sc, loc) {
+            return Value::Poison;
+        }
         if self.active_blocks.contains(&key) || self.active_blocks.len() >= MAX_DEPTH {
             self.report(sc, ResolveError::Recursion { loc, block: block.name.name.clone(), def: def_loc });
             return Value::Poison;

@@ -183,6 +183,10 @@ impl Elab<'_> {
                 let mut value = input;
                 let mut from = from;
                 for i in 0..n {
+                    if !self.tick(sc, count_loc) {
+                        value = Value::Poison;
+                        break;
+                    }
                     if let Some(v) = var {
                         sc.slots.insert(
                             v.name.clone(),

@@ -84,6 +84,15 @@ pub struct ParamOp {
     pub value: Option<Arc<[f32]>>,
 }
 
+impl ParamOp {
+    /// Not changed by training: frozen, or a constant written in the model file. A batchnorm
+    /// whose scale is fixed runs on its running statistics in training too, and a frozen body
+    /// is made of such layers ([`crate::frozen`]).
+    pub fn fixed(&self) -> bool {
+        self.frozen || self.init == Init::Constant
+    }
+}
+
 /// Any shape to `[product]` ([`Op::Flatten`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flatten;

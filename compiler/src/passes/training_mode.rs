@@ -35,7 +35,7 @@ pub fn run(graph: &mut Graph) -> Vec<BatchStats> {
             continue;
         }
         let gamma = graph.operands(id).get(1).copied();
-        if gamma.is_some_and(|g| matches!(&graph.node(g).op, Op::Param(p) if p.frozen)) {
+        if gamma.is_some_and(|g| matches!(&graph.node(g).op, Op::Param(p) if p.fixed())) {
             continue;
         }
         let mut b = b.clone();

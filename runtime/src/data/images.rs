@@ -37,6 +37,9 @@ pub fn load_image_as(path: &Path, shape: &[usize], prep: &Prep) -> Result<Vec<f3
         _ => return Err(DataError::Unsupported { what: format!("images have 1 or 3 channels, the model wants {c}") }),
     };
     let out = prep.image(Image { h: found.1, w: found.0, c: read, data: values })?;
+    if (out.h, out.w) != (*h, *w) {
+        return Err(DataError::ImageSize { path: path.to_path_buf(), expected: (*w, *h), found: (out.w, out.h) });
+    }
     if out.c != *c {
         return Err(DataError::Unsupported {
             what: format!("`{}` becomes {} channels after preprocessing, the model wants {c}", path.display(), out.c),
