@@ -63,7 +63,7 @@ pub(crate) fn import(
     if let Err(e) = cnnc_runtime::weights::save(output, &named, meta) {
         return fail(EXIT_INPUT, e.to_string());
     }
-    let width = done.pairs.iter().map(|p| p.from.len()).max().unwrap_or(0);
+    let width = done.pairs.iter().map(|p| p.from.len()).max().unwrap_or(0).min(512);
     for p in &done.pairs {
         let how = p.rule.map_or("by order".to_string(), |l| format!("rule, line {l}"));
         println!("  {:<width$}  →  {}  ({}, {how})", p.from, p.to, p.kind);

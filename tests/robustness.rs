@@ -210,3 +210,17 @@ fn a_failing_repeat_body_ends_at_its_first_failure() {
     assert_eq!(errors.len(), 1, "{}", common::rendered(&c));
     assert!(errors[0].message.contains("nope"));
 }
+
+/// A layer named with 70,000 characters (past the 65,535 that formatting widths allow) still
+/// gets its summary table: found by `fuzz/mutate.py`, which made such a name; it used to panic.
+#[test]
+fn a_summary_with_a_very_long_layer_name_renders() {
+    let name = "n".repeat(70_000);
+    let text = format!("model M {{\n    input image: [8, 8, 1]\n    output y = image |> relu(name: \"{name}\")\n}}\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long_name.cnn");
+    std::fs::write(&path, &text).unwrap();
+    let o = common::cnnc().args(["build", path.to_str().unwrap(), "--emit", "summary"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&name));
+}

@@ -658,3 +658,86 @@ fn predict_reads_tensors_of_any_rank_and_batch_and_writes_exact_outputs() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("--multi-crop crops images"), "{}", text(&o));
 }
+
+#[test]
+fn a_checkpoint_mixed_from_two_saves_or_damaged_is_refused_and_a_killed_run_resumes_exactly() {
+    let lenet = |epochs: &str, out: &Path, resume: bool| {
+        let mut args = vec!["run", "examples/lenet5.cnn", "--epochs", epochs, "--limit", "300", "--quiet"];
+        if resume {
+            args.push("--resume");
+        }
+        args.extend(["--out", out.to_str().unwrap()]);
+        run(&args)
+    };
+    let (two, one) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    assert_eq!(lenet("2", two.path(), false).status.code(), Some(0));
+    assert_eq!(lenet("1", one.path(), false).status.code(), Some(0));
+    // What a kill between the two writes of a save leaves: epoch 2's weights, epoch 1's state.
+    let mixed = tempfile::tempdir().unwrap();
+    for (from, file) in [(&two, "weights.safetensors"), (&one, "state.safetensors"), (&one, "metrics.csv")] {
+        std::fs::copy(from.path().join(file), mixed.path().join(file)).unwrap();
+    }
+    let before = std::fs::read(mixed.path().join("weights.safetensors")).unwrap();
+    let o = lenet("3", mixed.path(), true);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("different saves") && text(&o).contains("epoch 2") && text(&o).contains("epoch 1"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(mixed.path().join("weights.safetensors")).unwrap(), before, "nothing overwritten");
+    // A damaged optimizer state (one value changed after the save) is refused too.
+    let damaged = tempfile::tempdir().unwrap();
+    for file in ["weights.safetensors", "state.safetensors", "metrics.csv"] {
+        std::fs::copy(one.path().join(file), damaged.path().join(file)).unwrap();
+    }
+    let state = damaged.path().join("state.safetensors");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x40;
+    std::fs::write(&state, bytes).unwrap();
+    let o = lenet("2", damaged.path(), true);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("checksum"), "{}", text(&o));
+    // Killed at any moment, then resumed: the result equals the uninterrupted run, or the run
+    // refuses to resume; never different weights. Temporary files of killed saves are removed.
+    let straight = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(lenet("3", straight.path(), false).status.code(), Some(0));
+    let whole = started.elapsed().as_millis() as u64;
+    let (want, _) = cnnc_runtime::weights::load(&straight.path().join("weights.safetensors")).unwrap();
+    // Kills spread over the run's length (as long as the straight run took on this machine).
+    let mut resumed = 0;
+    for delay_ms in [whole * 4 / 10, whole * 6 / 10, whole * 7 / 10, whole * 8 / 10, whole * 9 / 10] {
+        let killed = tempfile::tempdir().unwrap();
+        let mut child = cnnc()
+            .args(["run", "examples/lenet5.cnn", "--epochs", "3", "--limit", "300", "--quiet", "--out"])
+            .arg(killed.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        std::fs::write(killed.path().join(".weights.safetensors.abc123.tmp"), b"left by a killed save").unwrap();
+        if !killed.path().join("state.safetensors").exists() {
+            continue; // killed before its first save: nothing to resume
+        }
+        let o = lenet("3", killed.path(), true);
+        match o.status.code() {
+            Some(0) => {
+                let (got, _) = cnnc_runtime::weights::load(&killed.path().join("weights.safetensors")).unwrap();
+                assert!(same_bits(&got, &want), "killed after {delay_ms} ms and resumed: different weights");
+                assert!(
+                    !killed.path().join(".weights.safetensors.abc123.tmp").exists(),
+                    "stale temporary file removed"
+                );
+                resumed += 1;
+            }
+            Some(2) => assert!(text(&o).contains("different saves"), "{}", text(&o)),
+            other => panic!("resume after a kill: exit {other:?}: {}", text(&o)),
+        }
+    }
+    eprintln!("{resumed} of 5 killed runs resumed to the straight run's weights ({whole} ms a run)");
+}

@@ -110,6 +110,9 @@ impl Summary {
                 *w = (*w).max(c.chars().count());
             }
         }
+        // A column as wide as its widest cell, up to a point: formatting widths stop at 65,535
+        // (a longer name, from a huge file, just sticks out).
+        let widths = widths.map(|w| w.min(512));
         let total: usize = widths.iter().sum::<usize>() + 8;
         let mut out = format!("Model: {}\n", self.model);
         let line = |out: &mut String, row: [&str; 5]| {

@@ -132,7 +132,7 @@ pub fn node_table(g: &Graph, id: NodeId, inputs: &[NodeId], params: u64) -> Stri
     rows.push(("output".into(), g.node(id).shape.to_string()));
     rows.push(("params".into(), thousands(params)));
     rows.extend(window_arithmetic(g, id));
-    let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0).min(512);
     rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
 }
 

@@ -202,6 +202,21 @@ mod tests {
         assert!(matches!(&got[0], Message::Notification(n) if n.method == "initialized"));
     }
 
+    proptest::proptest! {
+        /// Any bytes end in messages delivered or refused, never a panic or a hang; each
+        /// refusal is answered.
+        #[test]
+        fn any_bytes_are_read_to_their_end(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000),
+                                          header in proptest::prelude::any::<bool>()) {
+            let mut stream = if header { format!("Content-Length: {}\r\n\r\n", bytes.len()).into_bytes() } else { Vec::new() };
+            stream.extend(&bytes);
+            let (mut log, mut out) = (Vec::new(), Vec::new());
+            read_all(&mut io::Cursor::new(stream), &mut log, &mut out, |_| true);
+            let refused = String::from_utf8_lossy(&log).lines().count();
+            proptest::prop_assert_eq!(String::from_utf8_lossy(&out).matches("-32700").count(), refused);
+        }
+    }
+
     #[test]
     fn a_header_line_without_end_is_cut_at_8_kib() {
         let stream = format!("Content-Length: 2{}\r\n\r\n{{}}", " ".repeat(100_000));

@@ -25,6 +25,20 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Removes from `dir` the temporary files that writes of `names` (files of `dir`) left behind
+/// when their run was killed before it could remove them: regular files named as [`write`]
+/// names them (`.NAME.XXXXXX.tmp`), never following a symbolic link.
+pub fn clean(dir: &Path, names: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let ours = names.iter().any(|n| file.starts_with(&format!(".{n}.")) && file.ends_with(".tmp"));
+        if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Reads the whole of `path`, which must be a regular file (not a FIFO, a device or a folder).
 pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     regular(path)?;
@@ -55,6 +69,23 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.txt")]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cleaning_removes_only_the_temporary_files_of_the_names_given() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in
+            [".weights.safetensors.a1b2c3.tmp", ".other.x.tmp", "weights.safetensors", ".state.safetensors.zz.tmp"]
+        {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        super::clean(dir.path(), &["weights.safetensors", "state.safetensors"]);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".other.x.tmp", "weights.safetensors"]);
     }
 
     #[test]

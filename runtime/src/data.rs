@@ -174,13 +174,27 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 
 /// Reads a whole file, un-gzipping it if it starts with gzip's magic bytes.
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, DataError> {
+    // Bounded by half the memory available: a huge file, or a small gzip file that inflates
+    // without end, is an error naming it, not an exhausted machine.
+    let limit = crate::train::available_memory().map_or(u64::MAX, |a| a / 2);
+    let too_big = |what: &str| DataError::Decode {
+        path: path.to_path_buf(),
+        error: format!("it {what} more than {} MiB, half the memory available", limit >> 20),
+    };
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    if size > limit {
+        return Err(too_big("holds"));
+    }
     let bytes =
         crate::atomic::read(path).map_err(|e| DataError::Io { path: path.to_path_buf(), error: e.to_string() })?;
     if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        let mut decoder = flate2::read::GzDecoder::new(&bytes[..]);
-        std::io::Read::read_to_end(&mut decoder, &mut out)
+        let decoder = flate2::read::GzDecoder::new(&bytes[..]);
+        std::io::Read::read_to_end(&mut std::io::Read::take(decoder, limit.saturating_add(1)), &mut out)
             .map_err(|e| DataError::Decode { path: path.to_path_buf(), error: e.to_string() })?;
+        if out.len() as u64 > limit {
+            return Err(too_big("decompresses to"));
+        }
         return Ok(out);
     }
     Ok(bytes)

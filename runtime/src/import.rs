@@ -490,23 +490,47 @@ fn template(s: &str, caps: &[Piece], line: usize) -> Result<Vec<Out>, ImportErro
 
 /// Matches `name` against `pieces`, filling `caps`.
 fn matches<'a>(pieces: &[Piece], name: &'a str, caps: &mut Vec<(String, &'a str)>) -> bool {
-    let Some((first, rest)) = pieces.split_first() else { return name.is_empty() };
-    match first {
-        Piece::Lit(l) => name.strip_prefix(l.as_str()).is_some_and(|tail| matches(rest, tail, caps)),
-        Piece::Star => (0..=name.len()).filter(|&i| name.is_char_boundary(i)).any(|i| matches(rest, &name[i..], caps)),
-        Piece::Cap(c) => {
-            let run =
-                name.find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')).unwrap_or(name.len());
-            (1..=run).any(|i| {
-                caps.push((c.clone(), &name[..i]));
-                if matches(rest, &name[i..], caps) {
-                    return true;
-                }
-                caps.pop();
-                false
-            })
+    // Whether pieces `i..` match `name[pos..]` does not depend on what was captured before, so
+    // a state that failed once fails again: remembering them keeps matching polynomial whatever
+    // the pattern (`*a*a*a*b` on a long name would otherwise take exponential time).
+    fn at<'a>(
+        pieces: &[Piece],
+        name: &'a str,
+        (i, pos): (usize, usize),
+        caps: &mut Vec<(String, &'a str)>,
+        failed: &mut HashSet<(usize, usize)>,
+    ) -> bool {
+        if failed.contains(&(i, pos)) {
+            return false;
         }
+        let rest = &name[pos..];
+        let found = match pieces.get(i) {
+            None => rest.is_empty(),
+            Some(Piece::Lit(l)) => {
+                rest.starts_with(l.as_str()) && at(pieces, name, (i + 1, pos + l.len()), caps, failed)
+            }
+            Some(Piece::Star) => (0..=rest.len())
+                .filter(|&k| rest.is_char_boundary(k))
+                .any(|k| at(pieces, name, (i + 1, pos + k), caps, failed)),
+            Some(Piece::Cap(c)) => {
+                let run =
+                    rest.find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')).unwrap_or(rest.len());
+                (1..=run).any(|k| {
+                    caps.push((c.clone(), &rest[..k]));
+                    if at(pieces, name, (i + 1, pos + k), caps, failed) {
+                        return true;
+                    }
+                    caps.pop();
+                    false
+                })
+            }
+        };
+        if !found {
+            failed.insert((i, pos));
+        }
+        found
     }
+    at(pieces, name, (0, 0), caps, &mut HashSet::new())
 }
 
 impl Mapping {
@@ -1008,6 +1032,15 @@ mod tests {
         assert!(e.0.contains("`{j}` is not captured"), "{e}");
         let e = Mapping::parse("x{i} => y{i+1}").unwrap().target("xa").unwrap_err();
         assert!(e.0.contains("not a number"), "{e}");
+    }
+
+    #[test]
+    fn patterns_match_in_polynomial_time() {
+        // Twelve stars against 1,000 characters that almost match: exponential without the
+        // memory of failed states.
+        let m = Mapping::parse(&format!("ignore {}b", "*a".repeat(12))).unwrap();
+        assert!(!m.ignored(&"a".repeat(1000)));
+        assert!(m.ignored(&format!("{}b", "a".repeat(1000))));
     }
 
     #[test]

@@ -571,6 +571,10 @@ fn save(session: &Session, body: Option<&Params>, out: &Path, model: &str, epoch
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "cnnc".to_string());
     meta.insert("model".to_string(), model.to_string());
+    // The weights and the optimizer state are two files, each replaced atomically; this mark,
+    // the same in both, tells `--resume` whether they come from the same save.
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    meta.insert("checkpoint".to_string(), format!("epoch {epochs_done}, save {nonce:x}"));
     let mut params: Vec<weights::Named> = session.params.named().collect();
     if let Some(body) = body {
         let own = session.params.layout.clone();
@@ -599,9 +603,23 @@ fn save(session: &Session, body: Option<&Params>, out: &Path, model: &str, epoch
 }
 
 fn resume(session: &mut Session, out: &Path) -> Result<usize, RunError> {
-    weights::load_into(&weights_path(out), &mut session.params)?;
     let path = state_path(out);
     let (state, meta) = weights::load(&path)?;
+    let saved = weights::load_into(&weights_path(out), &mut session.params)?;
+    let (a, b) = (saved.get("checkpoint"), meta.get("checkpoint"));
+    if a != b {
+        let says =
+            |m: Option<&String>| m.map_or("no save mark".to_string(), |m| m.split(',').next().unwrap_or(m).to_string());
+        return Err(RunError::Unsupported(format!(
+            "cannot resume from `{}`: its weights ({}) and its optimizer state ({}) come from different saves, \
+             as when a run is stopped while saving; start again without --resume, or start from these weights \
+             with --init {}",
+            out.display(),
+            says(a),
+            says(b),
+            weights_path(out).display()
+        )));
+    }
     let layout = session.params.layout.clone();
     let opt = &mut session.opt;
     for (key, (shape, values)) in state {
@@ -681,6 +699,11 @@ pub fn train(
     session.set_backend(opts.backend)?;
     session.check(data)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| RunError::Io { path: opts.out.clone(), error: e.to_string() })?;
+    // What earlier runs that were killed while saving left behind.
+    crate::atomic::clean(
+        &opts.out,
+        &["weights.safetensors", "state.safetensors", "metrics.csv", "metrics.png", "cache.safetensors"],
+    );
     let metrics_path = opts.out.join("metrics.csv");
     let (start, mut history) =
         if opts.resume { (resume(&mut session, &opts.out)?, read_metrics(&metrics_path)) } else { (0, Vec::new()) };

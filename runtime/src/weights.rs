@@ -82,8 +82,30 @@ pub fn save(path: &Path, tensors: &[Named], metadata: HashMap<String, String>) -
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| io(&e))?;
+    let mut metadata = metadata;
+    metadata.insert("crc32".to_string(), checksum(tensors.iter().map(|(n, s, v)| (*n, *s, *v))));
     let serialized = sorted_header(safetensors::serialize(views, Some(metadata)).map_err(|e| io(&e))?);
     write(path, &serialized)
+}
+
+/// The CRC-32 of tensors in name order (name, shape, values), as hex: written in every file
+/// cnnc saves and checked when it is read, so a file damaged or edited after cnnc wrote it is
+/// refused instead of read as other numbers.
+fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [f32])>) -> String {
+    let mut sorted: Vec<_> = tensors.collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut crc = crc32fast::Hasher::new();
+    for (name, shape, values) in sorted {
+        crc.update(name.as_bytes());
+        crc.update(&[0]);
+        for d in shape {
+            crc.update(&(*d as u64).to_le_bytes());
+        }
+        for v in values {
+            crc.update(&v.to_le_bytes());
+        }
+    }
+    format!("{:08x}", crc.finalize())
 }
 
 /// Writes `bytes` to `path` atomically, its folder made first if missing.
@@ -152,7 +174,16 @@ pub fn load(path: &Path) -> Result<Contents, WeightsError> {
             view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         out.insert(name, (view.shape().to_vec(), values));
     }
-    Ok((out, meta.metadata().clone().unwrap_or_default()))
+    let meta = meta.metadata().clone().unwrap_or_default();
+    if let Some(written) = meta.get("crc32") {
+        let found = checksum(out.iter().map(|(n, (s, v))| (n.as_str(), s.as_slice(), v.as_slice())));
+        if *written != found {
+            return Err(corrupt(&format!(
+                "its checksum is {found}, cnnc wrote {written}: the file was damaged or changed after it was saved"
+            )));
+        }
+    }
+    Ok((out, meta))
 }
 
 /// Reads a weights file into `params`, which must already hold every parameter of the model
