@@ -121,6 +121,10 @@ struct RunArgs {
     /// Continue training from the weights and optimizer state in OUT.
     #[arg(long, conflicts_with = "init")]
     resume: bool,
+    /// With --resume: when the last save is incomplete (a run stopped while saving), resume from
+    /// the save before it.
+    #[arg(long, requires = "resume")]
+    fallback: bool,
     /// Start training from pretrained weights: every parameter the file has (by name and shape)
     /// is loaded, the others start fresh (a new head); constants keep the model file's values.
     #[arg(long, value_name = "FILE")]
@@ -287,6 +291,7 @@ fn main() -> ExitCode {
                 out: a.out,
                 weights: a.weights,
                 resume: a.resume,
+                fallback: a.fallback,
                 eval: a.eval,
                 predict: a.predict,
                 epochs: a.epochs,

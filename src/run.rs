@@ -28,6 +28,8 @@ pub struct Args {
     pub backend: cnnc_runtime::backend::Backend,
     pub init: Option<PathBuf>,
     pub output: Option<PathBuf>,
+    /// With `resume`: from the save before the last when the last is incomplete.
+    pub fallback: bool,
 }
 
 /// A failure with its exit code.
@@ -151,6 +153,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     let mut opts = RunOptions {
         out: out.clone(),
         resume: args.resume,
+        fallback: args.fallback,
         quiet: args.quiet,
         backend: args.backend,
         init: args.init.clone(),

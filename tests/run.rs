@@ -669,23 +669,47 @@ fn a_checkpoint_mixed_from_two_saves_or_damaged_is_refused_and_a_killed_run_resu
         args.extend(["--out", out.to_str().unwrap()]);
         run(&args)
     };
-    let (two, one) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (two, one, three) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     assert_eq!(lenet("2", two.path(), false).status.code(), Some(0));
     assert_eq!(lenet("1", one.path(), false).status.code(), Some(0));
-    // What a kill between the two writes of a save leaves: epoch 2's weights, epoch 1's state.
+    let started = std::time::Instant::now();
+    assert_eq!(lenet("3", three.path(), false).status.code(), Some(0));
+    let whole = started.elapsed().as_millis() as u64;
+    // What a kill between the two writes of epoch 3's save leaves: the epoch-2 pair kept as the
+    // previous save, epoch 3's weights written, epoch 2's state not yet replaced.
     let mixed = tempfile::tempdir().unwrap();
-    for (from, file) in [(&two, "weights.safetensors"), (&one, "state.safetensors"), (&one, "metrics.csv")] {
-        std::fs::copy(from.path().join(file), mixed.path().join(file)).unwrap();
-    }
+    let put = |from: &Path, to: &str| std::fs::copy(from, mixed.path().join(to)).unwrap();
+    put(&two.path().join("weights.safetensors"), "weights.prev.safetensors");
+    put(&two.path().join("state.safetensors"), "state.prev.safetensors");
+    put(&two.path().join("state.safetensors"), "state.safetensors");
+    put(&two.path().join("metrics.csv"), "metrics.csv");
+    put(&three.path().join("weights.safetensors"), "weights.safetensors");
     let before = std::fs::read(mixed.path().join("weights.safetensors")).unwrap();
     let o = lenet("3", mixed.path(), true);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        text(&o).contains("different saves") && text(&o).contains("epoch 2") && text(&o).contains("epoch 1"),
-        "{}",
-        text(&o)
-    );
+    let said = text(&o);
+    assert!(said.contains("different saves") && said.contains("epoch 3") && said.contains("epoch 2"), "{said}");
+    assert!(said.contains("--fallback"), "the way on is named: {said}");
     assert_eq!(std::fs::read(mixed.path().join("weights.safetensors")).unwrap(), before, "nothing overwritten");
+    // Asked to, it resumes from the save before (epoch 2) and ends where the straight run did.
+    let o = run(&[
+        "run",
+        "examples/lenet5.cnn",
+        "--epochs",
+        "3",
+        "--limit",
+        "300",
+        "--quiet",
+        "--resume",
+        "--fallback",
+        "--out",
+        mixed.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("resuming from the one before (epoch 2)"), "{}", text(&o));
+    let (got, _) = cnnc_runtime::weights::load(&mixed.path().join("weights.safetensors")).unwrap();
+    let (want, _) = cnnc_runtime::weights::load(&three.path().join("weights.safetensors")).unwrap();
+    assert!(same_bits(&got, &want), "the fallback resume ends with the straight run's weights");
     // A damaged optimizer state (one value changed after the save) is refused too.
     let damaged = tempfile::tempdir().unwrap();
     for file in ["weights.safetensors", "state.safetensors", "metrics.csv"] {
@@ -701,11 +725,7 @@ fn a_checkpoint_mixed_from_two_saves_or_damaged_is_refused_and_a_killed_run_resu
     assert!(text(&o).contains("checksum"), "{}", text(&o));
     // Killed at any moment, then resumed: the result equals the uninterrupted run, or the run
     // refuses to resume; never different weights. Temporary files of killed saves are removed.
-    let straight = tempfile::tempdir().unwrap();
-    let started = std::time::Instant::now();
-    assert_eq!(lenet("3", straight.path(), false).status.code(), Some(0));
-    let whole = started.elapsed().as_millis() as u64;
-    let (want, _) = cnnc_runtime::weights::load(&straight.path().join("weights.safetensors")).unwrap();
+
     // Kills spread over the run's length (as long as the straight run took on this machine).
     let mut resumed = 0;
     for delay_ms in [whole * 4 / 10, whole * 6 / 10, whole * 7 / 10, whole * 8 / 10, whole * 9 / 10] {

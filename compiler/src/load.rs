@@ -8,7 +8,7 @@ use crate::stdlib;
 use cnnc_grammar::ast;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// Index of a module in a [`Program`].
 pub type ModuleId = usize;
@@ -19,7 +19,7 @@ pub struct Def<T> {
     /// The module whose names its body sees.
     pub module: ModuleId,
     /// The definition.
-    pub item: Rc<T>,
+    pub item: Arc<T>,
 }
 
 /// One parsed file and the names visible at its top level.
@@ -28,7 +28,7 @@ pub struct Module {
     /// Its source file.
     pub file: FileId,
     /// Its syntax tree (empty if it did not parse).
-    pub ast: Rc<ast::File>,
+    pub ast: Arc<ast::File>,
     /// Blocks defined here or imported.
     pub blocks: HashMap<String, Def<ast::Block>>,
     /// Constants defined here or imported.
@@ -102,7 +102,7 @@ impl Loader<'_> {
         if let Some(o) = origin {
             self.origins.insert(o, id);
         }
-        self.program.modules.push(Module { file, ast: Rc::new(ast), ..Module::default() });
+        self.program.modules.push(Module { file, ast: Arc::new(ast), ..Module::default() });
         id
     }
 
@@ -241,10 +241,10 @@ fn own_items(module: ModuleId, ast: &ast::File) -> Tables {
     for item in &ast.items {
         match item {
             ast::Item::Block(b) => {
-                blocks.entry(b.name.name.clone()).or_insert(Def { module, item: Rc::new(b.clone()) });
+                blocks.entry(b.name.name.clone()).or_insert(Def { module, item: Arc::new(b.clone()) });
             }
             ast::Item::Const(c) => {
-                consts.entry(c.name.name.clone()).or_insert(Def { module, item: Rc::new(c.clone()) });
+                consts.entry(c.name.name.clone()).or_insert(Def { module, item: Arc::new(c.clone()) });
             }
             _ => {}
         }

@@ -75,15 +75,41 @@ impl Document {
     }
 }
 
+/// How long the server waits for one check before it answers without it.
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Checks a document's text; a `file:` document is checked at its path (for relative `use`). A
-/// failure inside the compiler becomes a diagnostic asking for a bug report.
+/// failure inside the compiler becomes a diagnostic asking for a bug report. The check runs on a
+/// worker thread: past [`DEADLINE`] the server goes on with a diagnostic saying so, and the
+/// worker ends on its own (elaboration has a work budget), so no text freezes the server.
 fn check(uri: &Uri, text: &str) -> Analysis {
     let path = to_path(uri);
     let name = path.as_ref().map_or_else(|| uri.as_str().to_string(), |p| p.display().to_string());
-    std::panic::catch_unwind(|| analyze(&name, path.as_deref(), text)).unwrap_or_else(|_| crashed())
+    let (send, receive) = std::sync::mpsc::channel();
+    let text = text.to_string();
+    let worker = std::thread::Builder::new().name("cnnc-check".into()).spawn(move || {
+        let analysis = std::panic::catch_unwind(|| analyze(&name, path.as_deref(), &text));
+        let _ = send.send(analysis);
+    });
+    if worker.is_err() {
+        return failed("the language server could not start a thread to check this file", "try again");
+    }
+    match receive.recv_timeout(DEADLINE) {
+        Ok(Ok(analysis)) => analysis,
+        Ok(Err(_)) => crashed(),
+        Err(_) => failed(
+            &format!("checking this file took longer than {} s; it was stopped", DEADLINE.as_secs()),
+            "check `repeat` counts and how deeply blocks call blocks",
+        ),
+    }
 }
 
 fn crashed() -> Analysis {
+    failed("internal compiler error while checking this file", "this is a bug in cnnc: please report it")
+}
+
+/// An analysis that is one error on the file's start.
+fn failed(message: &str, label: &str) -> Analysis {
     let compilation = cnnc_compiler::Compilation {
         program: Default::default(),
         problems: Vec::new(),
@@ -94,9 +120,9 @@ fn crashed() -> Analysis {
     let diagnostic = cnnc_compiler::diag::Diagnostic::new(
         INTERNAL,
         cnnc_compiler::diag::Severity::Error,
-        "internal compiler error while checking this file",
+        message.to_string(),
         Loc::default(),
-        "this is a bug in cnnc: please report it",
+        label.to_string(),
     );
     Analysis { compilation, diagnostics: vec![diagnostic], index: Default::default(), recovered: None }
 }

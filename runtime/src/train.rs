@@ -171,6 +171,8 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// Continue from the weights and optimizer state in `out`.
     pub resume: bool,
+    /// When the last save in `out` is incomplete, resume from the one before it.
+    pub fallback: bool,
     /// Print nothing but errors.
     pub quiet: bool,
     /// What runs the steps and evaluations.
@@ -567,7 +569,43 @@ fn state_path(out: &Path) -> PathBuf {
     out.join("state.safetensors")
 }
 
+/// The save before the last: its weights and optimizer state, kept for `--resume --fallback`.
+fn previous(path: &Path) -> PathBuf {
+    path.with_extension("prev.safetensors")
+}
+
+/// Keeps the last save's two files as the previous save's, before a new save replaces them:
+/// each linked (or copied) under a temporary name, then renamed, so that at every moment the
+/// previous pair is whole or as it was.
+fn keep_previous(out: &Path) -> Result<(), RunError> {
+    for path in [weights_path(out), state_path(out)] {
+        if !path.exists() {
+            continue;
+        }
+        let io = |e: std::io::Error| RunError::Io { path: path.clone(), error: e.to_string() };
+        let name = previous(&path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = out.join(format!(".{name}.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(&path, &tmp).is_err() {
+            std::fs::copy(&path, &tmp).map_err(io)?;
+        }
+        std::fs::rename(&tmp, previous(&path)).map_err(io)?;
+    }
+    Ok(())
+}
+
 fn save(session: &Session, body: Option<&Params>, out: &Path, model: &str, epochs_done: usize) -> Result<(), RunError> {
+    // Never save what cannot be trained from: the last good save stays.
+    let data = session.params.data();
+    if let Some(e) = session.params.layout.entries().iter().find(|e| data[e.range()].iter().any(|v| !v.is_finite())) {
+        return Err(RunError::Unsupported(format!(
+            "`{}` is no longer finite after {epochs_done} epochs, so it was not saved; the last good save in `{}` \
+             is kept (lower the learning rate, or add batchnorm)",
+            e.name,
+            out.display()
+        )));
+    }
+    keep_previous(out)?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "cnnc".to_string());
     meta.insert("model".to_string(), model.to_string());
@@ -602,24 +640,45 @@ fn save(session: &Session, body: Option<&Params>, out: &Path, model: &str, epoch
     Ok(())
 }
 
-fn resume(session: &mut Session, out: &Path) -> Result<usize, RunError> {
-    let path = state_path(out);
-    let (state, meta) = weights::load(&path)?;
-    let saved = weights::load_into(&weights_path(out), &mut session.params)?;
-    let (a, b) = (saved.get("checkpoint"), meta.get("checkpoint"));
-    if a != b {
-        let says =
-            |m: Option<&String>| m.map_or("no save mark".to_string(), |m| m.split(',').next().unwrap_or(m).to_string());
-        return Err(RunError::Unsupported(format!(
-            "cannot resume from `{}`: its weights ({}) and its optimizer state ({}) come from different saves, \
-             as when a run is stopped while saving; start again without --resume, or start from these weights \
-             with --init {}",
+fn resume(session: &mut Session, out: &Path, fallback: bool) -> Result<usize, RunError> {
+    let mark =
+        |path: &Path| -> Result<Option<String>, RunError> { Ok(weights::load(path)?.1.get("checkpoint").cloned()) };
+    let (a, b) = (mark(&weights_path(out))?, mark(&state_path(out))?);
+    let (weights_file, path) = if a == b {
+        (weights_path(out), state_path(out))
+    } else {
+        let says = |m: &Option<String>| {
+            m.as_deref().map_or("no save mark".to_string(), |m| m.split(',').next().unwrap_or(m).to_string())
+        };
+        let (pw, ps) = (previous(&weights_path(out)), previous(&state_path(out)));
+        let whole = |w: &Path, s: &Path| -> bool {
+            w.exists() && s.exists() && matches!((mark(w), mark(s)), (Ok(x), Ok(y)) if x == y && x.is_some())
+        };
+        if !fallback || !whole(&pw, &ps) {
+            let hint = if whole(&pw, &ps) {
+                format!("; resume from the save before it with --resume --fallback ({})", says(&mark(&pw)?))
+            } else {
+                String::new()
+            };
+            return Err(RunError::Unsupported(format!(
+                "cannot resume from `{}`: its weights ({}) and its optimizer state ({}) come from different saves, \
+                 as when a run is stopped while saving{hint}; or start again without --resume, or from these \
+                 weights with --init {}",
+                out.display(),
+                says(&a),
+                says(&b),
+                weights_path(out).display()
+            )));
+        }
+        eprintln!(
+            "note: the last save in `{}` is incomplete: resuming from the one before ({})",
             out.display(),
-            says(a),
-            says(b),
-            weights_path(out).display()
-        )));
-    }
+            says(&mark(&pw)?)
+        );
+        (pw, ps)
+    };
+    weights::load_into(&weights_file, &mut session.params)?;
+    let (state, meta) = weights::load(&path)?;
     let layout = session.params.layout.clone();
     let opt = &mut session.opt;
     for (key, (shape, values)) in state {
@@ -702,11 +761,22 @@ pub fn train(
     // What earlier runs that were killed while saving left behind.
     crate::atomic::clean(
         &opts.out,
-        &["weights.safetensors", "state.safetensors", "metrics.csv", "metrics.png", "cache.safetensors"],
+        &[
+            "weights.safetensors",
+            "state.safetensors",
+            "weights.prev.safetensors",
+            "state.prev.safetensors",
+            "metrics.csv",
+            "metrics.png",
+            "cache.safetensors",
+        ],
     );
     let metrics_path = opts.out.join("metrics.csv");
-    let (start, mut history) =
-        if opts.resume { (resume(&mut session, &opts.out)?, read_metrics(&metrics_path)) } else { (0, Vec::new()) };
+    let (start, mut history) = if opts.resume {
+        (resume(&mut session, &opts.out, opts.fallback)?, read_metrics(&metrics_path))
+    } else {
+        (0, Vec::new())
+    };
     history.retain(|m| m.epoch <= start);
     if let (Some(init), false) = (&opts.init, opts.resume) {
         let fresh = weights::init_from(init, &mut session.params)?;
@@ -738,7 +808,10 @@ pub fn train(
                 Err(StepError::Exec(e)) => return Err(e.into()),
                 Err(StepError::Internal(e)) => return Err(RunError::Internal(e)),
                 Err(StepError::NonFinite { layer }) => {
-                    save(&session, opts.body.as_ref(), &opts.out, &model.name, epoch)?;
+                    // The weights before this step, when they are still finite numbers.
+                    if session.params.data().iter().all(|v| v.is_finite()) {
+                        save(&session, opts.body.as_ref(), &opts.out, &model.name, epoch)?;
+                    }
                     return Err(RunError::NonFinite { epoch, step, layer, lr, saved: weights_path(&opts.out) });
                 }
             };
