@@ -761,3 +761,31 @@ fn a_checkpoint_mixed_from_two_saves_or_damaged_is_refused_and_a_killed_run_resu
     }
     eprintln!("{resumed} of 5 killed runs resumed to the straight run's weights ({whole} ms a run)");
 }
+
+/// Losses read the data's one label per example: L2 on an output of one value trains (the
+/// label as its target; it used to panic), and sigmoid cross-entropy on ten classes is refused
+/// (its targets are 0 or 1), where it used to train on nonsense.
+#[test]
+fn l2_on_one_value_trains_and_sigmoid_on_ten_classes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::root().join("examples/data/mnist10k");
+    let model = |loss: &str| {
+        format!(
+            "model R {{\n    input image: [28, 28, 1]\n    output value = image |> flatten |> dense(1)\n}}\n\n\
+             train R {{\n    data mnist(\"{}\", limit: 200)\n    loss {loss}\n    optimizer sgd(lr: 0.001)\n    epochs 2\n}}\n",
+            data.display()
+        )
+    };
+    let path = dir.path().join("r.cnn");
+    std::fs::write(&path, model("l2(value, label)")).unwrap();
+    let out = dir.path().join("run");
+    let o = run(&["run", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let m = metrics(&out);
+    assert!(m.iter().all(|r| r[2].is_finite() && r[2] > 0.0), "{m:?}");
+    assert!(m[1][2] < m[0][2], "the L2 loss falls: {m:?}");
+    std::fs::write(&path, model("sigmoid_cross_entropy(value, label)")).unwrap();
+    let o = run(&["run", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("0 or 1") && text(&o).contains("10 classes"), "{}", text(&o));
+}

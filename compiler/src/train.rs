@@ -493,6 +493,7 @@ impl Checker<'_> {
         if let Some(data) = &spec.data {
             self.check_data(data, &spec.preprocess, &spec.augment);
         }
+        self.check_targets(&spec.loss);
         if let Some(loc) = cache_at {
             let problem = if spec.augment.is_empty() {
                 crate::frozen::split(&self.model.graph).err()
@@ -771,6 +772,56 @@ impl Checker<'_> {
         if let Some(problem) = problem {
             self.problems
                 .push(ShapeError::Loss { loc: call.loc, loss: call.name.clone(), problem, inputs: outputs }.into());
+        }
+    }
+
+    /// Checks what the losses read from `label` against what the data gives: every data source
+    /// gives one class index per example, which softmax cross-entropy reads as a class, and
+    /// sigmoid cross-entropy and L2 as a target for an output of one value. One `label` feeds
+    /// every term, so they must read it alike.
+    fn check_targets(&mut self, terms: &[LossTerm]) {
+        let mut first: Option<(Shape, &LossTerm)> = None;
+        for term in terms {
+            let output = ["logits", "output"].iter().find_map(|k| match term.call.args.get(*k) {
+                Some(Arg::Name(n)) => Some(n.clone()),
+                _ => None,
+            });
+            let Some(output) = output else { continue };
+            let Some((shape, at)) = self.output_shape(&output) else { continue };
+            let reads = match term.call.name.as_str() {
+                "softmax_cross_entropy" => Shape(vec![]),
+                "sigmoid_cross_entropy" | "l2" => shape.clone(),
+                _ => continue,
+            };
+            let inputs = vec![(output.clone(), shape.clone(), at)];
+            let problem = if reads.elements().is_some_and(|n| n > 1) {
+                Some(format!(
+                    "it compares `{output}` {shape} with targets of that shape, and the data gives one class index per \
+                     example: give `{output}` one value, or use data with such targets (not supported yet)"
+                ))
+            } else {
+                match &first {
+                    Some((s, t)) if *s != reads => Some(format!(
+                        "`{}` reads `label` as {}, and `{}` as {}: one `label` cannot be both",
+                        t.call.name,
+                        if s.rank() == 0 { "a class index".to_string() } else { format!("a target of shape {s}") },
+                        term.call.name,
+                        if reads.rank() == 0 {
+                            "a class index".to_string()
+                        } else {
+                            format!("a target of shape {reads}")
+                        },
+                    )),
+                    _ => None,
+                }
+            };
+            if let Some(problem) = problem {
+                self.problems.push(
+                    ShapeError::Loss { loc: term.call.loc, loss: term.call.name.clone(), problem, inputs }.into(),
+                );
+                return;
+            }
+            first.get_or_insert((reads, term));
         }
     }
 

@@ -358,6 +358,14 @@ impl Session {
 
     /// Checks that the data's labels fit the prediction: every class needs a score.
     pub fn check(&self, data: &Dataset) -> Result<(), RunError> {
+        let sigmoid = self.outputs_of_losses().iter().any(|&(_, kind, _)| kind == LossKind::SigmoidCrossEntropy);
+        if sigmoid && data.classes > 2 {
+            return Err(RunError::Unsupported(format!(
+                "sigmoid cross-entropy reads each label as 0 or 1, and the data has {} classes: use \
+                 softmax_cross_entropy, or data with two classes",
+                data.classes
+            )));
+        }
         let scores = self.tg.graph.node(self.tg.prediction).shape.0.first().copied().unwrap_or(0);
         if self.classifies && scores < data.classes {
             return Err(RunError::Unsupported(format!(
@@ -373,9 +381,21 @@ impl Session {
     fn feeds<'a>(&self, x: View<'a>, y: View<'a>) -> Vec<(NodeId, View<'a>)> {
         let mut feeds = vec![(self.tg.input, x)];
         if let Some(label) = self.tg.label {
-            feeds.push((label, y));
+            feeds.push((label, self.labels(y)));
         }
         feeds
+    }
+
+    /// A batch of labels (one per example) in the shape the losses read them: `[n]` class
+    /// indices, or `[n, 1]` targets of an output of one value.
+    fn labels<'a>(&self, y: View<'a>) -> View<'a> {
+        let Some(label) = self.tg.label else { return y };
+        let shape: Vec<usize> =
+            std::iter::once(y.len()).chain(self.tg.graph.node(label).shape.0.iter().copied()).collect();
+        if shape.iter().product::<usize>() != y.len() {
+            return y;
+        }
+        y.clone().into_shape_with_order(ndarray::IxDyn(&shape)).unwrap_or(y)
     }
 
     /// The weighted total loss of a run, each term averaged over the batch.
@@ -446,7 +466,9 @@ impl Session {
             let values = self.infer(&self.params, x.view())?;
             for (i, &(id, kind, weight)) in outputs.iter().enumerate() {
                 let Some(pred) = values.get(id) else { continue };
-                loss += f64::from(weight) * mean(&reference::loss(kind, &pred.view(), &y.view())) * chunk.len() as f64;
+                loss += f64::from(weight)
+                    * mean(&reference::loss(kind, &pred.view(), &self.labels(y.view())))
+                    * chunk.len() as f64;
                 if i == 0 {
                     correct_count += correct(pred, &y.view());
                 }
