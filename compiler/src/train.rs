@@ -493,7 +493,7 @@ impl Checker<'_> {
         if let Some(data) = &spec.data {
             self.check_data(data, &spec.preprocess, &spec.augment);
         }
-        self.check_targets(&spec.loss);
+        self.check_targets(&spec.loss, spec.data.as_ref());
         if let Some(loc) = cache_at {
             let problem = if spec.augment.is_empty() {
                 crate::frozen::split(&self.model.graph).err()
@@ -779,7 +779,7 @@ impl Checker<'_> {
     /// gives one class index per example, which softmax cross-entropy reads as a class, and
     /// sigmoid cross-entropy and L2 as a target for an output of one value. One `label` feeds
     /// every term, so they must read it alike.
-    fn check_targets(&mut self, terms: &[LossTerm]) {
+    fn check_targets(&mut self, terms: &[LossTerm], data: Option<&FnCall>) {
         let mut first: Option<(Shape, &LossTerm)> = None;
         for term in terms {
             let output = ["logits", "output"].iter().find_map(|k| match term.call.args.get(*k) {
@@ -794,7 +794,10 @@ impl Checker<'_> {
                 _ => continue,
             };
             let inputs = vec![(output.clone(), shape.clone(), at)];
-            let problem = if reads.elements().is_some_and(|n| n > 1) {
+            let ten_classes = data.is_some_and(|d| d.name == "mnist");
+            let problem = if term.call.name == "sigmoid_cross_entropy" && ten_classes {
+                Some("it reads each label as 0 or 1, and `mnist` has 10 classes: use softmax_cross_entropy".to_string())
+            } else if reads.elements().is_some_and(|n| n > 1) {
                 Some(format!(
                     "it compares `{output}` {shape} with targets of that shape, and the data gives one class index per \
                      example: give `{output}` one value, or use data with such targets (not supported yet)"

@@ -117,6 +117,9 @@ impl Server<'_> {
 
     /// Publishes the diagnostics of every document changed since they were last published.
     fn publish(&mut self) -> Result<(), ServerError> {
+        for doc in self.docs.values_mut() {
+            doc.poll(); // results of checks that outlived their deadline
+        }
         let mut out = Vec::new();
         for doc in self.docs.values_mut().filter(|d| d.needs_publish) {
             doc.needs_publish = false;

@@ -600,6 +600,13 @@ fn previous(path: &Path) -> PathBuf {
 /// each linked (or copied) under a temporary name, then renamed, so that at every moment the
 /// previous pair is whole or as it was.
 fn keep_previous(out: &Path) -> Result<(), RunError> {
+    // Only a whole pair (both files, one save mark) is worth keeping: a pair cut in two by a
+    // kill must not replace the good one kept before it.
+    let mark = |p: &Path| weights::metadata(p).and_then(|m| m.get("checkpoint").cloned());
+    let (w, s) = (mark(&weights_path(out)), mark(&state_path(out)));
+    if w.is_none() || w != s {
+        return Ok(());
+    }
     for path in [weights_path(out), state_path(out)] {
         if !path.exists() {
             continue;
@@ -616,7 +623,26 @@ fn keep_previous(out: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
-fn save(session: &Session, body: Option<&Params>, out: &Path, model: &str, epochs_done: usize) -> Result<(), RunError> {
+/// How a save treats the files already there.
+#[derive(Clone, Copy, PartialEq)]
+enum Saving {
+    /// An epoch's end: the last pair (this run's) kept as the previous save, then both written.
+    Epoch,
+    /// The first save of a new run: what another run left is not kept as this run's previous.
+    First,
+    /// After divergence: the last good weights alone, for inspection; the optimizer state is
+    /// not replaced, so `--resume` sees an incomplete save and can fall back to the last whole one.
+    WeightsOnly,
+}
+
+fn save(
+    session: &Session,
+    body: Option<&Params>,
+    out: &Path,
+    model: &str,
+    epochs_done: usize,
+    how: Saving,
+) -> Result<(), RunError> {
     // Never save what cannot be trained from: the last good save stays.
     let data = session.params.data();
     if let Some(e) = session.params.layout.entries().iter().find(|e| data[e.range()].iter().any(|v| !v.is_finite())) {
@@ -627,21 +653,28 @@ fn save(session: &Session, body: Option<&Params>, out: &Path, model: &str, epoch
             out.display()
         )));
     }
-    keep_previous(out)?;
+    if how != Saving::First {
+        keep_previous(out)?;
+    }
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "cnnc".to_string());
     meta.insert("model".to_string(), model.to_string());
-    // The weights and the optimizer state are two files, each replaced atomically; this mark,
-    // the same in both, tells `--resume` whether they come from the same save.
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    meta.insert("checkpoint".to_string(), format!("epoch {epochs_done}, save {nonce:x}"));
     let mut params: Vec<weights::Named> = session.params.named().collect();
     if let Some(body) = body {
         let own = session.params.layout.clone();
         params.extend(body.named().filter(|(name, _, _)| own.id(name).is_none()));
         params.sort_by(|a, b| a.0.cmp(b.0));
     }
+    // The weights and the optimizer state are two files, each replaced atomically; this mark,
+    // the same in both, tells `--resume` whether they come from the same save. It is made of
+    // what is saved (the epoch and the weights' checksum), so identical runs still write
+    // identical bytes.
+    let mark = format!("epoch {epochs_done}, weights {}", weights::checksum(params.iter().copied()));
+    meta.insert("checkpoint".to_string(), mark);
     weights::save(&weights_path(out), &params, meta.clone())?;
+    if how == Saving::WeightsOnly {
+        return Ok(());
+    }
     let opt = &session.opt;
     let names: Vec<(String, &[usize], &[f32])> = session
         .params
@@ -665,10 +698,16 @@ fn save(session: &Session, body: Option<&Params>, out: &Path, model: &str, epoch
 fn resume(session: &mut Session, out: &Path, fallback: bool) -> Result<usize, RunError> {
     let mark =
         |path: &Path| -> Result<Option<String>, RunError> { Ok(weights::load(path)?.1.get("checkpoint").cloned()) };
-    let (a, b) = (mark(&weights_path(out))?, mark(&state_path(out))?);
-    let (weights_file, path) = if a == b {
+    let (a, b) = (mark(&weights_path(out)), mark(&state_path(out)));
+    let (weights_file, path) = if matches!((&a, &b), (Ok(x), Ok(y)) if x == y) {
         (weights_path(out), state_path(out))
     } else {
+        // A file of the last save that cannot be read is an error, unless asked to fall back.
+        let (a, b) = match (a, b) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) if !fallback => return Err(e),
+            _ => (Some("an unreadable file".to_string()), None),
+        };
         let says = |m: &Option<String>| {
             m.as_deref().map_or("no save mark".to_string(), |m| m.split(',').next().unwrap_or(m).to_string())
         };
@@ -777,6 +816,13 @@ pub fn train(
     opts: &RunOptions,
 ) -> Result<(Session, Vec<EpochMetrics>), RunError> {
     let mut session = Session::new(model, spec)?;
+    let mut saved_once = false;
+    if !opts.resume {
+        // A new run: another run's previous save must not pass for this one's.
+        for path in [weights_path(&opts.out), state_path(&opts.out)] {
+            let _ = std::fs::remove_file(previous(&path));
+        }
+    }
     session.set_backend(opts.backend)?;
     session.check(data)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| RunError::Io { path: opts.out.clone(), error: e.to_string() })?;
@@ -832,7 +878,7 @@ pub fn train(
                 Err(StepError::NonFinite { layer }) => {
                     // The weights before this step, when they are still finite numbers.
                     if session.params.data().iter().all(|v| v.is_finite()) {
-                        save(&session, opts.body.as_ref(), &opts.out, &model.name, epoch)?;
+                        save(&session, opts.body.as_ref(), &opts.out, &model.name, epoch, Saving::WeightsOnly)?;
                     }
                     return Err(RunError::NonFinite { epoch, step, layer, lr, saved: weights_path(&opts.out) });
                 }
@@ -884,7 +930,9 @@ pub fn train(
             );
         }
         history.push(m);
-        save(&session, opts.body.as_ref(), &opts.out, &model.name, epoch + 1)?;
+        let how = if saved_once || opts.resume { Saving::Epoch } else { Saving::First };
+        save(&session, opts.body.as_ref(), &opts.out, &model.name, epoch + 1, how)?;
+        saved_once = true;
         write_metrics(&metrics_path, &history)?;
         crate::plot::write(&opts.out.join("metrics.png"), &history)
             .map_err(|e| RunError::Io { path: opts.out.join("metrics.png"), error: e })?;

@@ -91,7 +91,7 @@ pub fn save(path: &Path, tensors: &[Named], metadata: HashMap<String, String>) -
 /// The CRC-32 of tensors in name order (name, shape, values), as hex: written in every file
 /// cnnc saves and checked when it is read, so a file damaged or edited after cnnc wrote it is
 /// refused instead of read as other numbers.
-fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [f32])>) -> String {
+pub fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [f32])>) -> String {
     let mut sorted: Vec<_> = tensors.collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     let mut crc = crc32fast::Hasher::new();
@@ -158,6 +158,22 @@ pub fn save_npy(path: &Path, shape: &[usize], values: &[f32]) -> Result<(), Weig
 /// Tensors by name (shape and values), and a file's metadata.
 pub type Contents = (BTreeMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>);
 
+/// A file's metadata alone, from its header (the tensors are not read or checked); `None` when
+/// it cannot be read as safetensors.
+pub fn metadata(path: &Path) -> Option<HashMap<String, String>> {
+    use std::io::Read;
+    crate::atomic::regular(path).ok()?;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    let len = usize::try_from(u64::from_le_bytes(len)).ok().filter(|&l| l <= 100 << 20)?;
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let meta = value.get("__metadata__").and_then(|m| m.as_object()).cloned().unwrap_or_default();
+    Some(meta.into_iter().filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))).collect())
+}
+
 /// Reads every tensor of a file, with its metadata.
 pub fn load(path: &Path) -> Result<Contents, WeightsError> {
     let bytes =
@@ -179,7 +195,8 @@ pub fn load(path: &Path) -> Result<Contents, WeightsError> {
         let found = checksum(out.iter().map(|(n, (s, v))| (n.as_str(), s.as_slice(), v.as_slice())));
         if *written != found {
             return Err(corrupt(&format!(
-                "its checksum is {found}, cnnc wrote {written}: the file was damaged or changed after it was saved"
+                "its checksum is {found}, cnnc wrote {written}: the file was damaged or changed after it was saved \
+                 (if you changed it on purpose, save it without the `crc32` metadata entry)"
             )));
         }
     }

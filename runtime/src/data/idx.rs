@@ -33,7 +33,17 @@ pub(super) fn parse(path: &Path) -> Result<Idx, DataError> {
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
         .ok_or_else(|| bad("the sizes overflow".into()))?;
-    let data = bytes[4 + 4 * ndims..].to_vec();
+    // Each value becomes a float (4 bytes) beside its byte: refuse what cannot fit, before.
+    if let Some(available) = crate::train::available_memory().filter(|&a| expected.saturating_mul(5) > a) {
+        return Err(bad(format!(
+            "its header declares {expected} values, {} MiB as floats, and {} MiB are available",
+            expected.saturating_mul(4) >> 20,
+            available >> 20
+        )));
+    }
+    let mut bytes = bytes;
+    bytes.drain(..4 + 4 * ndims);
+    let data = bytes;
     if data.len() as u64 != expected {
         if (data.len() as u64) < expected {
             return Err(DataError::Truncated { path: path.to_path_buf(), expected, found: data.len() as u64 });
