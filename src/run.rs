@@ -190,10 +190,13 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         }
         // The head starts from the file's values of its own parameters, if it has any.
         if let Some(init) = &args.init {
+            // Its names alone, from the header (`prepare` has read and checked the whole file).
             let head = cnnc_compiler::params::ParamLayout::of(&c.model.graph);
-            let (tensors, _) = cnnc_runtime::weights::load(init).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
-            if !head.entries().iter().any(|e| tensors.contains_key(&e.name)) {
-                opts.init = None;
+            // (A file that does not read stays, for the run to report.)
+            if let Some((names, _)) = cnnc_runtime::weights::header(init) {
+                if !head.entries().iter().any(|e| names.contains(&e.name)) {
+                    opts.init = None;
+                }
             }
         }
         opts.body = Some(c.body.clone());

@@ -148,20 +148,6 @@ pub fn read(path: &Path) -> Result<Source, ImportError> {
     }
 }
 
-/// Values of a safetensors tensor as f32, from any float type.
-fn floats(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F64 => data
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
-        Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        _ => return None,
-    })
-}
-
 fn read_torch(path: &Path, bytes: &[u8]) -> Result<Source, ImportError> {
     let pickle =
         path.extension().is_some_and(|e| ["pt", "pth", "bin", "ckpt"].iter().any(|x| e.eq_ignore_ascii_case(x)));
@@ -180,7 +166,7 @@ fn read_torch(path: &Path, bytes: &[u8]) -> Result<Source, ImportError> {
         if name.ends_with("num_batches_tracked") {
             continue;
         }
-        match floats(view.dtype(), view.data()) {
+        match crate::weights::floats(view.dtype(), view.data()) {
             Some(values) => tensors.push(Tensor { name, shape: view.shape().to_vec(), values }),
             None => unknown.push((name, format!("{:?} values, not floats", view.dtype()))),
         }
@@ -211,9 +197,10 @@ pub fn state_dict(tensors: Vec<Tensor>) -> Source {
             "running_var" => Some(Role::Var),
             _ => None,
         };
-        let odd: Vec<String> = tensors.keys().filter(|s| role(s).is_none()).cloned().collect();
-        for s in odd {
-            let t = tensors.remove(&s).expect("listed");
+        let (known, odd): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            std::mem::take(&mut tensors).into_iter().partition(|(s, _)| role(s).is_some());
+        tensors = known;
+        for (s, t) in odd {
             unknown.push((t.name, format!("`.{s}` is not a parameter cnnc knows")));
         }
         let rank = tensors.get("weight").map(|t| t.shape.len());
@@ -293,7 +280,7 @@ fn read_onnx(path: &Path, bytes: &[u8]) -> Result<Source, ImportError> {
         let values: Vec<f32> = if t.raw_data.is_empty() {
             t.float_data.clone()
         } else {
-            t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            crate::weights::floats(Dtype::F32, &t.raw_data).unwrap_or_default()
         };
         if Some(values.len()) != shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
             return err(format!(

@@ -117,14 +117,7 @@ pub fn read_tensors(file: &Path, input: &[usize], name: &str) -> Result<Vec<Vec<
             };
             let view = st.tensor(&chosen).map_err(|e| bad(e.to_string()))?;
             let values = match view.dtype() {
-                Dtype::F32 => {
-                    view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-                }
-                Dtype::F64 => view
-                    .data()
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
-                    .collect(),
+                d @ (Dtype::F32 | Dtype::F64) => crate::weights::floats(d, view.data()).unwrap_or_default(),
                 d => return Err(bad(format!("tensor `{chosen}` is {d:?}; --predict reads F32 or F64 tensors"))),
             };
             (view.shape().to_vec(), values)

@@ -669,9 +669,9 @@ fn save(
     // the same in both, tells `--resume` whether they come from the same save. It is made of
     // what is saved (the epoch and the weights' checksum), so identical runs still write
     // identical bytes.
-    let mark = format!("epoch {epochs_done}, weights {}", weights::checksum(params.iter().copied()));
-    meta.insert("checkpoint".to_string(), mark);
-    weights::save(&weights_path(out), &params, meta.clone())?;
+    let crc = weights::checksum(params.iter().copied());
+    meta.insert("checkpoint".to_string(), format!("epoch {epochs_done}, weights {crc}"));
+    weights::save_summed(&weights_path(out), &params, meta.clone(), crc)?;
     if how == Saving::WeightsOnly {
         return Ok(());
     }
@@ -696,50 +696,55 @@ fn save(
 }
 
 fn resume(session: &mut Session, out: &Path, fallback: bool) -> Result<usize, RunError> {
-    let mark =
-        |path: &Path| -> Result<Option<String>, RunError> { Ok(weights::load(path)?.1.get("checkpoint").cloned()) };
-    let (a, b) = (mark(&weights_path(out)), mark(&state_path(out)));
-    let (weights_file, path) = if matches!((&a, &b), (Ok(x), Ok(y)) if x == y) {
-        (weights_path(out), state_path(out))
-    } else {
-        // A file of the last save that cannot be read is an error, unless asked to fall back.
-        let (a, b) = match (a, b) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) if !fallback => return Err(e),
-            _ => (Some("an unreadable file".to_string()), None),
-        };
-        let says = |m: &Option<String>| {
-            m.as_deref().map_or("no save mark".to_string(), |m| m.split(',').next().unwrap_or(m).to_string())
-        };
-        let (pw, ps) = (previous(&weights_path(out)), previous(&state_path(out)));
-        let whole = |w: &Path, s: &Path| -> bool {
-            w.exists() && s.exists() && matches!((mark(w), mark(s)), (Ok(x), Ok(y)) if x == y && x.is_some())
-        };
-        if !fallback || !whole(&pw, &ps) {
-            let hint = if whole(&pw, &ps) {
-                format!("; resume from the save before it with --resume --fallback ({})", says(&mark(&pw)?))
-            } else {
-                String::new()
+    // Each file is read once (and its checksum checked): the save marks are in what is read.
+    let read = |path: &Path| -> Result<weights::Contents, RunError> { Ok(weights::load(path)?) };
+    let mark = |r: &weights::Contents| r.1.get("checkpoint").cloned();
+    let last = (read(&weights_path(out)), read(&state_path(out)));
+    let ((tensors, _), (state, meta), weights_file) = match last {
+        (Ok(w), Ok(s)) if mark(&w) == mark(&s) => (w, s, weights_path(out)),
+        (w, s) => {
+            // A file of the last save that cannot be read is an error, unless asked to fall back.
+            let (a, b) = match (w, s) {
+                (Ok(w), Ok(s)) => (mark(&w), mark(&s)),
+                (Err(e), _) | (_, Err(e)) if !fallback => return Err(e),
+                _ => (Some("an unreadable file".to_string()), None),
             };
-            return Err(RunError::Unsupported(format!(
-                "cannot resume from `{}`: its weights ({}) and its optimizer state ({}) come from different saves, \
-                 as when a run is stopped while saving{hint}; or start again without --resume, or from these \
-                 weights with --init {}",
-                out.display(),
-                says(&a),
-                says(&b),
-                weights_path(out).display()
-            )));
+            let says = |m: &Option<String>| {
+                m.as_deref().map_or("no save mark".to_string(), |m| m.split(',').next().unwrap_or(m).to_string())
+            };
+            let (pw, ps) = (previous(&weights_path(out)), previous(&state_path(out)));
+            let before = match (read(&pw), read(&ps)) {
+                (Ok(w), Ok(s)) if mark(&w) == mark(&s) && mark(&w).is_some() => Some((w, s)),
+                _ => None,
+            };
+            match before {
+                Some((w, s)) if fallback => {
+                    eprintln!(
+                        "note: the last save in `{}` is incomplete: resuming from the one before ({})",
+                        out.display(),
+                        says(&mark(&w))
+                    );
+                    (w, s, pw)
+                }
+                _ => {
+                    let hint = before.map_or(String::new(), |(w, _)| {
+                        format!("; resume from the save before it with --resume --fallback ({})", says(&mark(&w)))
+                    });
+                    return Err(RunError::Unsupported(format!(
+                        "cannot resume from `{}`: its weights ({}) and its optimizer state ({}) come from different \
+                         saves, as when a run is stopped while saving{hint}; or start again without --resume, or \
+                         from these weights with --init {}",
+                        out.display(),
+                        says(&a),
+                        says(&b),
+                        weights_path(out).display()
+                    )));
+                }
+            }
         }
-        eprintln!(
-            "note: the last save in `{}` is incomplete: resuming from the one before ({})",
-            out.display(),
-            says(&mark(&pw)?)
-        );
-        (pw, ps)
     };
-    weights::load_into(&weights_file, &mut session.params)?;
-    let (state, meta) = weights::load(&path)?;
+    weights::fill(&weights_file, &tensors, &mut session.params)?;
+    let path = if weights_file == weights_path(out) { state_path(out) } else { previous(&state_path(out)) };
     let layout = session.params.layout.clone();
     let opt = &mut session.opt;
     for (key, (shape, values)) in state {

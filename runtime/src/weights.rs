@@ -71,6 +71,16 @@ pub type Named<'a> = (&'a str, &'a [usize], &'a [f32]);
 /// Writes `tensors` with `metadata` to `path` atomically (flushed to disk before it replaces the
 /// old file).
 pub fn save(path: &Path, tensors: &[Named], metadata: HashMap<String, String>) -> Result<(), WeightsError> {
+    save_summed(path, tensors, metadata, checksum(tensors.iter().copied()))
+}
+
+/// [`save`] with the tensors' [`checksum`] already computed (a caller that needs it too).
+pub fn save_summed(
+    path: &Path,
+    tensors: &[Named],
+    metadata: HashMap<String, String>,
+    crc: String,
+) -> Result<(), WeightsError> {
     let io = |e: &dyn fmt::Display| WeightsError::Io { path: path.to_path_buf(), error: e.to_string() };
     let bytes: Vec<Vec<u8>> =
         tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
@@ -83,7 +93,7 @@ pub fn save(path: &Path, tensors: &[Named], metadata: HashMap<String, String>) -
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| io(&e))?;
     let mut metadata = metadata;
-    metadata.insert("crc32".to_string(), checksum(tensors.iter().map(|(n, s, v)| (*n, *s, *v))));
+    metadata.insert("crc32".to_string(), crc);
     let serialized = sorted_header(safetensors::serialize(views, Some(metadata)).map_err(|e| io(&e))?);
     write(path, &serialized)
 }
@@ -158,9 +168,24 @@ pub fn save_npy(path: &Path, shape: &[usize], values: &[f32]) -> Result<(), Weig
 /// Tensors by name (shape and values), and a file's metadata.
 pub type Contents = (BTreeMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>);
 
-/// A file's metadata alone, from its header (the tensors are not read or checked); `None` when
-/// it cannot be read as safetensors.
-pub fn metadata(path: &Path) -> Option<HashMap<String, String>> {
+/// The values of a tensor's little-endian bytes as f32, from any float type (`None` for
+/// integers and the rest): what every reader of safetensors and ONNX data in cnnc decodes with.
+pub fn floats(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        _ => return None,
+    })
+}
+
+/// A file's tensor names and metadata, from its header alone (the tensors are not read or
+/// checked); `None` when it cannot be read as safetensors.
+pub fn header(path: &Path) -> Option<(Vec<String>, HashMap<String, String>)> {
     use std::io::Read;
     crate::atomic::regular(path).ok()?;
     let mut file = std::fs::File::open(path).ok()?;
@@ -170,8 +195,15 @@ pub fn metadata(path: &Path) -> Option<HashMap<String, String>> {
     let mut header = vec![0u8; len];
     file.read_exact(&mut header).ok()?;
     let value: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    let meta = value.get("__metadata__").and_then(|m| m.as_object()).cloned().unwrap_or_default();
-    Some(meta.into_iter().filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))).collect())
+    let object = value.as_object()?;
+    let names = object.keys().filter(|k| *k != "__metadata__").cloned().collect();
+    let meta = object.get("__metadata__").and_then(|m| m.as_object()).cloned().unwrap_or_default();
+    Some((names, meta.into_iter().filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))).collect()))
+}
+
+/// A file's metadata alone, from its header (see [`header`]).
+pub fn metadata(path: &Path) -> Option<HashMap<String, String>> {
+    header(path).map(|(_, meta)| meta)
 }
 
 /// Reads every tensor of a file, with its metadata.
@@ -186,9 +218,7 @@ pub fn load(path: &Path) -> Result<Contents, WeightsError> {
         if view.dtype() != Dtype::F32 {
             return Err(WeightsError::Dtype { path: path.to_path_buf(), name, dtype: format!("{:?}", view.dtype()) });
         }
-        let values: Vec<f32> =
-            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        out.insert(name, (view.shape().to_vec(), values));
+        out.insert(name, (view.shape().to_vec(), floats(Dtype::F32, view.data()).unwrap_or_default()));
     }
     let meta = meta.metadata().clone().unwrap_or_default();
     if let Some(written) = meta.get("crc32") {
@@ -208,6 +238,16 @@ pub fn load(path: &Path) -> Result<Contents, WeightsError> {
 /// its shape and finite. Constants keep the values the model file gives them.
 pub fn load_into(path: &Path, params: &mut Params) -> Result<HashMap<String, String>, WeightsError> {
     let (tensors, meta) = load(path)?;
+    fill(path, &tensors, params)?;
+    Ok(meta)
+}
+
+/// [`load_into`] for the tensors of `path`, already read.
+pub fn fill(
+    path: &Path,
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    params: &mut Params,
+) -> Result<(), WeightsError> {
     let layout = params.layout.clone();
     let missing: Vec<String> = layout
         .entries()
@@ -218,8 +258,7 @@ pub fn load_into(path: &Path, params: &mut Params) -> Result<HashMap<String, Str
     if !missing.is_empty() {
         return Err(WeightsError::Missing { path: path.to_path_buf(), names: missing });
     }
-    copy_found(path, &tensors, params)?;
-    Ok(meta)
+    copy_found(path, tensors, params)
 }
 
 /// Starts from a file of pretrained weights: every parameter of the model that the file has (by
