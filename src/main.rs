@@ -8,6 +8,7 @@ mod bench;
 mod build;
 mod import;
 mod run;
+mod style;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use cnnc_compiler::Compilation;
@@ -130,9 +131,19 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     init: Option<PathBuf>,
     /// With --predict: write every output of every file at full precision to this safetensors
-    /// file (each output stacked over the files, in order).
-    #[arg(long, value_name = "FILE")]
+    /// file (each output stacked over the files, in order). In style transfer: write the final
+    /// image to this PNG too.
+    #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Style transfer: the content image (instead of the train section's).
+    #[arg(long, value_name = "IMAGE")]
+    content: Option<PathBuf>,
+    /// Style transfer: the style image (instead of the train section's).
+    #[arg(long, value_name = "IMAGE")]
+    style: Option<PathBuf>,
+    /// Style transfer: override the number of optimizer steps.
+    #[arg(long)]
+    steps: Option<usize>,
     /// Only evaluate saved weights on the test split.
     #[arg(long)]
     eval: bool,
@@ -303,6 +314,9 @@ fn main() -> ExitCode {
                 backend: a.backend,
                 init: a.init,
                 output: a.output,
+                content: a.content,
+                style: a.style,
+                steps: a.steps,
             };
             finish(run::run(&c, &args))
         }

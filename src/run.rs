@@ -30,6 +30,12 @@ pub struct Args {
     pub output: Option<PathBuf>,
     /// With `resume`: from the save before the last when the last is incomplete.
     pub fallback: bool,
+    /// Style transfer: the content image.
+    pub content: Option<PathBuf>,
+    /// Style transfer: the style image.
+    pub style: Option<PathBuf>,
+    /// Style transfer: optimizer steps.
+    pub steps: Option<usize>,
 }
 
 /// A failure with its exit code.
@@ -49,6 +55,28 @@ pub const EXIT_INTERNAL: u8 = 3;
 /// Runs the command; `Ok` carries what to print last.
 pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     let model = pick_model(c, args)?;
+    let image_section =
+        c.trains.iter().find(|t| t.model == model.name && t.data.as_ref().is_some_and(|d| d.name == "style_transfer"));
+    if let Some(spec) = image_section.filter(|_| args.predict.is_empty()) {
+        if args.eval || args.resume || args.init.is_some() || args.preview.is_some() {
+            return Err(fail(
+                EXIT_INPUT,
+                "the train section optimizes an image (style transfer): --eval, --resume, --init and \
+                 --preview-augment are for training weights; give the model's weights with --weights FILE",
+            ));
+        }
+        return crate::style::run(model, spec, args);
+    }
+    if args.content.is_some() || args.style.is_some() || args.steps.is_some() {
+        return Err(fail(
+            EXIT_INPUT,
+            format!(
+                "--content, --style and --steps are for style transfer, and the train section of `{}` trains weights \
+                 (style transfer's has `data style_transfer(content: ..., style: ...)`)",
+                model.name
+            ),
+        ));
+    }
     if args.output.is_some() && args.predict.is_empty() && !args.eval {
         return Err(fail(
             EXIT_INPUT,

@@ -101,6 +101,9 @@ pub enum TrainError {
     Augment { loc: Loc, step: String, problem: String, input: Loc },
     /// A loss names a model output that does not exist.
     UnknownOutput { loc: Loc, name: String, candidates: Vec<String> },
+    /// A style-transfer section (which optimizes the input image) mixed with what trains
+    /// weights, or the other way round.
+    StyleTransfer { loc: Loc, problem: String },
     /// The data's examples (after augmentation) do not have the model input's shape.
     DataMismatch { loc: Loc, data: String, shape: Shape, augmented: bool, input: String, expected: Shape, at: Loc },
 }

@@ -11,6 +11,7 @@
 pub mod activation;
 pub mod conv;
 pub mod dense;
+pub mod gram;
 pub mod loss;
 pub mod norm;
 pub mod pool;
@@ -168,6 +169,7 @@ pub static LAYERS: &[LayerSpec] = &[
     activation::SOFTMAX,
     structure::ADD,
     structure::CONCAT,
+    gram::GRAM,
 ];
 
 /// The built-in layer called `name`.

@@ -4,10 +4,12 @@
 //!
 //! The passes, in the order the graph builders run them:
 //! - inference graph ([`inference::run`]): `inference_mode`, `dce`;
-//! - training graph ([`training::run`]): `training_mode`, `losses`, `autodiff`, `dce`.
+//! - training graph ([`training::run`]): `training_mode`, `losses`, `autodiff`, `dce`;
+//! - image graph of style transfer ([`image::run`]): `inference_mode`, `losses`, `autodiff`, `dce`.
 
 pub mod autodiff;
 pub mod dce;
+pub mod image;
 pub mod inference;
 pub mod inference_mode;
 pub mod training;

@@ -52,6 +52,7 @@ pub const CODES: &[&str] = &[
     "cnnc::train::data_mismatch",
     "cnnc::train::duplicate_setting",
     "cnnc::train::missing_setting",
+    "cnnc::train::style_transfer",
     "cnnc::train::unknown_function",
     "cnnc::train::unknown_output",
     "cnnc::train::unknown_setting",
@@ -623,6 +624,17 @@ fn train(e: &TrainError) -> Diagnostic {
         .help(
             "freeze the layers from the input on with `frozen` (they run once per example), put no augmentation in \
              the section, or remove `cache true`",
+        ),
+        TrainError::StyleTransfer { loc, problem } => Diagnostic::new(
+            "cnnc::train::style_transfer",
+            Error,
+            format!("style transfer optimizes the input image: {problem}"),
+            *loc,
+            "here",
+        )
+        .help(
+            "a style-transfer section has `data style_transfer(content: ..., style: ...)`, a loss of content, style \
+             and total_variation terms, an optimizer (adam or lbfgs) and `steps`",
         ),
         TrainError::DuplicateSetting { loc, first, name } => Diagnostic::new(
             "cnnc::train::duplicate_setting",

@@ -10,8 +10,24 @@ use cnnc_grammar::ast::{self, BinOp, ExprKind};
 use std::collections::BTreeMap;
 
 /// Every setting of a `train` section.
-pub const SETTINGS: &[&str] =
-    &["data", "loss", "optimizer", "schedule", "batch", "epochs", "seed", "augment", "preprocess", "cache", "workers"];
+pub const SETTINGS: &[&str] = &[
+    "data",
+    "loss",
+    "optimizer",
+    "schedule",
+    "batch",
+    "epochs",
+    "seed",
+    "augment",
+    "preprocess",
+    "cache",
+    "workers",
+    "steps",
+    "every",
+];
+
+/// The losses of style transfer, which optimizes the input image rather than the weights.
+pub const IMAGE_LOSSES: &[&str] = &["content", "style", "total_variation"];
 
 /// A checked argument value.
 #[derive(Clone, Debug, PartialEq)]
@@ -167,6 +183,10 @@ pub struct TrainSpec {
     /// Compute the frozen body's activations once and train the head alone on them
     /// ([`crate::frozen`]).
     pub cache: bool,
+    /// Optimizer steps over the image (style transfer).
+    pub steps: usize,
+    /// Save the image every this many steps (style transfer; 0: only at the end).
+    pub every: usize,
     /// Where the section is.
     pub loc: Loc,
 }
@@ -292,6 +312,10 @@ const DATA: &[FnSpec] = &[
         ],
     },
     FnSpec { name: "images", params: &[("dir", Str, Some(R)), ("split", Num, Some(Dflt::Num(0.2)))] },
+    FnSpec {
+        name: "style_transfer",
+        params: &[("content", Str, Some(R)), ("style", Str, Some(R)), ("noise", Num, Some(Dflt::Num(0.0)))],
+    },
 ];
 
 const LOSSES: &[FnSpec] = &[
@@ -320,6 +344,7 @@ const LOSSES: &[FnSpec] = &[
     },
     FnSpec { name: "content", params: &[("output", Output, Some(R))] },
     FnSpec { name: "style", params: &[("output", Output, Some(R))] },
+    FnSpec { name: "total_variation", params: &[] },
 ];
 
 const PREPROCESS: &[FnSpec] = &[
@@ -351,6 +376,7 @@ const OPTIMIZERS: &[FnSpec] = &[
             ("weight_decay", Num, Some(Dflt::Num(0.0))),
         ],
     },
+    FnSpec { name: "lbfgs", params: &[("lr", Num, Some(Dflt::Num(1.0))), ("history", Int, Some(Dflt::Int(10)))] },
 ];
 
 const SCHEDULES: &[FnSpec] = &[
@@ -427,6 +453,8 @@ impl Checker<'_> {
             augment: Vec::new(),
             preprocess: Vec::new(),
             cache: false,
+            steps: 200,
+            every: 0,
             loc: self.loc(t.span),
         };
         let mut seen: BTreeMap<String, Loc> = BTreeMap::new();
@@ -458,6 +486,8 @@ impl Checker<'_> {
                     "batch" => spec.batch = self.positive(value, "a batch size").unwrap_or(spec.batch),
                     "epochs" => spec.epochs = self.positive(value, "an epoch count").unwrap_or(spec.epochs),
                     "workers" => spec.workers = self.positive(value, "a worker count").unwrap_or(spec.workers),
+                    "steps" => spec.steps = self.positive(value, "a step count").unwrap_or(spec.steps),
+                    "every" => spec.every = self.positive(value, "a step count").unwrap_or(spec.every),
                     "cache" => match value.kind {
                         ExprKind::Bool(b) => {
                             spec.cache = b;
@@ -494,6 +524,7 @@ impl Checker<'_> {
             self.check_data(data, &spec.preprocess, &spec.augment);
         }
         self.check_targets(&spec.loss, spec.data.as_ref());
+        self.check_image_optimization(&spec, &seen);
         if let Some(loc) = cache_at {
             let problem = if spec.augment.is_empty() {
                 crate::frozen::split(&self.model.graph).err()
@@ -505,6 +536,87 @@ impl Checker<'_> {
             }
         }
         spec
+    }
+
+    /// Style transfer optimizes the input image: its losses (`content`, `style`,
+    /// `total_variation`) and its data (`style_transfer`) go together and with nothing else,
+    /// L-BFGS and `steps`/`every` belong to it alone, and the input must be an image.
+    fn check_image_optimization(&mut self, spec: &TrainSpec, seen: &BTreeMap<String, Loc>) {
+        let image_data = spec.data.as_ref().filter(|d| d.name == "style_transfer");
+        let (image_terms, other_terms): (Vec<&LossTerm>, Vec<&LossTerm>) =
+            spec.loss.iter().partition(|t| IMAGE_LOSSES.contains(&t.call.name.as_str()));
+        let mut refuse = |loc: Loc, problem: String| {
+            self.problems.push(TrainError::StyleTransfer { loc, problem }.into());
+        };
+        let Some(data) = image_data else {
+            if let Some(term) = image_terms.first() {
+                refuse(
+                    term.call.loc,
+                    format!(
+                        "`{}` compares the generated image's features with a content or style image's: give them \
+                         with `data style_transfer(content: \"photo.png\", style: \"painting.jpg\")`",
+                        term.call.name
+                    ),
+                );
+            }
+            if let Some(o) = spec.optimizer.as_ref().filter(|o| o.name == "lbfgs") {
+                refuse(
+                    o.loc,
+                    "L-BFGS needs the whole objective at every step, which mini-batches do not give: use it to \
+                     optimize an image (`data style_transfer(...)`), and sgd or adam to train weights"
+                        .into(),
+                );
+            }
+            for key in ["steps", "every"] {
+                if let Some(&loc) = seen.get(key) {
+                    refuse(loc, format!("`{key}` counts the optimizer's steps over an image; training counts `epochs`"));
+                }
+            }
+            return;
+        };
+        if let Some(term) = other_terms.first() {
+            refuse(
+                term.call.loc,
+                format!(
+                    "`{}` reads labels of training data, and style transfer has none: its losses are content, style \
+                     and total_variation",
+                    term.call.name
+                ),
+            );
+        }
+        if !image_terms.iter().any(|t| t.call.name != "total_variation") {
+            refuse(data.loc, "the loss needs a `content(...)` or `style(...)` term".into());
+        }
+        for key in ["augment", "cache", "schedule", "epochs", "batch"] {
+            if let Some(&loc) = seen.get(key) {
+                refuse(loc, format!("`{key}` is for training weights; an image is optimized for `steps`"));
+            }
+        }
+        if let Some(loc) = seen.get("preprocess").copied() {
+            if spec.preprocess.iter().any(|p| p.name == "resize" || p.name == "grey" || p.name == "rgb" || p.name == "bgr") {
+                refuse(
+                    loc,
+                    "the images are read at the input's size and channels; only `scale` and `normalize` apply".into(),
+                );
+            }
+        }
+        let noise = data.num("noise", 0.0);
+        if !(0.0..=1.0).contains(&noise) {
+            refuse(data.loc, format!("`noise` is the share of noise in the first image, from 0 to 1, not {noise}"));
+        }
+        let inputs = self.model.graph.inputs();
+        let shape = inputs.first().map(|&i| self.model.graph.node(i).shape.clone());
+        match shape {
+            Some(s) if inputs.len() == 1 && s.rank() == 3 && (s.0[2] == 1 || s.0[2] == 3) => {}
+            _ => refuse(
+                data.loc,
+                format!(
+                    "the model must have one image input [n_H, n_W, 1 or 3]; `{}` has {}",
+                    self.model.name,
+                    shape.map_or("none".to_string(), |s| s.to_string())
+                ),
+            ),
+        }
     }
 
     fn bad(&mut self, e: &ast::Expr, what: &str, expected: &str) {

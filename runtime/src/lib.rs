@@ -19,5 +19,6 @@ pub mod plot;
 pub mod predict;
 pub mod preprocess;
 pub mod reference;
+pub mod style;
 pub mod train;
 pub mod weights;

@@ -429,6 +429,17 @@ impl Exporter<'_> {
                 let out = self.set(id, layout);
                 self.nodes.push(node("Slice", &name, vec![x, starts, ends, axes], vec![out], vec![]));
             }
+            Op::Gram => {
+                // [n, .., c] as [n, positions, c]; G = Aᵀ·A per example.
+                let x = self.at(ops[0], Layout::Last)?;
+                let c = g.node(ops[0]).shape.channels();
+                let s = self.init_i64(&format!("{name}/shape"), &[0, -1, c as i64]);
+                let (a, at) = (format!("{name}/rows"), format!("{name}/transposed"));
+                self.nodes.push(node("Reshape", &a, vec![x, s], vec![a.clone()], vec![]));
+                self.nodes.push(node("Transpose", &at, vec![a.clone()], vec![at.clone()], vec![ints("perm", &[0, 2, 1])]));
+                let out = self.set(id, Layout::Last);
+                self.nodes.push(node("MatMul", &name, vec![at, a], vec![out], vec![]));
+            }
             Op::Dropout(_) => {
                 let layout = self.layout_of(ops[0]);
                 let x = self.at(ops[0], layout)?;

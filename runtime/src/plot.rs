@@ -89,3 +89,40 @@ fn series(
     chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
     Ok(())
 }
+
+/// Writes a chart of a cost per optimizer step (step 0: before the first), on a log scale, to
+/// `path` (atomically): style transfer's cost falling.
+pub fn costs(path: &std::path::Path, totals: &[f64]) -> Result<(), String> {
+    register_font();
+    let (width, height) = (WIDTH / 2 + 80, HEIGHT);
+    let mut buffer = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
+        let draw = || -> Result<(), Box<dyn std::error::Error>> {
+            root.fill(&WHITE)?;
+            let points: Vec<(f64, f64)> = totals
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.is_finite() && **v > 0.0)
+                .map(|(i, &v)| (i as f64, v))
+                .collect();
+            let low = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min).min(1.0) * 0.8;
+            let high = points.iter().map(|p| p.1).fold(0.0, f64::max).max(low * 10.0) * 1.25;
+            let mut chart = ChartBuilder::on(&root)
+                .caption("cost", ("sans-serif", 20))
+                .margin(12)
+                .x_label_area_size(30)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0.0..(totals.len().max(2) - 1) as f64, (low..high).log_scale())?;
+            chart.configure_mesh().x_desc("step").draw()?;
+            chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2)))?;
+            root.present()?;
+            Ok(())
+        };
+        draw().map_err(|e| e.to_string())?;
+    }
+    let image = image::RgbImage::from_raw(width, height, buffer).ok_or("the chart buffer has the wrong size")?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut png, image::ImageFormat::Png).map_err(|e| e.to_string())?;
+    crate::atomic::write(path, png.get_ref()).map_err(|e| e.to_string())
+}

@@ -14,6 +14,7 @@ use ndarray::{ArrayD, ArrayViewD};
 
 pub use elementwise::{keep as elementwise_keep, sigmoid, softmax};
 pub use norm::batch_statistics;
+pub use structure::gram;
 
 /// A tensor: batch axis first, then the IR shape.
 pub type Tensor = ArrayD<f32>;
@@ -52,6 +53,7 @@ pub fn forward(op: &Op, inputs: &[View], ctx: Ctx) -> Vec<Tensor> {
         Op::PRelu => one(elementwise::prelu(x(), &inputs[1])),
         Op::Add => one(structure::add(inputs)),
         Op::Concat => one(structure::concat(inputs)),
+        Op::Gram => one(structure::gram(x())),
         Op::Loss(l) => one(loss::forward(l.kind, x(), &inputs[1])),
         Op::Backward(b) => backward(b, inputs, ctx),
         Op::Input(_) | Op::Param(_) => one(x().to_owned()),
@@ -167,6 +169,7 @@ fn vjp(op: &Op, wrt: usize, a: &Args, ctx: Ctx) -> Tensor {
         Op::ChannelSlice(s) => structure::unslice(a.dy(), &a.shape(0), s.start),
         Op::Flatten | Op::Reshape(_) => structure::reshape(a.dy(), &a.op.inputs[0].0),
         Op::Add => a.dy().to_owned(),
+        Op::Gram => structure::gram_vjp(a.x(0), a.dy()),
         Op::Concat => {
             let start: usize = a.op.inputs[..wrt].iter().map(|s| s.channels()).sum();
             structure::channel_slice(a.dy(), start, a.op.inputs[wrt].channels())

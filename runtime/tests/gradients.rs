@@ -197,6 +197,12 @@ proptest! {
     }
 
     #[test]
+    fn gram(rank in 1usize..=3, n in 1usize..=4, c in 1usize..=4, seed in any::<u64>()) {
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([c]).collect();
+        run(&input, "gram |> flatten", LossKind::L2, 2, seed)?;
+    }
+
+    #[test]
     fn dense_and_flatten(h in 1usize..=4, w in 1usize..=4, c in 1usize..=3, units in 1usize..=5, bias in any::<bool>(), seed in any::<u64>()) {
         run(&[h, w, c], &format!("flatten |> dense({units}, bias: {bias})"), LossKind::L2, 3, seed)?;
     }

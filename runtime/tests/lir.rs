@@ -212,6 +212,12 @@ proptest! {
     }
 
     #[test]
+    fn gram(rank in 1usize..=3, n in 1usize..=4, c in 1usize..=4, seed in any::<u64>()) {
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([c]).collect();
+        both(&input, "gram |> flatten", LossKind::L2, 2, seed)?;
+    }
+
+    #[test]
     fn dense_and_flatten(h in 1usize..=4, w in 1usize..=4, c in 1usize..=3, units in 1usize..=5, bias in any::<bool>(), batch in 1usize..=4, seed in any::<u64>()) {
         both(&[h, w, c], &format!("flatten |> dense({units}, bias: {bias})"), LossKind::L2, batch, seed)?;
     }

@@ -50,6 +50,8 @@ pub enum Op {
     /// Channels `start .. start + len` of the last axis: a view, no data moves (the gradient of
     /// `concat` for one of its inputs).
     ChannelSlice(SliceOp),
+    /// The Gram matrix of a feature map, `AᵀA` over positions: `[.., c]` to `[c, c]`.
+    Gram,
     /// A weighted loss per example (a scalar `[]`). Inputs: prediction, target.
     Loss(LossOp),
     /// The vector-Jacobian products of a forward op with respect to its inputs `wrt`: the
@@ -79,6 +81,7 @@ impl Op {
             Op::Concat => &ops::structure::Concat,
             Op::Reshape(o) => o,
             Op::ChannelSlice(o) => o,
+            Op::Gram => &ops::gram::Gram,
             Op::Loss(o) => o,
             Op::Backward(o) => o,
         }

@@ -66,3 +66,37 @@ pub(super) fn unslice(dy: &View, shape: &[usize], start: usize) -> Tensor {
     dx.slice_axis_mut(Axis(axis), Slice::from(start..start + len)).assign(dy);
     dx
 }
+
+/// Each example's feature map `[n, .., c]` as matrices `[n][positions, c]`.
+fn feature_matrices(x: &View) -> Vec<Array2<f32>> {
+    let n = x.shape()[0];
+    let c = x.shape()[x.ndim() - 1];
+    let positions = x.len() / (n * c).max(1);
+    let x = x.as_standard_layout().to_owned();
+    (0..n)
+        .map(|i| x.index_axis(Axis(0), i).to_owned().into_shape_with_order((positions, c)).expect("a feature map"))
+        .collect()
+}
+
+/// The Gram matrix `AᵀA` of each example's feature map: `[n, .., c]` to `[n, c, c]`.
+pub fn gram(x: &View) -> Tensor {
+    let c = x.shape()[x.ndim() - 1];
+    let mut out = ndarray::Array3::zeros((x.shape()[0], c, c));
+    for (i, a) in feature_matrices(x).iter().enumerate() {
+        out.index_axis_mut(Axis(0), i).assign(&a.t().dot(a));
+    }
+    out.into_dyn()
+}
+
+/// The gradient of `gram`: `dA = A·(dG + dGᵀ)` per example.
+pub(super) fn gram_vjp(x: &View, dy: &View) -> Tensor {
+    let mut out = ArrayD::zeros(x.shape());
+    for (i, a) in feature_matrices(x).iter().enumerate() {
+        let dg = dy.index_axis(Axis(0), i).into_dimensionality::<Ix2>().expect("a Gram matrix");
+        let sym = &dg + &dg.t();
+        let da = a.dot(&sym);
+        let mut slot = out.index_axis_mut(Axis(0), i);
+        slot.iter_mut().zip(da.iter()).for_each(|(o, &v)| *o = v);
+    }
+    out
+}
