@@ -9,6 +9,7 @@ mod build;
 mod import;
 mod run;
 mod style;
+mod visualize;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use cnnc_compiler::Compilation;
@@ -144,6 +145,14 @@ struct RunArgs {
     /// Style transfer: override the number of optimizer steps.
     #[arg(long)]
     steps: Option<usize>,
+    /// Draw the 9 dataset patches that activate each unit of this layer most (a grid PNG, to -o
+    /// or OUT/LAYER_patches.png), over the train section's data, with the trained weights.
+    #[arg(long, value_name = "LAYER")]
+    visualize: Option<String>,
+    /// Draw a convolution's filters as images (to -o or OUT/LAYER_filters.png); without a
+    /// value, the first convolution's.
+    #[arg(long, value_name = "LAYER", num_args = 0..=1, default_missing_value = "")]
+    filters: Option<String>,
     /// Only evaluate saved weights on the test split.
     #[arg(long)]
     eval: bool,
@@ -317,6 +326,8 @@ fn main() -> ExitCode {
                 content: a.content,
                 style: a.style,
                 steps: a.steps,
+                visualize: a.visualize,
+                filters: a.filters,
             };
             finish(run::run(&c, &args))
         }

@@ -36,6 +36,10 @@ pub struct Args {
     pub style: Option<PathBuf>,
     /// Style transfer: optimizer steps.
     pub steps: Option<usize>,
+    /// Draw the top patches of this layer's units.
+    pub visualize: Option<String>,
+    /// Draw this convolution's filters (empty: the first).
+    pub filters: Option<String>,
 }
 
 /// A failure with its exit code.
@@ -55,6 +59,9 @@ pub const EXIT_INTERNAL: u8 = 3;
 /// Runs the command; `Ok` carries what to print last.
 pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     let model = pick_model(c, args)?;
+    if args.visualize.is_some() || args.filters.is_some() {
+        return crate::visualize::run(model, c.trains.iter().find(|t| t.model == model.name), args);
+    }
     let image_section =
         c.trains.iter().find(|t| t.model == model.name && t.data.as_ref().is_some_and(|d| d.name == "style_transfer"));
     if let Some(spec) = image_section.filter(|_| args.predict.is_empty()) {
@@ -253,7 +260,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
 
 /// The weights to evaluate or predict with: every `--ensemble` file, else `--weights`, else the
 /// run's own. `template` holds every parameter (for names and shapes).
-fn weights_of(template: &Params, args: &Args, out: &Path) -> Result<Vec<Params>, Failure> {
+pub(crate) fn weights_of(template: &Params, args: &Args, out: &Path) -> Result<Vec<Params>, Failure> {
     let files = if args.ensemble.is_empty() {
         vec![args.weights.clone().unwrap_or_else(|| train::weights_path(out))]
     } else {
