@@ -38,7 +38,7 @@ enum Command {
         color: Color,
     },
     /// Train a model as its train section says, evaluate it, or predict on files.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Compile a model file and print what was asked for.
     Build {
         /// The .cnn file.

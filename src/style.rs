@@ -26,7 +26,7 @@ pub fn run(model: &ModelInfo, spec: &TrainSpec, args: &Args) -> Result<(), Failu
         return Err(fail(EXIT_INPUT, "style transfer needs a content and a style image"));
     };
     let mut transfer = Transfer::new(model, spec, None, args.backend).map_err(failure)?;
-    let trainable = transfer.params.layout.len() > 0
+    let trainable = !transfer.params.layout.is_empty()
         && model
             .graph
             .node_ids()

@@ -27,19 +27,26 @@ fn layer(graph: &Graph, name: &str) -> Result<NodeId, Failure> {
 pub fn run(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args) -> Result<(), Failure> {
     let mut pipe =
         cnnc_compiler::passes::Pipeline::new(Default::default()).map_err(|e| fail(EXIT_INTERNAL, e.to_string()))?;
-    let graph = cnnc_compiler::passes::inference::run(model, &mut pipe).map_err(|e| fail(EXIT_INTERNAL, e.to_string()))?;
+    let graph =
+        cnnc_compiler::passes::inference::run(model, &mut pipe).map_err(|e| fail(EXIT_INTERNAL, e.to_string()))?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&model.name));
     let template = Params::init(&graph, spec.map_or(0, |s| s.seed));
-    let trainable = model.graph.node_ids().any(|id| matches!(&model.graph.node(id).op, Op::Param(p) if p.value.is_none()));
+    let trainable =
+        model.graph.node_ids().any(|id| matches!(&model.graph.node(id).op, Op::Param(p) if p.value.is_none()));
     let params = if trainable { weights_of(&template, args, &out)?.remove(0) } else { template };
     let target = |name: &str, suffix: &str| -> PathBuf {
         args.output.clone().unwrap_or_else(|| out.join(format!("{}_{suffix}.png", name.replace('/', "_"))))
     };
     if args.visualize.is_some() && args.filters.is_some() && args.output.is_some() {
-        return Err(fail(EXIT_INPUT, "--visualize and --filters write one picture each: leave out -o to write both to OUT"));
+        return Err(fail(
+            EXIT_INPUT,
+            "--visualize and --filters write one picture each: leave out -o to write both to OUT",
+        ));
     }
     let create = |path: &Path| {
-        path.parent().filter(|p| !p.as_os_str().is_empty()).map_or(Ok(()), std::fs::create_dir_all)
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or(Ok(()), std::fs::create_dir_all)
             .map_err(|e| fail(EXIT_INPUT, format!("cannot create the folder of `{}`: {e}", path.display())))
     };
     if let Some(name) = &args.filters {
@@ -54,7 +61,10 @@ pub fn run(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args) -> Result<(
             layer(&graph, name)?
         };
         if !matches!(graph.node(conv).op, Op::Conv(_)) {
-            return Err(fail(EXIT_INPUT, format!("`{}` is not a convolution: --filters draws a convolution's filters", graph.node(conv).name)));
+            return Err(fail(
+                EXIT_INPUT,
+                format!("`{}` is not a convolution: --filters draws a convolution's filters", graph.node(conv).name),
+            ));
         }
         let w = graph.operands(conv)[1];
         let shape = graph.node(w).shape.0.clone();
@@ -67,11 +77,19 @@ pub fn run(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args) -> Result<(
         let path = target(&graph.node(conv).name, "filters");
         create(&path)?;
         visualize::write_filters(&path, &values, &shape).map_err(|e| fail(EXIT_INPUT, e))?;
-        println!("wrote the {} filters of `{}` ({}) to {}", shape.last().unwrap_or(&0), graph.node(conv).name, shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×"), path.display());
+        println!(
+            "wrote the {} filters of `{}` ({}) to {}",
+            shape.last().unwrap_or(&0),
+            graph.node(conv).name,
+            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×"),
+            path.display()
+        );
     }
     let Some(name) = &args.visualize else { return Ok(()) };
     let node = layer(&graph, name)?;
-    let spec = spec.ok_or_else(|| fail(EXIT_INPUT, format!("--visualize runs over the train section's data, and `{}` has none", model.name)))?;
+    let spec = spec.ok_or_else(|| {
+        fail(EXIT_INPUT, format!("--visualize runs over the train section's data, and `{}` has none", model.name))
+    })?;
     let input = model.graph.inputs().first().map(|&id| model.graph.node(id).shape.0.clone()).unwrap_or_default();
     let (&[h, w, c], &[_, out_w, _]) = (&input[..], &graph.node(node).shape.0[..]) else {
         return Err(fail(

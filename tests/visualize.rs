@@ -38,7 +38,8 @@ fn receptive_fields_follow_kernels_strides_paddings_and_branches() {
     assert_eq!(f("conv3"), Some(Field { jump: vec![2, 2], start: vec![0, 0], size: vec![3, 3] }));
     assert_eq!(f("conv4"), Some(Field { jump: vec![2, 2], start: vec![0, 0], size: vec![11, 11] }));
     // At stride 1, `same` pads one before: the field starts outside the image.
-    let g2 = graph_of("model M { input i: [8, 8, 3]\n output o = i |> conv(2, 3x3, pad: same) |> relu |> maxpool(2x2) }");
+    let g2 =
+        graph_of("model M { input i: [8, 8, 3]\n output o = i |> conv(2, 3x3, pad: same) |> relu |> maxpool(2x2) }");
     assert_eq!(
         visualize::receptive_field(&g2, node(&g2, "maxpool1")),
         Some(Field { jump: vec![2, 2], start: vec![-1, -1], size: vec![4, 4] })
@@ -56,7 +57,8 @@ fn the_top_patches_are_the_true_maxima_over_the_dataset() {
     let spec = &c.trains[0];
     let (prep, _) = cnnc_runtime::preprocess::steps(&spec.preprocess);
     let input = vec![32, 32, 1];
-    let data = cnnc_runtime::data::load(spec.data.as_ref().unwrap(), &root().join("examples"), &input, 1, &prep).unwrap();
+    let data =
+        cnnc_runtime::data::load(spec.data.as_ref().unwrap(), &root().join("examples"), &input, 1, &prep).unwrap();
     let per = 32 * 32;
     let n = 150;
     // The examples as the model sees them (padded to 32×32 by the data source).
@@ -79,20 +81,27 @@ fn the_top_patches_are_the_true_maxima_over_the_dataset() {
         for u in 0..units {
             let mut all: Vec<(f32, usize)> = (0..n)
                 .map(|e| {
-                    let m = (0..positions).map(|p| act[(e * positions + p) * units + u]).fold(f32::NEG_INFINITY, f32::max);
+                    let m =
+                        (0..positions).map(|p| act[(e * positions + p) * units + u]).fold(f32::NEG_INFINITY, f32::max);
                     (m, e)
                 })
                 .collect();
             all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             for (hit, want) in top[u].iter().zip(&all[..9]) {
-                assert!((hit.value - want.0).abs() <= 1e-4 * want.0.abs().max(1.0), "{layer} unit {u}: {hit:?} vs {want:?}");
+                assert!(
+                    (hit.value - want.0).abs() <= 1e-4 * want.0.abs().max(1.0),
+                    "{layer} unit {u}: {hit:?} vs {want:?}"
+                );
                 let at = (hit.example * positions + hit.position) * units + u;
                 assert!((act[at] - hit.value).abs() <= 1e-4 * hit.value.abs().max(1.0), "the position holds the value");
             }
             // The ninth best is no weaker than any example left out.
             let ninth = top[u][8].value;
             let chosen: Vec<usize> = top[u].iter().map(|h| h.example).collect();
-            assert!(all.iter().filter(|(_, e)| !chosen.contains(e)).all(|(v, _)| *v <= ninth + 1e-4 * ninth.abs().max(1.0)));
+            assert!(all
+                .iter()
+                .filter(|(_, e)| !chosen.contains(e))
+                .all(|(v, _)| *v <= ninth + 1e-4 * ninth.abs().max(1.0)));
         }
     }
 }
@@ -117,7 +126,13 @@ fn the_command_draws_patches_and_filters_and_refuses_a_dense_layer() {
     // 16 units: 8 blocks a row, 2 rows; 3 patches of 14 px zoomed ×3 (+1) and 6 px a block.
     assert_eq!((img.width(), img.height()), (8 * (3 * 43 + 6), 2 * (3 * 43 + 6)));
     let filters = dir.path().join("f.png");
-    let o = cnnc().args(["run", "examples/lenet5.cnn", "--filters", "--weights"]).arg(&w).arg("-o").arg(&filters).output().unwrap();
+    let o = cnnc()
+        .args(["run", "examples/lenet5.cnn", "--filters", "--weights"])
+        .arg(&w)
+        .arg("-o")
+        .arg(&filters)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(image::open(&filters).is_ok());
     let o = cnnc().args(["run", "examples/lenet5.cnn", "--visualize", "dense1", "--weights"]).arg(&w).output().unwrap();

@@ -569,7 +569,10 @@ impl Checker<'_> {
             }
             for key in ["steps", "every"] {
                 if let Some(&loc) = seen.get(key) {
-                    refuse(loc, format!("`{key}` counts the optimizer's steps over an image; training counts `epochs`"));
+                    refuse(
+                        loc,
+                        format!("`{key}` counts the optimizer's steps over an image; training counts `epochs`"),
+                    );
                 }
             }
             return;
@@ -593,7 +596,11 @@ impl Checker<'_> {
             }
         }
         if let Some(loc) = seen.get("preprocess").copied() {
-            if spec.preprocess.iter().any(|p| p.name == "resize" || p.name == "grey" || p.name == "rgb" || p.name == "bgr") {
+            if spec
+                .preprocess
+                .iter()
+                .any(|p| p.name == "resize" || p.name == "grey" || p.name == "rgb" || p.name == "bgr")
+            {
                 refuse(
                     loc,
                     "the images are read at the input's size and channels; only `scale` and `normalize` apply".into(),

@@ -21,4 +21,5 @@ pub mod preprocess;
 pub mod reference;
 pub mod style;
 pub mod train;
+pub mod visualize;
 pub mod weights;

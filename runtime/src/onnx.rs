@@ -436,7 +436,13 @@ impl Exporter<'_> {
                 let s = self.init_i64(&format!("{name}/shape"), &[0, -1, c as i64]);
                 let (a, at) = (format!("{name}/rows"), format!("{name}/transposed"));
                 self.nodes.push(node("Reshape", &a, vec![x, s], vec![a.clone()], vec![]));
-                self.nodes.push(node("Transpose", &at, vec![a.clone()], vec![at.clone()], vec![ints("perm", &[0, 2, 1])]));
+                self.nodes.push(node(
+                    "Transpose",
+                    &at,
+                    vec![a.clone()],
+                    vec![at.clone()],
+                    vec![ints("perm", &[0, 2, 1])],
+                ));
                 let out = self.set(id, Layout::Last);
                 self.nodes.push(node("MatMul", &name, vec![at, a], vec![out], vec![]));
             }

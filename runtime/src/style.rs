@@ -105,7 +105,12 @@ fn affine(spec: &TrainSpec, channels: usize) -> (Vec<f32>, Vec<f32>) {
 impl Transfer {
     /// Builds the image graph of `model` under `spec`, with weights `params` (of the model's
     /// inference graph), run by `backend`.
-    pub fn new(model: &ModelInfo, spec: &TrainSpec, params: Option<Params>, backend: Backend) -> Result<Self, StyleError> {
+    pub fn new(
+        model: &ModelInfo,
+        spec: &TrainSpec,
+        params: Option<Params>,
+        backend: Backend,
+    ) -> Result<Self, StyleError> {
         let mut pipe = Pipeline::new(Default::default()).map_err(|e| StyleError::Internal(e.to_string()))?;
         let ig = image::run(model, spec, &mut pipe).map_err(|e| StyleError::Input(e.to_string()))?;
         let mut pipe = Pipeline::new(Default::default()).map_err(|e| StyleError::Internal(e.to_string()))?;
@@ -185,7 +190,9 @@ impl Transfer {
         let input = self.infer.inputs()[0];
         let of = |values: &Values, infer: &Graph, output: &str| -> Result<Tensor, StyleError> {
             let id = infer.outputs().iter().find(|(n, _)| n == output).map(|(_, id)| *id);
-            id.and_then(|id| values.get(id)).cloned().ok_or_else(|| StyleError::Internal(format!("no value of `{output}`")))
+            id.and_then(|id| values.get(id))
+                .cloned()
+                .ok_or_else(|| StyleError::Internal(format!("no value of `{output}`")))
         };
         let c = self.input(content);
         let content_values = self.run(true, &[(input, c.view())])?;

@@ -124,7 +124,14 @@ pub fn top_activations(
 
 /// The input patch under `field` at output position `position` of an example `[h, w, c]`
 /// (`values`), `fill` where it leaves the image: `(height, width, pixels)`.
-pub fn patch(values: &[f32], [h, w, c]: [usize; 3], field: &Field, out_w: usize, position: usize, fill: f32) -> (usize, usize, Vec<f32>) {
+pub fn patch(
+    values: &[f32],
+    [h, w, c]: [usize; 3],
+    field: &Field,
+    out_w: usize,
+    position: usize,
+    fill: f32,
+) -> (usize, usize, Vec<f32>) {
     let (i, j) = ((position / out_w.max(1)) as i64, (position % out_w.max(1)) as i64);
     let (top, left) = (field.start[0] + i * field.jump[0], field.start[1] + field.jump[1] * j);
     let (ph, pw) = (field.size[0] as usize, field.size[1] as usize);
@@ -157,7 +164,16 @@ impl Canvas {
     /// Draws `pixels` (`[ph, pw, c]`, c = 1 or 3, values mapped from `lo..hi`) at `(x, y)`,
     /// each pixel `zoom`×`zoom`.
     #[allow(clippy::too_many_arguments)]
-    fn draw(&mut self, x: usize, y: usize, (ph, pw, c): (usize, usize, usize), pixels: &[f32], lo: f32, hi: f32, zoom: usize) {
+    fn draw(
+        &mut self,
+        x: usize,
+        y: usize,
+        (ph, pw, c): (usize, usize, usize),
+        pixels: &[f32],
+        lo: f32,
+        hi: f32,
+        zoom: usize,
+    ) {
         let scale = if hi > lo { 255.0 / (hi - lo) } else { 0.0 };
         for py in 0..ph * zoom {
             for px in 0..pw * zoom {

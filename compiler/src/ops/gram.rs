@@ -70,7 +70,16 @@ impl OpRule for Gram {
         for i in 0..l.batch() {
             let a = example(&x, i);
             let c = matrix(&g, i);
-            l.emit(Kernel::Gemm { a: a.clone(), b: a, c, ta: true, tb: false, accumulate: false, bias: None, epilogue: None });
+            l.emit(Kernel::Gemm {
+                a: a.clone(),
+                b: a,
+                c,
+                ta: true,
+                tb: false,
+                accumulate: false,
+                bias: None,
+                epilogue: None,
+            });
         }
         Ok(())
     }

@@ -103,8 +103,7 @@ pub fn run(model: &ModelInfo, spec: &TrainSpec, pipe: &mut Pipeline) -> Result<I
     };
     let losses: Vec<NodeId> = terms.iter().map(|t| t.loss).collect();
     let targets: Vec<NodeId> = terms.iter().map(|t| t.target).collect();
-    let grads =
-        pipe.run("autodiff", &mut graph, |g| autodiff::run(g, &losses, true, &targets))?.unwrap_or_default();
+    let grads = pipe.run("autodiff", &mut graph, |g| autodiff::run(g, &losses, true, &targets))?.unwrap_or_default();
     let grad = grads
         .inputs
         .iter()
@@ -155,10 +154,8 @@ fn add_costs(graph: &mut Graph, spec: &TrainSpec) -> Result<(Vec<Term>, f64), Im
         };
         let kind = if compare == Compare::Content { "content" } else { "style" };
         let target_name = format!("{kind}.{output}");
-        let target = graph.add(
-            Node::new(Op::Input(InputOp { name: target_name.clone() }), target_name, loc, target_shape),
-            &[],
-        );
+        let target =
+            graph.add(Node::new(Op::Input(InputOp { name: target_name.clone() }), target_name, loc, target_shape), &[]);
         let op = Op::Loss(LossOp { kind: LossKind::L2, weight: weight as f32 });
         let loss = graph.add(Node::new(op, format!("{kind}_cost.{output}"), loc, Shape(vec![])), &[read, target]);
         terms.push(Term { compare, output: output.clone(), target, loss, weight: weight as f32, written: term.weight });
