@@ -108,10 +108,15 @@ pub fn run(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args) -> Result<(
     let (prep, values) = cnnc_runtime::preprocess::steps(&spec.preprocess);
     let mut data = cnnc_runtime::data::load(&data_call, &base, &input, spec.seed, &prep)
         .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
-    // Every example: the training ones, then the held-out ones.
+    // Every example: the training ones, then the held-out ones (unless they are the same
+    // examples, as when a section evaluates on its training files).
     let train = std::mem::take(&mut data.train);
-    data.test.x.splice(0..0, train.x);
-    data.test.y.splice(0..0, train.y);
+    if train.x == data.test.x {
+        data.test = train;
+    } else {
+        data.test.x.splice(0..0, train.x);
+        data.test.y.splice(0..0, train.y);
+    }
     if let Some(limit) = args.limit.filter(|&l| l < data.test.len()) {
         let f = data.features();
         data.test.x.truncate(limit * f);
