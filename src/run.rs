@@ -260,6 +260,11 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
 
 /// The weights to evaluate or predict with: every `--ensemble` file, else `--weights`, else the
 /// run's own. `template` holds every parameter (for names and shapes).
+/// Whether the model has parameters that training sets (not only constants written in the file).
+pub(crate) fn trainable(model: &ModelInfo) -> bool {
+    model.graph.node_ids().any(|id| matches!(&model.graph.node(id).op, Op::Param(p) if p.value.is_none()))
+}
+
 pub(crate) fn weights_of(template: &Params, args: &Args, out: &Path) -> Result<Vec<Params>, Failure> {
     let files = if args.ensemble.is_empty() {
         vec![args.weights.clone().unwrap_or_else(|| train::weights_path(out))]
@@ -316,9 +321,7 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
     let keep: Vec<cnnc_compiler::ir::ValueId> = graph.outputs().iter().map(|(_, id)| (*id).into()).collect();
     cnnc_runtime::train::fits_in_memory(&graph, 1, &[], &keep, 4).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
     let params = Params::init(&graph, seed);
-    let trainable =
-        model.graph.node_ids().any(|id| matches!(&model.graph.node(id).op, Op::Param(p) if p.value.is_none()));
-    let models = if trainable { weights_of(&params, args, out)? } else { vec![params] };
+    let models = if trainable(model) { weights_of(&params, args, out)? } else { vec![params] };
     let input = model.graph.inputs().first().map(|&id| model.graph.node(id).shape.0.clone()).unwrap_or_default();
     let input_name = model.graph.inputs().first().map(|&id| model.graph.node(id).name.clone()).unwrap_or_default();
     let data_call = spec.and_then(|s| s.data.as_ref());

@@ -1,9 +1,8 @@
 //! `cnnc run` on a style-transfer section: optimize an image, write it and the costs.
 
-use crate::run::{fail, Args, Failure, EXIT_DIVERGED, EXIT_INPUT, EXIT_INTERNAL};
+use crate::run::{fail, trainable, Args, Failure, EXIT_DIVERGED, EXIT_INPUT, EXIT_INTERNAL};
 use cnnc_compiler::elaborate::ModelInfo;
 use cnnc_compiler::train::TrainSpec;
-use cnnc_runtime::params::Params;
 use cnnc_runtime::style::{self, StyleError, StyleOptions, Transfer};
 use std::path::{Path, PathBuf};
 
@@ -26,18 +25,11 @@ pub fn run(model: &ModelInfo, spec: &TrainSpec, args: &Args) -> Result<(), Failu
         return Err(fail(EXIT_INPUT, "style transfer needs a content and a style image"));
     };
     let mut transfer = Transfer::new(model, spec, None, args.backend).map_err(failure)?;
-    let trainable = !transfer.params.layout.is_empty()
-        && model
-            .graph
-            .node_ids()
-            .any(|id| matches!(&model.graph.node(id).op, cnnc_compiler::ir::op::Op::Param(p) if p.value.is_none()));
     match &args.weights {
         Some(w) => {
-            let mut params: Params = transfer.params.clone();
-            cnnc_runtime::weights::load_into(w, &mut params).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
-            transfer.params = params;
+            cnnc_runtime::weights::load_into(w, &mut transfer.params).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         }
-        None if trainable && !args.quiet => println!(
+        None if trainable(model) && !args.quiet => println!(
             "the features are {}'s with random weights (seed {}): pass pretrained ones with --weights FILE",
             model.name, spec.seed
         ),

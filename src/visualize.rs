@@ -1,7 +1,7 @@
 //! `cnnc run --visualize LAYER` and `--filters [LAYER]`: what a trained network's units respond
 //! to, and its filters, as PNG grids.
 
-use crate::run::{fail, weights_of, Args, Failure, EXIT_INPUT, EXIT_INTERNAL};
+use crate::run::{fail, trainable, weights_of, Args, Failure, EXIT_INPUT, EXIT_INTERNAL};
 use cnnc_compiler::elaborate::ModelInfo;
 use cnnc_compiler::ir::op::Op;
 use cnnc_compiler::ir::{Graph, NodeId, ValueId};
@@ -31,9 +31,7 @@ pub fn run(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args) -> Result<(
         cnnc_compiler::passes::inference::run(model, &mut pipe).map_err(|e| fail(EXIT_INTERNAL, e.to_string()))?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&model.name));
     let template = Params::init(&graph, spec.map_or(0, |s| s.seed));
-    let trainable =
-        model.graph.node_ids().any(|id| matches!(&model.graph.node(id).op, Op::Param(p) if p.value.is_none()));
-    let params = if trainable { weights_of(&template, args, &out)?.remove(0) } else { template };
+    let params = if trainable(model) { weights_of(&template, args, &out)?.remove(0) } else { template };
     let target = |name: &str, suffix: &str| -> PathBuf {
         args.output.clone().unwrap_or_else(|| out.join(format!("{}_{suffix}.png", name.replace('/', "_"))))
     };

@@ -25,6 +25,20 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Encodes 8-bit pixels `[height, width, channels]` (1: grey, 3: RGB) as a PNG and writes it to
+/// `path` atomically.
+pub fn write_png(path: &Path, pixels: &[u8], width: usize, height: usize, channels: usize) -> Result<(), String> {
+    let color = match channels {
+        1 => image::ExtendedColorType::L8,
+        3 => image::ExtendedColorType::Rgb8,
+        c => return Err(format!("a PNG has 1 or 3 channels here, not {c}")),
+    };
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::write_buffer_with_format(&mut png, pixels, width as u32, height as u32, color, image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    write(path, png.get_ref()).map_err(|e| e.to_string())
+}
+
 /// Removes from `dir` the temporary files that writes of `names` (files of `dir`) left behind
 /// when their run was killed before it could remove them: regular files named as [`write`]
 /// names them (`.NAME.XXXXXX.tmp`), never following a symbolic link.

@@ -226,11 +226,7 @@ impl Pipeline {
                 }
             }
         }
-        let color = if c == 1 { image::ExtendedColorType::L8 } else { image::ExtendedColorType::Rgb8 };
-        let mut png = std::io::Cursor::new(Vec::new());
-        image::write_buffer_with_format(&mut png, &grid, gw as u32, gh as u32, color, image::ImageFormat::Png)
-            .map_err(|e| e.to_string())?;
-        crate::atomic::write(path, png.get_ref()).map_err(|e| e.to_string())
+        crate::atomic::write_png(path, &grid, gw, gh, c)
     }
 
     /// Whether examples pass through unchanged.

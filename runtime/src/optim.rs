@@ -25,13 +25,22 @@ pub struct Optimizer {
 impl Optimizer {
     /// An optimizer for parameters laid out as `layout`, its state zero.
     pub fn new(spec: OptimizerSpec, schedule: ScheduleSpec, layout: &Arc<Layout>) -> Self {
-        let n = layout.len();
+        Self::sized(spec, schedule, layout.clone(), layout.len())
+    }
+
+    /// An optimizer for one flat buffer of `n` values (the pixels of style transfer), its state
+    /// zero; [`Optimizer::step_flat`] updates it.
+    pub fn flat(spec: OptimizerSpec, n: usize) -> Self {
+        Self::sized(spec, ScheduleSpec::Constant, Arc::default(), n)
+    }
+
+    fn sized(spec: OptimizerSpec, schedule: ScheduleSpec, layout: Arc<Layout>, n: usize) -> Self {
         let (m, v) = match spec {
             OptimizerSpec::Sgd { momentum: 0.0, .. } => (Vec::new(), Vec::new()),
             OptimizerSpec::Sgd { .. } => (vec![0.0; n], Vec::new()),
             OptimizerSpec::Adam { .. } => (vec![0.0; n], vec![0.0; n]),
         };
-        Optimizer { spec, schedule, m, v, t: 0, layout: layout.clone() }
+        Optimizer { spec, schedule, m, v, t: 0, layout }
     }
 
     /// The learning rate at `epoch` (0-based) and global `step` of `total` steps.
@@ -51,33 +60,44 @@ impl Optimizer {
     /// trainable parameter.
     pub fn step(&mut self, params: &mut Params, grads: &[f32], lr: f32) {
         self.t += 1;
-        let t = self.t as i32;
-        for e in self.layout.entries().iter().filter(|e| e.trainable) {
+        let layout = self.layout.clone();
+        for e in layout.entries().iter().filter(|e| e.trainable) {
             let r = e.range();
-            let (w, g) = (&mut params.data_mut()[r.clone()], &grads[r.clone()]);
-            match self.spec {
-                OptimizerSpec::Sgd { momentum, nesterov, weight_decay, .. } => {
-                    if momentum == 0.0 {
-                        for (w, &g) in w.iter_mut().zip(g) {
-                            *w -= lr * (g + weight_decay * *w);
-                        }
-                        continue;
+            self.update(&mut params.data_mut()[r.clone()], &grads[r.clone()], r, lr);
+        }
+    }
+
+    /// Applies one update with learning rate `lr` from `grads` to the flat buffer `values`.
+    pub fn step_flat(&mut self, values: &mut [f32], grads: &[f32], lr: f32) {
+        self.t += 1;
+        self.update(values, grads, 0..values.len(), lr);
+    }
+
+    /// The update of `w` (values `r` of the state) from `g`.
+    fn update(&mut self, w: &mut [f32], g: &[f32], r: std::ops::Range<usize>, lr: f32) {
+        let t = self.t as i32;
+        match self.spec {
+            OptimizerSpec::Sgd { momentum, nesterov, weight_decay, .. } => {
+                if momentum == 0.0 {
+                    for (w, &g) in w.iter_mut().zip(g) {
+                        *w -= lr * (g + weight_decay * *w);
                     }
-                    for ((w, &g), m) in w.iter_mut().zip(g).zip(&mut self.m[r.clone()]) {
-                        let g = g + weight_decay * *w;
-                        *m = *m * momentum + g;
-                        *w -= lr * if nesterov { g + momentum * *m } else { *m };
-                    }
+                    return;
                 }
-                OptimizerSpec::Adam { beta1, beta2, eps, weight_decay, .. } => {
-                    let (c1, c2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
-                    let (m, v) = (&mut self.m[r.clone()], &mut self.v[r.clone()]);
-                    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
-                        let g = g + weight_decay * *w;
-                        *m = *m * beta1 + g * (1.0 - beta1);
-                        *v = *v * beta2 + g * g * (1.0 - beta2);
-                        *w -= lr * ((*m / c1) / ((*v / c2).sqrt() + eps));
-                    }
+                for ((w, &g), m) in w.iter_mut().zip(g).zip(&mut self.m[r]) {
+                    let g = g + weight_decay * *w;
+                    *m = *m * momentum + g;
+                    *w -= lr * if nesterov { g + momentum * *m } else { *m };
+                }
+            }
+            OptimizerSpec::Adam { beta1, beta2, eps, weight_decay, .. } => {
+                let (c1, c2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
+                let (m, v) = (&mut self.m[r.clone()], &mut self.v[r]);
+                for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
+                    let g = g + weight_decay * *w;
+                    *m = *m * beta1 + g * (1.0 - beta1);
+                    *v = *v * beta2 + g * g * (1.0 - beta2);
+                    *w -= lr * ((*m / c1) / ((*v / c2).sqrt() + eps));
                 }
             }
         }

@@ -300,9 +300,5 @@ fn write_map(map: &Tensor, path: &Path) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
-    let color = if c == 1 { image::ExtendedColorType::L8 } else { image::ExtendedColorType::Rgb8 };
-    let mut png = std::io::Cursor::new(Vec::new());
-    image::write_buffer_with_format(&mut png, &bytes, w as u32, h as u32, color, image::ImageFormat::Png)
-        .map_err(|e| e.to_string())?;
-    crate::atomic::write(path, png.get_ref()).map_err(|e| e.to_string())
+    crate::atomic::write_png(path, &bytes, w, h, c)
 }

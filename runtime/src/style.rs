@@ -6,6 +6,7 @@
 
 use crate::backend::{Backend, Programs};
 use crate::executor::{Executor, Values};
+use crate::optim::Optimizer;
 use crate::params::Params;
 use crate::preprocess::Prep;
 use crate::reference::{Ctx, Tensor, View};
@@ -72,6 +73,10 @@ pub struct Transfer {
     backend: Backend,
     programs: Programs,
     infer_programs: Programs,
+    /// What a cost evaluation keeps: each term's loss, the image's gradient.
+    keep: Vec<ValueId>,
+    /// What a target computation keeps: the outputs the costs read.
+    infer_keep: Vec<ValueId>,
 }
 
 /// The section's `scale` and `normalize` steps as one affine map per channel:
@@ -121,14 +126,15 @@ impl Transfer {
         let &[h, w, c] = &ig.graph.node(ig.input).shape.0[..] else {
             return Err(StyleError::Input("the model's input must be an image [n_H, n_W, n_C]".into()));
         };
-        let keep = Self::keep(&ig);
+        let mut keep: Vec<ValueId> = ig.terms.iter().map(|t| ValueId::from(t.loss)).collect();
+        keep.push(ig.grad);
         crate::train::fits_in_memory(&ig.graph, 1, &[], &keep, 4).map_err(|e| StyleError::Input(e.to_string()))?;
         let params = match params {
             Some(p) => p,
             None => Params::init(&infer, spec.seed),
         };
         let (scale, shift) = affine(spec, c);
-        let infer_keep = infer.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+        let infer_keep: Vec<ValueId> = infer.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
         let mut t = Transfer {
             ig,
             infer,
@@ -138,17 +144,13 @@ impl Transfer {
             shift,
             targets: Vec::new(),
             backend: Backend::Reference,
-            programs: Programs::new(keep, Vec::new()),
-            infer_programs: Programs::new(infer_keep, Vec::new()),
+            programs: Programs::new(keep.clone(), Vec::new()),
+            infer_programs: Programs::new(infer_keep.clone(), Vec::new()),
+            keep,
+            infer_keep,
         };
         t.set_backend(backend)?;
         Ok(t)
-    }
-
-    fn keep(ig: &ImageGraph) -> Vec<ValueId> {
-        let mut keep: Vec<ValueId> = ig.terms.iter().map(|t| ValueId::from(t.loss)).collect();
-        keep.push(ig.grad);
-        keep
     }
 
     /// Runs on `backend` from now on.
@@ -159,45 +161,33 @@ impl Transfer {
         Ok(())
     }
 
-    /// The graph that computes the targets (the model's inference graph, its outputs those the
-    /// costs read).
-    pub fn inference_graph(&self) -> &Graph {
-        &self.infer
-    }
-
     /// `pixels` (`[h, w, c]` in `[0, 1]`) as the model's input: scaled and normalized.
-    fn input(&self, pixels: &[f32]) -> Tensor {
-        let c = self.shape[2];
-        let values = pixels.iter().enumerate().map(|(i, &p)| p * self.scale[i % c] + self.shift[i % c]).collect();
+    fn input(&self, pixels: &[f32]) -> Result<Tensor, StyleError> {
         let [h, w, c] = self.shape;
-        Tensor::from_shape_vec(IxDyn(&[1, h, w, c]), values).unwrap_or_else(|_| Tensor::zeros(IxDyn(&[1, h, w, c])))
+        let values = pixels.iter().enumerate().map(|(i, &p)| p * self.scale[i % c] + self.shift[i % c]).collect();
+        Tensor::from_shape_vec(IxDyn(&[1, h, w, c]), values).map_err(|_| {
+            StyleError::Input(format!("an image of {h}×{w}×{c} pixels has {} values, not {}", h * w * c, pixels.len()))
+        })
     }
 
-    fn run(&mut self, inference: bool, feeds: &[(NodeId, View)]) -> Result<Values, StyleError> {
-        let (graph, programs) =
-            if inference { (&self.infer, &mut self.infer_programs) } else { (&self.ig.graph, &mut self.programs) };
-        let keep = if inference {
-            graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect()
-        } else {
-            Self::keep(&self.ig)
-        };
-        run_graph(self.backend, graph, programs, &self.params, &keep, feeds)
+    /// The inference graph's values on `pixels`.
+    fn infer(&mut self, pixels: &[f32]) -> Result<Values, StyleError> {
+        let x = self.input(pixels)?;
+        let feeds = [(self.infer.inputs()[0], x.view())];
+        run_graph(self.backend, &self.infer, &mut self.infer_programs, &self.params, &self.infer_keep, &feeds)
     }
 
     /// Sets the targets from the content and style images (`[h, w, c]` pixels in `[0, 1]`):
     /// the content image's features and the style image's Gram matrices.
     pub fn set_targets(&mut self, content: &[f32], style: &[f32]) -> Result<(), StyleError> {
-        let input = self.infer.inputs()[0];
         let of = |values: &Values, infer: &Graph, output: &str| -> Result<Tensor, StyleError> {
             let id = infer.outputs().iter().find(|(n, _)| n == output).map(|(_, id)| *id);
             id.and_then(|id| values.get(id))
                 .cloned()
                 .ok_or_else(|| StyleError::Internal(format!("no value of `{output}`")))
         };
-        let c = self.input(content);
-        let content_values = self.run(true, &[(input, c.view())])?;
-        let s = self.input(style);
-        let style_values = self.run(true, &[(input, s.view())])?;
+        let content_values = self.infer(content)?;
+        let style_values = self.infer(style)?;
         let mut targets = Vec::new();
         for term in &self.ig.terms {
             targets.push(match term.compare {
@@ -214,11 +204,10 @@ impl Transfer {
         if self.targets.len() != self.ig.terms.len() {
             return Err(StyleError::Internal("the targets were not set".into()));
         }
-        let x = self.input(pixels);
+        let x = self.input(pixels)?;
         let mut feeds = vec![(self.ig.input, x.view())];
         feeds.extend(self.ig.terms.iter().zip(&self.targets).map(|(t, v)| (t.target, v.view())));
-        let keep = Self::keep(&self.ig);
-        let values = run_graph(self.backend, &self.ig.graph, &mut self.programs, &self.params, &keep, &feeds)?;
+        let values = run_graph(self.backend, &self.ig.graph, &mut self.programs, &self.params, &self.keep, &feeds)?;
         let mut cost = Cost::default();
         for term in &self.ig.terms {
             let v = values.get(term.loss).map_or(f64::NAN, |t| t.iter().map(|&x| f64::from(x)).sum::<f64>());
@@ -288,9 +277,9 @@ pub fn total_variation(x: &[f32], [h, w, c]: [usize; 3], mut grad: Option<(&mut 
 
 /// An optimizer over the pixels.
 pub enum PixelOptimizer {
-    /// Adam.
-    Adam { lr: f32, beta1: f32, beta2: f32, eps: f32, m: Vec<f32>, v: Vec<f32>, t: i32 },
-    /// L-BFGS with `history` pairs and a backtracking (Armijo) line search from step `lr`.
+    /// A training optimizer (Adam, SGD) on the pixels as one flat buffer, at learning rate `lr`.
+    Gradient { opt: Optimizer, lr: f32 },
+    /// L-BFGS with `history` pairs and a weak Wolfe line search from step `lr`.
     Lbfgs { lr: f32, history: usize, pairs: Vec<(Vec<f32>, Vec<f32>)>, iterations: usize },
 }
 
@@ -304,48 +293,27 @@ impl PixelOptimizer {
                 pairs: Vec::new(),
                 iterations: 0,
             },
-            o => {
-                let num = |k: &str, d: f64| o.map_or(d, |o| o.num(k, d)) as f32;
-                PixelOptimizer::Adam {
-                    lr: num("lr", if o.is_some_and(|o| o.name == "sgd") { 0.01 } else { 0.001 }),
-                    beta1: if o.is_some_and(|o| o.name == "adam") { num("beta1", 0.9) } else { 0.0 },
-                    beta2: if o.is_some_and(|o| o.name == "adam") { num("beta2", 0.999) } else { 0.0 },
-                    eps: num("eps", 1e-8),
-                    m: vec![0.0; n],
-                    v: vec![0.0; n],
-                    t: 0,
-                }
+            _ => {
+                let spec = spec.optimizer_spec();
+                PixelOptimizer::Gradient { opt: Optimizer::flat(spec, n), lr: spec.lr() }
             }
         }
     }
 
-    /// One step from `x` (cost `f`, gradient `g`): `x`, `f` and `g` become the new point's.
-    /// `eval` computes a point's cost and gradient. Returns the evaluations it made.
+    /// One step from `x` (its cost `cost`, gradient `g`): `x`, `cost` and `g` become the new
+    /// point's. `eval` computes a point's cost and gradient. Returns the evaluations it made.
     pub fn step(
         &mut self,
         x: &mut Vec<f32>,
-        f: &mut f64,
+        cost: &mut Cost,
         g: &mut Vec<f32>,
-        mut eval: impl FnMut(&[f32]) -> Result<(f64, Vec<f32>), StyleError>,
+        mut eval: impl FnMut(&[f32]) -> Result<(Cost, Vec<f32>), StyleError>,
     ) -> Result<usize, StyleError> {
         match self {
-            PixelOptimizer::Adam { lr, beta1, beta2, eps, m, v, t } => {
-                *t += 1;
-                let (c1, c2) = (1.0 - beta1.powi(*t), 1.0 - beta2.powi(*t));
-                for i in 0..x.len() {
-                    if *beta2 == 0.0 {
-                        // Plain gradient descent (sgd).
-                        x[i] = (x[i] - *lr * g[i]).clamp(0.0, 1.0);
-                        continue;
-                    }
-                    m[i] = *beta1 * m[i] + (1.0 - *beta1) * g[i];
-                    v[i] = *beta2 * v[i] + (1.0 - *beta2) * g[i] * g[i];
-                    let step = *lr * (m[i] / c1) / ((v[i] / c2).sqrt() + *eps);
-                    x[i] = (x[i] - step).clamp(0.0, 1.0);
-                }
-                let (fx, gx) = eval(x)?;
-                *f = fx;
-                *g = gx;
+            PixelOptimizer::Gradient { opt, lr } => {
+                opt.step_flat(x, g, *lr);
+                x.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+                (*cost, *g) = eval(x)?;
                 Ok(1)
             }
             PixelOptimizer::Lbfgs { lr, history, pairs, iterations } => {
@@ -367,20 +335,21 @@ impl PixelOptimizer {
                 // (Armijo); lengthen it while it does and the slope is still steep (the cost is
                 // not convex everywhere, and a step along negative curvature may go further).
                 let mut evals = 0;
-                let mut best: Option<(Vec<f32>, f64, Vec<f32>)> = None;
+                let mut best: Option<(Vec<f32>, Cost, Vec<f32>)> = None;
                 let mut lengthening = false;
                 for _ in 0..16 {
                     let trial: Vec<f32> =
                         x.iter().zip(&d).map(|(&xi, &di)| (xi + (t as f32) * di).clamp(0.0, 1.0)).collect();
-                    let (ft, gt) = eval(&trial)?;
+                    let (ct, gt) = eval(&trial)?;
+                    let ft = ct.total;
                     evals += 1;
                     let moved: f64 =
                         trial.iter().zip(x.iter()).zip(g.iter()).map(|((&a, &b), &gi)| f64::from((a - b) * gi)).sum();
-                    let enough = ft.is_finite() && ft <= *f + 1e-4 * moved;
-                    let better = enough && best.as_ref().is_none_or(|b| ft < b.1);
+                    let enough = ft.is_finite() && ft <= cost.total + 1e-4 * moved;
+                    let better = enough && best.as_ref().is_none_or(|b| ft < b.1.total);
                     if better {
                         let steep: f64 = gt.iter().zip(&d).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>();
-                        best = Some((trial, ft, gt));
+                        best = Some((trial, ct, gt));
                         if steep < 0.9 * slope.min(0.0) && slope < 0.0 {
                             lengthening = true;
                             t *= 2.0;
@@ -393,7 +362,7 @@ impl PixelOptimizer {
                     }
                     t *= 0.5;
                 }
-                let Some((trial, ft, gt)) = best else {
+                let Some((trial, ct, gt)) = best else {
                     // No decrease along this direction: start the curvature memory again.
                     pairs.clear();
                     return Ok(evals);
@@ -411,7 +380,7 @@ impl PixelOptimizer {
                     }
                 }
                 *x = trial;
-                *f = ft;
+                *cost = ct;
                 *g = gt;
                 Ok(evals)
             }
@@ -487,11 +456,7 @@ pub fn read_image(path: &Path, [h, w, c]: [usize; 3]) -> Result<Vec<f32>, StyleE
 /// Encodes `[h, w, c]` pixels in `[0, 1]` as a PNG at `path` (atomically).
 pub fn write_png(path: &Path, pixels: &[f32], [h, w, c]: [usize; 3]) -> Result<(), StyleError> {
     let bytes: Vec<u8> = pixels.iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
-    let color = if c == 1 { ::image::ExtendedColorType::L8 } else { ::image::ExtendedColorType::Rgb8 };
-    let mut png = std::io::Cursor::new(Vec::new());
-    ::image::write_buffer_with_format(&mut png, &bytes, w as u32, h as u32, color, ::image::ImageFormat::Png)
-        .map_err(|e| StyleError::Internal(e.to_string()))?;
-    crate::atomic::write(path, png.get_ref())
+    crate::atomic::write_png(path, &bytes, w, h, c)
         .map_err(|e| StyleError::Input(format!("cannot write `{}`: {e}", path.display())))
 }
 
@@ -509,33 +474,12 @@ pub fn run(transfer: &mut Transfer, spec: &TrainSpec, opts: &StyleOptions) -> Re
         .map_err(|e| StyleError::Input(format!("cannot create `{}`: {e}", opts.out.display())))?;
     let started = Instant::now();
     let (mut cost, mut g) = transfer.cost(&x)?;
-    let mut f = cost.total;
     let mut history = vec![(1, cost.clone())];
     let mut evaluations = 1;
     let mut optimizer = PixelOptimizer::of(spec, x.len());
-    let bar = (!opts.quiet).then(|| {
-        let bar = indicatif::ProgressBar::new(opts.steps as u64);
-        let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}  ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> ");
-        bar.set_style(style);
-        bar.set_prefix("style transfer");
-        bar
-    });
+    let bar = (!opts.quiet).then(|| crate::train::bar(opts.steps as u64, "style transfer".into()));
     for step in 1..=opts.steps {
-        let mut last = cost.clone();
-        evaluations += optimizer.step(&mut x, &mut f, &mut g, |p| {
-            let (c, g) = transfer.cost(p)?;
-            let total = c.total;
-            last = c;
-            Ok((total, g))
-        })?;
-        // The cost of the accepted point: recompute the parts when the last evaluation was not it.
-        if (last.total - f).abs() > f64::EPSILON * f.abs().max(1.0) {
-            last = transfer.cost(&x)?.0;
-            evaluations += 1;
-        }
-        cost = last;
+        evaluations += optimizer.step(&mut x, &mut cost, &mut g, |p| transfer.cost(p))?;
         if !cost.total.is_finite() || g.iter().any(|v| !v.is_finite()) {
             return Err(StyleError::NonFinite { step });
         }

@@ -946,14 +946,16 @@ pub fn train(
 }
 
 fn progress_bar(show: bool, steps: u64, epoch: usize, epochs: usize) -> Option<indicatif::ProgressBar> {
-    if !show {
-        return None;
-    }
+    show.then(|| bar(steps, format!("epoch {}/{}", epoch + 1, epochs)))
+}
+
+/// A progress bar of `steps` steps headed `prefix`, with the message and the time left.
+pub(crate) fn bar(steps: u64, prefix: String) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(steps);
     let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}  ETA {eta}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> ");
     bar.set_style(style);
-    bar.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
-    Some(bar)
+    bar.set_prefix(prefix);
+    bar
 }

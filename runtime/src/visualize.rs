@@ -191,21 +191,12 @@ impl Canvas {
     }
 
     fn save(self, path: &Path) -> Result<(), String> {
-        let mut png = std::io::Cursor::new(Vec::new());
-        ::image::write_buffer_with_format(
-            &mut png,
-            &self.rgb,
-            self.w as u32,
-            self.h as u32,
-            ::image::ExtendedColorType::Rgb8,
-            ::image::ImageFormat::Png,
-        )
-        .map_err(|e| e.to_string())?;
-        crate::atomic::write(path, png.get_ref()).map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+        crate::atomic::write_png(path, &self.rgb, self.w, self.h, 3)
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
     }
 }
 
-/// Blocks of `cells` per unit, `per_row` blocks a row: where block `u`'s cell `i` goes.
+/// How many times to enlarge a patch or filter of `side` pixels so that it is about 48 wide.
 fn zoom_for(side: usize) -> usize {
     (48 / side.max(1)).clamp(1, 8)
 }

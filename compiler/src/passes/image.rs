@@ -39,8 +39,6 @@ pub struct Term {
     pub loss: NodeId,
     /// Its weight in the section, times the normalization: the loss node's weight.
     pub weight: f32,
-    /// The weight written in the section.
-    pub written: f64,
 }
 
 /// A model ready to optimize its input image.
@@ -158,7 +156,7 @@ fn add_costs(graph: &mut Graph, spec: &TrainSpec) -> Result<(Vec<Term>, f64), Im
             graph.add(Node::new(Op::Input(InputOp { name: target_name.clone() }), target_name, loc, target_shape), &[]);
         let op = Op::Loss(LossOp { kind: LossKind::L2, weight: weight as f32 });
         let loss = graph.add(Node::new(op, format!("{kind}_cost.{output}"), loc, Shape(vec![])), &[read, target]);
-        terms.push(Term { compare, output: output.clone(), target, loss, weight: weight as f32, written: term.weight });
+        terms.push(Term { compare, output: output.clone(), target, loss, weight: weight as f32 });
     }
     if terms.is_empty() {
         return Err(ImageError::Section("the loss needs a `content(...)` or `style(...)` term".into()));
