@@ -6,6 +6,7 @@
 
 mod bench;
 mod build;
+mod data;
 mod import;
 mod run;
 mod style;
@@ -94,6 +95,10 @@ enum Command {
     },
     /// Time compiling a model and running its steps on a synthetic batch (no data, no evaluation).
     Bench(BenchArgs),
+    /// Make datasets: `mnist-detection` (digits on canvases, with YOLO label files) and
+    /// `anchors` (k-means anchors from a detection folder's boxes).
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Run the language server on standard input and output (for editors).
     Lsp,
     /// Format .cnn files in place.
@@ -105,6 +110,64 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Digits from MNIST on larger canvases, several per canvas (some overlapping, some cut by
+    /// the border), as OUT/train and OUT/test folders of images/ and labels/ (YOLO text files:
+    /// `class cx cy w h`). The test canvases take MNIST's test digits. Deterministic.
+    MnistDetection {
+        /// The folder to write (made whole, or not at all).
+        out: PathBuf,
+        /// The folder of MNIST's four files.
+        #[arg(long, value_name = "DIR")]
+        mnist: PathBuf,
+        /// Training canvases.
+        #[arg(long, default_value_t = 6000)]
+        train: usize,
+        /// Test canvases.
+        #[arg(long, default_value_t = 500)]
+        test: usize,
+        /// Canvas side in pixels.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Digits per canvas: 1 to this many.
+        #[arg(long, default_value_t = 4)]
+        most: usize,
+        /// Smallest side of a digit's 28×28 frame, in pixels.
+        #[arg(long, default_value_t = 18)]
+        smallest: usize,
+        /// Largest side of a digit's 28×28 frame, in pixels.
+        #[arg(long, default_value_t = 34)]
+        largest: usize,
+        /// Seed of every random choice.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Anchors by k-means (distance 1 − IoU) over the boxes of DIR/labels, in cells of the
+    /// grid, printed as a model's `anchors` declaration.
+    Anchors {
+        /// A detection folder (with labels/).
+        dir: PathBuf,
+        /// How many anchors.
+        #[arg(long, short = 'k', default_value_t = 5)]
+        k: usize,
+        /// The grid, ROWSxCOLS (or one number for a square grid).
+        #[arg(long, value_parser = grid)]
+        grid: (usize, usize),
+        /// The declaration's name.
+        #[arg(long, default_value = "boxes")]
+        name: String,
+    },
+}
+
+fn grid(s: &str) -> Result<(usize, usize), String> {
+    let parse = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("`{s}` is not a grid: give ROWSxCOLS, as 8x8"));
+    match s.split_once(['x', '×']) {
+        Some((r, c)) => Ok((parse(r)?, parse(c)?)),
+        None => parse(s).map(|n| (n, n)),
+    }
 }
 
 #[derive(clap::Args)]
@@ -181,6 +244,20 @@ struct RunArgs {
     /// interpreter) or `reference` (the layer-level reference executor).
     #[arg(long, default_value = "jit", value_parser = backend)]
     backend: cnnc_runtime::backend::Backend,
+    /// Detection, --predict: the least score (objectness × class probability) of a box shown.
+    #[arg(long, default_value_t = 0.5, value_parser = fraction)]
+    threshold: f32,
+    /// Detection: non-max suppression drops a box overlapping a better one of its class by more
+    /// than this IoU.
+    #[arg(long, default_value_t = 0.5, value_parser = fraction)]
+    iou: f32,
+}
+
+fn fraction(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number from 0 to 1")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -328,6 +405,8 @@ fn main() -> ExitCode {
                 steps: a.steps,
                 visualize: a.visualize,
                 filters: a.filters,
+                threshold: a.threshold,
+                iou: a.iou,
             };
             finish(run::run(&c, &args))
         }
@@ -396,6 +475,11 @@ fn main() -> ExitCode {
             };
             finish(bench::run(&c, &args, compiled))
         }
+        Command::Data(DataCommand::MnistDetection { out, mnist, train, test, size, most, smallest, largest, seed }) => {
+            let o = cnnc_runtime::data::canvas::CanvasOptions { size, train, test, most, smallest, largest, seed };
+            finish(data::mnist_detection(&mnist, &out, &o))
+        }
+        Command::Data(DataCommand::Anchors { dir, k, grid, name }) => finish(data::anchors(&dir, k, grid, &name)),
         Command::Lsp => match cnnc_lsp::run_stdio() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -5,6 +5,7 @@ use cnnc_compiler::ir::op::Op;
 use cnnc_compiler::train::{Arg, TrainSpec};
 use cnnc_compiler::Compilation;
 use cnnc_runtime::augment::{self, Pipeline};
+use cnnc_runtime::detect::{self, Detection};
 use cnnc_runtime::params::Params;
 use cnnc_runtime::predict::{PredictError, Prediction, Predictor};
 use cnnc_runtime::train::{self, RunOptions, Session};
@@ -40,6 +41,10 @@ pub struct Args {
     pub visualize: Option<String>,
     /// Draw this convolution's filters (empty: the first).
     pub filters: Option<String>,
+    /// Detection: the least score of a box `--predict` reports.
+    pub threshold: f32,
+    /// Detection: the IoU above which non-max suppression drops the lesser of two boxes.
+    pub iou: f32,
 }
 
 /// A failure with its exit code.
@@ -121,8 +126,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
     if let Some(limit) = args.limit.filter(|&l| l < data.train.len()) {
         let f = data.features();
-        data.train.x.truncate(limit * f);
-        data.train.y.truncate(limit);
+        data.train.truncate(f, limit);
     }
     let steps = [augment::steps(&spec.augment), values].concat();
     let pipeline = Pipeline::new(steps, &data.shape, &input, &data.train, spec.seed)
@@ -165,6 +169,14 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         }
         .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         println!("test loss: {loss:.4}");
+        if let Some((_, grid)) = session.detector() {
+            let eval = pipeline.for_eval(&data);
+            let (found, truths) = session
+                .detections(&eval, &eval.test, spec.batch, 0.01, args.iou)
+                .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+            print_map(&found, &truths, grid.classes);
+            return Ok(());
+        }
         print_accuracy(acc, data.test.len());
         return Ok(());
     }
@@ -297,6 +309,35 @@ fn print_accuracy(acc: f64, n: usize) {
     }
 }
 
+/// mAP at IoU 0.5 and over 0.5:0.95, and the AP of each class at 0.5, as COCO computes them.
+fn print_map(found: &[Vec<Detection>], truths: &[Vec<detect::Object>], classes: usize) {
+    let (per_class, map50) = detect::average_precision(found, truths, classes, 0.5);
+    let objects: usize = truths.iter().map(Vec::len).sum();
+    println!("test mAP@0.5: {:.2}% over {} images and {objects} objects", 100.0 * map50, truths.len());
+    println!("test mAP@0.5:0.95: {:.2}%", 100.0 * detect::map_50_95(found, truths, classes));
+    let shown: Vec<String> =
+        per_class.iter().enumerate().filter_map(|(c, ap)| ap.map(|ap| format!("{c}: {:.1}%", 100.0 * ap))).collect();
+    println!("AP@0.5 by class: {}", shown.join("  "));
+    // One object an image (localization): how well the best box fits it.
+    if truths.iter().all(|t| t.len() <= 1) {
+        let ious: Vec<f32> = found
+            .iter()
+            .zip(truths)
+            .filter_map(|(f, t)| {
+                let truth = t.first()?;
+                Some(f.first().map_or(0.0, |best| detect::iou(&best.corners, &truth.corners())))
+            })
+            .collect();
+        let mean = ious.iter().sum::<f32>() / ious.len().max(1) as f32;
+        let hits = ious.iter().filter(|&&v| v >= 0.5).count();
+        println!(
+            "best box: mean IoU {mean:.3} with the object; IoU ≥ 0.5 on {hits} of {} images ({:.2}%)",
+            ious.len(),
+            100.0 * hits as f64 / ious.len().max(1) as f64
+        );
+    }
+}
+
 fn pick_model<'c>(c: &'c Compilation, args: &Args) -> Result<&'c ModelInfo, Failure> {
     if let Some(name) = &args.model {
         return c.models.iter().find(|m| &m.name == name).ok_or_else(|| {
@@ -369,6 +410,9 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
             ));
         }
     }
+    let detector = spec
+        .and_then(|s| cnnc_compiler::passes::training::detector(model, s))
+        .map(|(name, g)| (name, detect::Grid { rows: g.rows, cols: g.cols, anchors: g.anchors, classes: g.classes }));
     let mut exact: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for file in &args.predict {
         let failed = |e: PredictError| match e {
@@ -393,6 +437,13 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
                 }
             }
             let out = if batch { out.join(index.to_string()) } else { out.to_path_buf() };
+            if let Some((name, grid)) = &detector {
+                let Some((_, value)) = outputs.iter().find(|(n, _)| n == name) else { continue };
+                let flat: Vec<f32> = value.iter().copied().collect();
+                let found = detect::nms(grid.decode(&flat, args.threshold), args.iou);
+                show_detections(file, &found, &out, batch.then_some(index))?;
+                continue;
+            }
             let answers = predictor.answers(outputs, &out).map_err(failed)?;
             if batch {
                 println!("{}[{index}]:", file.display());
@@ -406,6 +457,40 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
         let files: Vec<String> = args.predict.iter().map(|f| f.display().to_string()).collect();
         write_outputs(path, &exact, files.join("\n"))?;
     }
+    Ok(())
+}
+
+/// Prints the boxes found in `file` (in its pixels) and draws them on it, to
+/// `OUT/STEM.boxes.png` (enlarged to at least 256 pixels a side).
+fn show_detections(file: &Path, found: &[Detection], out: &Path, index: Option<usize>) -> Result<(), Failure> {
+    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    match index {
+        Some(i) => println!("{}[{i}]: {} objects", file.display(), found.len()),
+        None => println!("{}: {} objects", file.display(), found.len()),
+    }
+    // (The file was read as the model's input already: a tensor file has no picture.)
+    let picture = if cnnc_runtime::predict::is_tensor_file(file) { None } else { detect::read_rgb(file).ok() };
+    let (w, h) = picture.as_ref().map_or((1, 1), |p| (p.1, p.2));
+    for d in found {
+        let c = d.corners;
+        println!(
+            "  class {}  score {:.3}  box ({:.0}, {:.0}) to ({:.0}, {:.0})",
+            d.class,
+            d.score,
+            c[0].clamp(0.0, 1.0) * w as f32,
+            c[1].clamp(0.0, 1.0) * h as f32,
+            c[2].clamp(0.0, 1.0) * w as f32,
+            c[3].clamp(0.0, 1.0) * h as f32
+        );
+    }
+    let Some(picture) = picture else { return Ok(()) };
+    let scale = (256 / w.min(h).max(1)).max(1);
+    let drawn = detect::draw(&picture.0, w, h, scale, found);
+    std::fs::create_dir_all(out).map_err(|e| fail(EXIT_INPUT, format!("cannot create `{}`: {e}", out.display())))?;
+    let path = out.join(format!("{stem}.boxes.png"));
+    cnnc_runtime::atomic::write_png(&path, &drawn, w * scale, h * scale, 3)
+        .map_err(|e| fail(EXIT_INPUT, format!("cannot write `{}`: {e}", path.display())))?;
+    println!("  drawn: {}", path.display());
     Ok(())
 }
 

@@ -114,11 +114,12 @@ pub fn run(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args) -> Result<(
     } else {
         data.test.x.splice(0..0, train.x);
         data.test.y.splice(0..0, train.y);
+        data.test.t.splice(0..0, train.t);
+        data.test.origin.splice(0..0, train.origin);
     }
     if let Some(limit) = args.limit.filter(|&l| l < data.test.len()) {
         let f = data.features();
-        data.test.x.truncate(limit * f);
-        data.test.y.truncate(limit);
+        data.test.truncate(f, limit);
     }
     let steps = [augment::steps(&spec.augment), values].concat();
     let pipeline = Pipeline::new(steps, &data.shape, &input, &Default::default(), spec.seed)

@@ -313,6 +313,10 @@ const DATA: &[FnSpec] = &[
     },
     FnSpec { name: "images", params: &[("dir", Str, Some(R)), ("split", Num, Some(Dflt::Num(0.2)))] },
     FnSpec {
+        name: "detection",
+        params: &[("dir", Str, Some(R)), ("test", Str, None), ("split", Num, Some(Dflt::Num(0.2)))],
+    },
+    FnSpec {
         name: "style_transfer",
         params: &[("content", Str, Some(R)), ("style", Str, Some(R)), ("noise", Num, Some(Dflt::Num(0.0)))],
     },
@@ -340,6 +344,16 @@ const LOSSES: &[FnSpec] = &[
             ("classes", Int, Some(R)),
             ("coord", Num, Some(Dflt::Num(5.0))),
             ("noobj", Num, Some(Dflt::Num(0.5))),
+        ],
+    },
+    FnSpec {
+        name: "localization",
+        params: &[
+            ("output", Output, Some(R)),
+            ("target", Label, Some(R)),
+            ("classes", Int, Some(R)),
+            ("coord", Num, Some(Dflt::Num(1.0))),
+            ("noobj", Num, Some(Dflt::Num(1.0))),
         ],
     },
     FnSpec { name: "content", params: &[("output", Output, Some(R))] },
@@ -422,7 +436,7 @@ pub fn check(file: FileId, ast: &ast::File, models: &[ModelInfo], problems: &mut
             );
             continue;
         };
-        let mut c = Checker { file, model, problems };
+        let mut c = Checker { file, model, problems, boxes: false };
         specs.push(c.section(t));
     }
     specs
@@ -432,6 +446,8 @@ struct Checker<'a> {
     file: FileId,
     model: &'a ModelInfo,
     problems: &'a mut Vec<Problem>,
+    /// Whether the section's data gives boxes (`detection`).
+    boxes: bool,
 }
 
 impl Checker<'_> {
@@ -521,6 +537,7 @@ impl Checker<'_> {
             }
         }
         if let Some(data) = &spec.data {
+            self.boxes = data.name == "detection";
             self.check_data(data, &spec.preprocess, &spec.augment);
         }
         self.check_targets(&spec.loss, spec.data.as_ref());
@@ -882,6 +899,16 @@ impl Checker<'_> {
                 }
             }
             "yolo" => self.check_yolo(call, &outputs),
+            "localization" => {
+                let classes = call.num("classes", 0.0) as i64;
+                outputs.iter().find(|(_, s, _)| s.rank() != 1 || s.0[0] as i64 != 5 + classes).map(|(n, s, _)| {
+                    format!(
+                        "`{n}` must be the vector (p_c, b_x, b_y, b_w, b_h, then {classes} class scores) of {} values, \
+                         but has shape {s}",
+                        5 + classes
+                    )
+                })
+            }
             "content" | "style" => outputs
                 .iter()
                 .find(|(_, s, _)| s.rank() < 2)
@@ -894,12 +921,12 @@ impl Checker<'_> {
         }
     }
 
-    /// Checks what the losses read from `label` against what the data gives: every data source
-    /// gives one class index per example, which softmax cross-entropy reads as a class, and
-    /// sigmoid cross-entropy and L2 as a target for an output of one value. One `label` feeds
-    /// every term, so they must read it alike.
+    /// Checks what the losses read against what the data gives. `detection` data gives boxes,
+    /// which `yolo` and `localization` read and nothing else does; every other source gives one
+    /// class index per example, which softmax cross-entropy reads as a class, and sigmoid
+    /// cross-entropy and L2 as the target of an output of one value.
     fn check_targets(&mut self, terms: &[LossTerm], data: Option<&FnCall>) {
-        let mut first: Option<(Shape, &LossTerm)> = None;
+        let boxes = data.is_some_and(|d| d.name == "detection");
         for term in terms {
             let output = ["logits", "output"].iter().find_map(|k| match term.call.args.get(*k) {
                 Some(Arg::Name(n)) => Some(n.clone()),
@@ -907,14 +934,30 @@ impl Checker<'_> {
             });
             let Some(output) = output else { continue };
             let Some((shape, at)) = self.output_shape(&output) else { continue };
+            let detects = matches!(term.call.name.as_str(), "yolo" | "localization");
             let reads = match term.call.name.as_str() {
                 "softmax_cross_entropy" => Shape(vec![]),
                 "sigmoid_cross_entropy" | "l2" => shape.clone(),
+                _ if detects => Shape(vec![]),
                 _ => continue,
             };
             let inputs = vec![(output.clone(), shape.clone(), at)];
             let ten_classes = data.is_some_and(|d| d.name == "mnist");
-            let problem = if term.call.name == "sigmoid_cross_entropy" && ten_classes {
+            let problem = if detects && !boxes {
+                Some(
+                    "it reads boxes, and the data gives one class index per example: read images with YOLO label \
+                     files with `data detection(\"DIR\")`"
+                        .to_string(),
+                )
+            } else if detects {
+                None
+            } else if boxes {
+                Some(format!(
+                    "`detection` data gives boxes, and `{}` reads a class index or a value per example: detect with \
+                     `yolo` or `localization`",
+                    term.call.name
+                ))
+            } else if term.call.name == "sigmoid_cross_entropy" && ten_classes {
                 Some("it reads each label as 0 or 1, and `mnist` has 10 classes: use softmax_cross_entropy".to_string())
             } else if reads.elements().is_some_and(|n| n > 1) {
                 Some(format!(
@@ -922,20 +965,7 @@ impl Checker<'_> {
                      example: give `{output}` one value, or use data with such targets (not supported yet)"
                 ))
             } else {
-                match &first {
-                    Some((s, t)) if *s != reads => Some(format!(
-                        "`{}` reads `label` as {}, and `{}` as {}: one `label` cannot be both",
-                        t.call.name,
-                        if s.rank() == 0 { "a class index".to_string() } else { format!("a target of shape {s}") },
-                        term.call.name,
-                        if reads.rank() == 0 {
-                            "a class index".to_string()
-                        } else {
-                            format!("a target of shape {reads}")
-                        },
-                    )),
-                    _ => None,
-                }
+                None
             };
             if let Some(problem) = problem {
                 self.problems.push(
@@ -943,7 +973,6 @@ impl Checker<'_> {
                 );
                 return;
             }
-            first.get_or_insert((reads, term));
         }
     }
 
@@ -1037,6 +1066,13 @@ impl Checker<'_> {
         }
         if shape.rank() != 3 {
             return Err(format!("it transforms images [n_H, n_W, n_C], and the examples have shape {shape}"));
+        }
+        let moves =
+            !matches!(step.name.as_str(), "color_shift" | "pca_color" | "brightness" | "contrast" | "normalize");
+        if moves && self.boxes {
+            return Err("it moves the pixels, and the boxes of `detection` data do not follow them yet: use colour, \
+                 brightness and contrast steps"
+                .to_string());
         }
         let (h, w, c) = (shape.0[0], shape.0[1], shape.0[2]);
         // Every number finite and in a range the augmentation can use (a huge angle, warp or

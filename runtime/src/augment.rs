@@ -190,10 +190,11 @@ impl Pipeline {
     /// model's input shape (training examples are augmented per batch by the loader instead).
     pub fn for_eval(&self, data: &Dataset) -> Dataset {
         let f = data.features();
-        let mut test = Split { x: Vec::new(), y: data.test.y.clone() };
+        let mut x = Vec::new();
         for example in data.test.x.chunks(f.max(1)) {
-            test.x.extend(self.eval(example));
+            x.extend(self.eval(example));
         }
+        let test = data.test.with_x(x);
         Dataset { train: Split::default(), test, shape: self.input.clone(), ..data.clone() }
     }
 

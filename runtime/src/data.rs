@@ -3,7 +3,9 @@
 //! served in seeded shuffled batches. Every malformed file is a [`DataError`] that says what and
 //! where; nothing here panics on bad input.
 
+pub mod canvas;
 mod csv;
+mod detection;
 mod idx;
 mod images;
 
@@ -100,8 +102,22 @@ impl std::error::Error for DataError {}
 pub struct Split {
     /// `n × features` values.
     pub x: Vec<f32>,
-    /// Class index of each example.
+    /// Class index of each example (for boxes: the first object's class, 0 without one).
     pub y: Vec<u32>,
+    /// Each example's targets, `n × target` values, when the data gives more than a class
+    /// index ([`Dataset::target`]): boxes as rows `[class, cx, cy, w, h]`, unused rows with
+    /// class −1.
+    pub t: Vec<f32>,
+    /// Where each example's targets were read (for errors that name the file and line); empty
+    /// for data whose labels are class indices.
+    pub origin: Vec<Origin>,
+}
+
+/// The file an example's targets come from, and the line of each of its objects.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub lines: Vec<usize>,
 }
 
 impl Split {
@@ -115,13 +131,54 @@ impl Split {
         self.y.is_empty()
     }
 
-    fn take(&self, features: usize, indices: &[usize]) -> Split {
-        let mut out = Split { x: Vec::with_capacity(indices.len() * features), y: Vec::with_capacity(indices.len()) };
+    /// Values of each example's targets (0 for class indices alone).
+    pub fn target_len(&self) -> usize {
+        self.t.len() / self.y.len().max(1)
+    }
+
+    /// The same examples and labels with inputs `x` (preprocessed or augmented).
+    pub fn with_x(&self, x: Vec<f32>) -> Split {
+        Split { x, y: self.y.clone(), t: self.t.clone(), origin: self.origin.clone() }
+    }
+
+    /// The examples at `indices`.
+    pub fn take(&self, features: usize, indices: &[usize]) -> Split {
+        let per = self.target_len();
+        let mut out = Split { x: Vec::with_capacity(indices.len() * features), ..Split::default() };
         for &i in indices {
             out.x.extend_from_slice(&self.x[i * features..(i + 1) * features]);
             out.y.push(self.y[i]);
+            out.t.extend_from_slice(&self.t[i * per..(i + 1) * per]);
+            if let Some(o) = self.origin.get(i) {
+                out.origin.push(o.clone());
+            }
         }
         out
+    }
+
+    /// The first `n` examples.
+    pub fn truncate(&mut self, features: usize, n: usize) {
+        let per = self.target_len();
+        self.x.truncate(n * features);
+        self.y.truncate(n);
+        self.t.truncate(n * per);
+        self.origin.truncate(n);
+    }
+
+    /// The targets of examples `indices` as a batch `[b, target..]`: the class indices `[b]`
+    /// when the data gives nothing more.
+    pub fn targets(&self, indices: &[usize], target: &[usize]) -> Tensor {
+        let per = self.target_len();
+        if per == 0 {
+            let y = indices.iter().map(|&i| self.y[i] as f32).collect();
+            return ArrayD::from_shape_vec(IxDyn(&[indices.len()]), y).expect("labels fill their shape");
+        }
+        let mut t = Vec::with_capacity(indices.len() * per);
+        for &i in indices {
+            t.extend_from_slice(&self.t[i * per..(i + 1) * per]);
+        }
+        let shape: Vec<usize> = std::iter::once(indices.len()).chain(target.iter().copied()).collect();
+        ArrayD::from_shape_vec(IxDyn(&shape), t).expect("targets fill their shape")
     }
 }
 
@@ -140,6 +197,9 @@ pub struct Dataset {
     pub pad: usize,
     /// Factor that maps raw values (0..255 for images) into the model's range.
     pub scale: f32,
+    /// Shape of one example's targets beyond its class index: `[objects, 5]` for boxes; empty
+    /// when the labels are class indices alone.
+    pub target: Vec<usize>,
 }
 
 impl Dataset {
@@ -148,7 +208,8 @@ impl Dataset {
         self.shape.iter().product()
     }
 
-    /// The examples of `split` at `indices` as a batch: inputs `[b, shape..]` and labels `[b]`.
+    /// The examples of `split` at `indices` as a batch: inputs `[b, shape..]` and targets
+    /// ([`Split::targets`]).
     pub fn batch(&self, split: &Split, indices: &[usize]) -> (Tensor, Tensor) {
         let f = self.features();
         let mut x = Vec::with_capacity(indices.len() * f);
@@ -158,9 +219,7 @@ impl Dataset {
         let mut shape = vec![indices.len()];
         shape.extend_from_slice(&self.shape);
         let x = ArrayD::from_shape_vec(IxDyn(&shape), x).expect("batch fills its shape");
-        let y = ArrayD::from_shape_vec(IxDyn(&[indices.len()]), indices.iter().map(|&i| split.y[i] as f32).collect())
-            .expect("labels fill their shape");
-        (x, y)
+        (x, split.targets(indices, &self.target))
     }
 }
 
@@ -251,13 +310,21 @@ pub fn load(
             let pad = call.num("pad", 0.0) as usize;
             let limit = call.num("limit", 0.0) as usize;
             let (train, test) = idx::mnist(&dir, pad, limit)?;
-            Dataset { train, test, classes: 10, shape: vec![28 + 2 * pad, 28 + 2 * pad, 1], pad, scale: 1.0 / 255.0 }
+            Dataset {
+                train,
+                test,
+                classes: 10,
+                shape: vec![28 + 2 * pad, 28 + 2 * pad, 1],
+                pad,
+                scale: 1.0 / 255.0,
+                target: vec![],
+            }
         }
         "idx" => {
             let (images, labels) = (path("images").unwrap_or_default(), path("labels").unwrap_or_default());
             let (all, shape, labels_raw) = idx::pair(&images, &labels)?;
             let classes = class_count(&labels_raw);
-            let all = Split { x: all.x, y: check_labels(&labels, &labels_raw, classes)? };
+            let all = Split { x: all.x, y: check_labels(&labels, &labels_raw, classes)?, ..Split::default() };
             let features: usize = shape.iter().product();
             let (train, test) = match (path("test_images"), path("test_labels")) {
                 (Some(ti), Some(tl)) => {
@@ -269,11 +336,11 @@ pub fn load(
                             found: test_shape,
                         });
                     }
-                    (all, Split { x: test.x, y: check_labels(&tl, &raw, classes)? })
+                    (all, Split { x: test.x, y: check_labels(&tl, &raw, classes)?, ..Split::default() })
                 }
                 _ => split(all, features, call.num("split", 0.2), seed),
             };
-            Dataset { train, test, classes, shape, pad: 0, scale: 1.0 / 255.0 }
+            Dataset { train, test, classes, shape, pad: 0, scale: 1.0 / 255.0, target: vec![] }
         }
         "csv" => {
             let file = path("path").unwrap_or_default();
@@ -281,9 +348,9 @@ pub fn load(
             let scale = call.num("scale", 1.0) as f32;
             let (all, raw) = csv::load(&file, shape.iter().product(), scale)?;
             let classes = class_count(&raw);
-            let all = Split { x: all.x, y: check_labels(&file, &raw, classes)? };
+            let all = Split { x: all.x, y: check_labels(&file, &raw, classes)?, ..Split::default() };
             let (train, test) = split(all, shape.iter().product(), call.num("split", 0.2), seed);
-            Dataset { train, test, classes, shape, pad: 0, scale }
+            Dataset { train, test, classes, shape, pad: 0, scale, target: vec![] }
         }
         "images" => {
             let dir = path("dir").unwrap_or_default();
@@ -291,7 +358,22 @@ pub fn load(
             let shape = prep.shape(input);
             let (all, classes) = images::folders(&dir, &shape, prep)?;
             let (train, test) = split(all, shape.iter().product(), call.num("split", 0.2), seed);
-            return Ok(Dataset { train, test, classes, shape, pad: 0, scale: 1.0 / 255.0 });
+            return Ok(Dataset { train, test, classes, shape, pad: 0, scale: 1.0 / 255.0, target: vec![] });
+        }
+        "detection" => {
+            let shape = prep.shape(input);
+            let read = |dir: &Path| detection::folder(dir, &shape, prep);
+            let (train, test) = match path("test") {
+                Some(test) => (read(&path("dir").unwrap_or_default())?, read(&test)?),
+                None => {
+                    let all = read(&path("dir").unwrap_or_default())?;
+                    split(all, shape.iter().product(), call.num("split", 0.2), seed)
+                }
+            };
+            let (train, test, target) = detection::pad_objects(train, test);
+            let classes = train.t.chunks_exact(5).chain(test.t.chunks_exact(5)).fold(1, |m, r| m.max(r[0] as i64 + 1));
+            let dataset = Dataset { train, test, classes: classes as usize, shape, pad: 0, scale: 1.0 / 255.0, target };
+            return prep.dataset(dataset);
         }
         other => return Err(DataError::Unsupported { what: format!("data source `{other}` is not supported") }),
     };

@@ -116,8 +116,8 @@ pub fn prepare(
         }
     };
     let data = Dataset {
-        train: Split { x: train, y: data.train.y.clone() },
-        test: Split { x: test, y: data.test.y.clone() },
+        train: data.train.with_x(train),
+        test: data.test.with_x(test),
         shape: shape.clone(),
         pad: 0,
         ..data.clone()

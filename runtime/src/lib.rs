@@ -6,6 +6,7 @@ pub mod augment;
 pub mod backend;
 pub mod bench;
 pub mod data;
+pub mod detect;
 pub mod evaluate;
 pub mod executor;
 pub mod frozen;

@@ -21,7 +21,8 @@ pub struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    /// Batch `indices` of the training split for `epoch`: inputs `[b, input..]` and labels `[b]`.
+    /// Batch `indices` of the training split for `epoch`: inputs `[b, input..]` and targets
+    /// ([`Split::targets`]).
     pub fn batch(&self, split: &Split, indices: &[usize], epoch: usize) -> (Tensor, Tensor) {
         let f = self.data.features();
         let input = &self.pipeline.input;
@@ -34,9 +35,7 @@ impl Loader<'_> {
         let mut shape = vec![indices.len()];
         shape.extend_from_slice(input);
         let x = ArrayD::from_shape_vec(IxDyn(&shape), x).expect("augmented examples fill the input shape");
-        let y = ArrayD::from_shape_vec(IxDyn(&[indices.len()]), indices.iter().map(|&i| split.y[i] as f32).collect())
-            .expect("labels fill their shape");
-        (x, y)
+        (x, split.targets(indices, &self.data.target))
     }
 
     /// Feeds the batches of `order` to `step` in order, prepared by the worker threads, with the

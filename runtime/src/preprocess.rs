@@ -117,7 +117,7 @@ impl Prep {
             for example in s.x.chunks(h * w * c) {
                 x.extend(self.image(Image { h, w, c, data: example.to_vec() })?.data);
             }
-            Ok(Split { x, y: s.y.clone() })
+            Ok(s.with_x(x))
         };
         let (train, test) = (split(&data.train)?, split(&data.test)?);
         Ok(Dataset { train, test, shape: self.shape(&data.shape), ..data })

@@ -15,7 +15,7 @@ use crate::weights::{self, WeightsError};
 use cnnc_compiler::elaborate::ModelInfo;
 use cnnc_compiler::ir::op::{LossKind, Op};
 use cnnc_compiler::ir::{Graph, NodeId, ValueId};
-use cnnc_compiler::passes::training::{self, PlanError, TrainingGraph};
+use cnnc_compiler::passes::training::{self, BoxGrid, PlanError, TargetSource, TrainingGraph};
 use cnnc_compiler::passes::{inference, Options, Pipeline as PassPipeline};
 use cnnc_compiler::train::TrainSpec;
 use std::collections::HashMap;
@@ -184,6 +184,9 @@ pub struct RunOptions {
     /// the whole model.
     pub body: Option<Params>,
 }
+
+/// What a detector found in each image, beside each image's labelled objects.
+pub type Found = (Vec<Vec<crate::detect::Detection>>, Vec<Vec<crate::detect::Object>>);
 
 /// An output stacked over examples: its name, shape `[examples, ..]` and values.
 pub type Stacked = (String, Vec<usize>, Vec<f32>);
@@ -358,7 +361,8 @@ impl Session {
 
     /// Checks that the data's labels fit the prediction: every class needs a score.
     pub fn check(&self, data: &Dataset) -> Result<(), RunError> {
-        let sigmoid = self.outputs_of_losses().iter().any(|&(_, kind, _)| kind == LossKind::SigmoidCrossEntropy);
+        let sigmoid = self.outputs_of_losses().iter().any(|&(_, kind, _, _)| kind == LossKind::SigmoidCrossEntropy);
+        self.check_targets(data)?;
         if sigmoid && data.classes > 2 {
             return Err(RunError::Unsupported(format!(
                 "sigmoid cross-entropy reads each label as 0 or 1, and the data has {} classes: use \
@@ -378,24 +382,44 @@ impl Session {
         Ok(())
     }
 
-    fn feeds<'a>(&self, x: View<'a>, y: View<'a>) -> Vec<(NodeId, View<'a>)> {
+    /// The inputs of a training step: the batch, and every target input made from its targets.
+    fn feeds<'a>(&self, x: View<'a>, targets: &'a [(NodeId, Tensor)]) -> Vec<(NodeId, View<'a>)> {
         let mut feeds = vec![(self.tg.input, x)];
-        if let Some(label) = self.tg.label {
-            feeds.push((label, self.labels(y)));
-        }
+        feeds.extend(targets.iter().map(|(n, t)| (*n, t.view())));
         feeds
     }
 
-    /// A batch of labels (one per example) in the shape the losses read them: `[n]` class
-    /// indices, or `[n, 1]` targets of an output of one value.
-    fn labels<'a>(&self, y: View<'a>) -> View<'a> {
-        let Some(label) = self.tg.label else { return y };
-        let shape: Vec<usize> =
-            std::iter::once(y.len()).chain(self.tg.graph.node(label).shape.0.iter().copied()).collect();
-        if shape.iter().product::<usize>() != y.len() {
-            return y;
-        }
-        y.clone().into_shape_with_order(ndarray::IxDyn(&shape)).unwrap_or(y)
+    /// What each target input receives for a batch whose targets are `y`: the labels in the
+    /// input's shape, or the boxes encoded onto the detection loss's grid.
+    fn targets(&self, y: View) -> Vec<(NodeId, Tensor)> {
+        let n = y.shape().first().copied().unwrap_or(0);
+        self.tg
+            .targets
+            .iter()
+            .map(|t| {
+                let shape: Vec<usize> =
+                    std::iter::once(n).chain(self.tg.graph.node(t.node).shape.0.iter().copied()).collect();
+                let value = match &t.from {
+                    TargetSource::Labels => {
+                        let values: Vec<f32> = y.iter().copied().collect();
+                        let shape = if shape.iter().product::<usize>() == y.len() { shape } else { y.shape().to_vec() };
+                        Tensor::from_shape_vec(ndarray::IxDyn(&shape), values).expect("labels fill their shape")
+                    }
+                    TargetSource::Boxes(g) => {
+                        let grid = grid_of(g);
+                        let per_example = y.len() / n.max(1);
+                        let flat: Vec<f32> = y.iter().copied().collect();
+                        let mut out = vec![0.0; n * grid.len()];
+                        for (b, chunk) in out.chunks_exact_mut(grid.len().max(1)).enumerate() {
+                            let objects = crate::detect::Object::rows(&flat[b * per_example..(b + 1) * per_example]);
+                            grid.encode(&objects, chunk);
+                        }
+                        Tensor::from_shape_vec(ndarray::IxDyn(&shape), out).expect("the grid fills its shape")
+                    }
+                };
+                (t.node, value)
+            })
+            .collect()
     }
 
     /// The weighted total loss of a run, each term averaged over the batch.
@@ -408,7 +432,8 @@ impl Session {
     /// gradient nothing is updated and the error names the first non-finite layer.
     pub fn step(&mut self, x: View, y: View, lr: f32) -> Result<StepOutcome, StepError> {
         let ctx = Ctx { seed: self.seed, step: self.opt.t };
-        let feeds = self.feeds(x.view(), y.view());
+        let targets = self.targets(y.view());
+        let feeds = self.feeds(x.view(), &targets);
         let values = match self.backend {
             Backend::Reference => {
                 let values = self.train_exec.run(&self.tg.graph, &self.params, &feeds, ctx).map_err(StepError::Exec)?;
@@ -433,8 +458,8 @@ impl Session {
         self.opt.step(&mut self.params, &self.grads, lr);
         self.update_running_stats(&values, x.shape()[0]);
         let correct = match values.get(self.tg.prediction) {
-            Some(p) => correct(p, &y),
-            None => 0,
+            Some(p) if self.classifies => correct(p, &y),
+            _ => 0,
         };
         Ok(StepOutcome { loss, correct, peak_bytes: values.peak_bytes })
     }
@@ -464,18 +489,65 @@ impl Session {
         for chunk in indices.chunks(batch.max(1)) {
             let (x, y) = data.batch(split, chunk);
             let values = self.infer(&self.params, x.view())?;
-            for (i, &(id, kind, weight)) in outputs.iter().enumerate() {
+            let targets = self.targets(y.view());
+            for (i, &(id, kind, weight, target)) in outputs.iter().enumerate() {
                 let Some(pred) = values.get(id) else { continue };
-                loss += f64::from(weight)
-                    * mean(&reference::loss(kind, &pred.view(), &self.labels(y.view())))
-                    * chunk.len() as f64;
-                if i == 0 {
+                let Some((_, t)) = targets.iter().find(|(n, _)| *n == target) else { continue };
+                loss += f64::from(weight) * mean(&reference::loss(kind, &pred.view(), &t.view())) * chunk.len() as f64;
+                if i == 0 && self.classifies {
                     correct_count += correct(pred, &y.view());
                 }
             }
         }
         let n = split.len().max(1) as f64;
         Ok((loss / n, if self.classifies { correct_count as f64 / n } else { f64::NAN }))
+    }
+
+    /// The first detection loss's output in the inference graph and its grid, if the section
+    /// trains a detector.
+    pub fn detector(&self) -> Option<(NodeId, crate::detect::Grid)> {
+        let g = &self.tg.graph;
+        self.tg.losses.iter().find_map(|&(l, _)| {
+            let target = *g.operands(l).get(1)?;
+            let TargetSource::Boxes(grid) = &self.tg.targets.iter().find(|t| t.node == target)?.from else {
+                return None;
+            };
+            let (id, _, _, _) = self.outputs_of_losses().into_iter().find(|o| o.3 == target)?;
+            Some((id, grid_of(grid)))
+        })
+    }
+
+    /// The boxes the detector finds in every example of `split` (scores of at least
+    /// `threshold`, per-class non-max suppression at `iou`, at most 100 per image, as COCO
+    /// evaluates), beside the labelled objects.
+    pub fn detections(
+        &self,
+        data: &Dataset,
+        split: &Split,
+        batch: usize,
+        threshold: f32,
+        iou: f32,
+    ) -> Result<Found, RunError> {
+        let Some((id, grid)) = self.detector() else {
+            return Err(RunError::Unsupported("the section has no detection loss (yolo or localization)".into()));
+        };
+        let (mut found, mut truths) = (Vec::new(), Vec::new());
+        let indices: Vec<usize> = (0..split.len()).collect();
+        let per = split.target_len();
+        for chunk in indices.chunks(batch.max(1)) {
+            let (x, _) = data.batch(split, chunk);
+            let values = self.infer(&self.params, x.view())?;
+            let Some(pred) = values.get(id) else { continue };
+            let flat: Vec<f32> = pred.iter().copied().collect();
+            for (k, &i) in chunk.iter().enumerate() {
+                let mut boxes =
+                    crate::detect::nms(grid.decode(&flat[k * grid.len()..(k + 1) * grid.len()], threshold), iou);
+                boxes.truncate(100);
+                found.push(boxes);
+                truths.push(crate::detect::Object::rows(&split.t[i * per..(i + 1) * per]));
+            }
+        }
+        Ok((found, truths))
     }
 
     /// Every output of the inference graph on every example of `split`, in order: name, shape
@@ -505,23 +577,24 @@ impl Session {
     /// The inference graph's output that the first loss applies to.
     pub fn prediction(&self) -> NodeId {
         match self.outputs_of_losses().first() {
-            Some(&(id, _, _)) => id,
+            Some(&(id, _, _, _)) => id,
             None => self.infer.outputs()[0].1,
         }
     }
 
-    /// For each loss term: the inference graph's output it applies to, its kind and weight.
-    fn outputs_of_losses(&self) -> Vec<(NodeId, LossKind, f32)> {
+    /// For each loss term: the inference graph's output it applies to, its kind and weight, and
+    /// its target input in the training graph.
+    fn outputs_of_losses(&self) -> Vec<(NodeId, LossKind, f32, NodeId)> {
         let g = &self.tg.graph;
         self.tg
             .losses
             .iter()
             .filter_map(|&(l, w)| {
                 let Op::Loss(op) = g.node(l).op else { return None };
-                let pred = g.operands(l)[0];
+                let (pred, target) = (g.operands(l)[0], g.operands(l)[1]);
                 let name = g.outputs().iter().find(|(_, id)| *id == pred).map(|(n, _)| n)?;
                 let id = self.infer.outputs().iter().find(|(n, _)| n == name).map(|(_, id)| *id)?;
-                Some((id, op.kind, w))
+                Some((id, op.kind, w, target))
             })
             .collect()
     }
@@ -543,6 +616,62 @@ impl Session {
         }
     }
 
+    /// Checks that the data gives what each target input is made from: class indices or values
+    /// for the label inputs, boxes for the detection losses, with classes the loss scores.
+    fn check_targets(&self, data: &Dataset) -> Result<(), RunError> {
+        let boxes = !data.target.is_empty();
+        for t in &self.tg.targets {
+            match &t.from {
+                TargetSource::Labels if boxes => {
+                    return Err(RunError::Unsupported(
+                        "the data gives boxes (`detection`), and a loss of this section reads a class index or a \
+                         value per example: detect with `yolo` or `localization`"
+                            .into(),
+                    ))
+                }
+                TargetSource::Labels => {}
+                TargetSource::Boxes(_) if !boxes => {
+                    return Err(RunError::Unsupported(
+                        "`yolo` and `localization` read boxes, and the data gives one class index per example: \
+                         read a folder of images and YOLO label files with `detection(\"DIR\")`"
+                            .into(),
+                    ))
+                }
+                TargetSource::Boxes(g) => {
+                    let single = g.rows * g.cols * g.anchors.len() == 1;
+                    for split in [&data.train, &data.test] {
+                        let per = split.target_len();
+                        for (i, origin) in split.origin.iter().enumerate() {
+                            let objects = crate::detect::Object::rows(&split.t[i * per..(i + 1) * per]);
+                            if let Some((k, o)) =
+                                objects.iter().enumerate().find(|(_, o)| o.class as usize >= g.classes)
+                            {
+                                return Err(RunError::Unsupported(format!(
+                                    "`{}`, line {}: class {} is not one of the loss's {} classes (0 to {})",
+                                    origin.file.display(),
+                                    origin.lines.get(k).copied().unwrap_or(0),
+                                    o.class,
+                                    g.classes,
+                                    g.classes.saturating_sub(1)
+                                )));
+                            }
+                            if single && objects.len() > 1 {
+                                return Err(RunError::Unsupported(format!(
+                                    "`{}`, line {}: `localization` finds one object per image, and this image has {}: \
+                                     use `yolo` for several",
+                                    origin.file.display(),
+                                    origin.lines.get(1).copied().unwrap_or(0),
+                                    objects.len()
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The first node, in execution order, whose value is not finite: the step is run again with
     /// every value kept.
     fn first_non_finite(&self, feeds: &[(NodeId, View)], ctx: Ctx) -> Option<String> {
@@ -562,6 +691,11 @@ pub enum StepError {
     Internal(String),
     /// The loss or a gradient is not finite; the first layer where a non-finite value appeared.
     NonFinite { layer: Option<String> },
+}
+
+/// The runtime's grid for a detection loss's geometry.
+fn grid_of(g: &BoxGrid) -> crate::detect::Grid {
+    crate::detect::Grid { rows: g.rows, cols: g.cols, anchors: g.anchors.clone(), classes: g.classes }
 }
 
 fn mean(v: &Tensor) -> f64 {
@@ -873,7 +1007,7 @@ pub fn train(
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let order = epoch_order(data.train.len(), spec.seed, epoch);
         let waited = loader.epoch(&order, spec.batch, epoch, |x, y, waited| {
-            let batch = y.len();
+            let batch = y.shape()[0];
             let step = session.opt.t;
             let lr = session.opt.lr_at(epoch, step, total_steps);
             let outcome = match session.step(x.view(), y.view(), lr) {
@@ -906,6 +1040,13 @@ pub fn train(
         })?;
         let train_seconds = started.elapsed().as_secs_f64();
         let (test_loss, test_accuracy) = session.evaluate(&eval_data, &eval_data.test, spec.batch)?;
+        let test_map = match session.detector() {
+            Some((_, grid)) => {
+                let (found, truths) = session.detections(&eval_data, &eval_data.test, spec.batch, 0.01, 0.5)?;
+                Some(crate::detect::average_precision(&found, &truths, grid.classes, 0.5).1)
+            }
+            None => None,
+        };
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
@@ -920,7 +1061,19 @@ pub fn train(
             seconds: started.elapsed().as_secs_f64(),
             waiting: waited.as_secs_f64() / train_seconds.max(1e-9),
         };
-        if !opts.quiet {
+        if let (false, Some(map)) = (opts.quiet, test_map) {
+            println!(
+                "epoch {:>3}/{}  lr {:.4}  loss {:.4}  test loss {:.4}  test mAP@0.5 {:>7}  {:>6.0} img/s  {:.1} s",
+                m.epoch,
+                spec.epochs,
+                m.lr,
+                m.train_loss,
+                m.test_loss,
+                percent(map),
+                m.images_per_second,
+                m.seconds
+            );
+        } else if !opts.quiet {
             println!(
                 "epoch {:>3}/{}  lr {:.4}  loss {:.4}  acc {:>7}  test loss {:.4}  test acc {:>7}  {:>6.0} img/s  {:.1} s",
                 m.epoch,

@@ -100,7 +100,7 @@ fn pca_colour_uses_the_eigen_decomposition_of_the_rgb_covariance() {
         let r: f32 = rng.random_range(0.0..1.0);
         x.extend([r, 0.8 * r + rng.random_range(-0.1..0.1), rng.random_range(0.0..0.3)]);
     }
-    let split = Split { x: x.clone(), y: vec![0; 100] };
+    let split = Split { x: x.clone(), y: vec![0; 100], ..Split::default() };
     let pca = augment::pca(&split);
     // Covariance computed directly.
     let n = x.len() / 3;
@@ -150,12 +150,13 @@ fn dataset(n: usize) -> Dataset {
     let x: Vec<f32> = (0..n * 8 * 8).map(|_| rng.random_range(0.0..1.0)).collect();
     let y: Vec<u32> = (0..n).map(|i| (i % 10) as u32).collect();
     Dataset {
-        train: Split { x: x.clone(), y: y.clone() },
-        test: Split { x, y },
+        train: Split { x: x.clone(), y: y.clone(), ..Split::default() },
+        test: Split { x, y, ..Split::default() },
         classes: 10,
         shape: vec![8, 8, 1],
         pad: 0,
         scale: 1.0,
+        target: vec![],
     }
 }
 

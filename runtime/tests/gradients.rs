@@ -2,7 +2,7 @@
 //! every trainable parameter, (L(θ + εv) − L(θ − εv)) / 2ε must match ⟨∇L, v⟩, where ∇L comes
 //! from the autodiff pass and the reference executor's vector-Jacobian products.
 
-use cnnc_compiler::ir::op::{InputOp, LossKind, LossOp, Op};
+use cnnc_compiler::ir::op::{DetectLoss, InputOp, LossKind, LossOp, Op};
 use cnnc_compiler::ir::{Graph, Node, NodeId, ValueId};
 use cnnc_compiler::passes::{autodiff, inference_mode, training_mode};
 use cnnc_compiler::shape::Shape;
@@ -98,6 +98,8 @@ fn check_once(case: &Case, batch: usize, kind: LossKind, seed: u64, attempt: u64
         }
         LossKind::SigmoidCrossEntropy => random(&y_shape, &mut rng).mapv(|v| (v + 1.0) / 2.0),
         LossKind::L2 => random(&y_shape, &mut rng),
+        // Objectness flags 0 or 1 (by the sign), the rest in [0, 1].
+        LossKind::Detect(_) => random(&y_shape, &mut rng).mapv(|v| (v + 1.0) / 2.0),
     };
     let ctx = Ctx { seed, step: 3 };
     let mut keep: Vec<ValueId> = case.grads.params.iter().chain(&case.grads.inputs).map(|(_, g)| *g).collect();
@@ -233,6 +235,12 @@ proptest! {
     fn losses(which in 0usize..3, classes in 2usize..=6, seed in any::<u64>()) {
         let kind = [LossKind::SoftmaxCrossEntropy, LossKind::SigmoidCrossEntropy, LossKind::L2][which];
         run(&[4], &format!("dense({classes})"), kind, 3, seed)?;
+    }
+
+    #[test]
+    fn detection_loss(n in 1usize..=3, anchors in 1u32..=2, classes in 0usize..=3, seed in any::<u64>()) {
+        let kind = LossKind::Detect(DetectLoss { anchors, coord: 5.0, noobj: 0.5 });
+        run(&[n, n, 2], &format!("conv({}, 1)", anchors as usize * (5 + classes)), kind, 2, seed)?;
     }
 }
 

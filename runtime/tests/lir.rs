@@ -4,7 +4,7 @@
 //! for the stdlib and example models, within ‖a − b‖∞ ≤ 1e-4 · max(‖b‖∞, 1) per tensor.
 
 use cnnc_codegen::{Jit, Options};
-use cnnc_compiler::ir::op::{InputOp, LossKind, LossOp, Op};
+use cnnc_compiler::ir::op::{DetectLoss, InputOp, LossKind, LossOp, Op};
 use cnnc_compiler::ir::{Graph, Node, NodeId, ValueId};
 use cnnc_compiler::lir::{self, Purpose};
 use cnnc_compiler::passes::{autodiff, inference_mode, training_mode};
@@ -75,6 +75,10 @@ fn compare(
             Op::Loss(l) if l.kind == LossKind::SoftmaxCrossEntropy => {
                 labels_i32 = (0..batch).map(|_| rng.random_range(0..y_shape[1]) as i32).collect();
                 ArrayD::from_shape_vec(IxDyn(&[batch]), labels_i32.iter().map(|&v| v as f32).collect()).unwrap()
+            }
+            // Objectness flags 0 or 1, the rest in [0, 1].
+            Op::Loss(l) if matches!(l.kind, LossKind::Detect(_)) => {
+                random(&y_shape, &mut rng).mapv(|v| (v + 1.0) / 2.0)
             }
             _ => random(&y_shape, &mut rng),
         };
@@ -239,6 +243,13 @@ proptest! {
         let kind = [LossKind::SoftmaxCrossEntropy, LossKind::SigmoidCrossEntropy, LossKind::L2][which];
         both(&[4], &format!("dense({classes})"), kind, batch, seed)?;
     }
+
+    #[test]
+    fn detection_loss(n in 1usize..=4, anchors in 1u32..=3, classes in 0usize..=3, batch in 1usize..=3, seed in any::<u64>()) {
+        let kind = LossKind::Detect(DetectLoss { anchors, coord: 5.0, noobj: 0.5 });
+        let channels = anchors as usize * (5 + classes);
+        both(&[n, n, 2], &format!("conv({channels}, 1)"), kind, batch, seed)?;
+    }
 }
 
 #[test]
@@ -333,8 +344,9 @@ fn stdlib_and_example_models() {
             checked += 1;
             let Some(spec) = c.trains.iter().find(|t| t.model == m.name) else { continue };
             let Ok(tg) = cnnc_compiler::passes::training::run(m, spec, false, &mut pipe) else { continue };
-            let label = tg.label.unwrap();
-            compare(&tg.graph, Some((tg.losses[0].0, label)), &tg.grads, 2, 12)
+            // The first loss's target input (labels, or boxes encoded onto a grid).
+            let target = tg.graph.operands(tg.losses[0].0)[1];
+            compare(&tg.graph, Some((tg.losses[0].0, target)), &tg.grads, 2, 12)
                 .unwrap_or_else(|e| panic!("{name} training: {e}"));
             checked += 1;
         }

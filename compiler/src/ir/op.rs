@@ -8,7 +8,7 @@ pub use super::backward::{BackwardOp, Read};
 pub use crate::ops::activation::{Activation, DropoutOp};
 pub use crate::ops::conv::ConvOp;
 pub use crate::ops::dense::DenseOp;
-pub use crate::ops::loss::{LossKind, LossOp};
+pub use crate::ops::loss::{DetectLoss, LossKind, LossOp};
 pub use crate::ops::norm::BatchNormOp;
 pub use crate::ops::pool::{PoolKind, PoolOp};
 pub use crate::ops::structure::{Init, InputOp, ParamOp, ParamRole, ReshapeOp, SliceOp};

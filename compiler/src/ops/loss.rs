@@ -18,7 +18,7 @@ pub struct LossOp {
 }
 
 /// Losses, computed per example.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LossKind {
     /// `−log softmax(logits)[label]`; the target is a class index.
     SoftmaxCrossEntropy,
@@ -26,6 +26,25 @@ pub enum LossKind {
     SigmoidCrossEntropy,
     /// `½‖prediction − target‖²`.
     L2,
+    /// The detection loss of YOLO (and of classification with localization, a grid of one cell
+    /// with one anchor): see [`DetectLoss`]. The target has the prediction's shape, encoded from
+    /// the boxes by the runtime.
+    Detect(DetectLoss),
+}
+
+/// The detection loss over a grid of cells, each with `anchors` slots of `5 + classes` values
+/// `(t_o, t_x, t_y, t_w, t_h, class scores..)`. A target slot is `(object, x, y, w, h, one-hot
+/// class..)`. Where `object` is 1:
+/// `coord·½[(σ(t_x) − x)² + (σ(t_y) − y)² + (t_w − w)² + (t_h − h)²] + bce(t_o, 1) + ce(classes)`;
+/// elsewhere `noobj·bce(t_o, 0)`, and nothing else counts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DetectLoss {
+    /// Slots per cell.
+    pub anchors: u32,
+    /// Weight of the box terms.
+    pub coord: f32,
+    /// Weight of the objectness term where there is no object.
+    pub noobj: f32,
 }
 
 impl LossKind {
@@ -46,6 +65,7 @@ impl fmt::Display for LossKind {
             LossKind::SoftmaxCrossEntropy => "softmax_cross_entropy",
             LossKind::SigmoidCrossEntropy => "sigmoid_cross_entropy",
             LossKind::L2 => "l2",
+            LossKind::Detect(_) => "detect",
         })
     }
 }
@@ -56,7 +76,12 @@ impl OpRule for LossOp {
     }
 
     fn attributes(&self) -> String {
-        format!("[weight={}]", self.weight)
+        match self.kind {
+            LossKind::Detect(d) => {
+                format!("[weight={}, anchors={}, coord={}, noobj={}]", self.weight, d.anchors, d.coord, d.noobj)
+            }
+            _ => format!("[weight={}]", self.weight),
+        }
     }
 
     fn infer(&self, inputs: &[&Shape]) -> Result<Inferred, ShapeFault> {
@@ -65,6 +90,10 @@ impl OpRule for LossOp {
         let fits = match self.kind {
             LossKind::SoftmaxCrossEntropy => pred.rank() == 1 && target.rank() == 0,
             LossKind::SigmoidCrossEntropy | LossKind::L2 => pred == *target,
+            LossKind::Detect(d) => {
+                let per = pred.channels() / (d.anchors as usize).max(1);
+                pred == *target && d.anchors > 0 && per >= 5 && per * d.anchors as usize == pred.channels()
+            }
         };
         if !fits {
             return Err(ShapeFault::ParamShape { expected: pred.clone(), got: (*target).clone() });

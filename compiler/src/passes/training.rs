@@ -5,11 +5,11 @@ use super::autodiff::{self, Gradients};
 use super::training_mode::{self, BatchStats};
 use super::{dce, PassError, Pipeline};
 use crate::elaborate::ModelInfo;
-use crate::ir::op::{InputOp, LossKind, LossOp, Op};
+use crate::ir::op::{DetectLoss, InputOp, LossKind, LossOp, Op};
 use crate::ir::{Graph, Node, NodeId, ValueId};
 use crate::shape::Shape;
 use crate::source::Loc;
-use crate::train::{Arg, TrainSpec};
+use crate::train::{Arg, FnCall, TrainSpec};
 
 /// A model ready to train.
 #[derive(Clone, Debug)]
@@ -18,8 +18,10 @@ pub struct TrainingGraph {
     pub graph: Graph,
     /// The model input fed with examples.
     pub input: NodeId,
-    /// The input that receives the targets.
+    /// The first input that receives the data's labels as they are (class indices or values).
     pub label: Option<NodeId>,
+    /// Every input that receives targets, and what each is made from.
+    pub targets: Vec<Target>,
     /// Loss nodes, one per term, with their weights.
     pub losses: Vec<(NodeId, f32)>,
     /// The model output the first loss applies to.
@@ -30,6 +32,37 @@ pub struct TrainingGraph {
     pub grads: Gradients,
     /// Each batchnorm's batch statistics and the running averages they update.
     pub stats: Vec<BatchStats>,
+}
+
+/// An input of the training graph that receives targets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    /// The input node (`label`, `label2`, … or `boxes1`, …).
+    pub node: NodeId,
+    /// What the runtime feeds it.
+    pub from: TargetSource,
+}
+
+/// What a target input is made from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetSource {
+    /// The data's labels, one per example, in the input's shape: class indices for
+    /// `softmax_cross_entropy`, values for `l2` and `sigmoid_cross_entropy`.
+    Labels,
+    /// The data's boxes encoded onto the grid of a detection loss (`yolo`, `localization`).
+    Boxes(BoxGrid),
+}
+
+/// The geometry a detection loss's target is encoded for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BoxGrid {
+    /// Grid rows and columns (1 × 1 for `localization`).
+    pub rows: usize,
+    pub cols: usize,
+    /// Anchors `(width, height)` in cells.
+    pub anchors: Vec<[f32; 2]>,
+    /// Classes the loss scores.
+    pub classes: usize,
 }
 
 impl TrainingGraph {
@@ -61,7 +94,7 @@ impl std::fmt::Display for PlanError {
         match self {
             PlanError::UnsupportedLoss { name, .. } => write!(
                 f,
-                "the `{name}` loss is checked but `cnnc run` cannot train with it yet (supported: softmax_cross_entropy, sigmoid_cross_entropy, l2)"
+                "the `{name}` loss is checked but `cnnc run` cannot train with it yet (supported: softmax_cross_entropy, sigmoid_cross_entropy, l2, yolo, localization)"
             ),
             PlanError::NoLoss { .. } => write!(f, "the train section has no loss"),
             PlanError::Inputs { model, count } => {
@@ -91,7 +124,7 @@ pub fn run(
         return Err(PlanError::Inputs { model: model.name.clone(), count: graph.inputs().len() });
     };
     let stats = pipe.run("training_mode", &mut graph, training_mode::run)?.unwrap_or_default();
-    let (label, losses) = match pipe.run("losses", &mut graph, |g| add_losses(g, spec))? {
+    let (targets, losses) = match pipe.run("losses", &mut graph, |g| add_losses(g, model, spec))? {
         Some(result) => result?,
         None => return Err(PlanError::NoLoss { loc: spec.loc }),
     };
@@ -101,7 +134,8 @@ pub fn run(
         _ => LossKind::L2,
     };
     let prediction = graph.operands(first)[0];
-    let constants: Vec<NodeId> = label.into_iter().collect();
+    let constants: Vec<NodeId> = targets.iter().map(|t| t.node).collect();
+    let label = targets.iter().find(|t| t.from == TargetSource::Labels).map(|t| t.node);
     let loss_ids: Vec<NodeId> = losses.iter().map(|(l, _)| *l).collect();
     let grads =
         pipe.run("autodiff", &mut graph, |g| autodiff::run(g, &loss_ids, wrt_inputs, &constants))?.unwrap_or_default();
@@ -111,20 +145,52 @@ pub fn run(
     roots.push(prediction);
     pipe.run("dce", &mut graph, |g| dce::run(g, &roots))?;
     pipe.finish(&graph)?;
-    Ok(TrainingGraph { graph, input, label, losses, prediction, first_loss, grads, stats })
+    Ok(TrainingGraph { graph, input, label, targets, losses, prediction, first_loss, grads, stats })
 }
 
-type Losses = (Option<NodeId>, Vec<(NodeId, f32)>);
+type Losses = (Vec<Target>, Vec<(NodeId, f32)>);
 
-/// Adds a loss node per term of `spec`, and the `label` input they compare against.
-fn add_losses(graph: &mut Graph, spec: &TrainSpec) -> Result<Losses, PlanError> {
-    let mut label = None;
+/// The grid of a detection loss (`yolo` or `localization`) on an output of shape `pred`: its
+/// rows and columns (1 × 1 for a vector), its anchors (one the size of the image without an
+/// `anchors:` argument) and classes.
+pub fn box_grid(model: &ModelInfo, call: &FnCall, pred: &Shape) -> BoxGrid {
+    let classes = call.num("classes", 0.0).max(0.0) as usize;
+    let anchors: Vec<[f32; 2]> = match call.args.get("anchors") {
+        Some(Arg::Name(a)) => model
+            .anchors
+            .iter()
+            .find(|(n, _, _)| n == a)
+            .map(|(_, v, _)| v.iter().map(|p| [p[0] as f32, p[1] as f32]).collect())
+            .unwrap_or_default(),
+        _ => vec![[1.0, 1.0]],
+    };
+    let (rows, cols) = match pred.0.as_slice() {
+        [rows, cols, _] => (*rows, *cols),
+        _ => (1, 1),
+    };
+    BoxGrid { rows, cols, anchors, classes }
+}
+
+/// The first detection loss of `spec`, the output it reads and its grid.
+pub fn detector(model: &ModelInfo, spec: &TrainSpec) -> Option<(String, BoxGrid)> {
+    spec.loss.iter().find_map(|term| {
+        if !matches!(term.call.name.as_str(), "yolo" | "localization") {
+            return None;
+        }
+        let Some(Arg::Name(output)) = term.call.args.get("output") else { return None };
+        let (_, id) = model.graph.outputs().iter().find(|(n, _)| n == output)?;
+        Some((output.clone(), box_grid(model, &term.call, &model.graph.node(*id).shape)))
+    })
+}
+
+/// Adds a loss node per term of `spec`, and the inputs they compare against: one per shape for
+/// the data's labels (so a loss on class indices and one on values mix), one per detection loss.
+fn add_losses(graph: &mut Graph, model: &ModelInfo, spec: &TrainSpec) -> Result<Losses, PlanError> {
+    let mut targets: Vec<Target> = Vec::new();
     let mut losses = Vec::new();
     for term in &spec.loss {
-        let Some(kind) = LossKind::from_name(&term.call.name) else {
-            return Err(PlanError::UnsupportedLoss { name: term.call.name.clone(), loc: term.call.loc });
-        };
-        let output = ["logits", "output"].iter().find_map(|k| match term.call.args.get(*k) {
+        let call = &term.call;
+        let output = ["logits", "output"].iter().find_map(|k| match call.args.get(*k) {
             Some(Arg::Name(n)) => Some(n.clone()),
             _ => None,
         });
@@ -132,18 +198,50 @@ fn add_losses(graph: &mut Graph, spec: &TrainSpec) -> Result<Losses, PlanError> 
             continue;
         };
         let pred_shape = graph.node(pred).shape.clone();
-        let label_shape = if kind == LossKind::SoftmaxCrossEntropy { Shape(vec![]) } else { pred_shape };
-        let label_id = *label.get_or_insert_with(|| {
-            let op = Op::Input(InputOp { name: "label".into() });
-            graph.add(Node::new(op, "label", spec.loc, label_shape), &[])
-        });
+        let (kind, target) = match call.name.as_str() {
+            "yolo" | "localization" => {
+                let grid = box_grid(model, call, &pred_shape);
+                let detect = DetectLoss {
+                    anchors: grid.anchors.len() as u32,
+                    coord: call.num("coord", 5.0) as f32,
+                    noobj: call.num("noobj", 0.5) as f32,
+                };
+                let op = Op::Input(InputOp { name: format!("boxes{}", losses.len() + 1) });
+                let name = format!("boxes{}", losses.len() + 1);
+                let node = graph.add(Node::new(op, name, spec.loc, pred_shape.clone()), &[]);
+                targets.push(Target { node, from: TargetSource::Boxes(grid) });
+                (LossKind::Detect(detect), node)
+            }
+            name => {
+                let Some(kind) = LossKind::from_name(name) else {
+                    return Err(PlanError::UnsupportedLoss { name: name.to_string(), loc: call.loc });
+                };
+                let shape = if kind == LossKind::SoftmaxCrossEntropy { Shape(vec![]) } else { pred_shape };
+                let existing = targets
+                    .iter()
+                    .find(|t| t.from == TargetSource::Labels && graph.node(t.node).shape == shape)
+                    .map(|t| t.node);
+                let node = match existing {
+                    Some(node) => node,
+                    None => {
+                        let count = targets.iter().filter(|t| t.from == TargetSource::Labels).count();
+                        let name = if count == 0 { "label".to_string() } else { format!("label{}", count + 1) };
+                        let op = Op::Input(InputOp { name: name.clone() });
+                        let node = graph.add(Node::new(op, name, spec.loc, shape), &[]);
+                        targets.push(Target { node, from: TargetSource::Labels });
+                        node
+                    }
+                };
+                (kind, node)
+            }
+        };
         let weight = term.weight as f32;
         let op = Op::Loss(LossOp { kind, weight });
         let name = format!("loss{}", losses.len() + 1);
-        losses.push((graph.add(Node::new(op, name, term.call.loc, Shape(vec![])), &[pred, label_id]), weight));
+        losses.push((graph.add(Node::new(op, name, call.loc, Shape(vec![])), &[pred, target]), weight));
     }
     if losses.is_empty() {
         return Err(PlanError::NoLoss { loc: spec.loc });
     }
-    Ok((label, losses))
+    Ok((targets, losses))
 }

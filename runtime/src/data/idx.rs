@@ -88,7 +88,7 @@ pub(super) fn pair(images: &Path, labels: &Path) -> Result<(Split, Vec<usize>, V
     }
     let x = img.data.iter().map(|&b| f32::from(b) / 255.0).collect();
     let raw = lab.data.iter().map(|&b| i64::from(b)).collect();
-    Ok((Split { x, y: Vec::new() }, shape, raw))
+    Ok((Split { x, ..Split::default() }, shape, raw))
 }
 
 fn find(dir: &Path, stem: &str) -> PathBuf {
@@ -116,7 +116,7 @@ pub(super) fn mnist(dir: &Path, pad: usize, limit: usize) -> Result<(Split, Spli
             });
         }
         let y = super::check_labels(&labels, &raw, 10)?;
-        out.push(padded(Split { x: split.x, y }, pad));
+        out.push(padded(Split { x: split.x, y, ..Split::default() }, pad));
     }
     let test = out.pop().unwrap_or_default();
     let mut train = out.pop().unwrap_or_default();
@@ -141,5 +141,5 @@ fn padded(split: Split, pad: usize) -> Split {
             x[dst..dst + 28].copy_from_slice(&image[r * 28..(r + 1) * 28]);
         }
     }
-    Split { x, y: split.y }
+    Split { x, ..split }
 }

@@ -566,6 +566,10 @@ fn loss(m: &Mem, kind: LossKind, pred: &View, target: &View, out: &View) {
                 let t = example(m.src(target), target, b);
                 p.iter().zip(t).fold(0.0, |acc, (&a, &b)| acc + 0.5 * (a - b) * (a - b))
             }
+            LossKind::Detect(d) => {
+                let per = crate::detect::slot_len(&d, *pred.shape.last().unwrap_or(&1));
+                crate::detect::loss(&d, per, p, example(m.src(target), target, b))
+            }
         };
     }
 }
@@ -593,6 +597,10 @@ fn loss_grad(m: &Mem, kind: LossKind, scale: f32, pred: &View, target: &View, dp
             LossKind::L2 => {
                 let t = example(m.src(target), target, b);
                 d.iter_mut().zip(p.iter().zip(t)).for_each(|(o, (&a, &y))| *o = (a - y) * scale);
+            }
+            LossKind::Detect(k) => {
+                let per = crate::detect::slot_len(&k, *pred.shape.last().unwrap_or(&1));
+                crate::detect::loss_grad(&k, per, p, example(m.src(target), target, b), scale, d);
             }
         }
     }

@@ -24,6 +24,11 @@ pub(super) fn forward(kind: LossKind, pred: &View, target: &View) -> Tensor {
                 Zip::from(&p).and(&t).fold(0.0, |acc, &z, &y| acc + z.max(0.0) - z * y + (1.0 + (-z.abs()).exp()).ln())
             }
             LossKind::L2 => Zip::from(&p).and(&t).fold(0.0, |acc, &a, &b| acc + 0.5 * (a - b) * (a - b)),
+            LossKind::Detect(d) => {
+                let per = crate::detect::slot_len(&d, *pred.shape().last().unwrap_or(&1));
+                let (p, t) = (p.iter().copied().collect::<Vec<_>>(), t.iter().copied().collect::<Vec<_>>());
+                crate::detect::loss(&d, per, &p, &t)
+            }
         };
     }
     out.into_dyn()
@@ -50,5 +55,17 @@ pub(super) fn vjp(kind: LossKind, weight: f32, wrt: usize, pred: &View, target: 
         }
         LossKind::SigmoidCrossEntropy => Zip::from(pred).and(target).map_collect(|&z, &y| (sigmoid(z) - y) * scale),
         LossKind::L2 => (pred - target) * scale,
+        LossKind::Detect(d) => {
+            let per = crate::detect::slot_len(&d, *pred.shape().last().unwrap_or(&1));
+            let mut g = ArrayD::zeros(pred.raw_dim());
+            for b in 0..pred.shape()[0] {
+                let p: Vec<f32> = pred.index_axis(Axis(0), b).iter().copied().collect();
+                let t: Vec<f32> = target.index_axis(Axis(0), b).iter().copied().collect();
+                let mut out = vec![0.0; p.len()];
+                crate::detect::loss_grad(&d, per, &p, &t, scale, &mut out);
+                g.index_axis_mut(Axis(0), b).iter_mut().zip(out).for_each(|(o, v)| *o = v);
+            }
+            g
+        }
     }
 }
