@@ -124,7 +124,7 @@ enum DataCommand {
         #[arg(long, value_name = "DIR")]
         mnist: PathBuf,
         /// Training canvases.
-        #[arg(long, default_value_t = 6000)]
+        #[arg(long, default_value_t = 30000)]
         train: usize,
         /// Test canvases.
         #[arg(long, default_value_t = 500)]

@@ -30,7 +30,7 @@ pub struct CanvasOptions {
 
 impl Default for CanvasOptions {
     fn default() -> Self {
-        CanvasOptions { size: 64, train: 6000, test: 500, most: 4, smallest: 18, largest: 34, seed: 0 }
+        CanvasOptions { size: 64, train: 30000, test: 500, most: 4, smallest: 18, largest: 34, seed: 0 }
     }
 }
 
