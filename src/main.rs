@@ -244,7 +244,13 @@ struct RunArgs {
     /// interpreter) or `reference` (the layer-level reference executor).
     #[arg(long, default_value = "jit", value_parser = backend)]
     backend: cnnc_runtime::backend::Backend,
-    /// Detection, --predict: the least score (objectness × class probability) of a box shown.
+    /// With --predict: run over whole images of any size with the model made fully
+    /// convolutional (its dense layers as convolutions, the same weights), printing the map of
+    /// every window's result (convolutional sliding windows).
+    #[arg(long, requires = "predict")]
+    slide: bool,
+    /// Detection, --predict: the least score (objectness × class probability) of a box shown;
+    /// with --slide, the least probability of a window's top class shown.
     #[arg(long, default_value_t = 0.5, value_parser = fraction)]
     threshold: f32,
     /// Detection: non-max suppression drops a box overlapping a better one of its class by more
@@ -405,6 +411,7 @@ fn main() -> ExitCode {
                 steps: a.steps,
                 visualize: a.visualize,
                 filters: a.filters,
+                slide: a.slide,
                 threshold: a.threshold,
                 iou: a.iou,
             };

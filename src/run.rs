@@ -41,6 +41,9 @@ pub struct Args {
     pub visualize: Option<String>,
     /// Draw this convolution's filters (empty: the first).
     pub filters: Option<String>,
+    /// `--predict` over whole images with the model made fully convolutional: every window's
+    /// result at once.
+    pub slide: bool,
     /// Detection: the least score of a box `--predict` reports.
     pub threshold: f32,
     /// Detection: the IoU above which non-max suppression drops the lesser of two boxes.
@@ -410,6 +413,10 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
             ));
         }
     }
+    if args.slide {
+        let seed = spec.map_or(0, |s| s.seed);
+        return slide(&graph, &models[0], &prep, &values_of(spec), &softmax, args, seed);
+    }
     let detector = spec
         .and_then(|s| cnnc_compiler::passes::training::detector(model, s))
         .map(|(name, g)| (name, detect::Grid { rows: g.rows, cols: g.cols, anchors: g.anchors, classes: g.classes }));
@@ -458,6 +465,113 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
         write_outputs(path, &exact, files.join("\n"))?;
     }
     Ok(())
+}
+
+/// The value steps (scale, normalize) of a section's preprocessing.
+fn values_of(spec: Option<&TrainSpec>) -> Vec<augment::Step> {
+    cnnc_runtime::preprocess::steps(spec.map_or(&[][..], |s| &s.preprocess[..])).1
+}
+
+/// `--predict --slide`: each image read at its own size, the inference graph made fully
+/// convolutional for it (dense layers as convolutions, the same weights) and run once; each
+/// output is a map of the windows' results, printed as the top class of every window (where its
+/// probability reaches `--threshold`) and written with `--output`.
+fn slide(
+    graph: &cnnc_compiler::ir::Graph,
+    params: &Params,
+    prep: &cnnc_runtime::preprocess::Prep,
+    values: &[augment::Step],
+    softmax: &[String],
+    args: &Args,
+    seed: u64,
+) -> Result<(), Failure> {
+    use cnnc_compiler::passes::sliding;
+    let input = graph.inputs().first().map(|&x| graph.node(x).shape.0.clone()).unwrap_or_default();
+    let [wh, ww, c] = input[..] else {
+        return Err(fail(EXIT_INPUT, format!("--slide runs over images; this model's input is {input:?}")));
+    };
+    let stride = sliding::window_stride(graph);
+    let whole = cnnc_runtime::preprocess::Prep { resize: None, ..prep.clone() };
+    let mut exact: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for file in &args.predict {
+        let (_, w, h) = detect::read_rgb(file)
+            .map_err(|e| fail(EXIT_INPUT, format!("--slide reads images: cannot read `{}`: {e}", file.display())))?;
+        if h < wh || w < ww {
+            return Err(fail(
+                EXIT_INPUT,
+                format!("`{}` is {w}×{h}, smaller than the model's {ww}×{wh} window", file.display()),
+            ));
+        }
+        let shape = [h, w, c];
+        let slid = sliding::run(graph, &shape).map_err(|e| fail(EXIT_INPUT, format!("`{}`: {e}", file.display())))?;
+        // The same values under the same names; dense weights in their filters' shape.
+        let mut slid_params = Params::init(&slid, seed);
+        let names: Vec<String> = slid_params.layout.entries().iter().map(|e| e.name.clone()).collect();
+        for name in names {
+            let (Some(to), Some(from)) = (slid_params.layout.id(&name), params.layout.id(&name)) else { continue };
+            let values = params.slice(from);
+            let dst = slid_params.slice_mut(to);
+            if dst.len() != values.len() {
+                return Err(fail(EXIT_INTERNAL, format!("`{name}` has another size as a filter")));
+            }
+            dst.copy_from_slice(values);
+        }
+        let example =
+            cnnc_runtime::data::load_image_as(file, &shape, &whole).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        let pipeline = Pipeline::new(values.to_vec(), &shape, &shape, &Default::default(), seed)
+            .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        let x = cnnc_runtime::reference::Tensor::from_shape_vec(vec![1, h, w, c], pipeline.eval(&example))
+            .map_err(|e| fail(EXIT_INTERNAL, e.to_string()))?;
+        let programs = cnnc_runtime::predict::programs_for(&slid);
+        let mut programs = programs.into_inner().map_err(|_| fail(EXIT_INTERNAL, "a poisoned lock"))?;
+        let outputs = cnnc_runtime::predict::outputs(&slid, &slid_params, x.view(), args.backend, &mut programs)
+            .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        println!("{}: {ww}×{wh} windows every {} pixels", file.display(), list(&stride));
+        for (name, value) in outputs {
+            let value = if softmax.contains(&name) { cnnc_runtime::reference::softmax(&value.view()) } else { value };
+            let flat: Vec<f32> = value.iter().copied().collect();
+            print_windows(&name, &value.shape()[1..], &flat, softmax.contains(&name), args.threshold);
+            if args.output.is_some() {
+                exact.push((format!("{name}:{}", file.display()), value.shape().to_vec(), flat));
+            }
+        }
+    }
+    if let Some(path) = &args.output {
+        let files: Vec<String> = args.predict.iter().map(|f| f.display().to_string()).collect();
+        write_outputs(path, &exact, files.join("\n"))?;
+    }
+    Ok(())
+}
+
+fn list(v: &[usize]) -> String {
+    v.iter().map(ToString::to_string).collect::<Vec<_>>().join("×")
+}
+
+/// One output map `[rows, cols, n]` (`values` row-major): its shape, and the top class of every
+/// window (`·` where its probability is below `threshold`, for probabilities).
+fn print_windows(name: &str, shape: &[usize], values: &[f32], probabilities: bool, threshold: f32) {
+    println!("  `{name}` {shape:?}");
+    let [rows, cols, n] = shape[..] else { return };
+    if n < 2 {
+        return;
+    }
+    let what = if probabilities { format!(" (· below probability {threshold})") } else { String::new() };
+    println!("  top class of each window{what}:");
+    let width = (n - 1).to_string().len();
+    for r in 0..rows {
+        let row: Vec<String> = (0..cols)
+            .map(|col| {
+                let scores = values[(r * cols + col) * n..(r * cols + col + 1) * n].iter().copied();
+                let (best, p) = scores.enumerate().fold((0, f32::MIN), |b, (k, v)| if v > b.1 { (k, v) } else { b });
+                if probabilities && p < threshold {
+                    format!("{:>width$}", "·")
+                } else {
+                    format!("{best:>width$}")
+                }
+            })
+            .collect();
+        println!("    {}", row.join(" "));
+    }
 }
 
 /// Prints the boxes found in `file` (in its pixels) and draws them on it, to

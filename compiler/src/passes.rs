@@ -12,6 +12,7 @@ pub mod dce;
 pub mod image;
 pub mod inference;
 pub mod inference_mode;
+pub mod sliding;
 pub mod training;
 pub mod training_mode;
 
