@@ -7,6 +7,7 @@
 mod bench;
 mod build;
 mod data;
+mod faces;
 mod import;
 mod run;
 mod style;
@@ -244,6 +245,12 @@ struct RunArgs {
     /// interpreter) or `reference` (the layer-level reference executor).
     #[arg(long, default_value = "jit", value_parser = backend)]
     backend: cnnc_runtime::backend::Backend,
+    /// Find faces in these photos with MTCNN's cascade: the file's PNet, RNet and ONet (as
+    /// examples/mtcnn.cnn) with their imported weights in DIR/NAME/weights.safetensors (DIR: runs,
+    /// or --weights DIR); boxes and landmarks printed and drawn (OUT/IMAGE.faces.png, OUT default
+    /// runs/MTCNN).
+    #[arg(long, num_args = 1.., value_name = "IMAGE")]
+    faces: Vec<PathBuf>,
     /// With --predict: run over whole images of any size with the model made fully
     /// convolutional (its dense layers as convolutions, the same weights), printing the map of
     /// every window's result (convolutional sliding windows).
@@ -412,6 +419,7 @@ fn main() -> ExitCode {
                 visualize: a.visualize,
                 filters: a.filters,
                 slide: a.slide,
+                faces: a.faces,
                 threshold: a.threshold,
                 iou: a.iou,
             };

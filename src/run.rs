@@ -41,6 +41,8 @@ pub struct Args {
     pub visualize: Option<String>,
     /// Draw this convolution's filters (empty: the first).
     pub filters: Option<String>,
+    /// MTCNN's cascade over these images (the file's PNet, RNet and ONet).
+    pub faces: Vec<PathBuf>,
     /// `--predict` over whole images with the model made fully convolutional: every window's
     /// result at once.
     pub slide: bool,
@@ -66,6 +68,9 @@ pub const EXIT_INTERNAL: u8 = 3;
 
 /// Runs the command; `Ok` carries what to print last.
 pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
+    if !args.faces.is_empty() {
+        return crate::faces::run(c, args);
+    }
     let model = pick_model(c, args)?;
     if args.visualize.is_some() || args.filters.is_some() {
         return crate::visualize::run(model, c.trains.iter().find(|t| t.model == model.name), args);

@@ -402,3 +402,63 @@ fn iou_nms_and_map_agree_with_torchvision_and_pycocotools() {
     let map = detect::map_50_95(&found, &truths, 3);
     assert!((map - want).abs() < 1e-6, "mAP@0.5:0.95 {map} vs pycocotools {want}");
 }
+
+/// MTCNN's cascade (PNet slid over a pyramid, RNet, ONet) with facenet-pytorch's weights: one
+/// face on the astronaut, its landmarks where a face has them; none on a cup of coffee.
+#[test]
+fn mtcnn_finds_the_astronauts_face_and_none_in_the_coffee() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = tmp.path().join("weights");
+    let (out, w) = (tmp.path().join("out"), weights.to_str().unwrap());
+    let o = run(&["run", "examples/mtcnn.cnn", "--faces", "examples/data/astronaut.png", "--weights", w]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "import them first (`cnnc import examples/mtcnn.cnn examples/mtcnn/pnet.safetensors --model PNet"
+        ),
+        "{}",
+        text(&o)
+    );
+    for name in ["PNet", "RNet", "ONet"] {
+        let file = format!("examples/mtcnn/{}.safetensors", name.to_lowercase());
+        let to = weights.join(name).join("weights.safetensors");
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let mut args = vec!["import", "examples/mtcnn.cnn", &file, "--model", name, "-o", to.to_str().unwrap()];
+        if name != "PNet" {
+            args.extend(["--flatten", "whc"]);
+        }
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let mut boxes = Vec::new();
+    for backend in ["jit", "reference"] {
+        let args = ["run", "examples/mtcnn.cnn", "--faces", "examples/data/astronaut.png", "examples/data/coffee.png"];
+        let o = run(&[&args[..], &["--weights", w, "--out", out.to_str().unwrap(), "--backend", backend]].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let said = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(said.contains("examples/data/astronaut.png: 1 face ("), "{said}");
+        assert!(said.contains("examples/data/coffee.png: 0 faces ("), "{said}");
+        let numbers = |line: &str| -> Vec<f32> {
+            line.replace(['(', ')', ','], " ").split_whitespace().filter_map(|t| t.parse().ok()).collect()
+        };
+        let face = said.lines().find(|l| l.trim_start().starts_with("probability")).unwrap();
+        let v = numbers(face);
+        let (p, b) = (v[0], [v[1], v[2], v[3], v[4]]);
+        assert!(p > 0.99, "{said}");
+        // The face of the 512 × 512 photo: in its upper half, about 90 pixels across.
+        assert!(b[0] > 150.0 && b[2] < 300.0 && b[1] > 30.0 && b[3] < 210.0, "{said}");
+        assert!((60.0..130.0).contains(&(b[2] - b[0])), "{said}");
+        let m = numbers(said.lines().find(|l| l.trim_start().starts_with("eyes")).unwrap());
+        let (le, re, nose, lm, rm) = ([m[0], m[1]], [m[2], m[3]], [m[4], m[5]], [m[6], m[7]], [m[8], m[9]]);
+        for pt in [le, re, nose, lm, rm] {
+            assert!(pt[0] > b[0] && pt[0] < b[2] && pt[1] > b[1] && pt[1] < b[3], "landmarks inside the box: {said}");
+        }
+        assert!(le[0] < re[0] && lm[0] < rm[0], "left of right: {said}");
+        assert!(le[1] < nose[1] && re[1] < nose[1] && nose[1] < lm[1] && nose[1] < rm[1], "eyes, nose, mouth: {said}");
+        boxes.push(b);
+    }
+    assert!(boxes[0].iter().zip(&boxes[1]).all(|(a, b)| (a - b).abs() <= 1.0), "the backends agree: {boxes:?}");
+    let drawn = image::open(out.join("astronaut.faces.png")).unwrap();
+    assert_eq!((drawn.width(), drawn.height()), (512, 512));
+    assert!(out.join("coffee.faces.png").exists());
+}

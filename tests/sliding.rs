@@ -164,7 +164,7 @@ fn a_flatten_that_feeds_no_dense_layer_cannot_slide() {
     let model = dir.path().join("flat.cnn");
     std::fs::write(
         &model,
-        "model Flat {\n    input image: [8, 8, 1]\n    output features = image |> conv(2, 3x3) |> flatten\n}\n",
+        "model Flat {\n    input image: [8, 8, 1]\n    output features = image |> conv(2, 3x3) |> flatten |> relu\n}\n",
     )
     .unwrap();
     let png = dir.path().join("big.png");

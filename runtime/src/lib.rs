@@ -13,6 +13,7 @@ pub mod frozen;
 pub mod import;
 pub mod interp;
 pub mod loader;
+pub mod mtcnn;
 pub mod onnx;
 pub mod optim;
 pub mod params;

@@ -3,7 +3,8 @@
 //! implementation of sliding windows", OverFeat's). A `flatten` of an `[h, w, c]` map feeding
 //! dense layers becomes, for each of them, an `h × w` valid convolution whose filters are the
 //! dense weights seen as `[h, w, c, units]` (cnnc flattens channels last, so the bytes are the
-//! same); a dense layer on a vector of channels becomes a 1 × 1 convolution. The weights keep
+//! same); a dense layer on a vector of channels becomes a 1 × 1 convolution; a `flatten` that is
+//! an output gives the map it flattens. The weights keep
 //! their names and values, in the filters' shape (the same element count and order), so a
 //! weights file trained on the crop model fills them unchanged.
 //! Shapes are then inferred again for the new input size.
@@ -120,7 +121,16 @@ pub fn run(graph: &Graph, input: &[usize]) -> Result<Graph, SlideError> {
         // (the dense layers not converted yet keep their shapes until then).
         reinfer(&mut g, false)?;
     }
-    // A flatten left feeds something else: per window it would mean nothing.
+    // A flatten that is an output and feeds nothing gives the map itself (a result per
+    // window); one that feeds something else would mean nothing per window.
+    for id in g.node_ids().collect::<Vec<_>>() {
+        let is_output = g.outputs().iter().any(|(_, o)| *o == id);
+        if matches!(g.node(id).op, Op::Flatten) && is_output && g.users(id).is_empty() {
+            let from = g.operands(id)[0];
+            g.replace_all_uses(ValueId::from(id), ValueId::from(from));
+            g.remove(id);
+        }
+    }
     for id in g.node_ids().collect::<Vec<_>>() {
         if matches!(g.node(id).op, Op::Flatten) && g.node(g.operands(id)[0]).shape.rank() > 1 {
             let user = g.users(id).first().map_or_else(|| "an output".to_string(), |&u| g.node(u).name.clone());
