@@ -133,7 +133,10 @@ enum DataCommand {
         /// Canvas side in pixels.
         #[arg(long, default_value_t = 64)]
         size: usize,
-        /// Digits per canvas: 1 to this many.
+        /// Digits per canvas: at least this many (0 makes some canvases background)...
+        #[arg(long, default_value_t = 1)]
+        least: usize,
+        /// ... and at most this many.
         #[arg(long, default_value_t = 4)]
         most: usize,
         /// Smallest side of a digit's 28×28 frame, in pixels.
@@ -145,6 +148,10 @@ enum DataCommand {
         /// Seed of every random choice.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Also write landmarks.csv in each split: the digit's four extreme points of ink (top,
+        /// bottom, left, right) in pixels; needs --least 1 --most 1.
+        #[arg(long)]
+        landmarks: bool,
     },
     /// Anchors by k-means (distance 1 − IoU) over the boxes of DIR/labels, in cells of the
     /// grid, printed as a model's `anchors` declaration.
@@ -490,8 +497,30 @@ fn main() -> ExitCode {
             };
             finish(bench::run(&c, &args, compiled))
         }
-        Command::Data(DataCommand::MnistDetection { out, mnist, train, test, size, most, smallest, largest, seed }) => {
-            let o = cnnc_runtime::data::canvas::CanvasOptions { size, train, test, most, smallest, largest, seed };
+        Command::Data(DataCommand::MnistDetection {
+            out,
+            mnist,
+            train,
+            test,
+            size,
+            least,
+            most,
+            smallest,
+            largest,
+            seed,
+            landmarks,
+        }) => {
+            let o = cnnc_runtime::data::canvas::CanvasOptions {
+                size,
+                train,
+                test,
+                least,
+                most,
+                smallest,
+                largest,
+                seed,
+                landmarks,
+            };
             finish(data::mnist_detection(&mnist, &out, &o))
         }
         Command::Data(DataCommand::Anchors { dir, k, grid, name }) => finish(data::anchors(&dir, k, grid, &name)),

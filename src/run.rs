@@ -177,6 +177,17 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         }
         .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         println!("test loss: {loss:.4}");
+        if data.target.len() == 1 {
+            let eval = pipeline.for_eval(&data);
+            let outputs =
+                session.outputs(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+            let name = &session.infer.node(session.prediction()).name;
+            let predicted = outputs.iter().find(|(n, _, _)| n == name).or(outputs.first());
+            if let Some((_, _, values)) = predicted {
+                print_landmark_error(values, &eval.test.t, data.target[0], &input);
+            }
+            return Ok(());
+        }
         if let Some((_, grid)) = session.detector() {
             let eval = pipeline.for_eval(&data);
             let (found, truths) = session
@@ -315,6 +326,27 @@ fn print_accuracy(acc: f64, n: usize) {
     if acc.is_finite() {
         println!("test accuracy: {:.2}% ({}/{n})", acc * 100.0, (acc * n as f64).round() as usize);
     }
+}
+
+/// The mean distance between predicted and labelled points, in pixels of the model's input.
+fn print_landmark_error(predicted: &[f32], truth: &[f32], per: usize, input: &[usize]) {
+    let (h, w) = (input.first().copied().unwrap_or(1) as f32, input.get(1).copied().unwrap_or(1) as f32);
+    let mut distances = Vec::new();
+    for (p, t) in predicted.chunks_exact(per).zip(truth.chunks_exact(per)) {
+        for (a, b) in p.chunks_exact(2).zip(t.chunks_exact(2)) {
+            distances.push(((a[0] - b[0]) * w).hypot((a[1] - b[1]) * h));
+        }
+    }
+    let n = distances.len().max(1) as f32;
+    let mean = distances.iter().sum::<f32>() / n;
+    let within = |d: f32| 100.0 * distances.iter().filter(|&&v| v <= d).count() as f32 / n;
+    println!(
+        "landmark error: mean {mean:.2} pixels of the {w}×{h} input over {} points ({} an image); within 2 px: {:.1}%, within 4 px: {:.1}%",
+        distances.len(),
+        per / 2,
+        within(2.0),
+        within(4.0)
+    );
 }
 
 /// mAP at IoU 0.5 and over 0.5:0.95, and the AP of each class at 0.5, as COCO computes them.

@@ -307,7 +307,7 @@ fn losses_reading_boxes_and_labels_are_checked_against_the_data() {
     let wrong = text_of.replace("batch 16", "augment { mirror() }\n    batch 16");
     std::fs::write(&model, wrong).unwrap();
     let o = run(&["check", model.to_str().unwrap()]);
-    assert!(text(&o).contains("the boxes of `detection` data do not follow them"), "{}", text(&o));
+    assert!(text(&o).contains("`mirror` cannot apply here: it moves the pixels"), "{}", text(&o));
 }
 
 #[test]
@@ -461,4 +461,87 @@ fn mtcnn_finds_the_astronauts_face_and_none_in_the_coffee() {
     let drawn = image::open(out.join("astronaut.faces.png")).unwrap();
     assert_eq!((drawn.width(), drawn.height()), (512, 512));
     assert!(out.join("coffee.faces.png").exists());
+}
+
+#[test]
+fn landmarks_train_and_report_their_error_and_bad_rows_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("points");
+    let d = data.to_str().unwrap();
+    #[rustfmt::skip]
+    let o = run(&["data", "mnist-detection", d, "--mnist", "examples/data/mnist10k", "--train", "300", "--test", "40",
+        "--size", "32", "--smallest", "12", "--largest", "18", "--least", "1", "--most", "1", "--landmarks"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // The points of the test rows, and how far they are from the image's centre.
+    let csv = std::fs::read_to_string(data.join("test/landmarks.csv")).unwrap();
+    let rows: Vec<Vec<f32>> =
+        csv.lines().skip(1).map(|l| l.split(',').skip(1).map(|v| v.parse().unwrap()).collect()).collect();
+    assert_eq!(rows.len(), 40);
+    let centre: f32 =
+        rows.iter().flat_map(|r| r.chunks(2).map(|p| (p[0] - 16.0).hypot(p[1] - 16.0))).sum::<f32>() / 160.0;
+    let model = tmp.path().join("points.cnn");
+    let text_of = format!(
+        "model P {{
+    input image: [32, 32, 1]
+    output points = image |> conv(8, 3, pad: 1) |> relu |> maxpool(2x2) |> conv(16, 3, pad: 1) |> relu |> maxpool(2x2)
+        |> flatten |> dense(64) |> relu |> dense(8)
+}}
+
+train P {{
+    data landmarks(\"{d}/train/landmarks.csv\", test: \"{d}/test/landmarks.csv\")
+    loss l2(points, label)
+    optimizer adam(lr: 0.003)
+    batch 16 epochs 6 seed 0
+}}
+"
+    );
+    std::fs::write(&model, &text_of).unwrap();
+    let (m, out) = (model.to_str().unwrap(), tmp.path().join("run"));
+    let o = run(&["run", m, "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let e = run(&["run", m, "--out", out.to_str().unwrap(), "--eval"]);
+    assert_eq!(e.status.code(), Some(0), "{}", text(&e));
+    let said = String::from_utf8_lossy(&e.stdout).to_string();
+    let error: f32 = said
+        .lines()
+        .find_map(|l| l.strip_prefix("landmark error: mean "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(said.contains("over 160 points (4 an image)"), "{said}");
+    assert!(error < 0.8 * centre, "the points are learned: {error} px against {centre} px for the centre");
+
+    // An output of the wrong size, and a class loss, on landmark data.
+    std::fs::write(&model, text_of.replace("dense(8)", "dense(6)")).unwrap();
+    let o = run(&["run", m, "--out", out.to_str().unwrap(), "--epochs", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("the data gives 4 landmarks (8 values) an example"), "{}", text(&o));
+    std::fs::write(
+        &model,
+        text_of.replace("dense(8)", "dense(10)").replace("l2(points, label)", "softmax_cross_entropy(points, label)"),
+    )
+    .unwrap();
+    let o = run(&["check", m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("`landmarks` data gives points"), "{}", text(&o));
+
+    // Bad rows name the file and line.
+    std::fs::write(&model, &text_of).unwrap();
+    let train_csv = data.join("train/landmarks.csv");
+    let good = std::fs::read_to_string(&train_csv).unwrap();
+    let first: Vec<&str> = good.lines().nth(1).unwrap().split(',').collect();
+    for (row, expected) in [
+        (format!("{},1,2,3", first[0]), "line 3: a row is `image,x1,y1,…,xk,yk`"),
+        (format!("{},1,2,3,4", first[0]), "line 3: 2 points, where the rows before have 4"),
+        (format!("{},1,2,3,4,5,6,7,99", first[0]), "line 3: point 4 is outside the 32×32 image: y = 99"),
+        (format!("{},1,2,3,4,5,6,7,x", first[0]), "line 3: `x` (value 8) is not a number"),
+        ("images/missing.png,1,2,3,4,5,6,7,8".to_string(), "line 3: cannot read"),
+    ] {
+        let mut lines: Vec<String> = good.lines().map(str::to_string).collect();
+        lines.insert(2, row.clone());
+        std::fs::write(&train_csv, lines.join("\n")).unwrap();
+        let o = run(&["run", m, "--out", out.to_str().unwrap(), "--epochs", "1"]);
+        assert_eq!(o.status.code(), Some(2), "{row}: {}", text(&o));
+        assert!(text(&o).contains(expected) && text(&o).contains("landmarks.csv"), "{row}: {}", text(&o));
+    }
 }

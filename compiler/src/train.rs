@@ -317,6 +317,10 @@ const DATA: &[FnSpec] = &[
         params: &[("dir", Str, Some(R)), ("test", Str, None), ("split", Num, Some(Dflt::Num(0.2)))],
     },
     FnSpec {
+        name: "landmarks",
+        params: &[("csv", Str, Some(R)), ("test", Str, None), ("split", Num, Some(Dflt::Num(0.2)))],
+    },
+    FnSpec {
         name: "style_transfer",
         params: &[("content", Str, Some(R)), ("style", Str, Some(R)), ("noise", Num, Some(Dflt::Num(0.0)))],
     },
@@ -446,7 +450,7 @@ struct Checker<'a> {
     file: FileId,
     model: &'a ModelInfo,
     problems: &'a mut Vec<Problem>,
-    /// Whether the section's data gives boxes (`detection`).
+    /// Whether the section's data gives boxes or points (`detection`, `landmarks`).
     boxes: bool,
 }
 
@@ -537,7 +541,7 @@ impl Checker<'_> {
             }
         }
         if let Some(data) = &spec.data {
-            self.boxes = data.name == "detection";
+            self.boxes = matches!(data.name.as_str(), "detection" | "landmarks");
             self.check_data(data, &spec.preprocess, &spec.augment);
         }
         self.check_targets(&spec.loss, spec.data.as_ref());
@@ -927,6 +931,7 @@ impl Checker<'_> {
     /// cross-entropy and L2 as the target of an output of one value.
     fn check_targets(&mut self, terms: &[LossTerm], data: Option<&FnCall>) {
         let boxes = data.is_some_and(|d| d.name == "detection");
+        let points = data.is_some_and(|d| d.name == "landmarks");
         for term in terms {
             let output = ["logits", "output"].iter().find_map(|k| match term.call.args.get(*k) {
                 Some(Arg::Name(n)) => Some(n.clone()),
@@ -943,7 +948,14 @@ impl Checker<'_> {
             };
             let inputs = vec![(output.clone(), shape.clone(), at)];
             let ten_classes = data.is_some_and(|d| d.name == "mnist");
-            let problem = if detects && !boxes {
+            let problem = if points {
+                (term.call.name != "l2").then(|| {
+                    format!(
+                        "`landmarks` data gives points, which `l2(output, label)` regresses, not `{}`",
+                        term.call.name
+                    )
+                })
+            } else if detects && !boxes {
                 Some(
                     "it reads boxes, and the data gives one class index per example: read images with YOLO label \
                      files with `data detection(\"DIR\")`"
@@ -1070,8 +1082,8 @@ impl Checker<'_> {
         let moves =
             !matches!(step.name.as_str(), "color_shift" | "pca_color" | "brightness" | "contrast" | "normalize");
         if moves && self.boxes {
-            return Err("it moves the pixels, and the boxes of `detection` data do not follow them yet: use colour, \
-                 brightness and contrast steps"
+            return Err("it moves the pixels, and the boxes of `detection` data and the points of `landmarks` data \
+                 do not follow them yet: use colour, brightness and contrast steps"
                 .to_string());
         }
         let (h, w, c) = (shape.0[0], shape.0[1], shape.0[2]);

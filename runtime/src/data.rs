@@ -8,6 +8,7 @@ mod csv;
 mod detection;
 mod idx;
 mod images;
+mod landmarks;
 
 use crate::reference::Tensor;
 use cnnc_compiler::train::FnCall;
@@ -197,8 +198,8 @@ pub struct Dataset {
     pub pad: usize,
     /// Factor that maps raw values (0..255 for images) into the model's range.
     pub scale: f32,
-    /// Shape of one example's targets beyond its class index: `[objects, 5]` for boxes; empty
-    /// when the labels are class indices alone.
+    /// Shape of one example's targets beyond its class index: `[objects, 5]` for boxes, `[2k]`
+    /// for k landmarks; empty when the labels are class indices alone.
     pub target: Vec<usize>,
 }
 
@@ -373,6 +374,29 @@ pub fn load(
             let (train, test, target) = detection::pad_objects(train, test);
             let classes = train.t.chunks_exact(5).chain(test.t.chunks_exact(5)).fold(1, |m, r| m.max(r[0] as i64 + 1));
             let dataset = Dataset { train, test, classes: classes as usize, shape, pad: 0, scale: 1.0 / 255.0, target };
+            return prep.dataset(dataset);
+        }
+        "landmarks" => {
+            let shape = prep.shape(input);
+            let read = |csv: &Path| landmarks::read(csv, &shape, prep);
+            let (train, test) = match path("test") {
+                Some(test) => (read(&path("csv").unwrap_or_default())?, read(&test)?),
+                None => {
+                    let all = read(&path("csv").unwrap_or_default())?;
+                    split(all, shape.iter().product(), call.num("split", 0.2), seed)
+                }
+            };
+            if train.target_len() != test.target_len() {
+                return Err(DataError::Unsupported {
+                    what: format!(
+                        "the training rows have {} points and the test rows {}",
+                        train.target_len() / 2,
+                        test.target_len() / 2
+                    ),
+                });
+            }
+            let target = vec![train.target_len()];
+            let dataset = Dataset { train, test, classes: 1, shape, pad: 0, scale: 1.0 / 255.0, target };
             return prep.dataset(dataset);
         }
         other => return Err(DataError::Unsupported { what: format!("data source `{other}` is not supported") }),

@@ -619,7 +619,8 @@ impl Session {
     /// Checks that the data gives what each target input is made from: class indices or values
     /// for the label inputs, boxes for the detection losses, with classes the loss scores.
     fn check_targets(&self, data: &Dataset) -> Result<(), RunError> {
-        let boxes = !data.target.is_empty();
+        let boxes = data.target.len() == 2;
+        let points = data.target.len() == 1;
         for t in &self.tg.targets {
             match &t.from {
                 TargetSource::Labels if boxes => {
@@ -629,11 +630,30 @@ impl Session {
                             .into(),
                     ))
                 }
+                TargetSource::Labels if points => {
+                    let node = self.tg.graph.node(t.node);
+                    let reads = node.shape.elements().unwrap_or(0);
+                    if reads != data.target[0] {
+                        let users = self.tg.graph.users(t.node);
+                        let output = users
+                            .first()
+                            .and_then(|&l| self.tg.graph.operands(l).first().copied())
+                            .map(|p| self.tg.graph.node(p).name.clone())
+                            .unwrap_or_default();
+                        return Err(RunError::Unsupported(format!(
+                            "the data gives {} landmarks ({} values) an example, and the loss compares `{output}`'s {reads} \
+                             values with them: give it {} values",
+                            data.target[0] / 2,
+                            data.target[0],
+                            data.target[0]
+                        )));
+                    }
+                }
                 TargetSource::Labels => {}
                 TargetSource::Boxes(_) if !boxes => {
                     return Err(RunError::Unsupported(
-                        "`yolo` and `localization` read boxes, and the data gives one class index per example: \
-                         read a folder of images and YOLO label files with `detection(\"DIR\")`"
+                        "`yolo` and `localization` read boxes, and the data does not give them: read a folder of \
+                         images and YOLO label files with `detection(\"DIR\")`"
                             .into(),
                     ))
                 }

@@ -19,18 +19,32 @@ pub struct CanvasOptions {
     /// Training and test canvases.
     pub train: usize,
     pub test: usize,
-    /// Digits per canvas: from 1 to this.
+    /// Digits per canvas: from `least` to `most` (a canvas of none is background).
+    pub least: usize,
     pub most: usize,
     /// Side of a placed digit's 28 × 28 frame, in pixels: from `smallest` to `largest`.
     pub smallest: usize,
     pub largest: usize,
     /// Fixes every random choice.
     pub seed: u64,
+    /// Also write `landmarks.csv` in each split: the digit's four extreme points of ink (needs
+    /// one digit a canvas).
+    pub landmarks: bool,
 }
 
 impl Default for CanvasOptions {
     fn default() -> Self {
-        CanvasOptions { size: 64, train: 30000, test: 500, most: 4, smallest: 18, largest: 34, seed: 0 }
+        CanvasOptions {
+            size: 64,
+            train: 30000,
+            test: 500,
+            least: 1,
+            most: 4,
+            smallest: 18,
+            largest: 34,
+            seed: 0,
+            landmarks: false,
+        }
     }
 }
 
@@ -64,8 +78,18 @@ pub fn mnist_detection(mnist: &Path, out: &Path, o: &CanvasOptions) -> Result<Wr
             o.smallest, o.largest, o.size
         )));
     }
-    if o.most == 0 || o.most > 64 || o.train == 0 || o.test == 0 {
-        return Err(bad("give at least one training and one test canvas, and 1 to 64 digits per canvas".into()));
+    if o.most == 0 || o.most > 64 || o.least > o.most || o.train == 0 || o.test == 0 {
+        return Err(bad(format!(
+            "{} to {} digits a canvas, {} and {} canvases: give at least one training and one test canvas, and \
+             0 ≤ least ≤ most ≤ 64 digits with most ≥ 1",
+            o.least, o.most, o.train, o.test
+        )));
+    }
+    if o.landmarks && (o.least, o.most) != (1, 1) {
+        return Err(bad(format!(
+            "landmarks are one digit's: give --least 1 --most 1 with --landmarks (not {} to {})",
+            o.least, o.most
+        )));
     }
     if out.exists() && !(out.join("train").join("images").is_dir() || is_empty_dir(out)) {
         return Err(bad(format!(
@@ -87,15 +111,24 @@ pub fn mnist_detection(mnist: &Path, out: &Path, o: &CanvasOptions) -> Result<Wr
         }
         let mut rng = ChaCha8Rng::seed_from_u64(o.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt);
         let mut objects = 0;
+        let mut csv = String::from("image,top_x,top_y,bottom_x,bottom_y,left_x,left_y,right_x,right_y\n");
         for k in 0..count {
             let (pixels, lines) = canvas(digits, o, &mut rng);
             objects += lines.len();
             let stem = format!("{k:05}");
+            if o.landmarks {
+                let points = extremes(&pixels, o.size).unwrap_or_default();
+                let values: Vec<String> = points.iter().flatten().map(|v| format!("{v:.1}")).collect();
+                csv.push_str(&format!("images/{stem}.png,{}\n", values.join(",")));
+            }
             let png = dir.join("images").join(format!("{stem}.png"));
             image::save_buffer(&png, &pixels, o.size as u32, o.size as u32, image::ExtendedColorType::L8)
                 .map_err(|e| DataError::Io { path: png.clone(), error: e.to_string() })?;
             let txt = dir.join("labels").join(format!("{stem}.txt"));
             std::fs::write(&txt, lines.concat()).map_err(|e| io(&txt, e))?;
+        }
+        if o.landmarks {
+            std::fs::write(dir.join("landmarks.csv"), &csv).map_err(|e| io(&dir.join("landmarks.csv"), e))?;
         }
         if name == "train" {
             written.train = (count, objects);
@@ -120,7 +153,7 @@ fn canvas(digits: &Split, o: &CanvasOptions, rng: &mut ChaCha8Rng) -> (Vec<u8>, 
     let mut pixels = vec![0f32; o.size * o.size];
     let mut boxes: Vec<[f32; 4]> = Vec::new();
     let mut lines = Vec::new();
-    let wanted = rng.random_range(1..=o.most);
+    let wanted = rng.random_range(o.least..=o.most);
     let mut attempts = 0;
     while boxes.len() < wanted && attempts < 50 * wanted {
         attempts += 1;
@@ -171,6 +204,19 @@ fn canvas(digits: &Split, o: &CanvasOptions, rng: &mut ChaCha8Rng) -> (Vec<u8>, 
     (pixels.iter().map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect(), lines)
 }
 
+/// The four extreme points of a canvas's ink: the first inked pixel from the top, the bottom,
+/// the left and the right, as `(x, y)` of their centres, in pixels.
+fn extremes(pixels: &[u8], size: usize) -> Option<[[f32; 2]; 4]> {
+    let ink: Vec<(usize, usize)> =
+        (0..size * size).filter(|&i| f32::from(pixels[i]) > INK * 255.0).map(|i| (i % size, i / size)).collect();
+    let centre = |(x, y): (usize, usize)| [x as f32 + 0.5, y as f32 + 0.5];
+    let top = *ink.iter().min_by_key(|p| (p.1, p.0))?;
+    let bottom = *ink.iter().max_by_key(|p| (p.1, std::cmp::Reverse(p.0)))?;
+    let left = *ink.iter().min_by_key(|p| (p.0, p.1))?;
+    let right = *ink.iter().max_by_key(|p| (p.0, std::cmp::Reverse(p.1)))?;
+    Some([centre(top), centre(bottom), centre(left), centre(right)])
+}
+
 /// The smallest box `[x0, y0, x1, y1)` holding the digit's ink, in its pixels.
 fn ink_box(img: &Image) -> Option<[usize; 4]> {
     let mut b: Option<[usize; 4]> = None;
@@ -218,6 +264,16 @@ mod tests {
         img.data[3 * 6 + 4] = 0.4;
         assert_eq!(ink_box(&img), Some([2, 1, 5, 4]));
         assert_eq!(ink_box(&Image { h: 2, w: 2, c: 1, data: vec![0.1; 4] }), None);
+    }
+
+    #[test]
+    fn extremes_of_ink() {
+        let mut px = vec![0u8; 25];
+        for (x, y) in [(2, 0), (1, 2), (4, 2), (3, 4)] {
+            px[y * 5 + x] = 255;
+        }
+        assert_eq!(extremes(&px, 5), Some([[2.5, 0.5], [3.5, 4.5], [1.5, 2.5], [4.5, 2.5]]));
+        assert_eq!(extremes(&[0u8; 4], 2), None);
     }
 
     #[test]
