@@ -123,6 +123,7 @@ train Tiny {{
     data detection(\"{0}/train\", test: \"{0}/test\")
     loss yolo(grid, label, anchors: boxes, classes: 10)
     optimizer adam(lr: 0.003)
+    augment {{ mirror(), random_crop(32, pad: 2) }}
     batch 16 epochs 3 seed 0
 }}
 ",
@@ -140,6 +141,13 @@ fn a_small_yolo_trains_reports_map_and_draws_its_boxes() {
     let model = tmp.path().join("tiny.cnn");
     std::fs::write(&model, yolo_model(&line, &data)).unwrap();
     let (model, out) = (model.to_str().unwrap(), tmp.path().join("run"));
+    // The augmentation preview draws the boxes where the mirrored, shifted digits are.
+    let preview = tmp.path().join("preview.png");
+    let o = run(&["run", model, "--preview-augment", preview.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let picture = image::open(&preview).unwrap().to_rgb8();
+    let red = picture.pixels().filter(|p| p.0 == [230, 30, 30]).count();
+    assert!(red > 64 * 20, "boxes drawn: {red} red pixels");
     let o = run(&["run", model, "--out", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
@@ -303,11 +311,11 @@ fn losses_reading_boxes_and_labels_are_checked_against_the_data() {
     std::fs::write(&model, wrong).unwrap();
     let o = run(&["check", model.to_str().unwrap()]);
     assert!(text(&o).contains("it reads boxes"), "{}", text(&o));
-    // Augmentation that moves pixels would leave the boxes behind.
-    let wrong = text_of.replace("batch 16", "augment { mirror() }\n    batch 16");
+    // Boxes follow mirrors and crops, not rotations.
+    let wrong = text_of.replace("mirror()", "rotate(10)");
     std::fs::write(&model, wrong).unwrap();
     let o = run(&["check", model.to_str().unwrap()]);
-    assert!(text(&o).contains("`mirror` cannot apply here: it moves the pixels"), "{}", text(&o));
+    assert!(text(&o).contains("`rotate` cannot apply here: it bends the image"), "{}", text(&o));
 }
 
 #[test]

@@ -440,7 +440,7 @@ pub fn check(file: FileId, ast: &ast::File, models: &[ModelInfo], problems: &mut
             );
             continue;
         };
-        let mut c = Checker { file, model, problems, boxes: false };
+        let mut c = Checker { file, model, problems, boxes: false, points: false };
         specs.push(c.section(t));
     }
     specs
@@ -450,8 +450,9 @@ struct Checker<'a> {
     file: FileId,
     model: &'a ModelInfo,
     problems: &'a mut Vec<Problem>,
-    /// Whether the section's data gives boxes or points (`detection`, `landmarks`).
+    /// Whether the section's data gives boxes (`detection`) or points (`landmarks`).
     boxes: bool,
+    points: bool,
 }
 
 impl Checker<'_> {
@@ -541,7 +542,8 @@ impl Checker<'_> {
             }
         }
         if let Some(data) = &spec.data {
-            self.boxes = matches!(data.name.as_str(), "detection" | "landmarks");
+            self.boxes = data.name == "detection";
+            self.points = data.name == "landmarks";
             self.check_data(data, &spec.preprocess, &spec.augment);
         }
         self.check_targets(&spec.loss, spec.data.as_ref());
@@ -1079,11 +1081,19 @@ impl Checker<'_> {
         if shape.rank() != 3 {
             return Err(format!("it transforms images [n_H, n_W, n_C], and the examples have shape {shape}"));
         }
-        let moves =
-            !matches!(step.name.as_str(), "color_shift" | "pca_color" | "brightness" | "contrast" | "normalize");
-        if moves && self.boxes {
-            return Err("it moves the pixels, and the boxes of `detection` data and the points of `landmarks` data \
-                 do not follow them yet: use colour, brightness and contrast steps"
+        // Boxes and points follow mirrors, flips and crops; not rotations, shears or warps, and
+        // points do not follow mirrors (a left point would become a right one).
+        let bends = matches!(step.name.as_str(), "rotate" | "shear" | "warp");
+        let mirrors = matches!(step.name.as_str(), "mirror" | "flip_vertical");
+        if bends && (self.boxes || self.points) {
+            return Err(format!(
+                "it bends the image, and the {} cannot follow: mirrors, flips and crops can",
+                if self.boxes { "boxes of `detection` data" } else { "points of `landmarks` data" }
+            ));
+        }
+        if mirrors && self.points {
+            return Err("it would turn a left point into a right one, and the points of `landmarks` data keep their \
+                 order: use crops"
                 .to_string());
         }
         let (h, w, c) = (shape.0[0], shape.0[1], shape.0[2]);

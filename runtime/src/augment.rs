@@ -46,6 +46,66 @@ pub enum Step {
     Scale { factor: f32, offset: f32 },
 }
 
+/// Where an augmentation moves a point, in fractions of the image before and after:
+/// `x' = sx·x + tx`, `y' = sy·y + ty` (mirrors, flips, crops and resized crops are such maps).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Map {
+    pub sx: f32,
+    pub tx: f32,
+    pub sy: f32,
+    pub ty: f32,
+}
+
+/// The share of a box that must stay in the image after a crop for it to be kept.
+const KEPT_SHARE: f32 = 0.4;
+
+impl Map {
+    /// Points stay where they are.
+    pub const IDENTITY: Map = Map { sx: 1.0, tx: 0.0, sy: 1.0, ty: 0.0 };
+
+    /// `self` applied after `first`.
+    pub fn after(self, first: Map) -> Map {
+        Map {
+            sx: self.sx * first.sx,
+            tx: self.sx * first.tx + self.tx,
+            sy: self.sy * first.sy,
+            ty: self.sy * first.ty + self.ty,
+        }
+    }
+
+    /// Moves one example's targets of shape `target`: boxes `[objects, 5]` or points `[2k]`.
+    pub fn move_targets(&self, targets: &mut [f32], target: &[usize]) {
+        if *self == Map::IDENTITY {
+            return;
+        }
+        match target {
+            [_, 5] => {
+                let mut kept: Vec<[f32; 5]> = Vec::new();
+                for r in targets.chunks_exact(5).take_while(|r| r[0] >= 0.0) {
+                    let (cx, cy) = (self.sx * r[1] + self.tx, self.sy * r[2] + self.ty);
+                    let (bw, bh) = (self.sx.abs() * r[3], self.sy.abs() * r[4]);
+                    let (x0, x1) = ((cx - bw / 2.0).max(0.0), (cx + bw / 2.0).min(1.0));
+                    let (y0, y1) = ((cy - bh / 2.0).max(0.0), (cy + bh / 2.0).min(1.0));
+                    let visible = (x1 - x0).max(0.0) * (y1 - y0).max(0.0);
+                    if visible >= KEPT_SHARE * bw * bh && visible > 0.0 {
+                        kept.push([r[0], (x0 + x1) / 2.0, (y0 + y1) / 2.0, x1 - x0, y1 - y0]);
+                    }
+                }
+                for (k, row) in targets.chunks_exact_mut(5).enumerate() {
+                    row.copy_from_slice(&kept.get(k).copied().unwrap_or([-1.0, 0.0, 0.0, 0.0, 0.0]));
+                }
+            }
+            [_] => {
+                for p in targets.chunks_exact_mut(2) {
+                    p[0] = self.sx * p[0] + self.tx;
+                    p[1] = self.sy * p[1] + self.ty;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The eigen-decomposition of the training set's RGB covariance.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pca {
@@ -194,7 +254,11 @@ impl Pipeline {
         for example in data.test.x.chunks(f.max(1)) {
             x.extend(self.eval(example));
         }
-        let test = data.test.with_x(x);
+        let mut test = data.test.with_x(x);
+        let (map, per) = (self.eval_map(), test.target_len());
+        if per > 0 {
+            test.t.chunks_exact_mut(per).for_each(|t| map.move_targets(t, &data.target));
+        }
         Dataset { train: Split::default(), test, shape: self.input.clone(), ..data.clone() }
     }
 
@@ -207,27 +271,62 @@ impl Pipeline {
         if c != 1 && c != 3 {
             return Err(format!("previews show grey or RGB images; the input has {c} channels"));
         }
+        // Boxes and points are drawn in red over the examples, in colour.
+        let per = data.train.target_len();
+        let oc = if per > 0 { 3 } else { c };
         let gap = 2;
         let (gw, gh) = (cols * (w + gap) + gap, rows * (h + gap) + gap);
-        let mut grid = vec![255u8; gw * gh * c];
+        let mut grid = vec![255u8; gw * gh * oc];
         let f = data.features();
         let n = data.train.len().min(rows * cols);
         for i in 0..n {
             let mut rng = self.rng(0, i);
-            let img = self.train(&data.train.x[i * f..(i + 1) * f], &mut rng);
+            let mut t = data.train.t[i * per..(i + 1) * per].to_vec();
+            let img = self.train_moving(&data.train.x[i * f..(i + 1) * f], &mut t, &data.target, &mut rng);
             let (lo, hi) = img.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
             let range = (hi - lo).max(1e-6);
             let (oy, ox) = (gap + (i / cols) * (h + gap), gap + (i % cols) * (w + gap));
             for y in 0..h {
                 for x in 0..w {
-                    for k in 0..c {
-                        let v = (img[(y * w + x) * c + k] - lo) / range;
-                        grid[((oy + y) * gw + ox + x) * c + k] = (v * 255.0).round() as u8;
+                    for k in 0..oc {
+                        let v = (img[(y * w + x) * c + k.min(c - 1)] - lo) / range;
+                        grid[((oy + y) * gw + ox + x) * oc + k] = (v * 255.0).round() as u8;
                     }
                 }
             }
+            let mut put = |x: f32, y: f32| {
+                let (px, py) = (x.floor() as i64, y.floor() as i64);
+                if (0..w as i64).contains(&px) && (0..h as i64).contains(&py) {
+                    let at = ((oy + py as usize) * gw + ox + px as usize) * oc;
+                    grid[at..at + 3].copy_from_slice(&[230, 30, 30]);
+                }
+            };
+            match data.target[..] {
+                [_, 5] => {
+                    for r in t.chunks_exact(5).take_while(|r| r[0] >= 0.0) {
+                        let (x0, x1) = ((r[1] - r[3] / 2.0) * w as f32, (r[1] + r[3] / 2.0) * w as f32 - 0.5);
+                        let (y0, y1) = ((r[2] - r[4] / 2.0) * h as f32, (r[2] + r[4] / 2.0) * h as f32 - 0.5);
+                        for k in 0..=(x1 - x0).max(0.0) as usize {
+                            put(x0 + k as f32, y0);
+                            put(x0 + k as f32, y1);
+                        }
+                        for k in 0..=(y1 - y0).max(0.0) as usize {
+                            put(x0, y0 + k as f32);
+                            put(x1, y0 + k as f32);
+                        }
+                    }
+                }
+                [_] => {
+                    for p in t.chunks_exact(2) {
+                        for (dx, dy) in [(0.0, 0.0), (-1.0, 0.0), (1.0, 0.0), (0.0, -1.0), (0.0, 1.0)] {
+                            put(p[0] * w as f32 + dx, p[1] * h as f32 + dy);
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
-        crate::atomic::write_png(path, &grid, gw, gh, c)
+        crate::atomic::write_png(path, &grid, gw, gh, oc)
     }
 
     /// Whether examples pass through unchanged.
@@ -245,15 +344,40 @@ impl Pipeline {
 
     /// Augments one training example.
     pub fn train(&self, example: &[f32], rng: &mut impl Rng) -> Vec<f32> {
+        self.train_moving(example, &mut [], &[], rng)
+    }
+
+    /// Augments one training example and moves its targets with its pixels: boxes
+    /// (`target` = `[objects, 5]`: rows `class, cx, cy, w, h`, clipped to the new image and
+    /// dropped when less than 40 % of a box stays in it) or points (`[2k]`).
+    pub fn train_moving(&self, example: &[f32], targets: &mut [f32], target: &[usize], rng: &mut impl Rng) -> Vec<f32> {
         if self.steps.is_empty() {
             return example.to_vec();
         }
         let [h, w, c] = self.data[..] else { return example.to_vec() };
         let mut img = Image { h, w, c, data: example.to_vec() };
+        let mut map = Map::IDENTITY;
         for step in &self.steps {
-            img = self.apply(step, img, rng);
+            let (next, m) = self.apply(step, img, rng);
+            img = next;
+            map = m.after(map);
         }
+        map.move_targets(targets, target);
         img.data
+    }
+
+    /// The map of the evaluation's centre crop (of the padded example) to the input size.
+    pub fn eval_map(&self) -> Map {
+        let (&[h, w, _], &[ih, iw, _]) = (&self.data[..], &self.input[..]) else { return Map::IDENTITY };
+        let (ph, pw) = (h + 2 * self.crop_pad, w + 2 * self.crop_pad);
+        let (y, x) = ((ph - ih) / 2, (pw - iw) / 2);
+        let pad = self.crop_pad as f32;
+        Map {
+            sx: w as f32 / iw as f32,
+            tx: (pad - x as f32) / iw as f32,
+            sy: h as f32 / ih as f32,
+            ty: (pad - y as f32) / ih as f32,
+        }
     }
 
     /// The deterministic version of a test example: centre crop (of the padded example) to the
@@ -291,9 +415,9 @@ impl Pipeline {
         img
     }
 
-    fn apply(&self, step: &Step, img: Image, rng: &mut impl Rng) -> Image {
+    fn apply(&self, step: &Step, img: Image, rng: &mut impl Rng) -> (Image, Map) {
         let p = match step {
-            Step::Normalize { .. } | Step::Scale { .. } => return values(step, img),
+            Step::Normalize { .. } | Step::Scale { .. } => return (values(step, img), Map::IDENTITY),
             Step::Mirror { p }
             | Step::FlipVertical { p }
             | Step::RandomCrop { p, .. }
@@ -307,14 +431,18 @@ impl Pipeline {
             | Step::Contrast { p, .. } => *p,
         };
         let apply = rng.random::<f64>() < p;
-        match step {
+        let (h, w) = (img.h as f32, img.w as f32);
+        let moved = match step {
             // Crops always change the size; with probability 1 − p they take the centre.
             Step::RandomCrop { size, pad, .. } => {
                 let padded = img.pad(*pad);
                 let (dy, dx) = (padded.h - size, padded.w - size);
                 let (y, x) =
                     if apply { (rng.random_range(0..=dy), rng.random_range(0..=dx)) } else { (dy / 2, dx / 2) };
-                padded.crop(y, x, *size, *size)
+                let s = *size as f32;
+                let map =
+                    Map { sx: w / s, tx: (*pad as f32 - x as f32) / s, sy: h / s, ty: (*pad as f32 - y as f32) / s };
+                return (padded.crop(y, x, *size, *size), map);
             }
             Step::RandomResizedCrop { size, scale, .. } => {
                 let (mut ch, mut cw, mut y, mut x) = (img.h, img.w, 0, 0);
@@ -326,11 +454,17 @@ impl Pipeline {
                     y = rng.random_range(0..=img.h - ch);
                     x = rng.random_range(0..=img.w - cw);
                 }
-                img.crop(y, x, ch, cw).resize(*size, *size)
+                let (fh, fw) = (ch as f32, cw as f32);
+                let map = Map { sx: w / fw, tx: -(x as f32) / fw, sy: h / fh, ty: -(y as f32) / fh };
+                return (img.crop(y, x, ch, cw).resize(*size, *size), map);
             }
-            _ if !apply => img,
-            Step::Mirror { .. } => img.mirror(),
-            Step::FlipVertical { .. } => img.flip_vertical(),
+            _ if !apply => return (img, Map::IDENTITY),
+            Step::Mirror { .. } => return (img.mirror(), Map { sx: -1.0, tx: 1.0, ..Map::IDENTITY }),
+            Step::FlipVertical { .. } => return (img.flip_vertical(), Map { sy: -1.0, ty: 1.0, ..Map::IDENTITY }),
+            _ => img,
+        };
+        let img = moved;
+        let out = match step {
             Step::Rotate { degrees, .. } => {
                 let angle = rng.random_range(-degrees..=*degrees).to_radians();
                 geometry::rotate(&img, angle)
@@ -347,7 +481,7 @@ impl Pipeline {
                 img.map_channels(|c, v| v + offsets[c])
             }
             Step::PcaColor { std, .. } => {
-                let Some(pca) = &self.pca else { return img };
+                let Some(pca) = &self.pca else { return (img, Map::IDENTITY) };
                 let normal =
                     Normal::new(0.0, *std as f32).unwrap_or_else(|_| Normal::new(0.0, 0.0).expect("zero deviation"));
                 let alpha: Vec<f32> = (0..3).map(|_| normal.sample(rng)).collect();
@@ -364,7 +498,10 @@ impl Pipeline {
                 let mean = img.data.iter().sum::<f32>() / img.data.len().max(1) as f32;
                 img.map_channels(|_, v| (v - mean) * f + mean)
             }
-            Step::Normalize { .. } | Step::Scale { .. } => img,
-        }
+            _ => img,
+        };
+        // The steps left change values only, or move pixels in ways boxes and points cannot
+        // follow (rotation, shear, warp: refused on such data by the checker).
+        (out, Map::IDENTITY)
     }
 }

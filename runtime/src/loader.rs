@@ -26,16 +26,25 @@ impl Loader<'_> {
     pub fn batch(&self, split: &Split, indices: &[usize], epoch: usize) -> (Tensor, Tensor) {
         let f = self.data.features();
         let input = &self.pipeline.input;
+        let per = split.target_len();
         let mut x = Vec::with_capacity(indices.len() * input.iter().product::<usize>());
+        let mut moved = Vec::with_capacity(indices.len() * per);
         for &i in indices {
             let example = &split.x[i * f..(i + 1) * f];
             let mut rng = self.pipeline.rng(epoch, i);
-            x.extend(self.pipeline.train(example, &mut rng));
+            // Boxes and points move with the pixels.
+            let mut t = split.t[i * per..(i + 1) * per].to_vec();
+            x.extend(self.pipeline.train_moving(example, &mut t, &self.data.target, &mut rng));
+            moved.extend(t);
         }
         let mut shape = vec![indices.len()];
         shape.extend_from_slice(input);
         let x = ArrayD::from_shape_vec(IxDyn(&shape), x).expect("augmented examples fill the input shape");
-        (x, split.targets(indices, &self.data.target))
+        if per == 0 {
+            return (x, split.targets(indices, &self.data.target));
+        }
+        let shape: Vec<usize> = std::iter::once(indices.len()).chain(self.data.target.iter().copied()).collect();
+        (x, ArrayD::from_shape_vec(IxDyn(&shape), moved).expect("targets fill their shape"))
     }
 
     /// Feeds the batches of `order` to `step` in order, prepared by the worker threads, with the

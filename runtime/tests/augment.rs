@@ -268,3 +268,103 @@ fn multi_crop_and_ensembles_average_the_probabilities() {
         .count();
     assert!((acc - direct as f64 / 6.0).abs() < 1e-9);
 }
+
+/// An image of one bright rectangle (rows `y0..y1`, columns `x0..x1`) on black.
+fn rectangle(h: usize, w: usize, (y0, y1, x0, x1): (usize, usize, usize, usize)) -> Image {
+    let mut img = Image { h, w, c: 1, data: vec![0.0; h * w] };
+    for y in y0..y1 {
+        for x in x0..x1 {
+            img.data[y * w + x] = 1.0;
+        }
+    }
+    img
+}
+
+/// The extent `[x0, y0, x1, y1]` of the pixels above 0.5, as fractions of the image.
+fn extent(data: &[f32], h: usize, w: usize) -> Option<[f32; 4]> {
+    let mut e: Option<[usize; 4]> = None;
+    for y in 0..h {
+        for x in 0..w {
+            if data[y * w + x] > 0.5 {
+                let r = e.get_or_insert([x, y, x + 1, y + 1]);
+                *r = [r[0].min(x), r[1].min(y), r[2].max(x + 1), r[3].max(y + 1)];
+            }
+        }
+    }
+    e.map(|r| [r[0] as f32 / w as f32, r[1] as f32 / h as f32, r[2] as f32 / w as f32, r[3] as f32 / h as f32])
+}
+
+/// Boxes and points move with the pixels through mirrors, flips, shifting crops and resized
+/// crops: after every augmentation the moved box is where the rectangle's pixels are (within a
+/// pixel and a half, for the resampling), and a point on a corner stays on it.
+#[test]
+fn boxes_and_points_follow_the_pixels() {
+    let (h, w) = (32, 40);
+    let steps = vec![
+        Step::Mirror { p: 0.5 },
+        Step::FlipVertical { p: 0.5 },
+        Step::RandomCrop { size: 32, pad: 6, p: 1.0 },
+        Step::RandomResizedCrop { size: 32, scale: (0.6, 1.0), p: 0.7 },
+    ];
+    let p = pipeline(steps, &[h, w, 1], &[32, 32, 1]);
+    let (mut kept, mut dropped) = (0, 0);
+    // A rectangle in the middle, and one on the right edge that crops cut off.
+    for (y0, y1, x0, x1) in [(8, 20, 6, 30), (2, 8, 33, 40)] {
+        let img = rectangle(h, w, (y0, y1, x0, x1));
+        let (bw, bh) = ((x1 - x0) as f32 / 40.0, (y1 - y0) as f32 / 32.0);
+        let (cx, cy) = ((x0 + x1) as f32 / 2.0 / 40.0, (y0 + y1) as f32 / 2.0 / 32.0);
+        for seed in 0..200 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut boxes = vec![3.0, cx, cy, bw, bh, -1.0, 0.0, 0.0, 0.0, 0.0];
+            let out = p.train_moving(&img.data, &mut boxes, &[2, 5], &mut rng);
+            let seen = extent(&out, 32, 32);
+            if boxes[0] < 0.0 {
+                // Dropped: less than 40 % of the rectangle is left in the image.
+                dropped += 1;
+                continue;
+            }
+            kept += 1;
+            assert_eq!(boxes[5], -1.0, "the unused row stays unused");
+            let e = seen.unwrap_or_else(|| panic!("seed {seed}: a kept box over no pixels"));
+            let corners = [
+                boxes[1] - boxes[3] / 2.0,
+                boxes[2] - boxes[4] / 2.0,
+                boxes[1] + boxes[3] / 2.0,
+                boxes[2] + boxes[4] / 2.0,
+            ];
+            for k in 0..4 {
+                assert!((corners[k] - e[k]).abs() <= 1.5 / 32.0 + 1e-4, "seed {seed}: box {corners:?}, pixels {e:?}");
+            }
+            // The same draw with a point on the rectangle's top-left pixel.
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut point = [(x0 as f32 + 0.5) / 40.0, (y0 as f32 + 0.5) / 32.0];
+            p.train_moving(&img.data, &mut point, &[2], &mut rng);
+            let (px, py) = (point[0] * 32.0, point[1] * 32.0);
+            if (0.0..32.0).contains(&px) && (0.0..32.0).contains(&py) {
+                let near = (-1i32..=1).any(|dy| {
+                    (-1i32..=1).any(|dx| {
+                        let (x, y) = (px as i32 + dx, py as i32 + dy);
+                        (0..32).contains(&x) && (0..32).contains(&y) && out[(y * 32 + x) as usize] > 0.3
+                    })
+                });
+                assert!(near, "seed {seed}: the point ({px}, {py}) left the rectangle");
+            }
+        }
+    }
+    assert!(kept > 250 && dropped > 0, "both cases seen: {kept} kept, {dropped} dropped");
+}
+
+#[test]
+fn evaluation_moves_the_test_boxes_with_its_centre_crop() {
+    let p = pipeline(vec![Step::RandomCrop { size: 24, pad: 2, p: 1.0 }], &[32, 32, 1], &[24, 24, 1]);
+    let img = rectangle(32, 32, (10, 20, 10, 20));
+    let x = p.eval(&img.data);
+    let e = extent(&x, 24, 24).unwrap();
+    let mut boxes = [0.0, 15.0 / 32.0, 15.0 / 32.0, 10.0 / 32.0, 10.0 / 32.0];
+    p.eval_map().move_targets(&mut boxes, &[1, 5]);
+    let corners =
+        [boxes[1] - boxes[3] / 2.0, boxes[2] - boxes[4] / 2.0, boxes[1] + boxes[3] / 2.0, boxes[2] + boxes[4] / 2.0];
+    for k in 0..4 {
+        assert!((corners[k] - e[k]).abs() < 1e-5, "{corners:?} vs {e:?}");
+    }
+}
