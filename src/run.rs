@@ -542,17 +542,7 @@ fn slide(
         let shape = [h, w, c];
         let slid = sliding::run(graph, &shape).map_err(|e| fail(EXIT_INPUT, format!("`{}`: {e}", file.display())))?;
         // The same values under the same names; dense weights in their filters' shape.
-        let mut slid_params = Params::init(&slid, seed);
-        let names: Vec<String> = slid_params.layout.entries().iter().map(|e| e.name.clone()).collect();
-        for name in names {
-            let (Some(to), Some(from)) = (slid_params.layout.id(&name), params.layout.id(&name)) else { continue };
-            let values = params.slice(from);
-            let dst = slid_params.slice_mut(to);
-            if dst.len() != values.len() {
-                return Err(fail(EXIT_INTERNAL, format!("`{name}` has another size as a filter")));
-            }
-            dst.copy_from_slice(values);
-        }
+        let slid_params = Params::same_values(&slid, params);
         let example =
             cnnc_runtime::data::load_image_as(file, &shape, &whole).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         let pipeline = Pipeline::new(values.to_vec(), &shape, &shape, &Default::default(), seed)

@@ -268,6 +268,23 @@ fn split(all: Split, features: usize, fraction: f64, seed: u64) -> (Split, Split
     (all.take(features, train), all.take(features, test))
 }
 
+/// The training and test splits of a source read by `read`: from the file or folder named by
+/// argument `what` and the one named by `test:`, or a seeded `split` of the first.
+fn train_and_test(
+    call: &FnCall,
+    base: &Path,
+    what: &str,
+    shape: &[usize],
+    seed: u64,
+    read: impl Fn(&Path) -> Result<Split, DataError>,
+) -> Result<(Split, Split), DataError> {
+    let all = read(&base.join(call.str(what).unwrap_or_default()))?;
+    match call.str("test") {
+        Some(test) => Ok((all, read(&base.join(test))?)),
+        None => Ok(split(all, shape.iter().product(), call.num("split", 0.2), seed)),
+    }
+}
+
 /// Classes implied by labels: one more than the largest (at least one); negative labels are
 /// reported by [`check_labels`].
 fn class_count(labels: &[i64]) -> usize {
@@ -364,13 +381,7 @@ pub fn load(
         "detection" => {
             let shape = prep.shape(input);
             let read = |dir: &Path| detection::folder(dir, &shape, prep);
-            let (train, test) = match path("test") {
-                Some(test) => (read(&path("dir").unwrap_or_default())?, read(&test)?),
-                None => {
-                    let all = read(&path("dir").unwrap_or_default())?;
-                    split(all, shape.iter().product(), call.num("split", 0.2), seed)
-                }
-            };
+            let (train, test) = train_and_test(call, base, "dir", &shape, seed, read)?;
             let (train, test, target) = detection::pad_objects(train, test);
             let classes = train.t.chunks_exact(5).chain(test.t.chunks_exact(5)).fold(1, |m, r| m.max(r[0] as i64 + 1));
             let dataset = Dataset { train, test, classes: classes as usize, shape, pad: 0, scale: 1.0 / 255.0, target };
@@ -379,13 +390,7 @@ pub fn load(
         "landmarks" => {
             let shape = prep.shape(input);
             let read = |csv: &Path| landmarks::read(csv, &shape, prep);
-            let (train, test) = match path("test") {
-                Some(test) => (read(&path("csv").unwrap_or_default())?, read(&test)?),
-                None => {
-                    let all = read(&path("csv").unwrap_or_default())?;
-                    split(all, shape.iter().product(), call.num("split", 0.2), seed)
-                }
-            };
+            let (train, test) = train_and_test(call, base, "csv", &shape, seed, read)?;
             if train.target_len() != test.target_len() {
                 return Err(DataError::Unsupported {
                     what: format!(

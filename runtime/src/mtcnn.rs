@@ -27,14 +27,7 @@ impl Net {
             return run_graph(&self.graph, &self.params, x, backend);
         }
         let graph = cnnc_compiler::passes::sliding::run(&self.graph, &shape).map_err(|e| e.to_string())?;
-        // The same values under the same names.
-        let mut params = Params::init(&graph, 0);
-        let names: Vec<String> = params.layout.entries().iter().map(|e| e.name.clone()).collect();
-        for name in names {
-            let (Some(to), Some(from)) = (params.layout.id(&name), self.params.layout.id(&name)) else { continue };
-            params.slice_mut(to).copy_from_slice(self.params.slice(from));
-        }
-        run_graph(&graph, &params, x, backend)
+        run_graph(&graph, &Params::same_values(&graph, &self.params), x, backend)
     }
 }
 

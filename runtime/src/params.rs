@@ -53,6 +53,23 @@ impl Params {
         Params { layout: Arc::new(layout), data, stamp: fresh_stamp() }
     }
 
+    /// Parameters of `graph` holding the values of `from` under the same names (a parameter
+    /// `from` lacks keeps its initial value): a graph rewritten with the same weights in other
+    /// shapes (the sliding-windows pass) runs with the weights of the original.
+    pub fn same_values(graph: &Graph, from: &Params) -> Params {
+        let mut params = Params::init(graph, 0);
+        let names: Vec<String> = params.layout.entries().iter().map(|e| e.name.clone()).collect();
+        for name in names {
+            let (Some(to), Some(id)) = (params.layout.id(&name), from.layout.id(&name)) else { continue };
+            let values = from.slice(id);
+            let dst = params.slice_mut(to);
+            if dst.len() == values.len() {
+                dst.copy_from_slice(values);
+            }
+        }
+        params
+    }
+
     /// Every value, as the layout places them.
     pub fn data(&self) -> &[f32] {
         &self.data
