@@ -542,7 +542,7 @@ fn slide(
         let shape = [h, w, c];
         let slid = sliding::run(graph, &shape).map_err(|e| fail(EXIT_INPUT, format!("`{}`: {e}", file.display())))?;
         // The same values under the same names; dense weights in their filters' shape.
-        let slid_params = Params::same_values(&slid, params);
+        let slid_params = Params::same_values(&slid, params).map_err(|e| fail(EXIT_INTERNAL, e))?;
         let example =
             cnnc_runtime::data::load_image_as(file, &shape, &whole).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         let pipeline = Pipeline::new(values.to_vec(), &shape, &shape, &Default::default(), seed)

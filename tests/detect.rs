@@ -316,6 +316,15 @@ fn losses_reading_boxes_and_labels_are_checked_against_the_data() {
     std::fs::write(&model, wrong).unwrap();
     let o = run(&["check", model.to_str().unwrap()]);
     assert!(text(&o).contains("`rotate` cannot apply here: it bends the image"), "{}", text(&o));
+    // A resized crop larger than the examples: evaluation could not take its centre crop.
+    let wrong = text_of
+        .replace("[32, 32, 1]", "[40, 40, 1]")
+        .replace("augment {", "preprocess { resize(32, 32) }\n    augment {")
+        .replace("mirror(), random_crop(32, pad: 2)", "random_resized_crop(40)");
+    std::fs::write(&model, wrong).unwrap();
+    let o = run(&["check", model.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("a 40×40 crop is larger than the 32×32 examples"), "{}", text(&o));
 }
 
 #[test]

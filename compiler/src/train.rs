@@ -1156,6 +1156,12 @@ impl Checker<'_> {
                 if size == 0 {
                     return Err("the crop size must be at least 1".into());
                 }
+                if size > h || size > w {
+                    return Err(format!(
+                        "a {size}×{size} crop is larger than the {h}×{w} examples, and evaluation takes a centre crop \
+                         of that size from them"
+                    ));
+                }
                 if let Some(Arg::List(scale)) = step.args.get("scale") {
                     if scale.len() != 2 || !(scale[0] > 0.0 && scale[0] <= scale[1] && scale[1] <= 1.0) {
                         return Err("`scale` must be [low, high] with 0 < low ≤ high ≤ 1".into());

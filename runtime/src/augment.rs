@@ -222,15 +222,33 @@ impl Pipeline {
     ) -> Result<Pipeline, DataError> {
         let mut shape = data.to_vec();
         let mut crop_pad = 0;
+        // Crops must fit what they crop (the checker knows the examples' size only for some
+        // sources; image folders say it when read).
+        let too_big = |size: usize, shape: &[usize], pad: usize| {
+            DataError::Unsupported {
+            what: format!(
+                "a {size}×{size} crop does not fit in the {}×{} examples{}: evaluation takes a centre crop of that size",
+                shape[0],
+                shape[1],
+                if pad > 0 { format!(" padded by {pad}") } else { String::new() }
+            ),
+        }
+        };
         for step in &steps {
             if let Step::RandomCrop { size, pad, .. } = step {
                 crop_pad = *pad;
                 if shape.len() == 3 {
+                    if *size > shape[0] + 2 * pad || *size > shape[1] + 2 * pad {
+                        return Err(too_big(*size, &shape, *pad));
+                    }
                     shape = vec![*size, *size, shape[2]];
                 }
             }
             if let Step::RandomResizedCrop { size, .. } = step {
                 if shape.len() == 3 {
+                    if *size > shape[0] || *size > shape[1] {
+                        return Err(too_big(*size, &shape, 0));
+                    }
                     shape = vec![*size, *size, shape[2]];
                 }
             }

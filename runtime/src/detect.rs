@@ -317,7 +317,8 @@ pub fn average_precision(
         }
         let mut sum = 0.0;
         for r in 0..=100 {
-            let at = r as f64 / 100.0;
+            // As numpy's `linspace(0, 1, 101)` computes them (0.35 is 0.35000000000000003).
+            let at = r as f64 * 0.01;
             let i = recall.partition_point(|&x| x < at);
             sum += precision.get(i).copied().unwrap_or(0.0);
         }
@@ -586,6 +587,11 @@ mod tests {
         // A duplicate detection of one object is a false positive.
         let twice = vec![vec![det(0.9, gt[0][0]), det(0.8, gt[0][0])]];
         assert!((average_precision(&twice, &gt, 1, 0.5).1 - 51.0 / 101.0).abs() < 1e-12);
+        // Recall points as numpy's linspace gives them: 7 of 20 found is recall 0.35, below the
+        // point 0.35000000000000003, so 35 of 101 points count (not 36).
+        let many: Vec<Object> = (0..20).map(|k| obj(0, 0.025 + 0.05 * k as f32, 0.5, 0.04, 0.04)).collect();
+        let seven = vec![many[..7].iter().map(|o| det(0.9, *o)).collect::<Vec<_>>()];
+        assert!((average_precision(&seven, &[many], 1, 0.5).1 - 35.0 / 101.0).abs() < 1e-12);
         // A class with no ground truth is left out of the mean.
         let (per, mean) = average_precision(&perfect, &gt, 2, 0.5);
         assert_eq!(per[1], None);

@@ -27,7 +27,7 @@ impl Net {
             return run_graph(&self.graph, &self.params, x, backend);
         }
         let graph = cnnc_compiler::passes::sliding::run(&self.graph, &shape).map_err(|e| e.to_string())?;
-        run_graph(&graph, &Params::same_values(&graph, &self.params), x, backend)
+        run_graph(&graph, &Params::same_values(&graph, &self.params)?, x, backend)
     }
 }
 
@@ -92,10 +92,11 @@ pub struct Picture {
 
 /// The faces in `img`.
 pub fn detect(nets: &Cascade, img: &Picture, o: &Options) -> Result<Vec<Face>, String> {
-    let (h, w) = (img.h as f32, img.w as f32);
-    // The pyramid: from 12/min_face (the smallest face fills PNet's window) down by `factor`
-    // while the image still holds a window.
-    let m = 12.0 / o.min_face;
+    // The pyramid in f64, as facenet-pytorch computes it in Python.
+    let (h, w) = (img.h as f64, img.w as f64);
+    // From 12/min_face (the smallest face fills PNet's window) down by `factor` while the image
+    // still holds a window.
+    let m = 12.0 / f64::from(o.min_face);
     let mut side = h.min(w) * m;
     let mut scale = m;
     let mut all: Vec<Candidate> = Vec::new();
@@ -113,20 +114,20 @@ pub fn detect(nets: &Cascade, img: &Picture, o: &Options) -> Result<Vec<Face>, S
                 let k = y * ow + x;
                 let p = pf[k * 2 + 1];
                 if p >= o.thresholds[0] {
-                    let (bx, by) = (x as f32, y as f32);
+                    let (bx, by) = (x as f64, y as f64);
                     let b = [
-                        ((2.0 * bx + 1.0) / scale).floor(),
-                        ((2.0 * by + 1.0) / scale).floor(),
-                        ((2.0 * bx + 12.0) / scale).floor(),
-                        ((2.0 * by + 12.0) / scale).floor(),
+                        ((2.0 * bx + 1.0) / scale).floor() as f32,
+                        ((2.0 * by + 1.0) / scale).floor() as f32,
+                        ((2.0 * bx + 12.0) / scale).floor() as f32,
+                        ((2.0 * by + 12.0) / scale).floor() as f32,
                     ];
                     here.push(Candidate { b, score: p, reg: [pr[k * 4], pr[k * 4 + 1], pr[k * 4 + 2], pr[k * 4 + 3]] });
                 }
             }
         }
         all.extend(nms(here, 0.5, false));
-        scale *= o.factor;
-        side *= o.factor;
+        scale *= f64::from(o.factor);
+        side *= f64::from(o.factor);
     }
     let mut boxes = nms(all, 0.7, false);
     // PNet's correction, in units of the box's size, then square boxes.

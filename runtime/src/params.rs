@@ -53,21 +53,28 @@ impl Params {
         Params { layout: Arc::new(layout), data, stamp: fresh_stamp() }
     }
 
-    /// Parameters of `graph` holding the values of `from` under the same names (a parameter
-    /// `from` lacks keeps its initial value): a graph rewritten with the same weights in other
-    /// shapes (the sliding-windows pass) runs with the weights of the original.
-    pub fn same_values(graph: &Graph, from: &Params) -> Params {
+    /// Parameters of `graph` holding the values of `from` under the same names: a graph
+    /// rewritten with the same weights in other shapes (the sliding-windows pass) runs with the
+    /// weights of the original. A parameter missing from `from`, or of another size, is an error.
+    pub fn same_values(graph: &Graph, from: &Params) -> Result<Params, String> {
         let mut params = Params::init(graph, 0);
         let names: Vec<String> = params.layout.entries().iter().map(|e| e.name.clone()).collect();
         for name in names {
-            let (Some(to), Some(id)) = (params.layout.id(&name), from.layout.id(&name)) else { continue };
+            let (Some(to), Some(id)) = (params.layout.id(&name), from.layout.id(&name)) else {
+                return Err(format!("the rewritten graph has a parameter `{name}` the weights do not"));
+            };
             let values = from.slice(id);
             let dst = params.slice_mut(to);
-            if dst.len() == values.len() {
-                dst.copy_from_slice(values);
+            if dst.len() != values.len() {
+                return Err(format!(
+                    "`{name}` holds {} values, and the rewritten graph needs {}",
+                    values.len(),
+                    dst.len()
+                ));
             }
+            dst.copy_from_slice(values);
         }
-        params
+        Ok(params)
     }
 
     /// Every value, as the layout places them.

@@ -518,8 +518,8 @@ impl Session {
     }
 
     /// The boxes the detector finds in every example of `split` (scores of at least
-    /// `threshold`, per-class non-max suppression at `iou`, at most 100 per image, as COCO
-    /// evaluates), beside the labelled objects.
+    /// `threshold`, per-class non-max suppression at `iou`, at most 100 of a class per image, as
+    /// COCO evaluates), beside the labelled objects.
     pub fn detections(
         &self,
         data: &Dataset,
@@ -540,10 +540,19 @@ impl Session {
             let Some(pred) = values.get(id) else { continue };
             let flat: Vec<f32> = pred.iter().copied().collect();
             for (k, &i) in chunk.iter().enumerate() {
-                let mut boxes =
+                let boxes =
                     crate::detect::nms(grid.decode(&flat[k * grid.len()..(k + 1) * grid.len()], threshold), iou);
-                boxes.truncate(100);
-                found.push(boxes);
+                // At most 100 of each class, best first (COCO's maxDets, per image and category).
+                let mut count = vec![0usize; grid.classes.max(1)];
+                let kept = boxes
+                    .into_iter()
+                    .filter(|b| {
+                        let c = &mut count[(b.class as usize).min(grid.classes.max(1) - 1)];
+                        *c += 1;
+                        *c <= 100
+                    })
+                    .collect();
+                found.push(kept);
                 truths.push(crate::detect::Object::rows(&split.t[i * per..(i + 1) * per]));
             }
         }

@@ -368,3 +368,21 @@ fn evaluation_moves_the_test_boxes_with_its_centre_crop() {
         assert!((corners[k] - e[k]).abs() < 1e-5, "{corners:?} vs {e:?}");
     }
 }
+
+#[test]
+fn crops_larger_than_the_examples_are_refused() {
+    let big = Step::RandomResizedCrop { size: 40, scale: (0.5, 1.0), p: 1.0 };
+    let e = Pipeline::new(vec![big], &[32, 32, 1], &[40, 40, 1], &Split::default(), 0).unwrap_err();
+    assert!(e.to_string().contains("a 40×40 crop does not fit in the 32×32 examples"), "{e}");
+    let padded = Step::RandomCrop { size: 36, pad: 1, p: 1.0 };
+    let e = Pipeline::new(vec![padded], &[32, 32, 1], &[36, 36, 1], &Split::default(), 0).unwrap_err();
+    assert!(e.to_string().contains("padded by 1"), "{e}");
+    assert!(Pipeline::new(
+        vec![Step::RandomCrop { size: 36, pad: 2, p: 1.0 }],
+        &[32, 32, 1],
+        &[36, 36, 1],
+        &Split::default(),
+        0
+    )
+    .is_ok());
+}

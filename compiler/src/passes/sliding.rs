@@ -25,6 +25,8 @@ pub enum SlideError {
     Flatten { layer: String, user: String },
     /// A layer's shape rule fails at the new size.
     Shape { layer: String, fault: String },
+    /// An output has no spatial axes at the new size (a global pooling before it).
+    NoMap { output: String },
 }
 
 impl fmt::Display for SlideError {
@@ -42,6 +44,11 @@ impl fmt::Display for SlideError {
                 "`{layer}` flattens a map that `{user}` reads: only dense layers after a flatten become convolutions"
             ),
             SlideError::Shape { layer, fault } => write!(f, "at the new size, `{layer}`: {fault}"),
+            SlideError::NoMap { output } => write!(
+                f,
+                "`{output}` has no spatial axes (a global pooling comes before it): it answers for the whole image, \
+                 not for each window"
+            ),
         }
     }
 }
@@ -139,6 +146,11 @@ pub fn run(graph: &Graph, input: &[usize]) -> Result<Graph, SlideError> {
     }
     g.node_mut(x).shape = Shape(input.to_vec());
     reinfer(&mut g, true)?;
+    // An output with no spatial axes left (after a global pooling) answers for the whole image,
+    // not for each window.
+    if let Some((name, _)) = g.outputs().iter().find(|(_, id)| g.node(*id).shape.rank() < 2) {
+        return Err(SlideError::NoMap { output: name.clone() });
+    }
     Ok(g)
 }
 
@@ -246,6 +258,13 @@ mod tests {
 
     #[test]
     fn what_cannot_slide_is_an_error() {
+        let text =
+            "model G {\n input image: [8, 8, 1]\n output y = image |> conv(4, 3) |> global_avgpool |> dense(2)\n}\n";
+        let c = crate::compile_source("g.cnn", None, text.as_bytes());
+        let mut pipe = crate::passes::Pipeline::new(Default::default()).unwrap();
+        let pooled = crate::passes::inference::run(&c.models[0], &mut pipe).unwrap();
+        let e = run(&pooled, &[16, 16, 1]).unwrap_err();
+        assert!(matches!(e, SlideError::NoMap { .. }), "{e}");
         let g = lenet();
         assert!(matches!(run(&g, &[32, 64, 3]), Err(SlideError::Input { .. })));
         assert!(matches!(run(&g, &[20, 64, 1]), Err(SlideError::Shape { .. })));

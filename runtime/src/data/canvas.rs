@@ -117,7 +117,13 @@ pub fn mnist_detection(mnist: &Path, out: &Path, o: &CanvasOptions) -> Result<Wr
             objects += lines.len();
             let stem = format!("{k:05}");
             if o.landmarks {
-                let points = extremes(&pixels, o.size).unwrap_or_default();
+                // (Placement gives up after 50 tries: a canvas may, rarely, hold no digit.)
+                let points = extremes(&pixels, o.size).ok_or_else(|| {
+                    bad(format!(
+                        "canvas {k} of {name} holds no digit to place landmarks on: give digits that fit the canvas \
+                         (--smallest, --largest)"
+                    ))
+                })?;
                 let values: Vec<String> = points.iter().flatten().map(|v| format!("{v:.1}")).collect();
                 csv.push_str(&format!("images/{stem}.png,{}\n", values.join(",")));
             }
