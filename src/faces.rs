@@ -27,10 +27,16 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             return Err(fail(
                 EXIT_INPUT,
                 format!(
-                    "no weights at `{}`: import them first (`cnnc import {} examples/mtcnn/{}.safetensors --model {name}{} -o {}`)",
+                    "no weights at `{}`: import them first (`cnnc import {} {} --model {name}{} -o {}`)",
                     path.display(),
                     args.file.display(),
-                    name.to_lowercase(),
+                    // Where examples/mtcnn.cnn keeps facenet-pytorch's weights.
+                    args.file
+                        .parent()
+                        .unwrap_or(std::path::Path::new(""))
+                        .join("mtcnn")
+                        .join(format!("{}.safetensors", name.to_lowercase()))
+                        .display(),
                     if name == "PNet" { "" } else { " --flatten whc" },
                     path.display()
                 ),
