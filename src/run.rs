@@ -457,6 +457,13 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
     let detector = spec
         .and_then(|s| cnnc_compiler::passes::training::detector(model, s))
         .map(|(name, g)| (name, detect::Grid { rows: g.rows, cols: g.cols, anchors: g.anchors, classes: g.classes }));
+    // The output an `l2` loss regresses points onto, when the section reads `landmarks` data.
+    let points = spec.filter(|s| s.data.as_ref().is_some_and(|d| d.name == "landmarks")).and_then(|s| {
+        s.loss.iter().find_map(|t| match (t.call.name.as_str(), t.call.args.get("output")) {
+            ("l2", Some(Arg::Name(n))) => Some(n.clone()),
+            _ => None,
+        })
+    });
     let mut exact: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for file in &args.predict {
         let failed = |e: PredictError| match e {
@@ -487,6 +494,14 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
                 let found = detect::nms(grid.decode(&flat, args.threshold), args.iou);
                 show_detections(file, &found, &out, batch.then_some(index))?;
                 continue;
+            }
+            // A landmark model: its points, in the file's pixels, printed and drawn.
+            if let Some(name) = &points {
+                if let Some((_, value)) = outputs.iter().find(|(n, _)| n == name) {
+                    let flat: Vec<f32> = value.iter().copied().collect();
+                    show_points(file, &flat, &out)?;
+                    continue;
+                }
             }
             let answers = predictor.answers(outputs, &out).map_err(failed)?;
             if batch {
@@ -599,6 +614,41 @@ fn print_windows(name: &str, shape: &[usize], values: &[f32], probabilities: boo
             .collect();
         println!("    {}", row.join(" "));
     }
+}
+
+/// Prints a landmark model's points (fractions of the image, `x, y` pairs) in `file`'s pixels
+/// and draws them on it, to `OUT/STEM.points.png`.
+fn show_points(file: &Path, fractions: &[f32], out: &Path) -> Result<(), Failure> {
+    println!("{}:", file.display());
+    let picture = if cnnc_runtime::predict::is_tensor_file(file) { None } else { detect::read_rgb(file).ok() };
+    let (w, h) = picture.as_ref().map_or((1, 1), |p| (p.1, p.2));
+    let pixels: Vec<[f32; 2]> = fractions.chunks_exact(2).map(|p| [p[0] * w as f32, p[1] * h as f32]).collect();
+    for (k, p) in pixels.iter().enumerate() {
+        println!("  point {}: ({:.1}, {:.1})", k + 1, p[0], p[1]);
+    }
+    let Some((rgb, w, h)) = picture else { return Ok(()) };
+    let scale = (256 / w.min(h).max(1)).max(1);
+    let mut drawn = detect::draw(&rgb, w, h, scale, &[]);
+    let (sw, sh) = (w * scale, h * scale);
+    let r = (scale as i64).max(2);
+    for p in &pixels {
+        let (cx, cy) = ((p[0] * scale as f32) as i64, (p[1] * scale as f32) as i64);
+        for y in cy - r..=cy + r {
+            for x in cx - r..=cx + r {
+                if (0..sw as i64).contains(&x) && (0..sh as i64).contains(&y) {
+                    let at = (y as usize * sw + x as usize) * 3;
+                    drawn[at..at + 3].copy_from_slice(&[230, 30, 30]);
+                }
+            }
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| fail(EXIT_INPUT, format!("cannot create `{}`: {e}", out.display())))?;
+    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let path = out.join(format!("{stem}.points.png"));
+    cnnc_runtime::atomic::write_png(&path, &drawn, sw, sh, 3)
+        .map_err(|e| fail(EXIT_INPUT, format!("cannot write `{}`: {e}", path.display())))?;
+    println!("  drawn: {}", path.display());
+    Ok(())
 }
 
 /// Prints the boxes found in `file` (in its pixels) and draws them on it, to

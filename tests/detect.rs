@@ -527,6 +527,15 @@ train P {{
         .unwrap_or_else(|| panic!("{said}"));
     assert!(said.contains("over 160 points (4 an image)"), "{said}");
     assert!(error < 0.8 * centre, "the points are learned: {error} px against {centre} px for the centre");
+    // --predict prints the points in the file's pixels and draws them.
+    let image = data.join("test/images/00000.png");
+    let p = run(&["run", m, "--out", out.to_str().unwrap(), "--predict", image.to_str().unwrap()]);
+    assert_eq!(p.status.code(), Some(0), "{}", text(&p));
+    let said = String::from_utf8_lossy(&p.stdout).to_string();
+    assert_eq!(said.lines().filter(|l| l.trim_start().starts_with("point ")).count(), 4, "{said}");
+    let drawn = image::open(out.join("00000.points.png")).unwrap().to_rgb8();
+    assert_eq!((drawn.width(), drawn.height()), (256, 256));
+    assert!(drawn.pixels().any(|p| p.0 == [230, 30, 30]), "points drawn");
 
     // An output of the wrong size, and a class loss, on landmark data.
     std::fs::write(&model, text_of.replace("dense(8)", "dense(6)")).unwrap();
