@@ -67,13 +67,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             let marks: Vec<String> = f.landmarks.iter().map(|p| format!("({:.0}, {:.0})", p[0], p[1])).collect();
             println!("    eyes {} {}  nose {}  mouth {} {}", marks[0], marks[1], marks[2], marks[3], marks[4]);
         }
-        let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        std::fs::create_dir_all(&out)
-            .map_err(|e| fail(EXIT_INPUT, format!("cannot create `{}`: {e}", out.display())))?;
-        let path = out.join(format!("{stem}.faces.png"));
-        cnnc_runtime::atomic::write_png(&path, &mtcnn::draw(&rgb, w, h, &faces), w, h, 3)
-            .map_err(|e| fail(EXIT_INPUT, format!("cannot write `{}`: {e}", path.display())))?;
-        println!("  drawn: {}", path.display());
+        crate::run::write_drawing(file, "faces", &mtcnn::draw(&rgb, w, h, &faces), w, h, &out)?;
     }
     Ok(())
 }

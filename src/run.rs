@@ -555,19 +555,17 @@ fn slide(
             ));
         }
         let shape = [h, w, c];
-        let slid = sliding::run(graph, &shape).map_err(|e| fail(EXIT_INPUT, format!("`{}`: {e}", file.display())))?;
-        // The same values under the same names; dense weights in their filters' shape.
-        let slid_params = Params::same_values(&slid, params).map_err(|e| fail(EXIT_INTERNAL, e))?;
         let example =
             cnnc_runtime::data::load_image_as(file, &shape, &whole).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         let pipeline = Pipeline::new(values.to_vec(), &shape, &shape, &Default::default(), seed)
             .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         let x = cnnc_runtime::reference::Tensor::from_shape_vec(vec![1, h, w, c], pipeline.eval(&example))
             .map_err(|e| fail(EXIT_INTERNAL, e.to_string()))?;
-        let programs = cnnc_runtime::predict::programs_for(&slid);
-        let mut programs = programs.into_inner().map_err(|_| fail(EXIT_INTERNAL, "a poisoned lock"))?;
-        let outputs = cnnc_runtime::predict::outputs(&slid, &slid_params, x.view(), args.backend, &mut programs)
-            .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        let outputs =
+            cnnc_runtime::predict::outputs_slid(graph, params, x.view(), args.backend).map_err(|e| match e {
+                PredictError::Internal(_) => fail(EXIT_INTERNAL, e.to_string()),
+                _ => fail(EXIT_INPUT, format!("`{}`: {e}", file.display())),
+            })?;
         println!("{}: {ww}×{wh} windows every {} pixels", file.display(), list(&stride));
         for (name, value) in outputs {
             let value = if softmax.contains(&name) { cnnc_runtime::reference::softmax(&value.view()) } else { value };
@@ -627,25 +625,34 @@ fn show_points(file: &Path, fractions: &[f32], out: &Path) -> Result<(), Failure
         println!("  point {}: ({:.1}, {:.1})", k + 1, p[0], p[1]);
     }
     let Some((rgb, w, h)) = picture else { return Ok(()) };
-    let scale = (256 / w.min(h).max(1)).max(1);
+    let scale = enlargement(w, h);
     let mut drawn = detect::draw(&rgb, w, h, scale, &[]);
-    let (sw, sh) = (w * scale, h * scale);
-    let r = (scale as i64).max(2);
+    let mut pen = detect::Pen::new(&mut drawn, w * scale, h * scale);
     for p in &pixels {
-        let (cx, cy) = ((p[0] * scale as f32) as i64, (p[1] * scale as f32) as i64);
-        for y in cy - r..=cy + r {
-            for x in cx - r..=cx + r {
-                if (0..sw as i64).contains(&x) && (0..sh as i64).contains(&y) {
-                    let at = (y as usize * sw + x as usize) * 3;
-                    drawn[at..at + 3].copy_from_slice(&[230, 30, 30]);
-                }
-            }
-        }
+        let (x, y) = ((p[0] * scale as f32) as i64, (p[1] * scale as f32) as i64);
+        pen.dot(x, y, (scale as i64).max(2), [230, 30, 30]);
     }
+    write_drawing(file, "points", &drawn, w * scale, h * scale, out)
+}
+
+/// How many times a picture of `w × h` is enlarged to be at least 256 pixels a side.
+fn enlargement(w: usize, h: usize) -> usize {
+    (256 / w.min(h).max(1)).max(1)
+}
+
+/// Writes a drawing made over `file` to `OUT/STEM.WHAT.png` and says so.
+pub(crate) fn write_drawing(
+    file: &Path,
+    what: &str,
+    rgb: &[u8],
+    w: usize,
+    h: usize,
+    out: &Path,
+) -> Result<(), Failure> {
     std::fs::create_dir_all(out).map_err(|e| fail(EXIT_INPUT, format!("cannot create `{}`: {e}", out.display())))?;
     let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let path = out.join(format!("{stem}.points.png"));
-    cnnc_runtime::atomic::write_png(&path, &drawn, sw, sh, 3)
+    let path = out.join(format!("{stem}.{what}.png"));
+    cnnc_runtime::atomic::write_png(&path, rgb, w, h, 3)
         .map_err(|e| fail(EXIT_INPUT, format!("cannot write `{}`: {e}", path.display())))?;
     println!("  drawn: {}", path.display());
     Ok(())
@@ -654,7 +661,6 @@ fn show_points(file: &Path, fractions: &[f32], out: &Path) -> Result<(), Failure
 /// Prints the boxes found in `file` (in its pixels) and draws them on it, to
 /// `OUT/STEM.boxes.png` (enlarged to at least 256 pixels a side).
 fn show_detections(file: &Path, found: &[Detection], out: &Path, index: Option<usize>) -> Result<(), Failure> {
-    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     match index {
         Some(i) => println!("{}[{i}]: {} objects", file.display(), found.len()),
         None => println!("{}: {} objects", file.display(), found.len()),
@@ -675,14 +681,8 @@ fn show_detections(file: &Path, found: &[Detection], out: &Path, index: Option<u
         );
     }
     let Some(picture) = picture else { return Ok(()) };
-    let scale = (256 / w.min(h).max(1)).max(1);
-    let drawn = detect::draw(&picture.0, w, h, scale, found);
-    std::fs::create_dir_all(out).map_err(|e| fail(EXIT_INPUT, format!("cannot create `{}`: {e}", out.display())))?;
-    let path = out.join(format!("{stem}.boxes.png"));
-    cnnc_runtime::atomic::write_png(&path, &drawn, w * scale, h * scale, 3)
-        .map_err(|e| fail(EXIT_INPUT, format!("cannot write `{}`: {e}", path.display())))?;
-    println!("  drawn: {}", path.display());
-    Ok(())
+    let scale = enlargement(w, h);
+    write_drawing(file, "boxes", &detect::draw(&picture.0, w, h, scale, found), w * scale, h * scale, out)
 }
 
 /// Writes outputs stacked over examples to `path`: a `.npy` file (one output) or a

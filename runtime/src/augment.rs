@@ -312,32 +312,24 @@ impl Pipeline {
                     }
                 }
             }
-            let mut put = |x: f32, y: f32| {
-                let (px, py) = (x.floor() as i64, y.floor() as i64);
-                if (0..w as i64).contains(&px) && (0..h as i64).contains(&py) {
-                    let at = ((oy + py as usize) * gw + ox + px as usize) * oc;
-                    grid[at..at + 3].copy_from_slice(&[230, 30, 30]);
-                }
-            };
+            if per == 0 {
+                continue;
+            }
+            let mut pen = crate::detect::Pen { rgb: &mut grid, stride: gw, left: ox, top: oy, w, h };
+            let red = [230, 30, 30];
             match data.target[..] {
                 [_, 5] => {
                     for r in t.chunks_exact(5).take_while(|r| r[0] >= 0.0) {
                         let (x0, x1) = ((r[1] - r[3] / 2.0) * w as f32, (r[1] + r[3] / 2.0) * w as f32 - 0.5);
                         let (y0, y1) = ((r[2] - r[4] / 2.0) * h as f32, (r[2] + r[4] / 2.0) * h as f32 - 0.5);
-                        for k in 0..=(x1 - x0).max(0.0) as usize {
-                            put(x0 + k as f32, y0);
-                            put(x0 + k as f32, y1);
-                        }
-                        for k in 0..=(y1 - y0).max(0.0) as usize {
-                            put(x0, y0 + k as f32);
-                            put(x1, y0 + k as f32);
-                        }
+                        pen.rectangle([x0, y0, x1, y1].map(|v| v.floor() as i64), 1, red);
                     }
                 }
                 [_] => {
                     for p in t.chunks_exact(2) {
-                        for (dx, dy) in [(0.0, 0.0), (-1.0, 0.0), (1.0, 0.0), (0.0, -1.0), (0.0, 1.0)] {
-                            put(p[0] * w as f32 + dx, p[1] * h as f32 + dy);
+                        let (x, y) = ((p[0] * w as f32).floor() as i64, (p[1] * h as f32).floor() as i64);
+                        for (dx, dy) in [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)] {
+                            pen.put(x + dx, y + dy, red);
                         }
                     }
                 }

@@ -404,9 +404,92 @@ const DIGITS: [[u8; 5]; 10] = [
 
 /// An image file as RGB bytes, its width and height.
 pub fn read_rgb(path: &std::path::Path) -> Result<(Vec<u8>, usize, usize), String> {
+    crate::atomic::regular(path).map_err(|e| e.to_string())?;
     let img = image::open(path).map_err(|e| e.to_string())?.to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
     Ok((img.into_raw(), w, h))
+}
+
+/// Draws on RGB pixels within a `w × h` window at (`left`, `top`) of an image `stride` pixels
+/// wide: what falls outside the window is left out.
+pub struct Pen<'a> {
+    pub rgb: &'a mut [u8],
+    pub stride: usize,
+    pub left: usize,
+    pub top: usize,
+    pub w: usize,
+    pub h: usize,
+}
+
+impl<'a> Pen<'a> {
+    /// A pen over a whole `w × h` image.
+    pub fn new(rgb: &'a mut [u8], w: usize, h: usize) -> Pen<'a> {
+        Pen { rgb, stride: w, left: 0, top: 0, w, h }
+    }
+
+    /// One pixel at (`x`, `y`) of the window.
+    pub fn put(&mut self, x: i64, y: i64, colour: [u8; 3]) {
+        if (0..self.w as i64).contains(&x) && (0..self.h as i64).contains(&y) {
+            let at = ((self.top + y as usize) * self.stride + self.left + x as usize) * 3;
+            self.rgb[at..at + 3].copy_from_slice(&colour);
+        }
+    }
+
+    /// The outline of the box with corners (`x0`, `y0`) and (`x1`, `y1`), `thick` pixels wide,
+    /// inside it.
+    pub fn rectangle(&mut self, [x0, y0, x1, y1]: [i64; 4], thick: i64, colour: [u8; 3]) {
+        for t in 0..thick {
+            for x in x0..=x1 {
+                self.put(x, y0 + t, colour);
+                self.put(x, y1 - t, colour);
+            }
+            for y in y0..=y1 {
+                self.put(x0 + t, y, colour);
+                self.put(x1 - t, y, colour);
+            }
+        }
+    }
+
+    /// A filled square of side `2r + 1` on (`x`, `y`).
+    pub fn dot(&mut self, x: i64, y: i64, r: i64, colour: [u8; 3]) {
+        for dy in -r..=r {
+            for dx in -r..=r {
+                self.put(x + dx, y + dy, colour);
+            }
+        }
+    }
+
+    /// A detection's box in its class's colour, with the class written above it in digits
+    /// `thick` pixels wide.
+    pub fn detection(&mut self, d: &Detection, thick: i64) {
+        let colour = COLOURS[d.class as usize % COLOURS.len()];
+        let px = |v: f32, side: usize| (v.clamp(0.0, 1.0) * side as f32).round() as i64;
+        let (x0, y0) = (px(d.corners[0], self.w), px(d.corners[1], self.h));
+        self.rectangle([x0, y0, px(d.corners[2], self.w), px(d.corners[3], self.h)], thick, colour);
+        let text: Vec<usize> = d.class.to_string().bytes().map(|b| (b - b'0') as usize).collect();
+        let (cw, ch) = (4 * thick * text.len() as i64 + thick, 7 * thick);
+        let top = if y0 - ch >= 0 { y0 - ch } else { y0 };
+        for y in 0..ch {
+            for x in 0..cw {
+                self.put(x0 + x, top + y, colour);
+            }
+        }
+        for (k, &digit) in text.iter().enumerate() {
+            for (row, bits) in DIGITS[digit].iter().enumerate() {
+                for col in 0..3 {
+                    if bits >> (2 - col) & 1 == 1 {
+                        let x = x0 + thick + (4 * k as i64 + col) * thick;
+                        let y = top + thick + row as i64 * thick;
+                        for dy in 0..thick {
+                            for dx in 0..thick {
+                                self.put(x + dx, y + dy, [0, 0, 0]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// An RGB image (`w × h`, 3 bytes a pixel) enlarged `scale` times (nearest neighbour) with each
@@ -420,50 +503,9 @@ pub fn draw(rgb: &[u8], w: usize, h: usize, scale: usize, found: &[Detection]) -
             out[(y * sw + x) * 3..(y * sw + x) * 3 + 3].copy_from_slice(&rgb[src..src + 3]);
         }
     }
-    let mut put = |x: i64, y: i64, c: [u8; 3]| {
-        if (0..sw as i64).contains(&x) && (0..sh as i64).contains(&y) {
-            let at = (y as usize * sw + x as usize) * 3;
-            out[at..at + 3].copy_from_slice(&c);
-        }
-    };
-    let thick = (scale as i64 / 2).max(1);
+    let mut pen = Pen::new(&mut out, sw, sh);
     for d in found {
-        let colour = COLOURS[d.class as usize % COLOURS.len()];
-        let px = |v: f32, side: usize| (v.clamp(0.0, 1.0) * side as f32).round() as i64;
-        let (x0, y0, x1, y1) = (px(d.corners[0], sw), px(d.corners[1], sh), px(d.corners[2], sw), px(d.corners[3], sh));
-        for t in 0..thick {
-            for x in x0..=x1 {
-                put(x, y0 + t, colour);
-                put(x, y1 - t, colour);
-            }
-            for y in y0..=y1 {
-                put(x0 + t, y, colour);
-                put(x1 - t, y, colour);
-            }
-        }
-        // The class, in digits `thick` pixels wide, on a block of the colour above the box.
-        let text: Vec<usize> = d.class.to_string().bytes().map(|b| (b - b'0') as usize).collect();
-        let (cw, ch) = (4 * thick * text.len() as i64 + thick, 7 * thick);
-        let top = if y0 - ch >= 0 { y0 - ch } else { y0 };
-        for y in 0..ch {
-            for x in 0..cw {
-                put(x0 + x, top + y, colour);
-            }
-        }
-        for (k, &digit) in text.iter().enumerate() {
-            for (row, bits) in DIGITS[digit].iter().enumerate() {
-                for col in 0..3 {
-                    if bits >> (2 - col) & 1 == 1 {
-                        for dy in 0..thick {
-                            for dx in 0..thick {
-                                let x = x0 + thick + (4 * k as i64 + col) * thick + dx;
-                                put(x, top + thick + row as i64 * thick + dy, [0, 0, 0]);
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        pen.detection(d, (scale as i64 / 2).max(1));
     }
     out
 }

@@ -5,10 +5,10 @@
 //! them; ONet also places five landmarks (eyes, nose, mouth corners). The three networks are
 //! cnnc models ([`Net`]); this is the driver around them.
 
-use crate::backend::{Backend, Programs};
+use crate::backend::Backend;
 use crate::params::Params;
 use crate::reference::Tensor;
-use cnnc_compiler::ir::{Graph, ValueId};
+use cnnc_compiler::ir::Graph;
 
 /// One network of the cascade: its inference graph and weights.
 pub struct Net {
@@ -21,24 +21,13 @@ impl Net {
     /// `box` (and `landmarks`, for ONet) of a batch `[n, h, w, 3]`, with the graph slid to the
     /// batch's size when it differs from the model's.
     fn run(&self, x: Tensor, backend: Backend) -> Result<Vec<(String, Tensor)>, String> {
-        let shape = x.shape()[1..].to_vec();
-        let declared = self.graph.inputs().first().map(|&i| self.graph.node(i).shape.0.clone()).unwrap_or_default();
-        if shape == declared {
-            return run_graph(&self.graph, &self.params, x, backend);
-        }
-        let graph = cnnc_compiler::passes::sliding::run(&self.graph, &shape).map_err(|e| e.to_string())?;
-        run_graph(&graph, &Params::same_values(&graph, &self.params)?, x, backend)
+        let out =
+            crate::predict::outputs_at_size(&self.graph, &self.params, x.view(), backend).map_err(|e| e.to_string())?;
+        Ok(out
+            .into_iter()
+            .map(|(name, v)| if name == "face" { (name, crate::reference::softmax(&v.view())) } else { (name, v) })
+            .collect())
     }
-}
-
-fn run_graph(graph: &Graph, params: &Params, x: Tensor, backend: Backend) -> Result<Vec<(String, Tensor)>, String> {
-    let keep = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
-    let mut programs = Programs::new(keep, Vec::new());
-    let out = crate::predict::outputs(graph, params, x.view(), backend, &mut programs).map_err(|e| e.to_string())?;
-    Ok(out
-        .into_iter()
-        .map(|(name, v)| if name == "face" { (name, crate::reference::softmax(&v.view())) } else { (name, v) })
-        .collect())
 }
 
 /// The three networks.
@@ -288,61 +277,20 @@ fn nms(mut boxes: Vec<Candidate>, threshold: f32, min: bool) -> Vec<Candidate> {
     kept
 }
 
-/// `rgb` (`w × h`, 3 bytes a pixel) with each face's box and landmarks drawn.
+/// `rgb` (`w × h`, 3 bytes a pixel) with each face's box (green, 3 pixels wide) and landmarks
+/// (red) drawn.
 pub fn draw(rgb: &[u8], w: usize, h: usize, faces: &[Face]) -> Vec<u8> {
-    let boxes: Vec<crate::detect::Detection> = faces
-        .iter()
-        .map(|f| crate::detect::Detection {
-            class: 1,
-            score: f.score,
-            corners: [
-                f.corners[0] / w as f32,
-                f.corners[1] / h as f32,
-                f.corners[2] / w as f32,
-                f.corners[3] / h as f32,
-            ],
-        })
-        .collect();
     let mut out = rgb.to_vec();
-    draw_boxes(&mut out, w, h, &boxes);
+    let mut pen = crate::detect::Pen::new(&mut out, w, h);
     for f in faces {
+        let px = |v: f32, side: usize| v.clamp(0.0, side as f32).round() as i64;
+        let c = f.corners;
+        pen.rectangle([px(c[0], w), px(c[1], h), px(c[2], w), px(c[3], h)], 3, [40, 220, 40]);
         for &[x, y] in &f.landmarks {
-            for dy in -2i64..=2 {
-                for dx in -2i64..=2 {
-                    let (px, py) = (x.round() as i64 + dx, y.round() as i64 + dy);
-                    if (0..w as i64).contains(&px) && (0..h as i64).contains(&py) {
-                        let at = (py as usize * w + px as usize) * 3;
-                        out[at..at + 3].copy_from_slice(&[255, 40, 40]);
-                    }
-                }
-            }
+            pen.dot(x.round() as i64, y.round() as i64, 2, [255, 40, 40]);
         }
     }
     out
-}
-
-/// Boxes 3 pixels wide in green.
-fn draw_boxes(out: &mut [u8], w: usize, h: usize, boxes: &[crate::detect::Detection]) {
-    let mut put = |x: i64, y: i64| {
-        if (0..w as i64).contains(&x) && (0..h as i64).contains(&y) {
-            let at = (y as usize * w + x as usize) * 3;
-            out[at..at + 3].copy_from_slice(&[40, 220, 40]);
-        }
-    };
-    for b in boxes {
-        let px = |v: f32, side: usize| (v.clamp(0.0, 1.0) * side as f32).round() as i64;
-        let (x0, y0, x1, y1) = (px(b.corners[0], w), px(b.corners[1], h), px(b.corners[2], w), px(b.corners[3], h));
-        for t in 0..3 {
-            for x in x0..=x1 {
-                put(x, y0 + t);
-                put(x, y1 - t);
-            }
-            for y in y0..=y1 {
-                put(x0 + t, y);
-                put(x1 - t, y);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -170,6 +170,39 @@ pub fn outputs(
     Ok(graph.outputs().iter().filter_map(|(name, id)| values.get(*id).map(|v| (name.clone(), v.clone()))).collect())
 }
 
+/// The outputs of `graph` on the batch `x`, whose examples may be larger than the graph's
+/// input: the graph is then made fully convolutional for their size ([`outputs_slid`]).
+pub fn outputs_at_size(
+    graph: &Graph,
+    params: &Params,
+    x: View,
+    backend: Backend,
+) -> Result<Vec<(String, Tensor)>, PredictError> {
+    let declared = graph.inputs().first().map(|&i| graph.node(i).shape.0.as_slice()).unwrap_or_default();
+    if &x.shape()[1..] == declared {
+        let keep = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+        return outputs(graph, params, x, backend, &mut Programs::new(keep, Vec::new()));
+    }
+    outputs_slid(graph, params, x, backend)
+}
+
+/// The outputs of `graph` made fully convolutional for the size of `x`'s examples (the
+/// sliding-windows pass), run with the same weights: each output a map of the windows'
+/// results, even at the graph's own size (one window).
+pub fn outputs_slid(
+    graph: &Graph,
+    params: &Params,
+    x: View,
+    backend: Backend,
+) -> Result<Vec<(String, Tensor)>, PredictError> {
+    let slid = cnnc_compiler::passes::sliding::run(graph, &x.shape()[1..])
+        .map_err(|e| PredictError::Data(DataError::Unsupported { what: e.to_string() }))?;
+    // The same values under the same names; dense weights in their filters' shape.
+    let params = Params::same_values(&slid, params).map_err(PredictError::Internal)?;
+    let keep = slid.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+    outputs(&slid, &params, x, backend, &mut Programs::new(keep, Vec::new()))
+}
+
 /// How to predict: the models (one set of weights each), the pipeline that turns a data example
 /// into model inputs, test-time crops, and which outputs are softmax logits.
 pub struct Predictor<'a> {

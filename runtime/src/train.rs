@@ -506,14 +506,12 @@ impl Session {
     /// The first detection loss's output in the inference graph and its grid, if the section
     /// trains a detector.
     pub fn detector(&self) -> Option<(NodeId, crate::detect::Grid)> {
-        let g = &self.tg.graph;
-        self.tg.losses.iter().find_map(|&(l, _)| {
-            let target = *g.operands(l).get(1)?;
-            let TargetSource::Boxes(grid) = &self.tg.targets.iter().find(|t| t.node == target)?.from else {
-                return None;
-            };
-            let (id, _, _, _) = self.outputs_of_losses().into_iter().find(|o| o.3 == target)?;
-            Some((id, grid_of(grid)))
+        // Loss terms in order: the first whose target input holds boxes.
+        self.outputs_of_losses().into_iter().find_map(|(id, _, _, target)| {
+            match &self.tg.targets.iter().find(|t| t.node == target)?.from {
+                TargetSource::Boxes(grid) => Some((id, grid_of(grid))),
+                TargetSource::Labels => None,
+            }
         })
     }
 

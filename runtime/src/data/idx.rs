@@ -122,8 +122,7 @@ pub(super) fn mnist(dir: &Path, pad: usize, limit: usize) -> Result<(Split, Spli
     let mut train = out.pop().unwrap_or_default();
     if limit > 0 && limit < train.len() {
         let features = train.x.len() / train.len();
-        train.x.truncate(limit * features);
-        train.y.truncate(limit);
+        train.truncate(features, limit);
     }
     Ok((train, test))
 }
