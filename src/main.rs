@@ -7,6 +7,7 @@
 mod bench;
 mod build;
 mod data;
+mod distributed;
 mod faces;
 mod import;
 mod run;
@@ -397,8 +398,18 @@ fn main() -> ExitCode {
             report(&c, message_format, color)
         }
         Command::Run(a) => {
+            // Under `mpirun`: one of several processes training one model.
+            let group = match distributed::start() {
+                Ok(g) => g,
+                Err(f) => return finish(Err(f)),
+            };
             let Some(c) = compile(&a.file) else { return ExitCode::from(EXIT_USAGE) };
-            let status = report(&c, MessageFormat::Human, Color::Auto);
+            // Rank 0 alone shows the diagnostics (every process finds the same).
+            let status = if cnnc_runtime::dist::leader() {
+                report(&c, MessageFormat::Human, Color::Auto)
+            } else {
+                report_nothing(&c)
+            };
             if status != ExitCode::SUCCESS {
                 return status;
             }
@@ -430,7 +441,7 @@ fn main() -> ExitCode {
                 threshold: a.threshold,
                 iou: a.iou,
             };
-            finish(run::run(&c, &args))
+            distributed::finish(group, run::run(&c, &args))
         }
         Command::Build { file, emit, model, after, disable_pass, batch, output, weights, color } => {
             if disable_pass.iter().any(|p| p == "list") {
@@ -594,6 +605,17 @@ fn report(c: &Compilation, format: MessageFormat, color: Color) -> ExitCode {
         return ExitCode::from(EXIT_INTERNAL);
     }
     if c.has_errors() {
+        ExitCode::from(EXIT_DIAGNOSTICS)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The exit code the diagnostics call for, printing nothing.
+fn report_nothing(c: &Compilation) -> ExitCode {
+    if !c.internal.is_empty() {
+        ExitCode::from(EXIT_INTERNAL)
+    } else if c.has_errors() {
         ExitCode::from(EXIT_DIAGNOSTICS)
     } else {
         ExitCode::SUCCESS

@@ -68,6 +68,23 @@ pub const EXIT_INTERNAL: u8 = 3;
 
 /// Runs the command; `Ok` carries what to print last.
 pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
+    let ranks = cnnc_runtime::dist::place().1;
+    if ranks > 1 {
+        let other = [
+            (!args.faces.is_empty(), "--faces"),
+            (args.visualize.is_some(), "--visualize"),
+            (args.filters.is_some(), "--filters"),
+            (args.eval, "--eval"),
+            (!args.predict.is_empty(), "--predict"),
+            (args.preview.is_some(), "--preview-augment"),
+        ];
+        if let Some((_, flag)) = other.iter().find(|(on, _)| *on) {
+            return Err(fail(
+                EXIT_INPUT,
+                format!("mpirun shares training between processes; run {flag} as one process, without mpirun"),
+            ));
+        }
+    }
     if !args.faces.is_empty() {
         return crate::faces::run(c, args);
     }
@@ -77,6 +94,13 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     }
     let image_section =
         c.trains.iter().find(|t| t.model == model.name && t.data.as_ref().is_some_and(|d| d.name == "style_transfer"));
+    if image_section.is_some() && ranks > 1 {
+        return Err(fail(
+            EXIT_INPUT,
+            "mpirun shares the examples of a batch between processes, and style transfer optimizes one image: run it as \
+             one process, without mpirun",
+        ));
+    }
     if let Some(spec) = image_section.filter(|_| args.predict.is_empty()) {
         if args.eval || args.resume || args.init.is_some() || args.preview.is_some() {
             return Err(fail(
@@ -199,15 +223,17 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         print_accuracy(acc, data.test.len());
         return Ok(());
     }
-    if !args.quiet {
+    let leader = cnnc_runtime::dist::leader();
+    if !args.quiet && leader {
         println!(
-            "training {} on {} examples ({} held out), {} epochs, batch {}; writing to {}",
+            "training {} on {} examples ({} held out), {} epochs, batch {}; writing to {}{}",
             model.name,
             data.train.len(),
             data.test.len(),
             spec.epochs,
             spec.batch,
-            out.display()
+            out.display(),
+            if ranks > 1 { format!("; {ranks} processes share each batch") } else { String::new() }
         );
     }
     if args.weights.is_some() {
@@ -226,6 +252,13 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         body: None,
     };
     // `cache true`: the frozen body runs once per example; the head trains on what it gave.
+    if spec.cache && ranks > 1 {
+        return Err(fail(
+            EXIT_INPUT,
+            "`cache true` computes the frozen body's activations once, in one process: train the head as one \
+             process, without mpirun (or leave out `cache true` to share the whole model's steps)",
+        ));
+    }
     let cached = if spec.cache {
         let from = (args.init.as_deref(), args.resume);
         let c = cnnc_runtime::frozen::prepare(model, &spec, &data, &pipeline, from, args.backend, &out).map_err(
@@ -275,6 +308,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         None => (model, &data, &pipeline),
     };
     match train::train(model, &spec, data, pipeline, &opts) {
+        Ok(_) if !leader => Ok(()),
         Ok((_, history)) => {
             println!("weights: {}", train::weights_path(&out).display());
             if let Some(last) = history.last() {

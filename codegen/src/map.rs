@@ -40,6 +40,9 @@ pub struct MapArgs {
     pub seed: u64,
     /// The training step (dropout).
     pub step: u64,
+    /// Added to every element's index in dropout's hash: where this batch starts in the global
+    /// batch of a data-parallel step, in elements (0 in one process).
+    pub first: u64,
     /// Set to 1 by a bounds-checked kernel that found an access out of bounds.
     pub fault: u32,
 }
@@ -138,6 +141,7 @@ impl Jit {
             let cols = field(&mut b, offset_of!(MapArgs, cols));
             let seed = field(&mut b, offset_of!(MapArgs, seed));
             let step = field(&mut b, offset_of!(MapArgs, step));
+            let first = field(&mut b, offset_of!(MapArgs, first));
 
             let (row_head, row_body, col_head, row_next, exit, fault) = (
                 b.create_block(),
@@ -178,7 +182,7 @@ impl Jit {
             b.switch_to_block(vector_body);
             if vectorizable(expr) {
                 let at = Site { r, c, lanes: 4, checked, fault };
-                let result = emit(&mut b, expr, &at, &ins, &chs, &fns, (seed, step, cols))?;
+                let result = emit(&mut b, expr, &at, &ins, &chs, &fns, (seed, step, first, cols))?;
                 store(&mut b, &at, out, out_pitch, out_len, result);
                 let next = b.ins().iadd_imm_u(c, 4);
                 b.ins().jump(col_head, &[next.into()]);
@@ -193,7 +197,7 @@ impl Jit {
 
             b.switch_to_block(scalar_body);
             let at = Site { r, c, lanes: 1, checked, fault };
-            let result = emit(&mut b, expr, &at, &ins, &chs, &fns, (seed, step, cols))?;
+            let result = emit(&mut b, expr, &at, &ins, &chs, &fns, (seed, step, first, cols))?;
             store(&mut b, &at, out, out_pitch, out_len, result);
             let next = b.ins().iadd_imm_u(c, 1);
             b.ins().jump(scalar_head, &[next.into()]);
@@ -306,7 +310,7 @@ fn emit(
     ins: &Inputs,
     chs: &[(Value, Value)],
     fns: &[cranelift_codegen::ir::FuncRef; 1],
-    (seed, step, cols): (Value, Value, Value),
+    (seed, step, first, cols): (Value, Value, Value, Value),
 ) -> Result<Value, String> {
     let mut stack: Vec<Value> = Vec::with_capacity(expr.len());
     for e in expr {
@@ -343,6 +347,7 @@ fn emit(
             Expr::Keep { rate, salt } => {
                 let row = b.ins().imul(at.r, cols);
                 let index = b.ins().iadd(row, at.c);
+                let index = b.ins().iadd(index, first);
                 let salt = b.ins().iconst(types::I64, salt as i64);
                 let rate = b.ins().f32const(rate);
                 call(b, fns[0], &[seed, step, salt, index, rate])
@@ -438,6 +443,7 @@ mod tests {
             cols,
             seed: 0,
             step: 0,
+            first: 0,
             fault: 0,
         };
         // SAFETY: the arrays hold what the arguments say (out_len may say less, on purpose).

@@ -325,6 +325,7 @@ fn native_map(
             cols,
             seed: ctx.seed,
             step: ctx.step,
+            first: ctx.offset(rows * cols),
             fault: 0,
         };
         // SAFETY: every pointer is to a slice that holds the view's rows from `r0` (checked when

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod bench;
 pub mod data;
 pub mod detect;
+pub mod dist;
 pub mod evaluate;
 pub mod executor;
 pub mod frozen;

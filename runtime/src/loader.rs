@@ -54,9 +54,19 @@ impl Loader<'_> {
         order: &[usize],
         batch: usize,
         epoch: usize,
+        step: impl FnMut(Tensor, Tensor, Duration) -> Result<(), E>,
+    ) -> Result<Duration, E> {
+        self.batches(&order.chunks(batch.max(1)).collect::<Vec<_>>(), epoch, step)
+    }
+
+    /// Feeds the batches `chunks` (example indices each) to `step` in order, as
+    /// [`Loader::epoch`] does.
+    pub fn batches<E>(
+        &self,
+        chunks: &[&[usize]],
+        epoch: usize,
         mut step: impl FnMut(Tensor, Tensor, Duration) -> Result<(), E>,
     ) -> Result<Duration, E> {
-        let chunks: Vec<&[usize]> = order.chunks(batch.max(1)).collect();
         let workers = self.workers.clamp(1, chunks.len().max(1));
         let mut waited = Duration::ZERO;
         std::thread::scope(|scope| {
@@ -64,7 +74,6 @@ impl Loader<'_> {
             for w in 0..workers {
                 let (tx, rx) = sync_channel(2);
                 queues.push(rx);
-                let chunks = &chunks;
                 scope.spawn(move || {
                     for chunk in chunks.iter().skip(w).step_by(workers) {
                         if tx.send(self.batch(&self.data.train, chunk, epoch)).is_err() {

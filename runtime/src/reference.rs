@@ -30,6 +30,22 @@ pub struct Ctx {
     pub seed: u64,
     /// Training step.
     pub step: u64,
+    /// Where this batch starts in the global batch of a data-parallel step, in examples (0 in
+    /// one process): dropout draws each example's mask by its place in the global batch.
+    pub first: u64,
+    /// Examples in this batch (0: not known, and no offset).
+    pub batch: u64,
+}
+
+impl Ctx {
+    /// What dropout adds to the index of each element of a tensor of `len` elements over this
+    /// batch: the elements of the examples before it in the global batch.
+    pub fn offset(&self, len: usize) -> u64 {
+        if self.first == 0 || self.batch == 0 {
+            return 0;
+        }
+        self.first * (len as u64 / self.batch)
+    }
 }
 
 /// The results of `op` on `inputs` (operands in port order): one tensor per result.

@@ -229,6 +229,15 @@ struct RunningStats {
     positions: usize,
 }
 
+/// Where a process's shard lies in a data-parallel step's global batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// The shard's first example's index in the global batch.
+    pub first: usize,
+    /// Examples in the global batch.
+    pub total: usize,
+}
+
 /// What one training step gave.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepOutcome {
@@ -431,7 +440,24 @@ impl Session {
     /// update with learning rate `lr`, and the running statistics. On a non-finite loss or
     /// gradient nothing is updated and the error names the first non-finite layer.
     pub fn step(&mut self, x: View, y: View, lr: f32) -> Result<StepOutcome, StepError> {
-        let ctx = Ctx { seed: self.seed, step: self.opt.t };
+        let n = x.shape().first().copied().unwrap_or(0);
+        self.step_part(x, y, lr, Part { first: 0, total: n })
+    }
+
+    /// One data-parallel training step ([`crate::dist`]): `x` and `y` are this process's shard of
+    /// a global batch, `part` says where it lies in it. Every process's gradients, loss and count
+    /// of correct answers are combined before the one optimizer step all of them take, so the
+    /// outcome is the global batch's. Without a group it is [`Session::step`].
+    pub fn step_part(&mut self, x: View, y: View, lr: f32, part: Part) -> Result<StepOutcome, StepError> {
+        let n = x.shape().first().copied().unwrap_or(0);
+        let ctx = Ctx { seed: self.seed, step: self.opt.t, first: part.first as u64, batch: n as u64 };
+        let group = crate::dist::group();
+        if n == 0 {
+            // A shard with no example (a global batch smaller than the group): nothing to add.
+            let Some(g) = group else { return Err(StepError::Internal("a step on an empty batch".into())) };
+            self.grads.fill(0.0);
+            return self.combine(g, 0.0, 0, 0, part.total, lr);
+        }
         let targets = self.targets(y.view());
         let feeds = self.feeds(x.view(), &targets);
         let values = match self.backend {
@@ -452,16 +478,79 @@ impl Session {
             }
         };
         let loss = self.loss(&values);
-        if !loss.is_finite() || self.grads.iter().any(|g| !g.is_finite()) {
-            return Err(StepError::NonFinite { layer: self.first_non_finite(&feeds, ctx) });
-        }
-        self.opt.step(&mut self.params, &self.grads, lr);
-        self.update_running_stats(&values, x.shape()[0]);
         let correct = match values.get(self.tg.prediction) {
             Some(p) if self.classifies => correct(p, &y),
             _ => 0,
         };
+        if let Some(g) = group {
+            return match self.combine(g, loss, correct, n, part.total, lr) {
+                Err(StepError::NonFinite { .. }) => {
+                    Err(StepError::NonFinite { layer: self.first_non_finite(&feeds, ctx) })
+                }
+                Err(e) => Err(e),
+                Ok(outcome) => {
+                    // The statistics are the global batch's already (synchronized batchnorm).
+                    self.update_running_stats(&values, part.total);
+                    Ok(StepOutcome { peak_bytes: values.peak_bytes, ..outcome })
+                }
+            };
+        }
+        if !loss.is_finite() || self.grads.iter().any(|g| !g.is_finite()) {
+            return Err(StepError::NonFinite { layer: self.first_non_finite(&feeds, ctx) });
+        }
+        self.opt.step(&mut self.params, &self.grads, lr);
+        self.update_running_stats(&values, n);
         Ok(StepOutcome { loss, correct, peak_bytes: values.peak_bytes })
+    }
+
+    /// The end of a data-parallel step: this process's gradients (of its loss, averaged over its
+    /// `n` examples) weighted by n / total and summed over the group, with the loss and the count
+    /// of correct answers; then the optimizer's step, the same on every process. A non-finite
+    /// loss or gradient anywhere stops every process at the same step.
+    fn combine(
+        &mut self,
+        g: &dyn crate::dist::Group,
+        loss: f64,
+        correct: usize,
+        n: usize,
+        total: usize,
+        lr: f32,
+    ) -> Result<StepOutcome, StepError> {
+        let share = n as f32 / total.max(1) as f32;
+        self.grads.iter_mut().for_each(|v| *v *= share);
+        g.sum(&mut self.grads);
+        let mut totals = [(loss * n as f64) as f32, correct as f32];
+        if !loss.is_finite() {
+            totals[0] = f32::NAN;
+        }
+        g.sum(&mut totals);
+        let loss = f64::from(totals[0]) / total.max(1) as f64;
+        if !loss.is_finite() || self.grads.iter().any(|v| !v.is_finite()) {
+            return Err(StepError::NonFinite { layer: None });
+        }
+        self.opt.step(&mut self.params, &self.grads, lr);
+        Ok(StepOutcome { loss, correct: totals[1].round() as usize, peak_bytes: 0 })
+    }
+
+    /// Makes every process of the group start from rank 0's parameters, optimizer state and
+    /// epoch (rank 0 alone reads `--init` and `--resume` files); returns the epoch.
+    pub fn share_start(&mut self, epoch: usize) -> usize {
+        let Some(g) = crate::dist::group() else { return epoch };
+        g.broadcast(self.params.data_mut());
+        g.broadcast(&mut self.opt.m);
+        g.broadcast(&mut self.opt.v);
+        // Two f32s carry each count exactly (high and low 24 bits).
+        let split = |v: u64| [(v >> 24) as f32, (v & 0xFF_FFFF) as f32];
+        let mut counts = [split(epoch as u64), split(self.opt.t)].concat();
+        g.broadcast(&mut counts);
+        let join = |h: f32, l: f32| ((h as u64) << 24) | l as u64;
+        self.opt.t = join(counts[2], counts[3]);
+        join(counts[0], counts[1]) as usize
+    }
+
+    /// Whether the model has a training-mode batchnorm, whose statistics are over the batch.
+    pub fn has_batch_stats(&self) -> bool {
+        !self.stats.is_empty()
     }
 
     /// The inference graph's outputs on batch `x`, with these parameters, on the session's backend.
@@ -982,7 +1071,28 @@ pub fn train(
     opts: &RunOptions,
 ) -> Result<(Session, Vec<EpochMetrics>), RunError> {
     let mut session = Session::new(model, spec)?;
-    let mut saved_once = false;
+    // Under `mpirun`, rank 0 alone reads and writes files, prints and evaluates.
+    let (rank, ranks) = crate::dist::place();
+    let leader = rank == 0;
+    let quiet = opts.quiet || !leader;
+    if ranks > 1 && session.has_batch_stats() {
+        let last = data.train.len() % spec.batch;
+        let smallest = if last == 0 { spec.batch.min(data.train.len()) } else { last };
+        if smallest < ranks {
+            return Err(RunError::Unsupported(format!(
+                "{ranks} processes share each batch, and the {} has {smallest} example{}: a process would have none \
+                 for its part of the batchnorm statistics; change the batch size or --limit so that every batch holds \
+                 at least {ranks}",
+                if last == 0 { "batch" } else { "last batch of each epoch" },
+                if smallest == 1 { "" } else { "s" }
+            )));
+        }
+    }
+    if !leader {
+        session.set_backend(opts.backend)?;
+        session.check(data)?;
+        return train_epochs(session, model, spec, data, pipeline, opts, Vec::new(), 0);
+    }
     if !opts.resume {
         // A new run: another run's previous save must not pass for this one's.
         for path in [weights_path(&opts.out), state_path(&opts.out)] {
@@ -1014,7 +1124,7 @@ pub fn train(
     history.retain(|m| m.epoch <= start);
     if let (Some(init), false) = (&opts.init, opts.resume) {
         let fresh = weights::init_from(init, &mut session.params)?;
-        if !opts.quiet {
+        if !quiet {
             let total = session.params.layout.entries().iter().filter(|e| !e.constant).count();
             println!("initialized {} of {total} parameters from {}", total - fresh.len(), init.display());
             if !fresh.is_empty() {
@@ -1022,9 +1132,31 @@ pub fn train(
             }
         }
     }
+    train_epochs(session, model, spec, data, pipeline, opts, history, start)
+}
+
+/// The epochs of [`train`] from `start`, on every process of a group (rank 0 alone evaluates,
+/// prints and saves).
+#[allow(clippy::too_many_arguments)]
+fn train_epochs(
+    mut session: Session,
+    model: &ModelInfo,
+    spec: &TrainSpec,
+    data: &Dataset,
+    pipeline: &Pipeline,
+    opts: &RunOptions,
+    mut history: Vec<EpochMetrics>,
+    start: usize,
+) -> Result<(Session, Vec<EpochMetrics>), RunError> {
+    let (rank, ranks) = crate::dist::place();
+    let leader = rank == 0;
+    let quiet = opts.quiet || !leader;
+    let start = session.share_start(start);
+    let metrics_path = opts.out.join("metrics.csv");
+    let mut saved_once = false;
     let steps_per_epoch = data.train.len().div_ceil(spec.batch) as u64;
     let total_steps = steps_per_epoch * spec.epochs as u64;
-    let show_bar = !opts.quiet && std::io::stderr().is_terminal();
+    let show_bar = !quiet && std::io::stderr().is_terminal();
     let loader = Loader { data, pipeline, workers: spec.workers };
     let eval_data = pipeline.for_eval(data);
     for epoch in start..spec.epochs {
@@ -1033,17 +1165,27 @@ pub fn train(
         let bar = progress_bar(show_bar, steps_per_epoch, epoch, spec.epochs);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let order = epoch_order(data.train.len(), spec.seed, epoch);
-        let waited = loader.epoch(&order, spec.batch, epoch, |x, y, waited| {
-            let batch = y.shape()[0];
+        // Each process loads its shard of every global batch.
+        let global: Vec<&[usize]> = order.chunks(spec.batch.max(1)).collect();
+        let parts: Vec<Part> = global
+            .iter()
+            .map(|c| Part { first: crate::dist::shard(c.len(), rank, ranks).start, total: c.len() })
+            .collect();
+        let shards: Vec<&[usize]> = global.iter().map(|c| &c[crate::dist::shard(c.len(), rank, ranks)]).collect();
+        let mut k = 0;
+        let waited = loader.batches(&shards, epoch, |x, y, waited| {
+            let part = parts[k];
+            k += 1;
+            let batch = part.total;
             let step = session.opt.t;
             let lr = session.opt.lr_at(epoch, step, total_steps);
-            let outcome = match session.step(x.view(), y.view(), lr) {
+            let outcome = match session.step_part(x.view(), y.view(), lr, part) {
                 Ok(o) => o,
                 Err(StepError::Exec(e)) => return Err(e.into()),
                 Err(StepError::Internal(e)) => return Err(RunError::Internal(e)),
                 Err(StepError::NonFinite { layer }) => {
                     // The weights before this step, when they are still finite numbers.
-                    if session.params.data().iter().all(|v| v.is_finite()) {
+                    if leader && session.params.data().iter().all(|v| v.is_finite()) {
                         save(&session, opts.body.as_ref(), &opts.out, &model.name, epoch, Saving::WeightsOnly)?;
                     }
                     return Err(RunError::NonFinite { epoch, step, layer, lr, saved: weights_path(&opts.out) });
@@ -1066,6 +1208,9 @@ pub fn train(
             Ok(())
         })?;
         let train_seconds = started.elapsed().as_secs_f64();
+        if !leader {
+            continue;
+        }
         let (test_loss, test_accuracy) = session.evaluate(&eval_data, &eval_data.test, spec.batch)?;
         let test_map = match session.detector() {
             Some((_, grid)) => {
@@ -1088,7 +1233,7 @@ pub fn train(
             seconds: started.elapsed().as_secs_f64(),
             waiting: waited.as_secs_f64() / train_seconds.max(1e-9),
         };
-        if let (false, Some(map)) = (opts.quiet, test_map) {
+        if let (false, Some(map)) = (quiet, test_map) {
             println!(
                 "epoch {:>3}/{}  lr {:.4}  loss {:.4}  test loss {:.4}  test mAP@0.5 {:>7}  {:>6.0} img/s  {:.1} s",
                 m.epoch,
@@ -1100,7 +1245,7 @@ pub fn train(
                 m.images_per_second,
                 m.seconds
             );
-        } else if !opts.quiet {
+        } else if !quiet {
             println!(
                 "epoch {:>3}/{}  lr {:.4}  loss {:.4}  acc {:>7}  test loss {:.4}  test acc {:>7}  {:>6.0} img/s  {:.1} s",
                 m.epoch,

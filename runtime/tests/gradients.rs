@@ -101,7 +101,7 @@ fn check_once(case: &Case, batch: usize, kind: LossKind, seed: u64, attempt: u64
         // Objectness flags 0 or 1 (by the sign), the rest in [0, 1].
         LossKind::Detect(_) => random(&y_shape, &mut rng).mapv(|v| (v + 1.0) / 2.0),
     };
-    let ctx = Ctx { seed, step: 3 };
+    let ctx = Ctx { seed, step: 3, ..Ctx::default() };
     let mut keep: Vec<ValueId> = case.grads.params.iter().chain(&case.grads.inputs).map(|(_, g)| *g).collect();
     keep.push(case.loss.into());
     let exec = Executor::new(&case.graph, &params.layout, &keep).unwrap();

@@ -88,7 +88,7 @@ fn compare(
     keep.extend(grads.inputs.iter().map(|(_, g)| *g));
     let mut keep_ref = keep.clone();
     keep_ref.extend(grads.params.iter().map(|(_, g)| *g));
-    let ctx = Ctx { seed, step: 3 };
+    let ctx = Ctx { seed, step: 3, ..Ctx::default() };
     let exec = Executor::new(graph, &layout, &keep_ref).map_err(|e| e.to_string())?;
     let want = exec.run(graph, &params, &feeds_ref, ctx).map_err(|e| e.to_string())?;
 
@@ -300,7 +300,7 @@ fn tuned_kernels_split_their_work_and_give_the_same_bits_on_any_number_of_thread
         m.prepare(params.data()).unwrap();
         let mut g = vec![f32::NAN; params.layout.len()];
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| m.run(params.data(), &mut g, &feeds, Ctx { seed: 1, step: 1 })).unwrap();
+        pool.install(|| m.run(params.data(), &mut g, &feeds, Ctx { seed: 1, step: 1, ..Ctx::default() })).unwrap();
         let outputs: Vec<Vec<f32>> = keep
             .iter()
             .map(|v| {

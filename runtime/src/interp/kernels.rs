@@ -370,6 +370,7 @@ fn map_slices(m: &Mem, expr: &[Expr], ins: &[&[f32]], inputs: &[View], channels:
     let os = m.dst(out);
     let cols = out.cols();
     let mut stack = vec![[0f32; CHUNK]; expr.len()];
+    let first = ctx.offset(out.rows() * cols) as usize;
     for r in 0..out.rows() {
         let mut c0 = 0;
         while c0 < cols {
@@ -397,7 +398,7 @@ fn map_slices(m: &Mem, expr: &[Expr], ins: &[&[f32]], inputs: &[View], channels:
                     }
                     Expr::Keep { rate, salt } => {
                         for (k, d) in dst.iter_mut().enumerate() {
-                            let index = r * cols + c0 + k;
+                            let index = first + r * cols + c0 + k;
                             let kept = rate == 0.0 || elementwise_keep(ctx.seed, ctx.step, salt, index, rate);
                             *d = if kept { 1.0 / (1.0 - rate) } else { 0.0 };
                         }
@@ -438,18 +439,21 @@ fn bn_stats(m: &Mem, x: &View, mean: &View, var: &View) {
     let xs = m.src(x);
     let (ms, vs) = (m.dst(mean), m.dst(var));
     let (rows, c) = (x.rows(), x.cols());
-    ms[..c].fill(0.0);
-    vs[..c].fill(0.0);
+    // Sums in f64: over a batch's every position (tens of thousands of rows) an f32 sum drifts.
+    let mut sum = vec![0f64; c];
     for r in 0..rows {
-        row(xs, x, r).iter().zip(ms.iter_mut()).for_each(|(&v, acc)| *acc += v);
+        row(xs, x, r).iter().zip(sum.iter_mut()).for_each(|(&v, acc)| *acc += f64::from(v));
     }
-    ms[..c].iter_mut().for_each(|v| *v /= rows as f32);
+    let mu: Vec<f32> = sum.iter().map(|&s| (s / rows as f64) as f32).collect();
+    let mut spread = vec![0f64; c];
     for r in 0..rows {
-        for ((&v, acc), &mu) in row(xs, x, r).iter().zip(vs.iter_mut()).zip(ms.iter()) {
-            *acc += (v - mu) * (v - mu);
+        for ((&v, acc), &mu) in row(xs, x, r).iter().zip(spread.iter_mut()).zip(mu.iter()) {
+            *acc += f64::from((v - mu) * (v - mu));
         }
     }
-    vs[..c].iter_mut().for_each(|v| *v /= rows as f32);
+    ms[..c].copy_from_slice(&mu);
+    vs[..c].iter_mut().zip(&spread).for_each(|(v, &s)| *v = (s / rows as f64) as f32);
+    crate::dist::batch_stats(&mut ms[..c], &mut vs[..c], rows);
 }
 
 /// `1/√(var + eps)` per channel.
@@ -512,14 +516,22 @@ fn bn_grad(m: &Mem, k: &Kernel) {
         return;
     }
     let n = rows as f32;
-    let (mut sum, mut dot) = (vec![0f32; c], vec![0f32; c]);
+    let (mut sum64, mut dot64) = (vec![0f64; c], vec![0f64; c]);
     for r in 0..rows {
         xhat(r, &mut xh);
         for ch in 0..c {
             let dxhat = dys[r * dy.pitch + ch] * gs[ch];
-            sum[ch] += dxhat;
-            dot[ch] += dxhat * xh[ch];
+            sum64[ch] += f64::from(dxhat);
+            dot64[ch] += f64::from(dxhat * xh[ch]);
         }
+    }
+    let mut sum: Vec<f32> = sum64.iter().map(|&v| v as f32).collect();
+    let mut dot: Vec<f32> = dot64.iter().map(|&v| v as f32).collect();
+    if crate::dist::group().is_some() {
+        let mut both = [sum, dot].concat();
+        crate::dist::batch_sums(&mut both, rows);
+        let (s, d) = both.split_at(c);
+        (sum, dot) = (s.to_vec(), d.to_vec());
     }
     let factor: Vec<f32> = inv.iter().map(|i| i / n).collect();
     for r in 0..rows {

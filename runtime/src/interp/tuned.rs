@@ -176,6 +176,7 @@ fn bn_stats(m: &Mem, x: &View, mean: &View, var: &View) {
         }
     });
     v.iter_mut().for_each(|v| *v /= rows.max(1) as f32);
+    crate::dist::batch_stats(&mut mu, &mut v, rows);
     m.dst(mean)[..c].copy_from_slice(&mu);
     m.dst(var)[..c].copy_from_slice(&v);
 }
@@ -216,6 +217,12 @@ fn bn_grad(m: &Mem, k: &Kernel) {
         m.dst(dg)[..c].copy_from_slice(dot);
     }
     let (Some(dx), Some(gamma)) = (dx, gamma) else { return };
+    // dβ and dγ stay this process's (the gradients are summed later); dx reads the global batch's.
+    let mut sums = sums;
+    if *training && crate::dist::group().is_some() {
+        crate::dist::batch_sums(&mut sums, rows);
+    }
+    let (sum, dot) = sums.split_at(c);
     let gs = &m.src(gamma)[..c];
     let scale: Vec<f32> = inv.iter().zip(gs).map(|(i, g)| i * g).collect();
     let n = rows.max(1) as f32;

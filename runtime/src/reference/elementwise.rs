@@ -102,10 +102,11 @@ pub(super) fn dropout(rate: f32, salt: u64, x: &View, ctx: Ctx) -> Tensor {
     }
     let scale = 1.0 / (1.0 - rate);
     let x = x.as_standard_layout();
+    let first = ctx.offset(x.len()) as usize;
     let values: Vec<f32> = x
         .iter()
         .enumerate()
-        .map(|(i, &v)| if keep(ctx.seed, ctx.step, salt, i, rate) { v * scale } else { 0.0 })
+        .map(|(i, &v)| if keep(ctx.seed, ctx.step, salt, first + i, rate) { v * scale } else { 0.0 })
         .collect();
     ndarray::ArrayD::from_shape_vec(x.raw_dim(), values).expect("same shape")
 }

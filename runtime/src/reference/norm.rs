@@ -19,8 +19,30 @@ fn vector(t: &View) -> Array1<f32> {
 /// The batch's mean and (biased) variance per channel.
 pub fn batch_statistics(x: &View) -> (Array1<f32>, Array1<f32>) {
     let r = rows(x);
-    let mean = r.mean_axis(Axis(0)).expect("at least one row");
-    let var = (&r - &mean).mapv(|v| v * v).mean_axis(Axis(0)).expect("at least one row");
+    let mean = column_sums(&r).mapv(|s| (s / r.nrows() as f64) as f32);
+    let var = column_sums(&(&r - &mean).mapv(|v| v * v)).mapv(|s| (s / r.nrows() as f64) as f32);
+    (mean, var)
+}
+
+/// Each column's sum, accumulated in f64: over a batch's every position (tens of thousands of
+/// rows) an f32 sum drifts.
+fn column_sums(r: &Array2<f32>) -> Array1<f64> {
+    let mut out = Array1::<f64>::zeros(r.ncols());
+    for row in r.rows() {
+        out.iter_mut().zip(row.iter()).for_each(|(o, &v)| *o += f64::from(v));
+    }
+    out
+}
+
+/// The batch statistics of every process training together ([`crate::dist`]).
+fn synchronized((mut mean, mut var): (Array1<f32>, Array1<f32>), x: &View) -> (Array1<f32>, Array1<f32>) {
+    if crate::dist::group().is_some() {
+        let rows = x.len() / mean.len().max(1);
+        let (m, v) = (mean.as_slice_mut(), var.as_slice_mut());
+        if let (Some(m), Some(v)) = (m, v) {
+            crate::dist::batch_stats(m, v, rows);
+        }
+    }
     (mean, var)
 }
 
@@ -31,7 +53,7 @@ fn inv_std(b: &BatchNormOp, var: &Array1<f32>) -> Array1<f32> {
 /// Training: `[y, mean, var]`; inference: `[y]`.
 pub(super) fn forward(b: &BatchNormOp, inputs: &[View]) -> Vec<Tensor> {
     let x = &inputs[0];
-    let (mean, var) = if b.training { batch_statistics(x) } else { (vector(&inputs[3]), vector(&inputs[4])) };
+    let (mean, var) = if b.training { synchronized(batch_statistics(x), x) } else { (vector(&inputs[3]), vector(&inputs[4])) };
     let (gamma, beta) = (vector(&inputs[1]), vector(&inputs[2]));
     let y = (rows(x) - &mean) * &(inv_std(b, &var) * &gamma) + &beta;
     let y = y.into_shape_with_order(x.raw_dim()).expect("same shape");
@@ -70,8 +92,15 @@ pub(super) fn backward(b: &BatchNormOp, wrt: &[usize], a: &Args) -> Vec<Tensor> 
                     let xhat = xhat();
                     let m = dy.nrows() as f32;
                     let dxhat = &dy * &gamma;
-                    let sum = dxhat.sum_axis(Axis(0));
-                    let dot = (&dxhat * &xhat).sum_axis(Axis(0));
+                    let mut sum = column_sums(&dxhat).mapv(|v| v as f32);
+                    let mut dot = column_sums(&(&dxhat * &xhat)).mapv(|v| v as f32);
+                    if crate::dist::group().is_some() {
+                        let c = sum.len();
+                        let mut both: Vec<f32> = sum.iter().chain(dot.iter()).copied().collect();
+                        crate::dist::batch_sums(&mut both, dy.nrows());
+                        sum = Array1::from(both[..c].to_vec());
+                        dot = Array1::from(both[c..].to_vec());
+                    }
                     (dxhat * m - &sum - &xhat * &dot) * &(inv / m)
                 } else {
                     &dy * &(inv * &gamma)

@@ -1,0 +1,130 @@
+//! `mpirun -np N cnnc run model.cnn`: data-parallel training on N processes
+//! ([`cnnc_runtime::dist`]). Under `mpirun` (seen in its environment) cnnc joins MPI's world
+//! (the `mpi` feature); a cnnc built without it refuses to run as one of several processes,
+//! which would each train their own model into the same files.
+//!
+//! Every process gives its compute threads an equal share of the machine's cores. Rank 0 alone
+//! prints; an error on any process ends every process (`MPI_Abort`) with its exit status, so no
+//! process waits forever for one that has stopped.
+
+use crate::run::{fail, Failure, EXIT_INPUT};
+
+/// `(rank, size, processes on this machine)` of a process that `mpirun` started: Open MPI's
+/// variables, else those of MPICH's launcher (PMI).
+fn launched() -> Option<(usize, usize, usize)> {
+    let var = |names: &[&str]| names.iter().find_map(|n| std::env::var(n).ok()?.parse::<usize>().ok());
+    let size = var(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"])?;
+    let rank = var(&["OMPI_COMM_WORLD_RANK", "PMI_RANK"]).unwrap_or(0);
+    let local = var(&["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]).unwrap_or(size);
+    Some((rank, size, local))
+}
+
+/// MPI, while the command runs: dropping it ends MPI (`MPI_Finalize`).
+#[derive(Default)]
+pub struct Session {
+    #[cfg(feature = "mpi")]
+    _universe: Option<mpi::environment::Universe>,
+}
+
+/// Joins the processes that `mpirun` started, when it started more than one.
+pub fn start() -> Result<Session, Failure> {
+    let Some((_, size, local)) = launched().filter(|&(_, size, _)| size > 1) else { return Ok(Session::default()) };
+    // The machine's cores, shared between the processes on it (unless the user chose).
+    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // SAFETY: no other thread runs yet (this is the command's first step).
+        unsafe { std::env::set_var("MATMUL_NUM_THREADS", (cores / local.max(1)).max(1).to_string()) };
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let _ = size;
+        let (universe, level) = mpi::initialize_with_threading(mpi::Threading::Serialized)
+            .ok_or_else(|| fail(EXIT_INPUT, "MPI was started already"))?;
+        if level < mpi::Threading::Serialized {
+            return Err(fail(
+                EXIT_INPUT,
+                format!(
+                    "this MPI library gives threading level {level:?}; cnnc's steps call MPI from a worker thread and \
+                     need MPI_THREAD_SERIALIZED"
+                ),
+            ));
+        }
+        cnnc_runtime::dist::join(Box::new(World(universe.world())));
+        Ok(Session { _universe: Some(universe) })
+    }
+    #[cfg(not(feature = "mpi"))]
+    Err(fail(
+        EXIT_INPUT,
+        format!(
+            "mpirun started {size} processes, and this cnnc was built without MPI: each would train its own copy into \
+             the same files; build it with `cargo build --release --features mpi` (README: Training on several \
+             processes)"
+        ),
+    ))
+}
+
+/// Ends the command: rank 0 (or a lone process) reports as usual; on another rank only errors
+/// are printed, named by rank. An error on any rank of a group ends the whole group.
+pub fn finish(session: Session, outcome: Result<(), Failure>) -> std::process::ExitCode {
+    let (rank, _) = cnnc_runtime::dist::place();
+    match outcome {
+        Ok(()) => {
+            drop(session);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(f) => {
+            let from = if rank > 0 { format!("rank {rank}: ") } else { String::new() };
+            eprintln!("error: {from}{}", f.message);
+            match cnnc_runtime::dist::group() {
+                Some(g) => g.abort(i32::from(f.code)),
+                None => std::process::ExitCode::from(f.code),
+            }
+        }
+    }
+}
+
+#[cfg(feature = "mpi")]
+struct World(mpi::topology::SimpleCommunicator);
+
+// SAFETY: MPI runs at MPI_THREAD_SERIALIZED (checked in `start`), and cnnc calls the group from
+// one thread at a time: the steps of one training run, in order.
+#[cfg(feature = "mpi")]
+unsafe impl Send for World {}
+#[cfg(feature = "mpi")]
+unsafe impl Sync for World {}
+
+#[cfg(feature = "mpi")]
+impl cnnc_runtime::dist::Group for World {
+    fn rank(&self) -> usize {
+        use mpi::traits::Communicator;
+        self.0.rank() as usize
+    }
+
+    fn size(&self) -> usize {
+        use mpi::traits::Communicator;
+        self.0.size() as usize
+    }
+
+    fn sum(&self, buf: &mut [f32]) {
+        use mpi::traits::CommunicatorCollectives;
+        let local = buf.to_vec();
+        self.0.all_reduce_into(&local[..], buf, mpi::collective::SystemOperation::sum());
+    }
+
+    fn gather(&self, local: &[f64]) -> Vec<f64> {
+        use mpi::traits::CommunicatorCollectives;
+        let mut all = vec![0.0; local.len() * self.size()];
+        self.0.all_gather_into(local, &mut all[..]);
+        all
+    }
+
+    fn broadcast(&self, buf: &mut [f32]) {
+        use mpi::traits::{Communicator, Root};
+        self.0.process_at_rank(0).broadcast_into(buf);
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        use mpi::traits::Communicator;
+        self.0.abort(code)
+    }
+}
