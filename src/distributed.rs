@@ -65,13 +65,11 @@ pub fn start() -> Result<Session, Failure> {
 
 /// Ends the command: rank 0 (or a lone process) reports as usual; on another rank only errors
 /// are printed, named by rank. An error on any rank of a group ends the whole group.
-pub fn finish(session: Session, outcome: Result<(), Failure>) -> std::process::ExitCode {
+/// MPI ends when `_session` drops, at the end.
+pub fn finish(_session: Session, outcome: Result<(), Failure>) -> std::process::ExitCode {
     let (rank, _) = cnnc_runtime::dist::place();
     match outcome {
-        Ok(()) => {
-            drop(session);
-            std::process::ExitCode::SUCCESS
-        }
+        Ok(()) => std::process::ExitCode::SUCCESS,
         Err(f) => {
             let from = if rank > 0 { format!("rank {rank}: ") } else { String::new() };
             eprintln!("error: {from}{}", f.message);

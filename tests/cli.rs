@@ -239,3 +239,23 @@ fn the_jit_backend_trains_and_shows_its_code() {
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("test accuracy: "));
 }
+
+/// Started by `mpirun` as one of several processes, a cnnc built without MPI would train its
+/// own copy into the same files: it stops first, saying how to build with MPI.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn without_mpi_a_process_of_several_refuses_to_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cnnc()
+        .args(["run", "examples/lenet5.cnn", "--out"])
+        .arg(dir.path().join("run"))
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .env("OMPI_COMM_WORLD_RANK", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("built without MPI"), "{stderr}");
+    assert!(stderr.contains("--features mpi"), "{stderr}");
+    assert!(!dir.path().join("run").exists(), "nothing written");
+}

@@ -69,23 +69,25 @@ pub fn shard(n: usize, rank: usize, size: usize) -> Range<usize> {
 /// every process. Nothing without a group.
 pub fn batch_stats(mean: &mut [f32], var: &mut [f32], rows: usize) {
     let Some(g) = group() else { return };
-    let c = mean.len();
-    let mut local = Vec::with_capacity(1 + 2 * c);
+    let mut local = Vec::with_capacity(1 + 2 * mean.len());
     local.push(rows as f64);
     local.extend(mean.iter().map(|&v| f64::from(v)));
     local.extend(var.iter().map(|&v| f64::from(v)));
-    let all = g.gather(&local);
-    let parts: Vec<&[f64]> = all.chunks_exact(local.len()).collect();
-    let total: f64 = parts.iter().map(|p| p[0]).sum();
-    if total == 0.0 {
-        return;
-    }
-    for ch in 0..c {
-        let mu = parts.iter().map(|p| p[0] * p[1 + ch]).sum::<f64>() / total;
-        let spread = parts.iter().map(|p| p[0] * (p[1 + c + ch] + (p[1 + ch] - mu).powi(2))).sum::<f64>() / total;
-        mean[ch] = mu as f32;
-        var[ch] = spread as f32;
-    }
+    let (mu, spread) = combine_stats(&g.gather(&local), mean.len());
+    mean.iter_mut().zip(&mu).for_each(|(m, &v)| *m = v as f32);
+    var.iter_mut().zip(&spread).for_each(|(s, &v)| *s = v as f32);
+}
+
+/// The mean and biased variance of `c` channels over the rows of every part of `all`: parts of
+/// `[rows, mean × c, var × c]` one after the other, combined in order.
+fn combine_stats(all: &[f64], c: usize) -> (Vec<f64>, Vec<f64>) {
+    let parts: Vec<&[f64]> = all.chunks_exact(1 + 2 * c).collect();
+    let total: f64 = parts.iter().map(|p| p[0]).sum::<f64>().max(1.0);
+    let mean: Vec<f64> = (0..c).map(|ch| parts.iter().map(|p| p[0] * p[1 + ch]).sum::<f64>() / total).collect();
+    let var = (0..c)
+        .map(|ch| parts.iter().map(|p| p[0] * (p[1 + c + ch] + (p[1 + ch] - mean[ch]).powi(2))).sum::<f64>() / total)
+        .collect();
+    (mean, var)
 }
 
 /// Turns per-channel sums over this process's `rows` rows of batchnorm's backward (Σ dy and
@@ -110,7 +112,35 @@ pub fn batch_sums(sums: &mut [f32], rows: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::shard;
+    use super::{combine_stats, shard};
+
+    /// Mean and biased variance of each column of `rows`, by two passes.
+    fn stats(rows: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+        let (n, c) = (rows.len() as f64, rows[0].len());
+        let mean: Vec<f64> = (0..c).map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n).collect();
+        let var = (0..c).map(|j| rows.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f64>() / n).collect();
+        (mean, var)
+    }
+
+    #[test]
+    fn statistics_combined_from_parts_are_the_whole_batch_s() {
+        // Rows of two channels, far from zero-mean, split unevenly in three.
+        let rows: Vec<Vec<f64>> =
+            (0..23).map(|i| vec![100.0 + (i as f64 * 0.7).sin(), -3.0 + ((i * i) % 7) as f64]).collect();
+        let mut all = Vec::new();
+        for part in [&rows[..10], &rows[10..11], &rows[11..]] {
+            let (m, v) = stats(part);
+            all.push(part.len() as f64);
+            all.extend(m);
+            all.extend(v);
+        }
+        let (mean, var) = combine_stats(&all, 2);
+        let (m, v) = stats(&rows);
+        for j in 0..2 {
+            assert!((mean[j] - m[j]).abs() < 1e-12, "{mean:?} {m:?}");
+            assert!((var[j] - v[j]).abs() < 1e-12, "{var:?} {v:?}");
+        }
+    }
 
     #[test]
     fn shards_cover_the_batch_in_order() {

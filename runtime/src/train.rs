@@ -216,6 +216,8 @@ pub struct Session {
     backend: Backend,
     train_programs: Mutex<Programs>,
     infer_programs: Mutex<Programs>,
+    /// Time spent summing gradients over a group of processes, and in how many steps.
+    exchange: (std::time::Duration, u64),
 }
 
 /// One batchnorm's batch statistics (values of the step) and running ones (parameters).
@@ -312,6 +314,7 @@ impl Session {
             backend,
             train_programs,
             infer_programs,
+            exchange: Default::default(),
         })
     }
 
@@ -518,12 +521,15 @@ impl Session {
     ) -> Result<StepOutcome, StepError> {
         let share = n as f32 / total.max(1) as f32;
         self.grads.iter_mut().for_each(|v| *v *= share);
+        let started = Instant::now();
         g.sum(&mut self.grads);
         let mut totals = [(loss * n as f64) as f32, correct as f32];
         if !loss.is_finite() {
             totals[0] = f32::NAN;
         }
         g.sum(&mut totals);
+        self.exchange.0 += started.elapsed();
+        self.exchange.1 += 1;
         let loss = f64::from(totals[0]) / total.max(1) as f64;
         if !loss.is_finite() || self.grads.iter().any(|v| !v.is_finite()) {
             return Err(StepError::NonFinite { layer: None });
@@ -546,6 +552,11 @@ impl Session {
         let join = |h: f32, l: f32| ((h as u64) << 24) | l as u64;
         self.opt.t = join(counts[2], counts[3]);
         join(counts[0], counts[1]) as usize
+    }
+
+    /// Time spent summing gradients over the group of processes so far, and in how many steps.
+    pub fn exchange(&self) -> (std::time::Duration, u64) {
+        self.exchange
     }
 
     /// Whether the model has a training-mode batchnorm, whose statistics are over the batch.
@@ -1258,6 +1269,18 @@ fn train_epochs(
                 m.images_per_second,
                 m.seconds
             );
+        }
+        if ranks > 1 && !quiet {
+            let (time, steps) = session.exchange();
+            let per_step = time.as_secs_f64() / steps.max(1) as f64;
+            let step = train_seconds / steps_per_epoch.max(1) as f64;
+            println!(
+                "          {ranks} processes: summing {:.2} MB of gradients took {:.2} ms per step ({:.1}% of a step)",
+                session.grads.len() as f64 * 4.0 / 1e6,
+                per_step * 1e3,
+                100.0 * per_step / step.max(1e-12)
+            );
+            session.exchange = Default::default();
         }
         history.push(m);
         let how = if saved_once || opts.resume { Saving::Epoch } else { Saving::First };

@@ -53,7 +53,8 @@ fn inv_std(b: &BatchNormOp, var: &Array1<f32>) -> Array1<f32> {
 /// Training: `[y, mean, var]`; inference: `[y]`.
 pub(super) fn forward(b: &BatchNormOp, inputs: &[View]) -> Vec<Tensor> {
     let x = &inputs[0];
-    let (mean, var) = if b.training { synchronized(batch_statistics(x), x) } else { (vector(&inputs[3]), vector(&inputs[4])) };
+    let (mean, var) =
+        if b.training { synchronized(batch_statistics(x), x) } else { (vector(&inputs[3]), vector(&inputs[4])) };
     let (gamma, beta) = (vector(&inputs[1]), vector(&inputs[2]));
     let y = (rows(x) - &mean) * &(inv_std(b, &var) * &gamma) + &beta;
     let y = y.into_shape_with_order(x.raw_dim()).expect("same shape");
