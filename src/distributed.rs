@@ -49,7 +49,12 @@ pub fn start() -> Result<Session, Failure> {
                 ),
             ));
         }
-        cnnc_runtime::dist::join(Box::new(World(universe.world())));
+        let world = universe.world();
+        let grads = {
+            use mpi::traits::Communicator;
+            world.duplicate()
+        };
+        cnnc_runtime::dist::join(Box::new(World { world, grads, pending: std::sync::Mutex::new(Vec::new()) }));
         Ok(Session { _universe: Some(universe) })
     }
     #[cfg(not(feature = "mpi"))]
@@ -81,8 +86,22 @@ pub fn finish(_session: Session, outcome: Result<(), Failure>) -> std::process::
     }
 }
 
+/// MPI's world, and a copy of it for the gradient sums started during the backward pass (which
+/// may then come between the world's calls in a different order on each process).
 #[cfg(feature = "mpi")]
-struct World(mpi::topology::SimpleCommunicator);
+struct World {
+    world: mpi::topology::SimpleCommunicator,
+    grads: mpi::topology::SimpleCommunicator,
+    /// The sums started and not yet waited for.
+    pending: std::sync::Mutex<Vec<mpi::ffi::MPI_Request>>,
+}
+
+#[cfg(feature = "mpi")]
+impl World {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<mpi::ffi::MPI_Request>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 // SAFETY: MPI runs at MPI_THREAD_SERIALIZED (checked in `start`), and cnnc calls the group from
 // one thread at a time: the steps of one training run, in order.
@@ -95,34 +114,80 @@ unsafe impl Sync for World {}
 impl cnnc_runtime::dist::Group for World {
     fn rank(&self) -> usize {
         use mpi::traits::Communicator;
-        self.0.rank() as usize
+        self.world.rank() as usize
     }
 
     fn size(&self) -> usize {
         use mpi::traits::Communicator;
-        self.0.size() as usize
+        self.world.size() as usize
     }
 
     fn sum(&self, buf: &mut [f32]) {
         use mpi::traits::CommunicatorCollectives;
         let local = buf.to_vec();
-        self.0.all_reduce_into(&local[..], buf, mpi::collective::SystemOperation::sum());
+        self.world.all_reduce_into(&local[..], buf, mpi::collective::SystemOperation::sum());
     }
 
     fn gather(&self, local: &[f64]) -> Vec<f64> {
         use mpi::traits::CommunicatorCollectives;
         let mut all = vec![0.0; local.len() * self.size()];
-        self.0.all_gather_into(local, &mut all[..]);
+        self.world.all_gather_into(local, &mut all[..]);
         all
     }
 
     fn broadcast(&self, buf: &mut [f32]) {
         use mpi::traits::{Communicator, Root};
-        self.0.process_at_rank(0).broadcast_into(buf);
+        self.world.process_at_rank(0).broadcast_into(buf);
     }
 
     fn abort(&self, code: i32) -> ! {
         use mpi::traits::Communicator;
-        self.0.abort(code)
+        self.world.abort(code)
+    }
+
+    unsafe fn start_sum(&self, send: &[f32], recv: &mut [f32]) {
+        use mpi::raw::AsRaw;
+        let mut request = std::mem::MaybeUninit::<mpi::ffi::MPI_Request>::uninit();
+        // SAFETY: the buffers hold `send.len()` floats each and stay put until `wait_all` (the
+        // caller's promise); the communicator lives as long as MPI.
+        unsafe {
+            mpi::ffi::MPI_Iallreduce(
+                send.as_ptr().cast(),
+                recv.as_mut_ptr().cast(),
+                send.len().min(recv.len()) as i32,
+                mpi::ffi::RSMPI_FLOAT,
+                mpi::ffi::RSMPI_SUM,
+                self.grads.as_raw(),
+                request.as_mut_ptr(),
+            );
+            self.pending().push(request.assume_init());
+        }
+    }
+
+    fn progress(&self) {
+        let mut pending = self.pending();
+        if pending.is_empty() {
+            return;
+        }
+        let mut done = 0;
+        // SAFETY: the requests are live ones this group started; MPI_Testall sets each finished
+        // one to MPI_REQUEST_NULL.
+        unsafe {
+            mpi::ffi::MPI_Testall(
+                pending.len() as i32,
+                pending.as_mut_ptr(),
+                &mut done,
+                mpi::ffi::RSMPI_STATUSES_IGNORE,
+            );
+        }
+    }
+
+    fn wait_all(&self) {
+        let mut pending = self.pending();
+        // SAFETY: as in `progress`; afterwards every request is done and none is kept.
+        unsafe {
+            mpi::ffi::MPI_Waitall(pending.len() as i32, pending.as_mut_ptr(), mpi::ffi::RSMPI_STATUSES_IGNORE);
+        }
+        pending.clear();
     }
 }

@@ -145,6 +145,20 @@ impl Programs {
         feeds: &[(NodeId, View)],
         ctx: Ctx,
     ) -> Result<Values, String> {
+        self.run_with(graph, params, grads, feeds, ctx, &mut |_, _| {})
+    }
+
+    /// [`Programs::run`], calling `after(i, grads)` after kernel `i` of the program
+    /// ([`Machine::run_with`]).
+    pub fn run_with(
+        &mut self,
+        graph: &Graph,
+        params: &Params,
+        grads: &mut [f32],
+        feeds: &[(NodeId, View)],
+        ctx: Ctx,
+        after: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<Values, String> {
         let batch = feeds.first().map_or(1, |(_, v)| v.shape()[0]);
         let mut labels = std::mem::take(&mut self.labels);
         let compiled = self.compiled(graph, params, batch)?;
@@ -174,7 +188,7 @@ impl Programs {
         // Parameters change between runs (every training step): derive what depends on them
         // first, when they changed since the last run.
         compiled.machine.prepare_once(params.data(), params.stamp())?;
-        compiled.machine.run(params.data(), grads, &fed, ctx)?;
+        compiled.machine.run_with(params.data(), grads, &fed, ctx, after)?;
         let machine = &compiled.machine;
         let values = machine
             .program

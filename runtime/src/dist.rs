@@ -30,6 +30,106 @@ pub trait Group: Send + Sync {
     fn broadcast(&self, buf: &mut [f32]);
     /// Ends every process of the group with exit status `code`.
     fn abort(&self, code: i32) -> !;
+    /// Starts summing every process's `send` into `recv` (as long as it) and returns at once. The
+    /// sums started go on a channel of their own, so they may be started between the other calls
+    /// in any order, but every process starts the same sums in the same order.
+    ///
+    /// # Safety
+    ///
+    /// Both buffers stay where they are, neither read nor written, until [`Group::wait_all`].
+    unsafe fn start_sum(&self, send: &[f32], recv: &mut [f32]);
+    /// Lets the sums started go on (an MPI library moves them only inside its calls).
+    fn progress(&self);
+    /// Waits until every sum started is done.
+    fn wait_all(&self);
+}
+
+/// Elements of the gradient store a bucket holds when `CNNC_BUCKET_KB` does not say (256 KB,
+/// chosen by measurement: README, *Training on several processes*).
+pub const BUCKET: usize = 64 * 1024;
+
+/// The bucket size in elements: `CNNC_BUCKET_KB` (0: no overlap, one sum after the step).
+pub fn bucket_len() -> usize {
+    std::env::var("CNNC_BUCKET_KB").ok().and_then(|v| v.parse::<usize>().ok()).map_or(BUCKET, |kb| kb * 256)
+}
+
+/// The gradients summed over the group in buckets while the backward pass goes on, as PyTorch's
+/// DistributedDataParallel does: the store is cut into contiguous buckets from its end (the last
+/// layers, whose gradients the backward pass finishes first), and each bucket is sent, scaled by
+/// this process's share of the batch, as soon as the last kernel writing into it has run. Every
+/// process starts the buckets in the same order; [`Exchange::finish`] waits for them and writes
+/// the sums back.
+pub struct Exchange<'g> {
+    group: &'g dyn Group,
+    spans: Vec<Range<usize>>,
+    /// The kernel after which each bucket's gradients are final.
+    ready: Vec<usize>,
+    /// Buckets started so far (in order).
+    next: usize,
+    send: Vec<Vec<f32>>,
+    recv: Vec<Vec<f32>>,
+    share: f32,
+}
+
+impl<'g> Exchange<'g> {
+    /// Buckets of `bucket` elements over a store of `len`, ready after the last kernel that
+    /// `writes` (kernel, range) names in each; this process's gradients weigh `share`.
+    pub fn new(group: &'g dyn Group, len: usize, bucket: usize, writes: &[(usize, Range<usize>)], share: f32) -> Self {
+        let bucket = bucket.max(1);
+        let spans: Vec<Range<usize>> =
+            (0..len.div_ceil(bucket)).map(|b| len.saturating_sub((b + 1) * bucket)..len - b * bucket).collect();
+        let ready = spans
+            .iter()
+            .map(|s| {
+                writes.iter().filter(|(_, r)| r.start < s.end && s.start < r.end).map(|(k, _)| *k).max().unwrap_or(0)
+            })
+            .collect();
+        let send = spans.iter().map(|s| vec![0.0; s.len()]).collect();
+        let recv = spans.iter().map(|s| vec![0.0; s.len()]).collect();
+        Exchange { group, spans, ready, next: 0, send, recv, share }
+    }
+
+    /// After kernel `k`: starts, in order, every bucket whose gradients are final.
+    pub fn after(&mut self, k: usize, grads: &[f32]) {
+        let before = self.next;
+        while self.next < self.spans.len() && self.ready[self.next] <= k {
+            self.start(grads);
+        }
+        if before > 0 || self.next > before {
+            self.group.progress();
+        }
+    }
+
+    fn start(&mut self, grads: &[f32]) {
+        let b = self.next;
+        let share = self.share;
+        self.send[b].iter_mut().zip(&grads[self.spans[b].clone()]).for_each(|(s, &g)| *s = g * share);
+        // SAFETY: `send` and `recv` are not resized or touched until `wait_all` (in `finish`, or
+        // on drop): their heap buffers stay put while the outer vectors move with `self`.
+        unsafe { self.group.start_sum(&self.send[b], &mut self.recv[b]) };
+        self.next += 1;
+    }
+
+    /// Starts what is left, waits for every sum and writes them into `grads`.
+    pub fn finish(mut self, grads: &mut [f32]) {
+        while self.next < self.spans.len() {
+            self.start(grads);
+        }
+        self.group.wait_all();
+        for (span, sum) in self.spans.iter().zip(&self.recv) {
+            grads[span.clone()].copy_from_slice(sum);
+        }
+        self.next = 0;
+    }
+}
+
+impl Drop for Exchange<'_> {
+    /// A step that failed midway still waits for the sums it started: their buffers are freed here.
+    fn drop(&mut self) {
+        if self.next > 0 {
+            self.group.wait_all();
+        }
+    }
 }
 
 static GROUP: OnceLock<Box<dyn Group>> = OnceLock::new();

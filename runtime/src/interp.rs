@@ -185,6 +185,37 @@ impl Machine {
     /// Runs every kernel. `params` and `grads` are the flat stores (the layout the program was
     /// lowered with); `feeds` the inputs in the program's order.
     pub fn run(&mut self, params: &[f32], grads: &mut [f32], feeds: &[Feed], ctx: Ctx) -> Result<(), String> {
+        self.run_with(params, grads, feeds, ctx, &mut |_, _| {})
+    }
+
+    /// The ranges of the gradient store the program writes, each with the last kernel that
+    /// writes it: after that kernel the range holds its final value.
+    pub fn grad_writes(&self) -> Vec<(usize, std::ops::Range<usize>)> {
+        let mut last: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        for (i, k) in self.program.kernels.iter().enumerate() {
+            for v in k.access().1 {
+                let b = &self.program.buffers[v.buf.0 as usize];
+                if let Space::Grad(o) = b.space {
+                    match last.iter_mut().find(|(_, r)| r.start == o) {
+                        Some(entry) => entry.0 = i,
+                        None => last.push((i, o..o + b.len)),
+                    }
+                }
+            }
+        }
+        last
+    }
+
+    /// [`Machine::run`], calling `after(i, grads)` after kernel `i` with the gradient store as
+    /// it is then (what data-parallel training sends while the backward pass goes on).
+    pub fn run_with(
+        &mut self,
+        params: &[f32],
+        grads: &mut [f32],
+        feeds: &[Feed],
+        ctx: Ctx,
+        after: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), String> {
         if feeds.len() != self.program.inputs.len() {
             return Err(format!("{} inputs fed, the program takes {}", feeds.len(), self.program.inputs.len()));
         }
@@ -236,6 +267,9 @@ impl Machine {
                     p.add_kernel(format!("k{i} {} {shape}", k.name()), t, k.flops());
                 }
             }
+            // SAFETY: no kernel runs now (each has returned, its threads joined), and the store
+            // is read through the pointer the kernels write through.
+            after(i, unsafe { std::slice::from_raw_parts(mem.grads, mem.grads_len) });
         }
         Ok(())
     }

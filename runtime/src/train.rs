@@ -455,11 +455,18 @@ impl Session {
         let n = x.shape().first().copied().unwrap_or(0);
         let ctx = Ctx { seed: self.seed, step: self.opt.t, first: part.first as u64, batch: n as u64 };
         let group = crate::dist::group();
+        // Gradients sent in buckets during the backward pass (native programs only: the
+        // reference executor gives them at its end).
+        let bucket = if self.backend == Backend::Reference { 0 } else { crate::dist::bucket_len() };
+        let share = n as f32 / part.total.max(1) as f32;
         if n == 0 {
             // A shard with no example (a global batch smaller than the group): nothing to add.
             let Some(g) = group else { return Err(StepError::Internal("a step on an empty batch".into())) };
             self.grads.fill(0.0);
-            return self.combine(g, 0.0, 0, 0, part.total, lr);
+            if bucket > 0 {
+                crate::dist::Exchange::new(g, self.grads.len(), bucket, &[], 0.0).finish(&mut self.grads);
+            }
+            return self.combine(g, 0.0, 0, 0, part.total, lr, bucket > 0);
         }
         let targets = self.targets(y.view());
         let feeds = self.feeds(x.view(), &targets);
@@ -477,7 +484,25 @@ impl Session {
             Backend::Lir | Backend::Jit => {
                 let programs =
                     self.train_programs.get_mut().map_err(|_| StepError::Internal("a poisoned lock".into()))?;
-                programs.run(&self.tg.graph, &self.params, &mut self.grads, &feeds, ctx).map_err(StepError::Internal)?
+                match group.filter(|_| bucket > 0) {
+                    Some(g) => {
+                        let machine = programs.program(&self.tg.graph, &self.params, n).map_err(StepError::Internal)?;
+                        let writes = machine.grad_writes();
+                        let mut exchange = crate::dist::Exchange::new(g, self.grads.len(), bucket, &writes, share);
+                        let values = programs
+                            .run_with(&self.tg.graph, &self.params, &mut self.grads, &feeds, ctx, &mut |k, grads| {
+                                exchange.after(k, grads)
+                            })
+                            .map_err(StepError::Internal)?;
+                        let started = Instant::now();
+                        exchange.finish(&mut self.grads);
+                        self.exchange.0 += started.elapsed();
+                        values
+                    }
+                    None => programs
+                        .run(&self.tg.graph, &self.params, &mut self.grads, &feeds, ctx)
+                        .map_err(StepError::Internal)?,
+                }
             }
         };
         let loss = self.loss(&values);
@@ -486,7 +511,7 @@ impl Session {
             _ => 0,
         };
         if let Some(g) = group {
-            return match self.combine(g, loss, correct, n, part.total, lr) {
+            return match self.combine(g, loss, correct, n, part.total, lr, bucket > 0) {
                 Err(StepError::NonFinite { .. }) => {
                     Err(StepError::NonFinite { layer: self.first_non_finite(&feeds, ctx) })
                 }
@@ -507,9 +532,11 @@ impl Session {
     }
 
     /// The end of a data-parallel step: this process's gradients (of its loss, averaged over its
-    /// `n` examples) weighted by n / total and summed over the group, with the loss and the count
-    /// of correct answers; then the optimizer's step, the same on every process. A non-finite
-    /// loss or gradient anywhere stops every process at the same step.
+    /// `n` examples) weighted by n / total and summed over the group (unless `summed` already, in
+    /// buckets during the backward pass), with the loss and the count of correct answers; then
+    /// the optimizer's step, the same on every process. A non-finite loss or gradient anywhere
+    /// stops every process at the same step.
+    #[allow(clippy::too_many_arguments)]
     fn combine(
         &mut self,
         g: &dyn crate::dist::Group,
@@ -518,11 +545,14 @@ impl Session {
         n: usize,
         total: usize,
         lr: f32,
+        summed: bool,
     ) -> Result<StepOutcome, StepError> {
-        let share = n as f32 / total.max(1) as f32;
-        self.grads.iter_mut().for_each(|v| *v *= share);
         let started = Instant::now();
-        g.sum(&mut self.grads);
+        if !summed {
+            let share = n as f32 / total.max(1) as f32;
+            self.grads.iter_mut().for_each(|v| *v *= share);
+            g.sum(&mut self.grads);
+        }
         let mut totals = [(loss * n as f64) as f32, correct as f32];
         if !loss.is_finite() {
             totals[0] = f32::NAN;
@@ -1274,8 +1304,15 @@ fn train_epochs(
             let (time, steps) = session.exchange();
             let per_step = time.as_secs_f64() / steps.max(1) as f64;
             let step = train_seconds / steps_per_epoch.max(1) as f64;
+            let bucket = if session.backend == Backend::Reference { 0 } else { crate::dist::bucket_len() };
+            let how = if bucket == 0 {
+                "summed after the backward pass".to_string()
+            } else {
+                format!("sent in buckets of {} KB during the backward pass", bucket / 256)
+            };
             println!(
-                "          {ranks} processes: summing {:.2} MB of gradients took {:.2} ms per step ({:.1}% of a step)",
+                "          {ranks} processes: {:.2} MB of gradients {how}; waiting for the sums took {:.2} ms per step \
+                 ({:.1}% of a step)",
                 session.grads.len() as f64 * 4.0 / 1e6,
                 per_step * 1e3,
                 100.0 * per_step / step.max(1e-12)
