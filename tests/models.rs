@@ -95,8 +95,8 @@ fn shared_instances_share_their_parameters() {
     let g = &c.model(Some("FaceNet")).unwrap().graph;
     let outputs: Vec<_> = g.outputs().iter().map(|(_, id)| *id).collect();
     assert_eq!(outputs.len(), 3);
-    // All three embeddings read the same final weight node.
-    let weight_of = |id| g.operands(id)[1];
+    // All three embeddings (each the l2norm of a dense layer) read the same final weight node.
+    let weight_of = |id| g.operands(g.operands(id)[0])[1];
     assert_eq!(weight_of(outputs[0]), weight_of(outputs[1]));
     assert_eq!(weight_of(outputs[0]), weight_of(outputs[2]));
     let one = Summary::of(g).params();

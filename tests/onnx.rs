@@ -1,4 +1,4 @@
-//! ONNX export: every stdlib and example model's inference graph, exported with its seeded
+//! ONNX export: every stdlib and example model's (and tests/arith's) inference graph, exported with its seeded
 //! weights, passes the ONNX checker (full check) and ONNX Runtime gives the reference executor's
 //! outputs on the same input within ‖a − b‖∞ ≤ 1e-4 · max(‖b‖∞, 1) (`tests/onnx_check.py`,
 //! which needs `onnx` and `onnxruntime`: `.ci/run` installs them).
@@ -15,7 +15,7 @@ const MOST_PARAMETERS: usize = 30_000_000;
 
 #[test]
 fn every_model_exports_to_onnx_and_onnx_runtime_agrees() {
-    let mut files: Vec<std::path::PathBuf> = ["stdlib", "examples"]
+    let mut files: Vec<std::path::PathBuf> = ["stdlib", "examples", "tests/arith"]
         .iter()
         .flat_map(|d| std::fs::read_dir(common::root().join(d)).unwrap().map(|e| e.unwrap().path()))
         .filter(|p| p.extension().is_some_and(|e| e == "cnn"))

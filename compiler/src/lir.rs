@@ -381,6 +381,10 @@ pub enum Kernel {
     Softmax { x: View, y: View },
     /// Its gradient from its output: `dx = y·(dy − Σ dy·y)` per row.
     SoftmaxGrad { y: View, dy: View, dx: View },
+    /// `y = x / max(‖x‖₂, eps)` per row.
+    L2Norm { x: View, y: View, eps: f32 },
+    /// Its gradient: `dx = (dy − y·(y·dy)) / ‖x‖` per row where `‖x‖ > eps`, else `dy / eps`.
+    L2NormGrad { x: View, dy: View, dx: View, eps: f32 },
     /// Batchnorm on running statistics as a per-channel affine map (a prepare kernel):
     /// `scale = γ/√(var + eps)`, `shift = β − mean·scale`.
     BnAffine { mean: View, var: View, gamma: View, beta: View, eps: f32, scale: View, shift: View },
@@ -430,6 +434,8 @@ impl Kernel {
             Kernel::Map { .. } => "map",
             Kernel::Softmax { .. } => "softmax",
             Kernel::SoftmaxGrad { .. } => "softmax_grad",
+            Kernel::L2Norm { .. } => "l2norm",
+            Kernel::L2NormGrad { .. } => "l2norm_grad",
             Kernel::BnStats { .. } => "bn_stats",
             Kernel::BnApply { .. } => "bn_apply",
             Kernel::BnGrad { .. } => "bn_grad",
@@ -488,6 +494,8 @@ impl Kernel {
             Kernel::Map { inputs, channels, out, .. } => (inputs.iter().chain(channels).collect(), vec![out]),
             Kernel::Softmax { x, y } => (vec![x], vec![y]),
             Kernel::SoftmaxGrad { y, dy, dx } => (vec![y, dy], vec![dx]),
+            Kernel::L2Norm { x, y, .. } => (vec![x], vec![y]),
+            Kernel::L2NormGrad { x, dy, dx, .. } => (vec![x, dy], vec![dx]),
             Kernel::BnStats { x, mean, var } => (vec![x], vec![mean, var]),
             Kernel::BnApply { x, mean, var, gamma, beta, y, .. } => (vec![x, mean, var, gamma, beta], vec![y]),
             Kernel::BnGrad { x, mean, var, gamma, dy, dx, dgamma, dbeta, .. } => {
@@ -544,6 +552,8 @@ impl Kernel {
             Kernel::Map { expr, out, .. } => (expr.len() * out.len()) as u64,
             Kernel::Softmax { x, .. } => 4 * x.len() as u64,
             Kernel::SoftmaxGrad { y, .. } => 4 * y.len() as u64,
+            Kernel::L2Norm { x, .. } => 3 * x.len() as u64,
+            Kernel::L2NormGrad { x, .. } => 7 * x.len() as u64,
             Kernel::BnStats { x, .. } => 3 * x.len() as u64,
             Kernel::BnApply { x, .. } => 4 * x.len() as u64,
             Kernel::BnGrad { dy, .. } => 8 * dy.len() as u64,

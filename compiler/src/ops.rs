@@ -9,6 +9,7 @@
 //! them), and a case in the gradient property tests.
 
 pub mod activation;
+pub mod arith;
 pub mod conv;
 pub mod dense;
 pub mod gram;
@@ -168,6 +169,11 @@ pub static LAYERS: &[LayerSpec] = &[
     activation::SIGMOID,
     activation::SOFTMAX,
     structure::ADD,
+    arith::SUB,
+    arith::MUL,
+    arith::ABS,
+    arith::SQUARE,
+    arith::L2NORM,
     structure::CONCAT,
     gram::GRAM,
 ];

@@ -42,6 +42,7 @@ pub const CODES: &[&str] = &[
     "cnnc::shape::channel_mismatch",
     "cnnc::shape::concat_mismatch",
     "cnnc::shape::dense_unflattened",
+    "cnnc::shape::elementwise_mismatch",
     "cnnc::shape::loss_mismatch",
     "cnnc::shape::output_too_small",
     "cnnc::shape::rank_mismatch",
@@ -277,7 +278,7 @@ fn resolve(e: &ResolveError) -> Diagnostic {
                 Error,
                 format!("{what} must be {expected}, found {found}"),
                 *loc,
-                format!("this is a {found}"),
+                format!("this is {} {found}", if found.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }),
             );
             match origin {
                 Some(o) => d.label(*o, "the value comes from here"),
@@ -546,6 +547,14 @@ fn layer_fault(
             ))
             .help(help)
         }
+        ShapeFault::ElementwiseMismatch { verb, first, other } => add_inputs(Diagnostic::new(
+            "cnnc::shape::elementwise_mismatch",
+            Error,
+            format!("cannot {verb} tensors of shapes {first} and {other}"),
+            loc,
+            "the two inputs' shapes differ".to_string(),
+        ))
+        .help("element-wise arithmetic takes two tensors of one shape: make them equal (both branches through the same layers, or a dense layer to the other's size)"),
         ShapeFault::ConcatMismatch { first, other, index } => add_inputs(Diagnostic::new(
             "cnnc::shape::concat_mismatch",
             Error,

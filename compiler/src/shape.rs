@@ -140,6 +140,8 @@ pub enum ShapeFault {
     DenseUnflattened { got: Shape },
     /// Tensors added together differ.
     AddMismatch { first: Shape, other: Shape, index: usize },
+    /// `sub` or `mul` of tensors of different shapes (`verb`: subtract, multiply).
+    ElementwiseMismatch { verb: &'static str, first: Shape, other: Shape },
     /// Tensors concatenated differ in an axis other than channels.
     ConcatMismatch { first: Shape, other: Shape, index: usize },
     /// A tensor would exceed [`MAX_ELEMENTS`].

@@ -11,7 +11,7 @@
 //! The messages are the subset of `onnx.proto` the exporter writes, encoded with prost.
 
 use crate::params::Params;
-use cnnc_compiler::ir::op::{Activation, Op, PoolKind};
+use cnnc_compiler::ir::op::{Activation, Arith, Op, PoolKind};
 use cnnc_compiler::ir::{Graph, NodeId};
 use std::collections::HashMap;
 
@@ -404,6 +404,32 @@ impl Exporter<'_> {
                 let (a, b) = (self.at(ops[0], layout)?, self.at(ops[1], layout)?);
                 let out = self.set(id, layout);
                 self.nodes.push(node("Add", &name, vec![a, b], vec![out], vec![]));
+            }
+            Op::Arith(a) => {
+                let layout = self.layout_of(ops[0]);
+                let x = self.at(ops[0], layout)?;
+                let (op, ins) = match a {
+                    Arith::Sub => ("Sub", vec![x, self.at(ops[1], layout)?]),
+                    Arith::Mul => ("Mul", vec![x, self.at(ops[1], layout)?]),
+                    Arith::Abs => ("Abs", vec![x]),
+                    Arith::Square => ("Mul", vec![x.clone(), x]),
+                };
+                let out = self.set(id, layout);
+                self.nodes.push(node(op, &name, ins, vec![out], vec![]));
+            }
+            // x / max(ReduceL2(x), eps) over the channel axis.
+            Op::L2Norm(o) => {
+                let layout = self.layout_of(ops[0]);
+                let x = self.at(ops[0], layout)?;
+                let axis = if layout == Layout::First && rank >= 3 { 1 } else { rank.saturating_sub(1) };
+                let norm = format!("{name}/norm");
+                let attrs = vec![ints("axes", &[axis]), int("keepdims", 1)];
+                self.nodes.push(node("ReduceL2", &norm, vec![x.clone()], vec![norm.clone()], attrs));
+                let eps = self.init(&format!("{name}/eps"), &[], &[o.eps]);
+                let clamped = format!("{name}/clamped");
+                self.nodes.push(node("Max", &clamped, vec![norm, eps], vec![clamped.clone()], vec![]));
+                let out = self.set(id, layout);
+                self.nodes.push(node("Div", &name, vec![x, clamped], vec![out], vec![]));
             }
             Op::Concat => {
                 let layout = self.layout_of(ops[0]);

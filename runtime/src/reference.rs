@@ -2,6 +2,7 @@
 //! backward (vector-Jacobian product), over ndarray. Tensors carry the batch as their first axis.
 //! This is the oracle that faster executors are tested against.
 
+mod arith;
 mod conv;
 mod elementwise;
 mod loss;
@@ -68,6 +69,8 @@ pub fn forward(op: &Op, inputs: &[View], ctx: Ctx) -> Vec<Tensor> {
         Op::Activation(a) => one(elementwise::activation(*a, x())),
         Op::PRelu => one(elementwise::prelu(x(), &inputs[1])),
         Op::Add => one(structure::add(inputs)),
+        Op::Arith(a) => one(arith::forward(*a, inputs)),
+        Op::L2Norm(o) => one(arith::l2norm(*o, x())),
         Op::Concat => one(structure::concat(inputs)),
         Op::Gram => one(structure::gram(x())),
         Op::Loss(l) => one(loss::forward(l.kind, x(), &inputs[1])),
@@ -185,6 +188,14 @@ fn vjp(op: &Op, wrt: usize, a: &Args, ctx: Ctx) -> Tensor {
         Op::ChannelSlice(s) => structure::unslice(a.dy(), &a.shape(0), s.start),
         Op::Flatten | Op::Reshape(_) => structure::reshape(a.dy(), &a.op.inputs[0].0),
         Op::Add => a.dy().to_owned(),
+        Op::Arith(op) => {
+            let read = a.op.reads.iter().find_map(|r| match r {
+                Read::Input(i) => Some(a.x(*i)),
+                _ => None,
+            });
+            arith::vjp(*op, wrt, read, a.dy())
+        }
+        Op::L2Norm(o) => arith::l2norm_vjp(*o, a.x(0), a.dy()),
         Op::Gram => structure::gram_vjp(a.x(0), a.dy()),
         Op::Concat => {
             let start: usize = a.op.inputs[..wrt].iter().map(|s| s.channels()).sum();

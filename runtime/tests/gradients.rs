@@ -232,6 +232,17 @@ proptest! {
     }
 
     #[test]
+    fn arithmetic(which in 0usize..ARITHMETIC.len(), n in 1usize..=3, c in 1usize..=4, seed in any::<u64>()) {
+        let case = with_loss(arithmetic_model(ARITHMETIC[which], n, c), LossKind::L2);
+        check(&case, 2, LossKind::L2, seed)?;
+    }
+
+    #[test]
+    fn l2norm_of_vectors(units in 1usize..=6, seed in any::<u64>()) {
+        run(&[3], &format!("dense({units}) |> l2norm"), LossKind::L2, 3, seed)?;
+    }
+
+    #[test]
     fn losses(which in 0usize..3, classes in 2usize..=6, seed in any::<u64>()) {
         let kind = [LossKind::SoftmaxCrossEntropy, LossKind::SigmoidCrossEntropy, LossKind::L2][which];
         run(&[4], &format!("dense({classes})"), kind, 3, seed)?;
@@ -242,6 +253,20 @@ proptest! {
         let kind = LossKind::Detect(DetectLoss { anchors, coord: 5.0, noobj: 0.5 });
         run(&[n, n, 2], &format!("conv({}, 1)", anchors as usize * (5 + classes)), kind, 2, seed)?;
     }
+}
+
+/// The element-wise arithmetic cases, of `a` and `b` (two branches from one input).
+const ARITHMETIC: [&str; 7] =
+    ["a - b", "a * b", "abs(a)", "square(a)", "l2norm(a)", "l2norm(abs(a - b) * b)", "square(a - b) * a - b"];
+
+/// A model whose output is `expr` of `a = x |> conv(c, 1)` and `b = x |> conv(c, 3, pad: same) |> tanh`.
+fn arithmetic_model(expr: &str, n: usize, c: usize) -> Graph {
+    let text = format!(
+        "model M {{\n input x: [{n}, {n}, {c}]\n a = x |> conv({c}, 1)\n b = x |> conv({c}, 3, pad: same) |> tanh\n output y = {expr}\n}}"
+    );
+    let compiled = cnnc_compiler::compile_source("arith.cnn", None, text.as_bytes());
+    assert!(!compiled.has_errors(), "{expr}: {:?}", compiled.diagnostics());
+    compiled.models.into_iter().next().unwrap().graph
 }
 
 /// A DAG with a residual add, a concat and a shared value used three times.

@@ -252,6 +252,28 @@ proptest! {
     }
 }
 
+/// Element-wise arithmetic and L2 normalization, forward and backward, at batches 1 and 3:
+/// the interpreter and the native code against the reference.
+#[test]
+fn arithmetic_and_l2norm() {
+    let cases = ["a - b", "a * b", "abs(a) + square(b)", "l2norm(a)", "l2norm(abs(a - b) * b)"];
+    for (k, expr) in cases.into_iter().enumerate() {
+        for (n, c, batch) in [(1, 1, 1), (3, 4, 3)] {
+            let text = format!(
+                "model M {{\n input x: [{n}, {n}, {c}]\n a = x |> conv({c}, 1)\n b = x |> conv({c}, 3, pad: same) |> tanh\n output y = {expr}\n}}"
+            );
+            let compiled = cnnc_compiler::compile_source("arith.cnn", None, text.as_bytes());
+            assert!(!compiled.has_errors(), "{expr}");
+            let graph = compiled.models.into_iter().next().unwrap().graph;
+            let (g, loss, grads) = training(graph, LossKind::L2, true);
+            compare(&g, Some(loss), &grads, batch, 11 + k as u64).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        }
+    }
+    // A vector model and a zero vector, where l2norm divides by eps.
+    both(&[3], "dense(5) |> l2norm", LossKind::L2, 2, 3).unwrap();
+    both(&[3], "dense(4, bias: false) |> l2norm(eps: 0.5)", LossKind::L2, 2, 4).unwrap();
+}
+
 #[test]
 fn add_concat_and_shared_values() {
     for (n, c) in [(1, 1), (3, 2), (4, 3)] {

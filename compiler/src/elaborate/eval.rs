@@ -113,17 +113,24 @@ impl Elab<'_> {
                     Poison
                 }
             }
-            (Tensor(_) | Word(_), _) | (_, Tensor(_) | Word(_)) if op == BinOp::Add => {
-                let a = self.expect_tensor(sc, &l.0, l.1, "`+`");
-                let b = self.expect_tensor(sc, &r.0, r.1, "`+`");
+            (Tensor(_) | Word(_), _) | (_, Tensor(_) | Word(_))
+                if matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul) =>
+            {
+                let (layer, symbol) = match op {
+                    BinOp::Add => ("add", "an operand of `+`"),
+                    BinOp::Sub => ("sub", "an operand of `-`"),
+                    _ => ("mul", "an operand of `*`"),
+                };
+                let a = self.expect_tensor(sc, &l.0, l.1, symbol);
+                let b = self.expect_tensor(sc, &r.0, r.1, symbol);
                 match (a, b) {
                     (Some(_), Some(_)) => {
                         let args = vec![
                             ArgValue { name: None, value: l.0.clone(), loc: l.1 },
                             ArgValue { name: None, value: r.0.clone(), loc: r.1 },
                         ];
-                        let naming = self.naming(sc, "add", None, false);
-                        self.layer(sc, "add", args, loc, naming)
+                        let naming = self.naming(sc, layer, None, false);
+                        self.layer(sc, layer, args, loc, naming)
                     }
                     _ => Poison,
                 }
@@ -131,7 +138,7 @@ impl Elab<'_> {
             _ => {
                 let found = format!("{} and {}", l.0.describe(&self.graph), r.0.describe(&self.graph));
                 let expected = if matches!(l.0, Tensor(_)) || matches!(r.0, Tensor(_)) {
-                    "numbers (of the operators, only `+` applies to tensors: an element-wise add)".to_string()
+                    "numbers (of the operators, `+`, `-` and `*` apply to tensors, element-wise)".to_string()
                 } else {
                     "numbers".to_string()
                 };

@@ -6,6 +6,7 @@ use crate::ops::{self, OpRule};
 
 pub use super::backward::{BackwardOp, Read};
 pub use crate::ops::activation::{Activation, DropoutOp};
+pub use crate::ops::arith::{Arith, L2NormOp};
 pub use crate::ops::conv::ConvOp;
 pub use crate::ops::dense::DenseOp;
 pub use crate::ops::loss::{DetectLoss, LossKind, LossOp};
@@ -42,6 +43,11 @@ pub enum Op {
     PRelu,
     /// Element-wise sum of two or more tensors of one shape.
     Add,
+    /// Element-wise arithmetic: the difference or product of two tensors of one shape, or the
+    /// absolute value or square of one.
+    Arith(Arith),
+    /// `x / max(‖x‖₂, eps)` over the last axis.
+    L2Norm(L2NormOp),
     /// Concatenation along the channel (last) axis; other axes must agree.
     Concat,
     /// The same values in another shape of as many elements: an alias, no data moves (the
@@ -78,6 +84,8 @@ impl Op {
             Op::Activation(o) => o,
             Op::PRelu => &ops::activation::PRelu,
             Op::Add => &ops::structure::Add,
+            Op::Arith(o) => o,
+            Op::L2Norm(o) => o,
             Op::Concat => &ops::structure::Concat,
             Op::Reshape(o) => o,
             Op::ChannelSlice(o) => o,

@@ -102,6 +102,10 @@ pub(super) fn program(p: &Program) -> String {
             }
             Kernel::Softmax { x, y } => format!("{} -> {}", view(x), view(y)),
             Kernel::SoftmaxGrad { y, dy, dx } => format!("y {} dy {} -> {}", view(y), view(dy), view(dx)),
+            Kernel::L2Norm { x, y, eps } => format!("{} -> {} [eps={eps}]", view(x), view(y)),
+            Kernel::L2NormGrad { x, dy, dx, eps } => {
+                format!("x {} dy {} -> {} [eps={eps}]", view(x), view(dy), view(dx))
+            }
             Kernel::BnStats { x, mean, var } => format!("{} -> {}, {}", view(x), view(mean), view(var)),
             Kernel::BnApply { x, mean, var, gamma, beta, y, eps } => format!(
                 "[eps={eps}] {} mean {} var {} γ {} β {} -> {}",

@@ -52,6 +52,8 @@ pub(super) fn run(k: &Kernel, m: &Mem, ctx: Ctx) {
         Kernel::Map { expr, inputs, channels, out } => map(m, expr, inputs, channels, out, ctx),
         Kernel::Softmax { x, y } => softmax(m, x, y),
         Kernel::SoftmaxGrad { y, dy, dx } => softmax_grad(m, y, dy, dx),
+        Kernel::L2Norm { x, y, eps } => l2norm(m, x, y, *eps),
+        Kernel::L2NormGrad { x, dy, dx, eps } => l2norm_grad(m, x, dy, dx, *eps),
         Kernel::BnStats { x, mean, var } => bn_stats(m, x, mean, var),
         Kernel::BnApply { x, mean, var, gamma, beta, y, eps } => bn_apply(m, x, mean, var, gamma, beta, y, *eps),
         Kernel::BnGrad { .. } => bn_grad(m, k),
@@ -432,6 +434,35 @@ fn softmax_grad(m: &Mem, y: &View, dy: &View, dx: &View) {
         dr.iter_mut().zip(gr.iter().zip(yr)).for_each(|(d, (&g, &y))| *d = g * y);
         let s: f32 = dr.iter().sum();
         dr.iter_mut().zip(yr).for_each(|(d, &y)| *d -= y * s);
+    }
+}
+
+/// A row's `‖x‖₂`, summed in f64.
+fn norm(x: &[f32]) -> f32 {
+    x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt() as f32
+}
+
+fn l2norm(m: &Mem, x: &View, y: &View, eps: f32) {
+    let (xs, ys) = (m.src(x), m.dst(y));
+    for r in 0..x.rows() {
+        let xr = row(xs, x, r);
+        let n = norm(xr).max(eps);
+        row_mut(ys, y, r).iter_mut().zip(xr).for_each(|(o, &v)| *o = v / n);
+    }
+}
+
+/// `dx = (dy − y·Σ(y·dy)) / ‖x‖` where `‖x‖ > eps`, else `dy / eps`.
+fn l2norm_grad(m: &Mem, x: &View, dy: &View, dx: &View, eps: f32) {
+    let (xs, dys, dxs) = (m.src(x), m.src(dy), m.dst(dx));
+    for r in 0..x.rows() {
+        let (xr, gr, dr) = (row(xs, x, r), row(dys, dy, r), row_mut(dxs, dx, r));
+        let n = norm(xr);
+        if n > eps {
+            let dot: f32 = xr.iter().zip(gr).map(|(&x, &g)| (x / n) * g).sum();
+            dr.iter_mut().zip(xr.iter().zip(gr)).for_each(|(d, (&x, &g))| *d = (g - (x / n) * dot) / n);
+        } else {
+            dr.iter_mut().zip(gr).for_each(|(d, &g)| *d = g / eps);
+        }
     }
 }
 
