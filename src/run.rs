@@ -156,6 +156,9 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     let (prep, values) = cnnc_runtime::preprocess::steps(&spec.preprocess);
     let mut data = cnnc_runtime::data::load(&data_call, &base, &input, spec.seed, &prep)
         .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+    if spec.unseen > 0 {
+        data = data.hold_out(spec.unseen).map_err(|e| fail(EXIT_INPUT, e))?;
+    }
     if let Some(limit) = args.limit.filter(|&l| l < data.train.len()) {
         let f = data.features();
         data.train.truncate(f, limit);
@@ -210,6 +213,13 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             if let Some((_, _, values)) = predicted {
                 print_landmark_error(values, &eval.test.t, data.target[0], &input);
             }
+            return Ok(());
+        }
+        let eval = pipeline.for_eval(&data);
+        if let Some(verified) =
+            session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?
+        {
+            print_verification(&verified, spec.unseen);
             return Ok(());
         }
         if let Some((_, grid)) = session.detector() {
@@ -309,11 +319,15 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     };
     match train::train(model, &spec, data, pipeline, &opts) {
         Ok(_) if !leader => Ok(()),
-        Ok((_, history)) => {
+        Ok((session, history)) => {
             println!("weights: {}", train::weights_path(&out).display());
             if let Some(last) = history.last() {
                 println!("test loss: {:.4}", last.test_loss);
-                print_accuracy(last.test_accuracy, data.test.len());
+                let eval = pipeline.for_eval(data);
+                match session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))? {
+                    Some(verified) => print_verification(&verified, spec.unseen),
+                    None => print_accuracy(last.test_accuracy, data.test.len()),
+                }
             }
             Ok(())
         }
@@ -354,6 +368,35 @@ pub(crate) fn weights_of(template: &Params, args: &Args, out: &Path) -> Result<V
             Ok(p)
         })
         .collect()
+}
+
+/// How an embedding tells the test split's identities apart: pairs, then one-shot.
+fn print_verification((verification, (one_shot, asked)): &cnnc_runtime::metric::Verified, unseen: usize) {
+    let whose = if unseen > 0 {
+        format!("of the {unseen} identities never seen in training")
+    } else {
+        "of the test split".into()
+    };
+    let Some(v) = verification else {
+        println!("verification: the test split has no pair of the same identity and of two ({whose})");
+        return;
+    };
+    println!("verification on every pair {whose}: {} same, {} different", v.same, v.different);
+    println!("  ROC AUC: {:.4}", v.auc);
+    println!(
+        "  accuracy: {:.2}% at distance threshold {:.4} (same and different pairs weigh alike)",
+        v.accuracy * 100.0,
+        v.threshold
+    );
+    for (far, tar) in &v.tar {
+        println!("  TAR at FAR {far}: {:.2}%", tar * 100.0);
+    }
+    if one_shot.is_finite() {
+        println!(
+            "one-shot identification: {:.2}% of {asked} examples named by the nearest of one enrolled example per identity",
+            one_shot * 100.0
+        );
+    }
 }
 
 fn print_accuracy(acc: f64, n: usize) {

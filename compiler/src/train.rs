@@ -24,6 +24,7 @@ pub const SETTINGS: &[&str] = &[
     "workers",
     "steps",
     "every",
+    "unseen",
 ];
 
 /// The losses of style transfer, which optimizes the input image rather than the weights.
@@ -187,6 +188,9 @@ pub struct TrainSpec {
     pub steps: usize,
     /// Save the image every this many steps (style transfer; 0: only at the end).
     pub every: usize,
+    /// The last this many classes are identities never seen in training: the test split is all
+    /// of their examples, the training split all the others' (metric learning; 0: none).
+    pub unseen: usize,
     /// Where the section is.
     pub loc: Loc,
 }
@@ -340,6 +344,16 @@ const LOSSES: &[FnSpec] = &[
         ],
     },
     FnSpec {
+        name: "triplet_mining",
+        params: &[
+            ("embedding", Output, Some(R)),
+            ("target", Label, Some(R)),
+            ("margin", Num, Some(Dflt::Num(0.2))),
+            ("mining", Str, None),
+            ("per_identity", Int, Some(Dflt::Int(4))),
+        ],
+    },
+    FnSpec {
         name: "yolo",
         params: &[
             ("output", Output, Some(R)),
@@ -476,6 +490,7 @@ impl Checker<'_> {
             cache: false,
             steps: 200,
             every: 0,
+            unseen: 0,
             loc: self.loc(t.span),
         };
         let mut seen: BTreeMap<String, Loc> = BTreeMap::new();
@@ -509,6 +524,7 @@ impl Checker<'_> {
                     "workers" => spec.workers = self.positive(value, "a worker count").unwrap_or(spec.workers),
                     "steps" => spec.steps = self.positive(value, "a step count").unwrap_or(spec.steps),
                     "every" => spec.every = self.positive(value, "a step count").unwrap_or(spec.every),
+                    "unseen" => spec.unseen = self.positive(value, "a number of classes").unwrap_or(spec.unseen),
                     "cache" => match value.kind {
                         ExprKind::Bool(b) => {
                             spec.cache = b;
@@ -547,6 +563,7 @@ impl Checker<'_> {
             self.check_data(data, &spec.preprocess, &spec.augment);
         }
         self.check_targets(&spec.loss, spec.data.as_ref());
+        self.check_identities(&spec);
         self.check_image_optimization(&spec, &seen);
         if let Some(loc) = cache_at {
             let problem = if spec.augment.is_empty() {
@@ -559,6 +576,25 @@ impl Checker<'_> {
             }
         }
         spec
+    }
+
+    /// Triplet mining's batches are `identities × per_identity` examples: `per_identity` must be
+    /// at least 2 and divide the batch into at least two identities.
+    fn check_identities(&mut self, spec: &TrainSpec) {
+        for term in spec.loss.iter().filter(|t| t.call.name == "triplet_mining") {
+            let per = term.call.num("per_identity", 4.0);
+            let batch = spec.batch;
+            if per < 2.0 || !batch.is_multiple_of(per as usize) || batch / (per as usize) < 2 {
+                let problem = format!(
+                    "batches are built of identities × `per_identity` examples: `per_identity` ({per}) must be at \
+                     least 2 and divide the batch ({batch}) into at least two identities"
+                );
+                let inputs = Vec::new();
+                self.problems.push(
+                    ShapeError::Loss { loc: term.call.loc, loss: term.call.name.clone(), problem, inputs }.into(),
+                );
+            }
+        }
     }
 
     /// Style transfer optimizes the input image: its losses (`content`, `style`,
@@ -904,6 +940,22 @@ impl Checker<'_> {
                     })
                 }
             }
+            "triplet_mining" => {
+                let mining = call.args.get("mining").and_then(|a| match a {
+                    Arg::Str(s) => Some(s.clone()),
+                    _ => None,
+                });
+                if let Some((n, s, _)) = outputs.iter().find(|(_, s, _)| s.rank() != 1) {
+                    Some(format!("the embedding must be a vector, `{n}` has shape {s}"))
+                } else if mining.as_deref().is_some_and(|m| m != "hard" && m != "semi_hard") {
+                    Some(format!(
+                        "`mining` is \"hard\" (each anchor's farthest positive and nearest negative, batch-hard) or                          \"semi_hard\" (FaceNet's: the nearest negative farther than the positive), not {:?}",
+                        mining.unwrap_or_default()
+                    ))
+                } else {
+                    None
+                }
+            }
             "yolo" => self.check_yolo(call, &outputs),
             "localization" => {
                 let classes = call.num("classes", 0.0) as i64;
@@ -935,7 +987,7 @@ impl Checker<'_> {
         let boxes = data.is_some_and(|d| d.name == "detection");
         let points = data.is_some_and(|d| d.name == "landmarks");
         for term in terms {
-            let output = ["logits", "output"].iter().find_map(|k| match term.call.args.get(*k) {
+            let output = ["logits", "output", "embedding"].iter().find_map(|k| match term.call.args.get(*k) {
                 Some(Arg::Name(n)) => Some(n.clone()),
                 _ => None,
             });
@@ -943,7 +995,7 @@ impl Checker<'_> {
             let Some((shape, at)) = self.output_shape(&output) else { continue };
             let detects = matches!(term.call.name.as_str(), "yolo" | "localization");
             let reads = match term.call.name.as_str() {
-                "softmax_cross_entropy" => Shape(vec![]),
+                "softmax_cross_entropy" | "triplet_mining" => Shape(vec![]),
                 "sigmoid_cross_entropy" | "l2" => shape.clone(),
                 _ if detects => Shape(vec![]),
                 _ => continue,

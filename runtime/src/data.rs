@@ -204,6 +204,35 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Identities never seen in training (`unseen n` in a train section): every example of the
+    /// last `n` classes, from either split, becomes the test split, and every other example the
+    /// training split. Class indices stay as they were.
+    pub fn hold_out(self, n: usize) -> Result<Dataset, String> {
+        if !self.target.is_empty() {
+            return Err("`unseen` holds out classes as identities, and this data gives boxes or points".into());
+        }
+        if n >= self.classes {
+            return Err(format!(
+                "`unseen {n}` holds out the last {n} classes, and the data has {}: at least one must be left to train on",
+                self.classes
+            ));
+        }
+        let f = self.features();
+        let first = (self.classes - n) as u32;
+        let (mut train, mut test) = (Split::default(), Split::default());
+        for split in [&self.train, &self.test] {
+            for (i, &y) in split.y.iter().enumerate() {
+                let to = if y < first { &mut train } else { &mut test };
+                to.x.extend_from_slice(&split.x[i * f..(i + 1) * f]);
+                to.y.push(y);
+            }
+        }
+        if test.y.is_empty() {
+            return Err(format!("`unseen {n}`: the data has no example of its last {n} classes"));
+        }
+        Ok(Dataset { train, test, ..self })
+    }
+
     /// Values per example.
     pub fn features(&self) -> usize {
         self.shape.iter().product()

@@ -14,6 +14,7 @@ pub mod frozen;
 pub mod import;
 pub mod interp;
 pub mod loader;
+pub mod metric;
 pub mod mtcnn;
 pub mod onnx;
 pub mod optim;

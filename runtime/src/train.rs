@@ -216,8 +216,10 @@ pub struct Session {
     backend: Backend,
     train_programs: Mutex<Programs>,
     infer_programs: Mutex<Programs>,
-    /// Time spent summing gradients over a group of processes, and in how many steps.
+    /// Time spent summing gradients over the group of processes, and in how many steps.
     exchange: (std::time::Duration, u64),
+    /// Examples of each identity in a batch, when a loss mines triplets in it.
+    per_identity: Option<usize>,
 }
 
 /// One batchnorm's batch statistics (values of the step) and running ones (parameters).
@@ -315,6 +317,11 @@ impl Session {
             train_programs,
             infer_programs,
             exchange: Default::default(),
+            per_identity: spec
+                .loss
+                .iter()
+                .find(|t| t.call.name == "triplet_mining")
+                .map(|t| t.call.num("per_identity", 4.0).max(1.0) as usize),
         })
     }
 
@@ -587,6 +594,34 @@ impl Session {
     /// Time spent summing gradients over the group of processes so far, and in how many steps.
     pub fn exchange(&self) -> (std::time::Duration, u64) {
         self.exchange
+    }
+
+    /// Examples of each identity in a batch, when a loss mines triplets in the batch: batches are
+    /// then built of identities ([`crate::metric::identity_order`]).
+    pub fn per_identity(&self) -> Option<usize> {
+        self.per_identity
+    }
+
+    /// How the embeddings of the first triplet loss's output tell the identities of `split`
+    /// apart: every pair's distance ([`crate::metric::verification`]), and one-shot
+    /// identification. `None` when no loss mines triplets.
+    pub fn verify(
+        &self,
+        data: &Dataset,
+        split: &Split,
+        batch: usize,
+    ) -> Result<Option<crate::metric::Verified>, RunError> {
+        let Some(id) = self.outputs_of_losses().iter().find(|o| matches!(o.1, LossKind::Triplet(_))).map(|o| o.0)
+        else {
+            return Ok(None);
+        };
+        let Some((name, _)) = self.infer.outputs().iter().find(|(_, o)| *o == id) else { return Ok(None) };
+        let outputs = self.outputs(data, split, batch)?;
+        let Some((_, shape, emb)) = outputs.iter().find(|(n, _, _)| n == name) else { return Ok(None) };
+        let d = shape[1..].iter().product::<usize>().max(1);
+        let labels: Vec<usize> = split.y.iter().map(|&y| y as usize).collect();
+        let pairs = crate::metric::pairs(emb, d, &labels);
+        Ok(Some((crate::metric::verification(&pairs), crate::metric::one_shot(emb, d, &labels))))
     }
 
     /// Whether the model has a training-mode batchnorm, whose statistics are over the batch.
@@ -1195,7 +1230,15 @@ fn train_epochs(
     let start = session.share_start(start);
     let metrics_path = opts.out.join("metrics.csv");
     let mut saved_once = false;
-    let steps_per_epoch = data.train.len().div_ceil(spec.batch) as u64;
+    // Triplet mining reads identities × per_identity batches: about one epoch of examples,
+    // dealt whole batches at a time.
+    let identities: Vec<usize> = data.train.y.iter().map(|&y| y as usize).collect();
+    let per_identity = session.per_identity();
+    let order_of = |epoch: usize| match per_identity {
+        Some(per) => crate::metric::identity_order(&identities, spec.batch, per, spec.seed, epoch),
+        None => epoch_order(data.train.len(), spec.seed, epoch),
+    };
+    let steps_per_epoch = order_of(0).len().div_ceil(spec.batch) as u64;
     let total_steps = steps_per_epoch * spec.epochs as u64;
     let show_bar = !quiet && std::io::stderr().is_terminal();
     let loader = Loader { data, pipeline, workers: spec.workers };
@@ -1205,7 +1248,7 @@ fn train_epochs(
         let lr = session.opt.lr_at(epoch, session.opt.t, total_steps);
         let bar = progress_bar(show_bar, steps_per_epoch, epoch, spec.epochs);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        let order = epoch_order(data.train.len(), spec.seed, epoch);
+        let order = order_of(epoch);
         // Each process loads its shard of every global batch.
         let global: Vec<&[usize]> = order.chunks(spec.batch.max(1)).collect();
         let parts: Vec<Part> = global
@@ -1253,6 +1296,7 @@ fn train_epochs(
             continue;
         }
         let (test_loss, test_accuracy) = session.evaluate(&eval_data, &eval_data.test, spec.batch)?;
+        let verified = session.verify(&eval_data, &eval_data.test, spec.batch)?;
         let test_map = match session.detector() {
             Some((_, grid)) => {
                 let (found, truths) = session.detections(&eval_data, &eval_data.test, spec.batch, 0.01, 0.5)?;
@@ -1269,12 +1313,32 @@ fn train_epochs(
             train_loss: loss_sum / seen.max(1) as f64,
             train_accuracy: if session.classifies { correct as f64 / seen.max(1) as f64 } else { f64::NAN },
             test_loss,
-            test_accuracy,
+            // For an embedding: verification accuracy at the best threshold.
+            test_accuracy: match &verified {
+                Some((Some(v), _)) => v.accuracy,
+                _ => test_accuracy,
+            },
             images_per_second: seen as f64 / train_seconds.max(1e-9),
             seconds: started.elapsed().as_secs_f64(),
             waiting: waited.as_secs_f64() / train_seconds.max(1e-9),
         };
-        if let (false, Some(map)) = (quiet, test_map) {
+        if let (false, Some((v, (one_shot, _)))) = (quiet, &verified) {
+            let (auc, accuracy) = v.as_ref().map_or((f64::NAN, f64::NAN), |v| (v.auc, v.accuracy));
+            println!(
+                "epoch {:>3}/{}  lr {:.4}  loss {:.4}  test loss {:.4}  test AUC {:.4}  verification {:>7}  one-shot {:>7}  \
+                 {:>6.0} img/s  {:.1} s",
+                m.epoch,
+                spec.epochs,
+                m.lr,
+                m.train_loss,
+                m.test_loss,
+                auc,
+                percent(accuracy),
+                percent(*one_shot),
+                m.images_per_second,
+                m.seconds
+            );
+        } else if let (false, Some(map)) = (quiet, test_map) {
             println!(
                 "epoch {:>3}/{}  lr {:.4}  loss {:.4}  test loss {:.4}  test mAP@0.5 {:>7}  {:>6.0} img/s  {:.1} s",
                 m.epoch,

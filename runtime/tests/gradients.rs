@@ -2,7 +2,7 @@
 //! every trainable parameter, (L(θ + εv) − L(θ − εv)) / 2ε must match ⟨∇L, v⟩, where ∇L comes
 //! from the autodiff pass and the reference executor's vector-Jacobian products.
 
-use cnnc_compiler::ir::op::{DetectLoss, InputOp, LossKind, LossOp, Op};
+use cnnc_compiler::ir::op::{DetectLoss, InputOp, LossKind, LossOp, Op, TripletLoss};
 use cnnc_compiler::ir::{Graph, Node, NodeId, ValueId};
 use cnnc_compiler::passes::{autodiff, inference_mode, training_mode};
 use cnnc_compiler::shape::Shape;
@@ -45,7 +45,8 @@ fn with_loss_in(mut graph: Graph, kind: LossKind) -> Case {
     let y = graph.outputs()[0].1;
     let x = graph.inputs()[0];
     let y_shape = graph.node(y).shape.clone();
-    let t_shape = if kind == LossKind::SoftmaxCrossEntropy { Shape(vec![]) } else { y_shape };
+    let class = matches!(kind, LossKind::SoftmaxCrossEntropy | LossKind::Triplet(_));
+    let t_shape = if class { Shape(vec![]) } else { y_shape };
     let loc = graph.node(y).loc;
     let target = graph.add(Node::new(Op::Input(InputOp { name: "t".into() }), "t", loc, t_shape), &[]);
     let loss = graph.add(Node::new(Op::Loss(LossOp { kind, weight: 0.7 }), "loss", loc, Shape(vec![])), &[y, target]);
@@ -98,6 +99,11 @@ fn check_once(case: &Case, batch: usize, kind: LossKind, seed: u64, attempt: u64
         }
         LossKind::SigmoidCrossEntropy => random(&y_shape, &mut rng).mapv(|v| (v + 1.0) / 2.0),
         LossKind::L2 => random(&y_shape, &mut rng),
+        // Identities: three, so that every anchor has a positive and negatives (and, in larger
+        // batches, a choice of them).
+        LossKind::Triplet(_) => {
+            ArrayD::from_shape_vec(IxDyn(&[batch]), (0..batch).map(|b| (b % 3) as f32).collect()).unwrap()
+        }
         // Objectness flags 0 or 1 (by the sign), the rest in [0, 1].
         LossKind::Detect(_) => random(&y_shape, &mut rng).mapv(|v| (v + 1.0) / 2.0),
     };
@@ -240,6 +246,18 @@ proptest! {
     #[test]
     fn l2norm_of_vectors(units in 1usize..=6, seed in any::<u64>()) {
         run(&[3], &format!("dense({units}) |> l2norm"), LossKind::L2, 3, seed)?;
+    }
+
+    /// Batch-hard mining: its loss is continuous (its slope has kinks where two distances tie,
+    /// which the check steps around). Semi-hard mining's loss jumps where a negative's distance
+    /// crosses the positive's, so a random step over every parameter cannot check it here;
+    /// `metric::gradient` checks it where the triplets chosen stay the same.
+    #[test]
+    fn triplet_loss_with_mining(margin in 0.0f32..1.0, units in 2usize..=5, seed in any::<u64>()) {
+        let kind = LossKind::Triplet(TripletLoss { margin, semi_hard: false });
+        run(&[4], &format!("dense({units})"), kind, 7, seed)?;
+        // On the unit sphere, as an encoder ends.
+        run(&[4], &format!("dense({units}) |> l2norm"), kind, 6, seed)?;
     }
 
     #[test]

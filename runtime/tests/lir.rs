@@ -4,7 +4,7 @@
 //! for the stdlib and example models, within ‖a − b‖∞ ≤ 1e-4 · max(‖b‖∞, 1) per tensor.
 
 use cnnc_codegen::{Jit, Options};
-use cnnc_compiler::ir::op::{DetectLoss, InputOp, LossKind, LossOp, Op};
+use cnnc_compiler::ir::op::{DetectLoss, InputOp, LossKind, LossOp, Op, TripletLoss};
 use cnnc_compiler::ir::{Graph, Node, NodeId, ValueId};
 use cnnc_compiler::lir::{self, Purpose};
 use cnnc_compiler::passes::{autodiff, inference_mode, training_mode};
@@ -74,6 +74,11 @@ fn compare(
         let target = match graph.node(loss).op {
             Op::Loss(l) if l.kind == LossKind::SoftmaxCrossEntropy => {
                 labels_i32 = (0..batch).map(|_| rng.random_range(0..y_shape[1]) as i32).collect();
+                ArrayD::from_shape_vec(IxDyn(&[batch]), labels_i32.iter().map(|&v| v as f32).collect()).unwrap()
+            }
+            // Identities, three of them.
+            Op::Loss(l) if matches!(l.kind, LossKind::Triplet(_)) => {
+                labels_i32 = (0..batch).map(|_| rng.random_range(0..3)).collect();
                 ArrayD::from_shape_vec(IxDyn(&[batch]), labels_i32.iter().map(|&v| v as f32).collect()).unwrap()
             }
             // Objectness flags 0 or 1, the rest in [0, 1].
@@ -153,7 +158,8 @@ fn training(mut graph: Graph, kind: LossKind, train: bool) -> (Graph, (NodeId, N
     }
     let y = graph.outputs()[0].1;
     let y_shape = graph.node(y).shape.clone();
-    let t_shape = if kind == LossKind::SoftmaxCrossEntropy { Shape(vec![]) } else { y_shape };
+    let class = matches!(kind, LossKind::SoftmaxCrossEntropy | LossKind::Triplet(_));
+    let t_shape = if class { Shape(vec![]) } else { y_shape };
     let loc = graph.node(y).loc;
     let t = graph.add(Node::new(Op::Input(InputOp { name: "label".into() }), "label", loc, t_shape), &[]);
     let loss = graph.add(Node::new(Op::Loss(LossOp { kind, weight: 0.7 }), "loss", loc, Shape(vec![])), &[y, t]);
@@ -242,6 +248,12 @@ proptest! {
     fn losses(which in 0usize..3, classes in 2usize..=6, batch in 1usize..=4, seed in any::<u64>()) {
         let kind = [LossKind::SoftmaxCrossEntropy, LossKind::SigmoidCrossEntropy, LossKind::L2][which];
         both(&[4], &format!("dense({classes})"), kind, batch, seed)?;
+    }
+
+    #[test]
+    fn triplet_loss_with_mining(semi_hard in any::<bool>(), margin in 0.0f32..1.0, batch in 1usize..=9, seed in any::<u64>()) {
+        let kind = LossKind::Triplet(TripletLoss { margin, semi_hard });
+        both(&[5], "dense(4) |> l2norm", kind, batch, seed)?;
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub use crate::ops::activation::{Activation, DropoutOp};
 pub use crate::ops::arith::{Arith, L2NormOp};
 pub use crate::ops::conv::ConvOp;
 pub use crate::ops::dense::DenseOp;
-pub use crate::ops::loss::{DetectLoss, LossKind, LossOp};
+pub use crate::ops::loss::{DetectLoss, LossKind, LossOp, TripletLoss};
 pub use crate::ops::norm::BatchNormOp;
 pub use crate::ops::pool::{PoolKind, PoolOp};
 pub use crate::ops::structure::{Init, InputOp, ParamOp, ParamRole, ReshapeOp, SliceOp};

@@ -123,7 +123,8 @@ pub fn lower(
 }
 
 fn is_class_loss(op: &Op) -> bool {
-    matches!(op, Op::Loss(l) if l.kind == crate::ir::op::LossKind::SoftmaxCrossEntropy)
+    use crate::ir::op::LossKind;
+    matches!(op, Op::Loss(l) if matches!(l.kind, LossKind::SoftmaxCrossEntropy | LossKind::Triplet(_)))
 }
 
 /// What an op's lowering sees: its operands' views, and the means to place its results and

@@ -30,6 +30,22 @@ pub enum LossKind {
     /// with one anchor): see [`DetectLoss`]. The target has the prediction's shape, encoded from
     /// the boxes by the runtime.
     Detect(DetectLoss),
+    /// The triplet loss with online mining over the batch: see [`TripletLoss`]. The target is an
+    /// identity (a class index) per example.
+    Triplet(TripletLoss),
+}
+
+/// FaceNet's triplet loss `max(‖f(A) − f(P)‖² − ‖f(A) − f(N)‖² + margin, 0)` with its triplets
+/// mined in the batch, every example an anchor. `hard` (batch-hard): the anchor's farthest
+/// positive with its nearest negative. `semi_hard` (FaceNet's): every positive of the anchor,
+/// each with the nearest negative farther than it (else the farthest negative), their losses
+/// averaged. An anchor alone of its identity in the batch adds nothing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TripletLoss {
+    /// α.
+    pub margin: f32,
+    /// Semi-hard negatives rather than the hardest.
+    pub semi_hard: bool,
 }
 
 /// The detection loss over a grid of cells, each with `anchors` slots of `5 + classes` values
@@ -66,6 +82,7 @@ impl fmt::Display for LossKind {
             LossKind::SigmoidCrossEntropy => "sigmoid_cross_entropy",
             LossKind::L2 => "l2",
             LossKind::Detect(_) => "detect",
+            LossKind::Triplet(_) => "triplet",
         })
     }
 }
@@ -80,6 +97,10 @@ impl OpRule for LossOp {
             LossKind::Detect(d) => {
                 format!("[weight={}, anchors={}, coord={}, noobj={}]", self.weight, d.anchors, d.coord, d.noobj)
             }
+            LossKind::Triplet(t) => {
+                let mining = if t.semi_hard { "semi_hard" } else { "hard" };
+                format!("[weight={}, margin={}, mining={mining}]", self.weight, t.margin)
+            }
             _ => format!("[weight={}]", self.weight),
         }
     }
@@ -88,7 +109,7 @@ impl OpRule for LossOp {
         let pred = need(inputs, 2)?;
         let target = inputs.get(1).ok_or(ShapeFault::Arity { expected: 2, got: 1 })?;
         let fits = match self.kind {
-            LossKind::SoftmaxCrossEntropy => pred.rank() == 1 && target.rank() == 0,
+            LossKind::SoftmaxCrossEntropy | LossKind::Triplet(_) => pred.rank() == 1 && target.rank() == 0,
             LossKind::SigmoidCrossEntropy | LossKind::L2 => pred == *target,
             LossKind::Detect(d) => {
                 let per = pred.channels() / (d.anchors as usize).max(1);

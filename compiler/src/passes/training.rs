@@ -5,7 +5,7 @@ use super::autodiff::{self, Gradients};
 use super::training_mode::{self, BatchStats};
 use super::{dce, PassError, Pipeline};
 use crate::elaborate::ModelInfo;
-use crate::ir::op::{DetectLoss, InputOp, LossKind, LossOp, Op};
+use crate::ir::op::{DetectLoss, InputOp, LossKind, LossOp, Op, TripletLoss};
 use crate::ir::{Graph, Node, NodeId, ValueId};
 use crate::shape::Shape;
 use crate::source::Loc;
@@ -190,7 +190,7 @@ fn add_losses(graph: &mut Graph, model: &ModelInfo, spec: &TrainSpec) -> Result<
     let mut losses = Vec::new();
     for term in &spec.loss {
         let call = &term.call;
-        let output = ["logits", "output"].iter().find_map(|k| match call.args.get(*k) {
+        let output = ["logits", "output", "embedding"].iter().find_map(|k| match call.args.get(*k) {
             Some(Arg::Name(n)) => Some(n.clone()),
             _ => None,
         });
@@ -213,10 +213,16 @@ fn add_losses(graph: &mut Graph, model: &ModelInfo, spec: &TrainSpec) -> Result<
                 (LossKind::Detect(detect), node)
             }
             name => {
-                let Some(kind) = LossKind::from_name(name) else {
-                    return Err(PlanError::UnsupportedLoss { name: name.to_string(), loc: call.loc });
+                let kind = match name {
+                    "triplet_mining" => LossKind::Triplet(TripletLoss {
+                        margin: call.num("margin", 0.2) as f32,
+                        semi_hard: matches!(call.args.get("mining"), Some(Arg::Str(m)) if m == "semi_hard"),
+                    }),
+                    name => LossKind::from_name(name)
+                        .ok_or_else(|| PlanError::UnsupportedLoss { name: name.to_string(), loc: call.loc })?,
                 };
-                let shape = if kind == LossKind::SoftmaxCrossEntropy { Shape(vec![]) } else { pred_shape };
+                let class = matches!(kind, LossKind::SoftmaxCrossEntropy | LossKind::Triplet(_));
+                let shape = if class { Shape(vec![]) } else { pred_shape };
                 let existing = targets
                     .iter()
                     .find(|t| t.from == TargetSource::Labels && graph.node(t.node).shape == shape)

@@ -588,9 +588,22 @@ fn example<'s>(s: &'s [f32], v: &View, b: usize) -> &'s [f32] {
     &s[b * per..(b + 1) * per]
 }
 
+/// A batch's embeddings, row after row, and its identities.
+fn identities(m: &Mem, pred: &View, target: &View) -> (Vec<f32>, Vec<usize>) {
+    let ps = m.src(pred);
+    let emb = (0..pred.shape[0]).flat_map(|b| example(ps, pred, b).iter().copied()).collect();
+    (emb, (0..pred.shape[0]).map(|b| label(m, target, b)).collect())
+}
+
 fn loss(m: &Mem, kind: LossKind, pred: &View, target: &View, out: &View) {
     let ps = m.src(pred);
     let os = m.dst(out);
+    if let LossKind::Triplet(t) = kind {
+        let (emb, labels) = identities(m, pred, target);
+        let d = emb.len() / labels.len().max(1);
+        os[..labels.len()].copy_from_slice(&crate::metric::triplet_losses(&t, &emb, d, &labels));
+        return;
+    }
     for b in 0..pred.shape[0] {
         let p = example(ps, pred, b);
         os[b] = match kind {
@@ -613,6 +626,8 @@ fn loss(m: &Mem, kind: LossKind, pred: &View, target: &View, out: &View) {
                 let per = crate::detect::slot_len(&d, *pred.shape.last().unwrap_or(&1));
                 crate::detect::loss(&d, per, p, example(m.src(target), target, b))
             }
+            // Over the whole batch, above.
+            LossKind::Triplet(_) => 0.0,
         };
     }
 }
@@ -621,6 +636,11 @@ fn loss_grad(m: &Mem, kind: LossKind, scale: f32, pred: &View, target: &View, dp
     let ps = m.src(pred);
     let ds = m.dst(dpred);
     let per = dpred.len() / dpred.shape[0].max(1);
+    if let LossKind::Triplet(t) = kind {
+        let (emb, labels) = identities(m, pred, target);
+        crate::metric::triplet_grad(&t, &emb, per, &labels, scale, &mut ds[..labels.len() * per]);
+        return;
+    }
     for b in 0..pred.shape[0] {
         let (p, d) = (example(ps, pred, b), &mut ds[b * per..(b + 1) * per]);
         match kind {
@@ -645,6 +665,8 @@ fn loss_grad(m: &Mem, kind: LossKind, scale: f32, pred: &View, target: &View, dp
                 let per = crate::detect::slot_len(&k, *pred.shape.last().unwrap_or(&1));
                 crate::detect::loss_grad(&k, per, p, example(m.src(target), target, b), scale, d);
             }
+            // Over the whole batch, above.
+            LossKind::Triplet(_) => {}
         }
     }
 }

@@ -9,6 +9,10 @@ use ndarray::{Array1, ArrayD, Axis, Zip};
 /// Per-example losses `[n]`. For softmax cross-entropy the target holds class indices.
 pub(super) fn forward(kind: LossKind, pred: &View, target: &View) -> Tensor {
     let n = pred.shape()[0];
+    if let LossKind::Triplet(t) = kind {
+        let (emb, labels) = batch_of(pred, target);
+        return Array1::from(crate::metric::triplet_losses(&t, &emb, pred.len() / n.max(1), &labels)).into_dyn();
+    }
     let mut out = Array1::<f32>::zeros(n);
     for b in 0..n {
         let p = pred.index_axis(Axis(0), b);
@@ -29,9 +33,16 @@ pub(super) fn forward(kind: LossKind, pred: &View, target: &View) -> Tensor {
                 let (p, t) = (p.iter().copied().collect::<Vec<_>>(), t.iter().copied().collect::<Vec<_>>());
                 crate::detect::loss(&d, per, &p, &t)
             }
+            // Over the whole batch, above.
+            LossKind::Triplet(_) => 0.0,
         };
     }
     out.into_dyn()
+}
+
+/// A batch's embeddings, row after row, and its identities.
+fn batch_of(pred: &View, target: &View) -> (Vec<f32>, Vec<usize>) {
+    (pred.iter().copied().collect(), target.iter().map(|&v| v.max(0.0) as usize).collect())
 }
 
 pub(super) fn vjp(kind: LossKind, weight: f32, wrt: usize, pred: &View, target: &View) -> Tensor {
@@ -55,6 +66,12 @@ pub(super) fn vjp(kind: LossKind, weight: f32, wrt: usize, pred: &View, target: 
         }
         LossKind::SigmoidCrossEntropy => Zip::from(pred).and(target).map_collect(|&z, &y| (sigmoid(z) - y) * scale),
         LossKind::L2 => (pred - target) * scale,
+        LossKind::Triplet(t) => {
+            let (emb, labels) = batch_of(pred, target);
+            let mut g = vec![0.0; emb.len()];
+            crate::metric::triplet_grad(&t, &emb, emb.len() / labels.len().max(1), &labels, scale, &mut g);
+            ArrayD::from_shape_vec(pred.raw_dim(), g).expect("the gradient has the embeddings' shape")
+        }
         LossKind::Detect(d) => {
             let per = crate::detect::slot_len(&d, *pred.shape().last().unwrap_or(&1));
             let mut g = ArrayD::zeros(pred.raw_dim());
