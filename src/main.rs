@@ -8,6 +8,7 @@ mod bench;
 mod build;
 mod data;
 mod distributed;
+mod facedb;
 mod faces;
 mod import;
 mod run;
@@ -205,7 +206,7 @@ struct RunArgs {
     init: Option<PathBuf>,
     /// With --predict: write every output of every file at full precision to this safetensors
     /// file (each output stacked over the files, in order). In style transfer: write the final
-    /// image to this PNG too.
+    /// image to this PNG too. With --enroll: the database file.
     #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
     /// Style transfer: the content image (instead of the train section's).
@@ -272,6 +273,21 @@ struct RunArgs {
     /// than this IoU.
     #[arg(long, default_value_t = 0.5, value_parser = fraction)]
     iou: f32,
+    /// A one-shot database of people: embed every image of DIR/PERSON/ (one folder a person, one
+    /// image or more) with the trained encoder and write them, with the distance threshold
+    /// chosen on the train section's held-out pairs, to OUT/faces.safetensors (or -o FILE).
+    #[arg(long, value_name = "DIR")]
+    enroll: Option<PathBuf>,
+    /// Name the person in each image from the database (or "not in the database" beyond its
+    /// threshold).
+    #[arg(long, num_args = 1.., value_name = "IMAGE")]
+    identify: Vec<PathBuf>,
+    /// Whether two images show the same person: their distance against the database's threshold.
+    #[arg(long, num_args = 2, value_names = ["IMAGE", "IMAGE"])]
+    verify: Vec<PathBuf>,
+    /// The database --identify and --verify read (default: OUT/faces.safetensors).
+    #[arg(long, value_name = "FILE")]
+    database: Option<PathBuf>,
 }
 
 fn fraction(s: &str) -> Result<f32, String> {
@@ -440,6 +456,10 @@ fn main() -> ExitCode {
                 faces: a.faces,
                 threshold: a.threshold,
                 iou: a.iou,
+                enroll: a.enroll,
+                identify: a.identify,
+                verify: a.verify,
+                database: a.database,
             };
             distributed::finish(group, run::run(&c, &args))
         }

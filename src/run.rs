@@ -50,6 +50,14 @@ pub struct Args {
     pub threshold: f32,
     /// Detection: the IoU above which non-max suppression drops the lesser of two boxes.
     pub iou: f32,
+    /// A one-shot database: the folder of people to enroll.
+    pub enroll: Option<PathBuf>,
+    /// Images to name from the database.
+    pub identify: Vec<PathBuf>,
+    /// Two images to compare.
+    pub verify: Vec<PathBuf>,
+    /// The database file.
+    pub database: Option<PathBuf>,
 }
 
 /// A failure with its exit code.
@@ -77,6 +85,9 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             (args.eval, "--eval"),
             (!args.predict.is_empty(), "--predict"),
             (args.preview.is_some(), "--preview-augment"),
+            (args.enroll.is_some(), "--enroll"),
+            (!args.identify.is_empty(), "--identify"),
+            (!args.verify.is_empty(), "--verify"),
         ];
         if let Some((_, flag)) = other.iter().find(|(on, _)| *on) {
             return Err(fail(
@@ -121,10 +132,11 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             ),
         ));
     }
-    if args.output.is_some() && args.predict.is_empty() && !args.eval {
+    if args.output.is_some() && args.predict.is_empty() && !args.eval && args.enroll.is_none() {
         return Err(fail(
             EXIT_INPUT,
-            "--output writes the outputs of --predict or --eval: give the files to predict on, or --eval",
+            "--output writes the outputs of --predict or --eval, or --enroll's database: give the files to predict on, \
+             or --eval",
         ));
     }
     if args.init.is_some() && (args.eval || !args.predict.is_empty()) {
@@ -136,6 +148,9 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     let spec = c.trains.iter().find(|t| t.model == model.name).cloned();
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&model.name));
     let base = args.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    if args.enroll.is_some() || !args.identify.is_empty() || !args.verify.is_empty() {
+        return crate::facedb::run(model, spec.as_ref(), args, &out, &base);
+    }
     if !args.predict.is_empty() {
         return predict(model, spec.as_ref(), args, &out);
     }
@@ -151,21 +166,8 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
     if let Some(e) = args.epochs {
         spec.epochs = e;
     }
-    let data_call = spec.data.clone().ok_or_else(|| fail(EXIT_INPUT, "the train section has no data source"))?;
     let input = model.graph.inputs().first().map(|&id| model.graph.node(id).shape.0.clone()).unwrap_or_default();
-    let (prep, values) = cnnc_runtime::preprocess::steps(&spec.preprocess);
-    let mut data = cnnc_runtime::data::load(&data_call, &base, &input, spec.seed, &prep)
-        .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
-    if spec.unseen > 0 {
-        data = data.hold_out(spec.unseen).map_err(|e| fail(EXIT_INPUT, e))?;
-    }
-    if let Some(limit) = args.limit.filter(|&l| l < data.train.len()) {
-        let f = data.features();
-        data.train.truncate(f, limit);
-    }
-    let steps = [augment::steps(&spec.augment), values].concat();
-    let pipeline = Pipeline::new(steps, &data.shape, &input, &data.train, spec.seed)
-        .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+    let (data, pipeline) = data_of(model, &spec, &base, args.limit)?;
     if let Some(path) = &args.preview {
         pipeline
             .preview(&data, 8, 8, path)
@@ -471,7 +473,42 @@ fn pick_model<'c>(c: &'c Compilation, args: &Args) -> Result<&'c ModelInfo, Fail
     }
 }
 
-fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path) -> Result<(), Failure> {
+/// The train section's data, read as its `preprocess` says (the last `unseen` classes held out
+/// as the test split, the first `limit` training examples kept), and its augmentation pipeline.
+pub(crate) fn data_of(
+    model: &ModelInfo,
+    spec: &TrainSpec,
+    base: &Path,
+    limit: Option<usize>,
+) -> Result<(cnnc_runtime::data::Dataset, Pipeline), Failure> {
+    let data_call = spec.data.as_ref().ok_or_else(|| fail(EXIT_INPUT, "the train section has no data source"))?;
+    let input = model.graph.inputs().first().map(|&id| model.graph.node(id).shape.0.clone()).unwrap_or_default();
+    let (prep, values) = cnnc_runtime::preprocess::steps(&spec.preprocess);
+    let mut data = cnnc_runtime::data::load(data_call, base, &input, spec.seed, &prep)
+        .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+    if spec.unseen > 0 {
+        data = data.hold_out(spec.unseen).map_err(|e| fail(EXIT_INPUT, e))?;
+    }
+    if let Some(limit) = limit.filter(|&l| l < data.train.len()) {
+        let f = data.features();
+        data.train.truncate(f, limit);
+    }
+    let steps = [augment::steps(&spec.augment), values].concat();
+    let pipeline = Pipeline::new(steps, &data.shape, &input, &data.train, spec.seed)
+        .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+    Ok((data, pipeline))
+}
+
+/// Calls `f` with a predictor of `model`'s inference graph (its weights as `--weights`,
+/// `--ensemble` or the run's own say, images read as the train section reads them), its graph,
+/// and its softmax outputs.
+pub(crate) fn with_predictor<T>(
+    model: &ModelInfo,
+    spec: Option<&TrainSpec>,
+    args: &Args,
+    out: &Path,
+    f: impl FnOnce(&Predictor, &cnnc_compiler::ir::Graph, &[String]) -> Result<T, Failure>,
+) -> Result<T, Failure> {
     let seed = spec.map_or(0, |s| s.seed);
     let mut pipe =
         cnnc_compiler::passes::Pipeline::new(Default::default()).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
@@ -514,6 +551,27 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
         input_name: &input_name,
         programs: cnnc_runtime::predict::programs_for(&graph),
     };
+    f(&predictor, &graph, &softmax)
+}
+
+fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path) -> Result<(), Failure> {
+    with_predictor(model, spec, args, out, |predictor, graph, softmax| {
+        predict_with(model, spec, args, out, predictor, graph, softmax)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn predict_with(
+    model: &ModelInfo,
+    spec: Option<&TrainSpec>,
+    args: &Args,
+    out: &Path,
+    predictor: &Predictor,
+    graph: &cnnc_compiler::ir::Graph,
+    softmax: &[String],
+) -> Result<(), Failure> {
+    let models = predictor.models;
+    let prep = predictor.prep;
     let npy = args.output.as_ref().is_some_and(|p| p.extension().is_some_and(|e| e == "npy"));
     if let Some(path) = &args.output {
         if npy && graph.outputs().len() != 1 {
@@ -529,7 +587,7 @@ fn predict(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path)
     }
     if args.slide {
         let seed = spec.map_or(0, |s| s.seed);
-        return slide(&graph, &models[0], &prep, &values_of(spec), &softmax, args, seed);
+        return slide(graph, &models[0], prep, &values_of(spec), softmax, args, seed);
     }
     let detector = spec
         .and_then(|s| cnnc_compiler::passes::training::detector(model, s))
