@@ -298,7 +298,7 @@ fn threshold(
     let mut session = cnnc_runtime::train::Session::new(model, spec).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
     session.set_backend(args.backend).map_err(|e| fail(EXIT_INTERNAL, e.to_string()))?;
     session.params = weights_of(&session.params, args, out)?.into_iter().next().unwrap_or_default();
-    let eval = pipeline.for_eval(&data);
+    let eval = pipeline.for_eval_views(&data, spec.views);
     let verified = session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
     match verified {
         Some((Some(v), _)) => Ok((

@@ -194,7 +194,9 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         }
         let (loss, acc) = if models.len() == 1 && args.multi_crop <= 1 {
             session.params = models.into_iter().next().unwrap_or_default();
-            let eval = pipeline.for_eval(&data);
+            // An embedding is evaluated on `views` views of each test example.
+            let views = if session.per_identity().is_some() { spec.views } else { 1 };
+            let eval = pipeline.for_eval_views(&data, views);
             if let Some(path) = &args.output {
                 let exact =
                     session.outputs(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
@@ -217,7 +219,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             }
             return Ok(());
         }
-        let eval = pipeline.for_eval(&data);
+        let eval = pipeline.for_eval_views(&data, spec.views);
         if let Some(verified) =
             session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?
         {
@@ -325,7 +327,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             println!("weights: {}", train::weights_path(&out).display());
             if let Some(last) = history.last() {
                 println!("test loss: {:.4}", last.test_loss);
-                let eval = pipeline.for_eval(data);
+                let eval = pipeline.for_eval_views(data, spec.views);
                 match session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))? {
                     Some(verified) => print_verification(&verified, spec.unseen),
                     None => print_accuracy(last.test_accuracy, data.test.len()),

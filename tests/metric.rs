@@ -72,6 +72,20 @@ fn an_encoder_trained_on_seven_digits_tells_the_other_three_apart() {
 }
 
 #[test]
+fn faces_of_one_image_each_learn_from_augmented_positives() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let o = cnnc(&["run", "examples/faces_metric.cnn", "--epochs", "12", "--out", out]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    // 20 faces never seen, 4 views each: 20 · C(4, 2) same pairs of 80 views.
+    assert!(stdout.contains("of the 20 identities never seen in training: 120 same, 3040 different"), "{stdout}");
+    let line = stdout.lines().find(|l| l.contains("ROC AUC:")).unwrap();
+    let auc: f64 = line.split(':').nth(1).unwrap().trim().parse().unwrap();
+    assert!(auc > 0.75, "{stdout}");
+}
+
+#[test]
 fn triplet_mining_sections_are_checked() {
     let model = "model E {\n input x: [4]\n output e = x |> dense(3) |> l2norm\n}\n";
     for (train, message) in [

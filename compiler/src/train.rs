@@ -25,6 +25,7 @@ pub const SETTINGS: &[&str] = &[
     "steps",
     "every",
     "unseen",
+    "views",
 ];
 
 /// The losses of style transfer, which optimizes the input image rather than the weights.
@@ -191,6 +192,9 @@ pub struct TrainSpec {
     /// The last this many classes are identities never seen in training: the test split is all
     /// of their examples, the training split all the others' (metric learning; 0: none).
     pub unseen: usize,
+    /// Views of each test example that verification and one-shot identification embed: its
+    /// centre view and `views − 1` augmented ones (positives for identities of one image).
+    pub views: usize,
     /// Where the section is.
     pub loc: Loc,
 }
@@ -491,6 +495,7 @@ impl Checker<'_> {
             steps: 200,
             every: 0,
             unseen: 0,
+            views: 1,
             loc: self.loc(t.span),
         };
         let mut seen: BTreeMap<String, Loc> = BTreeMap::new();
@@ -525,6 +530,7 @@ impl Checker<'_> {
                     "steps" => spec.steps = self.positive(value, "a step count").unwrap_or(spec.steps),
                     "every" => spec.every = self.positive(value, "a step count").unwrap_or(spec.every),
                     "unseen" => spec.unseen = self.positive(value, "a number of classes").unwrap_or(spec.unseen),
+                    "views" => spec.views = self.positive(value, "a number of views").unwrap_or(spec.views),
                     "cache" => match value.kind {
                         ExprKind::Bool(b) => {
                             spec.cache = b;

@@ -280,6 +280,30 @@ impl Pipeline {
         Dataset { train: Split::default(), test, shape: self.input.clone(), ..data.clone() }
     }
 
+    /// [`Pipeline::for_eval`] with `views` views of each test example of class data: the centre
+    /// view, then `views − 1` augmented as in training (drawn by example and view, the same every
+    /// run), each with the example's class. Verification and one-shot identification then have
+    /// positives for identities of one image (`views` in a train section).
+    pub fn for_eval_views(&self, data: &Dataset, views: usize) -> Dataset {
+        let eval = self.for_eval(data);
+        if views <= 1 || data.test.target_len() > 0 {
+            return eval;
+        }
+        let f = data.features();
+        let n = data.test.len();
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for (i, example) in data.test.x.chunks(f.max(1)).enumerate() {
+            let centre = eval.test.x.chunks(eval.features().max(1)).nth(i).unwrap_or_default();
+            x.extend_from_slice(centre);
+            for v in 1..views {
+                let mut rng = self.rng(usize::MAX, i + v * n);
+                x.extend(self.train(example, &mut rng));
+            }
+            y.extend(std::iter::repeat_n(data.test.y[i], views));
+        }
+        Dataset { test: Split { x, y, ..Split::default() }, ..eval }
+    }
+
     /// A grid of augmented training examples (`rows × cols` of the first examples, each
     /// min–max scaled), written as a PNG. Grey for one channel, RGB for three.
     pub fn preview(&self, data: &Dataset, rows: usize, cols: usize, path: &std::path::Path) -> Result<(), String> {

@@ -29,9 +29,14 @@ impl Loader<'_> {
         let per = split.target_len();
         let mut x = Vec::with_capacity(indices.len() * input.iter().product::<usize>());
         let mut moved = Vec::with_capacity(indices.len() * per);
+        // An example that comes again in a batch (an identity of one image, its positive made by
+        // augmentation) is augmented anew each time.
+        let mut again: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
         for &i in indices {
             let example = &split.x[i * f..(i + 1) * f];
-            let mut rng = self.pipeline.rng(epoch, i);
+            let k = again.entry(i).or_insert(0);
+            let mut rng = self.pipeline.rng(epoch, i + *k * split.len());
+            *k += 1;
             // Boxes and points move with the pixels.
             let mut t = split.t[i * per..(i + 1) * per].to_vec();
             x.extend(self.pipeline.train_moving(example, &mut t, &self.data.target, &mut rng));

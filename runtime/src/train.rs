@@ -1242,7 +1242,10 @@ fn train_epochs(
     let total_steps = steps_per_epoch * spec.epochs as u64;
     let show_bar = !quiet && std::io::stderr().is_terminal();
     let loader = Loader { data, pipeline, workers: spec.workers };
-    let eval_data = pipeline.for_eval(data);
+    // An embedding is evaluated on `views` views of each test example (positives for identities
+    // of one image).
+    let views = if session.per_identity().is_some() { spec.views } else { 1 };
+    let eval_data = pipeline.for_eval_views(data, views);
     for epoch in start..spec.epochs {
         let started = Instant::now();
         let lr = session.opt.lr_at(epoch, session.opt.t, total_steps);

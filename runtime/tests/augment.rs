@@ -204,6 +204,13 @@ fn batches_depend_on_the_seed_only_never_on_the_workers_and_keep_their_labels() 
     let loader = Loader { data: &data, pipeline: &p, workers: 2 };
     assert_ne!(loader.batch(&data.train, &[0, 1], 2).0, loader.batch(&data.train, &[0, 1], 3).0);
     assert_eq!(loader.batch(&data.train, &[0, 1], 2), loader.batch(&data.train, &[0, 1], 2));
+    // An example that comes again in a batch (an identity of one image) is augmented anew, the
+    // same way every time; its first copy is what it is alone.
+    let (x, _) = loader.batch(&data.train, &[4, 4, 4], 2);
+    let copies: Vec<Vec<f32>> = x.outer_iter().map(|c| c.iter().copied().collect()).collect();
+    assert!(copies[0] != copies[1] && copies[1] != copies[2] && copies[0] != copies[2]);
+    assert_eq!(x, loader.batch(&data.train, &[4, 4, 4], 2).0);
+    assert_eq!(loader.batch(&data.train, &[4], 2).0.iter().copied().collect::<Vec<_>>(), copies[0]);
 }
 
 #[test]
