@@ -399,11 +399,13 @@ impl Exporter<'_> {
                 let out = self.set(id, layout);
                 self.nodes.push(node("PRelu", &name, vec![x, s], vec![out], vec![]));
             }
+            // `add(a, b, c, ...)`: ONNX's Sum takes them all (its Add takes two).
             Op::Add => {
                 let layout = self.layout_of(ops[0]);
-                let (a, b) = (self.at(ops[0], layout)?, self.at(ops[1], layout)?);
+                let ins = ops.iter().map(|&o| self.at(o, layout)).collect::<Result<Vec<_>, _>>()?;
                 let out = self.set(id, layout);
-                self.nodes.push(node("Add", &name, vec![a, b], vec![out], vec![]));
+                let op = if ins.len() == 2 { "Add" } else { "Sum" };
+                self.nodes.push(node(op, &name, ins, vec![out], vec![]));
             }
             Op::Arith(a) => {
                 let layout = self.layout_of(ops[0]);
