@@ -1,5 +1,5 @@
-//! Data-parallel training under `mpirun` (the `mpi` feature: `cargo test --features mpi --test
-//! mpi`, which `.ci/run` runs after installing Open MPI). Two processes must reach the weights
+//! Data-parallel training under `mpirun` (the `mpi` feature: `cargo test --workspace --features
+//! mpi --test mpi`, which `.ci/run` runs after installing Open MPI). Two processes must reach the weights
 //! one process reaches on the same global batches, within the norm-relative 1e-4, with
 //! batchnorm's statistics and dropout's masks the global batch's; a rank that dies must end the
 //! run and leave the last save whole.
@@ -221,6 +221,10 @@ fn what_one_process_does_is_refused_under_mpirun() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("the last batch of each epoch has 1 example"), "{}", text(&o));
     assert!(!dir.path().join("x/weights.safetensors").exists());
+    // Triplet mining needs the whole batch in one process.
+    let o = many(2, &["run", "examples/digits_metric.cnn", "--limit", "200", "--out", &out(&dir, "y")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("mines its triplets among the whole batch"), "{}", text(&o));
 }
 
 #[test]

@@ -1151,6 +1151,12 @@ pub fn train(
     let (rank, ranks) = crate::dist::place();
     let leader = rank == 0;
     let quiet = opts.quiet || !leader;
+    if ranks > 1 && session.per_identity().is_some() {
+        return Err(RunError::Unsupported(format!(
+            "`triplet_mining` mines its triplets among the whole batch, and {ranks} processes would each mine in their \
+             own share of it: train it as one process, without mpirun"
+        )));
+    }
     if ranks > 1 && session.has_batch_stats() {
         let last = data.train.len() % spec.batch;
         let smallest = if last == 0 { spec.batch.min(data.train.len()) } else { last };
