@@ -300,8 +300,8 @@ fn threshold(
     session.params = weights_of(&session.params, args, out)?.into_iter().next().unwrap_or_default();
     let eval = pipeline.for_eval_views(&data, spec.views);
     let verified = session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
-    match verified {
-        Some((Some(v), _)) => Ok((
+    match verified.and_then(|v| v.verification) {
+        Some(v) => Ok((
             v.threshold,
             format!(
                 "the best verification accuracy ({:.2}%, same and different pairs weighing alike) on {} held-out pairs \

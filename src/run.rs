@@ -223,7 +223,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         if let Some(verified) =
             session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?
         {
-            print_verification(&verified, spec.unseen);
+            print_verification(&verified, spec.unseen, &out)?;
             return Ok(());
         }
         if let Some((_, grid)) = session.detector() {
@@ -329,7 +329,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
                 println!("test loss: {:.4}", last.test_loss);
                 let eval = pipeline.for_eval_views(data, spec.views);
                 match session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))? {
-                    Some(verified) => print_verification(&verified, spec.unseen),
+                    Some(verified) => print_verification(&verified, spec.unseen, &out)?,
                     None => print_accuracy(last.test_accuracy, data.test.len()),
                 }
             }
@@ -375,7 +375,10 @@ pub(crate) fn weights_of(template: &Params, args: &Args, out: &Path) -> Result<V
 }
 
 /// How an embedding tells the test split's identities apart: pairs, then one-shot.
-fn print_verification((verification, (one_shot, asked)): &cnnc_runtime::metric::Verified, unseen: usize) {
+/// Prints how an embedding tells the test split's identities apart, and draws the distances of
+/// its same and different pairs (OUT/distances.png).
+fn print_verification(verified: &cnnc_runtime::metric::Verified, unseen: usize, out: &Path) -> Result<(), Failure> {
+    let (verification, (one_shot, asked)) = (&verified.verification, &verified.one_shot);
     let whose = if unseen > 0 {
         format!("of the {unseen} identities never seen in training")
     } else {
@@ -383,7 +386,7 @@ fn print_verification((verification, (one_shot, asked)): &cnnc_runtime::metric::
     };
     let Some(v) = verification else {
         println!("verification: the test split has no pair of the same identity and of two ({whose})");
-        return;
+        return Ok(());
     };
     println!("verification on every pair {whose}: {} same, {} different", v.same, v.different);
     println!("  ROC AUC: {:.4}", v.auc);
@@ -401,6 +404,12 @@ fn print_verification((verification, (one_shot, asked)): &cnnc_runtime::metric::
             one_shot * 100.0
         );
     }
+    let path = out.join("distances.png");
+    std::fs::create_dir_all(out).map_err(|e| fail(EXIT_INPUT, format!("cannot create `{}`: {e}", out.display())))?;
+    cnnc_runtime::plot::distances(&path, &verified.pairs, v.threshold)
+        .map_err(|e| fail(EXIT_INPUT, format!("cannot write `{}`: {e}", path.display())))?;
+    println!("distances of same and different pairs: {}", path.display());
+    Ok(())
 }
 
 fn print_accuracy(acc: f64, n: usize) {

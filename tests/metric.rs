@@ -83,6 +83,10 @@ fn faces_of_one_image_each_learn_from_augmented_positives() {
     let line = stdout.lines().find(|l| l.contains("ROC AUC:")).unwrap();
     let auc: f64 = line.split(':').nth(1).unwrap().trim().parse().unwrap();
     assert!(auc > 0.75, "{stdout}");
+    // The chart of the distances of same and different pairs.
+    let chart = image::open(dir.path().join("distances.png")).unwrap();
+    assert!(chart.width() > 500 && chart.height() > 300);
+    assert!(stdout.contains("distances of same and different pairs:"), "{stdout}");
 }
 
 #[test]

@@ -140,9 +140,16 @@ pub fn identity_order(labels: &[usize], batch: usize, per: usize, seed: u64, epo
     order
 }
 
-/// What [`verification`] and [`one_shot`] give for a split (`None` without both kinds of pair),
-/// with the share one-shot named right and how many examples it named.
-pub type Verified = (Option<Verification>, (f64, usize));
+/// How a split's embeddings tell its identities apart.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    /// [`verification`] of every pair (`None` without both kinds of pair).
+    pub verification: Option<Verification>,
+    /// The share [`one_shot`] named right, and how many examples it named.
+    pub one_shot: (f64, usize),
+    /// Every pair's distance, and whether it is a same pair.
+    pub pairs: Vec<(f32, bool)>,
+}
 
 /// How well distances tell same from different pairs.
 #[derive(Clone, Debug, PartialEq)]

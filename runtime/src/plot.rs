@@ -90,6 +90,63 @@ fn series(
     Ok(())
 }
 
+/// Writes the distributions of the distances of same and different pairs (each as the share of
+/// its pairs in 50 bins), with the verification threshold, to `path` (atomically).
+pub fn distances(path: &std::path::Path, pairs: &[(f32, bool)], threshold: f32) -> Result<(), String> {
+    register_font();
+    let (width, height) = (WIDTH * 2 / 3, HEIGHT);
+    let top = pairs.iter().map(|p| p.0).fold(0f32, f32::max).max(threshold).max(1e-6) as f64 * 1.02;
+    const BINS: usize = 50;
+    let histogram = |same: bool| -> Vec<(f64, f64)> {
+        let mut counts = [0usize; BINS];
+        let mut n = 0usize;
+        for &(d, _) in pairs.iter().filter(|p| p.1 == same) {
+            counts[((f64::from(d) / top * BINS as f64) as usize).min(BINS - 1)] += 1;
+            n += 1;
+        }
+        counts
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| ((b as f64 + 0.5) * top / BINS as f64, c as f64 / n.max(1) as f64))
+            .collect()
+    };
+    let (same, different) = (histogram(true), histogram(false));
+    let peak = same.iter().chain(&different).map(|p| p.1).fold(0.0, f64::max).max(1e-6) * 1.1;
+    let mut buffer = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
+        let draw = || -> Result<(), Box<dyn std::error::Error>> {
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption("distances of pairs", ("sans-serif", 20))
+                .margin(12)
+                .x_label_area_size(30)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0.0..top, 0.0..peak)?;
+            chart.configure_mesh().x_desc("distance").y_desc("share of the pairs").draw()?;
+            for (points, color, label) in [(same, BLUE, "same identity"), (different, RED, "different identities")] {
+                chart
+                    .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            }
+            let t = f64::from(threshold);
+            chart
+                .draw_series(LineSeries::new(vec![(t, 0.0), (t, peak)], BLACK.stroke_width(1)))?
+                .label(format!("threshold {threshold:.3}"))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(1)));
+            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+            root.present()?;
+            Ok(())
+        };
+        draw().map_err(|e| e.to_string())?;
+    }
+    let image = image::RgbImage::from_raw(width, height, buffer).ok_or("the chart buffer has the wrong size")?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut png, image::ImageFormat::Png).map_err(|e| e.to_string())?;
+    crate::atomic::write(path, png.get_ref()).map_err(|e| e.to_string())
+}
+
 /// Writes a chart of a cost per optimizer step (step 0: before the first), on a log scale, to
 /// `path` (atomically): style transfer's cost falling.
 pub fn costs(path: &std::path::Path, totals: &[f64]) -> Result<(), String> {

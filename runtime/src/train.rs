@@ -621,7 +621,11 @@ impl Session {
         let d = shape[1..].iter().product::<usize>().max(1);
         let labels: Vec<usize> = split.y.iter().map(|&y| y as usize).collect();
         let pairs = crate::metric::pairs(emb, d, &labels);
-        Ok(Some((crate::metric::verification(&pairs), crate::metric::one_shot(emb, d, &labels))))
+        Ok(Some(crate::metric::Verified {
+            verification: crate::metric::verification(&pairs),
+            one_shot: crate::metric::one_shot(emb, d, &labels),
+            pairs,
+        }))
     }
 
     /// Whether the model has a training-mode batchnorm, whose statistics are over the batch.
@@ -1323,16 +1327,17 @@ fn train_epochs(
             train_accuracy: if session.classifies { correct as f64 / seen.max(1) as f64 } else { f64::NAN },
             test_loss,
             // For an embedding: verification accuracy at the best threshold.
-            test_accuracy: match &verified {
-                Some((Some(v), _)) => v.accuracy,
-                _ => test_accuracy,
+            test_accuracy: match verified.as_ref().and_then(|v| v.verification.as_ref()) {
+                Some(v) => v.accuracy,
+                None => test_accuracy,
             },
             images_per_second: seen as f64 / train_seconds.max(1e-9),
             seconds: started.elapsed().as_secs_f64(),
             waiting: waited.as_secs_f64() / train_seconds.max(1e-9),
         };
-        if let (false, Some((v, (one_shot, _)))) = (quiet, &verified) {
-            let (auc, accuracy) = v.as_ref().map_or((f64::NAN, f64::NAN), |v| (v.auc, v.accuracy));
+        if let (false, Some(verified)) = (quiet, &verified) {
+            let one_shot = &verified.one_shot.0;
+            let (auc, accuracy) = verified.verification.as_ref().map_or((f64::NAN, f64::NAN), |v| (v.auc, v.accuracy));
             println!(
                 "epoch {:>3}/{}  lr {:.4}  loss {:.4}  test loss {:.4}  test AUC {:.4}  verification {:>7}  one-shot {:>7}  \
                  {:>6.0} img/s  {:.1} s",
