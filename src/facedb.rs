@@ -252,8 +252,10 @@ fn enroll(
             files += 1;
         }
     }
+    let Some(d) = rows.first().map(Vec::len) else {
+        return Err(fail(EXIT_INPUT, format!("the images of `{}` hold no example to enroll", dir.display())));
+    };
     let (threshold, how) = threshold(model, spec, args, out, base)?;
-    let d = rows[0].len();
     let flat: Vec<f32> = rows.concat();
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
