@@ -55,7 +55,9 @@ pub fn start() -> Result<Session, Failure> {
             world.duplicate()
         };
         cnnc_runtime::dist::join(Box::new(World { world, grads, pending: std::sync::Mutex::new(Vec::new()) }));
-        Ok(Session { _universe: Some(universe) })
+        let session = Session { _universe: Some(universe) };
+        bucket_size()?;
+        Ok(session)
     }
     #[cfg(not(feature = "mpi"))]
     Err(fail(
@@ -66,6 +68,38 @@ pub fn start() -> Result<Session, Failure> {
              processes)"
         ),
     ))
+}
+
+/// Reads `CNNC_BUCKET_KB` (the size of the gradient buckets sent during the backward pass; 0:
+/// one sum after it) once, and checks that every process has the same: ranks that start
+/// different sums would wait for each other forever.
+#[cfg(feature = "mpi")]
+fn bucket_size() -> Result<(), Failure> {
+    let kb = match std::env::var("CNNC_BUCKET_KB") {
+        Err(_) => cnnc_runtime::dist::BUCKET / 256,
+        Ok(v) => v.trim().parse::<usize>().ok().filter(|&kb| kb <= 1 << 20).ok_or_else(|| {
+            fail(
+                EXIT_INPUT,
+                format!("CNNC_BUCKET_KB is `{v}`: give a size in KB from 0 (one sum after the step) to 1048576"),
+            )
+        })?,
+    };
+    if let Some(g) = cnnc_runtime::dist::group() {
+        let all = g.gather(&[kb as f64]);
+        if all.iter().any(|&k| k != kb as f64) {
+            let sizes: Vec<String> = all.iter().map(|k| format!("{k}")).collect();
+            return Err(fail(
+                EXIT_INPUT,
+                format!(
+                    "the processes have different CNNC_BUCKET_KB ({}): give every one the same (`mpirun -x \
+                     CNNC_BUCKET_KB`)",
+                    sizes.join(", ")
+                ),
+            ));
+        }
+    }
+    cnnc_runtime::dist::set_bucket_len(kb * 256);
+    Ok(())
 }
 
 /// Ends the command: rank 0 (or a lone process) reports as usual; on another rank only errors

@@ -8,7 +8,7 @@
 //! row's person, the model, its output, the threshold and the checksum of the weights that made
 //! it, so that a database is never read with another model or other weights.
 
-use crate::run::{data_of, fail, weights_of, with_predictor, Args, Failure, EXIT_INPUT, EXIT_INTERNAL};
+use crate::run::{data_of, fail, with_predictor, Args, Failure, EXIT_INPUT, EXIT_INTERNAL};
 use cnnc_compiler::elaborate::ModelInfo;
 use cnnc_compiler::train::{Arg, TrainSpec};
 use cnnc_runtime::predict::{PredictError, Predictor};
@@ -67,10 +67,6 @@ fn embed(predictor: &Predictor, output: &str, file: &Path) -> Result<Vec<Vec<f32
         .collect()
 }
 
-fn distance(a: &[f32], b: &[f32]) -> f32 {
-    cnnc_runtime::metric::squared_distance(a, b).sqrt()
-}
-
 /// The image files of a folder, sorted.
 fn images(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
     let entries =
@@ -110,7 +106,7 @@ pub fn run(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path,
                 }
                 Ok(all.remove(0))
             };
-            let d = distance(&one(a)?, &one(b)?);
+            let d = cnnc_runtime::metric::distance(&one(a)?, &one(b)?);
             let (verdict, sign) = if d < db.threshold { ("the same person", "<") } else { ("different people", "≥") };
             println!(
                 "{} and {}: {verdict} (distance {d:.4} {sign} threshold {:.4})",
@@ -184,6 +180,9 @@ impl Database {
         let threshold: f32 = field("threshold").parse().map_err(|_| bad("has no threshold".into()))?;
         let (shape, values) = tensors.get("embeddings").ok_or_else(|| bad("has no embeddings".into()))?;
         let d = shape.get(1).copied().unwrap_or(0);
+        if people.is_empty() {
+            return Err(bad("enrolls nobody".into()));
+        }
         if shape.len() != 2 || shape[0] != people.len() || d == 0 {
             return Err(bad(format!("has embeddings {shape:?} for {} names", people.len())));
         }
@@ -193,13 +192,11 @@ impl Database {
 
     /// The nearest enrolled person and the distance to their nearest image.
     fn nearest(&self, e: &[f32]) -> Option<(&str, f32)> {
-        self.people.iter().zip(&self.rows).map(|(p, r)| (p.as_str(), distance(e, r))).fold(
-            None,
-            |best: Option<(&str, f32)>, x| match best {
-                Some(b) if b.1 <= x.1 => Some(b),
-                _ => Some(x),
-            },
-        )
+        self.people
+            .iter()
+            .zip(&self.rows)
+            .map(|(p, r)| (p.as_str(), cnnc_runtime::metric::distance(e, r)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
     }
 }
 
@@ -230,8 +227,9 @@ fn enroll(
     if folders.is_empty() {
         return Err(fail(EXIT_INPUT, format!("`{}` has no folder of a person (DIR/NAME/*.png)", dir.display())));
     }
-    let (mut people, mut rows) = (Vec::new(), Vec::new());
-    let mut files = 0;
+    // Every person's images first, then the threshold (which can fail for the model), then the
+    // embeddings: nothing expensive before an error the input makes.
+    let mut listed = Vec::new();
     for folder in &folders {
         let name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let found = images(folder)?;
@@ -244,6 +242,12 @@ fn enroll(
                 ),
             ));
         }
+        listed.push((name, found));
+    }
+    let (threshold, how) = threshold(model, spec, args, base, &predictor.models[0])?;
+    let (mut people, mut rows) = (Vec::new(), Vec::new());
+    let mut files = 0;
+    for (name, found) in listed {
         for file in found {
             for e in embed(predictor, output, &file)? {
                 people.push(name.clone());
@@ -255,7 +259,6 @@ fn enroll(
     let Some(d) = rows.first().map(Vec::len) else {
         return Err(fail(EXIT_INPUT, format!("the images of `{}` hold no example to enroll", dir.display())));
     };
-    let (threshold, how) = threshold(model, spec, args, out, base)?;
     let flat: Vec<f32> = rows.concat();
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
@@ -278,13 +281,13 @@ fn enroll(
 }
 
 /// The distance below which two images show one person: the best verification threshold on
-/// every pair of the train section's held-out examples, with the weights the database uses.
+/// every pair of the train section's held-out examples, with `weights` (the database's).
 fn threshold(
     model: &ModelInfo,
     spec: Option<&TrainSpec>,
     args: &Args,
-    out: &Path,
     base: &Path,
+    weights: &cnnc_runtime::params::Params,
 ) -> Result<(f32, String), Failure> {
     let Some(spec) = spec.filter(|s| s.data.is_some()) else {
         return Err(fail(
@@ -299,7 +302,8 @@ fn threshold(
     let (data, pipeline) = data_of(model, spec, base, None)?;
     let mut session = cnnc_runtime::train::Session::new(model, spec).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
     session.set_backend(args.backend).map_err(|e| fail(EXIT_INTERNAL, e.to_string()))?;
-    session.params = weights_of(&session.params, args, out)?.into_iter().next().unwrap_or_default();
+    session.params =
+        cnnc_runtime::params::Params::same_values(&session.tg.graph, weights).map_err(|e| fail(EXIT_INTERNAL, e))?;
     let eval = pipeline.for_eval_views(&data, spec.views);
     let verified = session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
     match verified.and_then(|v| v.verification) {

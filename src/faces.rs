@@ -20,6 +20,25 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         })?;
         let mut pipe = Pipeline::new(Default::default()).map_err(|e| fail(EXIT_INTERNAL, e.to_string()))?;
         let graph = inference::run(model, &mut pipe).map_err(|e| fail(EXIT_INTERNAL, e.to_string()))?;
+        // The cascade reads 2 face scores, 4 box offsets and (ONet) 10 landmark coordinates.
+        let needs: &[(&str, usize)] =
+            if name == "ONet" { &[("face", 2), ("box", 4), ("landmarks", 10)] } else { &[("face", 2), ("box", 4)] };
+        for &(output, size) in needs {
+            let found = graph.outputs().iter().find(|(n, _)| n == output).map(|(_, id)| graph.node(*id).shape.clone());
+            match found {
+                Some(shape) if shape.channels() == size => {}
+                other => {
+                    let what = other.map_or("none".to_string(), |s| format!("one of shape {s}"));
+                    return Err(fail(
+                        EXIT_INPUT,
+                        format!(
+                            "MTCNN's `{name}` needs an output `{output}` of {size} values (per window), and the file \
+                             gives {what} (see examples/mtcnn.cnn)"
+                        ),
+                    ));
+                }
+            }
+        }
         let mut params = Params::init(&graph, 0);
         let root = args.weights.clone().unwrap_or_else(|| PathBuf::from("runs"));
         let path = root.join(name).join("weights.safetensors");

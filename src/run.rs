@@ -192,11 +192,11 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
                 "--eval --output writes one model's outputs: without --ensemble and --multi-crop",
             ));
         }
+        // The test split as evaluation sees it, once: an embedding on `views` views of each example.
+        let views = if session.per_identity().is_some() { spec.views } else { 1 };
+        let eval = pipeline.for_eval_views(&data, views);
         let (loss, acc) = if models.len() == 1 && args.multi_crop <= 1 {
             session.params = models.into_iter().next().unwrap_or_default();
-            // An embedding is evaluated on `views` views of each test example.
-            let views = if session.per_identity().is_some() { spec.views } else { 1 };
-            let eval = pipeline.for_eval_views(&data, views);
             if let Some(path) = &args.output {
                 let exact =
                     session.outputs(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
@@ -209,7 +209,6 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         println!("test loss: {loss:.4}");
         if data.target.len() == 1 {
-            let eval = pipeline.for_eval(&data);
             let outputs =
                 session.outputs(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
             let name = &session.infer.node(session.prediction()).name;
@@ -219,7 +218,6 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             }
             return Ok(());
         }
-        let eval = pipeline.for_eval_views(&data, spec.views);
         if let Some(verified) =
             session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?
         {
@@ -227,7 +225,6 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             return Ok(());
         }
         if let Some((_, grid)) = session.detector() {
-            let eval = pipeline.for_eval(&data);
             let (found, truths) = session
                 .detections(&eval, &eval.test, spec.batch, 0.01, args.iou)
                 .map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
@@ -327,8 +324,14 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             println!("weights: {}", train::weights_path(&out).display());
             if let Some(last) = history.last() {
                 println!("test loss: {:.4}", last.test_loss);
-                let eval = pipeline.for_eval_views(data, spec.views);
-                match session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))? {
+                let verified = match session.per_identity() {
+                    Some(_) => {
+                        let eval = pipeline.for_eval_views(data, spec.views);
+                        session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?
+                    }
+                    None => None,
+                };
+                match verified {
                     Some(verified) => print_verification(&verified, spec.unseen, &out)?,
                     None => print_accuracy(last.test_accuracy, data.test.len()),
                 }
@@ -374,7 +377,6 @@ pub(crate) fn weights_of(template: &Params, args: &Args, out: &Path) -> Result<V
         .collect()
 }
 
-/// How an embedding tells the test split's identities apart: pairs, then one-shot.
 /// Prints how an embedding tells the test split's identities apart, and draws the distances of
 /// its same and different pairs (OUT/distances.png).
 fn print_verification(verified: &cnnc_runtime::metric::Verified, unseen: usize, out: &Path) -> Result<(), Failure> {

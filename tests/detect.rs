@@ -420,6 +420,19 @@ fn iou_nms_and_map_agree_with_torchvision_and_pycocotools() {
     assert!((map - want).abs() < 1e-6, "mAP@0.5:0.95 {map} vs pycocotools {want}");
 }
 
+/// A cascade file whose network gives other outputs than MTCNN's is refused, naming them.
+#[test]
+fn mtcnn_outputs_of_other_sizes_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = std::fs::read_to_string("examples/mtcnn.cnn").unwrap();
+    let file = tmp.path().join("mtcnn.cnn");
+    std::fs::write(&file, model.replacen("output box = x |> conv(4, 1x1)", "output box = x |> conv(3, 1x1)", 1))
+        .unwrap();
+    let o = run(&["run", file.to_str().unwrap(), "--faces", "examples/data/astronaut.png"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("MTCNN's `PNet` needs an output `box` of 4 values"), "{}", text(&o));
+}
+
 /// MTCNN's cascade (PNet slid over a pyramid, RNet, ONet) with facenet-pytorch's weights: one
 /// face on the astronaut, its landmarks where a face has them; none on a cup of coffee.
 #[test]

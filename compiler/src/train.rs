@@ -530,7 +530,11 @@ impl Checker<'_> {
                     "steps" => spec.steps = self.positive(value, "a step count").unwrap_or(spec.steps),
                     "every" => spec.every = self.positive(value, "a step count").unwrap_or(spec.every),
                     "unseen" => spec.unseen = self.positive(value, "a number of classes").unwrap_or(spec.unseen),
-                    "views" => spec.views = self.positive(value, "a number of views").unwrap_or(spec.views),
+                    "views" => match value.kind {
+                        // Each view is embedded and compared with every other: a few are enough.
+                        ExprKind::Int(v) if (1..=1000).contains(&v) => spec.views = v as usize,
+                        _ => self.bad(value, "a number of views", "an integer from 1 to 1000"),
+                    },
                     "cache" => match value.kind {
                         ExprKind::Bool(b) => {
                             spec.cache = b;

@@ -260,6 +260,13 @@ impl Pipeline {
                 found: shape,
             });
         }
+        // Evaluation takes one centre crop of the input's size from the example padded by the
+        // last crop's padding: a chain of crops must leave that possible.
+        if let (&[h, w, _], &[ih, iw, _]) = (data, input) {
+            if ih > h + 2 * crop_pad || iw > w + 2 * crop_pad {
+                return Err(too_big(ih.max(iw), data, crop_pad));
+            }
+        }
         let pca = steps.iter().any(|s| matches!(s, Step::PcaColor { .. })).then(|| pca(train));
         Ok(Pipeline { steps, data: data.to_vec(), input: input.to_vec(), crop_pad, pca, seed })
     }

@@ -55,6 +55,8 @@ impl fmt::Display for Backend {
 struct Compiled {
     machine: Machine,
     feeds: Vec<NodeId>,
+    /// [`Machine::grad_writes`], found once.
+    grad_writes: Vec<(usize, std::ops::Range<usize>)>,
 }
 
 /// The programs of one graph, by batch size.
@@ -120,6 +122,17 @@ impl Programs {
         self.compiled(graph, params, batch).map(|c| &c.machine)
     }
 
+    /// The gradient ranges the program for `batch` writes, each with its last writing kernel
+    /// ([`Machine::grad_writes`]), found when the program was compiled.
+    pub fn grad_writes(
+        &mut self,
+        graph: &Graph,
+        params: &Params,
+        batch: usize,
+    ) -> Result<&[(usize, std::ops::Range<usize>)], String> {
+        self.compiled(graph, params, batch).map(|c| &c.grad_writes[..])
+    }
+
     fn compiled(&mut self, graph: &Graph, params: &Params, batch: usize) -> Result<&mut Compiled, String> {
         if !self.cache.contains_key(&batch) {
             let mut lowered =
@@ -130,7 +143,8 @@ impl Programs {
             if let Some(jit) = self.jit.as_mut() {
                 machine.compile(jit)?;
             }
-            self.cache.insert(batch, Compiled { machine, feeds: lowered.feeds });
+            let grad_writes = machine.grad_writes();
+            self.cache.insert(batch, Compiled { machine, feeds: lowered.feeds, grad_writes });
         }
         self.cache.get_mut(&batch).ok_or_else(|| "a program vanished from its cache".into())
     }

@@ -413,8 +413,8 @@ pub fn load(
             let (train, test) = train_and_test(call, base, "dir", &shape, seed, read)?;
             let (train, test, target) = detection::pad_objects(train, test);
             let classes = train.t.chunks_exact(5).chain(test.t.chunks_exact(5)).fold(1, |m, r| m.max(r[0] as i64 + 1));
-            let dataset = Dataset { train, test, classes: classes as usize, shape, pad: 0, scale: 1.0 / 255.0, target };
-            return prep.dataset(dataset);
+            // Read as `prep` says already (as `images`): converting again would swap `bgr` back.
+            return Ok(Dataset { train, test, classes: classes as usize, shape, pad: 0, scale: 1.0 / 255.0, target });
         }
         "landmarks" => {
             let shape = prep.shape(input);
@@ -430,8 +430,8 @@ pub fn load(
                 });
             }
             let target = vec![train.target_len()];
-            let dataset = Dataset { train, test, classes: 1, shape, pad: 0, scale: 1.0 / 255.0, target };
-            return prep.dataset(dataset);
+            // Read as `prep` says already, as above.
+            return Ok(Dataset { train, test, classes: 1, shape, pad: 0, scale: 1.0 / 255.0, target });
         }
         other => return Err(DataError::Unsupported { what: format!("data source `{other}` is not supported") }),
     };

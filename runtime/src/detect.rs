@@ -7,6 +7,7 @@
 //! bottom-right. Anchors are `(width, height)` in grid cells, as a model's `anchors` declaration
 //! gives them (YOLOv2's convention).
 
+use crate::reference::sigmoid;
 use cnnc_compiler::ir::op::DetectLoss;
 
 /// One labelled object: a class and a box given by its centre and size.
@@ -102,11 +103,6 @@ impl Grid {
         self.len() == 0
     }
 
-    /// Classification with localization: one cell, one anchor the size of the image.
-    pub fn single(classes: usize) -> Grid {
-        Grid { rows: 1, cols: 1, anchors: vec![[1.0, 1.0]], classes }
-    }
-
     /// Writes the target of `objects` into `out` (`len()` values): each object goes to the cell
     /// holding its centre, in the free slot of the anchor with the best IoU with its size (an
     /// object finding every slot of its cell taken is left out, as in YOLO).
@@ -160,10 +156,6 @@ impl Grid {
         }
         out
     }
-}
-
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
 }
 
 fn softmax(z: &[f32]) -> Vec<f32> {
@@ -232,12 +224,23 @@ pub fn loss_grad(d: &DetectLoss, per: usize, pred: &[f32], target: &[f32], scale
 
 /// Per class, the highest-scoring boxes with no kept box of their class overlapping them by
 /// more than `iou_threshold`, best first.
-pub fn nms(mut boxes: Vec<Detection>, iou_threshold: f32) -> Vec<Detection> {
-    boxes.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut kept: Vec<Detection> = Vec::new();
-    for b in boxes {
-        if kept.iter().all(|k| k.class != b.class || iou(&k.corners, &b.corners) <= iou_threshold) {
-            kept.push(b);
+pub fn nms(boxes: Vec<Detection>, iou_threshold: f32) -> Vec<Detection> {
+    let scores: Vec<f32> = boxes.iter().map(|b| b.score).collect();
+    let kept = greedy(&scores, |k, i| {
+        boxes[k].class == boxes[i].class && iou(&boxes[k].corners, &boxes[i].corners) > iou_threshold
+    });
+    kept.into_iter().map(|i| boxes[i]).collect()
+}
+
+/// Greedy non-max suppression: indices of the items kept, best score first (ties in order), each
+/// kept unless `suppresses(kept, candidate)` for one kept before it.
+pub(crate) fn greedy(scores: &[f32], suppresses: impl Fn(usize, usize) -> bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut kept: Vec<usize> = Vec::new();
+    for i in order {
+        if !kept.iter().any(|&k| suppresses(k, i)) {
+            kept.push(i);
         }
     }
     kept
@@ -246,15 +249,7 @@ pub fn nms(mut boxes: Vec<Detection>, iou_threshold: f32) -> Vec<Detection> {
 /// Indices of the boxes that non-max suppression keeps over boxes of one class, best first: the
 /// rule of torchvision's `nms`.
 pub fn nms_indices(corners: &[[f32; 4]], scores: &[f32], iou_threshold: f32) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..corners.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let mut kept: Vec<usize> = Vec::new();
-    for i in order {
-        if kept.iter().all(|&k| iou(&corners[k], &corners[i]) <= iou_threshold) {
-            kept.push(i);
-        }
-    }
-    kept
+    greedy(scores, |k, i| iou(&corners[k], &corners[i]) > iou_threshold)
 }
 
 /// Average precision per class and its mean, over images whose detections and ground-truth

@@ -44,13 +44,21 @@ pub trait Group: Send + Sync {
     fn wait_all(&self);
 }
 
-/// Elements of the gradient store a bucket holds when `CNNC_BUCKET_KB` does not say (256 KB,
-/// chosen by measurement: README, *Training on several processes*).
+/// Elements of the gradient store a bucket holds unless [`set_bucket_len`] says otherwise (256
+/// KB, chosen by measurement: README, *Training on several processes*).
 pub const BUCKET: usize = 64 * 1024;
 
-/// The bucket size in elements: `CNNC_BUCKET_KB` (0: no overlap, one sum after the step).
+static BUCKET_LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(BUCKET);
+
+/// Sets the bucket size in elements (0: no overlap, one sum after the step); the binary reads it
+/// once from `CNNC_BUCKET_KB`.
+pub fn set_bucket_len(elements: usize) {
+    BUCKET_LEN.store(elements, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The bucket size in elements.
 pub fn bucket_len() -> usize {
-    std::env::var("CNNC_BUCKET_KB").ok().and_then(|v| v.parse::<usize>().ok()).map_or(BUCKET, |kb| kb * 256)
+    BUCKET_LEN.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The gradients summed over the group in buckets while the backward pass goes on, as PyTorch's
@@ -208,6 +216,18 @@ pub fn batch_sums(sums: &mut [f32], rows: usize) {
     for (k, s) in sums.iter_mut().enumerate() {
         *s = (parts.iter().map(|p| p[0] * p[1 + k]).sum::<f64>() / total) as f32;
     }
+}
+
+/// [`batch_sums`] of batchnorm's two per-channel sums (Σ dy and Σ dy·x̂) kept apart.
+pub fn batch_sums_pair(sum: &mut [f32], dot: &mut [f32], rows: usize) {
+    if group().is_none() {
+        return;
+    }
+    let c = sum.len();
+    let mut both = [&*sum, &*dot].concat();
+    batch_sums(&mut both, rows);
+    sum.copy_from_slice(&both[..c]);
+    dot.copy_from_slice(&both[c..]);
 }
 
 #[cfg(test)]

@@ -12,6 +12,11 @@ pub fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(&x, &y)| f64::from(x - y) * f64::from(x - y)).sum::<f64>() as f32
 }
 
+/// `‖a − b‖`.
+pub fn distance(a: &[f32], b: &[f32]) -> f32 {
+    squared_distance(a, b).sqrt()
+}
+
 /// The triplets of anchor `i`: `(positive, negative, weight)`, each weighed in its loss.
 fn triplets(t: &TripletLoss, dist: &[f32], n: usize, labels: &[usize], i: usize) -> Vec<(usize, usize, f32)> {
     let row = &dist[i * n..(i + 1) * n];
@@ -20,19 +25,9 @@ fn triplets(t: &TripletLoss, dist: &[f32], n: usize, labels: &[usize], i: usize)
     if positives.is_empty() || negatives.is_empty() {
         return Vec::new();
     }
-    // The first of equals, so that ties break the same way everywhere.
-    let nearest = |set: &mut dyn Iterator<Item = usize>| {
-        set.fold(None, |b: Option<usize>, j| match b {
-            Some(b) if row[b] <= row[j] => Some(b),
-            _ => Some(j),
-        })
-    };
-    let farthest = |set: &mut dyn Iterator<Item = usize>| {
-        set.fold(None, |b: Option<usize>, j| match b {
-            Some(b) if row[b] >= row[j] => Some(b),
-            _ => Some(j),
-        })
-    };
+    // The first of equals (`min_by` keeps it), so that ties break the same way everywhere.
+    let nearest = |set: &mut dyn Iterator<Item = usize>| set.min_by(|&a, &b| row[a].total_cmp(&row[b]));
+    let farthest = |set: &mut dyn Iterator<Item = usize>| set.min_by(|&a, &b| row[b].total_cmp(&row[a]));
     if !t.semi_hard {
         let p = farthest(&mut positives.iter().copied()).unwrap_or(i);
         let q = nearest(&mut negatives.iter().copied()).unwrap_or(i);
@@ -107,12 +102,12 @@ pub fn triplet_grad(t: &TripletLoss, emb: &[f32], d: usize, labels: &[usize], sc
 /// examples again. The order depends only on (seed, epoch); it holds about one epoch of examples.
 pub fn identity_order(labels: &[usize], batch: usize, per: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x005e_ed1d ^ ((epoch as u64) << 32));
-    let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
-    let mut pools: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    // By identity, in label order (labels may be sparse and large).
+    let mut by_label: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
     for (i, &l) in labels.iter().enumerate() {
-        pools[l].push(i);
+        by_label.entry(l).or_default().push(i);
     }
-    pools.retain(|p| !p.is_empty());
+    let mut pools: Vec<Vec<usize>> = by_label.into_values().collect();
     for p in &mut pools {
         p.shuffle(&mut rng);
     }
@@ -175,7 +170,7 @@ pub fn pairs(emb: &[f32], d: usize, labels: &[usize]) -> Vec<(f32, bool)> {
     let mut out = Vec::with_capacity(n * n.saturating_sub(1) / 2);
     for i in 0..n {
         for j in i + 1..n {
-            let dist = squared_distance(&emb[i * d..(i + 1) * d], &emb[j * d..(j + 1) * d]).sqrt();
+            let dist = distance(&emb[i * d..(i + 1) * d], &emb[j * d..(j + 1) * d]);
             out.push((dist, labels[i] == labels[j]));
         }
     }
@@ -249,10 +244,7 @@ pub fn one_shot(emb: &[f32], d: usize, labels: &[usize]) -> (f64, usize) {
         let named = enrolled
             .iter()
             .map(|&(c, e)| (c, squared_distance(row(i), row(e))))
-            .fold(None, |b: Option<(usize, f32)>, x| match b {
-                Some(b) if b.1 <= x.1 => Some(b),
-                _ => Some(x),
-            })
+            .min_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(c, _)| c);
         asked += 1;
         right += usize::from(named == Some(l));

@@ -166,12 +166,9 @@ pub fn detect(nets: &Cascade, img: &Picture, o: &Options) -> Result<Vec<Face>, S
             kept.push(Face { corners: regress(c.b, reg), score: p, landmarks });
         }
         // The last suppression counts overlap over the smaller box ("Min").
-        kept.sort_by(|a, b| b.score.total_cmp(&a.score));
-        for f in kept {
-            if faces.iter().all(|g: &Face| overlap(&g.corners, &f.corners, true) <= 0.7) {
-                faces.push(f);
-            }
-        }
+        let scores: Vec<f32> = kept.iter().map(|f| f.score).collect();
+        let best = crate::detect::greedy(&scores, |k, i| overlap(&kept[k].corners, &kept[i].corners, true) > 0.7);
+        faces.extend(best.into_iter().map(|i| kept[i].clone()));
     }
     Ok(faces)
 }
@@ -266,15 +263,10 @@ fn overlap(a: &[f32; 4], b: &[f32; 4], min: bool) -> f32 {
     }
 }
 
-fn nms(mut boxes: Vec<Candidate>, threshold: f32, min: bool) -> Vec<Candidate> {
-    boxes.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut kept: Vec<Candidate> = Vec::new();
-    for c in boxes {
-        if kept.iter().all(|k| overlap(&k.b, &c.b, min) <= threshold) {
-            kept.push(c);
-        }
-    }
-    kept
+fn nms(boxes: Vec<Candidate>, threshold: f32, min: bool) -> Vec<Candidate> {
+    let scores: Vec<f32> = boxes.iter().map(|c| c.score).collect();
+    let kept = crate::detect::greedy(&scores, |k, i| overlap(&boxes[k].b, &boxes[i].b, min) > threshold);
+    kept.into_iter().map(|i| boxes[i]).collect()
 }
 
 /// `rgb` (`w × h`, 3 bytes a pixel) with each face's box (green, 3 pixels wide) and landmarks

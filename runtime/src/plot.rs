@@ -21,10 +21,7 @@ pub fn write(path: &std::path::Path, history: &[EpochMetrics]) -> Result<(), Str
     register_font();
     let mut buffer = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
     draw(&mut buffer, history).map_err(|e| e.to_string())?;
-    let image = image::RgbImage::from_raw(WIDTH, HEIGHT, buffer).ok_or("the chart buffer has the wrong size")?;
-    let mut png = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut png, image::ImageFormat::Png).map_err(|e| e.to_string())?;
-    crate::atomic::write(path, png.get_ref()).map_err(|e| e.to_string())
+    crate::atomic::write_png(path, &buffer, WIDTH as usize, HEIGHT as usize, 3)
 }
 
 fn draw(buffer: &mut [u8], history: &[EpochMetrics]) -> Result<(), Box<dyn std::error::Error>> {
@@ -141,10 +138,7 @@ pub fn distances(path: &std::path::Path, pairs: &[(f32, bool)], threshold: f32) 
         };
         draw().map_err(|e| e.to_string())?;
     }
-    let image = image::RgbImage::from_raw(width, height, buffer).ok_or("the chart buffer has the wrong size")?;
-    let mut png = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut png, image::ImageFormat::Png).map_err(|e| e.to_string())?;
-    crate::atomic::write(path, png.get_ref()).map_err(|e| e.to_string())
+    crate::atomic::write_png(path, &buffer, width as usize, height as usize, 3)
 }
 
 /// Writes a chart of a cost per optimizer step (step 0: before the first), on a log scale, to
@@ -178,8 +172,5 @@ pub fn costs(path: &std::path::Path, totals: &[f64]) -> Result<(), String> {
         };
         draw().map_err(|e| e.to_string())?;
     }
-    let image = image::RgbImage::from_raw(width, height, buffer).ok_or("the chart buffer has the wrong size")?;
-    let mut png = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut png, image::ImageFormat::Png).map_err(|e| e.to_string())?;
-    crate::atomic::write(path, png.get_ref()).map_err(|e| e.to_string())
+    crate::atomic::write_png(path, &buffer, width as usize, height as usize, 3)
 }

@@ -493,9 +493,9 @@ impl Session {
                     self.train_programs.get_mut().map_err(|_| StepError::Internal("a poisoned lock".into()))?;
                 match group.filter(|_| bucket > 0) {
                     Some(g) => {
-                        let machine = programs.program(&self.tg.graph, &self.params, n).map_err(StepError::Internal)?;
-                        let writes = machine.grad_writes();
-                        let mut exchange = crate::dist::Exchange::new(g, self.grads.len(), bucket, &writes, share);
+                        let writes =
+                            programs.grad_writes(&self.tg.graph, &self.params, n).map_err(StepError::Internal)?;
+                        let mut exchange = crate::dist::Exchange::new(g, self.grads.len(), bucket, writes, share);
                         let values = programs
                             .run_with(&self.tg.graph, &self.params, &mut self.grads, &feeds, ctx, &mut |k, grads| {
                                 exchange.after(k, grads)
@@ -620,6 +620,17 @@ impl Session {
         let Some((_, shape, emb)) = outputs.iter().find(|(n, _, _)| n == name) else { return Ok(None) };
         let d = shape[1..].iter().product::<usize>().max(1);
         let labels: Vec<usize> = split.y.iter().map(|&y| y as usize).collect();
+        // Every pair, kept and sorted: 16 bytes each.
+        let n = labels.len() as u64;
+        let bytes = n * n.saturating_sub(1) / 2 * 16;
+        if let Some(available) = available_memory().filter(|&a| bytes > a) {
+            return Err(RunError::Unsupported(format!(
+                "verification compares every pair of the {n} test examples (times `views`): {} MiB, and {} MiB are \
+                 available; lower `views`, `unseen` or the test split",
+                bytes >> 20,
+                available >> 20
+            )));
+        }
         let pairs = crate::metric::pairs(emb, d, &labels);
         Ok(Some(crate::metric::Verified {
             verification: crate::metric::verification(&pairs),

@@ -392,4 +392,9 @@ fn crops_larger_than_the_examples_are_refused() {
         0
     )
     .is_ok());
+    // A chain of crops whose last pads less than the input needs: evaluation's centre crop of
+    // the input's size would not fit in the example padded by the last crop's padding.
+    let chain = vec![Step::RandomCrop { size: 40, pad: 6, p: 1.0 }, Step::RandomCrop { size: 38, pad: 0, p: 1.0 }];
+    let e = Pipeline::new(chain, &[28, 28, 1], &[38, 38, 1], &Split::default(), 0).unwrap_err();
+    assert!(e.to_string().contains("a 38×38 crop does not fit in the 28×28 examples"), "{e}");
 }

@@ -558,12 +558,7 @@ fn bn_grad(m: &Mem, k: &Kernel) {
     }
     let mut sum: Vec<f32> = sum64.iter().map(|&v| v as f32).collect();
     let mut dot: Vec<f32> = dot64.iter().map(|&v| v as f32).collect();
-    if crate::dist::group().is_some() {
-        let mut both = [sum, dot].concat();
-        crate::dist::batch_sums(&mut both, rows);
-        let (s, d) = both.split_at(c);
-        (sum, dot) = (s.to_vec(), d.to_vec());
-    }
+    crate::dist::batch_sums_pair(&mut sum, &mut dot, rows);
     let factor: Vec<f32> = inv.iter().map(|i| i / n).collect();
     for r in 0..rows {
         xhat(r, &mut xh);
@@ -596,7 +591,6 @@ fn identities(m: &Mem, pred: &View, target: &View) -> (Vec<f32>, Vec<usize>) {
 }
 
 fn loss(m: &Mem, kind: LossKind, pred: &View, target: &View, out: &View) {
-    let ps = m.src(pred);
     let os = m.dst(out);
     if let LossKind::Triplet(t) = kind {
         let (emb, labels) = identities(m, pred, target);
@@ -604,6 +598,7 @@ fn loss(m: &Mem, kind: LossKind, pred: &View, target: &View, out: &View) {
         os[..labels.len()].copy_from_slice(&crate::metric::triplet_losses(&t, &emb, d, &labels));
         return;
     }
+    let ps = m.src(pred);
     for b in 0..pred.shape[0] {
         let p = example(ps, pred, b);
         os[b] = match kind {

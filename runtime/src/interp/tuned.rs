@@ -226,7 +226,6 @@ fn bn_grad(m: &Mem, k: &Kernel) {
     let gs = &m.src(gamma)[..c];
     let scale: Vec<f32> = inv.iter().zip(gs).map(|(i, g)| i * g).collect();
     let n = rows.max(1) as f32;
-    let (sum, dot) = (&sum[..c], &dot[..c]);
     each_row(m.dst(dx), dx.pitch, c, |r, out| {
         let (g, x) = (g(r), xrow(r));
         if *training {

@@ -95,12 +95,9 @@ pub(super) fn backward(b: &BatchNormOp, wrt: &[usize], a: &Args) -> Vec<Tensor> 
                     let dxhat = &dy * &gamma;
                     let mut sum = column_sums(&dxhat).mapv(|v| v as f32);
                     let mut dot = column_sums(&(&dxhat * &xhat)).mapv(|v| v as f32);
-                    if crate::dist::group().is_some() {
-                        let c = sum.len();
-                        let mut both: Vec<f32> = sum.iter().chain(dot.iter()).copied().collect();
-                        crate::dist::batch_sums(&mut both, dy.nrows());
-                        sum = Array1::from(both[..c].to_vec());
-                        dot = Array1::from(both[c..].to_vec());
+                    // Fresh one-axis arrays: contiguous.
+                    if let (Some(s), Some(d)) = (sum.as_slice_mut(), dot.as_slice_mut()) {
+                        crate::dist::batch_sums_pair(s, d, dy.nrows());
                     }
                     (dxhat * m - &sum - &xhat * &dot) * &(inv / m)
                 } else {
