@@ -10,7 +10,7 @@
 
 use crate::run::{data_of, fail, with_predictor, Args, Failure, EXIT_INPUT, EXIT_INTERNAL};
 use cnnc_compiler::elaborate::ModelInfo;
-use cnnc_compiler::train::{Arg, TrainSpec};
+use cnnc_compiler::train::{Arg, FeedKind, TrainSpec};
 use cnnc_runtime::predict::{PredictError, Predictor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,12 +26,16 @@ fn database_path(args: &Args, out: &Path) -> PathBuf {
     }
 }
 
-/// The output that embeds: the first triplet loss's, else the model's only output.
+/// The output that embeds: the first triplet loss's (a given triplet's anchor), else the model's
+/// only output.
 fn embedding(model: &ModelInfo, spec: Option<&TrainSpec>) -> Result<String, Failure> {
+    // The mined loss's embedding, or the anchor's of given triplets.
     let mined = spec.and_then(|s| {
-        s.loss.iter().find(|t| t.call.name == "triplet_mining").and_then(|t| match t.call.args.get("embedding") {
-            Some(Arg::Name(n)) => Some(n.clone()),
-            _ => None,
+        s.loss.iter().find_map(|t| {
+            match (t.call.name.as_str(), t.call.args.get("embedding"), t.call.args.get("anchor")) {
+                ("triplet_mining", Some(Arg::Name(n)), _) | ("triplet", _, Some(Arg::Name(n))) => Some(n.clone()),
+                _ => None,
+            }
         })
     });
     let outputs = model.graph.outputs();
@@ -41,12 +45,76 @@ fn embedding(model: &ModelInfo, spec: Option<&TrainSpec>) -> Result<String, Fail
         (None, n) => Err(fail(
             EXIT_INPUT,
             format!(
-                "`{}` has {n} outputs and no `triplet_mining` loss to say which one embeds: a database needs an \
+                "`{}` has {n} outputs and no `triplet_mining` or `triplet` loss to say which one embeds: a database needs an \
                  encoder with one output",
                 model.name
             ),
         )),
     }
+}
+
+/// `--verify A B` on a model fed pairs: its same-or-not output on A in the first input and B in
+/// the second, read as the probability that they show the same person (sigmoid of the score, or
+/// softmax's class 1).
+fn verify_pair(
+    model: &ModelInfo,
+    spec: Option<&TrainSpec>,
+    args: &Args,
+    out: &Path,
+    feed: &cnnc_compiler::train::Feed,
+) -> Result<(), Failure> {
+    if args.verify.is_empty() {
+        return Err(fail(
+            EXIT_INPUT,
+            format!(
+                "`{}` compares two images with its same-or-not output and keeps no embeddings for a database: use \
+                 --verify A B",
+                model.name
+            ),
+        ));
+    }
+    let loss = spec.and_then(|s| s.loss.first());
+    let output = loss.and_then(|t| match t.call.args.get("logits").or(t.call.args.get("output")) {
+        Some(Arg::Name(n)) => Some(n.clone()),
+        _ => None,
+    });
+    let (Some(output), Some(loss)) = (output, loss) else {
+        return Err(fail(EXIT_INPUT, format!("`{}` has no loss on a same-or-not output", model.name)));
+    };
+    with_predictor(model, spec, args, out, |predictor, _, _| {
+        let (a, b) = (&args.verify[0], &args.verify[1]);
+        let files = [(feed.inputs[0].as_str(), a.as_path()), (feed.inputs[1].as_str(), b.as_path())];
+        let outputs = predictor.joint_outputs(&files).map_err(|e| match e {
+            PredictError::Internal(_) => fail(EXIT_INTERNAL, e.to_string()),
+            _ => fail(EXIT_INPUT, e.to_string()),
+        })?;
+        let score: Vec<f32> = outputs
+            .iter()
+            .find(|(n, _)| *n == output)
+            .map(|(_, v)| v.iter().copied().collect())
+            .ok_or_else(|| fail(EXIT_INTERNAL, format!("the model gave no `{output}`")))?;
+        let p = match (loss.call.name.as_str(), score.as_slice()) {
+            ("sigmoid_cross_entropy", [s]) => 1.0 / (1.0 + (-s).exp()),
+            ("softmax_cross_entropy", [s0, s1]) => 1.0 / (1.0 + (s0 - s1).exp()),
+            (_, [s]) => s.clamp(0.0, 1.0),
+            _ => {
+                return Err(fail(
+                    EXIT_INPUT,
+                    format!(
+                        "`{output}` has {} values: a same-or-not output has one score, or two classes",
+                        score.len()
+                    ),
+                ))
+            }
+        };
+        let verdict = if p >= 0.5 { "the same person" } else { "different people" };
+        println!(
+            "{} and {}: {verdict} (probability of the same person {p:.4}, from `{output}`)",
+            a.display(),
+            b.display()
+        );
+        Ok(())
+    })
 }
 
 /// Every example's embedding in `file` (one for an image).
@@ -86,6 +154,9 @@ fn images(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
 
 /// Runs `--enroll`, `--identify` or `--verify`.
 pub fn run(model: &ModelInfo, spec: Option<&TrainSpec>, args: &Args, out: &Path, base: &Path) -> Result<(), Failure> {
+    if let Some(feed) = spec.and_then(|s| s.inputs.as_ref()).filter(|f| f.kind == FeedKind::Pairs) {
+        return verify_pair(model, spec, args, out, feed);
+    }
     let output = embedding(model, spec)?;
     with_predictor(model, spec, args, out, |predictor, _, _| {
         let weights = cnnc_runtime::weights::checksum(predictor.models[0].named());

@@ -179,6 +179,13 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
         let mut session = Session::new(model, &spec).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
         session.set_backend(args.backend).map_err(|e| fail(EXIT_INTERNAL, e.to_string()))?;
         session.check(&data).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        if session.feed().is_some() && (args.multi_crop > 1 || args.ensemble.len() > 1) {
+            return Err(fail(
+                EXIT_INPUT,
+                "--multi-crop and --ensemble average the class probabilities of single examples: a model fed pairs or \
+                 triplets is evaluated on its own",
+            ));
+        }
         if !session.classifies && (args.multi_crop > 1 || args.ensemble.len() > 1) {
             return Err(fail(
                 EXIT_INPUT,
@@ -193,8 +200,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             ));
         }
         // The test split as evaluation sees it, once: an embedding on `views` views of each example.
-        let views = if session.per_identity().is_some() { spec.views } else { 1 };
-        let eval = pipeline.for_eval_views(&data, views);
+        let eval = pipeline.for_eval_views(&data, session.views(spec.views));
         let (loss, acc) = if models.len() == 1 && args.multi_crop <= 1 {
             session.params = models.into_iter().next().unwrap_or_default();
             if let Some(path) = &args.output {
@@ -231,7 +237,7 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             print_map(&found, &truths, grid.classes);
             return Ok(());
         }
-        print_accuracy(acc, data.test.len());
+        print_accuracy(acc, session.feed().map_or(data.test.len(), |_| eval.test.len()), session.feed());
         return Ok(());
     }
     let leader = cnnc_runtime::dist::leader();
@@ -324,16 +330,19 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             println!("weights: {}", train::weights_path(&out).display());
             if let Some(last) = history.last() {
                 println!("test loss: {:.4}", last.test_loss);
-                let verified = match session.per_identity() {
-                    Some(_) => {
-                        let eval = pipeline.for_eval_views(data, spec.views);
+                let eval = pipeline.for_eval_views(data, session.views(spec.views));
+                let verified = match session.embeds() {
+                    true => {
                         session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?
                     }
-                    None => None,
+                    false => None,
                 };
                 match verified {
                     Some(verified) => print_verification(&verified, spec.unseen, &out)?,
-                    None => print_accuracy(last.test_accuracy, data.test.len()),
+                    None => {
+                        let n = session.feed().map_or(data.test.len(), |_| eval.test.len());
+                        print_accuracy(last.test_accuracy, n, session.feed())
+                    }
                 }
             }
             Ok(())
@@ -414,9 +423,20 @@ fn print_verification(verified: &cnnc_runtime::metric::Verified, unseen: usize, 
     Ok(())
 }
 
-fn print_accuracy(acc: f64, n: usize) {
-    if acc.is_finite() {
-        println!("test accuracy: {:.2}% ({}/{n})", acc * 100.0, (acc * n as f64).round() as usize);
+/// Accuracy on `n` test examples, or on `n` test pairs (each test example with another, of its
+/// identity or not) for a model fed pairs.
+fn print_accuracy(acc: f64, n: usize, feed: Option<cnnc_compiler::train::FeedKind>) {
+    if !acc.is_finite() {
+        return;
+    }
+    let right = (acc * n as f64).round() as usize;
+    match feed {
+        Some(cnnc_compiler::train::FeedKind::Pairs) => println!(
+            "test accuracy: {:.2}% ({right}/{n} test pairs, each test example with another, of its identity or not, \
+             told same or different)",
+            acc * 100.0
+        ),
+        _ => println!("test accuracy: {:.2}% ({right}/{n})", acc * 100.0),
     }
 }
 

@@ -121,3 +121,157 @@ fn triplet_mining_sections_are_checked() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("`unseen 10` holds out the last 10 classes, and the data has 10"), "{}", text(&o));
 }
+
+#[test]
+fn given_triplets_match_pytorch() {
+    let f: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(common::root().join("tests/metric/triplet.json")).unwrap()).unwrap();
+    let rows: Vec<f32> = floats(&f["given"]["rows"]).iter().map(|&v| v as f32).collect();
+    let losses: Vec<f32> = rows.chunks(15).map(|r| metric::given_triplet_loss(r, 0.3)).collect();
+    close(&losses, &floats(&f["given"]["losses"]), "given triplet losses");
+    assert!(losses.contains(&0.0) && losses.iter().any(|&l| l > 0.0), "active and inactive triplets");
+    let mut grad = vec![0.0; rows.len()];
+    for (r, g) in rows.chunks(15).zip(grad.chunks_mut(15)) {
+        metric::given_triplet_grad(r, 0.3, 1.0 / 8.0, g);
+    }
+    close(&grad, &floats(&f["given"]["grad"]), "given triplet gradient");
+}
+
+#[test]
+fn tuples_pair_and_triple_examples_by_identity() {
+    use cnnc_compiler::train::FeedKind;
+    // Identities 0–3 of three examples each, and 4 of one.
+    let labels: Vec<usize> = (0..12).map(|i| i % 4).chain([4]).collect();
+    for kind in [FeedKind::Pairs, FeedKind::Triplets] {
+        let order = metric::tuples(&labels, kind, 7, 2);
+        assert_eq!(order, metric::tuples(&labels, kind, 7, 2), "one epoch's tuples are the same every time");
+        assert_ne!(order, metric::tuples(&labels, kind, 7, 3), "another epoch shuffles anew");
+        let k = kind.arity();
+        assert_eq!(order.len(), labels.len() * k);
+        let mut anchors: Vec<usize> = order.chunks(k).map(|t| t[0]).collect();
+        anchors.sort();
+        assert_eq!(anchors, (0..labels.len()).collect::<Vec<_>>(), "every example an anchor once");
+        let mut same = 0;
+        for t in order.chunks(k) {
+            match kind {
+                FeedKind::Pairs => same += usize::from(labels[t[0]] == labels[t[1]]),
+                FeedKind::Triplets => {
+                    assert_eq!(labels[t[0]], labels[t[1]], "{t:?}: the positive shares the identity");
+                    assert_ne!(labels[t[0]], labels[t[2]], "{t:?}: the negative does not");
+                    // Another example of the identity when it has one; the one of a single itself.
+                    assert_eq!(t[0] == t[1], t[0] == 12, "{t:?}");
+                }
+            }
+        }
+        if kind == FeedKind::Pairs {
+            assert!((2..=11).contains(&same), "about half the pairs are of one identity: {same} of 13");
+        }
+    }
+}
+
+/// A small Siamese encoder on 4,000 digits, as triplets and as pairs with the course's head;
+/// each trains on the JIT as on the reference executor, and is measured on digits it never saw.
+#[test]
+fn siamese_models_train_on_triplets_and_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::root().join("examples/data/mnist10k");
+    let file = dir.path().join("siamese.cnn");
+    let source = format!(
+        r#"block enc(x) {{
+    return x |> conv(8, 5x5, stride: 2) |> relu |> flatten |> dense(16) |> l2norm
+}}
+model Triple {{
+    input anchor: [28, 28, 1]
+    input positive: [28, 28, 1]
+    input negative: [28, 28, 1]
+    shared f = enc()
+    output a = anchor |> f
+    output p = positive |> f
+    output n = negative |> f
+}}
+train Triple {{
+    data mnist({data:?}, limit: 4000)
+    inputs triplets(anchor, positive, negative)
+    unseen 3
+    loss triplet(a, p, n, margin: 0.2)
+    optimizer adam(lr: 0.003)
+    batch 32 epochs 2 seed 1
+}}
+model Pair {{
+    input left: [28, 28, 1]
+    input right: [28, 28, 1]
+    shared f = enc()
+    output same = abs((left |> f) - (right |> f)) |> dense(1)
+}}
+train Pair {{
+    data mnist({data:?}, limit: 4000)
+    inputs pairs(left, right)
+    unseen 3
+    loss sigmoid_cross_entropy(same, label)
+    optimizer adam(lr: 0.003)
+    batch 32 epochs 2 seed 1
+}}
+"#,
+        data = data.to_str().unwrap()
+    );
+    std::fs::write(&file, source).unwrap();
+    let f = file.to_str().unwrap();
+    let losses = |stdout: &str| -> Vec<f64> {
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("epoch"))
+            .map(|l| l.split("  loss ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap())
+            .collect()
+    };
+    for model in ["Triple", "Pair"] {
+        let mut runs = Vec::new();
+        for backend in ["jit", "reference"] {
+            let out = dir.path().join(format!("{model}-{backend}"));
+            let o = cnnc(&["run", f, "--model", model, "--backend", backend, "--out", out.to_str().unwrap()]);
+            assert_eq!(o.status.code(), Some(0), "{model} {backend}: {}", text(&o));
+            runs.push(String::from_utf8_lossy(&o.stdout).into_owned());
+        }
+        let (jit, reference) = (losses(&runs[0]), losses(&runs[1]));
+        assert_eq!(jit.len(), 2, "{}", runs[0]);
+        for (a, b) in jit.iter().zip(&reference) {
+            assert!((a - b).abs() <= 2e-3 * b.abs().max(1.0), "{model}: jit {jit:?} reference {reference:?}");
+        }
+        let stdout = &runs[0];
+        if model == "Triple" {
+            // Measured as an embedding: the anchor's output on the unseen digits 7, 8, 9.
+            assert!(stdout.contains("of the 3 identities never seen in training"), "{stdout}");
+            let line = stdout.lines().find(|l| l.contains("ROC AUC:")).unwrap();
+            let auc: f64 = line.split(':').nth(1).unwrap().trim().parse().unwrap();
+            assert!(auc > 0.6, "{stdout}");
+            assert!(jit[1] < jit[0], "the loss falls: {jit:?}");
+        } else {
+            let line = stdout.lines().find(|l| l.starts_with("test accuracy:")).unwrap();
+            assert!(line.contains("test pairs"), "{stdout}");
+            let acc: f64 = line.split(':').nth(1).unwrap().trim().split('%').next().unwrap().parse().unwrap();
+            assert!(acc > 55.0, "better than chance on pairs of unseen digits: {stdout}");
+        }
+    }
+    // The pair model answers --verify with its head; it has no database, and --predict cannot
+    // give it one image.
+    let digits: Vec<std::path::PathBuf> = ["7", "9"].iter().map(|d| dir.path().join(format!("{d}.png"))).collect();
+    for (path, value) in digits.iter().zip([0.2f32, 0.9]) {
+        image::GrayImage::from_fn(28, 28, |x, y| image::Luma([((x * 7 + y * 3) as f32 * value) as u8]))
+            .save(path)
+            .unwrap();
+    }
+    let out = dir.path().join("Pair-jit");
+    let (a, b, out) = (digits[0].to_str().unwrap(), digits[1].to_str().unwrap(), out.to_str().unwrap());
+    let o = cnnc(&["run", f, "--model", "Pair", "--verify", a, b, "--out", out]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("probability of the same person"), "{}", text(&o));
+    let o = cnnc(&["run", f, "--model", "Pair", "--predict", a, "--out", out]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("is computed from 2 inputs (`left`, `right`)"), "{}", text(&o));
+    let o = cnnc(&["run", f, "--model", "Pair", "--enroll", dir.path().to_str().unwrap(), "--out", out]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("use --verify A B"), "{}", text(&o));
+    // The triplet model embeds each image on its own: --predict gives every branch's embedding.
+    let out = dir.path().join("Triple-jit");
+    let o = cnnc(&["run", f, "--model", "Triple", "--predict", a, "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

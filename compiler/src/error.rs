@@ -92,6 +92,9 @@ pub enum TrainError {
     DuplicateSetting { loc: Loc, first: Loc, name: String },
     /// `cache true` on a model or section whose frozen body cannot be cached.
     Cache { loc: Loc, problem: String },
+    /// A model of several inputs without `inputs`, or `inputs` that does not fit the model, its
+    /// data or its losses.
+    Inputs { loc: Loc, problem: String },
     /// A required setting is missing.
     MissingSetting { loc: Loc, name: &'static str, example: &'static str },
     /// A data source, loss, optimizer, schedule or augmentation cnnc does not know.

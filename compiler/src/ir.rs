@@ -236,6 +236,18 @@ impl Graph {
         ports.iter().enumerate().all(|(i, &p)| usize::from(p) == i)
     }
 
+    /// The graph inputs that node `id` is computed from, in the graph's order of inputs.
+    pub fn inputs_read(&self, id: NodeId) -> Vec<NodeId> {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![id];
+        while let Some(n) = stack.pop() {
+            if seen.insert(n) {
+                stack.extend(self.operands(n));
+            }
+        }
+        self.inputs().iter().copied().filter(|i| seen.contains(i)).collect()
+    }
+
     /// The nodes that read `id`, in id order.
     pub fn users(&self, id: NodeId) -> Vec<NodeId> {
         let mut users: Vec<NodeId> = self.graph.neighbors_directed(id, Direction::Outgoing).collect();

@@ -52,6 +52,7 @@ pub const CODES: &[&str] = &[
     "cnnc::train::cache",
     "cnnc::train::data_mismatch",
     "cnnc::train::duplicate_setting",
+    "cnnc::train::inputs",
     "cnnc::train::missing_setting",
     "cnnc::train::style_transfer",
     "cnnc::train::unknown_function",
@@ -633,6 +634,18 @@ fn train(e: &TrainError) -> Diagnostic {
         .help(
             "freeze the layers from the input on with `frozen` (they run once per example), put no augmentation in \
              the section, or remove `cache true`",
+        ),
+        TrainError::Inputs { loc, problem } => Diagnostic::new(
+            "cnnc::train::inputs",
+            Error,
+            format!("the model's inputs cannot be fed: {problem}"),
+            *loc,
+            "here",
+        )
+        .help(
+            "a model of several inputs trains on tuples of the data's examples chosen by identity: `inputs pairs(a, \
+             b)` with a loss on a same-or-not output, or `inputs triplets(anchor, positive, negative)` with \
+             `triplet(a, p, n)`",
         ),
         TrainError::StyleTransfer { loc, problem } => Diagnostic::new(
             "cnnc::train::style_transfer",

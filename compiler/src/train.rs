@@ -26,6 +26,7 @@ pub const SETTINGS: &[&str] = &[
     "every",
     "unseen",
     "views",
+    "inputs",
 ];
 
 /// The losses of style transfer, which optimizes the input image rather than the weights.
@@ -195,8 +196,52 @@ pub struct TrainSpec {
     /// Views of each test example that verification and one-shot identification embed: its
     /// centre view and `views − 1` augmented ones (positives for identities of one image).
     pub views: usize,
+    /// What each input of a model with several receives (`inputs pairs(..)` or
+    /// `inputs triplets(..)`); `None` for a model of one input.
+    pub inputs: Option<Feed>,
     /// Where the section is.
     pub loc: Loc,
+}
+
+/// How the examples of a model with several inputs are made from the data: tuples of examples
+/// chosen by identity (the data's labels), one example an input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Feed {
+    /// Pairs or triplets.
+    pub kind: FeedKind,
+    /// The model inputs in the order the tuple fills them.
+    pub inputs: Vec<String>,
+    /// Where the setting is.
+    pub loc: Loc,
+}
+
+/// The tuples a [`Feed`] makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedKind {
+    /// `pairs(a, b)`: each training example with, half the time, another of its identity (target
+    /// 1), else one of another identity (target 0).
+    Pairs,
+    /// `triplets(anchor, positive, negative)`: each training example with another of its
+    /// identity and one of another identity; the target is the anchor's identity.
+    Triplets,
+}
+
+impl FeedKind {
+    /// Examples a tuple.
+    pub fn arity(self) -> usize {
+        match self {
+            FeedKind::Pairs => 2,
+            FeedKind::Triplets => 3,
+        }
+    }
+
+    /// Its name in a train section.
+    pub fn name(self) -> &'static str {
+        match self {
+            FeedKind::Pairs => "pairs",
+            FeedKind::Triplets => "triplets",
+        }
+    }
 }
 
 /// An optimizer, typed: read once from a checked train section.
@@ -496,6 +541,7 @@ impl Checker<'_> {
             every: 0,
             unseen: 0,
             views: 1,
+            inputs: None,
             loc: self.loc(t.span),
         };
         let mut seen: BTreeMap<String, Loc> = BTreeMap::new();
@@ -529,6 +575,7 @@ impl Checker<'_> {
                     "workers" => spec.workers = self.positive(value, "a worker count").unwrap_or(spec.workers),
                     "steps" => spec.steps = self.positive(value, "a step count").unwrap_or(spec.steps),
                     "every" => spec.every = self.positive(value, "a step count").unwrap_or(spec.every),
+                    "inputs" => spec.inputs = self.feed(value),
                     "unseen" => spec.unseen = self.positive(value, "a number of classes").unwrap_or(spec.unseen),
                     "views" => match value.kind {
                         // Each view is embedded and compared with every other: a few are enough.
@@ -572,9 +619,13 @@ impl Checker<'_> {
             self.points = data.name == "landmarks";
             self.check_data(data, &spec.preprocess, &spec.augment);
         }
-        self.check_targets(&spec.loss, spec.data.as_ref());
+        self.check_targets(&spec.loss, spec.data.as_ref(), spec.inputs.as_ref().map(|f| f.kind));
         self.check_identities(&spec);
         self.check_image_optimization(&spec, &seen);
+        if spec.inputs.is_some() || !seen.contains_key("inputs") {
+            // (An `inputs` setting that did not read has said why.)
+            self.check_inputs(&spec, section);
+        }
         if let Some(loc) = cache_at {
             let problem = if spec.augment.is_empty() {
                 crate::frozen::split(&self.model.graph).err()
@@ -586,6 +637,192 @@ impl Checker<'_> {
             }
         }
         spec
+    }
+
+    /// `inputs pairs(a, b)` or `inputs triplets(anchor, positive, negative)`: distinct inputs of
+    /// the model, each named once.
+    fn feed(&mut self, e: &ast::Expr) -> Option<Feed> {
+        let expected = "`pairs(a, b)` or `triplets(anchor, positive, negative)`, naming the model's inputs";
+        let ExprKind::Call(c) = &e.kind else {
+            self.bad(e, "`inputs`", expected);
+            return None;
+        };
+        let kind = match c.callee.name.as_str() {
+            "pairs" => FeedKind::Pairs,
+            "triplets" => FeedKind::Triplets,
+            _ => {
+                self.bad(e, "`inputs`", expected);
+                return None;
+            }
+        };
+        let model_inputs = self.input_names();
+        let mut names = Vec::new();
+        for a in &c.args {
+            let ExprKind::Name(n) = &a.value.kind else {
+                self.bad(&a.value, "an input", "the name of a model input");
+                return None;
+            };
+            if a.name.is_some() {
+                self.bad(&a.value, "an input", "an input's name, without `name:`");
+                return None;
+            }
+            if !model_inputs.contains(&n.name) {
+                let candidates = similar(&n.name, model_inputs.iter().map(String::as_str));
+                self.problems
+                    .push(ResolveError::UnknownName { loc: self.loc(n.span), name: n.name.clone(), candidates }.into());
+                return None;
+            }
+            if names.contains(&n.name) {
+                self.inputs_problem(self.loc(n.span), format!("`{}` is named twice", n.name));
+                return None;
+            }
+            names.push(n.name.clone());
+        }
+        if names.len() != kind.arity() {
+            let problem = format!(
+                "`{}` fills {} inputs, and {} {} named",
+                kind.name(),
+                kind.arity(),
+                names.len(),
+                if names.len() == 1 { "is" } else { "are" }
+            );
+            self.inputs_problem(self.loc(e.span), problem);
+            return None;
+        }
+        Some(Feed { kind, inputs: names, loc: self.loc(e.span) })
+    }
+
+    /// The names of the model's inputs, in order.
+    fn input_names(&self) -> Vec<String> {
+        self.model.graph.inputs().iter().map(|&i| self.model.graph.node(i).name.clone()).collect()
+    }
+
+    fn inputs_problem(&mut self, loc: Loc, problem: String) {
+        self.problems.push(TrainError::Inputs { loc, problem }.into());
+    }
+
+    /// A model of several inputs says what each receives, and the tuples fit it: every input
+    /// named, of one shape, with data of identities and losses that read such tuples.
+    fn check_inputs(&mut self, spec: &TrainSpec, section: Loc) {
+        let names = self.input_names();
+        let style = spec.data.as_ref().is_some_and(|d| d.name == "style_transfer");
+        let Some(feed) = &spec.inputs else {
+            if names.len() > 1 && !style {
+                let list = names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+                let problem = match names.len() {
+                    2 => format!(
+                        "`{}` has 2 inputs ({list}): say what each receives, as `inputs pairs({})` (two examples of \
+                         the same identity or not, the target 1 or 0)",
+                        self.model.name,
+                        names.join(", ")
+                    ),
+                    3 => format!(
+                        "`{}` has 3 inputs ({list}): say what each receives, as `inputs triplets({})` (an anchor, \
+                         another example of its identity, one of another identity)",
+                        self.model.name,
+                        names.join(", ")
+                    ),
+                    n => format!(
+                        "`{}` has {n} inputs ({list}), and `cnnc run` trains models of one input, of pairs (2) or of \
+                         triplets (3)",
+                        self.model.name
+                    ),
+                };
+                self.inputs_problem(section, problem);
+            }
+            if let Some(term) = spec.loss.iter().find(|t| t.call.name == "triplet") {
+                self.inputs_problem(
+                    term.call.loc,
+                    "`triplet(anchor, positive, negative)` compares the embeddings of three inputs: give the model \
+                     three inputs and say what they receive with `inputs triplets(anchor, positive, negative)`, or \
+                     mine triplets in the batch of a one-input model with `triplet_mining(embedding, label)`"
+                        .into(),
+                );
+            }
+            return;
+        };
+        if names.len() != feed.inputs.len() {
+            let problem = format!(
+                "`{}` has {} input{}, and `{}` fills {}",
+                self.model.name,
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                feed.kind.name(),
+                feed.inputs.len()
+            );
+            self.inputs_problem(feed.loc, problem);
+            return;
+        }
+        let shape_of = |name: &str| {
+            let g = &self.model.graph;
+            g.inputs().iter().find(|&&i| g.node(i).name == name).map(|&i| g.node(i).shape.clone())
+        };
+        let first = shape_of(&feed.inputs[0]);
+        if let Some(other) = feed.inputs.iter().find(|n| shape_of(n) != first) {
+            let problem = format!(
+                "the inputs receive examples of one data set, so they need one shape: `{}` is {} and `{other}` is {}",
+                feed.inputs[0],
+                first.map_or("?".into(), |s| s.to_string()),
+                shape_of(other).map_or("?".into(), |s| s.to_string())
+            );
+            self.inputs_problem(feed.loc, problem);
+            return;
+        }
+        if let Some(data) = spec.data.as_ref().filter(|d| matches!(d.name.as_str(), "detection" | "landmarks")) {
+            let problem = format!(
+                "pairs and triplets are chosen by identity (a class label per example), and `{}` data gives {}",
+                data.name,
+                if data.name == "detection" { "boxes" } else { "points" }
+            );
+            self.inputs_problem(feed.loc, problem);
+        }
+        if spec.cache {
+            self.inputs_problem(
+                feed.loc,
+                "`cache true` caches one input's activations; train pairs and triplets without it".into(),
+            );
+        }
+        for term in &spec.loss {
+            let problem = match (term.call.name.as_str(), feed.kind) {
+                ("triplet_mining", _) => Some(
+                    "`triplet_mining` mines the triplets among a batch of single examples: give its model one input, \
+                     or use `triplet(anchor, positive, negative)` with these inputs"
+                        .to_string(),
+                ),
+                ("triplet", FeedKind::Pairs) => Some(
+                    "`triplet` reads three embeddings, and `pairs` fills two inputs: use `inputs triplets(..)`"
+                        .to_string(),
+                ),
+                ("triplet", FeedKind::Triplets) => self.triplet_sources(&term.call, &feed.inputs),
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                self.inputs_problem(term.call.loc, problem);
+            }
+        }
+    }
+
+    /// `triplet(a, p, n)` with `inputs triplets(anchor, positive, negative)`: `a` must be
+    /// computed from `anchor` alone, `p` from `positive`, `n` from `negative`.
+    fn triplet_sources(&self, call: &FnCall, inputs: &[String]) -> Option<String> {
+        let g = &self.model.graph;
+        for (param, input) in ["anchor", "positive", "negative"].iter().zip(inputs) {
+            let Some(Arg::Name(output)) = call.args.get(*param) else { continue };
+            let Some(&(_, id)) = g.outputs().iter().find(|(n, _)| n == output) else { continue };
+            let mut reads: Vec<String> = g.inputs_read(id).iter().map(|&i| g.node(i).name.clone()).collect();
+            reads.sort();
+            if reads != [input.clone()] {
+                let from = if reads.is_empty() {
+                    "no input".to_string()
+                } else {
+                    reads.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(" and ")
+                };
+                return Some(format!(
+                    "its {param} `{output}` must be computed from the input `{input}` alone, and it reads {from}"
+                ));
+            }
+        }
+        None
     }
 
     /// Triplet mining's batches are `identities × per_identity` examples: `per_identity` must be
@@ -993,7 +1230,7 @@ impl Checker<'_> {
     /// which `yolo` and `localization` read and nothing else does; every other source gives one
     /// class index per example, which softmax cross-entropy reads as a class, and sigmoid
     /// cross-entropy and L2 as the target of an output of one value.
-    fn check_targets(&mut self, terms: &[LossTerm], data: Option<&FnCall>) {
+    fn check_targets(&mut self, terms: &[LossTerm], data: Option<&FnCall>, feed: Option<FeedKind>) {
         let boxes = data.is_some_and(|d| d.name == "detection");
         let points = data.is_some_and(|d| d.name == "landmarks");
         for term in terms {
@@ -1011,7 +1248,8 @@ impl Checker<'_> {
                 _ => continue,
             };
             let inputs = vec![(output.clone(), shape.clone(), at)];
-            let ten_classes = data.is_some_and(|d| d.name == "mnist");
+            // (Pairs' targets are 1 or 0, same or different, whatever the classes.)
+            let ten_classes = data.is_some_and(|d| d.name == "mnist") && feed != Some(FeedKind::Pairs);
             let problem = if points {
                 (term.call.name != "l2").then(|| {
                     format!(

@@ -116,6 +116,12 @@ impl Workload {
         };
         let input = *graph.inputs().first().ok_or("the model has no input")?;
         let mut shape = vec![batch];
+        // A model fed pairs or triplets steps on batches of tuples, `[batch, k, ..input]`.
+        if let Run::Train(s) = &run {
+            if s.arity() > 1 {
+                shape.push(s.arity());
+            }
+        }
         shape.extend_from_slice(&graph.node(input).shape.0);
         let n: usize = shape.iter().product();
         let x = ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|i| synthetic(i as u64)).collect())
@@ -160,8 +166,8 @@ impl Workload {
             },
             Run::Infer(i) => {
                 let Inference { graph, params, exec, programs } = &mut **i;
-                let input = graph.inputs()[0];
-                let feeds = [(input, self.x.view())];
+                // Every input gets the batch (each branch of a Siamese network runs).
+                let feeds: Vec<_> = graph.inputs().iter().map(|&i| (i, self.x.view())).collect();
                 let values = match programs {
                     Some(p) => p.run(graph, params, &mut [], &feeds, Ctx::default())?,
                     None => exec.run(graph, params, &feeds, Ctx::default()).map_err(|e| e.to_string())?,

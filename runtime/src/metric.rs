@@ -95,6 +95,90 @@ pub fn triplet_grad(t: &TripletLoss, emb: &[f32], d: usize, labels: &[usize], sc
     }
 }
 
+/// The loss of one given triplet, `row` = `[a | p | n]`: `max(‖a − p‖² − ‖a − n‖² + margin, 0)`.
+pub fn given_triplet_loss(row: &[f32], margin: f32) -> f32 {
+    let d = row.len() / 3;
+    let (a, p, n) = (&row[..d], &row[d..2 * d], &row[2 * d..3 * d]);
+    (squared_distance(a, p) - squared_distance(a, n) + margin).max(0.0)
+}
+
+/// The gradient of `scale` times [`given_triplet_loss`] with respect to `row`, into `grad`.
+pub fn given_triplet_grad(row: &[f32], margin: f32, scale: f32, grad: &mut [f32]) {
+    let d = row.len() / 3;
+    grad.fill(0.0);
+    if given_triplet_loss(row, margin) <= 0.0 {
+        return;
+    }
+    let c = 2.0 * scale;
+    for k in 0..d {
+        let (a, pos, neg) = (row[k], row[d + k], row[2 * d + k]);
+        grad[k] = c * (neg - pos);
+        grad[d + k] = -c * (a - pos);
+        grad[2 * d + k] = c * (a - neg);
+    }
+}
+
+/// An epoch's tuples for a model of several inputs ([`FeedKind`]), flat: `arity` example
+/// indices a tuple, every example an anchor once, in a shuffled order. A pair's second is, half
+/// the time, another example of the anchor's identity, else one of another identity; a triplet
+/// has both. An identity of one example is its own positive (its copies are augmented apart).
+/// Depends only on (seed, epoch).
+///
+/// [`FeedKind`]: cnnc_compiler::train::FeedKind
+pub fn tuples(labels: &[usize], kind: cnnc_compiler::train::FeedKind, seed: u64, epoch: usize) -> Vec<usize> {
+    use cnnc_compiler::train::FeedKind;
+    use rand::RngExt;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0070_91e5 ^ ((epoch as u64) << 32));
+    let mut by_label: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, &l) in labels.iter().enumerate() {
+        by_label.entry(l).or_default().push(i);
+    }
+    let n = labels.len();
+    let mut anchors: Vec<usize> = (0..n).collect();
+    anchors.shuffle(&mut rng);
+    let positive = |rng: &mut rand_chacha::ChaCha8Rng, i: usize| {
+        let same = &by_label[&labels[i]];
+        if same.len() == 1 {
+            return i;
+        }
+        // Another example of the identity: one of the others, uniformly.
+        let k = rng.random_range(0..same.len() - 1);
+        let j = same[k];
+        if j == i {
+            same[same.len() - 1]
+        } else {
+            j
+        }
+    };
+    // Another identity's example, uniformly over the examples of other identities (rejection;
+    // `None` when every example shares one identity).
+    let negative = |rng: &mut rand_chacha::ChaCha8Rng, i: usize| {
+        if by_label.len() < 2 {
+            return None;
+        }
+        loop {
+            let j = rng.random_range(0..n);
+            if labels[j] != labels[i] {
+                return Some(j);
+            }
+        }
+    };
+    let mut order = Vec::with_capacity(n * kind.arity());
+    for i in anchors {
+        match kind {
+            FeedKind::Pairs => {
+                let j = if rng.random_bool(0.5) { Some(positive(&mut rng, i)) } else { negative(&mut rng, i) };
+                order.extend([i, j.unwrap_or_else(|| positive(&mut rng, i))]);
+            }
+            FeedKind::Triplets => {
+                let p = positive(&mut rng, i);
+                order.extend([i, p, negative(&mut rng, i).unwrap_or(p)]);
+            }
+        }
+    }
+    order
+}
+
 /// An epoch's order of examples in batches of `per` examples of each of `batch / per`
 /// identities (online mining needs positives in every batch). Each identity's examples are
 /// shuffled and dealt `per` at a time; identities whose turn comes are drawn at random among

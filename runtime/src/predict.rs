@@ -9,7 +9,7 @@ use crate::executor::{ExecError, Executor};
 use crate::params::Params;
 use crate::preprocess::Prep;
 use crate::reference::{Ctx, Tensor, View};
-use cnnc_compiler::ir::{Graph, ValueId};
+use cnnc_compiler::ir::{Graph, NodeId, ValueId};
 use ndarray::{ArrayD, Axis, IxDyn};
 use std::path::{Path, PathBuf};
 
@@ -35,6 +35,8 @@ pub enum PredictError {
     Io { path: PathBuf, error: String },
     /// A kernel program could not be built or run (a bug in cnnc).
     Internal(String),
+    /// An output of the model reads several inputs, and prediction gives one example.
+    Inputs(String),
 }
 
 impl std::fmt::Display for PredictError {
@@ -44,6 +46,7 @@ impl std::fmt::Display for PredictError {
             PredictError::Exec(e) => write!(f, "{e}"),
             PredictError::Io { path, error } => write!(f, "cannot write `{}`: {error}", path.display()),
             PredictError::Internal(e) => write!(f, "internal error: {e} (this is a bug in cnnc; please report it)"),
+            PredictError::Inputs(e) => write!(f, "{e}"),
         }
     }
 }
@@ -156,18 +159,41 @@ pub fn outputs(
     programs: &mut Programs,
 ) -> Result<Vec<(String, Tensor)>, PredictError> {
     let targets: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
-    let input = graph.inputs()[0];
+    one_input_each(graph)?;
+    // A Siamese network's inputs each get the examples: every branch gives its outputs.
+    let feeds: Vec<(NodeId, View)> = graph.inputs().iter().map(|&i| (i, x.view())).collect();
     let values = match backend {
         Backend::Reference => {
             let exec = Executor::new(graph, &params.layout, &targets).map_err(PredictError::Exec)?;
-            exec.run(graph, params, &[(input, x)], Ctx::default()).map_err(PredictError::Exec)?
+            exec.run(graph, params, &feeds, Ctx::default()).map_err(PredictError::Exec)?
         }
         Backend::Lir | Backend::Jit => {
             programs.set_backend(backend).map_err(PredictError::Internal)?;
-            programs.run(graph, params, &mut [], &[(input, x)], Ctx::default()).map_err(PredictError::Internal)?
+            programs.run(graph, params, &mut [], &feeds, Ctx::default()).map_err(PredictError::Internal)?
         }
     };
     Ok(graph.outputs().iter().filter_map(|(name, id)| values.get(*id).map(|v| (name.clone(), v.clone()))).collect())
+}
+
+/// Prediction gives every input of a model the same examples, which answers for outputs that are
+/// computed from one input each (the branches of a Siamese network), and for no other.
+pub fn one_input_each(graph: &Graph) -> Result<(), PredictError> {
+    if graph.inputs().len() < 2 {
+        return Ok(());
+    }
+    for (name, id) in graph.outputs() {
+        let read = graph.inputs_read(*id);
+        if read.len() > 1 {
+            let names: Vec<String> = read.iter().map(|&i| format!("`{}`", graph.node(i).name)).collect();
+            return Err(PredictError::Inputs(format!(
+                "the output `{name}` is computed from {} inputs ({}), and prediction reads one example: train and \
+                 evaluate the pair with `cnnc run`, or predict with a model of one branch",
+                read.len(),
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The outputs of `graph` on the batch `x`, whose examples may be larger than the graph's
@@ -255,6 +281,51 @@ impl Predictor<'_> {
         }
         let example = read_example(&self.pipeline.data, file, self.pad, self.prep).map_err(PredictError::Data)?;
         Ok(vec![self.average(&self.pipeline.crops(&example, self.crops))?])
+    }
+
+    /// The first model's outputs on one image an input: `files` pairs each input's name with
+    /// its image (a model fed pairs, comparing two images).
+    pub fn joint_outputs(&self, files: &[(&str, &Path)]) -> Result<Vec<(String, Tensor)>, PredictError> {
+        let mut shape = vec![1];
+        shape.extend_from_slice(&self.pipeline.input);
+        let mut xs = Vec::new();
+        for (name, file) in files {
+            let example = read_example(&self.pipeline.data, file, self.pad, self.prep).map_err(PredictError::Data)?;
+            let crop = self.pipeline.crops(&example, 1).into_iter().next().unwrap_or_default();
+            let x = ArrayD::from_shape_vec(IxDyn(&shape), crop)
+                .map_err(|e| PredictError::Internal(format!("an input does not fill the model's input: {e}")))?;
+            let input = self.graph.inputs().iter().copied().find(|&i| self.graph.node(i).name == *name);
+            let input = input.ok_or_else(|| PredictError::Internal(format!("no input `{name}`")))?;
+            xs.push((input, x));
+        }
+        if xs.len() != self.graph.inputs().len() {
+            return Err(PredictError::Internal(format!(
+                "{} images for {} inputs",
+                xs.len(),
+                self.graph.inputs().len()
+            )));
+        }
+        let feeds: Vec<(NodeId, View)> = xs.iter().map(|(i, x)| (*i, x.view())).collect();
+        let targets: Vec<ValueId> = self.graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+        let params = self.models.first().ok_or_else(|| PredictError::Internal("no weights".into()))?;
+        let values = match self.backend {
+            Backend::Reference => {
+                let exec = Executor::new(self.graph, &params.layout, &targets).map_err(PredictError::Exec)?;
+                exec.run(self.graph, params, &feeds, Ctx::default()).map_err(PredictError::Exec)?
+            }
+            Backend::Lir | Backend::Jit => {
+                let mut programs =
+                    self.programs.lock().map_err(|_| PredictError::Internal("a poisoned lock".into()))?;
+                programs.set_backend(self.backend).map_err(PredictError::Internal)?;
+                programs.run(self.graph, params, &mut [], &feeds, Ctx::default()).map_err(PredictError::Internal)?
+            }
+        };
+        Ok(self
+            .graph
+            .outputs()
+            .iter()
+            .filter_map(|(name, id)| values.get(*id).map(|v| (name.clone(), v.index_axis(Axis(0), 0).to_owned())))
+            .collect())
     }
 
     /// The model's outputs on `crops` (each an input), averaged over crops and models.

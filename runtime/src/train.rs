@@ -17,7 +17,7 @@ use cnnc_compiler::ir::op::{LossKind, Op};
 use cnnc_compiler::ir::{Graph, NodeId, ValueId};
 use cnnc_compiler::passes::training::{self, BoxGrid, PlanError, TargetSource, TrainingGraph};
 use cnnc_compiler::passes::{inference, Options, Pipeline as PassPipeline};
-use cnnc_compiler::train::TrainSpec;
+use cnnc_compiler::train::{FeedKind, TrainSpec};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::IsTerminal;
@@ -220,6 +220,8 @@ pub struct Session {
     exchange: (std::time::Duration, u64),
     /// Examples of each identity in a batch, when a loss mines triplets in it.
     per_identity: Option<usize>,
+    /// What a model of several inputs receives: pairs or triplets of examples.
+    feed: Option<FeedKind>,
 }
 
 /// One batchnorm's batch statistics (values of the step) and running ones (parameters).
@@ -266,7 +268,12 @@ impl Session {
         let infer = inference::run(model, &mut pipeline()?).map_err(|e| RunError::Plan(PlanError::Pass(e)))?;
         let mut phases = vec![("passes", started.elapsed())];
         check_memory(&tg, spec.batch)?;
-        let classifies = tg.first_loss == LossKind::SoftmaxCrossEntropy;
+        let feed = spec.inputs.as_ref().map(|f| f.kind);
+        // A same-or-not output of one value is right when its sign is.
+        let binary = feed == Some(FeedKind::Pairs)
+            && tg.first_loss == LossKind::SigmoidCrossEntropy
+            && tg.graph.node(tg.prediction).shape.elements() == Some(1);
+        let classifies = tg.first_loss == LossKind::SoftmaxCrossEntropy || binary;
         let started = Instant::now();
         let params = Params::init(&tg.graph, spec.seed);
         phases.push(("parameters", started.elapsed()));
@@ -322,6 +329,7 @@ impl Session {
                 .iter()
                 .find(|t| t.call.name == "triplet_mining")
                 .map(|t| t.call.num("per_identity", 4.0).max(1.0) as usize),
+            feed,
         })
     }
 
@@ -380,8 +388,22 @@ impl Session {
 
     /// Checks that the data's labels fit the prediction: every class needs a score.
     pub fn check(&self, data: &Dataset) -> Result<(), RunError> {
-        let sigmoid = self.outputs_of_losses().iter().any(|&(_, kind, _, _)| kind == LossKind::SigmoidCrossEntropy);
+        let sigmoid = self.outputs_of_losses().iter().any(|(_, kind, _, _)| *kind == LossKind::SigmoidCrossEntropy);
         self.check_targets(data)?;
+        if let Some(kind) = self.feed {
+            // The targets are made from the identities: same or not (0 or 1), or the anchor's.
+            let identities: std::collections::BTreeSet<u64> = data.train.y.iter().map(|&y| y as u64).collect();
+            if identities.len() < 2 {
+                return Err(RunError::Unsupported(format!(
+                    "{} need examples of at least two identities for their negatives, and the training data has {}",
+                    kind.name(),
+                    identities.len()
+                )));
+            }
+            if kind == FeedKind::Pairs {
+                return Ok(());
+            }
+        }
         if sigmoid && data.classes > 2 {
             return Err(RunError::Unsupported(format!(
                 "sigmoid cross-entropy reads each label as 0 or 1, and the data has {} classes: use \
@@ -401,11 +423,72 @@ impl Session {
         Ok(())
     }
 
-    /// The inputs of a training step: the batch, and every target input made from its targets.
-    fn feeds<'a>(&self, x: View<'a>, targets: &'a [(NodeId, Tensor)]) -> Vec<(NodeId, View<'a>)> {
-        let mut feeds = vec![(self.tg.input, x)];
+    /// The inputs of a training step: the batch (or each input's part of a batch of tuples,
+    /// `parts`), and every target input made from its targets.
+    fn feeds<'a>(&self, x: View<'a>, parts: &'a [Tensor], targets: &'a [(NodeId, Tensor)]) -> Vec<(NodeId, View<'a>)> {
+        let mut feeds = if parts.is_empty() {
+            vec![(self.tg.inputs[0], x)]
+        } else {
+            self.tg.inputs.iter().zip(parts).map(|(&n, t)| (n, t.view())).collect()
+        };
         feeds.extend(targets.iter().map(|(n, t)| (*n, t.view())));
         feeds
+    }
+
+    /// Whether a loss learns an embedding (a triplet loss, mined or given), which evaluation
+    /// measures by verification and one-shot identification.
+    pub fn embeds(&self) -> bool {
+        self.tg.losses.iter().any(|&(l, _)| matches!(self.tg.graph.node(l).op, Op::Loss(op) if op.kind.embeds()))
+    }
+
+    /// Views of each test example that evaluation reads: `asked` (the section's `views`) for a
+    /// model of identities (mined triplets, pairs, triplets), else 1.
+    pub fn views(&self, asked: usize) -> usize {
+        if self.per_identity.is_some() || self.feed.is_some() {
+            asked
+        } else {
+            1
+        }
+    }
+
+    /// Examples a training example holds: 1, or 2 or 3 for a model fed pairs or triplets.
+    pub fn arity(&self) -> usize {
+        self.feed.map_or(1, FeedKind::arity)
+    }
+
+    /// What a model of several inputs receives, if it has several.
+    pub fn feed(&self) -> Option<FeedKind> {
+        self.feed
+    }
+
+    /// A batch of tuples from the loader's flat batch: `x` `[n·k, ..input]` becomes
+    /// `[n, k, ..input]`, and the identities `y` `[n·k]` become each tuple's target: 1 for a pair
+    /// of one identity and 0 for two, the anchor's identity for a triplet. For a model of one
+    /// input, `x` and `y` as they are.
+    pub fn tuples_of(&self, x: Tensor, y: Tensor) -> (Tensor, Tensor) {
+        let Some(kind) = self.feed else { return (x, y) };
+        let k = kind.arity();
+        let n = x.shape().first().copied().unwrap_or(0) / k;
+        let mut shape = vec![n, k];
+        shape.extend_from_slice(&x.shape()[1..]);
+        let x = x.into_shape_with_order(ndarray::IxDyn(&shape)).expect("a batch of whole tuples");
+        let ids: Vec<f32> = y.iter().copied().collect();
+        let y: Vec<f32> = (0..n)
+            .map(|t| match kind {
+                FeedKind::Pairs => f32::from(u8::from(ids[t * 2] == ids[t * 2 + 1])),
+                FeedKind::Triplets => ids[t * 3],
+            })
+            .collect();
+        (x, Tensor::from_shape_vec(ndarray::IxDyn(&[n]), y).expect("one target a tuple"))
+    }
+
+    /// Each input's examples of a batch of tuples `[n, k, ..input]`, input by input (none for a
+    /// model of one input).
+    fn parts(&self, x: &View) -> Vec<Tensor> {
+        if self.feed.is_none() {
+            return Vec::new();
+        }
+        (0..self.arity()).map(|k| x.index_axis(ndarray::Axis(1), k).to_owned()).collect()
     }
 
     /// What each target input receives for a batch whose targets are `y`: the labels in the
@@ -476,7 +559,8 @@ impl Session {
             return self.combine(g, 0.0, 0, 0, part.total, lr, bucket > 0);
         }
         let targets = self.targets(y.view());
-        let feeds = self.feeds(x.view(), &targets);
+        let parts = self.parts(&x);
+        let feeds = self.feeds(x.view(), &parts, &targets);
         let values = match self.backend {
             Backend::Reference => {
                 let values = self.train_exec.run(&self.tg.graph, &self.params, &feeds, ctx).map_err(StepError::Exec)?;
@@ -611,8 +695,7 @@ impl Session {
         split: &Split,
         batch: usize,
     ) -> Result<Option<crate::metric::Verified>, RunError> {
-        let Some(id) = self.outputs_of_losses().iter().find(|o| matches!(o.1, LossKind::Triplet(_))).map(|o| o.0)
-        else {
+        let Some(id) = self.outputs_of_losses().iter().find(|o| o.1.embeds()).map(|o| o.0[0]) else {
             return Ok(None);
         };
         let Some((name, _)) = self.infer.outputs().iter().find(|(_, o)| *o == id) else { return Ok(None) };
@@ -645,41 +728,85 @@ impl Session {
     }
 
     /// The inference graph's outputs on batch `x`, with these parameters, on the session's backend.
+    /// A model of several inputs gets `x` in every input: each input's branch gives its outputs
+    /// for the batch (the embeddings of a Siamese network).
     pub fn infer(&self, params: &Params, x: View) -> Result<Values, RunError> {
-        let input = self.infer.inputs()[0];
+        let feeds: Vec<(NodeId, View)> = self.infer.inputs().iter().map(|&i| (i, x.view())).collect();
+        self.infer_feeds(params, &feeds)
+    }
+
+    /// The inference graph's outputs with these inputs.
+    fn infer_feeds(&self, params: &Params, feeds: &[(NodeId, View)]) -> Result<Values, RunError> {
         match self.backend {
             Backend::Reference => {
                 let keep: Vec<ValueId> = self.infer.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
                 let exec = Executor::new(&self.infer, &params.layout, &keep)?;
-                Ok(exec.run(&self.infer, params, &[(input, x)], Ctx::default())?)
+                Ok(exec.run(&self.infer, params, feeds, Ctx::default())?)
             }
             Backend::Lir | Backend::Jit => {
                 let mut programs =
                     self.infer_programs.lock().map_err(|_| RunError::Unsupported("a poisoned lock".into()))?;
-                programs.run(&self.infer, params, &mut [], &[(input, x)], Ctx::default()).map_err(RunError::Unsupported)
+                programs.run(&self.infer, params, &mut [], feeds, Ctx::default()).map_err(RunError::Unsupported)
             }
         }
+    }
+
+    /// The inference graph's outputs on a batch of tuples `x` `[n, k, ..input]`, each input
+    /// receiving its examples.
+    pub fn infer_tuples(&self, params: &Params, x: View) -> Result<Values, RunError> {
+        let parts = self.parts(&x);
+        let g = &self.tg.graph;
+        let feeds = self
+            .tg
+            .inputs
+            .iter()
+            .zip(&parts)
+            .map(|(&n, t)| {
+                let name = &g.node(n).name;
+                let id = self.infer.inputs().iter().copied().find(|&i| self.infer.node(i).name == *name);
+                id.map(|i| (i, t.view())).ok_or_else(|| RunError::Internal(format!("no inference input `{name}`")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.infer_feeds(params, &feeds)
     }
 
     /// Mean loss and accuracy on `split`, on the inference graph.
     pub fn evaluate(&self, data: &Dataset, split: &Split, batch: usize) -> Result<(f64, f64), RunError> {
         let (mut loss, mut correct_count) = (0.0, 0usize);
         let outputs = self.outputs_of_losses();
-        let indices: Vec<usize> = (0..split.len()).collect();
-        for chunk in indices.chunks(batch.max(1)) {
+        // A model of several inputs is measured on tuples of the split, the same every epoch.
+        let k = self.arity();
+        let indices: Vec<usize> = match self.feed {
+            Some(kind) => {
+                let labels: Vec<usize> = split.y.iter().map(|&y| y as usize).collect();
+                crate::metric::tuples(&labels, kind, self.seed ^ 0xe7a1, 0)
+            }
+            None => (0..split.len()).collect(),
+        };
+        for chunk in indices.chunks(batch.max(1) * k) {
             let (x, y) = data.batch(split, chunk);
-            let values = self.infer(&self.params, x.view())?;
+            let (x, y) = self.tuples_of(x, y);
+            let values = match self.feed {
+                Some(_) => self.infer_tuples(&self.params, x.view())?,
+                None => self.infer(&self.params, x.view())?,
+            };
             let targets = self.targets(y.view());
-            for (i, &(id, kind, weight, target)) in outputs.iter().enumerate() {
-                let Some(pred) = values.get(id) else { continue };
-                let Some((_, t)) = targets.iter().find(|(n, _)| *n == target) else { continue };
-                loss += f64::from(weight) * mean(&reference::loss(kind, &pred.view(), &t.view())) * chunk.len() as f64;
+            for (i, (ids, kind, weight, target)) in outputs.iter().enumerate() {
+                let preds: Vec<View> = ids.iter().filter_map(|&id| values.get(id).map(|v| v.view())).collect();
+                if preds.len() != ids.len() {
+                    continue;
+                }
+                let pred = ndarray::concatenate(ndarray::Axis(1), &preds)
+                    .map_err(|e| RunError::Internal(format!("joining the embeddings: {e}")))?;
+                let Some((_, t)) = targets.iter().find(|(n, _)| n == target) else { continue };
+                let rows = chunk.len() / k;
+                loss += f64::from(*weight) * mean(&reference::loss(*kind, &pred.view(), &t.view())) * rows as f64;
                 if i == 0 && self.classifies {
-                    correct_count += correct(pred, &y.view());
+                    correct_count += correct(&pred, &y.view());
                 }
             }
         }
-        let n = split.len().max(1) as f64;
+        let n = (indices.len() / k).max(1) as f64;
         Ok((loss / n, if self.classifies { correct_count as f64 / n } else { f64::NAN }))
     }
 
@@ -687,9 +814,9 @@ impl Session {
     /// trains a detector.
     pub fn detector(&self) -> Option<(NodeId, crate::detect::Grid)> {
         // Loss terms in order: the first whose target input holds boxes.
-        self.outputs_of_losses().into_iter().find_map(|(id, _, _, target)| {
+        self.outputs_of_losses().into_iter().find_map(|(ids, _, _, target)| {
             match &self.tg.targets.iter().find(|t| t.node == target)?.from {
-                TargetSource::Boxes(grid) => Some((id, grid_of(grid))),
+                TargetSource::Boxes(grid) => Some((ids[0], grid_of(grid))),
                 TargetSource::Labels => None,
             }
         })
@@ -764,14 +891,15 @@ impl Session {
     /// The inference graph's output that the first loss applies to.
     pub fn prediction(&self) -> NodeId {
         match self.outputs_of_losses().first() {
-            Some(&(id, _, _, _)) => id,
+            Some((ids, _, _, _)) => ids[0],
             None => self.infer.outputs()[0].1,
         }
     }
 
-    /// For each loss term: the inference graph's output it applies to, its kind and weight, and
-    /// its target input in the training graph.
-    fn outputs_of_losses(&self) -> Vec<(NodeId, LossKind, f32, NodeId)> {
+    /// For each loss term: the inference graph's output it applies to (the three embeddings,
+    /// in order, of a given triplet's), its kind and weight, and its target input in the training
+    /// graph.
+    fn outputs_of_losses(&self) -> Vec<(Vec<NodeId>, LossKind, f32, NodeId)> {
         let g = &self.tg.graph;
         self.tg
             .losses
@@ -779,9 +907,18 @@ impl Session {
             .filter_map(|&(l, w)| {
                 let Op::Loss(op) = g.node(l).op else { return None };
                 let (pred, target) = (g.operands(l)[0], g.operands(l)[1]);
-                let name = g.outputs().iter().find(|(_, id)| *id == pred).map(|(n, _)| n)?;
-                let id = self.infer.outputs().iter().find(|(n, _)| n == name).map(|(_, id)| *id)?;
-                Some((id, op.kind, w, target))
+                let preds = match op.kind {
+                    LossKind::GivenTriplet { .. } => g.operands(pred).to_vec(),
+                    _ => vec![pred],
+                };
+                let ids = preds
+                    .iter()
+                    .map(|&p| {
+                        let name = g.outputs().iter().find(|(_, id)| *id == p).map(|(n, _)| n)?;
+                        self.infer.outputs().iter().find(|(n, _)| n == name).map(|(_, id)| *id)
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some((ids, op.kind, w, target))
             })
             .collect()
     }
@@ -909,8 +1046,16 @@ fn mean(v: &Tensor) -> f64 {
     v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len().max(1) as f64
 }
 
+/// Examples whose top class is the label; for an output of one value (a same-or-not score), whose
+/// sign says the label (positive for 1).
 fn correct(pred: &Tensor, labels: &View) -> usize {
-    pred.outer_iter().zip(labels.iter()).filter(|(row, &label)| argmax(row.iter().copied()) == label as usize).count()
+    pred.outer_iter()
+        .zip(labels.iter())
+        .filter(|(row, &label)| match row.len() {
+            1 => (row.iter().next().copied().unwrap_or(0.0) > 0.0) == (label > 0.5),
+            _ => argmax(row.iter().copied()) == label as usize,
+        })
+        .count()
 }
 
 fn argmax(values: impl Iterator<Item = f32>) -> usize {
@@ -1255,18 +1400,20 @@ fn train_epochs(
     // dealt whole batches at a time.
     let identities: Vec<usize> = data.train.y.iter().map(|&y| y as usize).collect();
     let per_identity = session.per_identity();
-    let order_of = |epoch: usize| match per_identity {
-        Some(per) => crate::metric::identity_order(&identities, spec.batch, per, spec.seed, epoch),
-        None => epoch_order(data.train.len(), spec.seed, epoch),
+    // A model of several inputs reads tuples of `k` examples, `k` indices each in the order.
+    let (feed, k) = (session.feed(), session.arity());
+    let order_of = |epoch: usize| match (feed, per_identity) {
+        (Some(kind), _) => crate::metric::tuples(&identities, kind, spec.seed, epoch),
+        (None, Some(per)) => crate::metric::identity_order(&identities, spec.batch, per, spec.seed, epoch),
+        (None, None) => epoch_order(data.train.len(), spec.seed, epoch),
     };
-    let steps_per_epoch = order_of(0).len().div_ceil(spec.batch) as u64;
+    let steps_per_epoch = order_of(0).len().div_ceil(spec.batch * k) as u64;
     let total_steps = steps_per_epoch * spec.epochs as u64;
     let show_bar = !quiet && std::io::stderr().is_terminal();
     let loader = Loader { data, pipeline, workers: spec.workers };
     // An embedding is evaluated on `views` views of each test example (positives for identities
     // of one image).
-    let views = if session.per_identity().is_some() { spec.views } else { 1 };
-    let eval_data = pipeline.for_eval_views(data, views);
+    let eval_data = pipeline.for_eval_views(data, session.views(spec.views));
     for epoch in start..spec.epochs {
         let started = Instant::now();
         let lr = session.opt.lr_at(epoch, session.opt.t, total_steps);
@@ -1274,16 +1421,24 @@ fn train_epochs(
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let order = order_of(epoch);
         // Each process loads its shard of every global batch.
-        let global: Vec<&[usize]> = order.chunks(spec.batch.max(1)).collect();
+        // (in whole tuples).
+        let global: Vec<&[usize]> = order.chunks(spec.batch.max(1) * k).collect();
         let parts: Vec<Part> = global
             .iter()
-            .map(|c| Part { first: crate::dist::shard(c.len(), rank, ranks).start, total: c.len() })
+            .map(|c| Part { first: crate::dist::shard(c.len() / k, rank, ranks).start, total: c.len() / k })
             .collect();
-        let shards: Vec<&[usize]> = global.iter().map(|c| &c[crate::dist::shard(c.len(), rank, ranks)]).collect();
-        let mut k = 0;
+        let shards: Vec<&[usize]> = global
+            .iter()
+            .map(|c| {
+                let r = crate::dist::shard(c.len() / k, rank, ranks);
+                &c[r.start * k..r.end * k]
+            })
+            .collect();
+        let mut step_index = 0;
         let waited = loader.batches(&shards, epoch, |x, y, waited| {
-            let part = parts[k];
-            k += 1;
+            let part = parts[step_index];
+            step_index += 1;
+            let (x, y) = session.tuples_of(x, y);
             let batch = part.total;
             let step = session.opt.t;
             let lr = session.opt.lr_at(epoch, step, total_steps);

@@ -45,7 +45,7 @@ fn with_loss_in(mut graph: Graph, kind: LossKind) -> Case {
     let y = graph.outputs()[0].1;
     let x = graph.inputs()[0];
     let y_shape = graph.node(y).shape.clone();
-    let class = matches!(kind, LossKind::SoftmaxCrossEntropy | LossKind::Triplet(_));
+    let class = matches!(kind, LossKind::SoftmaxCrossEntropy | LossKind::Triplet(_) | LossKind::GivenTriplet { .. });
     let t_shape = if class { Shape(vec![]) } else { y_shape };
     let loc = graph.node(y).loc;
     let target = graph.add(Node::new(Op::Input(InputOp { name: "t".into() }), "t", loc, t_shape), &[]);
@@ -104,6 +104,8 @@ fn check_once(case: &Case, batch: usize, kind: LossKind, seed: u64, attempt: u64
         LossKind::Triplet(_) => {
             ArrayD::from_shape_vec(IxDyn(&[batch]), (0..batch).map(|b| (b % 3) as f32).collect()).unwrap()
         }
+        // The anchor's identity, which the loss does not read.
+        LossKind::GivenTriplet { .. } => ArrayD::zeros(IxDyn(&[batch])),
         // Objectness flags 0 or 1 (by the sign), the rest in [0, 1].
         LossKind::Detect(_) => random(&y_shape, &mut rng).mapv(|v| (v + 1.0) / 2.0),
     };
@@ -258,6 +260,14 @@ proptest! {
         run(&[4], &format!("dense({units})"), kind, 7, seed)?;
         // On the unit sphere, as an encoder ends.
         run(&[4], &format!("dense({units}) |> l2norm"), kind, 6, seed)?;
+    }
+
+    /// Given triplets (`triplet(a, p, n)`): the prediction is `[a | p | n]`; a margin of 1 keeps
+    /// most triplets active, a margin of 0 most inactive.
+    #[test]
+    fn triplet_loss_given(margin in 0.0f32..1.5, units in 1usize..=3, batch in 1usize..=4, seed in any::<u64>()) {
+        let kind = LossKind::GivenTriplet { margin };
+        run(&[4], &format!("dense({})", 3 * units), kind, batch, seed)?;
     }
 
     #[test]

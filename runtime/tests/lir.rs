@@ -77,7 +77,7 @@ fn compare(
                 ArrayD::from_shape_vec(IxDyn(&[batch]), labels_i32.iter().map(|&v| v as f32).collect()).unwrap()
             }
             // Identities, three of them.
-            Op::Loss(l) if matches!(l.kind, LossKind::Triplet(_)) => {
+            Op::Loss(l) if matches!(l.kind, LossKind::Triplet(_) | LossKind::GivenTriplet { .. }) => {
                 labels_i32 = (0..batch).map(|_| rng.random_range(0..3)).collect();
                 ArrayD::from_shape_vec(IxDyn(&[batch]), labels_i32.iter().map(|&v| v as f32).collect()).unwrap()
             }
@@ -158,7 +158,7 @@ fn training(mut graph: Graph, kind: LossKind, train: bool) -> (Graph, (NodeId, N
     }
     let y = graph.outputs()[0].1;
     let y_shape = graph.node(y).shape.clone();
-    let class = matches!(kind, LossKind::SoftmaxCrossEntropy | LossKind::Triplet(_));
+    let class = matches!(kind, LossKind::SoftmaxCrossEntropy | LossKind::Triplet(_) | LossKind::GivenTriplet { .. });
     let t_shape = if class { Shape(vec![]) } else { y_shape };
     let loc = graph.node(y).loc;
     let t = graph.add(Node::new(Op::Input(InputOp { name: "label".into() }), "label", loc, t_shape), &[]);
@@ -254,6 +254,11 @@ proptest! {
     fn triplet_loss_with_mining(semi_hard in any::<bool>(), margin in 0.0f32..1.0, batch in 1usize..=9, seed in any::<u64>()) {
         let kind = LossKind::Triplet(TripletLoss { margin, semi_hard });
         both(&[5], "dense(4) |> l2norm", kind, batch, seed)?;
+    }
+
+    #[test]
+    fn triplet_loss_given(margin in 0.0f32..1.5, batch in 1usize..=5, seed in any::<u64>()) {
+        both(&[5], "dense(6)", LossKind::GivenTriplet { margin }, batch, seed)?;
     }
 
     #[test]

@@ -8,7 +8,9 @@ committed):
     python tests/metric/make.py
 
 Writes triplet.json beside this script: the embeddings [12, 5] (on the unit sphere), the
-identities, and for each mining the per-anchor losses and the gradient of their mean, in float64.
+identities, and for each mining the per-anchor losses and the gradient of their mean, in float64;
+and for given triplets (`triplet(a, p, n)`), rows [a | p | n] of three 5-d embeddings, each
+row's loss max(|a - p|^2 - |a - n|^2 + margin, 0) and the gradient of their mean.
 Mining picks triplets by distance; the loss is differentiated with the triplets held fixed, as
 autograd does through an index.
 """
@@ -58,6 +60,17 @@ def main():
         per_anchor = losses(e, labels, 0.3, mining == "semi_hard")
         per_anchor.mean().backward()
         fixture[mining] = {"losses": per_anchor.detach().tolist(), "grad": e.grad.reshape(-1).tolist()}
+    gen = torch.Generator().manual_seed(5)
+    rows = torch.randn(8, 15, generator=gen, dtype=torch.float64) * 0.5
+    r = rows.clone().requires_grad_(True)
+    a, p, n = r[:, :5], r[:, 5:10], r[:, 10:]
+    given = torch.clamp(((a - p) ** 2).sum(1) - ((a - n) ** 2).sum(1) + 0.3, min=0)
+    given.mean().backward()
+    fixture["given"] = {
+        "rows": rows.reshape(-1).tolist(),
+        "losses": given.detach().tolist(),
+        "grad": r.grad.reshape(-1).tolist(),
+    }
     with open(os.path.join(HERE, "triplet.json"), "w") as f:
         json.dump(fixture, f, indent=1)
 

@@ -206,7 +206,10 @@ impl Lowerer<'_> {
         let node = self.graph.node(self.node);
         let shape = node.result(r).unwrap_or(&node.shape);
         let is_param_grad = self.forward_input_is_param(self.wrt_of(r));
-        if is_param_grad {
+        // The sum of a shared parameter's gradients (from each of its uses) has its shape too.
+        let sums_param_grads = matches!(node.op, Op::Add)
+            && self.inputs().is_ok_and(|vs| !vs.is_empty() && vs.iter().all(|v| v.shape == shape.0));
+        if is_param_grad || sums_param_grads {
             shape.0.clone()
         } else {
             self.batched(&shape.0)

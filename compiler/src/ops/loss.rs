@@ -33,6 +33,10 @@ pub enum LossKind {
     /// The triplet loss with online mining over the batch: see [`TripletLoss`]. The target is an
     /// identity (a class index) per example.
     Triplet(TripletLoss),
+    /// The triplet loss `max(‖a − p‖² − ‖a − n‖² + margin, 0)` of triplets the data gives (`inputs
+    /// triplets(..)`): the prediction is the three embeddings side by side, `[a | p | n]`. The
+    /// target (the anchor's identity) is not read.
+    GivenTriplet { margin: f32 },
 }
 
 /// FaceNet's triplet loss `max(‖f(A) − f(P)‖² − ‖f(A) − f(N)‖² + margin, 0)` with its triplets
@@ -75,6 +79,13 @@ impl LossKind {
     }
 }
 
+impl LossKind {
+    /// Whether the loss learns an embedding (a triplet loss, mined or given).
+    pub fn embeds(&self) -> bool {
+        matches!(self, LossKind::Triplet(_) | LossKind::GivenTriplet { .. })
+    }
+}
+
 impl fmt::Display for LossKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -82,7 +93,8 @@ impl fmt::Display for LossKind {
             LossKind::SigmoidCrossEntropy => "sigmoid_cross_entropy",
             LossKind::L2 => "l2",
             LossKind::Detect(_) => "detect",
-            LossKind::Triplet(_) => "triplet",
+            LossKind::Triplet(_) => "triplet_mining",
+            LossKind::GivenTriplet { .. } => "triplet",
         })
     }
 }
@@ -101,6 +113,7 @@ impl OpRule for LossOp {
                 let mining = if t.semi_hard { "semi_hard" } else { "hard" };
                 format!("[weight={}, margin={}, mining={mining}]", self.weight, t.margin)
             }
+            LossKind::GivenTriplet { margin } => format!("[weight={}, margin={margin}]", self.weight),
             _ => format!("[weight={}]", self.weight),
         }
     }
@@ -110,6 +123,9 @@ impl OpRule for LossOp {
         let target = inputs.get(1).ok_or(ShapeFault::Arity { expected: 2, got: 1 })?;
         let fits = match self.kind {
             LossKind::SoftmaxCrossEntropy | LossKind::Triplet(_) => pred.rank() == 1 && target.rank() == 0,
+            LossKind::GivenTriplet { .. } => {
+                pred.rank() == 1 && pred.0[0] > 0 && pred.0[0].is_multiple_of(3) && target.rank() == 0
+            }
             LossKind::SigmoidCrossEntropy | LossKind::L2 => pred == *target,
             LossKind::Detect(d) => {
                 let per = pred.channels() / (d.anchors as usize).max(1);

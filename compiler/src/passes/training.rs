@@ -16,8 +16,8 @@ use crate::train::{Arg, FnCall, TrainSpec};
 pub struct TrainingGraph {
     /// Forward, loss and backward nodes.
     pub graph: Graph,
-    /// The model input fed with examples.
-    pub input: NodeId,
+    /// The model inputs fed with examples: one, or the inputs a pair or triplet fills, in order.
+    pub inputs: Vec<NodeId>,
     /// The first input that receives the data's labels as they are (class indices or values).
     pub label: Option<NodeId>,
     /// Every input that receives targets, and what each is made from.
@@ -83,7 +83,8 @@ pub enum PlanError {
     UnsupportedLoss { name: String, loc: Loc },
     /// The section has no loss.
     NoLoss { loc: Loc },
-    /// The model does not have exactly one input.
+    /// The model has several inputs and the section does not say what they receive, or names
+    /// one that is not an input.
     Inputs { model: String, count: usize },
     /// A pass failed or was misused.
     Pass(PassError),
@@ -94,11 +95,11 @@ impl std::fmt::Display for PlanError {
         match self {
             PlanError::UnsupportedLoss { name, .. } => write!(
                 f,
-                "the `{name}` loss is checked but `cnnc run` cannot train with it yet (supported: softmax_cross_entropy, sigmoid_cross_entropy, l2, yolo, localization)"
+                "the `{name}` loss is checked but `cnnc run` cannot train with it yet (supported: softmax_cross_entropy, sigmoid_cross_entropy, l2, triplet, triplet_mining, yolo, localization)"
             ),
             PlanError::NoLoss { .. } => write!(f, "the train section has no loss"),
             PlanError::Inputs { model, count } => {
-                write!(f, "`cnnc run` feeds models with one input; `{model}` has {count}")
+                write!(f, "`{model}` has {count} inputs: say what each receives with `inputs pairs(..)` or `inputs triplets(..)`")
             }
             PlanError::Pass(e) => write!(f, "{e}"),
         }
@@ -120,8 +121,15 @@ pub fn run(
     pipe: &mut Pipeline,
 ) -> Result<TrainingGraph, PlanError> {
     let mut graph = model.graph.clone();
-    let &[input] = graph.inputs() else {
-        return Err(PlanError::Inputs { model: model.name.clone(), count: graph.inputs().len() });
+    let inputs: Vec<NodeId> = match &spec.inputs {
+        Some(feed) => feed
+            .inputs
+            .iter()
+            .map(|name| graph.inputs().iter().copied().find(|&i| graph.node(i).name == *name))
+            .collect::<Option<_>>()
+            .ok_or_else(|| PlanError::Inputs { model: model.name.clone(), count: graph.inputs().len() })?,
+        None if graph.inputs().len() == 1 => graph.inputs().to_vec(),
+        None => return Err(PlanError::Inputs { model: model.name.clone(), count: graph.inputs().len() }),
     };
     let stats = pipe.run("training_mode", &mut graph, training_mode::run)?.unwrap_or_default();
     let (targets, losses) = match pipe.run("losses", &mut graph, |g| add_losses(g, model, spec))? {
@@ -145,7 +153,7 @@ pub fn run(
     roots.push(prediction);
     pipe.run("dce", &mut graph, |g| dce::run(g, &roots))?;
     pipe.finish(&graph)?;
-    Ok(TrainingGraph { graph, input, label, targets, losses, prediction, first_loss, grads, stats })
+    Ok(TrainingGraph { graph, inputs, label, targets, losses, prediction, first_loss, grads, stats })
 }
 
 type Losses = (Vec<Target>, Vec<(NodeId, f32)>);
@@ -190,13 +198,26 @@ fn add_losses(graph: &mut Graph, model: &ModelInfo, spec: &TrainSpec) -> Result<
     let mut losses = Vec::new();
     for term in &spec.loss {
         let call = &term.call;
-        let output = ["logits", "output", "embedding"].iter().find_map(|k| match call.args.get(*k) {
+        let output = ["logits", "output", "embedding", "anchor"].iter().find_map(|k| match call.args.get(*k) {
             Some(Arg::Name(n)) => Some(n.clone()),
             _ => None,
         });
-        let Some(pred) = output.and_then(|o| graph.outputs().iter().find(|(n, _)| *n == o).map(|(_, id)| *id)) else {
+        let find = |graph: &Graph, o: &str| graph.outputs().iter().find(|(n, _)| *n == o).map(|(_, id)| *id);
+        let Some(mut pred) = output.and_then(|o| find(graph, &o)) else {
             continue;
         };
+        if call.name == "triplet" {
+            // The three embeddings side by side, [a | p | n], which the loss splits.
+            let mut parts = vec![pred];
+            for k in ["positive", "negative"] {
+                let Some(Arg::Name(o)) = call.args.get(k) else { continue };
+                parts.extend(find(graph, o));
+            }
+            let shape = graph.node(pred).shape.clone();
+            let joined = Shape(vec![shape.elements().unwrap_or(0) * parts.len()]);
+            let name = format!("triplet{}", losses.len() + 1);
+            pred = graph.add(Node::new(Op::Concat, name, call.loc, joined), &parts);
+        }
         let pred_shape = graph.node(pred).shape.clone();
         let (kind, target) = match call.name.as_str() {
             "yolo" | "localization" => {
@@ -214,6 +235,7 @@ fn add_losses(graph: &mut Graph, model: &ModelInfo, spec: &TrainSpec) -> Result<
             }
             name => {
                 let kind = match name {
+                    "triplet" => LossKind::GivenTriplet { margin: call.num("margin", 0.2) as f32 },
                     "triplet_mining" => LossKind::Triplet(TripletLoss {
                         margin: call.num("margin", 0.2) as f32,
                         semi_hard: matches!(call.args.get("mining"), Some(Arg::Str(m)) if m == "semi_hard"),
@@ -221,7 +243,10 @@ fn add_losses(graph: &mut Graph, model: &ModelInfo, spec: &TrainSpec) -> Result<
                     name => LossKind::from_name(name)
                         .ok_or_else(|| PlanError::UnsupportedLoss { name: name.to_string(), loc: call.loc })?,
                 };
-                let class = matches!(kind, LossKind::SoftmaxCrossEntropy | LossKind::Triplet(_));
+                let class = matches!(
+                    kind,
+                    LossKind::SoftmaxCrossEntropy | LossKind::Triplet(_) | LossKind::GivenTriplet { .. }
+                );
                 let shape = if class { Shape(vec![]) } else { pred_shape };
                 let existing = targets
                     .iter()

@@ -621,6 +621,7 @@ fn loss(m: &Mem, kind: LossKind, pred: &View, target: &View, out: &View) {
                 let per = crate::detect::slot_len(&d, *pred.shape.last().unwrap_or(&1));
                 crate::detect::loss(&d, per, p, example(m.src(target), target, b))
             }
+            LossKind::GivenTriplet { margin } => crate::metric::given_triplet_loss(p, margin),
             // Over the whole batch, above.
             LossKind::Triplet(_) => 0.0,
         };
@@ -660,6 +661,7 @@ fn loss_grad(m: &Mem, kind: LossKind, scale: f32, pred: &View, target: &View, dp
                 let per = crate::detect::slot_len(&k, *pred.shape.last().unwrap_or(&1));
                 crate::detect::loss_grad(&k, per, p, example(m.src(target), target, b), scale, d);
             }
+            LossKind::GivenTriplet { margin } => crate::metric::given_triplet_grad(p, margin, scale, d),
             // Over the whole batch, above.
             LossKind::Triplet(_) => {}
         }

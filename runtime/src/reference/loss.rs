@@ -33,6 +33,9 @@ pub(super) fn forward(kind: LossKind, pred: &View, target: &View) -> Tensor {
                 let (p, t) = (p.iter().copied().collect::<Vec<_>>(), t.iter().copied().collect::<Vec<_>>());
                 crate::detect::loss(&d, per, &p, &t)
             }
+            LossKind::GivenTriplet { margin } => {
+                crate::metric::given_triplet_loss(&p.iter().copied().collect::<Vec<_>>(), margin)
+            }
             // Over the whole batch, above.
             LossKind::Triplet(_) => 0.0,
         };
@@ -71,6 +74,16 @@ pub(super) fn vjp(kind: LossKind, weight: f32, wrt: usize, pred: &View, target: 
             let mut g = vec![0.0; emb.len()];
             crate::metric::triplet_grad(&t, &emb, emb.len() / labels.len().max(1), &labels, scale, &mut g);
             ArrayD::from_shape_vec(pred.raw_dim(), g).expect("the gradient has the embeddings' shape")
+        }
+        LossKind::GivenTriplet { margin } => {
+            let mut g = ArrayD::zeros(pred.raw_dim());
+            for b in 0..pred.shape()[0] {
+                let p: Vec<f32> = pred.index_axis(Axis(0), b).iter().copied().collect();
+                let mut out = vec![0.0; p.len()];
+                crate::metric::given_triplet_grad(&p, margin, scale, &mut out);
+                g.index_axis_mut(Axis(0), b).iter_mut().zip(out).for_each(|(o, v)| *o = v);
+            }
+            g
         }
         LossKind::Detect(d) => {
             let per = crate::detect::slot_len(&d, *pred.shape().last().unwrap_or(&1));
