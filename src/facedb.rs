@@ -315,7 +315,10 @@ fn enroll(
         }
         listed.push((name, found));
     }
-    let (threshold, how) = threshold(model, spec, args, base, &predictor.models[0])?;
+    let (threshold, how) = match args.distance {
+        Some(d) => (d, "given with --distance".to_string()),
+        None => threshold(model, spec, args, base, &predictor.models[0])?,
+    };
     let (mut people, mut rows) = (Vec::new(), Vec::new());
     let mut files = 0;
     for (name, found) in listed {

@@ -65,7 +65,11 @@ pub(crate) fn import(
     }
     let width = done.pairs.iter().map(|p| p.from.len()).max().unwrap_or(0).min(512);
     for p in &done.pairs {
-        let how = p.rule.map_or("by order".to_string(), |l| format!("rule, line {l}"));
+        let how = match (p.rule, p.by_name) {
+            (Some(l), _) => format!("rule, line {l}"),
+            (None, true) => "by name".to_string(),
+            (None, false) => "by order".to_string(),
+        };
         println!("  {:<width$}  →  {}  ({}, {how})", p.from, p.to, p.kind);
     }
     for name in &done.ignored {

@@ -288,6 +288,18 @@ struct RunArgs {
     /// The database --identify and --verify read (default: OUT/faces.safetensors).
     #[arg(long, value_name = "FILE")]
     database: Option<PathBuf>,
+    /// With --enroll: the distance below which two images show one person (a pretrained
+    /// network's published threshold, such as FaceRecognitionNet's 0.6), rather than the one
+    /// chosen on the train section's held-out pairs.
+    #[arg(long, requires = "enroll", value_name = "D", value_parser = positive_distance)]
+    distance: Option<f32>,
+}
+
+fn positive_distance(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive distance")),
+    }
 }
 
 fn fraction(s: &str) -> Result<f32, String> {
@@ -460,6 +472,7 @@ fn main() -> ExitCode {
                 identify: a.identify,
                 verify: a.verify,
                 database: a.database,
+                distance: a.distance,
             };
             distributed::finish(group, run::run(&c, &args))
         }

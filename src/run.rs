@@ -58,6 +58,8 @@ pub struct Args {
     pub verify: Vec<PathBuf>,
     /// The database file.
     pub database: Option<PathBuf>,
+    /// `--enroll`'s distance threshold, when given rather than chosen.
+    pub distance: Option<f32>,
 }
 
 /// A failure with its exit code.
@@ -237,7 +239,8 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             print_map(&found, &truths, grid.classes);
             return Ok(());
         }
-        print_accuracy(acc, session.feed().map_or(data.test.len(), |_| eval.test.len()), session.feed());
+        print_accuracy(acc, session.evaluated(&eval.test), session.feed());
+        print_pair_auc(&session, &eval, spec.batch)?;
         return Ok(());
     }
     let leader = cnnc_runtime::dist::leader();
@@ -340,8 +343,9 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
                 match verified {
                     Some(verified) => print_verification(&verified, spec.unseen, &out)?,
                     None => {
-                        let n = session.feed().map_or(data.test.len(), |_| eval.test.len());
-                        print_accuracy(last.test_accuracy, n, session.feed())
+                        let n = session.evaluated(&eval.test);
+                        print_accuracy(last.test_accuracy, n, session.feed());
+                        print_pair_auc(&session, &eval, spec.batch)?;
                     }
                 }
             }
@@ -423,6 +427,14 @@ fn print_verification(verified: &cnnc_runtime::metric::Verified, unseen: usize, 
     Ok(())
 }
 
+/// A model of pairs: how well its scores rank same above different pairs.
+fn print_pair_auc(session: &Session, eval: &cnnc_runtime::data::Dataset, batch: usize) -> Result<(), Failure> {
+    if let Some(auc) = session.pair_auc(eval, &eval.test, batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))? {
+        println!("  ROC AUC of its same-or-not scores: {auc:.4}");
+    }
+    Ok(())
+}
+
 /// Accuracy on `n` test examples, or on `n` test pairs (each test example with another, of its
 /// identity or not) for a model fed pairs.
 fn print_accuracy(acc: f64, n: usize, feed: Option<cnnc_compiler::train::FeedKind>) {
@@ -432,8 +444,8 @@ fn print_accuracy(acc: f64, n: usize, feed: Option<cnnc_compiler::train::FeedKin
     let right = (acc * n as f64).round() as usize;
     match feed {
         Some(cnnc_compiler::train::FeedKind::Pairs) => println!(
-            "test accuracy: {:.2}% ({right}/{n} test pairs, each test example with another, of its identity or not, \
-             told same or different)",
+            "test accuracy: {:.2}% ({right}/{n} test pairs told same or different: each test example with others, of \
+             its identity or not)",
             acc * 100.0
         ),
         _ => println!("test accuracy: {:.2}% ({right}/{n})", acc * 100.0),

@@ -385,6 +385,12 @@ pub enum Kernel {
     L2Norm { x: View, y: View, eps: f32 },
     /// Its gradient: `dx = (dy − y·(y·dy)) / ‖x‖` per row where `‖x‖ > eps`, else `dy / eps`.
     L2NormGrad { x: View, dy: View, dx: View, eps: f32 },
+    /// `y` is zeros with `x` placed `before[k]` elements into each axis of an example (the batch
+    /// axis aside): zero padding.
+    Pad { x: View, y: View, before: Vec<usize> },
+    /// `dx` is the part of `dy` that starts `before[k]` elements into each axis of an example:
+    /// the gradient of [`Kernel::Pad`].
+    Crop { dy: View, dx: View, before: Vec<usize> },
     /// Batchnorm on running statistics as a per-channel affine map (a prepare kernel):
     /// `scale = γ/√(var + eps)`, `shift = β − mean·scale`.
     BnAffine { mean: View, var: View, gamma: View, beta: View, eps: f32, scale: View, shift: View },
@@ -436,6 +442,8 @@ impl Kernel {
             Kernel::SoftmaxGrad { .. } => "softmax_grad",
             Kernel::L2Norm { .. } => "l2norm",
             Kernel::L2NormGrad { .. } => "l2norm_grad",
+            Kernel::Pad { .. } => "pad",
+            Kernel::Crop { .. } => "crop",
             Kernel::BnStats { .. } => "bn_stats",
             Kernel::BnApply { .. } => "bn_apply",
             Kernel::BnGrad { .. } => "bn_grad",
@@ -496,6 +504,8 @@ impl Kernel {
             Kernel::SoftmaxGrad { y, dy, dx } => (vec![y, dy], vec![dx]),
             Kernel::L2Norm { x, y, .. } => (vec![x], vec![y]),
             Kernel::L2NormGrad { x, dy, dx, .. } => (vec![x, dy], vec![dx]),
+            Kernel::Pad { x, y, .. } => (vec![x], vec![y]),
+            Kernel::Crop { dy, dx, .. } => (vec![dy], vec![dx]),
             Kernel::BnStats { x, mean, var } => (vec![x], vec![mean, var]),
             Kernel::BnApply { x, mean, var, gamma, beta, y, .. } => (vec![x, mean, var, gamma, beta], vec![y]),
             Kernel::BnGrad { x, mean, var, gamma, dy, dx, dgamma, dbeta, .. } => {
@@ -543,6 +553,8 @@ impl Kernel {
             | Kernel::Col2im { .. }
             | Kernel::Copy { .. }
             | Kernel::Fill { .. }
+            | Kernel::Pad { .. }
+            | Kernel::Crop { .. }
             | Kernel::RotateFilters { .. } => 0,
             Kernel::Pool { y, geom, .. } => (y.len() * geom.window()) as u64,
             Kernel::PoolGrad { dy, geom, .. } => (dy.len() * geom.window()) as u64,

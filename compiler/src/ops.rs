@@ -15,6 +15,7 @@ pub mod dense;
 pub mod gram;
 pub mod loss;
 pub mod norm;
+pub mod pad;
 pub mod pool;
 pub mod structure;
 
@@ -175,6 +176,7 @@ pub static LAYERS: &[LayerSpec] = &[
     arith::SQUARE,
     arith::L2NORM,
     structure::CONCAT,
+    pad::PAD,
     gram::GRAM,
 ];
 

@@ -68,8 +68,9 @@ pub struct Foreign {
     pub kind: Kind,
     /// Its tensors, by the role they play.
     pub tensors: BTreeMap<Role, Tensor>,
-    /// Its dense weight is already `[in, out]` (ONNX `MatMul`, `Gemm` without `transB`).
-    pub in_out: bool,
+    /// Its tensors are in TensorFlow's layout, which is cnnc's: filters `[k.., c_in/g, c_out]`,
+    /// a dense weight `[in, out]` (TF.js files; ONNX `MatMul`, `Gemm` without `transB`).
+    pub tf_layout: bool,
     /// A batchnorm's epsilon, when the file says it (ONNX).
     pub eps: Option<f32>,
 }
@@ -119,6 +120,9 @@ pub struct Source {
     pub flatten: Flatten,
     /// Tensors it holds that belong to no layer cnnc knows, by name, with why.
     pub unknown: Vec<(String, String)>,
+    /// Its layers pair first with the model's layers of the same name (TF.js files, whose layer
+    /// names a faithful model file repeats).
+    pub by_name: bool,
 }
 
 /// Why an import failed. Every message names the file, layer or tensor at fault.
@@ -171,7 +175,9 @@ fn read_torch(path: &Path, bytes: &[u8]) -> Result<Source, ImportError> {
             None => unknown.push((name, format!("{:?} values, not floats", view.dtype()))),
         }
     }
-    let mut source = state_dict(tensors);
+    // TensorFlow's names are paths (`conv1/conv/filters`); PyTorch's are dotted.
+    let tf = tensors.iter().any(|t| t.name.contains('/')) && tensors.iter().all(|t| !t.name.contains('.'));
+    let mut source = if tf { tf_layers(tensors) } else { state_dict(tensors) };
     source.unknown.extend(unknown);
     Ok(source)
 }
@@ -222,10 +228,63 @@ pub fn state_dict(tensors: Vec<Tensor>) -> Source {
             }
         };
         let tensors = tensors.into_iter().filter_map(|(s, t)| role(&s).map(|r| (r, t))).collect();
-        layers.push(Foreign { name: module, kind, tensors, in_out: false, eps: None });
+        layers.push(Foreign { name: module, kind, tensors, tf_layout: false, eps: None });
     }
     layers.sort_by(|a, b| natural(&a.name, &b.name));
-    Source { layers, flatten: Flatten::Chw, unknown }
+    Source { layers, flatten: Flatten::Chw, unknown, by_name: false }
+}
+
+/// The layers of a TF.js model (face-api's): tensors grouped by layer (the name without its last
+/// part). A convolution has `filters` `[k.., c_in, c_out]` and `bias`; a per-channel scale layer
+/// (`weights` and `biases` `[c]`, a folded batchnorm) is a 1×1 depthwise convolution,
+/// `[1, 1, 1, c]`; a matrix `[in, out]` is a dense layer. Every layer is in TensorFlow's layout
+/// and pairs with the model's layer of its name first.
+pub fn tf_layers(tensors: Vec<Tensor>) -> Source {
+    let mut modules: BTreeMap<String, Vec<(String, Tensor)>> = BTreeMap::new();
+    for tensor in tensors {
+        let (module, suffix) = match tensor.name.rsplit_once('/') {
+            Some((m, s)) => (m.to_string(), s.to_string()),
+            // A lone matrix (`fc`) is a layer of its own.
+            None => (tensor.name.clone(), "weights".to_string()),
+        };
+        modules.entry(module).or_default().push((suffix, tensor));
+    }
+    let mut layers = Vec::new();
+    let mut unknown = Vec::new();
+    for (module, tensors) in modules {
+        let ranks: Vec<usize> = tensors.iter().map(|(_, t)| t.shape.len()).collect();
+        let kind = if tensors.iter().any(|(s, t)| s == "filters" && t.shape.len() >= 3) {
+            Some(Kind::Conv)
+        } else if tensors.iter().any(|(s, t)| s == "weights" && t.shape.len() == 2) {
+            Some(Kind::Dense)
+        } else if tensors.iter().any(|(s, t)| s == "weights" && t.shape.len() == 1) {
+            Some(Kind::Conv)
+        } else {
+            None
+        };
+        let mut roles = BTreeMap::new();
+        for (suffix, mut t) in tensors {
+            let role = match (kind, suffix.as_str()) {
+                (Some(_), "filters" | "weights") => Role::Weight,
+                (Some(_), "bias" | "biases") => Role::Bias,
+                _ => {
+                    let why = format!("`/{suffix}` (in a layer of ranks {ranks:?}) is not a parameter cnnc knows");
+                    unknown.push((t.name, why));
+                    continue;
+                }
+            };
+            // A scale layer's weights: one 1×1 filter per channel.
+            if role == Role::Weight && t.shape.len() == 1 {
+                t.shape = vec![1, 1, 1, t.shape[0]];
+            }
+            roles.insert(role, t);
+        }
+        if let Some(kind) = kind {
+            layers.push(Foreign { name: module, kind, tensors: roles, tf_layout: true, eps: None });
+        }
+    }
+    layers.sort_by(|a, b| natural(&a.name, &b.name));
+    Source { layers, flatten: Flatten::Hwc, unknown, by_name: true }
 }
 
 /// Orders names as people number things: `features.2` before `features.10`.
@@ -358,7 +417,7 @@ fn read_onnx(path: &Path, bytes: &[u8]) -> Result<Source, ImportError> {
                 ));
             }
         }
-        let in_out = match node.op_type.as_str() {
+        let tf_layout = match node.op_type.as_str() {
             "MatMul" => true,
             "Gemm" => attr("transB").unwrap_or(0) == 0,
             _ => false,
@@ -378,7 +437,7 @@ fn read_onnx(path: &Path, bytes: &[u8]) -> Result<Source, ImportError> {
         }
         let eps = (node.op_type == "BatchNormalization")
             .then(|| node.attribute.iter().find(|a| a.name == "epsilon").map_or(1e-5, |a| a.f));
-        layers.push(Foreign { name, kind, tensors, in_out, eps });
+        layers.push(Foreign { name, kind, tensors, tf_layout, eps });
     }
     let unknown = graph
         .initializer
@@ -387,7 +446,7 @@ fn read_onnx(path: &Path, bytes: &[u8]) -> Result<Source, ImportError> {
         .map(|t| (t.name.clone(), "an initializer no convolution, dense, batchnorm or PReLU node reads".to_string()))
         .collect();
     let flatten = if model.producer_name == "cnnc" { Flatten::Hwc } else { Flatten::Chw };
-    Ok(Source { layers, flatten, unknown })
+    Ok(Source { layers, flatten, unknown, by_name: false })
 }
 
 /// One piece of a name pattern.
@@ -663,6 +722,8 @@ pub struct Pair {
     pub kind: Kind,
     /// Paired by a rule (its line) or by order.
     pub rule: Option<usize>,
+    /// Paired by its name, the same on both sides.
+    pub by_name: bool,
 }
 
 /// What an import produced: the model's parameters it fills, in cnnc's layout, and how.
@@ -700,6 +761,7 @@ fn run(model: &[Layer], source: &Source, mapping: &Mapping, values: bool) -> Res
     let by_name: HashMap<&str, usize> = model.iter().enumerate().map(|(i, l)| (l.name.as_str(), i)).collect();
     let mut taken = vec![false; model.len()];
     let mut pairs: Vec<(usize, usize, Option<usize>)> = Vec::new();
+    let mut named: HashSet<usize> = HashSet::new();
     let mut ignored = Vec::new();
     let mut by_order: Vec<usize> = Vec::new();
     for (f, layer) in source.layers.iter().enumerate() {
@@ -725,7 +787,15 @@ fn run(model: &[Layer], source: &Source, mapping: &Mapping, values: bool) -> Res
                 taken[m] = true;
                 pairs.push((f, m, Some(line)));
             }
-            None => by_order.push(f),
+            // Then a layer of the same name and kind, in a file whose names a model repeats.
+            None => match by_name.get(layer.name.as_str()) {
+                Some(&m) if source.by_name && !taken[m] && model[m].kind == layer.kind => {
+                    taken[m] = true;
+                    named.insert(f);
+                    pairs.push((f, m, None));
+                }
+                _ => by_order.push(f),
+            },
         }
     }
     for kind in [Kind::Conv, Kind::Dense, Kind::BatchNorm, Kind::PRelu] {
@@ -752,6 +822,7 @@ fn run(model: &[Layer], source: &Source, mapping: &Mapping, values: bool) -> Res
             to: model[m].name.clone(),
             kind: model[m].kind,
             rule,
+            by_name: named.contains(&f),
         })
         .collect();
     Ok(Imported { tensors, pairs, ignored, fresh })
@@ -890,26 +961,29 @@ fn convert(
                 if r != shape.len() {
                     return Err(mismatch("the model needs a filter bank of the same rank"));
                 }
-                // [o, i, k..] → [k.., i, o]
-                let perm: Vec<usize> = (2..r).chain([1, 0]).collect();
+                // [o, i, k..] → [k.., i, o]; TensorFlow's is cnnc's.
+                let perm: Vec<usize> =
+                    if foreign.tf_layout { (0..r).collect() } else { (2..r).chain([1, 0]).collect() };
                 let converted: Vec<usize> = perm.iter().map(|&a| t.shape[a]).collect();
                 if converted != *shape {
+                    let layout =
+                        if foreign.tf_layout { "[k.., c_in/groups, c_out]" } else { "[c_out, c_in/groups, k..]" };
                     return Err(mismatch(&format!(
-                        "[c_out, c_in/groups, k..] that is {converted:?} in cnnc's layout, not what the model needs"
+                        "{layout} that is {converted:?} in cnnc's layout, not what the model needs"
                     )));
                 }
                 Some(perm)
             }
             (Kind::Dense, ParamRole::Weight) => {
                 let [a, b] = t.shape[..] else { return Err(mismatch("a dense layer needs a matrix")) };
-                let (inputs, units) = if foreign.in_out { (a, b) } else { (b, a) };
+                let (inputs, units) = if foreign.tf_layout { (a, b) } else { (b, a) };
                 if [inputs, units] != shape[..] {
                     return Err(mismatch(&format!(
                         "{} that is [{inputs}, {units}] in cnnc's layout, not what the model needs",
-                        if foreign.in_out { "[in, out]" } else { "[out, in]" }
+                        if foreign.tf_layout { "[in, out]" } else { "[out, in]" }
                     )));
                 }
-                Some(if foreign.in_out { vec![0, 1] } else { vec![1, 0] })
+                Some(if foreign.tf_layout { vec![0, 1] } else { vec![1, 0] })
             }
             (Kind::PRelu, _) if numel(&t.shape) == 1 => None,
             _ => {

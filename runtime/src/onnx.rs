@@ -457,6 +457,16 @@ impl Exporter<'_> {
                 let out = self.set(id, layout);
                 self.nodes.push(node("Slice", &name, vec![x, starts, ends, axes], vec![out], vec![]));
             }
+            Op::Pad(p) => {
+                // Channels last: [n, axes.., c]; ONNX's pads are every axis's starts, then ends.
+                let x = self.at(ops[0], Layout::Last)?;
+                let starts = std::iter::once(0).chain(p.spatial.iter().map(|s| s.0 as i64)).chain([0]);
+                let ends = std::iter::once(0).chain(p.spatial.iter().map(|s| s.1 as i64)).chain([p.channels as i64]);
+                let pads: Vec<i64> = starts.chain(ends).collect();
+                let pads = self.init_i64(&format!("{name}/pads"), &pads);
+                let out = self.set(id, Layout::Last);
+                self.nodes.push(node("Pad", &name, vec![x, pads], vec![out], vec![]));
+            }
             Op::Gram => {
                 // [n, .., c] as [n, positions, c]; G = Aᵀ·A per example.
                 let x = self.at(ops[0], Layout::Last)?;

@@ -72,6 +72,7 @@ pub fn forward(op: &Op, inputs: &[View], ctx: Ctx) -> Vec<Tensor> {
         Op::Arith(a) => one(arith::forward(*a, inputs)),
         Op::L2Norm(o) => one(arith::l2norm(*o, x())),
         Op::Concat => one(structure::concat(inputs)),
+        Op::Pad(p) => one(structure::pad(p, x())),
         Op::Gram => one(structure::gram(x())),
         Op::Loss(l) => one(loss::forward(l.kind, x(), &inputs[1])),
         Op::Backward(b) => backward(b, inputs, ctx),
@@ -197,6 +198,7 @@ fn vjp(op: &Op, wrt: usize, a: &Args, ctx: Ctx) -> Tensor {
         }
         Op::L2Norm(o) => arith::l2norm_vjp(*o, a.x(0), a.dy()),
         Op::Gram => structure::gram_vjp(a.x(0), a.dy()),
+        Op::Pad(p) => structure::crop(p, a.dy(), &a.op.inputs[0].0),
         Op::Concat => {
             let start: usize = a.op.inputs[..wrt].iter().map(|s| s.channels()).sum();
             structure::channel_slice(a.dy(), start, a.op.inputs[wrt].channels())

@@ -482,6 +482,49 @@ impl Session {
         (x, Tensor::from_shape_vec(ndarray::IxDyn(&[n]), y).expect("one target a tuple"))
     }
 
+    /// What evaluation reads of `split`: its examples in order, or for a model of several inputs
+    /// tuples of them, the same every epoch: each example an anchor once, and for pairs in as
+    /// many rounds as make about 500 pairs (1 to 5; accuracy and AUC on pairs need many).
+    fn eval_tuples(&self, split: &Split) -> Vec<usize> {
+        let Some(kind) = self.feed else { return (0..split.len()).collect() };
+        let labels: Vec<usize> = split.y.iter().map(|&y| y as usize).collect();
+        let rounds = match kind {
+            FeedKind::Pairs => (500 / labels.len().max(1)).clamp(1, 5),
+            FeedKind::Triplets => 1,
+        };
+        (0..rounds).flat_map(|r| crate::metric::tuples(&labels, kind, self.seed ^ 0xe7a1, r)).collect()
+    }
+
+    /// How many examples (or tuples) evaluation reads of `split`.
+    pub fn evaluated(&self, split: &Split) -> usize {
+        self.eval_tuples(split).len() / self.arity()
+    }
+
+    /// For a model of pairs: the ROC AUC of its same-or-not scores (the first loss's output: a
+    /// logit, or class 1's logit less class 0's) over evaluation's test pairs; `None` for other
+    /// models, or without pairs of both kinds.
+    pub fn pair_auc(&self, data: &Dataset, split: &Split, batch: usize) -> Result<Option<f64>, RunError> {
+        if self.feed != Some(FeedKind::Pairs) {
+            return Ok(None);
+        }
+        let id = self.prediction();
+        let indices = self.eval_tuples(split);
+        let mut scored: Vec<(f32, bool)> = Vec::new();
+        for chunk in indices.chunks(batch.max(1) * 2) {
+            let (x, y) = data.batch(split, chunk);
+            let (x, y) = self.tuples_of(x, y);
+            let values = self.infer_tuples(&self.params, x.view())?;
+            let Some(pred) = values.get(id) else { return Ok(None) };
+            for (row, &same) in pred.outer_iter().zip(y.iter()) {
+                let v: Vec<f32> = row.iter().copied().collect();
+                let score = if v.len() == 2 { v[1] - v[0] } else { v[0] };
+                // As a distance: the nearer, the more alike.
+                scored.push((-score, same > 0.5));
+            }
+        }
+        Ok(crate::metric::verification(&scored).map(|v| v.auc))
+    }
+
     /// Each input's examples of a batch of tuples `[n, k, ..input]`, input by input (none for a
     /// model of one input).
     fn parts(&self, x: &View) -> Vec<Tensor> {
@@ -774,15 +817,8 @@ impl Session {
     pub fn evaluate(&self, data: &Dataset, split: &Split, batch: usize) -> Result<(f64, f64), RunError> {
         let (mut loss, mut correct_count) = (0.0, 0usize);
         let outputs = self.outputs_of_losses();
-        // A model of several inputs is measured on tuples of the split, the same every epoch.
         let k = self.arity();
-        let indices: Vec<usize> = match self.feed {
-            Some(kind) => {
-                let labels: Vec<usize> = split.y.iter().map(|&y| y as usize).collect();
-                crate::metric::tuples(&labels, kind, self.seed ^ 0xe7a1, 0)
-            }
-            None => (0..split.len()).collect(),
-        };
+        let indices = self.eval_tuples(split);
         for chunk in indices.chunks(batch.max(1) * k) {
             let (x, y) = data.batch(split, chunk);
             let (x, y) = self.tuples_of(x, y);

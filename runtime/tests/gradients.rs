@@ -225,6 +225,15 @@ proptest! {
         run_in(&input, "batchnorm(eps: 0.001)", LossKind::L2, 3, seed, false)?;
     }
 
+    /// Zeros before and after each spatial axis and after the channels; the convolution after
+    /// it reads the zeros, so they carry gradient into its weights.
+    #[test]
+    fn pad(rank in 1usize..=3, before in 0usize..=2, after in 0usize..=2, channels in 0usize..=2, n in 1usize..=3, seed in any::<u64>()) {
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([2]).collect();
+        let layers = format!("conv(2, 1) |> pad(before: {before}, after: {after}, channels: {channels}) |> conv(2, 2, pad: same) |> tanh");
+        run(&input, &layers, LossKind::L2, 2, seed)?;
+    }
+
     #[test]
     fn activations(which in 0usize..7, n in 1usize..=5, seed in any::<u64>()) {
         let layer = ["relu", "leaky_relu(alpha: 0.1)", "tanh", "sigmoid", "softmax", "prelu", "dropout(0.3)"][which];

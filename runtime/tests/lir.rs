@@ -239,6 +239,15 @@ proptest! {
     }
 
     #[test]
+    fn pad(rank in 1usize..=3, before in 0usize..=2, after in 0usize..=2, channels in 0usize..=2, n in 1usize..=3, batch in 1usize..=3, seed in any::<u64>()) {
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([2]).collect();
+        let layers = format!("conv(2, 1) |> pad(before: {before}, after: {after}, channels: {channels}) |> conv(2, 2, pad: same) |> tanh");
+        both(&input, &layers, LossKind::L2, batch, seed)?;
+        // Channels alone, of a vector.
+        both(&[3], &format!("dense(2) |> pad(channels: {channels}) |> dense(2)"), LossKind::L2, batch, seed)?;
+    }
+
+    #[test]
     fn activations(which in 0usize..7, n in 1usize..=5, seed in any::<u64>()) {
         let layer = ["relu", "leaky_relu(alpha: 0.1)", "tanh", "sigmoid", "softmax", "prelu", "dropout(0.3)"][which];
         both(&[n, 3], layer, LossKind::L2, 2, seed)?;

@@ -48,7 +48,9 @@ impl Elab<'_> {
         let b = Bound { call: loc, x, x_loc: x_arg.loc, slots, names: spec.params };
         let built = (spec.build)(&mut LayerArgs { elab: self, sc, b: &b, node: &naming.node });
         let Some((op, params)) = built else { return Value::Poison };
-        self.finish(sc, op, &[(x, b.x_loc)], params, loc, naming)
+        // `round: floor` written out says the rows and columns a floor drops are meant.
+        let meant = b.get("round").is_some();
+        self.finish(sc, op, &[(x, b.x_loc)], params, loc, naming, meant)
     }
 
     fn many(
@@ -97,10 +99,12 @@ impl Elab<'_> {
         let b = Bound { call: loc, x: inputs[0].0, x_loc: inputs[0].1, slots: Vec::new(), names: &[] };
         let built = (spec.build)(&mut LayerArgs { elab: self, sc, b: &b, node: &naming.node });
         let Some((op, params)) = built else { return Value::Poison };
-        self.finish(sc, op, &inputs, params, loc, naming)
+        self.finish(sc, op, &inputs, params, loc, naming, false)
     }
 
-    /// Infers the op's shape; if it checks, adds its parameters and the op node.
+    /// Infers the op's shape; if it checks, adds its parameters and the op node. A floor that
+    /// leaves input unread is a warning unless `unread_meant` (`round: floor` written out).
+    #[allow(clippy::too_many_arguments)]
     fn finish(
         &mut self,
         sc: &mut Scope,
@@ -109,6 +113,7 @@ impl Elab<'_> {
         params: Vec<ParamNeed>,
         loc: Loc,
         naming: Naming,
+        unread_meant: bool,
     ) -> Value {
         let input_shapes: Vec<Shape> = inputs.iter().map(|(id, _)| self.graph.node(*id).shape.clone()).collect();
         let mut shapes: Vec<&Shape> = input_shapes.iter().collect();
@@ -127,7 +132,7 @@ impl Elab<'_> {
             Err(f) => return fault(self, sc, f),
         };
         let rank = input_shapes.first().map_or(0, |s| s.rank().saturating_sub(1));
-        if !inferred.unread.is_empty() {
+        if !inferred.unread.is_empty() && !unread_meant {
             let w = Warning::UnreadInput { loc, layer: naming.node.clone(), calcs: inferred.unread.clone(), rank };
             self.report(sc, w);
         }
@@ -241,6 +246,11 @@ impl LayerArgs<'_, '_> {
     /// The input's shape if a window op (`op`) can take it; reported otherwise.
     pub fn window_input(&mut self, op: &str) -> Option<Shape> {
         self.elab.window_rank(self.sc, self.b, op)
+    }
+
+    /// Whether the call gives argument `name`.
+    pub fn given(&self, name: &str) -> bool {
+        self.b.get(name).is_some()
     }
 
     /// An integer of at least `min`, or `default` when not given.

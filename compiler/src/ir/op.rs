@@ -11,6 +11,7 @@ pub use crate::ops::conv::ConvOp;
 pub use crate::ops::dense::DenseOp;
 pub use crate::ops::loss::{DetectLoss, LossKind, LossOp, TripletLoss};
 pub use crate::ops::norm::BatchNormOp;
+pub use crate::ops::pad::PadOp;
 pub use crate::ops::pool::{PoolKind, PoolOp};
 pub use crate::ops::structure::{Init, InputOp, ParamOp, ParamRole, ReshapeOp, SliceOp};
 
@@ -50,6 +51,8 @@ pub enum Op {
     L2Norm(L2NormOp),
     /// Concatenation along the channel (last) axis; other axes must agree.
     Concat,
+    /// Zeros around the spatial axes and after the channels.
+    Pad(PadOp),
     /// The same values in another shape of as many elements: an alias, no data moves (the
     /// gradient of `flatten`).
     Reshape(ReshapeOp),
@@ -87,6 +90,7 @@ impl Op {
             Op::Arith(o) => o,
             Op::L2Norm(o) => o,
             Op::Concat => &ops::structure::Concat,
+            Op::Pad(o) => o,
             Op::Reshape(o) => o,
             Op::ChannelSlice(o) => o,
             Op::Gram => &ops::gram::Gram,

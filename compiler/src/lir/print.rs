@@ -103,6 +103,8 @@ pub(super) fn program(p: &Program) -> String {
             Kernel::Softmax { x, y } => format!("{} -> {}", view(x), view(y)),
             Kernel::SoftmaxGrad { y, dy, dx } => format!("y {} dy {} -> {}", view(y), view(dy), view(dx)),
             Kernel::L2Norm { x, y, eps } => format!("{} -> {} [eps={eps}]", view(x), view(y)),
+            Kernel::Pad { x, y, before } => format!("{} -> {} [before={before:?}]", view(x), view(y)),
+            Kernel::Crop { dy, dx, before } => format!("{} -> {} [before={before:?}]", view(dy), view(dx)),
             Kernel::L2NormGrad { x, dy, dx, eps } => {
                 format!("x {} dy {} -> {} [eps={eps}]", view(x), view(dy), view(dx))
             }

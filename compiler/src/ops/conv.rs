@@ -40,9 +40,11 @@ pub const CONV: LayerSpec = LayerSpec {
         ("bias", false),
         ("weights", false),
         ("init", false),
+        ("round", false),
     ],
     signature:
-        "conv(filters, size, stride: 1, pad: valid, dilation: 1, groups: 1, bias: true, weights: CONST, init: he)",
+        "conv(filters, size, stride: 1, pad: valid, dilation: 1, groups: 1, bias: true, weights: CONST, init: he, \
+                round: floor)",
     doc: "Convolution over 1, 2 or 3 spatial axes (by the input's rank).",
     build,
 };
@@ -75,6 +77,8 @@ fn build(a: &mut LayerArgs) -> Option<Built> {
     let groups = a.int("groups", "a group count", 1, Some(1))?;
     let bias = a.flag("bias", "`bias`", true)?;
     let init = init(a.choice("init", "an initializer", &["he", "glorot"], "he")?);
+    // Convolutions round down only; written out, it says the rows a stride leaves unread are meant.
+    a.choice("round", "rounding", &["floor"], "floor")?;
     let op = ConvOp { filters, size, stride, pad, dilation, groups };
     let mut weight = ParamNeed::new(ParamRole::Weight, weight_shape(&op, x.channels()).0, init);
     let fixed = match a.constant("weights", "`weights`")? {

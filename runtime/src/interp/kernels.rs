@@ -54,6 +54,8 @@ pub(super) fn run(k: &Kernel, m: &Mem, ctx: Ctx) {
         Kernel::SoftmaxGrad { y, dy, dx } => softmax_grad(m, y, dy, dx),
         Kernel::L2Norm { x, y, eps } => l2norm(m, x, y, *eps),
         Kernel::L2NormGrad { x, dy, dx, eps } => l2norm_grad(m, x, dy, dx, *eps),
+        Kernel::Pad { x, y, before } => pad(m, x, y, before),
+        Kernel::Crop { dy, dx, before } => crop(m, dy, dx, before),
         Kernel::BnStats { x, mean, var } => bn_stats(m, x, mean, var),
         Kernel::BnApply { x, mean, var, gamma, beta, y, eps } => bn_apply(m, x, mean, var, gamma, beta, y, *eps),
         Kernel::BnGrad { .. } => bn_grad(m, k),
@@ -463,6 +465,45 @@ fn l2norm_grad(m: &Mem, x: &View, dy: &View, dx: &View, eps: f32) {
         } else {
             dr.iter_mut().zip(gr).for_each(|(d, &g)| *d = g / eps);
         }
+    }
+}
+
+/// The row of the larger view `big` (`[batch, axes.., c]`) that row `r` of `small` falls on when
+/// `small` sits `before[k]` elements into each axis of an example (its channels first).
+fn placed_row(small: &View, big: &View, before: &[usize], r: usize) -> usize {
+    let lead = &small.shape[..small.shape.len() - 1];
+    let big_lead = &big.shape[..big.shape.len() - 1];
+    // r as an index over small's leading axes, last axis fastest, moved by `before` (none on
+    // the batch axis) and flattened over big's.
+    let (mut rest, mut out, mut scale) = (r, 0, 1);
+    for k in (0..lead.len()).rev() {
+        let i = rest % lead[k].max(1);
+        rest /= lead[k].max(1);
+        let shift = if k == 0 { 0 } else { before.get(k - 1).copied().unwrap_or(0) };
+        out += (i + shift) * scale;
+        scale *= big_lead[k];
+    }
+    out
+}
+
+/// Zero padding: `y` is zeros with `x` placed `before` into each axis of an example.
+fn pad(m: &Mem, x: &View, y: &View, before: &[usize]) {
+    let (xs, ys) = (m.src(x), m.dst(y));
+    for r in 0..y.rows() {
+        row_mut(ys, y, r).fill(0.0);
+    }
+    for r in 0..x.rows() {
+        let to = placed_row(x, y, before, r);
+        row_mut(ys, y, to)[..x.cols()].copy_from_slice(row(xs, x, r));
+    }
+}
+
+/// The gradient of [`pad`]: `dx` is the part of `dy` that `x` filled.
+fn crop(m: &Mem, dy: &View, dx: &View, before: &[usize]) {
+    let (dys, dxs) = (m.src(dy), m.dst(dx));
+    for r in 0..dx.rows() {
+        let from = placed_row(dx, dy, before, r);
+        row_mut(dxs, dx, r).copy_from_slice(&row(dys, dy, from)[..dx.cols()]);
     }
 }
 

@@ -58,6 +58,36 @@ pub(super) fn channel_slice(x: &View, start: usize, len: usize) -> Tensor {
     x.slice_axis(Axis(axis), Slice::from(start..start + len)).to_owned()
 }
 
+/// Zeros around `x` (`[batch, axes.., c]`): `op.spatial` before and after each spatial axis and
+/// `op.channels` after the channels.
+pub(super) fn pad(op: &cnnc_compiler::ir::op::PadOp, x: &View) -> Tensor {
+    let mut shape = x.shape().to_vec();
+    for (k, &(b, a)) in op.spatial.iter().enumerate() {
+        shape[k + 1] += b + a;
+    }
+    *shape.last_mut().expect("a padded tensor has channels") += op.channels;
+    let mut y = ArrayD::<f32>::zeros(IxDyn(&shape));
+    let before = op.before();
+    y.slice_each_axis_mut(|ax| {
+        let i = ax.axis.index();
+        let start = if i == 0 { 0 } else { before[i - 1] };
+        Slice::from(start..start + x.shape()[i])
+    })
+    .assign(x);
+    y
+}
+
+/// The gradient of [`pad`]: the part of `dy` that `x` filled, `x`'s shape `[batch, ..shape]`.
+pub(super) fn crop(op: &cnnc_compiler::ir::op::PadOp, dy: &View, shape: &[usize]) -> Tensor {
+    let before = op.before();
+    dy.slice_each_axis(|ax| {
+        let i = ax.axis.index();
+        let (start, len) = if i == 0 { (0, dy.shape()[0]) } else { (before[i - 1], shape[i - 1]) };
+        Slice::from(start..start + len)
+    })
+    .to_owned()
+}
+
 /// `dy` placed at channels `start ..` of zeros of `shape`: the gradient of a channel slice.
 pub(super) fn unslice(dy: &View, shape: &[usize], start: usize) -> Tensor {
     let mut dx = ArrayD::<f32>::zeros(IxDyn(shape));
