@@ -270,6 +270,14 @@ train Pair {{
     let o = cnnc(&["run", f, "--model", "Pair", "--enroll", dir.path().to_str().unwrap(), "--out", out]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("use --verify A B"), "{}", text(&o));
+    // A model of two inputs that does not say what they receive: a diagnostic before training
+    // (exit 1, as every error `cnnc check` finds).
+    let two = dir.path().join("two.cnn");
+    let text_of = std::fs::read_to_string(&file).unwrap().replace("    inputs pairs(left, right)\n", "");
+    std::fs::write(&two, text_of).unwrap();
+    let o = cnnc(&["run", two.to_str().unwrap(), "--model", "Pair", "--out", out]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("`Pair` has 2 inputs (`left`, `right`): say what each receives"), "{}", text(&o));
     // The triplet model embeds each image on its own: --predict gives every branch's embedding.
     let out = dir.path().join("Triple-jit");
     let o = cnnc(&["run", f, "--model", "Triple", "--predict", a, "--out", out.to_str().unwrap()]);
