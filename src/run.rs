@@ -201,6 +201,10 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
                 "--eval --output writes one model's outputs: without --ensemble and --multi-crop",
             ));
         }
+        if args.output.is_some() {
+            // Each test example in every input: right for a Siamese network's embeddings only.
+            cnnc_runtime::predict::one_input_each(&session.infer).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
+        }
         // The test split as evaluation sees it, once: an embedding on `views` views of each example.
         let eval = pipeline.for_eval_views(&data, session.views(spec.views));
         let (loss, acc) = if models.len() == 1 && args.multi_crop <= 1 {

@@ -143,9 +143,9 @@ fn tuples_pair_and_triple_examples_by_identity() {
     // Identities 0–3 of three examples each, and 4 of one.
     let labels: Vec<usize> = (0..12).map(|i| i % 4).chain([4]).collect();
     for kind in [FeedKind::Pairs, FeedKind::Triplets] {
-        let order = metric::tuples(&labels, kind, 7, 2);
-        assert_eq!(order, metric::tuples(&labels, kind, 7, 2), "one epoch's tuples are the same every time");
-        assert_ne!(order, metric::tuples(&labels, kind, 7, 3), "another epoch shuffles anew");
+        let order = metric::tuples(&labels, kind, 7, 2, false);
+        assert_eq!(order, metric::tuples(&labels, kind, 7, 2, false), "one epoch's tuples are the same every time");
+        assert_ne!(order, metric::tuples(&labels, kind, 7, 3, false), "another epoch shuffles anew");
         let k = kind.arity();
         assert_eq!(order.len(), labels.len() * k);
         let mut anchors: Vec<usize> = order.chunks(k).map(|t| t[0]).collect();
@@ -165,6 +165,10 @@ fn tuples_pair_and_triple_examples_by_identity() {
         }
         if kind == FeedKind::Pairs {
             assert!((2..=11).contains(&same), "about half the pairs are of one identity: {same} of 13");
+            // Evaluation's pairs never show one image twice: the single example's is of two.
+            let order = metric::tuples(&labels, kind, 7, 2, true);
+            let t = order.chunks(2).find(|t| t[0] == 12).unwrap();
+            assert_ne!(labels[t[1]], 4, "{t:?}");
         }
     }
 }
@@ -267,6 +271,19 @@ train Pair {{
     let o = cnnc(&["run", f, "--model", "Pair", "--predict", a, "--out", out]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("is computed from 2 inputs (`left`, `right`)"), "{}", text(&o));
+    let o = cnnc(&[
+        "run",
+        f,
+        "--model",
+        "Pair",
+        "--eval",
+        "--output",
+        dir.path().join("o.npy").to_str().unwrap(),
+        "--out",
+        out,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("is computed from 2 inputs"), "{}", text(&o));
     let o = cnnc(&["run", f, "--model", "Pair", "--enroll", dir.path().to_str().unwrap(), "--out", out]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("use --verify A B"), "{}", text(&o));

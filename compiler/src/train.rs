@@ -794,12 +794,36 @@ impl Checker<'_> {
                         .to_string(),
                 ),
                 ("triplet", FeedKind::Triplets) => self.triplet_sources(&term.call, &feed.inputs),
+                (name, FeedKind::Pairs) => self.same_or_not(&term.call, name),
                 _ => None,
             };
             if let Some(problem) = problem {
                 self.inputs_problem(term.call.loc, problem);
             }
         }
+    }
+
+    /// A loss of a model of pairs reads its target, 1 or 0 (same or different), against a
+    /// same-or-not score: one value (`sigmoid_cross_entropy`, `l2`) or two classes
+    /// (`softmax_cross_entropy`, class 1 for the same).
+    fn same_or_not(&self, call: &FnCall, name: &str) -> Option<String> {
+        let want = match name {
+            "sigmoid_cross_entropy" | "l2" => 1,
+            "softmax_cross_entropy" => 2,
+            _ => return None,
+        };
+        let output = ["logits", "output"].iter().find_map(|k| match call.args.get(*k) {
+            Some(Arg::Name(n)) => Some(n.clone()),
+            _ => None,
+        })?;
+        let (shape, _) = self.output_shape(&output)?;
+        (shape.elements() != Some(want)).then(|| {
+            format!(
+                "a pair's target is 1 or 0 (same or different), so `{name}` reads a same-or-not score of {want} value{}, \
+                 and `{output}` has shape {shape}",
+                if want == 1 { "" } else { "s (different, same)" }
+            )
+        })
     }
 
     /// `triplet(a, p, n)` with `inputs triplets(anchor, positive, negative)`: `a` must be

@@ -24,6 +24,13 @@ impl Loader<'_> {
     /// Batch `indices` of the training split for `epoch`: inputs `[b, input..]` and targets
     /// ([`Split::targets`]).
     pub fn batch(&self, split: &Split, indices: &[usize], epoch: usize) -> (Tensor, Tensor) {
+        self.batch_after(split, &[], indices, epoch)
+    }
+
+    /// [`Loader::batch`] for the part `indices` of a batch whose examples `before` come first
+    /// (the shares of earlier processes, under data parallelism): an example that came there
+    /// already is augmented as the next of its copies, as one process would.
+    pub fn batch_after(&self, split: &Split, before: &[usize], indices: &[usize], epoch: usize) -> (Tensor, Tensor) {
         let f = self.data.features();
         let input = &self.pipeline.input;
         let per = split.target_len();
@@ -32,6 +39,9 @@ impl Loader<'_> {
         // An example that comes again in a batch (an identity of one image, its positive made by
         // augmentation) is augmented anew each time.
         let mut again: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+        for &i in before {
+            *again.entry(i).or_insert(0) += 1;
+        }
         for &i in indices {
             let example = &split.x[i * f..(i + 1) * f];
             let k = again.entry(i).or_insert(0);
@@ -70,6 +80,18 @@ impl Loader<'_> {
         &self,
         chunks: &[&[usize]],
         epoch: usize,
+        step: impl FnMut(Tensor, Tensor, Duration) -> Result<(), E>,
+    ) -> Result<Duration, E> {
+        self.batches_after(chunks, &[], epoch, step)
+    }
+
+    /// [`Loader::batches`] of parts of batches, each after the examples `before[k]` of its batch
+    /// ([`Loader::batch_after`]; none where `before` is shorter).
+    pub fn batches_after<E>(
+        &self,
+        chunks: &[&[usize]],
+        before: &[&[usize]],
+        epoch: usize,
         mut step: impl FnMut(Tensor, Tensor, Duration) -> Result<(), E>,
     ) -> Result<Duration, E> {
         let workers = self.workers.clamp(1, chunks.len().max(1));
@@ -80,8 +102,9 @@ impl Loader<'_> {
                 let (tx, rx) = sync_channel(2);
                 queues.push(rx);
                 scope.spawn(move || {
-                    for chunk in chunks.iter().skip(w).step_by(workers) {
-                        if tx.send(self.batch(&self.data.train, chunk, epoch)).is_err() {
+                    for (k, chunk) in chunks.iter().enumerate().skip(w).step_by(workers) {
+                        let prior = before.get(k).copied().unwrap_or(&[]);
+                        if tx.send(self.batch_after(&self.data.train, prior, chunk, epoch)).is_err() {
                             return;
                         }
                     }

@@ -121,11 +121,18 @@ pub fn given_triplet_grad(row: &[f32], margin: f32, scale: f32, grad: &mut [f32]
 /// An epoch's tuples for a model of several inputs ([`FeedKind`]), flat: `arity` example
 /// indices a tuple, every example an anchor once, in a shuffled order. A pair's second is, half
 /// the time, another example of the anchor's identity, else one of another identity; a triplet
-/// has both. An identity of one example is its own positive (its copies are augmented apart).
-/// Depends only on (seed, epoch).
+/// has both. An identity of one example is its own positive (its copies are augmented apart),
+/// except for pairs when `distinct` (evaluation, which does not augment: the pair would be one
+/// image twice), where its pair is always of two identities. Depends only on (seed, epoch).
 ///
 /// [`FeedKind`]: cnnc_compiler::train::FeedKind
-pub fn tuples(labels: &[usize], kind: cnnc_compiler::train::FeedKind, seed: u64, epoch: usize) -> Vec<usize> {
+pub fn tuples(
+    labels: &[usize],
+    kind: cnnc_compiler::train::FeedKind,
+    seed: u64,
+    epoch: usize,
+    distinct: bool,
+) -> Vec<usize> {
     use cnnc_compiler::train::FeedKind;
     use rand::RngExt;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0070_91e5 ^ ((epoch as u64) << 32));
@@ -167,7 +174,9 @@ pub fn tuples(labels: &[usize], kind: cnnc_compiler::train::FeedKind, seed: u64,
     for i in anchors {
         match kind {
             FeedKind::Pairs => {
-                let j = if rng.random_bool(0.5) { Some(positive(&mut rng, i)) } else { negative(&mut rng, i) };
+                let alone = distinct && by_label[&labels[i]].len() == 1;
+                let j =
+                    if rng.random_bool(0.5) && !alone { Some(positive(&mut rng, i)) } else { negative(&mut rng, i) };
                 order.extend([i, j.unwrap_or_else(|| positive(&mut rng, i))]);
             }
             FeedKind::Triplets => {

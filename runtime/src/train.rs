@@ -492,7 +492,7 @@ impl Session {
             FeedKind::Pairs => (500 / labels.len().max(1)).clamp(1, 5),
             FeedKind::Triplets => 1,
         };
-        (0..rounds).flat_map(|r| crate::metric::tuples(&labels, kind, self.seed ^ 0xe7a1, r)).collect()
+        (0..rounds).flat_map(|r| crate::metric::tuples(&labels, kind, self.seed ^ 0xe7a1, r, true)).collect()
     }
 
     /// How many examples (or tuples) evaluation reads of `split`.
@@ -1439,7 +1439,7 @@ fn train_epochs(
     // A model of several inputs reads tuples of `k` examples, `k` indices each in the order.
     let (feed, k) = (session.feed(), session.arity());
     let order_of = |epoch: usize| match (feed, per_identity) {
-        (Some(kind), _) => crate::metric::tuples(&identities, kind, spec.seed, epoch),
+        (Some(kind), _) => crate::metric::tuples(&identities, kind, spec.seed, epoch, false),
         (None, Some(per)) => crate::metric::identity_order(&identities, spec.batch, per, spec.seed, epoch),
         (None, None) => epoch_order(data.train.len(), spec.seed, epoch),
     };
@@ -1463,15 +1463,19 @@ fn train_epochs(
             .iter()
             .map(|c| Part { first: crate::dist::shard(c.len() / k, rank, ranks).start, total: c.len() / k })
             .collect();
-        let shards: Vec<&[usize]> = global
+        let ranges: Vec<std::ops::Range<usize>> = global
             .iter()
             .map(|c| {
                 let r = crate::dist::shard(c.len() / k, rank, ranks);
-                &c[r.start * k..r.end * k]
+                r.start * k..r.end * k
             })
             .collect();
+        let shards: Vec<&[usize]> = global.iter().zip(&ranges).map(|(c, r)| &c[r.clone()]).collect();
+        // What the earlier processes load of each batch: an example repeated across shares is
+        // augmented as one process would augment its copies.
+        let before: Vec<&[usize]> = global.iter().zip(&ranges).map(|(c, r)| &c[..r.start]).collect();
         let mut step_index = 0;
-        let waited = loader.batches(&shards, epoch, |x, y, waited| {
+        let waited = loader.batches_after(&shards, &before, epoch, |x, y, waited| {
             let part = parts[step_index];
             step_index += 1;
             let (x, y) = session.tuples_of(x, y);
