@@ -238,3 +238,24 @@ fn a_batch_smaller_than_the_group_trains_without_batchnorm() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     same_weights(&dir.path().join("two/weights.safetensors"), &dir.path().join("one/weights.safetensors"));
 }
+
+/// A Siamese model fed triplets: every process takes whole triplets of each global batch, an
+/// example repeated across shares is augmented as one process would, and the weights are one
+/// process's. (With SGD: Adam turns the noise-sized gradients of the convolutions' biases, which
+/// the batchnorm after them cancels, into steps of the learning rate, which then differ.)
+#[test]
+fn two_processes_train_a_triplet_model_as_one_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("siamese.cnn");
+    let source = std::fs::read_to_string(common::root().join("examples/siamese.cnn")).unwrap();
+    let faces = common::root().join("examples/data/lfw_faces");
+    let source = source
+        .replace("optimizer adam(lr: 0.001)", "optimizer sgd(lr: 0.05, momentum: 0.9)")
+        .replace("\"data/lfw_faces\"", &format!("{:?}", faces.to_str().unwrap()));
+    std::fs::write(&model, source).unwrap();
+    let args = ["run", model.to_str().unwrap(), "--model", "FaceNet", "--epochs", "2"];
+    one(&[&args[..], &["--out", &out(&dir, "one")]].concat());
+    let o = many(2, &[&args[..], &["--out", &out(&dir, "two")]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    same_weights(&dir.path().join("two/weights.safetensors"), &dir.path().join("one/weights.safetensors"));
+}
