@@ -121,6 +121,11 @@ fn concat_in_place() {
 }
 
 #[test]
+fn in_place() {
+    kernel_pass("in_place");
+}
+
+#[test]
 fn inference_graph_has_no_dropout_and_batchnorm_on_running_statistics() {
     let src = "model M {\n    input x: [8, 8, 3]\n    output y = x |> conv(4, 3x3) |> batchnorm |> relu |> dropout(0.5) |> flatten |> dense(2)\n}\n";
     let c = cnnc_compiler::compile_source("m.cnn", None, src.as_bytes());

@@ -456,6 +456,68 @@ impl Kernel {
         }
     }
 
+    /// Every view the kernel names, to change (a pass that renames a buffer).
+    pub fn views_mut(&mut self) -> Vec<&mut View> {
+        fn epi(e: &mut Option<Box<Epilogue>>) -> Vec<&mut View> {
+            e.iter_mut().flat_map(|e| e.inputs.iter_mut().chain(e.channels.iter_mut())).collect()
+        }
+        let mut v: Vec<&mut View> = Vec::new();
+        match self {
+            Kernel::Gemm { a, b, c, bias, epilogue, .. } => {
+                v.extend([a, b, c]);
+                v.extend(bias.as_mut());
+                v.extend(epi(epilogue));
+            }
+            Kernel::ConvGemm { x, b, c, bias, epilogue, winograd, .. } => {
+                v.extend([x, b, c]);
+                v.extend(bias.as_mut());
+                v.extend(winograd.as_mut());
+                v.extend(epi(epilogue));
+            }
+            Kernel::WinogradFilters { w: a, u: b }
+            | Kernel::Im2col { x: a, col: b, .. }
+            | Kernel::Col2im { col: a, dx: b, .. }
+            | Kernel::RotateFilters { w: a, out: b, .. }
+            | Kernel::Pool { x: a, y: b, .. }
+            | Kernel::GlobalPool { x: a, y: b, .. }
+            | Kernel::SumRows { x: a, y: b }
+            | Kernel::Softmax { x: a, y: b }
+            | Kernel::L2Norm { x: a, y: b, .. }
+            | Kernel::Pad { x: a, y: b, .. }
+            | Kernel::Crop { dy: a, dx: b, .. }
+            | Kernel::Copy { src: a, dst: b } => v.extend([a, b]),
+            Kernel::ConvWeightGrad { x: a, dy: b, c, .. }
+            | Kernel::SoftmaxGrad { y: a, dy: b, dx: c }
+            | Kernel::L2NormGrad { x: a, dy: b, dx: c, .. }
+            | Kernel::BnStats { x: a, mean: b, var: c }
+            | Kernel::Loss { pred: a, target: b, out: c, .. }
+            | Kernel::LossGrad { pred: a, target: b, dpred: c, .. } => v.extend([a, b, c]),
+            Kernel::PoolGrad { x, dy, dx, .. } => {
+                v.extend(x.as_mut());
+                v.extend([dy, dx]);
+            }
+            Kernel::GlobalPoolGrad { x, y, dy, dx, .. } => {
+                v.extend(x.as_mut());
+                v.extend(y.as_mut());
+                v.extend([dy, dx]);
+            }
+            Kernel::Map { inputs, channels, out, .. } => {
+                v.extend(inputs.iter_mut().chain(channels.iter_mut()));
+                v.push(out);
+            }
+            Kernel::BnApply { x, mean, var, gamma, beta, y, .. } => v.extend([x, mean, var, gamma, beta, y]),
+            Kernel::BnGrad { x, mean, var, gamma, dy, dx, dgamma, dbeta, .. } => {
+                v.extend([x, mean, var, gamma, dx, dgamma, dbeta].into_iter().flat_map(|o| o.as_mut()));
+                v.push(dy);
+            }
+            Kernel::BnAffine { mean, var, gamma, beta, scale, shift, .. } => {
+                v.extend([mean, var, gamma, beta, scale, shift])
+            }
+            Kernel::Fill { dst, .. } => v.push(dst),
+        }
+        v
+    }
+
     /// `(views read, views written)`. A written view that is also accumulated into is read too.
     pub fn access(&self) -> (Vec<&View>, Vec<&View>) {
         fn opt(v: &Option<View>) -> Vec<&View> {

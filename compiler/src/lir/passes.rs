@@ -13,13 +13,15 @@
 //! - `winograd`: in inference, a 3×3 stride-1 convolution with enough channels runs by
 //!   Winograd's F(2×2, 3×3), its filters transformed in the prepare phase;
 //! - `concat_in_place`: a product whose output only a concatenation's copy reads writes into its
-//!   channels of the concatenated buffer, and the copy goes.
+//!   channels of the concatenated buffer, and the copy goes;
+//! - `in_place`: a map writes over an input of its shape that no later kernel reads.
 
 pub mod concat_in_place;
 pub mod fold_batchnorm;
 pub mod fuse_epilogue;
 pub mod fuse_im2col;
 pub mod fuse_maps;
+pub mod in_place;
 pub mod merge_siblings;
 pub mod winograd;
 
@@ -46,6 +48,7 @@ pub const PASSES: &[(&str, &str)] = &[
         "concat_in_place",
         "a product read only by a concatenation's copy writes into its channels of the concatenation (optional)",
     ),
+    ("in_place", "a map writes over an input of its shape that no later kernel reads (optional)"),
 ];
 
 /// The longest fused map expression (the interpreter's limit).
@@ -56,7 +59,7 @@ type Pass = fn(&mut Program) -> usize;
 
 /// Runs every pass not in `disabled`; returns (pass, rewrites) for each that ran.
 pub fn optimize(p: &mut Program, disabled: &[String]) -> Vec<(&'static str, usize)> {
-    let passes: [(&str, Pass); 7] = [
+    let passes: [(&str, Pass); 8] = [
         ("fold_batchnorm", fold_batchnorm::run),
         ("fuse_maps", fuse_maps::run),
         ("fuse_epilogue", fuse_epilogue::run),
@@ -64,6 +67,7 @@ pub fn optimize(p: &mut Program, disabled: &[String]) -> Vec<(&'static str, usiz
         ("merge_siblings", merge_siblings::run),
         ("winograd", winograd::run),
         ("concat_in_place", concat_in_place::run),
+        ("in_place", in_place::run),
     ];
     passes
         .into_iter()

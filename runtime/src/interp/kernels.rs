@@ -364,7 +364,10 @@ fn sum_rows(m: &Mem, x: &View, y: &View) {
 const CHUNK: usize = 64;
 
 fn map(m: &Mem, expr: &[Expr], inputs: &[View], channels: &[View], out: &View, ctx: Ctx) {
-    let ins: Vec<&[f32]> = inputs.iter().map(|v| m.src(v)).collect();
+    // An input the map writes over (the `in_place` pass) is read from a copy: the output's slice
+    // is then the only one of its buffer.
+    let copies: Vec<Option<Vec<f32>>> = inputs.iter().map(|v| (v.buf == out.buf).then(|| m.src(v).to_vec())).collect();
+    let ins: Vec<&[f32]> = inputs.iter().zip(&copies).map(|(v, c)| c.as_deref().unwrap_or_else(|| m.src(v))).collect();
     map_slices(m, expr, &ins, inputs, channels, out, ctx);
 }
 
