@@ -1,8 +1,7 @@
 //! Memory planning: each arena buffer's life (the kernels from its first access to its last; to
 //! the end for kept buffers), and an offset in one arena such that no two buffers alive at the
-//! same kernel overlap. Buffers are placed largest first (and again by first use; the smaller
-//! arena wins), each in the smallest gap between the buffers already placed whose lives overlap
-//! its own (best fit), else after them.
+//! same kernel overlap. Buffers are placed largest first, each in the smallest gap between the
+//! buffers already placed whose lives overlap its own (best fit), else after them.
 
 use super::{Program, Space};
 
@@ -54,30 +53,9 @@ pub fn plan(p: &Program) -> MemoryPlan {
             *life = Some(life.map_or((end, end), |(a, _)| (a, end)));
         }
     }
-    // Best fit is a heuristic: largest first is usually best, first use first sometimes; the
-    // smaller arena of the two is kept.
-    let mut by_size: Vec<usize> = (0..n).filter(|&b| lives[b].is_some()).collect();
-    by_size.sort_by_key(|&b| (std::cmp::Reverse(p.buffers[b].len), lives[b].map(|l| l.0), b));
-    let mut by_start = by_size.clone();
-    by_start.sort_by_key(|&b| (lives[b].map(|l| l.0), std::cmp::Reverse(p.buffers[b].len), b));
-    let (offsets, size) = [place(p, &lives, by_size), place(p, &lives, by_start)]
-        .into_iter()
-        .min_by_key(|(_, size)| *size)
-        .unwrap_or_default();
-    let total = (0..n).filter(|&b| lives[b].is_some()).map(|b| aligned(p.buffers[b].len)).sum();
-    let peak_live = (0..=end)
-        .map(|k| {
-            (0..n).filter(|&b| lives[b].is_some_and(|(f, l)| f <= k && k <= l)).map(|b| aligned(p.buffers[b].len)).sum()
-        })
-        .max()
-        .unwrap_or(0);
-    MemoryPlan { offsets, lives, size, total, peak_live }
-}
-
-/// Places the buffers in `order`, each in the smallest gap between those already placed whose
-/// lives overlap its own (else after them): their offsets and the arena's size.
-fn place(p: &Program, lives: &[Option<(usize, usize)>], order: Vec<usize>) -> (Vec<Option<usize>>, usize) {
-    let mut offsets: Vec<Option<usize>> = vec![None; p.buffers.len()];
+    let mut order: Vec<usize> = (0..n).filter(|&b| lives[b].is_some()).collect();
+    order.sort_by_key(|&b| (std::cmp::Reverse(p.buffers[b].len), lives[b].map(|l| l.0), b));
+    let mut offsets: Vec<Option<usize>> = vec![None; n];
     let mut placed: Vec<usize> = Vec::new();
     let mut size = 0;
     for b in order {
@@ -101,7 +79,14 @@ fn place(p: &Program, lives: &[Option<(usize, usize)>], order: Vec<usize>) -> (V
         size = size.max(at + len);
         placed.push(b);
     }
-    (offsets, size)
+    let total = (0..n).filter(|&b| lives[b].is_some()).map(|b| aligned(p.buffers[b].len)).sum();
+    let peak_live = (0..=end)
+        .map(|k| {
+            (0..n).filter(|&b| lives[b].is_some_and(|(f, l)| f <= k && k <= l)).map(|b| aligned(p.buffers[b].len)).sum()
+        })
+        .max()
+        .unwrap_or(0);
+    MemoryPlan { offsets, lives, size, total, peak_live }
 }
 
 impl MemoryPlan {
