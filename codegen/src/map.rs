@@ -4,11 +4,13 @@
 
 use super::Jit;
 use cnnc_compiler::lir::Expr;
+use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, AbiParam, Block, Endianness, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::JITBuilder;
-use cranelift_module::{FuncId, Linkage, Module};
+use cranelift_module::{FuncId, Linkage, Module, ModuleReloc};
 use std::mem::offset_of;
 
 /// What a compiled map reads: pointers to its views, their row pitches and lengths, the shape,
@@ -73,19 +75,63 @@ pub(super) fn register_symbols(builder: &mut JITBuilder) {
 impl Jit {
     /// The compiled map of `expr` (compiled on first request).
     pub fn map(&mut self, expr: &[Expr]) -> Result<MapFn, String> {
-        let key = format!("{expr:?}");
-        if let Some(&f) = self.maps.get(&key) {
-            return Ok(f);
+        Ok(self.maps(&[expr])?[0])
+    }
+
+    /// The compiled maps of `exprs`, in order. Those not compiled yet (each distinct expression
+    /// once) are built here, then compiled by Cranelift on two threads when there are several,
+    /// and defined together.
+    pub fn maps(&mut self, exprs: &[&[Expr]]) -> Result<Vec<MapFn>, String> {
+        let mut todo: Vec<(String, FuncId, Context)> = Vec::new();
+        for expr in exprs {
+            let key = format!("{expr:?}");
+            if self.maps.contains_key(&key) || todo.iter().any(|(k, _, _)| *k == key) {
+                continue;
+            }
+            let name = self.next_name("map");
+            let (id, ctx) = self.build_map(&name, expr)?;
+            todo.push((key, id, ctx));
         }
-        let name = self.next_name("map");
-        let id = self.compile_map(&name, expr)?;
-        self.module.finalize_definitions().map_err(|e| e.to_string())?;
-        let code = self.module.get_finalized_function(id);
-        // SAFETY: the function was built with the signature `MapFn` describes: one pointer
-        // argument, no result, the host's default calling convention.
-        let f: MapFn = unsafe { std::mem::transmute::<*const u8, MapFn>(code) };
-        self.maps.insert(key, f);
-        Ok(f)
+        if !todo.is_empty() {
+            let isa = self.module.isa();
+            let compile = |part: &mut [(String, FuncId, Context)]| -> Result<(), String> {
+                for (_, _, ctx) in part.iter_mut() {
+                    ctx.compile(isa, &mut ControlPlane::default()).map_err(|e| format!("{e:?}"))?;
+                }
+                Ok(())
+            };
+            let chunk = todo.len().div_ceil(2);
+            if todo.len() == 1 {
+                compile(&mut todo)?;
+            } else {
+                std::thread::scope(|s| {
+                    let workers: Vec<_> = todo.chunks_mut(chunk).map(|part| s.spawn(move || compile(part))).collect();
+                    workers
+                        .into_iter()
+                        .try_for_each(|w| w.join().map_err(|_| "a compile thread panicked".to_string())?)
+                })?;
+            }
+            for (_, id, ctx) in &todo {
+                let code = ctx.compiled_code().ok_or("a map was not compiled")?;
+                let relocs: Vec<ModuleReloc> =
+                    code.buffer.relocs().iter().map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, *id)).collect();
+                self.module
+                    .define_function_bytes(*id, u64::from(code.buffer.alignment), code.buffer.data(), &relocs)
+                    .map_err(|e| format!("{e:?}"))?;
+            }
+            self.module.finalize_definitions().map_err(|e| e.to_string())?;
+            for (key, id, _) in todo {
+                let code = self.module.get_finalized_function(id);
+                // SAFETY: the function was built with the signature `MapFn` describes: one
+                // pointer argument, no result, the host's default calling convention.
+                let f: MapFn = unsafe { std::mem::transmute::<*const u8, MapFn>(code) };
+                self.maps.insert(key, f);
+            }
+        }
+        exprs
+            .iter()
+            .map(|e| self.maps.get(&format!("{e:?}")).copied().ok_or_else(|| "a map went missing".to_string()))
+            .collect()
     }
 
     fn import(&mut self, name: &str, params: &[types::Type], ret: types::Type) -> Result<FuncId, String> {
@@ -95,7 +141,8 @@ impl Jit {
         self.module.declare_function(name, Linkage::Import, &sig).map_err(|e| e.to_string())
     }
 
-    fn compile_map(&mut self, name: &str, expr: &[Expr]) -> Result<FuncId, String> {
+    /// Declares map `name` and builds its Cranelift IR, not yet compiled.
+    fn build_map(&mut self, name: &str, expr: &[Expr]) -> Result<(FuncId, Context), String> {
         let ptr = self.module.target_config().pointer_type();
         let keep =
             self.import("cnnc_keep", &[types::I64, types::I64, types::I64, types::I64, types::F32], types::F32)?;
@@ -217,9 +264,7 @@ impl Jit {
             b.finalize(config);
         }
         self.clif.push((name.to_string(), ctx.func.display().to_string()));
-        self.module.define_function(id, &mut ctx).map_err(|e| format!("{e:?}"))?;
-        self.module.clear_context(&mut ctx);
-        Ok(id)
+        Ok((id, ctx))
     }
 }
 

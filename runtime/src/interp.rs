@@ -126,12 +126,26 @@ impl Machine {
     /// kernels for the others it covers; they run instead of the interpreter's functions from
     /// now on. Returns how many kernels are native.
     pub fn compile(&mut self, jit: &mut Jit) -> Result<usize, String> {
+        // Every map and epilogue of the program at once (compiled on two threads).
+        let exprs: Vec<&[Expr]> = self
+            .program
+            .kernels
+            .iter()
+            .filter_map(|k| match k {
+                Kernel::Map { expr, .. } => Some(&expr[..]),
+                Kernel::Gemm { epilogue: Some(e), .. } | Kernel::ConvGemm { epilogue: Some(e), .. } => {
+                    Some(&e.expr[..])
+                }
+                _ => None,
+            })
+            .collect();
+        let mut compiled = jit.maps(&exprs)?.into_iter();
         let mut count = 0;
         for (k, native) in self.program.kernels.iter().zip(&mut self.natives) {
-            if let Kernel::Map { expr, .. } = k {
-                *native = Some(Native::Map(jit.map(expr)?));
-            } else if let Kernel::Gemm { epilogue: Some(e), .. } | Kernel::ConvGemm { epilogue: Some(e), .. } = k {
-                *native = Some(Native::Epilogue(jit.map(&e.expr)?));
+            if let Kernel::Map { .. } = k {
+                *native = Some(Native::Map(compiled.next().ok_or("a map was not compiled")?));
+            } else if let Kernel::Gemm { epilogue: Some(_), .. } | Kernel::ConvGemm { epilogue: Some(_), .. } = k {
+                *native = Some(Native::Epilogue(compiled.next().ok_or("an epilogue was not compiled")?));
             } else if tuned::covers(k) {
                 *native = Some(Native::Tuned);
             } else {
