@@ -20,7 +20,7 @@ step() { # args...: the median step in ms, the arena peak and the sum of buffers
 }
 echo "| workload | all passes | $(printf 'without %s | ' "${passes[@]}")"
 echo "|---|---|$(printf -- '---|%.0s' "${passes[@]}")"
-for w in "GoogLeNet b1|stdlib/inception.cnn --infer --batch 1 --steps 5" \
+for w in "GoogLeNet b1|stdlib/inception.cnn --model GoogLeNet --infer --batch 1 --steps 5" \
          "ResNet-50 b1|stdlib/resnet.cnn --model ResNet50 --infer --batch 1 --steps 5" \
          "ResNet-20 training b64|benches/models/resnet20_train.cnn --train --batch 64 --steps 5"; do
     name=${w%%|*}
