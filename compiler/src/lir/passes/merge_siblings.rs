@@ -6,7 +6,10 @@
 //!
 //! Every reader of an old output reads its column range instead: a view with the wider pitch,
 //! or, for a convolution that runs by Winograd, the whole buffer with the geometry's channel
-//! block (`c0`, `cg`) naming the range. Products read by other window kernels stay apart. The siblings must end alike: the same epilogue over their
+//! block (`c0`, `cg`) naming the range. An output read by another window kernel (an implicit
+//! GEMM over a narrow block of a wide buffer touches a cache line per pixel for a few channels)
+//! is copied out of the merged one, into its old buffer, right after the merged product. The
+//! siblings must end alike: the same epilogue over their
 //! own output only (`relu`, batchnorm's affine map with per-channel vectors), or none.
 
 use super::{same_matrix, temporary, Uses};
@@ -61,7 +64,7 @@ fn find(p: &Program) -> Option<Vec<usize>> {
             && epilogue.as_ref().is_none_or(|e| e.inputs.len() == 1 && same_matrix(&e.inputs[0], c))
     };
     for i in 0..p.kernels.len() {
-        if !eligible(i) || !rewritable(p, &uses, i) {
+        if !eligible(i) || !(rewritable(p, &uses, i) || copyable(p, &uses, i)) {
             continue;
         }
         let (a, _, _, bias, epilogue) = parts(&p.kernels[i])?;
@@ -80,7 +83,7 @@ fn find(p: &Program) -> Option<Vec<usize>> {
             if uses.written_from(a.buf, i + 1, j + 1) {
                 break;
             }
-            if eligible(j) && alike(j) && rewritable(p, &uses, j) {
+            if eligible(j) && alike(j) && (rewritable(p, &uses, j) || copyable(p, &uses, j)) {
                 // Its output must not be read before the merged product (at `i`) would write it:
                 // readers come after its old place, which is after `i`.
                 group.push(j);
@@ -122,6 +125,19 @@ fn rewritable(p: &Program, uses: &Uses, g: usize) -> bool {
     })
 }
 
+/// Whether product `g`'s readers only read its output: then, when they cannot read a column
+/// range of the merged buffer (an implicit GEMM over a narrow block of a wide buffer is slow),
+/// the merged product's columns are copied into the old output right after it, and its readers
+/// stay as they are. A narrow copy costs less than the separate narrow product it replaces.
+fn copyable(p: &Program, uses: &Uses, g: usize) -> bool {
+    let Some((_, _, c, _, _)) = parts(&p.kernels[g]) else { return false };
+    let t = c.buf.0 as usize;
+    uses.readers[t]
+        .iter()
+        .filter(|&&r| r != g)
+        .all(|&r| r > g && p.kernels[r].access().1.iter().all(|w| w.buf != c.buf))
+}
+
 /// A new buffer of `len` values: kept across runs (written in prepare) or not.
 fn buffer(p: &mut Program, name: String, len: usize, kept: bool) -> BufId {
     let id = BufId(p.buffers.len() as u32);
@@ -131,6 +147,11 @@ fn buffer(p: &mut Program, name: String, len: usize, kept: bool) -> BufId {
 
 /// Merges the products `group` into one at the first's place.
 fn merge(p: &mut Program, group: &[usize]) {
+    // Which outputs are copied out of the merged one rather than read in place.
+    let copied: Vec<bool> = {
+        let uses = Uses::of(p);
+        group.iter().map(|&g| !rewritable(p, &uses, g)).collect()
+    };
     let products: Vec<Owned> = group
         .iter()
         .filter_map(|&g| {
@@ -173,8 +194,14 @@ fn merge(p: &mut Program, group: &[usize]) {
             .collect();
         Box::new(Epilogue { expr: e.expr.clone(), inputs: vec![c.clone()], channels })
     });
-    // Readers of each old output read its columns of the merged one.
+    // Readers of each old output read its columns of the merged one, or the old output, filled
+    // from them right after the merged product.
+    let mut copies = Vec::new();
     for (k, (_, _, old, _, _)) in products.iter().enumerate() {
+        if copied[k] {
+            copies.push(Kernel::Copy { src: c.columns(starts[k], widths[k]), dst: old.clone() });
+            continue;
+        }
         for kernel in p.kernels.iter_mut() {
             redirect(kernel, old, &c, starts[k], widths[k]);
         }
@@ -182,6 +209,9 @@ fn merge(p: &mut Program, group: &[usize]) {
     p.kernels[group[0]] = Kernel::Gemm { a, b, c, ta: false, tb: false, accumulate: false, bias, epilogue };
     for &g in group[1..].iter().rev() {
         p.kernels.remove(g);
+    }
+    for (n, copy) in copies.into_iter().enumerate() {
+        p.kernels.insert(group[0] + 1 + n, copy);
     }
 }
 
