@@ -5,7 +5,7 @@ use super::{Built, LayerSpec, ParamNeed, Tensors};
 use crate::elaborate::layers::LayerArgs;
 use crate::ir::op::{Init, Op, ParamRole, Read};
 use crate::lir::lower::Lowerer;
-use crate::lir::{Geom, Kernel, View};
+use crate::lir::{Expr, Geom, Kernel, View};
 use crate::shape::{Inferred, Shape, ShapeFault};
 
 /// Attributes of [`Op::Conv`]. Every vector has one entry per spatial axis. Inputs: x, weight
@@ -197,10 +197,12 @@ impl ConvOp {
 /// Whether a convolution is a plain matrix product on the input viewed as `[n·positions, c]`:
 /// 1×1 windows, stride 1, no padding, one group.
 fn pointwise(c: &ConvOp) -> bool {
-    c.groups == 1
-        && c.size.iter().all(|&f| f == 1)
-        && c.stride.iter().all(|&s| s == 1)
-        && c.pad.iter().all(|&p| p == (0, 0))
+    c.groups == 1 && one_by_one(c)
+}
+
+/// A 1×1 window, stride 1, no padding.
+fn one_by_one(c: &ConvOp) -> bool {
+    c.size.iter().all(|&f| f == 1) && c.stride.iter().all(|&s| s == 1) && c.pad.iter().all(|&p| p == (0, 0))
 }
 
 /// The rows of the im2col matrix of group `g` (or `x` itself for a pointwise convolution).
@@ -264,12 +266,27 @@ impl ConvOp {
         })
     }
 
-    /// y = im2col(x)·W (+ b), one product per group.
+    /// y = im2col(x)·W (+ b), one product per group. A 1×1 depthwise convolution (one filter a
+    /// channel: a per-channel scale, and shift) is a map, `y = x·w[c] (+ b[c])`, which an
+    /// epilogue can take, rather than a product of one column per channel.
     pub(crate) fn lower_forward(&self, l: &mut Lowerer) -> Result<(), String> {
         let x = l.input(0)?;
         let x = l.contiguous(x);
-        let w = weight_matrix(&l.input(1)?);
         let bias = l.input(2).ok();
+        if one_by_one(self) && self.groups == self.filters && x.cols() == self.filters {
+            let c = self.filters;
+            let w = l.input(1)?.reshaped(vec![c]);
+            let y = l.output(0);
+            let mut expr = vec![Expr::Input(0), Expr::Channel(0), Expr::Mul(0, 1)];
+            let mut channels = vec![w];
+            if let Some(b) = bias {
+                expr.extend([Expr::Channel(1), Expr::Add(2, 3)]);
+                channels.push(b.reshaped(vec![c]));
+            }
+            l.emit(super::map(expr, vec![x], channels, y));
+            return Ok(());
+        }
+        let w = weight_matrix(&l.input(1)?);
         let y = l.output(0);
         let fg = self.filters / self.groups;
         for g in 0..self.groups {
