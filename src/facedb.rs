@@ -74,10 +74,7 @@ fn verify_pair(
         ));
     }
     let loss = spec.and_then(|s| s.loss.first());
-    let output = loss.and_then(|t| match t.call.args.get("logits").or(t.call.args.get("output")) {
-        Some(Arg::Name(n)) => Some(n.clone()),
-        _ => None,
-    });
+    let output = loss.and_then(|t| t.call.name_arg(&["logits", "output"]));
     let (Some(output), Some(loss)) = (output, loss) else {
         return Err(fail(EXIT_INPUT, format!("`{}` has no loss on a same-or-not output", model.name)));
     };

@@ -338,12 +338,9 @@ pub fn run(c: &Compilation, args: &Args) -> Result<(), Failure> {
             if let Some(last) = history.last() {
                 println!("test loss: {:.4}", last.test_loss);
                 let eval = pipeline.for_eval_views(data, session.views(spec.views));
-                let verified = match session.embeds() {
-                    true => {
-                        session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?
-                    }
-                    false => None,
-                };
+                // (None, without reading the data, for a model that embeds nothing.)
+                let verified =
+                    session.verify(&eval, &eval.test, spec.batch).map_err(|e| fail(EXIT_INPUT, e.to_string()))?;
                 match verified {
                     Some(verified) => print_verification(&verified, spec.unseen, &out)?,
                     None => {

@@ -78,6 +78,15 @@ impl FnCall {
         }
     }
 
+    /// The first of the arguments `keys` that names something (a model output): a loss's
+    /// `logits`, `output`, `embedding` or `anchor`.
+    pub fn name_arg(&self, keys: &[&str]) -> Option<String> {
+        keys.iter().find_map(|k| match self.args.get(*k) {
+            Some(Arg::Name(n)) => Some(n.clone()),
+            _ => None,
+        })
+    }
+
     /// A list-of-numbers argument (a single number counts as a list of one); empty if absent.
     pub fn numbers(&self, name: &str) -> Vec<f64> {
         match self.args.get(name) {
@@ -812,10 +821,7 @@ impl Checker<'_> {
             "softmax_cross_entropy" => 2,
             _ => return None,
         };
-        let output = ["logits", "output"].iter().find_map(|k| match call.args.get(*k) {
-            Some(Arg::Name(n)) => Some(n.clone()),
-            _ => None,
-        })?;
+        let output = call.name_arg(&["logits", "output"])?;
         let (shape, _) = self.output_shape(&output)?;
         (shape.elements() != Some(want)).then(|| {
             format!(
@@ -1258,11 +1264,7 @@ impl Checker<'_> {
         let boxes = data.is_some_and(|d| d.name == "detection");
         let points = data.is_some_and(|d| d.name == "landmarks");
         for term in terms {
-            let output = ["logits", "output", "embedding"].iter().find_map(|k| match term.call.args.get(*k) {
-                Some(Arg::Name(n)) => Some(n.clone()),
-                _ => None,
-            });
-            let Some(output) = output else { continue };
+            let Some(output) = term.call.name_arg(&["logits", "output", "embedding"]) else { continue };
             let Some((shape, at)) = self.output_shape(&output) else { continue };
             let detects = matches!(term.call.name.as_str(), "yolo" | "localization");
             let reads = match term.call.name.as_str() {

@@ -95,6 +95,15 @@ pub fn triplet_grad(t: &TripletLoss, emb: &[f32], d: usize, labels: &[usize], sc
     }
 }
 
+/// Each identity's examples, in label order (labels may be sparse and large).
+fn by_label(labels: &[usize]) -> std::collections::BTreeMap<usize, Vec<usize>> {
+    let mut by: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, &l) in labels.iter().enumerate() {
+        by.entry(l).or_default().push(i);
+    }
+    by
+}
+
 /// The loss of one given triplet, `row` = `[a | p | n]`: `max(‖a − p‖² − ‖a − n‖² + margin, 0)`.
 pub fn given_triplet_loss(row: &[f32], margin: f32) -> f32 {
     let d = row.len() / 3;
@@ -136,10 +145,7 @@ pub fn tuples(
     use cnnc_compiler::train::FeedKind;
     use rand::RngExt;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0070_91e5 ^ ((epoch as u64) << 32));
-    let mut by_label: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
-    for (i, &l) in labels.iter().enumerate() {
-        by_label.entry(l).or_default().push(i);
-    }
+    let by_label = by_label(labels);
     let n = labels.len();
     let mut anchors: Vec<usize> = (0..n).collect();
     anchors.shuffle(&mut rng);
@@ -196,10 +202,7 @@ pub fn tuples(
 pub fn identity_order(labels: &[usize], batch: usize, per: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x005e_ed1d ^ ((epoch as u64) << 32));
     // By identity, in label order (labels may be sparse and large).
-    let mut by_label: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
-    for (i, &l) in labels.iter().enumerate() {
-        by_label.entry(l).or_default().push(i);
-    }
+    let by_label = by_label(labels);
     let mut pools: Vec<Vec<usize>> = by_label.into_values().collect();
     for p in &mut pools {
         p.shuffle(&mut rng);

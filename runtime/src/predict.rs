@@ -158,21 +158,32 @@ pub fn outputs(
     backend: Backend,
     programs: &mut Programs,
 ) -> Result<Vec<(String, Tensor)>, PredictError> {
-    let targets: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
     one_input_each(graph)?;
     // A Siamese network's inputs each get the examples: every branch gives its outputs.
     let feeds: Vec<(NodeId, View)> = graph.inputs().iter().map(|&i| (i, x.view())).collect();
-    let values = match backend {
+    let values = run_feeds(graph, params, &feeds, backend, programs)?;
+    Ok(graph.outputs().iter().filter_map(|(name, id)| values.get(*id).map(|v| (name.clone(), v.clone()))).collect())
+}
+
+/// The values of `graph`'s outputs on `feeds` (each input's batch), on `backend`.
+fn run_feeds(
+    graph: &Graph,
+    params: &Params,
+    feeds: &[(NodeId, View)],
+    backend: Backend,
+    programs: &mut Programs,
+) -> Result<crate::executor::Values, PredictError> {
+    match backend {
         Backend::Reference => {
+            let targets: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
             let exec = Executor::new(graph, &params.layout, &targets).map_err(PredictError::Exec)?;
-            exec.run(graph, params, &feeds, Ctx::default()).map_err(PredictError::Exec)?
+            exec.run(graph, params, feeds, Ctx::default()).map_err(PredictError::Exec)
         }
         Backend::Lir | Backend::Jit => {
             programs.set_backend(backend).map_err(PredictError::Internal)?;
-            programs.run(graph, params, &mut [], &feeds, Ctx::default()).map_err(PredictError::Internal)?
+            programs.run(graph, params, &mut [], feeds, Ctx::default()).map_err(PredictError::Internal)
         }
-    };
-    Ok(graph.outputs().iter().filter_map(|(name, id)| values.get(*id).map(|v| (name.clone(), v.clone()))).collect())
+    }
 }
 
 /// Prediction gives every input of a model the same examples, which answers for outputs that are
@@ -306,20 +317,9 @@ impl Predictor<'_> {
             )));
         }
         let feeds: Vec<(NodeId, View)> = xs.iter().map(|(i, x)| (*i, x.view())).collect();
-        let targets: Vec<ValueId> = self.graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
         let params = self.models.first().ok_or_else(|| PredictError::Internal("no weights".into()))?;
-        let values = match self.backend {
-            Backend::Reference => {
-                let exec = Executor::new(self.graph, &params.layout, &targets).map_err(PredictError::Exec)?;
-                exec.run(self.graph, params, &feeds, Ctx::default()).map_err(PredictError::Exec)?
-            }
-            Backend::Lir | Backend::Jit => {
-                let mut programs =
-                    self.programs.lock().map_err(|_| PredictError::Internal("a poisoned lock".into()))?;
-                programs.set_backend(self.backend).map_err(PredictError::Internal)?;
-                programs.run(self.graph, params, &mut [], &feeds, Ctx::default()).map_err(PredictError::Internal)?
-            }
-        };
+        let mut programs = self.programs.lock().map_err(|_| PredictError::Internal("a poisoned lock".into()))?;
+        let values = run_feeds(self.graph, params, &feeds, self.backend, &mut programs)?;
         Ok(self
             .graph
             .outputs()

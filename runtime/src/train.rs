@@ -435,12 +435,6 @@ impl Session {
         feeds
     }
 
-    /// Whether a loss learns an embedding (a triplet loss, mined or given), which evaluation
-    /// measures by verification and one-shot identification.
-    pub fn embeds(&self) -> bool {
-        self.tg.losses.iter().any(|&(l, _)| matches!(self.tg.graph.node(l).op, Op::Loss(op) if op.kind.embeds()))
-    }
-
     /// Views of each test example that evaluation reads: `asked` (the section's `views`) for a
     /// model of identities (mined triplets, pairs, triplets), else 1.
     pub fn views(&self, asked: usize) -> usize {
@@ -488,16 +482,22 @@ impl Session {
     fn eval_tuples(&self, split: &Split) -> Vec<usize> {
         let Some(kind) = self.feed else { return (0..split.len()).collect() };
         let labels: Vec<usize> = split.y.iter().map(|&y| y as usize).collect();
-        let rounds = match kind {
-            FeedKind::Pairs => (500 / labels.len().max(1)).clamp(1, 5),
-            FeedKind::Triplets => 1,
-        };
-        (0..rounds).flat_map(|r| crate::metric::tuples(&labels, kind, self.seed ^ 0xe7a1, r, true)).collect()
+        (0..self.eval_rounds(split))
+            .flat_map(|r| crate::metric::tuples(&labels, kind, self.seed ^ 0xe7a1, r, true))
+            .collect()
+    }
+
+    /// How many times evaluation takes each example of `split` as an anchor.
+    fn eval_rounds(&self, split: &Split) -> usize {
+        match self.feed {
+            Some(FeedKind::Pairs) => (500 / split.len().max(1)).clamp(1, 5),
+            _ => 1,
+        }
     }
 
     /// How many examples (or tuples) evaluation reads of `split`.
     pub fn evaluated(&self, split: &Split) -> usize {
-        self.eval_tuples(split).len() / self.arity()
+        split.len() * self.eval_rounds(split)
     }
 
     /// For a model of pairs: the ROC AUC of its same-or-not scores (the first loss's output: a

@@ -125,6 +125,11 @@ impl Uses {
     }
 }
 
+/// Whether `v` is all of its buffer, contiguous.
+pub(crate) fn whole(p: &Program, v: &View) -> bool {
+    v.offset == 0 && v.contiguous() && v.len() == p.buffers[v.buf.0 as usize].len
+}
+
 /// A buffer a pass may remove: an arena buffer the program does not keep across runs.
 pub(crate) fn temporary(p: &Program, buf: BufId) -> bool {
     let b = &p.buffers[buf.0 as usize];

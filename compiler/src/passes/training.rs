@@ -198,10 +198,7 @@ fn add_losses(graph: &mut Graph, model: &ModelInfo, spec: &TrainSpec) -> Result<
     let mut losses = Vec::new();
     for term in &spec.loss {
         let call = &term.call;
-        let output = ["logits", "output", "embedding", "anchor"].iter().find_map(|k| match call.args.get(*k) {
-            Some(Arg::Name(n)) => Some(n.clone()),
-            _ => None,
-        });
+        let output = call.name_arg(&["logits", "output", "embedding", "anchor"]);
         let find = |graph: &Graph, o: &str| graph.outputs().iter().find(|(n, _)| *n == o).map(|(_, id)| *id);
         let Some(mut pred) = output.and_then(|o| find(graph, &o)) else {
             continue;
@@ -243,10 +240,7 @@ fn add_losses(graph: &mut Graph, model: &ModelInfo, spec: &TrainSpec) -> Result<
                     name => LossKind::from_name(name)
                         .ok_or_else(|| PlanError::UnsupportedLoss { name: name.to_string(), loc: call.loc })?,
                 };
-                let class = matches!(
-                    kind,
-                    LossKind::SoftmaxCrossEntropy | LossKind::Triplet(_) | LossKind::GivenTriplet { .. }
-                );
+                let class = kind == LossKind::SoftmaxCrossEntropy || kind.embeds();
                 let shape = if class { Shape(vec![]) } else { pred_shape };
                 let existing = targets
                     .iter()

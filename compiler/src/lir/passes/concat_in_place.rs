@@ -7,7 +7,7 @@
 //! Training programs keep their copies where the backward pass reads the branch's output (the
 //! product's output then has more readers than the copy).
 
-use super::{fuse_all, same_matrix, temporary, Uses};
+use super::{fuse_all, same_matrix, temporary, whole, Uses};
 use crate::lir::{Kernel, Program, View};
 
 /// Writes every product it can into its concatenation; returns how many copies went.
@@ -21,8 +21,7 @@ fn find(p: &Program) -> Option<(usize, usize, Kernel)> {
     for (j, k) in p.kernels.iter().enumerate() {
         let Kernel::Copy { src, dst } = k else { continue };
         let t = src.buf.0 as usize;
-        let whole = src.offset == 0 && src.contiguous() && src.len() == p.buffers[t].len;
-        if !whole || !temporary(p, src.buf) || p.results.iter().any(|(_, v)| v.buf == src.buf) {
+        if !whole(p, src) || !temporary(p, src.buf) || p.results.iter().any(|(_, v)| v.buf == src.buf) {
             continue;
         }
         let [i] = uses.writers[t][..] else { continue };

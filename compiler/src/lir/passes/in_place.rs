@@ -7,8 +7,8 @@
 //! In training the backward pass reads most forward values (a ReLU's gradient reads its
 //! output, a tanh's too), so fewer maps qualify there than in inference.
 
-use super::{temporary, Uses};
-use crate::lir::{BufId, DType, Kernel, Program, View};
+use super::{temporary, whole, Uses};
+use crate::lir::{BufId, DType, Kernel, Program};
 
 /// Rewrites every map it can, unless the memory plan's arena then comes out larger (a merged
 /// buffer lives longer, and best-fit placement is a heuristic); returns how many write in place.
@@ -27,19 +27,14 @@ pub fn run(p: &mut Program) -> usize {
     count
 }
 
-/// A view of all of a buffer, contiguous.
-fn whole(p: &Program, v: &View) -> bool {
-    v.offset == 0 && v.contiguous() && v.len() == p.buffers[v.buf.0 as usize].len
-}
-
 /// The first map whose output buffer can be one of its inputs': (output buffer, input buffer).
 fn find(p: &Program) -> Option<(BufId, BufId)> {
+    // (Results are kept buffers, so `temporary` rules them out.)
     let uses = Uses::of(p);
-    let kept = |b: BufId| p.results.iter().any(|(_, v)| v.buf == b);
     for (i, k) in p.kernels.iter().enumerate() {
         let Kernel::Map { inputs, channels, out, .. } = k else { continue };
         let o = out.buf;
-        if !whole(p, out) || !temporary(p, o) || kept(o) || uses.writers[o.0 as usize] != [i] {
+        if !whole(p, out) || !temporary(p, o) || uses.writers[o.0 as usize] != [i] {
             continue;
         }
         for x in inputs {
@@ -49,9 +44,7 @@ fn find(p: &Program) -> Option<(BufId, BufId)> {
                 && whole(p, x)
                 && x.shape == out.shape
                 && temporary(p, b)
-                && !kept(b)
                 && p.buffers[bi].dtype == DType::F32
-                && p.buffers[bi].len == p.buffers[o.0 as usize].len
                 // Its last use is this map: nothing after it reads or writes it.
                 && uses.readers[bi].iter().all(|&r| r <= i)
                 && uses.writers[bi].iter().all(|&w| w < i)
@@ -65,15 +58,12 @@ fn find(p: &Program) -> Option<(BufId, BufId)> {
     None
 }
 
-/// Every view of buffer `from` (whole, as `find` checked) names buffer `to` instead.
+/// Every view of buffer `from` (whole, as `find` checked) names buffer `to` instead. (Only step
+/// kernels name a temporary buffer: results and prepare's outputs are kept.)
 fn rename(p: &mut Program, from: BufId, to: BufId) {
-    let swap = |v: &mut View| {
+    for v in p.kernels.iter_mut().flat_map(|k| k.views_mut()) {
         if v.buf == from {
             v.buf = to;
         }
-    };
-    for k in p.kernels.iter_mut().chain(p.prepare.iter_mut()) {
-        k.views_mut().into_iter().for_each(swap);
     }
-    p.results.iter_mut().for_each(|(_, v)| swap(v));
 }
