@@ -58,7 +58,7 @@ pub(crate) fn build(
             Emit::Summary => Summary::of(&m.graph).to_text(),
             Emit::Ir => m.graph.to_text(),
             // Written to a file by `onnx`, never printed.
-            Emit::Onnx | Emit::Weights => String::new(),
+            Emit::Onnx | Emit::Weights | Emit::Object | Emit::Header => String::new(),
             Emit::Lir | Emit::Memory | Emit::Kernels | Emit::Clif => match lir_text(c, m, emit, options, batch) {
                 Ok(text) => text,
                 Err((code, message)) => {
@@ -244,4 +244,132 @@ pub(crate) fn export(
     }
     println!("{}: {} bytes, opset 17, input and output channels-last as in cnnc", output.display(), bytes.len());
     ExitCode::SUCCESS
+}
+
+/// `cnnc build FILE -o model.o` (`--emit object`) or `--emit header -o model.h`: one model's
+/// inference code and weights (those of `W`, else the initial ones of the train section's seed)
+/// compiled ahead of time into an object file for `target`, or its C header.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn object(
+    c: &Compilation,
+    source: &std::path::Path,
+    emit: Emit,
+    model: Option<&str>,
+    output: Option<&std::path::Path>,
+    weights: Option<&std::path::Path>,
+    target: cnnc_codegen::aot::Target,
+    options: &Options,
+) -> ExitCode {
+    let fail = |code: u8, message: String| {
+        eprintln!("error: {message}");
+        ExitCode::from(code)
+    };
+    let Some(output) = output else {
+        return fail(EXIT_USAGE, "--emit object and --emit header write a file: give it with --output FILE".into());
+    };
+    let m = match pick(c, model, "compile") {
+        Ok(m) => m,
+        Err(message) => return fail(EXIT_USAGE, message),
+    };
+    let compiled = match compile_object(c, source, m, weights, target, options) {
+        Ok(o) => o,
+        Err((code, message)) => return fail(code, message),
+    };
+    let (bytes, what) = if emit == Emit::Header {
+        (compiled.header.as_bytes(), "C header".to_string())
+    } else {
+        (&compiled.bytes[..], format!("object file, {} weight bytes", compiled.weight_bytes))
+    };
+    if let Err(e) = cnnc_runtime::atomic::write(output, bytes) {
+        return fail(EXIT_INPUT, format!("cannot write {}: {e}", output.display()));
+    }
+    println!(
+        "{}: {} bytes, {what}; {} ({} scratch bytes a call); {}",
+        output.display(),
+        bytes.len(),
+        compiled.functions.join(", "),
+        compiled.scratch_bytes,
+        compiled.isa
+    );
+    ExitCode::SUCCESS
+}
+
+/// The object file of model `m`: its batch-1 inference program after the passes, the prepare
+/// phase run on the weights and its results placed among them (the generated code computes
+/// every convolution from its filters, so Winograd's transformed filters are left out).
+pub(crate) fn compile_object(
+    c: &Compilation,
+    source: &std::path::Path,
+    m: &ModelInfo,
+    weights: Option<&std::path::Path>,
+    target: cnnc_codegen::aot::Target,
+    options: &Options,
+) -> Result<cnnc_codegen::aot::Object, (u8, String)> {
+    use cnnc_compiler::lir::{BufId, Kernel, Purpose, Space, View};
+    let internal = |e: &dyn std::fmt::Display| (EXIT_INTERNAL, e.to_string());
+    let mut pipe = Pipeline::new(options.clone()).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+    let graph = inference::run(m, &mut pipe).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+    if graph.inputs().len() != 1 {
+        return Err((
+            EXIT_USAGE,
+            format!("`{}` has {} inputs; an object file takes models of one input", m.name, graph.inputs().len()),
+        ));
+    }
+    let seed = c.trains.iter().find(|t| t.model == m.name).map_or(0, |t| t.seed);
+    let mut params = cnnc_runtime::params::Params::init(&graph, seed);
+    match weights {
+        Some(w) => {
+            cnnc_runtime::weights::load_into(w, &mut params).map_err(|e| (EXIT_INPUT, e.to_string()))?;
+        }
+        None => eprintln!("note: no --weights given: compiling the initial weights of seed {seed}"),
+    }
+    let keep: Vec<_> = graph.outputs().iter().map(|(_, id)| cnnc_compiler::ir::ValueId::from(*id)).collect();
+    let lowered = cnnc_compiler::lir::lower(&graph, 1, &params.layout, &[], &keep).map_err(|e| internal(&e))?;
+    let mut program = lowered.program;
+    pipe.optimize(&mut program);
+    for k in &mut program.kernels {
+        if let Kernel::ConvGemm { winograd, .. } = k {
+            *winograd = None;
+        }
+    }
+    // The prepare phase, run here: what it derives becomes constants after the parameters.
+    let machine = cnnc_runtime::interp::Machine::new(program.clone()).map_err(|e| internal(&e))?;
+    let mut machine = machine;
+    machine.prepare(params.data()).map_err(|e| internal(&e))?;
+    let mut constants = params.data().to_vec();
+    let derived: Vec<usize> = program
+        .prepare
+        .iter()
+        .flat_map(|k| k.access().1.into_iter().map(|v| v.buf.0 as usize).collect::<Vec<_>>())
+        .collect();
+    for i in derived {
+        let b = &program.buffers[i];
+        if b.space != Space::Arena {
+            continue;
+        }
+        let values = machine.read(&View::whole(BufId(i as u32), vec![b.len]), params.data(), &[]);
+        let at = constants.len();
+        constants.extend(values.iter());
+        program.buffers[i].space = Space::Param(at);
+    }
+    program.prepare.clear();
+    let outputs = graph
+        .outputs()
+        .iter()
+        .map(|(name, id)| {
+            let v = cnnc_compiler::ir::ValueId::from(*id);
+            program
+                .result(&Purpose::Value(v))
+                .map(|view| (name.clone(), view.clone()))
+                .ok_or_else(|| (EXIT_INTERNAL, format!("output `{name}` is not among the program's results")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let model = cnnc_codegen::aot::Model {
+        program: &program,
+        constants: &constants,
+        prefix: cnnc_codegen::aot::identifier(&m.name),
+        outputs,
+        about: format!("Model `{}` of {}.", m.name, source.display()),
+    };
+    cnnc_codegen::aot::compile(&model, target).map_err(|e| (EXIT_USAGE, format!("`{}`: {e}", m.name)))
 }

@@ -47,9 +47,10 @@ enum Command {
     Build {
         /// The .cnn file.
         file: PathBuf,
-        /// What to print.
-        #[arg(long, value_enum, default_value_t = Emit::Summary)]
-        emit: Emit,
+        /// What to print or write (default: `summary`; `object` when `--output` ends in `.o`,
+        /// `header` when it ends in `.h`).
+        #[arg(long, value_enum)]
+        emit: Option<Emit>,
         /// Which model, when the file has several (default: all).
         #[arg(long)]
         model: Option<String>,
@@ -63,13 +64,17 @@ enum Command {
         /// batch, else 1).
         #[arg(long)]
         batch: Option<usize>,
-        /// Where `--emit onnx` writes the model.
+        /// Where `--emit onnx`, `weights`, `object` or `header` writes.
         #[arg(long, short = 'o', value_name = "FILE")]
         output: Option<PathBuf>,
-        /// The weights `--emit onnx` exports (default: the initial weights of the train
-        /// section's seed).
+        /// The weights `--emit onnx` or `object` exports (default: the initial weights of the
+        /// train section's seed).
         #[arg(long, value_name = "FILE")]
         weights: Option<PathBuf>,
+        /// The instruction set of `--emit object`: `host` (this machine's), `x86-64-v3` (AVX2,
+        /// FMA) or `x86-64-v4` (AVX-512).
+        #[arg(long, value_name = "ISA")]
+        target: Option<String>,
         /// Colour in human-readable diagnostics.
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
@@ -387,6 +392,11 @@ pub(crate) enum Emit {
     /// The model's parameters as a safetensors file, written to `--output`: the initial ones of
     /// the train section's seed (those `--emit onnx` exports without `--weights`).
     Weights,
+    /// The inference code and its weights compiled ahead of time into an object file, written
+    /// to `--output`: one C function per output, no runtime needed (see `--emit header`).
+    Object,
+    /// The C header of `--emit object`'s file, written to `--output`.
+    Header,
 }
 
 /// Parses `--backend`.
@@ -476,7 +486,7 @@ fn main() -> ExitCode {
             };
             distributed::finish(group, run::run(&c, &args))
         }
-        Command::Build { file, emit, model, after, disable_pass, batch, output, weights, color } => {
+        Command::Build { file, emit, model, after, disable_pass, batch, output, weights, target, color } => {
             if disable_pass.iter().any(|p| p == "list") {
                 for (name, contract) in cnnc_compiler::passes::PASSES {
                     println!("{name:<16}{contract}");
@@ -493,6 +503,26 @@ fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 return ExitCode::from(EXIT_USAGE);
             }
+            let extension = output.as_ref().and_then(|o| o.extension()).and_then(|e| e.to_str());
+            let emit = emit.unwrap_or(match extension {
+                Some("o") => Emit::Object,
+                Some("h") => Emit::Header,
+                _ => Emit::Summary,
+            });
+            let isa = match (&target, emit) {
+                (None, _) => cnnc_codegen::aot::Target::Host,
+                (Some(t), Emit::Object | Emit::Header) => match cnnc_codegen::aot::Target::parse(t) {
+                    Some(isa) => isa,
+                    None => {
+                        eprintln!("error: unknown --target `{t}` (host, x86-64-v3, x86-64-v4)");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                },
+                (Some(_), _) => {
+                    eprintln!("error: --target goes with --emit object (or an --output ending in .o)");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
             if options.dump_after.is_some() && !matches!(emit, Emit::TrainIr | Emit::InferIr) {
                 eprintln!("error: --after shows a pass's output: use it with --emit train-ir or --emit infer-ir");
                 return ExitCode::from(EXIT_USAGE);
@@ -505,8 +535,12 @@ fn main() -> ExitCode {
             if matches!(emit, Emit::Onnx | Emit::Weights) {
                 return build::export(&c, emit, model.as_deref(), output.as_deref(), weights.as_deref());
             }
+            if matches!(emit, Emit::Object | Emit::Header) {
+                let (model, out, w) = (model.as_deref(), output.as_deref(), weights.as_deref());
+                return build::object(&c, &file, emit, model, out, w, isa, &options);
+            }
             if output.is_some() || weights.is_some() {
-                eprintln!("error: --output and --weights go with --emit onnx or --emit weights");
+                eprintln!("error: --output and --weights go with --emit onnx, weights, object or header");
                 return ExitCode::from(EXIT_USAGE);
             }
             build::build(&c, emit, model.as_deref(), &options, batch)

@@ -11,6 +11,7 @@
 //! A bounds-checked mode checks every load and store against its buffer's length: an access out
 //! of bounds is not made, and the kernel reports a fault that the caller turns into an error.
 
+pub mod aot;
 mod map;
 
 use cranelift_codegen::settings::{self, Configurable};

@@ -134,138 +134,154 @@ impl Jit {
             .collect()
     }
 
-    fn import(&mut self, name: &str, params: &[types::Type], ret: types::Type) -> Result<FuncId, String> {
-        let mut sig = self.module.make_signature();
-        sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
-        sig.returns.push(AbiParam::new(ret));
-        self.module.declare_function(name, Linkage::Import, &sig).map_err(|e| e.to_string())
-    }
-
     /// Declares map `name` and builds its Cranelift IR, not yet compiled.
     fn build_map(&mut self, name: &str, expr: &[Expr]) -> Result<(FuncId, Context), String> {
-        let ptr = self.module.target_config().pointer_type();
-        let keep =
-            self.import("cnnc_keep", &[types::I64, types::I64, types::I64, types::I64, types::F32], types::F32)?;
-        let mut ctx = self.module.make_context();
-        ctx.func.signature.params.push(AbiParam::new(ptr));
-        let id = self.module.declare_function(name, Linkage::Local, &ctx.func.signature).map_err(|e| e.to_string())?;
-        let checked = self.options.checked;
-        let config = self.module.target_config();
-        {
-            let mut fctx = FunctionBuilderContext::new();
-            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let fns = [keep].map(|f| self.module.declare_func_in_func(f, b.func));
-            let entry = b.create_block();
-            b.append_block_params_for_function_params(entry);
-            b.switch_to_block(entry);
-            let args = b.block_params(entry)[0];
-            let flags = MemFlagsData::trusted();
-            let field = |b: &mut FunctionBuilder, offset: usize| b.ins().load(types::I64, flags, args, offset as i32);
-            let n_inputs = expr.iter().filter_map(|e| if let Expr::Input(i) = e { Some(i + 1) } else { None }).max();
-            let n_channels =
-                expr.iter().filter_map(|e| if let Expr::Channel(i) = e { Some(i + 1) } else { None }).max();
-            let (inputs, pitches, lens, channels, channel_lens) = (
-                field(&mut b, offset_of!(MapArgs, inputs)),
-                field(&mut b, offset_of!(MapArgs, input_pitch)),
-                field(&mut b, offset_of!(MapArgs, input_len)),
-                field(&mut b, offset_of!(MapArgs, channels)),
-                field(&mut b, offset_of!(MapArgs, channel_len)),
-            );
-            let load_at =
-                |b: &mut FunctionBuilder, base: Value, i: usize| b.ins().load(types::I64, flags, base, (i * 8) as i32);
-            let mut ins = Vec::new();
-            for i in 0..n_inputs.unwrap_or(0) {
-                ins.push((load_at(&mut b, inputs, i), load_at(&mut b, pitches, i), load_at(&mut b, lens, i)));
-            }
-            let mut chs = Vec::new();
-            for i in 0..n_channels.unwrap_or(0) {
-                chs.push((load_at(&mut b, channels, i), load_at(&mut b, channel_lens, i)));
-            }
-            let out = field(&mut b, offset_of!(MapArgs, out));
-            let out_pitch = field(&mut b, offset_of!(MapArgs, out_pitch));
-            let out_len = field(&mut b, offset_of!(MapArgs, out_len));
-            let rows = field(&mut b, offset_of!(MapArgs, rows));
-            let cols = field(&mut b, offset_of!(MapArgs, cols));
-            let seed = field(&mut b, offset_of!(MapArgs, seed));
-            let step = field(&mut b, offset_of!(MapArgs, step));
-            let first = field(&mut b, offset_of!(MapArgs, first));
-
-            let (row_head, row_body, col_head, row_next, exit, fault) = (
-                b.create_block(),
-                b.create_block(),
-                b.create_block(),
-                b.create_block(),
-                b.create_block(),
-                b.create_block(),
-            );
-            b.append_block_param(row_head, types::I64);
-            b.append_block_param(col_head, types::I64);
-            let zero = b.ins().iconst(types::I64, 0);
-            b.ins().jump(row_head, &[zero.into()]);
-
-            b.switch_to_block(row_head);
-            let r = b.block_params(row_head)[0];
-            let more_rows = b.ins().icmp(IntCC::UnsignedLessThan, r, rows);
-            b.ins().brif(more_rows, row_body, &[], exit, &[]);
-
-            b.switch_to_block(row_body);
-            let zero = b.ins().iconst(types::I64, 0);
-            b.ins().jump(col_head, &[zero.into()]);
-
-            b.switch_to_block(col_head);
-            let c = b.block_params(col_head)[0];
-            // Four columns at a time while four remain, when every step has a vector form;
-            // then (or else) one at a time.
-            let (scalar_head, scalar_body, vector_body) = (b.create_block(), b.create_block(), b.create_block());
-            b.append_block_param(scalar_head, types::I64);
-            if vectorizable(expr) {
-                let c4 = b.ins().iadd_imm_u(c, 4);
-                let four_more = b.ins().icmp(IntCC::UnsignedLessThanOrEqual, c4, cols);
-                b.ins().brif(four_more, vector_body, &[], scalar_head, &[c.into()]);
-            } else {
-                b.ins().jump(scalar_head, &[c.into()]);
-            }
-
-            b.switch_to_block(vector_body);
-            if vectorizable(expr) {
-                let at = Site { r, c, lanes: 4, checked, fault };
-                let result = emit(&mut b, expr, &at, &ins, &chs, &fns, (seed, step, first, cols))?;
-                store(&mut b, &at, out, out_pitch, out_len, result);
-                let next = b.ins().iadd_imm_u(c, 4);
-                b.ins().jump(col_head, &[next.into()]);
-            } else {
-                b.ins().jump(scalar_head, &[c.into()]);
-            }
-
-            b.switch_to_block(scalar_head);
-            let c = b.block_params(scalar_head)[0];
-            let more_cols = b.ins().icmp(IntCC::UnsignedLessThan, c, cols);
-            b.ins().brif(more_cols, scalar_body, &[], row_next, &[]);
-
-            b.switch_to_block(scalar_body);
-            let at = Site { r, c, lanes: 1, checked, fault };
-            let result = emit(&mut b, expr, &at, &ins, &chs, &fns, (seed, step, first, cols))?;
-            store(&mut b, &at, out, out_pitch, out_len, result);
-            let next = b.ins().iadd_imm_u(c, 1);
-            b.ins().jump(scalar_head, &[next.into()]);
-
-            b.switch_to_block(row_next);
-            let next = b.ins().iadd_imm_u(r, 1);
-            b.ins().jump(row_head, &[next.into()]);
-
-            b.switch_to_block(fault);
-            let one = b.ins().iconst(types::I32, 1);
-            b.ins().store(flags, one, args, offset_of!(MapArgs, fault) as i32);
-            b.ins().jump(exit, &[]);
-
-            b.switch_to_block(exit);
-            b.ins().return_(&[]);
-            b.seal_all_blocks();
-            b.finalize(config);
-        }
+        let (id, ctx) = build_map(&mut self.module, name, Linkage::Local, expr, self.options.checked)?;
         self.clif.push((name.to_string(), ctx.func.display().to_string()));
         Ok((id, ctx))
     }
+}
+
+/// Declares an imported function `name` of `module`.
+pub(crate) fn import<M: Module>(
+    module: &mut M,
+    name: &str,
+    params: &[types::Type],
+    ret: types::Type,
+) -> Result<FuncId, String> {
+    let mut sig = module.make_signature();
+    sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
+    sig.returns.push(AbiParam::new(ret));
+    module.declare_function(name, Linkage::Import, &sig).map_err(|e| e.to_string())
+}
+
+/// Declares map `name` in `module` (a JIT's or an object file's) and builds its Cranelift IR,
+/// not yet compiled. Dropout's hash is an imported `cnnc_keep`.
+pub(crate) fn build_map<M: Module>(
+    module: &mut M,
+    name: &str,
+    linkage: Linkage,
+    expr: &[Expr],
+    checked: bool,
+) -> Result<(FuncId, Context), String> {
+    let ptr = module.target_config().pointer_type();
+    let keep = import(module, "cnnc_keep", &[types::I64, types::I64, types::I64, types::I64, types::F32], types::F32)?;
+    let mut ctx = module.make_context();
+    ctx.func.signature.params.push(AbiParam::new(ptr));
+    let id = module.declare_function(name, linkage, &ctx.func.signature).map_err(|e| e.to_string())?;
+    let config = module.target_config();
+    {
+        let mut fctx = FunctionBuilderContext::new();
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let fns = [keep].map(|f| module.declare_func_in_func(f, b.func));
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let args = b.block_params(entry)[0];
+        let flags = MemFlagsData::trusted();
+        let field = |b: &mut FunctionBuilder, offset: usize| b.ins().load(types::I64, flags, args, offset as i32);
+        let n_inputs = expr.iter().filter_map(|e| if let Expr::Input(i) = e { Some(i + 1) } else { None }).max();
+        let n_channels = expr.iter().filter_map(|e| if let Expr::Channel(i) = e { Some(i + 1) } else { None }).max();
+        let (inputs, pitches, lens, channels, channel_lens) = (
+            field(&mut b, offset_of!(MapArgs, inputs)),
+            field(&mut b, offset_of!(MapArgs, input_pitch)),
+            field(&mut b, offset_of!(MapArgs, input_len)),
+            field(&mut b, offset_of!(MapArgs, channels)),
+            field(&mut b, offset_of!(MapArgs, channel_len)),
+        );
+        let load_at =
+            |b: &mut FunctionBuilder, base: Value, i: usize| b.ins().load(types::I64, flags, base, (i * 8) as i32);
+        let mut ins = Vec::new();
+        for i in 0..n_inputs.unwrap_or(0) {
+            ins.push((load_at(&mut b, inputs, i), load_at(&mut b, pitches, i), load_at(&mut b, lens, i)));
+        }
+        let mut chs = Vec::new();
+        for i in 0..n_channels.unwrap_or(0) {
+            chs.push((load_at(&mut b, channels, i), load_at(&mut b, channel_lens, i)));
+        }
+        let out = field(&mut b, offset_of!(MapArgs, out));
+        let out_pitch = field(&mut b, offset_of!(MapArgs, out_pitch));
+        let out_len = field(&mut b, offset_of!(MapArgs, out_len));
+        let rows = field(&mut b, offset_of!(MapArgs, rows));
+        let cols = field(&mut b, offset_of!(MapArgs, cols));
+        let seed = field(&mut b, offset_of!(MapArgs, seed));
+        let step = field(&mut b, offset_of!(MapArgs, step));
+        let first = field(&mut b, offset_of!(MapArgs, first));
+
+        let (row_head, row_body, col_head, row_next, exit, fault) = (
+            b.create_block(),
+            b.create_block(),
+            b.create_block(),
+            b.create_block(),
+            b.create_block(),
+            b.create_block(),
+        );
+        b.append_block_param(row_head, types::I64);
+        b.append_block_param(col_head, types::I64);
+        let zero = b.ins().iconst(types::I64, 0);
+        b.ins().jump(row_head, &[zero.into()]);
+
+        b.switch_to_block(row_head);
+        let r = b.block_params(row_head)[0];
+        let more_rows = b.ins().icmp(IntCC::UnsignedLessThan, r, rows);
+        b.ins().brif(more_rows, row_body, &[], exit, &[]);
+
+        b.switch_to_block(row_body);
+        let zero = b.ins().iconst(types::I64, 0);
+        b.ins().jump(col_head, &[zero.into()]);
+
+        b.switch_to_block(col_head);
+        let c = b.block_params(col_head)[0];
+        // Four columns at a time while four remain, when every step has a vector form;
+        // then (or else) one at a time.
+        let (scalar_head, scalar_body, vector_body) = (b.create_block(), b.create_block(), b.create_block());
+        b.append_block_param(scalar_head, types::I64);
+        if vectorizable(expr) {
+            let c4 = b.ins().iadd_imm_u(c, 4);
+            let four_more = b.ins().icmp(IntCC::UnsignedLessThanOrEqual, c4, cols);
+            b.ins().brif(four_more, vector_body, &[], scalar_head, &[c.into()]);
+        } else {
+            b.ins().jump(scalar_head, &[c.into()]);
+        }
+
+        b.switch_to_block(vector_body);
+        if vectorizable(expr) {
+            let at = Site { r, c, lanes: 4, checked, fault };
+            let result = emit(&mut b, expr, &at, &ins, &chs, &fns, (seed, step, first, cols))?;
+            store(&mut b, &at, out, out_pitch, out_len, result);
+            let next = b.ins().iadd_imm_u(c, 4);
+            b.ins().jump(col_head, &[next.into()]);
+        } else {
+            b.ins().jump(scalar_head, &[c.into()]);
+        }
+
+        b.switch_to_block(scalar_head);
+        let c = b.block_params(scalar_head)[0];
+        let more_cols = b.ins().icmp(IntCC::UnsignedLessThan, c, cols);
+        b.ins().brif(more_cols, scalar_body, &[], row_next, &[]);
+
+        b.switch_to_block(scalar_body);
+        let at = Site { r, c, lanes: 1, checked, fault };
+        let result = emit(&mut b, expr, &at, &ins, &chs, &fns, (seed, step, first, cols))?;
+        store(&mut b, &at, out, out_pitch, out_len, result);
+        let next = b.ins().iadd_imm_u(c, 1);
+        b.ins().jump(scalar_head, &[next.into()]);
+
+        b.switch_to_block(row_next);
+        let next = b.ins().iadd_imm_u(r, 1);
+        b.ins().jump(row_head, &[next.into()]);
+
+        b.switch_to_block(fault);
+        let one = b.ins().iconst(types::I32, 1);
+        b.ins().store(flags, one, args, offset_of!(MapArgs, fault) as i32);
+        b.ins().jump(exit, &[]);
+
+        b.switch_to_block(exit);
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(config);
+    }
+    Ok((id, ctx))
 }
 
 /// Whether every step of `expr` has a four-lane form (dropout's hash is a call into Rust, one
