@@ -165,7 +165,12 @@ pub(crate) fn build_map<M: Module>(
     checked: bool,
 ) -> Result<(FuncId, Context), String> {
     let ptr = module.target_config().pointer_type();
-    let keep = import(module, "cnnc_keep", &[types::I64, types::I64, types::I64, types::I64, types::F32], types::F32)?;
+    // Dropout's hash, imported only where a step needs it (an object file's maps never do).
+    let keep = if expr.iter().any(|e| matches!(e, Expr::Keep { .. })) {
+        Some(import(module, "cnnc_keep", &[types::I64, types::I64, types::I64, types::I64, types::F32], types::F32)?)
+    } else {
+        None
+    };
     let mut ctx = module.make_context();
     ctx.func.signature.params.push(AbiParam::new(ptr));
     let id = module.declare_function(name, linkage, &ctx.func.signature).map_err(|e| e.to_string())?;
@@ -173,7 +178,7 @@ pub(crate) fn build_map<M: Module>(
     {
         let mut fctx = FunctionBuilderContext::new();
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let fns = [keep].map(|f| module.declare_func_in_func(f, b.func));
+        let fns = [keep.map(|f| module.declare_func_in_func(f, b.func))];
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
@@ -370,7 +375,7 @@ fn emit(
     at: &Site,
     ins: &Inputs,
     chs: &[(Value, Value)],
-    fns: &[cranelift_codegen::ir::FuncRef; 1],
+    fns: &[Option<cranelift_codegen::ir::FuncRef>; 1],
     (seed, step, first, cols): (Value, Value, Value, Value),
 ) -> Result<Value, String> {
     let mut stack: Vec<Value> = Vec::with_capacity(expr.len());
@@ -411,7 +416,8 @@ fn emit(
                 let index = b.ins().iadd(index, first);
                 let salt = b.ins().iconst(types::I64, salt as i64);
                 let rate = b.ins().f32const(rate);
-                call(b, fns[0], &[seed, step, salt, index, rate])
+                let keep = fns[0].ok_or("dropout's hash was not imported")?;
+                call(b, keep, &[seed, step, salt, index, rate])
             }
         };
         stack.push(v);
