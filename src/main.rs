@@ -536,6 +536,10 @@ fn main() -> ExitCode {
                 return build::export(&c, emit, model.as_deref(), output.as_deref(), weights.as_deref());
             }
             if matches!(emit, Emit::Object | Emit::Header) {
+                if batch.is_some() {
+                    eprintln!("error: --batch goes with --emit lir or memory: an object file's call takes any batch");
+                    return ExitCode::from(EXIT_USAGE);
+                }
                 let (model, out, w) = (model.as_deref(), output.as_deref(), weights.as_deref());
                 return build::object(&c, &file, emit, model, out, w, isa, &options);
             }

@@ -8,6 +8,9 @@
 //! fusion passes grow), the transcendental functions called as precompiled Rust symbols. The
 //! other kernels run on the interpreter's functions until their templates exist.
 //!
+//! [`aot`] compiles a whole inference program ahead of time into an object file (every kernel
+//! generated there, the weights a data section) with its C header.
+//!
 //! A bounds-checked mode checks every load and store against its buffer's length: an access out
 //! of bounds is not made, and the kernel reports a fault that the caller turns into an error.
 
