@@ -45,11 +45,14 @@ pub struct Machine {
     natives: Vec<Option<Native>>,
     /// The stamp of the parameters the prepare phase last ran on.
     prepared: Option<u64>,
+    /// Constant right-hand operands of products packed once per change of the parameters for
+    /// the micro-kernels (native inference programs), by the operand's buffer and offset.
+    packed: std::collections::HashMap<(BufId, usize), tuned::Packed>,
 }
 
 /// Native code for a kernel.
 #[derive(Clone, Copy, Debug)]
-enum Native {
+pub(crate) enum Native {
     /// A map the code generator compiled.
     Map(MapFn),
     /// A precompiled tuned kernel (`tuned.rs`).
@@ -68,6 +71,7 @@ pub(crate) struct Mem<'a> {
     feeds: &'a [Feed<'a>],
     offsets: &'a [Option<usize>],
     program: &'a Program,
+    packed: &'a std::collections::HashMap<(BufId, usize), tuned::Packed>,
 }
 
 impl Machine {
@@ -119,7 +123,7 @@ impl Machine {
         }
         let arena = vec![0.0; plan.size];
         let natives = vec![None; program.kernels.len()];
-        Ok(Machine { program, plan, arena, profile: None, natives, prepared: None })
+        Ok(Machine { program, plan, arena, profile: None, natives, prepared: None, packed: Default::default() })
     }
 
     /// Compiles the kernels `jit` can generate to native code and takes the tuned precompiled
@@ -170,15 +174,16 @@ impl Machine {
     /// the parameters changed, before [`Machine::run`].
     pub fn prepare(&mut self, params: &[f32]) -> Result<(), String> {
         self.prepared = None;
-        if self.program.prepare.is_empty() {
-            return Ok(());
-        }
         let fits = self.program.buffers.iter().all(|b| match b.space {
             Space::Param(o) => o + b.len <= params.len(),
             _ => true,
         });
         if !fits {
             return Err("the program's parameters lie beyond the store given".into());
+        }
+        self.packed = tuned::pack_constants(&self.program, &self.natives, params);
+        if self.program.prepare.is_empty() {
+            return Ok(());
         }
         let mem = Mem {
             arena: self.arena.as_mut_ptr(),
@@ -189,6 +194,7 @@ impl Machine {
             feeds: &[],
             offsets: &self.plan.offsets,
             program: &self.program,
+            packed: &self.packed,
         };
         for k in &self.program.prepare {
             kernels::run(k, &mem, Ctx::default());
@@ -261,6 +267,7 @@ impl Machine {
             feeds,
             offsets: &self.plan.offsets,
             program: &self.program,
+            packed: &self.packed,
         };
         for (i, (k, native)) in self.program.kernels.iter().zip(&self.natives).enumerate() {
             let started = self.profile.as_ref().map(|_| std::time::Instant::now());
@@ -304,6 +311,12 @@ impl Machine {
             out.extend_from_slice(base.get(start..start + cols).unwrap_or(&[]));
         }
         ArrayD::from_shape_vec(IxDyn(&view.shape), out).unwrap_or_else(|_| ArrayD::zeros(IxDyn(&view.shape)))
+    }
+
+    /// How many products read a constant operand the prepare phase packed (native inference
+    /// programs with few rows).
+    pub fn packed_operands(&self) -> usize {
+        self.packed.len()
     }
 
     /// Bytes of the arena.
@@ -505,6 +518,12 @@ impl Mem<'_> {
         // SAFETY: as for `src`; parameters and inputs are never written (the lowering writes
         // only arena and gradient buffers), and each kernel takes one `dst` at a time.
         unsafe { std::slice::from_raw_parts_mut(ptr.add(v.offset.min(end)), end - v.offset.min(end)) }
+    }
+
+    /// The packed form of a product's constant right-hand operand `b` (`k × n`, strides `rsb`,
+    /// `csb`), if it has one.
+    pub(crate) fn packed(&self, b: &View, shape: [usize; 4]) -> Option<&[f32]> {
+        self.packed.get(&(b.buf, b.offset)).filter(|p| p.shape == shape).map(|p| &p.values[..])
     }
 
     pub(crate) fn dtype(&self, v: &View) -> DType {

@@ -370,6 +370,44 @@ fn tuned_kernels_split_their_work_and_give_the_same_bits_on_any_number_of_thread
 
 /// Every model of the standard library and the examples: forward on the inference graph, and
 /// for those with a train section the whole training step, agree between the backends.
+/// Products with few rows (a 7×7 map at batch 1 and 2: 49 and 98 rows) read their constant
+/// operands packed once by the prepare phase and split their columns over the threads: K longer
+/// than one block of the micro-kernel's sum (600), widths that end in a partial panel (40, 700);
+/// they equal the interpreter and give the same bits on one, two and three threads.
+#[test]
+fn few_row_products_read_operands_packed_once() {
+    let layers = "conv(40, 1x1) |> relu |> conv(700, 1x1)";
+    let mut graph = model(&[7, 7, 600], layers).unwrap();
+    inference_mode::run(&mut graph);
+    for batch in [1, 2] {
+        compare(&graph, None, &autodiff::Gradients::default(), batch, 11).unwrap();
+        let params = Params::init(&graph, 5);
+        let image = random(&[batch, 7, 7, 600], &mut ChaCha8Rng::seed_from_u64(6));
+        let keep: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+        let mut lowered = lir::lower(&graph, batch, &params.layout, &[], &keep).unwrap();
+        lir::passes::optimize(&mut lowered.program, &[]);
+        let mut jit = Jit::new(Options::default()).unwrap();
+        let mut run = |threads: usize| {
+            let mut m = Machine::new(lowered.program.clone()).unwrap();
+            m.compile(&mut jit).unwrap();
+            m.prepare(params.data()).unwrap();
+            let packed = m.packed_operands();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let feeds = [Feed::F32(image.as_slice().unwrap())];
+            pool.install(|| m.run(params.data(), &mut [], &feeds, Ctx::default())).unwrap();
+            let out = m.read(m.program.result(&Purpose::Value(keep[0])).unwrap(), params.data(), &[]);
+            (packed, out.into_raw_vec_and_offset().0)
+        };
+        let one = run(1);
+        if cnnc_runtime::interp::microkernel::available() {
+            assert_eq!(one.0, 2, "both products packed at batch {batch}");
+        }
+        for threads in [2, 3] {
+            assert_eq!(run(threads).1, one.1, "batch {batch}, {threads} threads");
+        }
+    }
+}
+
 #[test]
 fn stdlib_and_example_models() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -408,8 +408,8 @@ fn conv_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::re
     }
     let (rsb, csb) = if *tb { (1, b.pitch) } else { (b.pitch, 1) };
     let micro = super::microkernel::suits(rows, kk, cols, false);
-    let packed = if micro { super::microkernel::pack(sb, kk, cols, rsb, csb) } else { Vec::new() };
     let block = cnnc_compiler::lir::passes::fuse_im2col::block_rows(kk, cols);
+    let packed = if micro { super::microkernel::pack(sb, kk, cols, rsb, csb) } else { Vec::new() };
     let pb = Shared(sb.as_ptr());
     (0..rows.div_ceil(block)).into_par_iter().try_for_each_init(Vec::new, |col: &mut Vec<f32>, i| {
         let (first, n) = (i * block, block.min(rows - i * block));
@@ -434,6 +434,110 @@ fn conv_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::re
     })
 }
 
+/// A product's constant right-hand operand packed for the micro-kernels ([`pack_constants`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Packed {
+    /// `[k, n, rsb, csb]` of the operand it was packed from.
+    pub shape: [usize; 4],
+    /// [`super::microkernel::pack`]'s panels.
+    pub values: Vec<f32>,
+}
+
+/// Rows up to which a product with a packed constant operand splits its column panels over the
+/// threads (fewer rows than blocks of rows for every thread: 7×7 and 14×14 maps at batch 1).
+const FEW_ROWS: usize = 256;
+
+/// Steps of K a micro-kernel call sums before the next block (the panel's block stays in L1).
+const PACKED_K: usize = 512;
+
+/// The constant right-hand operands of an inference program's products with few rows, packed
+/// once (each run of such a product packed them again, a pass over the whole operand: ResNet-50's
+/// 2048-column filters at batch 1 ran at 50 GFLOP/s), where the micro-kernels run and the
+/// program's kernels are native (`natives`).
+pub(crate) fn pack_constants(
+    p: &cnnc_compiler::lir::Program,
+    natives: &[Option<super::Native>],
+    params: &[f32],
+) -> std::collections::HashMap<(cnnc_compiler::lir::BufId, usize), Packed> {
+    use cnnc_compiler::lir::Space;
+    let mut out = std::collections::HashMap::new();
+    let training = p.buffers.iter().any(|b| matches!(b.space, Space::Grad(_)));
+    if training || !super::microkernel::available() {
+        return out;
+    }
+    for (k, native) in p.kernels.iter().zip(natives) {
+        // Products with few rows only. (Implicit convolutions keep their blocks of rows and
+        // pack per call: packing their filters once, balancing their blocks over the threads,
+        // or the whole im2col matrix and a product split by columns measured within the noise
+        // on GoogLeNet and ResNet-50 at batch 1.)
+        let Kernel::Gemm { a, b, c, ta: false, tb, .. } = k else { continue };
+        let Space::Param(o) = p.buffers[b.buf.0 as usize].space else { continue };
+        let (rows, depth, cols) = (c.rows(), a.cols(), c.cols());
+        if native.is_none() || !(6..=FEW_ROWS).contains(&rows) || cols < 16 {
+            continue;
+        }
+        let (rsb, csb) = if *tb { (1, b.pitch) } else { (b.pitch, 1) };
+        let values = super::microkernel::pack(&params[o + b.offset..], depth, cols, rsb, csb);
+        out.insert((b.buf, b.offset), Packed { shape: [depth, cols, rsb, csb], values });
+    }
+    out
+}
+
+/// `C[rows × n] = A·B (+ C)` over `packed` ([`super::microkernel::pack`]): the column panels
+/// split over the pool, each panel summed over K in blocks of [`PACKED_K`] (in order: the same
+/// bits on any number of threads).
+///
+/// # Safety
+/// AVX2 and FMA; `a` holds `rows` rows of `k` at pitch `lda`, `c` `rows` rows of `n` at pitch
+/// `ldc`, `packed` the panels of a `k × n` operand.
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_product(
+    rows: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    packed: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    // Panels of 16 columns, the last of 8 when 8 or fewer are left (as `pack` makes them).
+    let mut panels = Vec::new();
+    let mut j0 = 0;
+    while j0 < n {
+        let w = if n - j0 > 8 { 16 } else { 8 };
+        panels.push((j0, w));
+        j0 += w;
+    }
+    let c = Shared(c);
+    panels.par_iter().for_each(|&(j0, w)| {
+        let valid = w.min(n - j0);
+        let panel = &packed[j0 * k..j0 * k + w * k];
+        let mut k0 = 0;
+        while k0 < k {
+            let kn = PACKED_K.min(k - k0);
+            // SAFETY: the caller's promise; this panel's columns `j0 .. j0 + valid` of every row
+            // are written by this task alone.
+            unsafe {
+                let cs = std::slice::from_raw_parts_mut(c.get().cast_mut().add(j0), (rows - 1) * ldc + valid);
+                super::microkernel::gemm(
+                    rows,
+                    kn,
+                    valid,
+                    &a[k0..],
+                    lda,
+                    &panel[k0 * w..],
+                    cs,
+                    ldc,
+                    accumulate || k0 > 0,
+                );
+            }
+            k0 += kn;
+        }
+    });
+}
+
 /// `c = op(a)·op(b)` (`+ c`), `+ bias`; `split`: on the pool, and over K where M·N is small.
 #[allow(clippy::too_many_arguments)]
 fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: bool, bias: Option<&View>, split: bool) {
@@ -444,10 +548,15 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
     let (rsa, csa) = if ta { (1, a.pitch) } else { (a.pitch, 1) };
     let (rsb, csb) = if tb { (1, b.pitch) } else { (b.pitch, 1) };
     if rows > 0 && cols > 0 {
+        let packed = if split && !ta && csa == 1 { m.packed(b, [k, cols, rsb, csb]) } else { None };
         if k == 0 {
             if !accumulate {
                 (0..rows).for_each(|r| sc[r * c.pitch..r * c.pitch + cols].fill(0.0));
             }
+        } else if let Some(packed) = packed {
+            // SAFETY: `pack_constants` packed it only where the micro-kernels run; the view
+            // checks put `rows` rows of `k` at pitch `a.pitch` in `sa` and of `cols` in `sc`.
+            unsafe { packed_product(rows, k, cols, sa, a.pitch, packed, sc.as_mut_ptr(), c.pitch, accumulate) };
         } else if csa == 1 && super::microkernel::suits(rows, k, cols, ta) {
             let packed = super::microkernel::pack(sb, k, cols, rsb, csb);
             let (lda, ldc) = (a.pitch, c.pitch);
