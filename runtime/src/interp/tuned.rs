@@ -83,7 +83,23 @@ pub(super) fn run(k: &Kernel, m: &Mem) {
             let xs = m.src(x);
             let per_out = geom.positions() * geom.cg;
             let ys = m.dst(y);
-            ys.par_chunks_mut(per_out).enumerate().for_each(|(n, ys)| pool(*kind, &xs[n * in_len(geom)..], ys, geom));
+            let threads = crate::bench::threads();
+            let (rows, width) = (geom.output[0] * geom.output[1], geom.output[2] * geom.cg);
+            if geom.n < threads && rows >= 2 * threads {
+                // Fewer examples than threads (batch 1): each example's output rows in as many
+                // parts as threads (each output is computed alone: the same bits either way).
+                let part = rows.div_ceil(threads) * width;
+                for (n, ys) in ys.chunks_mut(per_out).enumerate() {
+                    let xs = &xs[n * in_len(geom)..];
+                    ys.par_chunks_mut(part)
+                        .enumerate()
+                        .for_each(|(i, ys)| pool_rows(*kind, xs, ys, geom, i * (part / width.max(1))));
+                }
+            } else {
+                ys.par_chunks_mut(per_out)
+                    .enumerate()
+                    .for_each(|(n, ys)| pool(*kind, &xs[n * in_len(geom)..], ys, geom));
+            }
         }
         Kernel::PoolGrad { kind, x, dy, dx, geom } => {
             let dys = m.src(dy);
@@ -736,10 +752,20 @@ fn columns_inside(g: &Geom) -> Vec<f32> {
 /// Pooling of one example, row by row: channels innermost; an average over the elements inside
 /// the input.
 fn pool(kind: PoolKind, xs: &[f32], ys: &mut [f32], g: &Geom) {
+    pool_rows(kind, xs, ys, g, 0);
+}
+
+/// [`pool`] of the output rows (all of the width) that `ys` holds, from row `first`.
+fn pool_rows(kind: PoolKind, xs: &[f32], ys: &mut [f32], g: &Geom, first: usize) {
     let c = g.cg;
     let (iw, ow, step) = (g.input[2], g.output[2], g.stride[2] * c);
     let inside = columns_inside(g);
+    let count = ys.len() / (ow * c).max(1);
     each_output_row(g, |r, rows, columns| {
+        if r < first || r >= first + count {
+            return;
+        }
+        let r = r - first;
         let y = &mut ys[r * ow * c..(r + 1) * ow * c];
         y.fill(if kind == PoolKind::Max { f32::NEG_INFINITY } else { 0.0 });
         for &row in rows {
