@@ -268,6 +268,62 @@ fn every_model_of_one_input_compiles_ahead_of_time_and_agrees() {
     assert!(checked.len() >= 10, "only {checked:?} were checked");
 }
 
+/// A Rust program links the same object file (declared `extern "C"`, linked by `rustc`) and
+/// gets the C program's outputs, bit for bit.
+#[test]
+fn a_rust_program_links_the_object_file_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = build("examples/lenet5.cnn", "LeNet5", None, dir.path(), &[]);
+    let (graph, _) = model("examples/lenet5.cnn", "LeNet5", None);
+    let x = input(&graph);
+    let from_c = linked(&program, &x, dir.path());
+    let main = dir.path().join("main.rs");
+    std::fs::write(
+        &main,
+        r#"use std::io::{Read, Write};
+#[link(name = "m")]
+unsafe extern "C" {
+    fn lenet5_infer(input: *const f32, output: *mut f32, batch: i32, scratch: *mut u8) -> i32;
+}
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let batch: usize = args[1].parse().unwrap();
+    let mut bytes = Vec::new();
+    std::fs::File::open(&args[2]).unwrap().read_to_end(&mut bytes).unwrap();
+    let input: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let mut output = vec![0f32; 10 * batch];
+    let mut scratch = vec![0u8; args[4].parse().unwrap()];
+    let status = unsafe { lenet5_infer(input.as_ptr(), output.as_mut_ptr(), batch as i32, scratch.as_mut_ptr()) };
+    assert_eq!(status, 0);
+    let out: Vec<u8> = output.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::File::create(&args[3]).unwrap().write_all(&out).unwrap();
+}
+"#,
+    )
+    .unwrap();
+    // The scratch size, as the header gives it.
+    let header = std::fs::read_to_string(dir.path().join("lenet5.h")).unwrap();
+    let scratch = header
+        .lines()
+        .find_map(|l| l.strip_prefix("#define LENET5_SCRATCH_BYTES "))
+        .expect("the header gives the scratch size")
+        .to_string();
+    let rust = dir.path().join("main");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    run(Command::new(rustc)
+        .args(["--edition", "2024", "-O", "-o"])
+        .arg(&rust)
+        .arg(&main)
+        .arg("-C")
+        .arg(format!("link-arg={}", dir.path().join("lenet5.o").display())));
+    let (input, output) = (dir.path().join("input.bin"), dir.path().join("rust.bin"));
+    run(Command::new(&rust).arg(BATCH.to_string()).arg(&input).arg(&output).arg(&scratch));
+    let from_rust: Vec<f32> =
+        std::fs::read(&output).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(from_rust.len(), BATCH * 10);
+    assert_eq!(from_rust, from_c);
+}
+
 /// Named instruction sets compile (an ELF object each, whatever the host); bad requests are
 /// refused with exit 2 and write nothing.
 #[test]
