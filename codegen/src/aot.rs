@@ -605,9 +605,8 @@ impl Gen {
                     (at(x).plus(geom.c0), geom.channels)
                 } else {
                     let col = Place::Scratch(layout.col_at as i64 * 4);
-                    let f = self.im2col_template()?;
-                    let desc = self.desc(&geom_desc(geom, depth));
-                    calls.push(Call { function: f, pointers: vec![at(x), col], map: None, desc: Some(desc) });
+                    let f = self.im2col_template(&geom_desc(geom, depth))?;
+                    calls.push(Call { function: f, pointers: vec![at(x), col], map: None, desc: None });
                     (col, depth)
                 };
                 let (rsb, csb) = if *tb { (1, b.pitch) } else { (b.pitch, 1) };
@@ -619,14 +618,12 @@ impl Gen {
                 }
             }
             Kernel::Im2col { x, col, geom } => {
-                let f = self.im2col_template()?;
-                let desc = self.desc(&geom_desc(geom, col.pitch));
-                calls.push(Call { function: f, pointers: vec![at(x), at(col)], map: None, desc: Some(desc) });
+                let f = self.im2col_template(&geom_desc(geom, col.pitch))?;
+                calls.push(Call { function: f, pointers: vec![at(x), at(col)], map: None, desc: None });
             }
             Kernel::Pool { kind, x, y, geom } => {
-                let f = self.pool_template(*kind)?;
-                let desc = self.desc(&geom_desc(geom, y.pitch));
-                calls.push(Call { function: f, pointers: vec![at(x), at(y)], map: None, desc: Some(desc) });
+                let f = self.pool_template(*kind, &geom_desc(geom, y.pitch))?;
+                calls.push(Call { function: f, pointers: vec![at(x), at(y)], map: None, desc: None });
             }
             Kernel::GlobalPool { kind, x, y } => {
                 let (n, c) = (x.shape[0], x.cols());
@@ -1068,12 +1065,13 @@ impl Gen {
         })
     }
 
-    /// im2col over a window geometry's integer arguments ([`geom_desc`], the last the rows'
-    /// pitch): each output position's window, `cg` channels a tap, zeros in the padding.
-    fn im2col_template(&mut self) -> Result<FuncId, String> {
-        self.template("im2col", 3, &[], |b, args, _| {
-            let [x, col, desc] = args[..] else { unreachable!("three arguments") };
-            let g = Window::load(b, desc);
+    /// im2col over a window geometry ([`geom_desc`], the last the rows' pitch), compiled in:
+    /// each output position's window, `cg` channels a tap, zeros in the padding.
+    fn im2col_template(&mut self, geometry: &[i64]) -> Result<FuncId, String> {
+        let key = format!("im2col_{}", geometry.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("_"));
+        self.template(&key, 2, &[], |b, args, _| {
+            let [x, col] = args[..] else { unreachable!("two arguments") };
+            let g = Window::constant(b, geometry);
             let zero = b.ins().iconst(types::I64, 0);
             let row = var(b, types::I64, zero);
             g.positions(b, |b, nn, [zd, zh, zw]| {
@@ -1111,13 +1109,18 @@ impl Gen {
         })
     }
 
-    /// Max or average pooling over a window geometry (average counts no padding), four channels
-    /// at a time; output row `r`, channel `ch` at `r·pitch + ch`.
-    fn pool_template(&mut self, kind: PoolKind) -> Result<FuncId, String> {
+    /// Max or average pooling over a window geometry, compiled in (average counts no padding),
+    /// four channels at a time; output row `r`, channel `ch` at `r·pitch + ch`.
+    fn pool_template(&mut self, kind: PoolKind, geometry: &[i64]) -> Result<FuncId, String> {
         let max = kind == PoolKind::Max;
-        self.template(if max { "max_pool" } else { "avg_pool" }, 3, &[], |b, args, _| {
-            let [x, y, desc] = args[..] else { unreachable!("three arguments") };
-            let g = Window::load(b, desc);
+        let key = format!(
+            "{}_{}",
+            if max { "max_pool" } else { "avg_pool" },
+            geometry.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("_")
+        );
+        self.template(&key, 2, &[], |b, args, _| {
+            let [x, y] = args[..] else { unreachable!("two arguments") };
+            let g = Window::constant(b, geometry);
             let zero = b.ins().iconst(types::I64, 0);
             let row = var(b, types::I64, zero);
             g.positions(b, |b, nn, position| {
@@ -1364,8 +1367,10 @@ struct Window {
 }
 
 impl Window {
-    fn load(b: &mut FunctionBuilder, desc: Value) -> Window {
-        let d: [Value; 23] = std::array::from_fn(|i| arg(b, desc, i));
+    /// A geometry compiled in ([`geom_desc`]'s values as constants: one function per geometry,
+    /// its index arithmetic folded).
+    fn constant(b: &mut FunctionBuilder, values: &[i64]) -> Window {
+        let d: [Value; 23] = std::array::from_fn(|i| b.ins().iconst(types::I64, values[i]));
         let three = |at: usize| [d[at], d[at + 1], d[at + 2]];
         Window {
             n: d[0],
