@@ -268,6 +268,39 @@ fn every_model_of_one_input_compiles_ahead_of_time_and_agrees() {
     assert!(checked.len() >= 10, "only {checked:?} were checked");
 }
 
+/// Pooling's edge cases compiled ahead of time: padded windows (average counts only the
+/// elements inside), ceil rounding, strides, channel counts that are not a multiple of four,
+/// and 1D and 3D windows, each against the reference executor.
+#[test]
+fn padded_and_strided_pooling_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pools.cnn");
+    std::fs::write(
+        &file,
+        "model Pools2D {\n    input x: [9, 11, 7]\n    a = x |> avgpool(3x3, stride: 2, pad: 1)\n    \
+         b = x |> maxpool(3x3, stride: 2, round: ceil)\n    c = x |> avgpool(2x3, stride: 1, pad: same)\n    \
+         output y = a |> conv(6, 1x1) |> maxpool(2x2, stride: 1, pad: same)\n    output z = b\n    output w = c\n}\n\n\
+         model Pools1D {\n    input s: [23, 5]\n    output y = s |> avgpool(4, stride: 3, pad: 2)\n}\n\n\
+         model Pools3D {\n    input v: [5, 6, 7, 3]\n    output y = v |> avgpool(3x3x3, stride: 2, pad: 1)\n}\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    for name in ["Pools2D", "Pools1D", "Pools3D"] {
+        let c = cnnc_compiler::compile_source(path, Some(&file), std::fs::read(&file).unwrap().as_slice());
+        assert!(!c.has_errors(), "{}", common::rendered(&c));
+        let m = c.models.iter().find(|m| m.name == name).unwrap();
+        let mut pipe = cnnc_compiler::passes::Pipeline::new(Default::default()).unwrap();
+        let graph = cnnc_compiler::passes::inference::run(m, &mut pipe).unwrap();
+        let params = Params::init(&graph, 0);
+        let program = build(path, name, None, dir.path(), &[]);
+        let x = input(&graph);
+        let want: Vec<f32> = reference(&graph, &params, &x).concat();
+        let got = linked(&program, &x, dir.path());
+        let (ok, worst) = agrees(&got, &want);
+        assert!(ok, "{name}: worst difference {worst:e}");
+    }
+}
+
 /// A Rust program links the same object file (declared `extern "C"`, linked by `rustc`) and
 /// gets the C program's outputs, bit for bit.
 #[test]

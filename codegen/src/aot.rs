@@ -1123,21 +1123,30 @@ impl Gen {
             let g = Window::constant(b, geometry);
             let zero = b.ins().iconst(types::I64, 0);
             let row = var(b, types::I64, zero);
+            // Per output position: its row set to the start value, then each tap inside the
+            // input folded into the whole row (a run of `cg` channels at a time), then the
+            // average's division.
             g.positions(b, |b, nn, position| {
                 let r = b.use_var(row);
+                let at = b.ins().imul(r, g.last);
+                let out = elem(b, y, at);
                 lanes(b, g.cg, |b, ch, l| {
                     let init = fconst(b, l, if max { f32::NEG_INFINITY } else { 0.0 });
-                    let acc = var(b, ty(l), init);
-                    let zero = b.ins().iconst(types::I64, 0);
-                    let taken = var(b, types::I64, zero);
-                    g.taps(b, position, |b, inside, source| {
-                        if_else(
-                            b,
-                            inside,
-                            |b| {
-                                let from = g.address(b, x, nn, source);
+                    let dst = elem(b, out, ch);
+                    b.ins().store(flags(), init, dst, 0);
+                });
+                let zero = b.ins().iconst(types::I64, 0);
+                let taken = var(b, types::I64, zero);
+                g.taps(b, position, |b, inside, source| {
+                    if_else(
+                        b,
+                        inside,
+                        |b| {
+                            let from = g.address(b, x, nn, source);
+                            lanes(b, g.cg, |b, ch, l| {
                                 let v = load_at(b, l, from, ch);
-                                let old = b.use_var(acc);
+                                let dst = elem(b, out, ch);
+                                let old = load(b, l, dst, 0);
                                 let new = if max {
                                     // f32::max's choice where neither is NaN; a NaN never wins.
                                     let more = b.ins().fcmp(FloatCC::GreaterThan, v, old);
@@ -1145,29 +1154,29 @@ impl Gen {
                                 } else {
                                     b.ins().fadd(old, v)
                                 };
-                                b.def_var(acc, new);
-                                let t = b.use_var(taken);
-                                let t = b.ins().iadd_imm_s(t, 1);
-                                b.def_var(taken, t);
-                            },
-                            |_| {},
-                        );
-                    });
-                    let mut value = b.use_var(acc);
-                    if !max {
-                        let t = b.use_var(taken);
-                        let one = b.ins().iconst(types::I64, 1);
-                        let none = b.ins().icmp_imm_s(IntCC::Equal, t, 0);
-                        let t = b.ins().select(none, one, t);
-                        let t = b.ins().fcvt_from_sint(types::F32, t);
-                        let t = splat(b, l, t);
-                        value = b.ins().fdiv(value, t);
-                    }
-                    let at = b.ins().imul(r, g.last);
-                    let at = b.ins().iadd(at, ch);
-                    let dst = elem(b, y, at);
-                    b.ins().store(flags(), value, dst, 0);
+                                b.ins().store(flags(), new, dst, 0);
+                            });
+                            let t = b.use_var(taken);
+                            let t = b.ins().iadd_imm_s(t, 1);
+                            b.def_var(taken, t);
+                        },
+                        |_| {},
+                    );
                 });
+                if !max {
+                    let t = b.use_var(taken);
+                    let one = b.ins().iconst(types::I64, 1);
+                    let none = b.ins().icmp_imm_s(IntCC::Equal, t, 0);
+                    let t = b.ins().select(none, one, t);
+                    let t = b.ins().fcvt_from_sint(types::F32, t);
+                    lanes(b, g.cg, |b, ch, l| {
+                        let dst = elem(b, out, ch);
+                        let v = load(b, l, dst, 0);
+                        let n = splat(b, l, t);
+                        let q = b.ins().fdiv(v, n);
+                        b.ins().store(flags(), q, dst, 0);
+                    });
+                }
                 let next = b.ins().iadd_imm_s(r, 1);
                 b.def_var(row, next);
             });
