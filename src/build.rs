@@ -371,5 +371,10 @@ pub(crate) fn compile_object(
         outputs,
         about: format!("Model `{}` of {}.", m.name, source.display()),
     };
-    cnnc_codegen::aot::compile(&model, target).map_err(|e| (EXIT_USAGE, format!("`{}`: {e}", m.name)))
+    cnnc_codegen::aot::compile(&model, target).map_err(|e| match e {
+        cnnc_codegen::aot::Error::Refused(why) => {
+            (EXIT_USAGE, format!("`{}` cannot be compiled to an object file: {why}", m.name))
+        }
+        e @ cnnc_codegen::aot::Error::Internal(_) => (EXIT_INTERNAL, format!("`{}`: {e}", m.name)),
+    })
 }

@@ -382,7 +382,24 @@ fn a_named_target_compiles_and_bad_requests_are_refused() {
         &["build", "examples/siamese.cnn", "--model", "Verifier", "-o", o.to_str().unwrap()],
         &[&lenet[..], &["-o", o.to_str().unwrap(), "--batch", "4"]].concat(),
     ];
+    // Outputs whose C names would collide, with each other or with the input's.
+    let names = dir.path().join("names.cnn");
+    std::fs::write(
+        &names,
+        "model Twice {\n    input x: [4, 4, 2]\n    output y = x |> conv(2, 1x1)\n    output Y = x |> conv(3, 1x1)\n}\n\n\
+         model Input {\n    input x: [4, 4, 2]\n    output Input = x |> conv(2, 1x1)\n}\n",
+    )
+    .unwrap();
+    let names = names.to_str().unwrap().to_string();
+    let twice = ["build", &names, "--model", "Twice", "-o", o.to_str().unwrap()];
+    let input = ["build", &names, "--model", "Input", "-o", o.to_str().unwrap()];
     std::fs::remove_file(&o).unwrap();
+    for args in [&twice[..], &input[..]] {
+        let out = cnnc(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("rename one of them"), "{args:?}: {}", text(&out));
+        assert!(!o.exists(), "{args:?} wrote a file");
+    }
     for args in bad {
         let out = cnnc(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));

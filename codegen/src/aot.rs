@@ -15,7 +15,8 @@ use cnnc_compiler::ir::op::PoolKind;
 use cnnc_compiler::lir::{plan, DType, Expr, Geom, Kernel, MemoryPlan, Program, Space, View};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, AbiParam, Endianness, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value,
+    types, AbiParam, Endianness, FuncRef, InstBuilder, MemFlagsData, StackSlot, StackSlotData, StackSlotKind, Type,
+    Value,
 };
 use cranelift_codegen::isa::{self, OwnedTargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
@@ -73,6 +74,24 @@ impl Target {
             Target::Host => "host",
             Target::X86_64V3 => "x86-64-v3",
             Target::X86_64V4 => "x86-64-v4",
+        }
+    }
+}
+
+/// Why an object file was not made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The model cannot be compiled ahead of time (what it holds, or its size): a usage error.
+    Refused(String),
+    /// A bug in cnnc: code generation failed on a model it accepted.
+    Internal(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Refused(m) => f.write_str(m),
+            Error::Internal(m) => write!(f, "internal error: {m}"),
         }
     }
 }
@@ -182,6 +201,25 @@ impl Model<'_> {
         if self.outputs.is_empty() {
             return Err("the model has no output".into());
         }
+        // Every output's C names must differ from each other's and from the input's.
+        let mut names: Vec<(String, &str)> =
+            vec![("INPUT".into(), "the input"), ("SCRATCH".into(), "the scratch size")];
+        for (name, view) in &self.outputs {
+            let c = identifier(name).to_uppercase();
+            if let Some((_, other)) = names.iter().find(|(n, _)| *n == c) {
+                return Err(format!(
+                    "output `{name}` would take the C names `{}_{c}_…` of {other}: rename one of them",
+                    self.prefix.to_uppercase()
+                ));
+            }
+            names.push((c, name));
+            if view.shape.is_empty() {
+                return Err(format!("output `{name}` has no batch axis"));
+            }
+        }
+        for k in &p.kernels {
+            supported(k)?;
+        }
         for b in &p.buffers {
             if let Space::Param(o) = b.space {
                 if o + b.len > self.constants.len() {
@@ -215,7 +253,8 @@ impl Model<'_> {
             let packed = packable(k, p).map(|(b, _, _)| b);
             let (reads, writes) = k.access();
             for v in reads.into_iter().chain(writes) {
-                if packed != Some(v) {
+                // The packed operand itself (the same field, not an equal view elsewhere).
+                if !packed.is_some_and(|b| std::ptr::eq(b, v)) {
                     used[v.buf.0 as usize] = true;
                 }
             }
@@ -262,6 +301,82 @@ impl Model<'_> {
     }
 }
 
+/// Whether kernel `k` has an ahead-of-time form at this size.
+fn supported(k: &Kernel) -> Result<(), String> {
+    let keep = |expr: &[Expr]| expr.iter().any(|e| matches!(e, Expr::Keep { .. }));
+    // Offsets a product's loop addresses as 32-bit immediates, in bytes.
+    let fits =
+        |values: &[usize]| values.iter().all(|&v| v.checked_mul(4).is_some_and(|b| b <= (i32::MAX as usize) / 4));
+    match k {
+        Kernel::Gemm { a, b, c, epilogue, .. } => {
+            if epilogue.as_ref().is_some_and(|e| keep(&e.expr)) {
+                return Err("a product's epilogue draws dropout's mask: inference drops no unit".into());
+            }
+            if !fits(&[a.pitch * 4, b.pitch * UNROLL, c.pitch * 4]) {
+                return Err(format!("a product of rows {} elements apart is too large for an object file", a.pitch));
+            }
+            Ok(())
+        }
+        Kernel::ConvGemm { geom, b, c, epilogue, .. } => {
+            if epilogue.as_ref().is_some_and(|e| keep(&e.expr)) {
+                return Err("a convolution's epilogue draws dropout's mask: inference drops no unit".into());
+            }
+            if !fits(&[geom.window() * geom.cg * 4, geom.channels * 4, b.pitch * UNROLL, c.pitch * 4]) {
+                return Err("a convolution too large for an object file".into());
+            }
+            Ok(())
+        }
+        Kernel::Map { expr, .. } if keep(expr) => Err("a map draws dropout's mask: inference drops no unit".into()),
+        Kernel::Pad { x, .. } if x.shape.len() > 5 => {
+            Err(format!("a padded tensor of rank {} (at most 5)", x.shape.len()))
+        }
+        Kernel::Im2col { .. }
+        | Kernel::Pool { .. }
+        | Kernel::GlobalPool { .. }
+        | Kernel::Map { .. }
+        | Kernel::Softmax { .. }
+        | Kernel::L2Norm { .. }
+        | Kernel::Copy { .. }
+        | Kernel::Fill { .. }
+        | Kernel::Pad { .. } => Ok(()),
+        other => Err(format!(
+            "kernel `{}` has no ahead-of-time form (an inference program after the passes should not hold it)",
+            other.name()
+        )),
+    }
+}
+
+impl Layout {
+    /// Checks that every view the generated code addresses has a place: the arena's buffers an
+    /// offset, the parameters a place in the weights (a product's packed operand its panels).
+    fn placed(&self, model: &Model) -> Result<(), String> {
+        let p = model.program;
+        let check = |v: &View| {
+            let i = v.buf.0 as usize;
+            let placed = match p.buffers[i].space {
+                Space::Arena => self.plan.offsets[i].is_some(),
+                Space::Param(_) => self.weight_at[i].is_some(),
+                Space::Input(_) | Space::Grad(_) => true,
+            };
+            if placed {
+                Ok(())
+            } else {
+                Err(format!("buffer `{}` has no place in the object file", p.buffers[i].name))
+            }
+        };
+        for (i, k) in p.kernels.iter().enumerate() {
+            let packed = packable(k, p).map(|(b, _, _)| b).filter(|_| self.packed.contains_key(&i));
+            let (reads, writes) = k.access();
+            for v in reads.into_iter().chain(writes) {
+                if !packed.is_some_and(|b| std::ptr::eq(b, v)) {
+                    check(v)?;
+                }
+            }
+        }
+        model.outputs.iter().try_for_each(|(_, v)| check(v))
+    }
+}
+
 /// A product's right operand `b` when it is a constant, to pack in panels of 8 columns: the
 /// view, whether it is transposed, and the depth.
 fn packable<'k>(k: &'k Kernel, p: &Program) -> Option<(&'k View, bool, usize)> {
@@ -276,10 +391,16 @@ fn packable<'k>(k: &'k Kernel, p: &Program) -> Option<(&'k View, bool, usize)> {
 }
 
 /// Compiles `model` into an object file for `target`, with its header.
-pub fn compile(model: &Model, target: Target) -> Result<Object, String> {
-    model.check()?;
+pub fn compile(model: &Model, target: Target) -> Result<Object, Error> {
+    model.check().map_err(Error::Refused)?;
     let layout = model.layout();
-    let isa = target.isa()?;
+    layout.placed(model).map_err(Error::Internal)?;
+    let isa = target.isa().map_err(Error::Refused)?;
+    build(model, &layout, isa).map_err(Error::Internal)
+}
+
+/// The object file of `model` laid out as `layout`, for `isa`.
+fn build(model: &Model, layout: &Layout, isa: OwnedTargetIsa) -> Result<Object, String> {
     let description = format!(
         "{} {}",
         isa.triple().architecture,
@@ -297,16 +418,17 @@ pub fn compile(model: &Model, target: Target) -> Result<Object, String> {
     };
     g.weights = g.data(&format!("{}_weights", model.prefix))?;
     g.desc_data = g.data(&format!("{}_shapes", model.prefix))?;
-    let run = g.driver(model, &layout)?;
+    let run = g.driver(model, layout)?;
     let mut functions = Vec::new();
     for i in 0..model.outputs.len() {
         let name = model.function(i);
-        g.entry(model, &layout, run, i, &name)?;
+        g.entry(model, layout, run, i, &name)?;
         functions.push(name);
     }
     let weight_bytes: Vec<u8> = layout.weights.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let weight_len = weight_bytes.len();
     let desc_bytes: Vec<u8> = g.descs.iter().flat_map(|v| v.to_le_bytes()).collect();
-    for (id, bytes) in [(g.weights, weight_bytes.clone()), (g.desc_data, desc_bytes)] {
+    for (id, bytes) in [(g.desc_data, desc_bytes), (g.weights, weight_bytes)] {
         let mut d = DataDescription::new();
         // An empty section still gets a symbol.
         d.define(if bytes.is_empty() { vec![0; 8].into_boxed_slice() } else { bytes.into_boxed_slice() });
@@ -320,7 +442,7 @@ pub fn compile(model: &Model, target: Target) -> Result<Object, String> {
         bytes,
         header: header(model, scratch_bytes, &functions, &description),
         scratch_bytes,
-        weight_bytes: weight_bytes.len(),
+        weight_bytes: weight_len,
         functions,
         isa: description,
         compiled,
@@ -331,9 +453,19 @@ pub fn compile(model: &Model, target: Target) -> Result<Object, String> {
 fn header(model: &Model, scratch_bytes: usize, functions: &[String], isa: &str) -> String {
     let up = model.prefix.to_uppercase();
     let (_, input_shape, _) = &model.program.inputs[0];
-    let dims = |shape: &[usize]| shape[1..].iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+    // A per-example scalar's shape is `{1}` (an empty initializer list is not C).
+    let dims = |shape: &[usize]| {
+        let d = shape[1..].iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+        if d.is_empty() {
+            "1".to_string()
+        } else {
+            d
+        }
+    };
+    // Nothing in the comment may end it.
+    let about = model.about.replace("*/", "* /").replace(['\n', '\r'], " ");
     let mut h = [
-        format!("/* {}.h: generated by cnnc {}. {}", model.prefix, env!("CARGO_PKG_VERSION"), model.about),
+        format!("/* {}.h: generated by cnnc {}. {about}", model.prefix, env!("CARGO_PKG_VERSION")),
         " *".into(),
         format!(" * Inference only, compiled for {isa}."),
         " * Tensors are row-major and channels-last, as in cnnc: an example of shape {H, W, C} is".into(),
@@ -495,10 +627,25 @@ impl Gen {
             let weights = b.ins().symbol_value(types::I64, weights);
             let descs = b.ins().symbol_value(types::I64, descs);
             let bases = Bases { input, scratch, weights };
+            // One pair of stack slots for every map's arguments, sized for the largest (the
+            // calls run one after another).
+            let words = calls.iter().filter_map(|c| c.map.as_ref()).map(MapCall::words).max().unwrap_or(0);
+            let slots = (
+                b.create_sized_stack_slot(StackSlotData::new(
+                    StackSlotKind::ExplicitSlot,
+                    (words.max(1) * 8) as u32,
+                    3,
+                )),
+                b.create_sized_stack_slot(StackSlotData::new(
+                    StackSlotKind::ExplicitSlot,
+                    std::mem::size_of::<MapArgs>() as u32,
+                    3,
+                )),
+            );
             for c in &calls {
                 let mut args: Vec<Value> = c.pointers.iter().map(|at| at.value(&mut b, bases)).collect();
                 if let Some(map) = &c.map {
-                    args.push(map.args(&mut b, bases));
+                    args.push(map.args(&mut b, bases, slots));
                 }
                 if let Some(d) = c.desc {
                     args.push(b.ins().iadd_imm_s(descs, d));
@@ -836,7 +983,7 @@ enum Place {
 }
 
 impl Place {
-    /// The first element of `v`.
+    /// The first element of `v` (every view has a place: [`Layout::placed`] checked it).
     fn of(v: &View, layout: &Layout, program: &Program) -> Place {
         let i = v.buf.0 as usize;
         let elems = |base: usize| ((base + v.offset) * 4) as i64;
@@ -887,16 +1034,14 @@ struct MapCall {
 }
 
 impl MapCall {
-    /// Builds the [`MapArgs`] on the stack; returns its address.
-    fn args(&self, b: &mut FunctionBuilder, bases: Bases) -> Value {
-        let words = 3 * self.inputs.len() + 2 * self.channels.len();
-        let arrays =
-            b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (words.max(1) * 8) as u32, 3));
-        let args = b.create_sized_stack_slot(StackSlotData::new(
-            StackSlotKind::ExplicitSlot,
-            std::mem::size_of::<MapArgs>() as u32,
-            3,
-        ));
+    /// Words of its argument arrays.
+    fn words(&self) -> usize {
+        3 * self.inputs.len() + 2 * self.channels.len()
+    }
+
+    /// Builds the [`MapArgs`] in the stack slots `(arrays, args)` (at least [`MapCall::words`]
+    /// words, and a `MapArgs`); returns its address.
+    fn args(&self, b: &mut FunctionBuilder, bases: Bases, (arrays, args): (StackSlot, StackSlot)) -> Value {
         let base = b.ins().stack_addr(types::I64, arrays, 0);
         let mut stored = Vec::new();
         let put = |b: &mut FunctionBuilder, values: Vec<Value>, word: &mut usize| {
