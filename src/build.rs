@@ -307,7 +307,13 @@ pub(crate) fn compile_object(
 ) -> Result<cnnc_codegen::aot::Object, (u8, String)> {
     use cnnc_compiler::lir::{BufId, Kernel, Purpose, Space, View};
     let internal = |e: &dyn std::fmt::Display| (EXIT_INTERNAL, e.to_string());
-    let mut pipe = Pipeline::new(options.clone()).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+    // The generated code computes convolutions from their filters: no Winograd form (its
+    // filters' transform would only cost build time).
+    let mut options = options.clone();
+    if !options.disabled.iter().any(|d| d == "winograd") {
+        options.disabled.push("winograd".into());
+    }
+    let mut pipe = Pipeline::new(options).map_err(|e| (EXIT_USAGE, e.to_string()))?;
     let graph = inference::run(m, &mut pipe).map_err(|e| (EXIT_USAGE, e.to_string()))?;
     if graph.inputs().len() != 1 {
         return Err((
