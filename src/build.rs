@@ -305,7 +305,7 @@ pub(crate) fn compile_object(
     target: cnnc_codegen::aot::Target,
     options: &Options,
 ) -> Result<cnnc_codegen::aot::Object, (u8, String)> {
-    use cnnc_compiler::lir::{BufId, Kernel, Purpose, Space, View};
+    use cnnc_compiler::lir::{BufId, Purpose, Space, View};
     let internal = |e: &dyn std::fmt::Display| (EXIT_INTERNAL, e.to_string());
     // The generated code computes convolutions from their filters: no Winograd form (its
     // filters' transform would only cost build time).
@@ -333,14 +333,8 @@ pub(crate) fn compile_object(
     let lowered = cnnc_compiler::lir::lower(&graph, 1, &params.layout, &[], &keep).map_err(|e| internal(&e))?;
     let mut program = lowered.program;
     pipe.optimize(&mut program);
-    for k in &mut program.kernels {
-        if let Kernel::ConvGemm { winograd, .. } = k {
-            *winograd = None;
-        }
-    }
     // The prepare phase, run here: what it derives becomes constants after the parameters.
-    let machine = cnnc_runtime::interp::Machine::new(program.clone()).map_err(|e| internal(&e))?;
-    let mut machine = machine;
+    let mut machine = cnnc_runtime::interp::Machine::new(program.clone()).map_err(|e| internal(&e))?;
     machine.prepare(params.data()).map_err(|e| internal(&e))?;
     let mut constants = params.data().to_vec();
     let derived: Vec<usize> = program

@@ -31,13 +31,13 @@ fn run(cmd: &mut Command) -> std::process::Output {
 
 /// Builds `model` of `file` into `dir/NAME.o` and `dir/NAME.h`; compiles the test program
 /// against them. Returns the program.
-fn build(file: &str, model: &str, weights: Option<&Path>, dir: &Path, extra: &[&str]) -> PathBuf {
+fn build(file: &str, model: &str, weights: Option<&Path>, dir: &Path) -> PathBuf {
     let name = cnnc_codegen::aot::identifier(model);
     let object = dir.join(format!("{name}.o"));
     let header = dir.join(format!("{name}.h"));
     for (out, emit) in [(&object, None), (&header, Some("header"))] {
         let mut cmd = common::cnnc();
-        cmd.args(["build", file, "--model", model, "-o"]).arg(out).args(extra);
+        cmd.args(["build", file, "--model", model, "-o"]).arg(out);
         if let Some(w) = weights {
             cmd.arg("--weights").arg(w);
         }
@@ -201,6 +201,20 @@ fn input(graph: &cnnc_compiler::ir::Graph) -> Vec<f32> {
     (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect()
 }
 
+/// Builds model `name` of `file` (with `weights`, else the seed's) into a C program linked
+/// against its object file, runs it on the test's input, and asserts that it gives the
+/// reference executor's outputs; returns them.
+fn check(file: &str, name: &str, weights: Option<&Path>, dir: &Path) -> Vec<f32> {
+    let (graph, params) = model(file, name, weights);
+    let program = build(file, name, weights, dir);
+    let x = input(&graph);
+    let want: Vec<f32> = reference(&graph, &params, &x).concat();
+    let got = linked(&program, &x, dir);
+    let (ok, worst) = agrees(&got, &want);
+    assert!(ok, "{name} ({file}): worst difference {worst:e}");
+    got
+}
+
 #[test]
 fn lenet5_trained_briefly_and_resnet20_link_into_a_c_program_that_gives_cnncs_outputs() {
     let dir = tempfile::tempdir().unwrap();
@@ -211,24 +225,13 @@ fn lenet5_trained_briefly_and_resnet20_link_into_a_c_program_that_gives_cnncs_ou
     let weights = runs.join("weights.safetensors");
     for (file, name, w) in [("examples/lenet5.cnn", "LeNet5", Some(&weights)), ("stdlib/resnet.cnn", "ResNet20", None)]
     {
-        let (graph, params) = model(file, name, w.map(|p| p.as_path()));
-        let program = build(file, name, w.map(|p| p.as_path()), dir.path(), &[]);
-        let x = input(&graph);
-        let want: Vec<f32> = reference(&graph, &params, &x).concat();
-        let got = linked(&program, &x, dir.path());
-        let (ok, worst) = agrees(&got, &want);
-        assert!(ok, "{name}: worst difference {worst:e}");
+        check(file, name, w.map(|p| p.as_path()), dir.path());
     }
 }
 
 #[test]
 fn every_model_of_one_input_compiles_ahead_of_time_and_agrees() {
-    let mut files: Vec<PathBuf> = ["stdlib", "examples", "tests/arith"]
-        .iter()
-        .flat_map(|d| std::fs::read_dir(common::root().join(d)).unwrap().map(|e| e.unwrap().path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
-        .collect();
-    files.sort();
+    let files = common::model_files();
     let dir = tempfile::tempdir().unwrap();
     let mut checked = Vec::new();
     for file in files {
@@ -251,14 +254,9 @@ fn every_model_of_one_input_compiles_ahead_of_time_and_agrees() {
             let named: Vec<cnnc_runtime::weights::Named> = params.named().collect();
             let meta = [("format", "cnnc"), ("model", m.name.as_str())].map(|(k, v)| (k.to_string(), v.to_string()));
             cnnc_runtime::weights::save(&weights, &named, meta.into_iter().collect()).unwrap();
-            // Read back as `cnnc build` reads it (constant weights written in the file stay).
-            let (_, params) = model(&rel, &m.name, Some(&weights));
-            let program = build(&rel, &m.name, Some(&weights), &case, &[]);
-            let x = input(&graph);
-            let want: Vec<f32> = reference(&graph, &params, &x).concat();
-            let got = linked(&program, &x, &case);
-            let (ok, worst) = agrees(&got, &want);
-            assert!(ok, "{} ({rel}): worst difference {worst:e}", m.name);
+            // The reference reads them back as `cnnc build` does (constant weights written in
+            // the file stay).
+            let got = check(&rel, &m.name, Some(&weights), &case);
             assert!(got.iter().all(|v| v.is_finite()), "{}", m.name);
             checked.push(m.name.clone());
             std::fs::remove_dir_all(&case).unwrap();
@@ -286,18 +284,7 @@ fn padded_and_strided_pooling_agrees() {
     .unwrap();
     let path = file.to_str().unwrap();
     for name in ["Pools2D", "Pools1D", "Pools3D"] {
-        let c = cnnc_compiler::compile_source(path, Some(&file), std::fs::read(&file).unwrap().as_slice());
-        assert!(!c.has_errors(), "{}", common::rendered(&c));
-        let m = c.models.iter().find(|m| m.name == name).unwrap();
-        let mut pipe = cnnc_compiler::passes::Pipeline::new(Default::default()).unwrap();
-        let graph = cnnc_compiler::passes::inference::run(m, &mut pipe).unwrap();
-        let params = Params::init(&graph, 0);
-        let program = build(path, name, None, dir.path(), &[]);
-        let x = input(&graph);
-        let want: Vec<f32> = reference(&graph, &params, &x).concat();
-        let got = linked(&program, &x, dir.path());
-        let (ok, worst) = agrees(&got, &want);
-        assert!(ok, "{name}: worst difference {worst:e}");
+        check(path, name, None, dir.path());
     }
 }
 
@@ -306,7 +293,7 @@ fn padded_and_strided_pooling_agrees() {
 #[test]
 fn a_rust_program_links_the_object_file_too() {
     let dir = tempfile::tempdir().unwrap();
-    let program = build("examples/lenet5.cnn", "LeNet5", None, dir.path(), &[]);
+    let program = build("examples/lenet5.cnn", "LeNet5", None, dir.path());
     let (graph, _) = model("examples/lenet5.cnn", "LeNet5", None);
     let x = input(&graph);
     let from_c = linked(&program, &x, dir.path());

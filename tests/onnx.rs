@@ -15,12 +15,7 @@ const MOST_PARAMETERS: usize = 30_000_000;
 
 #[test]
 fn every_model_exports_to_onnx_and_onnx_runtime_agrees() {
-    let mut files: Vec<std::path::PathBuf> = ["stdlib", "examples", "tests/arith"]
-        .iter()
-        .flat_map(|d| std::fs::read_dir(common::root().join(d)).unwrap().map(|e| e.unwrap().path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
-        .collect();
-    files.sort();
+    let files = common::model_files();
     let dir = tempfile::tempdir().unwrap();
     let mut checked = Vec::new();
     for file in files {

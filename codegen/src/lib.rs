@@ -23,6 +23,12 @@ use std::collections::HashMap;
 
 pub use map::{MapArgs, MapFn};
 
+/// An ISA as Cranelift sees it: its architecture and the flags it has (`x86_64 has_avx2 ...`).
+pub(crate) fn describe(isa: &dyn cranelift_codegen::isa::TargetIsa) -> String {
+    let flags: Vec<&str> = isa.isa_flags().iter().filter(|f| f.as_bool() == Some(true)).map(|f| f.name).collect();
+    format!("{} {}", isa.triple().architecture, flags.join(" "))
+}
+
 /// Options of the code generator.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Options {
@@ -54,11 +60,7 @@ impl Jit {
         flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
         let isa_builder = cranelift_native::builder().map_err(|e| format!("this host is not supported: {e}"))?;
         let isa = isa_builder.finish(settings::Flags::new(flags)).map_err(|e| e.to_string())?;
-        let description = format!(
-            "{} {}",
-            isa.triple().architecture,
-            isa.isa_flags().iter().filter(|f| f.as_bool() == Some(true)).map(|f| f.name).collect::<Vec<_>>().join(" ")
-        );
+        let description = describe(&*isa);
         let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
         map::register_symbols(&mut builder);
         let module = JITModule::new(builder);

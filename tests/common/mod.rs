@@ -29,6 +29,19 @@ pub fn rendered(c: &Compilation) -> String {
     out
 }
 
+/// Every `.cnn` file of the stdlib, the examples and `tests/arith`, sorted.
+pub fn model_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = ["stdlib", "examples", "tests/arith"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(root().join(d)).expect("the folder exists").map(|e| e.expect("an entry").path())
+        })
+        .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
+        .collect();
+    files.sort();
+    files
+}
+
 /// The `cnnc` binary built for the tests.
 pub fn cnnc() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cnnc"));

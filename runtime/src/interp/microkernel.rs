@@ -54,7 +54,7 @@ pub fn pack(b: &[f32], k: usize, n: usize, rsb: usize, csb: usize) -> Vec<f32> {
 
 /// The width of the panel that starts with `left` columns to go: 16, or 8 for the last few (the
 /// columns past `n` are zeros in the panel and are not stored).
-fn width(left: usize) -> usize {
+pub(super) fn width(left: usize) -> usize {
     if left > 8 {
         16
     } else {

@@ -518,11 +518,11 @@ unsafe fn packed_product(
     ldc: usize,
     accumulate: bool,
 ) {
-    // Panels of 16 columns, the last of 8 when 8 or fewer are left (as `pack` makes them).
+    // The panels as `pack` made them.
     let mut panels = Vec::new();
     let mut j0 = 0;
     while j0 < n {
-        let w = if n - j0 > 8 { 16 } else { 8 };
+        let w = super::microkernel::width(n - j0);
         panels.push((j0, w));
         j0 += w;
     }
