@@ -153,7 +153,18 @@ fn lir_text(
                 if emit == Emit::Kernels {
                     let (_, writes) = k.access();
                     let shape = writes.first().map(|v| format!("{:?}", v.shape)).unwrap_or_default();
-                    text += &format!("  k{i:<4} {:<16} {shape:<24} {:>14} FLOP  {provider}\n", k.name(), k.flops());
+                    // An epilogue's routes: column ranges written to destinations of their own.
+                    let routes = match k {
+                        cnnc_compiler::lir::Kernel::Gemm { epilogue: Some(e), .. }
+                        | cnnc_compiler::lir::Kernel::ConvGemm { epilogue: Some(e), .. }
+                            if !e.routes.is_empty() =>
+                        {
+                            format!(", {} column ranges to destinations of their own", e.routes.len())
+                        }
+                        _ => String::new(),
+                    };
+                    text +=
+                        &format!("  k{i:<4} {:<16} {shape:<24} {:>14} FLOP  {provider}{routes}\n", k.name(), k.flops());
                 }
             }
             if emit == Emit::Kernels {

@@ -346,7 +346,8 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "reference,lir,jit", value_parser = backend)]
     backend: Vec<cnnc_runtime::backend::Backend>,
     /// Leave out a kernel-program pass (repeatable), to measure what it gains:
-    /// fold_batchnorm, fuse_maps, fuse_epilogue, fuse_im2col.
+    /// fold_batchnorm, fuse_maps, fuse_epilogue, fuse_im2col, fuse_bn_stats, merge_siblings,
+    /// winograd, concat_in_place, in_place.
     #[arg(long = "disable-pass", value_name = "PASS")]
     disable_pass: Vec<String>,
 }

@@ -207,6 +207,25 @@ fn build_emits_the_kernel_program_and_its_memory_plan() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// The inception module's three 1×1 convolutions are one product, whose epilogue writes the
+/// 1×1 branch into the concatenation and the 5×5 branch's input into its own buffer: the module
+/// copies nothing.
+#[test]
+fn the_inception_module_is_one_product_for_its_bottlenecks_and_copies_nothing() {
+    let out = cnnc().args(["build", "examples/inception_module.cnn", "--emit", "kernels"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let kernels = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = kernels.lines().filter(|l| l.starts_with("  k")).collect();
+    let merged: Vec<&&str> = lines.iter().filter(|l| l.contains("[784, 176]")).collect();
+    assert_eq!(merged.len(), 1, "one product of 64 + 96 + 16 columns:\n{kernels}");
+    assert!(
+        merged[0].contains(" gemm ") && merged[0].contains("2 column ranges to destinations of their own"),
+        "{kernels}"
+    );
+    assert!(!lines.iter().any(|l| l.contains(" copy ")), "no copy:\n{kernels}");
+    assert_eq!(lines.len(), 5, "1×1 product, 3×3, 5×5, pool, pool projection:\n{kernels}");
+}
+
 #[test]
 fn the_jit_backend_trains_and_shows_its_code() {
     let out = cnnc().args(["build", "examples/lenet5.cnn", "--emit", "kernels", "--batch", "4"]).output().unwrap();

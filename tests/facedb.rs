@@ -128,7 +128,28 @@ fn bad_people_folders_and_databases_are_clear_errors() {
     let o = cnnc(&["run", "examples/digits_metric.cnn", "--identify", img[0].to_str().unwrap(), "--out", run_s]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("was enrolled with other weights of this model"), "{}", text(&o));
-    // A database of another model (LeNet-5's weights file is not one).
+    // A database enrolled with another model: the same encoder under another name, given the
+    // enrolling run's weights, refuses it by the model it names.
+    let src = std::fs::read_to_string("examples/digits_metric.cnn").unwrap();
+    let data = std::fs::canonicalize("examples/data/mnist10k").unwrap();
+    let other = dir.path().join("other.cnn");
+    let renamed = src.replace("DigitEncoder", "OtherEncoder").replace("\"data/mnist10k\"", &format!("{:?}", data));
+    std::fs::write(&other, renamed).unwrap();
+    let o = cnnc(&[
+        "run",
+        other.to_str().unwrap(),
+        "--identify",
+        img[0].to_str().unwrap(),
+        "--database",
+        run.join("faces.safetensors").to_str().unwrap(),
+        "--weights",
+        run.join("weights.safetensors").to_str().unwrap(),
+        "--out",
+        dir.path().join("other").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("was enrolled with model `DigitEncoder`"), "{}", text(&o));
+    // A file that is not a database (the run's weights file).
     let o = cnnc(&[
         "run",
         "examples/digits_metric.cnn",

@@ -106,6 +106,11 @@ fn fuse_im2col() {
 }
 
 #[test]
+fn fuse_bn_stats() {
+    kernel_pass("fuse_bn_stats");
+}
+
+#[test]
 fn merge_siblings() {
     kernel_pass("merge_siblings");
 }

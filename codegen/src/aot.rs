@@ -318,6 +318,9 @@ fn supported(k: &Kernel) -> Result<(), String> {
             }
             Ok(())
         }
+        Kernel::ConvGemm { stats: Some(_), .. } => {
+            Err("a convolution takes batchnorm's batch statistics: inference uses the running ones".into())
+        }
         Kernel::ConvGemm { geom, b, c, epilogue, .. } => {
             if epilogue.as_ref().is_some_and(|e| keep(&e.expr)) {
                 return Err("a convolution's epilogue draws dropout's mask: inference drops no unit".into());
@@ -733,7 +736,9 @@ impl Gen {
                 let right = packed.map_or_else(|| Right::Plain(at(b)), Right::Packed);
                 self.gemm(&product, at(a), right, at(c), bias.as_ref().map(at), *accumulate, calls)?;
                 if let Some(e) = epilogue {
-                    self.map(&e.expr, &e.inputs, &e.channels, c, layout, program, maps, calls)?;
+                    for (inputs, channels, out) in e.parts(c) {
+                        self.map(&e.expr, &inputs, &channels, &out, layout, program, maps, calls)?;
+                    }
                 }
             }
             Kernel::ConvGemm { x, geom, b, c, tb, bias, epilogue, .. } => {
@@ -754,7 +759,9 @@ impl Gen {
                 let right = packed.map_or_else(|| Right::Plain(at(b)), Right::Packed);
                 self.gemm(&product, rows, right, at(c), bias.as_ref().map(at), false, calls)?;
                 if let Some(e) = epilogue {
-                    self.map(&e.expr, &e.inputs, &e.channels, c, layout, program, maps, calls)?;
+                    for (inputs, channels, out) in e.parts(c) {
+                        self.map(&e.expr, &inputs, &channels, &out, layout, program, maps, calls)?;
+                    }
                 }
             }
             Kernel::Im2col { x, col, geom } => {

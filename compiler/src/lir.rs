@@ -318,6 +318,48 @@ pub struct Epilogue {
     pub inputs: Vec<View>,
     /// Per-column inputs.
     pub channels: Vec<View>,
+    /// Column ranges of the result written to views of their own instead of to `c`: the first
+    /// column and the view (`[rows of c, width]`). An inception module's merged 1×1 product
+    /// writes one branch's columns straight into the concatenation this way, and another's into
+    /// the buffer the 5×5 convolution reads.
+    pub routes: Vec<(usize, View)>,
+}
+
+impl Epilogue {
+    /// The epilogue as element-wise maps over column ranges of `c`, each `(inputs, per-column
+    /// inputs, output)` as matrices: one for each route, writing to its view, and one for each
+    /// run of columns between routes, writing to `c`.
+    pub fn parts(&self, c: &View) -> Vec<(Vec<View>, Vec<View>, View)> {
+        let mut routes: Vec<&(usize, View)> = self.routes.iter().collect();
+        routes.sort_by_key(|r| r.0);
+        let part = |start: usize, width: usize, out: View| {
+            let inputs = self.inputs.iter().map(|v| v.columns(start, width).matrix()).collect();
+            let channels = self.channels.iter().map(|v| v.columns(start, width)).collect();
+            (inputs, channels, out.matrix())
+        };
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for (start, view) in routes {
+            if *start > at {
+                parts.push(part(at, start - at, c.columns(at, start - at)));
+            }
+            parts.push(part(*start, view.cols(), view.clone()));
+            at = start + view.cols();
+        }
+        if at < c.cols() || parts.is_empty() {
+            parts.push(part(at, c.cols() - at, c.columns(at, c.cols() - at)));
+        }
+        parts
+    }
+}
+
+/// Batchnorm's batch statistics taken by a convolution while its output is in cache: the mean
+/// and biased variance per column of `c` over all rows, as [`Kernel::BnStats`] over `c` would
+/// give them after the epilogue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stats {
+    pub mean: View,
+    pub var: View,
 }
 
 /// A kernel: one step of a program, over views.
@@ -339,6 +381,7 @@ pub enum Kernel {
     /// the im2col rows made block by block where the product reads them and never stored whole.
     /// With `winograd` (the filters `b` transformed by [`Kernel::WinogradFilters`]), the runtime
     /// computes it by Winograd's F(2×2, 3×3) instead; the interpreter computes it from `b`.
+    /// With `stats`, it also writes the batch statistics of `c` (after the epilogue).
     ConvGemm {
         x: View,
         geom: Geom,
@@ -348,6 +391,7 @@ pub enum Kernel {
         bias: Option<View>,
         epilogue: Option<Box<Epilogue>>,
         winograd: Option<View>,
+        stats: Option<Box<Stats>>,
     },
     /// 3×3 filters `w` (`[9·cin, cout]`) transformed for Winograd's F(2×2, 3×3) (a prepare
     /// kernel): `u` `[16·cin, cout]`, `u[(4i + j)·cin + ci, co] = (G·g·Gᵀ)[i][j]` where
@@ -459,7 +503,11 @@ impl Kernel {
     /// Every view the kernel names, to change (a pass that renames a buffer).
     pub fn views_mut(&mut self) -> Vec<&mut View> {
         fn epi(e: &mut Option<Box<Epilogue>>) -> Vec<&mut View> {
-            e.iter_mut().flat_map(|e| e.inputs.iter_mut().chain(e.channels.iter_mut())).collect()
+            e.iter_mut()
+                .flat_map(|e| {
+                    e.inputs.iter_mut().chain(e.channels.iter_mut()).chain(e.routes.iter_mut().map(|r| &mut r.1))
+                })
+                .collect()
         }
         let mut v: Vec<&mut View> = Vec::new();
         match self {
@@ -468,11 +516,12 @@ impl Kernel {
                 v.extend(bias.as_mut());
                 v.extend(epi(epilogue));
             }
-            Kernel::ConvGemm { x, b, c, bias, epilogue, winograd, .. } => {
+            Kernel::ConvGemm { x, b, c, bias, epilogue, winograd, stats, .. } => {
                 v.extend([x, b, c]);
                 v.extend(bias.as_mut());
                 v.extend(winograd.as_mut());
                 v.extend(epi(epilogue));
+                v.extend(stats.iter_mut().flat_map(|s| [&mut s.mean, &mut s.var]));
             }
             Kernel::WinogradFilters { w: a, u: b }
             | Kernel::Im2col { x: a, col: b, .. }
@@ -530,21 +579,26 @@ impl Kernel {
                 if *accumulate {
                     r.push(c);
                 }
+                let mut w = vec![c];
                 if let Some(e) = epilogue {
                     r.extend(e.inputs.iter().chain(&e.channels));
+                    w.extend(e.routes.iter().map(|r| &r.1));
                 }
-                (r, vec![c])
+                (r, w)
             }
             Kernel::Im2col { x, col, .. } => (vec![x], vec![col]),
             Kernel::ConvWeightGrad { x, dy, c, .. } => (vec![x, dy], vec![c]),
-            Kernel::ConvGemm { x, b, c, bias, epilogue, winograd, .. } => {
+            Kernel::ConvGemm { x, b, c, bias, epilogue, winograd, stats, .. } => {
                 let mut r = vec![x, b];
                 r.extend(bias);
                 r.extend(winograd);
+                let mut w = vec![c];
                 if let Some(e) = epilogue {
                     r.extend(e.inputs.iter().chain(&e.channels));
+                    w.extend(e.routes.iter().map(|r| &r.1));
                 }
-                (r, vec![c])
+                w.extend(stats.iter().flat_map(|s| [&s.mean, &s.var]));
+                (r, w)
             }
             Kernel::Col2im { col, dx, .. } => (vec![col, dx], vec![dx]),
             Kernel::Pool { x, y, .. } => (vec![x], vec![y]),
@@ -603,12 +657,13 @@ impl Kernel {
             }
             Kernel::BnAffine { mean, .. } => 4 * mean.len() as u64,
             Kernel::ConvWeightGrad { dy, c, .. } => 2 * (dy.rows() * c.rows() * c.cols()) as u64,
-            Kernel::ConvGemm { geom, c, epilogue, .. } => {
+            Kernel::ConvGemm { geom, c, epilogue, stats, .. } => {
                 // The convolution's operations, whatever the algorithm (Winograd's fewer
-                // multiplies show as a higher rate).
+                // multiplies show as a higher rate), and the statistics' as `BnStats` counts them.
                 let k = geom.window() * geom.cg;
                 let tail = epilogue.as_ref().map_or(0, |e| e.expr.len() * c.len());
-                2 * (c.rows() * c.cols() * k) as u64 + tail as u64
+                let stats = stats.as_ref().map_or(0, |_| 3 * c.len());
+                2 * (c.rows() * c.cols() * k) as u64 + tail as u64 + stats as u64
             }
             Kernel::WinogradFilters { u, .. } => 4 * u.len() as u64,
             Kernel::Im2col { .. }

@@ -188,7 +188,7 @@ pub fn batch_stats(mean: &mut [f32], var: &mut [f32], rows: usize) {
 
 /// The mean and biased variance of `c` channels over the rows of every part of `all`: parts of
 /// `[rows, mean × c, var × c]` one after the other, combined in order.
-fn combine_stats(all: &[f64], c: usize) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn combine_stats(all: &[f64], c: usize) -> (Vec<f64>, Vec<f64>) {
     let parts: Vec<&[f64]> = all.chunks_exact(1 + 2 * c).collect();
     let total: f64 = parts.iter().map(|p| p[0]).sum::<f64>().max(1.0);
     let mean: Vec<f64> = (0..c).map(|ch| parts.iter().map(|p| p[0] * p[1 + ch]).sum::<f64>() / total).collect();

@@ -388,6 +388,27 @@ mod tests {
         assert!((v.auc - wins / (same.len() * diff.len()) as f64).abs() < 1e-12);
     }
 
+    /// TAR at a FAR: the most same pairs any threshold accepts (everything at or below one of the
+    /// distances, or nothing) while accepting at most that share of different pairs; brute force
+    /// over every threshold, on 1,000 different pairs so that FAR 10⁻³ allows exactly one.
+    #[test]
+    fn tar_is_the_best_acceptance_within_the_false_accept_rate() {
+        let mut pairs: Vec<(f32, bool)> = (0..1000).map(|i| (((i * 7919) % 1009) as f32 / 100.0, false)).collect();
+        pairs.extend((0..200).map(|i| (((i * 31) % 211) as f32 / 40.0, true)));
+        let v = verification(&pairs).unwrap();
+        let rates = |t: f32| {
+            let accepted = |same: bool| pairs.iter().filter(|p| p.1 == same && p.0 <= t).count() as f64;
+            (accepted(true) / 200.0, accepted(false) / 1000.0)
+        };
+        for &(far, tar) in &v.tar {
+            let best =
+                pairs.iter().map(|p| rates(p.0)).filter(|&(_, fpr)| fpr <= far).map(|(tpr, _)| tpr).fold(0.0, f64::max);
+            assert!((tar - best).abs() < 1e-12, "FAR {far}: {tar} against {best}");
+            assert!(best > 0.0 && best < 1.0, "a case that tells thresholds apart: {best}");
+        }
+        assert_eq!(v.tar.iter().map(|t| t.0).collect::<Vec<_>>(), [1e-3, 1e-2]);
+    }
+
     #[test]
     fn identity_batches_hold_each_identity_per_times() {
         let labels: Vec<usize> = (0..100).map(|i| i % 7).collect();

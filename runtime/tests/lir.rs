@@ -325,8 +325,16 @@ fn tuned_kernels_split_their_work_and_give_the_same_bits_on_any_number_of_thread
                   |> conv(6, 3x3) |> tanh |> avgpool(2x2, stride: 2) |> flatten |> dense(5)";
     both(&[12, 12, 3], layers, LossKind::SoftmaxCrossEntropy, 48, 5).unwrap();
 
+    // Inference-mode batchnorm (its epilogues fused), then training mode (its batch statistics
+    // taken by the convolution, block by block).
+    for train in [false, true] {
+        same_bits_on_any_threads(layers, train);
+    }
+}
+
+fn same_bits_on_any_threads(layers: &str, train: bool) {
     let (graph, (_, label), grads) =
-        training(model(&[12, 12, 3], layers).unwrap(), LossKind::SoftmaxCrossEntropy, false);
+        training(model(&[12, 12, 3], layers).unwrap(), LossKind::SoftmaxCrossEntropy, train);
     let batch = 48;
     let params = Params::init(&graph, 3);
     let mut rng = ChaCha8Rng::seed_from_u64(4);
@@ -335,7 +343,8 @@ fn tuned_kernels_split_their_work_and_give_the_same_bits_on_any_number_of_thread
     let keep: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
     let mut lowered = lir::lower(&graph, batch, &params.layout, &grads.params, &keep).unwrap();
     let fused = lir::passes::optimize(&mut lowered.program, &[]);
-    assert!(fused.iter().any(|&(pass, n)| pass == "fuse_epilogue" && n > 0), "{fused:?}");
+    let pass = if train { "fuse_bn_stats" } else { "fuse_epilogue" };
+    assert!(fused.iter().any(|&(p, n)| p == pass && n > 0), "{fused:?}");
     let feeds: Vec<Feed> = lowered
         .feeds
         .iter()

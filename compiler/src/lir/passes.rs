@@ -8,16 +8,20 @@
 //! - `fuse_epilogue`: a map whose only input from a product is that product's output becomes the
 //!   product's epilogue, applied while the output is in cache;
 //! - `fuse_im2col`: an im2col read only by one product becomes part of it (implicit GEMM);
+//! - `fuse_bn_stats`: training batchnorm's batch statistics are taken by the convolution before
+//!   it, while each block of its output is in cache;
 //! - `merge_siblings`: in inference, products of one input by parameters (an inception module's
 //!   three 1×1 convolutions) become one product over their filters side by side;
 //! - `winograd`: in inference, a 3×3 stride-1 convolution with enough channels runs by
 //!   Winograd's F(2×2, 3×3), its filters transformed in the prepare phase;
 //! - `concat_in_place`: a product whose output only a concatenation's copy reads writes into its
-//!   channels of the concatenated buffer, and the copy goes;
+//!   channels of the concatenated buffer, and the copy goes; a copy of a column range of a
+//!   product's output becomes a route of its epilogue, which writes the range there itself;
 //! - `in_place`: a map writes over an input of its shape that no later kernel reads.
 
 pub mod concat_in_place;
 pub mod fold_batchnorm;
+pub mod fuse_bn_stats;
 pub mod fuse_epilogue;
 pub mod fuse_im2col;
 pub mod fuse_maps;
@@ -37,6 +41,10 @@ pub const PASSES: &[(&str, &str)] = &[
     ("fuse_epilogue", "a map over a product's output becomes the product's epilogue (optional)"),
     ("fuse_im2col", "an im2col read by one product only is made block by block inside it (optional)"),
     (
+        "fuse_bn_stats",
+        "training batchnorm's statistics over a convolution's output are taken by the convolution, block by block in cache (optional)",
+    ),
+    (
         "merge_siblings",
         "inference products of one input by parameters (sibling 1×1 convolutions) become one product, readers reading its column ranges (optional)",
     ),
@@ -46,7 +54,7 @@ pub const PASSES: &[(&str, &str)] = &[
     ),
     (
         "concat_in_place",
-        "a product read only by a concatenation's copy writes into its channels of the concatenation (optional)",
+        "a product read only by a concatenation's copy writes into its channels of the concatenation; a copied column range of a product's output is written there by its epilogue (optional)",
     ),
     ("in_place", "a map writes over an input of its shape that no later kernel reads (optional)"),
 ];
@@ -59,11 +67,12 @@ type Pass = fn(&mut Program) -> usize;
 
 /// Runs every pass not in `disabled`; returns (pass, rewrites) for each that ran.
 pub fn optimize(p: &mut Program, disabled: &[String]) -> Vec<(&'static str, usize)> {
-    let passes: [(&str, Pass); 8] = [
+    let passes: [(&str, Pass); 9] = [
         ("fold_batchnorm", fold_batchnorm::run),
         ("fuse_maps", fuse_maps::run),
         ("fuse_epilogue", fuse_epilogue::run),
         ("fuse_im2col", fuse_im2col::run),
+        ("fuse_bn_stats", fuse_bn_stats::run),
         ("merge_siblings", merge_siblings::run),
         ("winograd", winograd::run),
         ("concat_in_place", concat_in_place::run),

@@ -26,7 +26,8 @@ fn geom(g: &Geom) -> String {
 fn epilogue_text(e: &super::Epilogue) -> String {
     let ins: Vec<String> = e.inputs.iter().map(view).collect();
     let chs: Vec<String> = e.channels.iter().map(view).collect();
-    format!(" then {:?} ({}) per-channel ({})", e.expr, ins.join(", "), chs.join(", "))
+    let routes: String = e.routes.iter().map(|(start, v)| format!(", columns {start}.. -> {}", view(v))).collect();
+    format!(" then {:?} ({}) per-channel ({}){routes}", e.expr, ins.join(", "), chs.join(", "))
 }
 
 fn opt(v: &Option<View>) -> String {
@@ -72,8 +73,8 @@ pub(super) fn program(p: &Program) -> String {
             Kernel::ConvWeightGrad { x, geom: g, dy, c } => {
                 format!("[{}] im2col {}ᵀ x {} -> {}", geom(g), view(x), view(dy), view(c))
             }
-            Kernel::ConvGemm { x, geom: g, b, c, tb, bias, epilogue, winograd } => format!(
-                "[{}] im2col {} x {}{}{} -> {}{}{}",
+            Kernel::ConvGemm { x, geom: g, b, c, tb, bias, epilogue, winograd, stats } => format!(
+                "[{}] im2col {} x {}{}{} -> {}{}{}{}",
                 geom(g),
                 view(x),
                 view(b),
@@ -81,7 +82,8 @@ pub(super) fn program(p: &Program) -> String {
                 winograd.as_ref().map_or(String::new(), |u| format!(" winograd {}", view(u))),
                 view(c),
                 bias.as_ref().map_or(String::new(), |b| format!(" bias {}", view(b))),
-                epilogue.as_deref().map_or(String::new(), epilogue_text)
+                epilogue.as_deref().map_or(String::new(), epilogue_text),
+                stats.as_ref().map_or(String::new(), |s| format!(" stats -> {}, {}", view(&s.mean), view(&s.var)))
             ),
             Kernel::WinogradFilters { w, u } => format!("{} -> {}", view(w), view(u)),
             Kernel::Im2col { x, col, geom: g } => format!("[{}] {} -> {}", geom(g), view(x), view(col)),

@@ -23,11 +23,14 @@ pub(super) fn run(k: &Kernel, m: &Mem, ctx: Ctx) {
             gemm(m, &col, &shape, dy, c, true, false, false, None);
         }
         // A Winograd form (`winograd`) is the runtime's: the oracle computes the convolution.
-        Kernel::ConvGemm { x, geom, b, c, tb, bias, epilogue, .. } => {
+        Kernel::ConvGemm { x, geom, b, c, tb, bias, epilogue, stats, .. } => {
             let (col, shape) = whole_columns(m, x, geom);
             gemm(m, &col, &shape, b, c, false, *tb, false, bias.as_ref());
             if let Some(e) = epilogue {
                 epilogue_of(m, e, c, ctx);
+            }
+            if let Some(s) = stats {
+                bn_stats(m, c, &s.mean, &s.var);
             }
         }
         Kernel::BnAffine { mean, var, gamma, beta, eps, scale, shift } => {
@@ -102,10 +105,16 @@ fn whole_columns(m: &Mem, x: &View, geom: &Geom) -> (Vec<f32>, View) {
 
 /// A product's epilogue over its output `c`.
 fn epilogue_of(m: &Mem, e: &cnnc_compiler::lir::Epilogue, c: &View, ctx: Ctx) {
-    // The epilogue reads the product it overwrites: from a copy.
+    // The epilogue reads the product it overwrites: from a copy. Each column range of its
+    // result goes to `c` or to its route's view.
     let product = m.src(c).to_vec();
-    let ins: Vec<&[f32]> = e.inputs.iter().map(|v| if v == c { &product[..] } else { m.src(v) }).collect();
-    map_slices(m, &e.expr, &ins, &e.inputs, &e.channels, c, ctx);
+    for (inputs, channels, out) in e.parts(c) {
+        let ins: Vec<&[f32]> = inputs
+            .iter()
+            .map(|v| if v.buf == c.buf && v.offset >= c.offset { &product[v.offset - c.offset..] } else { m.src(v) })
+            .collect();
+        map_slices(m, &e.expr, &ins, &inputs, &channels, &out, ctx);
+    }
 }
 
 /// `c = op(a)·op(b) (+ c) (+ bias)`, `a`'s elements `sa` laid out as the view `a` says.

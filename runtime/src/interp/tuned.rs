@@ -306,7 +306,7 @@ pub(super) fn gemm_then(m: &Mem, k: &Kernel, f: cnnc_codegen::MapFn, ctx: crate:
     let block = epilogue_rows(c.cols());
     if *ta || rows < 4 * block {
         gemm(m, a, b, c, *ta, *tb, *accumulate, bias.as_ref(), true);
-        return super::native_map(m, f, &e.expr, &e.inputs, &e.channels, c, ctx);
+        return epilogue_rows_of(m, f, e, 0, &c.matrix(), ctx);
     }
     (0..rows.div_ceil(block)).into_par_iter().try_for_each(|i| {
         let (first, n) = (i * block, block.min(rows - i * block));
@@ -316,7 +316,8 @@ pub(super) fn gemm_then(m: &Mem, k: &Kernel, f: cnnc_codegen::MapFn, ctx: crate:
     })
 }
 
-/// Runs the compiled epilogue `f` of `e` on rows `first ..` of the product, `c` those rows.
+/// Runs the compiled epilogue `f` of `e` on rows `first ..` of the product, `c` those rows (of
+/// the product's whole output `c`'s columns): each column range to `c` or to its route's view.
 fn epilogue_rows_of(
     m: &Mem,
     f: cnnc_codegen::MapFn,
@@ -325,8 +326,18 @@ fn epilogue_rows_of(
     c: &View,
     ctx: crate::reference::Ctx,
 ) -> Result<(), String> {
-    let inputs: Vec<View> = e.inputs.iter().map(|v| v.row_block(first, c.rows())).collect();
-    super::native_map(m, f, &e.expr, &inputs, &e.channels, c, ctx)
+    let rows = c.rows();
+    if e.routes.is_empty() {
+        let inputs: Vec<View> = e.inputs.iter().map(|v| v.row_block(first, rows)).collect();
+        return super::native_map(m, f, &e.expr, &inputs, &e.channels, c, ctx);
+    }
+    // The parts of the whole output, then their rows of this block.
+    let whole = View { offset: c.offset - first * c.pitch, shape: vec![first + rows, c.cols()], ..c.clone() };
+    for (inputs, channels, out) in e.parts(&whole) {
+        let inputs: Vec<View> = inputs.iter().map(|v| v.row_block(first, rows)).collect();
+        super::native_map(m, f, &e.expr, &inputs, &channels, &out.row_block(first, rows), ctx)?;
+    }
+    Ok(())
 }
 
 /// Adds the products `partial` (`rows × cols` each, in order) into `sc` (rows `pitch` apart),
@@ -388,9 +399,76 @@ fn conv_weight_grad(m: &Mem, x: &View, geom: &Geom, dy: &View, c: &View) {
 /// An implicit-GEMM convolution: blocks of rows on the pool, each making its im2col rows in a
 /// buffer of its own, multiplying them (the micro-kernels where the shape suits them, over the
 /// filters packed once; else the `gemm` crate on one thread), adding the bias and running the
-/// epilogue (`f`, compiled) on the block.
+/// epilogue (`f`, compiled) on the block; and taking the batch statistics of each block
+/// (`stats`), combined in block order.
 fn conv_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::reference::Ctx) -> Result<(), String> {
-    let Kernel::ConvGemm { x, geom, b, c, tb, bias, epilogue, winograd } = k else { return Ok(()) };
+    let Kernel::ConvGemm { stats: Some(s), .. } = k else { return conv_gemm_blocks(m, k, f, ctx, &|_, _| ()) };
+    let Kernel::ConvGemm { c, .. } = k else { return Ok(()) };
+    // Each block's rows, mean and spread per column (`combine_stats`' parts), kept by first row.
+    let parts = std::sync::Mutex::new(Vec::new());
+    conv_gemm_blocks(m, k, f, ctx, &|first, rows| {
+        let part = block_stats(m.src(&c.row_block(first, rows)), c.pitch, rows, c.cols());
+        parts.lock().unwrap_or_else(|e| e.into_inner()).push((first, part));
+    })?;
+    let mut parts = parts.into_inner().unwrap_or_else(|e| e.into_inner());
+    parts.sort_by_key(|&(first, _)| first);
+    let all: Vec<f64> = parts.into_iter().flat_map(|(_, p)| p).collect();
+    let (mu, spread) = crate::dist::combine_stats(&all, c.cols());
+    let mut mean: Vec<f32> = mu.iter().map(|&v| v as f32).collect();
+    let mut var: Vec<f32> = spread.iter().map(|&v| v as f32).collect();
+    crate::dist::batch_stats(&mut mean, &mut var, c.rows());
+    m.dst(&s.mean)[..mean.len()].copy_from_slice(&mean);
+    m.dst(&s.var)[..var.len()].copy_from_slice(&var);
+    Ok(())
+}
+
+/// `[rows, mean × cols, biased variance × cols]` of `rows` rows of `cols` values (`pitch` apart),
+/// in two passes over the block while it is in cache: sums in f32 over a block (at most a few
+/// thousand rows, as `bn_stats` sums its blocks), the blocks combined in f64.
+fn block_stats(xs: &[f32], pitch: usize, rows: usize, cols: usize) -> Vec<f64> {
+    let n = rows.max(1) as f32;
+    let (mut mean, mut spread) = (vec![0f32; cols], vec![0f32; cols]);
+    // Eight columns at a time down the rows, their sums in registers (a narrower tail last).
+    let mut c0 = 0;
+    while c0 + 8 <= cols {
+        let lanes = |r: usize| -> [f32; 8] {
+            let at = r * pitch + c0;
+            xs[at..at + 8].try_into().unwrap_or([0.0; 8])
+        };
+        let mut sum = [0f32; 8];
+        for r in 0..rows {
+            let v = lanes(r);
+            (0..8).for_each(|l| sum[l] += v[l]);
+        }
+        let mu = sum.map(|v| v / n);
+        let mut sq = [0f32; 8];
+        for r in 0..rows {
+            let v = lanes(r);
+            (0..8).for_each(|l| sq[l] += (v[l] - mu[l]) * (v[l] - mu[l]));
+        }
+        mean[c0..c0 + 8].copy_from_slice(&mu);
+        spread[c0..c0 + 8].copy_from_slice(&sq);
+        c0 += 8;
+    }
+    for c in c0..cols {
+        let mu = (0..rows).map(|r| xs[r * pitch + c]).sum::<f32>() / n;
+        mean[c] = mu;
+        spread[c] = (0..rows).map(|r| (xs[r * pitch + c] - mu) * (xs[r * pitch + c] - mu)).sum();
+    }
+    let part = std::iter::once(rows as f64).chain(mean.iter().map(|&v| f64::from(v)));
+    part.chain(spread.iter().map(|&v| f64::from(v / n))).collect()
+}
+
+/// The convolution of [`conv_gemm`] by blocks of output rows, `done(first, rows)` called on each
+/// block after its epilogue.
+fn conv_gemm_blocks(
+    m: &Mem,
+    k: &Kernel,
+    f: Option<cnnc_codegen::MapFn>,
+    ctx: crate::reference::Ctx,
+    done: &(dyn Fn(usize, usize) + Sync),
+) -> Result<(), String> {
+    let Kernel::ConvGemm { x, geom, b, c, tb, bias, epilogue, winograd, .. } = k else { return Ok(()) };
     let kk = geom.window() * geom.cg;
     let (rows, cols) = (c.rows(), c.cols());
     if rows == 0 || cols == 0 {
@@ -398,10 +476,14 @@ fn conv_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::re
     }
     let (xs, sb) = (m.src(x), m.src(b));
     let sbias = bias.as_ref().map(|v| &m.src(v)[..cols]);
-    let epilogue_of = |first: usize, rows: usize| match (epilogue, f) {
-        (Some(e), Some(f)) => epilogue_rows_of(m, f, e, first, &c.row_block(first, rows), ctx),
-        (Some(_), None) => Err("a convolution's epilogue was not compiled".to_string()),
-        _ => Ok(()),
+    let epilogue_of = |first: usize, rows: usize| {
+        match (epilogue, f) {
+            (Some(e), Some(f)) => epilogue_rows_of(m, f, e, first, &c.row_block(first, rows), ctx)?,
+            (Some(_), None) => return Err("a convolution's epilogue was not compiled".to_string()),
+            _ => {}
+        }
+        done(first, rows);
+        Ok(())
     };
     if let Some(u) = winograd.as_ref().filter(|_| x.pitch == geom.channels && !*tb) {
         let conv = super::winograd::Conv { x: xs, u: m.src(u), u_pitch: u.pitch, bias: sbias, cout: cols };

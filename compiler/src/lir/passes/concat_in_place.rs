@@ -4,6 +4,11 @@
 //! goes. An inception module's concat then copies nothing: each branch's last convolution writes
 //! its channels in place.
 //!
+//! A copy of a column range of a product's output, which nothing else reads (a range of an
+//! inception module's merged 1×1 product: the branch that goes to the concatenation, and the
+//! one copied out for the 5×5 convolution) becomes a route of the product's epilogue: the
+//! epilogue writes that range straight to the copy's destination, and the copy goes.
+//!
 //! Training programs keep their copies where the backward pass reads the branch's output (the
 //! product's output then has more readers than the copy).
 
@@ -21,11 +26,11 @@ fn find(p: &Program) -> Option<(usize, usize, Kernel)> {
     for (j, k) in p.kernels.iter().enumerate() {
         let Kernel::Copy { src, dst } = k else { continue };
         let t = src.buf.0 as usize;
-        if !whole(p, src) || !temporary(p, src.buf) || p.results.iter().any(|(_, v)| v.buf == src.buf) {
+        if p.results.iter().any(|(_, v)| v.buf == src.buf) {
             continue;
         }
         let [i] = uses.writers[t][..] else { continue };
-        if i >= j || uses.readers[t].iter().any(|&r| r != i && r != j) {
+        if i >= j {
             continue;
         }
         // Nothing between them reads the destination's buffer or writes over its columns.
@@ -36,11 +41,66 @@ fn find(p: &Program) -> Option<(usize, usize, Kernel)> {
         {
             continue;
         }
-        if let Some(kernel) = retarget(&p.kernels[i], src, dst) {
-            return Some((i, j, kernel));
+        let alone = uses.readers[t].iter().all(|&r| r == i || r == j);
+        if whole(p, src) && temporary(p, src.buf) && alone {
+            if let Some(kernel) = retarget(&p.kernels[i], src, dst) {
+                return Some((i, j, kernel));
+            }
+        }
+        if uses.readers[t].iter().filter(|&&r| r != i && r != j).all(|&r| reads_apart(&p.kernels[r], src)) {
+            if let Some(kernel) = route(&p.kernels[i], src, dst) {
+                return Some((i, j, kernel));
+            }
         }
     }
     None
+}
+
+/// Whether kernel `k` reads none of the columns of `cols` (a column range of a matrix): each of
+/// its views of that buffer covers other columns, or, for a convolution reading it as its input,
+/// its channel block does.
+fn reads_apart(k: &Kernel, cols: &View) -> bool {
+    let (reads, _) = k.access();
+    let range = |v: &View| (v.offset % cols.pitch, v.offset % cols.pitch + v.cols());
+    let (lo, hi) = range(cols);
+    let apart = |(a, b): (usize, usize)| b <= lo || hi <= a;
+    reads.iter().filter(|v| v.buf == cols.buf).all(|v| match k {
+        Kernel::ConvGemm { x, geom, .. } if x == *v => {
+            x.pitch == cols.pitch && x.offset < x.pitch && apart((x.offset + geom.c0, x.offset + geom.c0 + geom.cg))
+        }
+        _ => v.pitch == cols.pitch && v.offset / v.pitch == cols.offset / cols.pitch && apart(range(v)),
+    })
+}
+
+/// Product `k` with an epilogue writing `src`, columns of its output, to `dst` instead (a route);
+/// `None` where `src` is not whole rows' columns of the output, the range is routed already, or
+/// the epilogue draws dropout's mask (which counts elements of the whole output).
+fn route(k: &Kernel, src: &View, dst: &View) -> Option<Kernel> {
+    let mut k = k.clone();
+    let (reads, _) = k.access();
+    if reads.iter().any(|v| v.buf == dst.buf) {
+        return None;
+    }
+    let (c, epilogue) = match &mut k {
+        Kernel::Gemm { c, epilogue: Some(e), .. } | Kernel::ConvGemm { c, epilogue: Some(e), stats: None, .. } => {
+            (c, e)
+        }
+        _ => return None,
+    };
+    let start = src.offset.checked_sub(c.offset)?;
+    let fits = c.buf == src.buf
+        && src.pitch == c.pitch
+        && src.rows() == c.rows()
+        && dst.rows() == c.rows()
+        && dst.cols() == src.cols()
+        && start + src.cols() <= c.cols()
+        && !epilogue.expr.iter().any(|e| matches!(e, crate::lir::Expr::Keep { .. }))
+        && epilogue.routes.iter().all(|(s, v)| s + v.cols() <= start || start + src.cols() <= *s);
+    if !fits {
+        return None;
+    }
+    epilogue.routes.push((start, dst.matrix()));
+    Some(k)
 }
 
 /// Whether two views of one buffer, as matrices of the same pitch and rows, cover disjoint
@@ -77,9 +137,11 @@ fn retarget(k: &Kernel, src: &View, dst: &View) -> Option<Kernel> {
                 && b.buf != src.buf
                 && bias.as_ref().is_none_or(|v| v.buf != src.buf)
                 && swap(c)
-                && epilogue
-                    .as_mut()
-                    .is_none_or(|e| e.inputs.iter_mut().all(swap) && e.channels.iter().all(|v| v.buf != src.buf))
+                && epilogue.as_mut().is_none_or(|e| {
+                    e.inputs.iter_mut().all(swap)
+                        && e.channels.iter().all(|v| v.buf != src.buf)
+                        && e.routes.iter().all(|(_, v)| v.buf != src.buf)
+                })
         }
         _ => false,
     };

@@ -41,7 +41,7 @@ fn find(p: &Program) -> Option<(usize, usize, Kernel)> {
             continue;
         }
         let inputs = inputs.iter().map(|v| if v.buf == t { y.clone() } else { v.clone() }).collect();
-        let epilogue = Epilogue { expr: expr.clone(), inputs, channels: channels.clone() };
+        let epilogue = Epilogue { expr: expr.clone(), inputs, channels: channels.clone(), routes: Vec::new() };
         return Some((
             i,
             j,

@@ -75,6 +75,7 @@ fn find(p: &Program) -> Option<(usize, usize, Kernel)> {
                 bias: bias.clone(),
                 epilogue: epilogue.clone(),
                 winograd: None,
+                stats: None,
             },
         ));
     }

@@ -192,7 +192,7 @@ fn merge(p: &mut Program, group: &[usize]) {
                 join(p, &format!("channel{k}"), parts, 1)
             })
             .collect();
-        Box::new(Epilogue { expr: e.expr.clone(), inputs: vec![c.clone()], channels })
+        Box::new(Epilogue { expr: e.expr.clone(), inputs: vec![c.clone()], channels, routes: Vec::new() })
     });
     // Readers of each old output read its columns of the merged one, or the old output, filled
     // from them right after the merged product.

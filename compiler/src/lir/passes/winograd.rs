@@ -81,6 +81,7 @@ fn unfused(p: &Program) -> Option<(usize, usize, Kernel)> {
             bias: bias.clone(),
             epilogue: epilogue.clone(),
             winograd: None,
+            stats: None,
         };
         return Some((i, j, conv));
     }
