@@ -8,15 +8,17 @@ cargo build --release --quiet
 cnnc=target/release/cnnc
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-run() { # file model batch steps
+run() { # file model batch steps [cnnc bench flags...]
     local file=$1 model=$2 batch=$3 steps=$4
+    shift 4
     local flags=()
     [ -n "$model" ] && flags=(--model "$model")
     "$cnnc" build "$file" "${flags[@]}" --emit onnx -o "$out/m.onnx" 2>/dev/null
-    "$cnnc" bench "$file" "${flags[@]}" --infer --batch "$batch" --steps "$steps" --threads 2 --backend jit | grep -E "^cnnc bench|median"
+    "$cnnc" bench "$file" "${flags[@]}" --infer --batch "$batch" --steps "$steps" --threads 2 --backend jit "$@" | grep -E "^cnnc bench|median"
     python3 benches/ort.py "$out/m.onnx" "$batch" "$steps" 2
 }
 run stdlib/vgg.cnn VGG16 1 3
+run stdlib/vgg.cnn VGG16 1 3 --winograd-tile 4
 run stdlib/resnet.cnn ResNet50 1 5
 run stdlib/resnet.cnn ResNet50 16 3
 run stdlib/inception.cnn GoogLeNet 1 5

@@ -31,8 +31,11 @@ pub struct Args {
 
 /// Runs the benchmark; `compiled` is how long parsing and checking took.
 pub fn run(c: &Compilation, args: &Args, compiled: Duration) -> Result<(), Failure> {
-    if let Some(name) = args.disabled.iter().find(|n| !cnnc_compiler::lir::passes::PASSES.iter().any(|(p, _)| p == *n))
-    {
+    let known = |n: &String| {
+        let lir = cnnc_compiler::lir::passes::PASSES.iter().chain(cnnc_compiler::lir::passes::OPT_IN);
+        lir.map(|(p, _)| p).any(|p| p == n)
+    };
+    if let Some(name) = args.disabled.iter().find(|n| !known(n)) {
         let names: Vec<&str> = cnnc_compiler::lir::passes::PASSES.iter().map(|(p, _)| *p).collect();
         return Err(fail(
             EXIT_USAGE,

@@ -60,6 +60,10 @@ enum Command {
         /// Skip an optional pass (repeatable); `--disable-pass list` lists the passes.
         #[arg(long, value_name = "PASS")]
         disable_pass: Vec<String>,
+        /// Winograd's tile for 3×3 stride-1 convolutions in inference: 2 (F(2×2, 3×3), the
+        /// default) or 4 (F(4×4, 3×3): fewer multiplies, 6–16 times the rounding error).
+        #[arg(long, default_value_t = 2, value_parser = winograd_tile)]
+        winograd_tile: usize,
         /// Examples per run for `--emit lir` and `--emit memory` (default: the train section's
         /// batch, else 1).
         #[arg(long)]
@@ -350,6 +354,32 @@ struct BenchArgs {
     /// winograd, concat_in_place, in_place.
     #[arg(long = "disable-pass", value_name = "PASS")]
     disable_pass: Vec<String>,
+    /// Winograd's tile for 3×3 stride-1 convolutions in inference: 2 (F(2×2, 3×3), the
+    /// default) or 4 (F(4×4, 3×3): fewer multiplies, 6–16 times the rounding error).
+    #[arg(long, default_value_t = 2, value_parser = winograd_tile)]
+    winograd_tile: usize,
+}
+
+/// Adds to the passes left out (`disabled`) the opt-in variants the flags ask for: `winograd_f4`
+/// for `--winograd-tile 4`. An opt-in variant named with `--disable-pass` is an error.
+fn opt_in(disabled: &mut Vec<String>, winograd_tile: usize) -> Result<(), String> {
+    let f4 = cnnc_compiler::lir::passes::OPT_IN[0].0;
+    if disabled.iter().any(|d| d == f4) {
+        return Err(format!("`{f4}` is not a pass to disable: --winograd-tile 4 takes it"));
+    }
+    if winograd_tile == 4 {
+        disabled.push(f4.to_string());
+    }
+    Ok(())
+}
+
+/// `--winograd-tile`: 2 or 4.
+fn winograd_tile(s: &str) -> Result<usize, String> {
+    match s {
+        "2" => Ok(2),
+        "4" => Ok(4),
+        _ => Err(format!("`{s}` is not a Winograd tile: 2 (F(2×2, 3×3)) or 4 (F(4×4, 3×3))")),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -487,7 +517,19 @@ fn main() -> ExitCode {
             };
             distributed::finish(group, run::run(&c, &args))
         }
-        Command::Build { file, emit, model, after, disable_pass, batch, output, weights, target, color } => {
+        Command::Build {
+            file,
+            emit,
+            model,
+            after,
+            mut disable_pass,
+            winograd_tile,
+            batch,
+            output,
+            weights,
+            target,
+            color,
+        } => {
             if disable_pass.iter().any(|p| p == "list") {
                 for (name, contract) in cnnc_compiler::passes::PASSES {
                     println!("{name:<16}{contract}");
@@ -496,7 +538,15 @@ fn main() -> ExitCode {
                 for (name, contract) in cnnc_compiler::lir::passes::PASSES {
                     println!("{name:<16}{contract}");
                 }
+                println!("opt-in (--winograd-tile 4):");
+                for (name, contract) in cnnc_compiler::lir::passes::OPT_IN {
+                    println!("{name:<16}{contract}");
+                }
                 return ExitCode::SUCCESS;
+            }
+            if let Err(e) = opt_in(&mut disable_pass, winograd_tile) {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_USAGE);
             }
             let options =
                 cnnc_compiler::passes::Options { disabled: disable_pass, dump_after: after, verify_each: true };
@@ -576,7 +626,14 @@ fn main() -> ExitCode {
                 warmup: a.warmup,
                 profile: a.profile,
                 backends: a.backend,
-                disabled: a.disable_pass,
+                disabled: {
+                    let mut passes = a.disable_pass;
+                    if let Err(e) = opt_in(&mut passes, a.winograd_tile) {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                    passes
+                },
             };
             finish(bench::run(&c, &args, compiled))
         }

@@ -226,6 +226,36 @@ fn the_inception_module_is_one_product_for_its_bottlenecks_and_copies_nothing() 
     assert_eq!(lines.len(), 5, "1×1 product, 3×3, 5×5, pool, pool projection:\n{kernels}");
 }
 
+/// `--winograd-tile 4` transforms the filters of layers over large maps into 36 values each
+/// (VGG-16's 224×224 layer of 64 filters over 64 channels: 36·64·64), others into 16; other
+/// tiles and the opt-in named as a pass to disable are usage errors.
+#[test]
+fn a_larger_winograd_tile_is_taken_behind_a_flag() {
+    let lir = |tile: &str| {
+        let args = ["build", "stdlib/vgg.cnn", "--model", "VGG16", "--emit", "lir", "--winograd-tile", tile];
+        let out = cnnc().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let line =
+        |text: &str, name: &str| text.lines().find(|l| l.ends_with(&format!("\"{name}\" kept"))).map(str::to_owned);
+    let (f2, f4) = (lir("2"), lir("4"));
+    let large = "vgg16_features1/vgg_stage1/conv2/winograd";
+    let small = "vgg16_features1/vgg_stage4/conv2/winograd";
+    assert!(line(&f2, large).unwrap().contains(&format!("F32 {} ", 16 * 64 * 64)), "{f2}");
+    assert!(line(&f4, large).unwrap().contains(&format!("F32 {} ", 36 * 64 * 64)), "{f4}");
+    assert!(line(&f2, small).unwrap().contains(&format!("F32 {} ", 16 * 512 * 512)), "{f2}");
+    assert_eq!(line(&f2, small), line(&f4, small), "28×28 keeps F(2×2, 3×3)");
+    let out = cnnc().args(["build", "stdlib/vgg.cnn", "--winograd-tile", "3"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a Winograd tile"));
+    for command in ["build", "bench"] {
+        let out = cnnc().args([command, "stdlib/vgg.cnn", "--disable-pass", "winograd_f4"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--winograd-tile 4 takes it"), "{command}");
+    }
+}
+
 #[test]
 fn the_jit_backend_trains_and_shows_its_code() {
     let out = cnnc().args(["build", "examples/lenet5.cnn", "--emit", "kernels", "--batch", "4"]).output().unwrap();

@@ -34,7 +34,8 @@ const OPTIONAL: &[&str] = &["dce"];
 /// How passes run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Options {
-    /// Optional passes to skip.
+    /// Optional passes to skip, and the kernel program's opt-in variants to take
+    /// ([`crate::lir::passes::OPT_IN`]).
     pub disabled: Vec<String>,
     /// Print the graph after this pass (into [`Pipeline::dumped`]).
     pub dump_after: Option<String>,
@@ -45,7 +46,8 @@ pub struct Options {
 impl Options {
     /// Checks that every pass named exists and that disabled ones are optional.
     pub fn validate(&self) -> Result<(), PassError> {
-        let kernel = |name: &str| crate::lir::passes::PASSES.iter().any(|(p, _)| *p == name);
+        let lir = crate::lir::passes::PASSES.iter().chain(crate::lir::passes::OPT_IN);
+        let kernel = |name: &str| lir.clone().any(|(p, _)| *p == name);
         for name in self.disabled.iter().filter(|n| !kernel(n)).chain(&self.dump_after) {
             if !PASSES.iter().any(|(p, _)| p == name) {
                 return Err(PassError::Unknown { name: name.clone() });

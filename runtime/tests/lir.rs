@@ -101,8 +101,17 @@ fn compare(
     let mut machine = Machine::new(lowered.program.clone()).map_err(|e| format!("machine: {e}"))?;
     // The same program after the kernel-IR passes, its kernels compiled to native code, every
     // access bounds-checked.
-    let mut optimized = lowered.program;
+    let mut optimized = lowered.program.clone();
     lir::passes::optimize(&mut optimized, &[]);
+    // Inference, once more with `--winograd-tile 4` where it changes a layer.
+    let f4 = grads.params.is_empty().then(|| {
+        let mut f4 = lowered.program.clone();
+        lir::passes::optimize(&mut f4, &["winograd_f4".to_string()]);
+        f4
+    });
+    let f4 = f4.filter(|p| {
+        p.prepare.iter().any(|k| matches!(k, lir::Kernel::WinogradFilters { w, u } if u.rows() == 4 * w.rows()))
+    });
     let mut native = Machine::new(optimized).map_err(|e| format!("machine: {e}"))?;
     JIT.with(|jit| native.compile(&mut jit.borrow_mut())).map_err(|e| format!("jit: {e}"))?;
     let feeds: Vec<Feed> = lowered
@@ -124,6 +133,32 @@ fn compare(
         let got = native.read(&view, params.data(), &native_grads);
         let interpreted = machine.read(&view, params.data(), &grad_store);
         close(&got, &interpreted, &format!("native value of `{}`", graph.node(v.node).name))?;
+    }
+    if let Some(f4) = f4 {
+        let mut m4 = Machine::new(f4).map_err(|e| format!("machine: {e}"))?;
+        JIT.with(|jit| m4.compile(&mut jit.borrow_mut())).map_err(|e| format!("jit: {e}"))?;
+        m4.prepare(params.data())?;
+        let mut unused = vec![f32::NAN; layout.len()];
+        m4.run(params.data(), &mut unused, &feeds, ctx)?;
+        for v in &keep {
+            let view = m4.program.result(&Purpose::Value(*v)).ok_or("a kept value has no view")?.clone();
+            let got = m4.read(&view, params.data(), &unused);
+            let interpreted =
+                machine.read(machine.program.result(&Purpose::Value(*v)).unwrap(), params.data(), &grad_store);
+            let f2 = native.read(native.program.result(&Purpose::Value(*v)).unwrap(), params.data(), &native_grads);
+            // The measured errors, norm-relative (`--nocapture` shows them).
+            let error = |a: &Tensor| {
+                let scale = interpreted.iter().fold(1f32, |m, x| m.max(x.abs()));
+                a.iter().zip(interpreted.iter()).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+            };
+            eprintln!(
+                "winograd error of `{}`: F(2×2) {:.2e}, F(4×4) {:.2e}",
+                graph.node(v.node).name,
+                error(&f2),
+                error(&got)
+            );
+            close(&got, &interpreted, &format!("F(4×4, 3×3) value of `{}`", graph.node(v.node).name))?;
+        }
     }
     for &(p, _) in &grads.params {
         let e = layout.get(&graph.node(p).name).unwrap();
@@ -434,6 +469,7 @@ fn stdlib_and_example_models() {
             let name = format!("{}: {}", file.display(), m.name);
             let mut pipe = cnnc_compiler::passes::Pipeline::new(Default::default()).unwrap();
             let graph = cnnc_compiler::passes::inference::run(m, &mut pipe).unwrap();
+            eprintln!("{name}");
             compare(&graph, None, &autodiff::Gradients::default(), 1, 11)
                 .unwrap_or_else(|e| panic!("{name} forward: {e}"));
             checked += 1;
@@ -447,4 +483,49 @@ fn stdlib_and_example_models() {
         }
     }
     assert!(checked >= 20, "only {checked} graphs compared");
+}
+
+/// `--winograd-tile 4`: a 3×3 convolution over a 56×56 map runs by F(4×4, 3×3) (filters
+/// transformed into 36 values each), one over a 28×28 map keeps F(2×2, 3×3); the native program
+/// equals the interpreter's unoptimized one within the project's bound, at batch 1 and 2.
+#[test]
+fn winograd_f4_equals_the_interpreter() {
+    let layers = "conv(16, 3x3, pad: same) |> relu |> conv(24, 3x3, pad: same) |> maxpool(2x2) \
+                  |> conv(16, 3x3, pad: same) |> relu";
+    let mut graph = model(&[56, 56, 16], layers).unwrap();
+    inference_mode::run(&mut graph);
+    let mut params = Params::init(&graph, 7);
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    for id in 0..params.layout.entries().len() {
+        let shape = params.layout.entries()[id].shape.clone();
+        params.slice_mut(id).copy_from_slice(random(&shape, &mut rng).as_slice().unwrap());
+    }
+    let keep: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+    for batch in [1, 2] {
+        let lowered = lir::lower(&graph, batch, &params.layout, &[], &keep).unwrap();
+        let mut optimized = lowered.program.clone();
+        let done = lir::passes::optimize(&mut optimized, &["winograd_f4".to_string()]);
+        assert!(done.iter().any(|&(p, n)| p == "winograd" && n == 3), "{done:?}");
+        let tiles: Vec<usize> = optimized
+            .prepare
+            .iter()
+            .filter_map(|k| match k {
+                lir::Kernel::WinogradFilters { w, u } => Some(u.rows() / (w.rows() / 9)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tiles, [36, 36, 16], "F(4×4) over 56×56, F(2×2) over 28×28");
+        let x = random(&[batch, 56, 56, 16], &mut rng);
+        let feeds = [Feed::F32(x.as_slice().unwrap())];
+        let mut machine = Machine::new(lowered.program).unwrap();
+        let mut grads = vec![0f32; params.layout.len()];
+        machine.run(params.data(), &mut grads, &feeds, Ctx::default()).unwrap();
+        let mut native = Machine::new(optimized).unwrap();
+        JIT.with(|jit| native.compile(&mut jit.borrow_mut())).unwrap();
+        native.prepare(params.data()).unwrap();
+        native.run(params.data(), &mut grads, &feeds, Ctx::default()).unwrap();
+        let view = native.program.result(&Purpose::Value(keep[0])).unwrap().clone();
+        let want = machine.read(machine.program.result(&Purpose::Value(keep[0])).unwrap(), params.data(), &grads);
+        close(&native.read(&view, params.data(), &grads), &want, "F(4×4, 3×3) output").unwrap();
+    }
 }

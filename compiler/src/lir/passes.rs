@@ -59,14 +59,23 @@ pub const PASSES: &[(&str, &str)] = &[
     ("in_place", "a map writes over an input of its shape that no later kernel reads (optional)"),
 ];
 
+/// Variants that run only when named (`cnnc build/bench --winograd-tile 4` names the first):
+/// name and contract.
+pub const OPT_IN: &[(&str, &str)] = &[(
+    "winograd_f4",
+    "`winograd` by F(4×4, 3×3): 36 products for 16 outputs, its error 6–16 times F(2×2, 3×3)'s (opt-in)",
+)];
+
 /// The longest fused map expression (the interpreter's limit).
 pub const MAX_EXPR: usize = 32;
 
 /// A pass: rewrites a program, says how many rewrites it made.
 type Pass = fn(&mut Program) -> usize;
 
-/// Runs every pass not in `disabled`; returns (pass, rewrites) for each that ran.
+/// Runs every pass not in `disabled` (which also names the [`OPT_IN`] variants to take);
+/// returns (pass, rewrites) for each that ran.
 pub fn optimize(p: &mut Program, disabled: &[String]) -> Vec<(&'static str, usize)> {
+    let f4 = disabled.iter().any(|d| d == OPT_IN[0].0);
     let passes: [(&str, Pass); 9] = [
         ("fold_batchnorm", fold_batchnorm::run),
         ("fuse_maps", fuse_maps::run),
@@ -74,7 +83,7 @@ pub fn optimize(p: &mut Program, disabled: &[String]) -> Vec<(&'static str, usiz
         ("fuse_im2col", fuse_im2col::run),
         ("fuse_bn_stats", fuse_bn_stats::run),
         ("merge_siblings", merge_siblings::run),
-        ("winograd", winograd::run),
+        ("winograd", if f4 { winograd::run_f4 } else { winograd::run }),
         ("concat_in_place", concat_in_place::run),
         ("in_place", in_place::run),
     ];

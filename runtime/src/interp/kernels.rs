@@ -68,18 +68,9 @@ pub(super) fn run(k: &Kernel, m: &Mem, ctx: Ctx) {
         Kernel::RotateFilters { w, out, taps } => rotate_filters(m, w, out, *taps),
         Kernel::WinogradFilters { w, u } => {
             let (cin, cout) = (w.rows() / 9, w.cols());
-            let (ws, us) = (m.src(w), m.dst(u));
-            for ci in 0..cin {
-                for co in 0..cout {
-                    let g: [[f32; 3]; 3] = std::array::from_fn(|kh| {
-                        std::array::from_fn(|kw| ws[((kh * 3 + kw) * cin + ci) * w.pitch + co])
-                    });
-                    let t = super::winograd::filter(&g);
-                    for (xi, v) in t.iter().flatten().enumerate() {
-                        us[(xi * cin + ci) * u.pitch + co] = *v;
-                    }
-                }
-            }
+            // F(2×2, 3×3) transforms each filter into 16 values, F(4×4, 3×3) into 36.
+            let tile = if u.rows() == 36 * cin { 4 } else { 2 };
+            super::winograd::filters(m.src(w), w.pitch, cin, cout, tile, m.dst(u), u.pitch);
         }
         Kernel::Fill { dst, value } => fill(m, dst, *value),
     }

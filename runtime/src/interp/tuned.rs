@@ -486,7 +486,9 @@ fn conv_gemm_blocks(
         Ok(())
     };
     if let Some(u) = winograd.as_ref().filter(|_| x.pitch == geom.channels && !*tb) {
-        let conv = super::winograd::Conv { x: xs, u: m.src(u), u_pitch: u.pitch, bias: sbias, cout: cols };
+        // F(2×2, 3×3) transforms each filter into 16 values, F(4×4, 3×3) into 36.
+        let tile = if u.rows() == 36 * geom.cg { 4 } else { 2 };
+        let conv = super::winograd::Conv { x: xs, u: m.src(u), u_pitch: u.pitch, bias: sbias, cout: cols, m: tile };
         return super::winograd::conv(
             &conv,
             geom,

@@ -11,8 +11,23 @@
 use super::{only_reader, same_matrix, Uses};
 use crate::lir::{Buffer, DType, Kernel, Program, Space, View};
 
-/// Gives every convolution it can a Winograd form; returns how many.
+/// Gives every convolution it can a Winograd form, F(2×2, 3×3); returns how many.
 pub fn run(p: &mut Program) -> usize {
+    with_tile(p, 2)
+}
+
+/// The same by F(4×4, 3×3) (the opt-in `winograd_f4`): 36 products for 16 outputs, less
+/// accurate in f32 (the runtime's tests measure it).
+pub fn run_f4(p: &mut Program) -> usize {
+    with_tile(p, 4)
+}
+
+/// Output side from which F(4×4, 3×3), when asked for, replaces F(2×2, 3×3).
+const LARGE_F4: usize = 56;
+
+/// Gives every convolution it can a Winograd form for tiles of `m`×`m` outputs: filters
+/// transformed into `(m + 2)²` values each.
+fn with_tile(p: &mut Program, m: usize) -> usize {
     if p.buffers.iter().any(|b| matches!(b.space, Space::Grad(_))) {
         return 0;
     }
@@ -35,7 +50,12 @@ pub fn run(p: &mut Program) -> usize {
         let w = b.clone();
         let name = p.buffers[w.buf.0 as usize].name.rsplit_once('/').map_or("conv", |(l, _)| l).to_string();
         let id = crate::lir::BufId(p.buffers.len() as u32);
-        let len = 16 * geom.cg * filters;
+        // F(4×4, 3×3) transforms each filter into 36 values, which the products read for every
+        // block of tiles: it pays only over large maps (VGG-16 at batch 1 was slower with it on
+        // every layer, 181 against 165–170 ms), so smaller ones keep F(2×2, 3×3).
+        let m = if m == 4 && geom.output[1] * geom.output[2] < LARGE_F4.pow(2) { 2 } else { m };
+        let positions = (m + 2) * (m + 2);
+        let len = positions * geom.cg * filters;
         p.buffers.push(Buffer {
             name: format!("{name}/winograd"),
             space: Space::Arena,
@@ -43,7 +63,7 @@ pub fn run(p: &mut Program) -> usize {
             dtype: DType::F32,
             kept: true,
         });
-        let u = View::whole(id, vec![16 * geom.cg, filters]);
+        let u = View::whole(id, vec![positions * geom.cg, filters]);
         p.prepare.push(Kernel::WinogradFilters { w, u: u.clone() });
         if let Kernel::ConvGemm { winograd, .. } = &mut p.kernels[i] {
             *winograd = Some(u);
