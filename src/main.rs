@@ -361,11 +361,15 @@ struct BenchArgs {
 }
 
 /// Adds to the passes left out (`disabled`) the opt-in variants the flags ask for: `winograd_f4`
-/// for `--winograd-tile 4`. An opt-in variant named with `--disable-pass` is an error.
+/// for `--winograd-tile 4`. An opt-in variant named with `--disable-pass`, or a larger tile with
+/// `winograd` disabled, is an error.
 fn opt_in(disabled: &mut Vec<String>, winograd_tile: usize) -> Result<(), String> {
     let f4 = cnnc_compiler::lir::passes::OPT_IN[0].0;
     if disabled.iter().any(|d| d == f4) {
         return Err(format!("`{f4}` is not a pass to disable: --winograd-tile 4 takes it"));
+    }
+    if winograd_tile == 4 && disabled.iter().any(|d| d == "winograd") {
+        return Err("--winograd-tile 4 asks for the `winograd` pass that --disable-pass winograd leaves out".into());
     }
     if winograd_tile == 4 {
         disabled.push(f4.to_string());

@@ -253,7 +253,22 @@ fn a_larger_winograd_tile_is_taken_behind_a_flag() {
         let out = cnnc().args([command, "stdlib/vgg.cnn", "--disable-pass", "winograd_f4"]).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{command}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("--winograd-tile 4 takes it"), "{command}");
+        let args = [command, "stdlib/vgg.cnn", "--disable-pass", "winograd", "--winograd-tile", "4"];
+        let out = cnnc().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--disable-pass winograd leaves out"), "{command}");
     }
+    let kernels = |tile: &str| {
+        let args = ["build", "stdlib/vgg.cnn", "--model", "VGG16", "--emit", "kernels", "--winograd-tile", tile];
+        let out = cnnc().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        ["F(2×2, 3×3)", "F(4×4, 3×3)"].map(|f| text.matches(f).count())
+    };
+    // VGG-16's 3×3 layers over maps of 28×28 and more but the first (3 input channels): 6 over
+    // 56×56 and larger, 3 at 28×28.
+    assert_eq!(kernels("2"), [9, 0]);
+    assert_eq!(kernels("4"), [3, 6]);
 }
 
 #[test]

@@ -209,6 +209,13 @@ impl Geom {
             && self.output[2] >= 28
     }
 
+    /// The output tile of a Winograd form `u` of this convolution's filters
+    /// ([`Kernel::WinogradFilters`]): 2 for F(2×2, 3×3), whose filters are 16 values per input
+    /// channel, 4 for F(4×4, 3×3), 36 values; `None` for any other form.
+    pub fn winograd_tile(&self, u: &View) -> Option<usize> {
+        winograd_tile(u.rows(), self.cg)
+    }
+
     /// Output positions per example.
     pub fn positions(&self) -> usize {
         self.output.iter().product()
@@ -353,12 +360,20 @@ impl Epilogue {
     }
 }
 
+/// The output tile of Winograd-transformed filters of `rows` rows over `cin` input channels: 2
+/// (F(2×2, 3×3): 16 values per filter and channel) or 4 (F(4×4, 3×3): 36); `None` otherwise.
+pub fn winograd_tile(rows: usize, cin: usize) -> Option<usize> {
+    [2, 4].into_iter().find(|m| rows == (m + 2) * (m + 2) * cin)
+}
+
 /// Batchnorm's batch statistics taken by a convolution while its output is in cache: the mean
 /// and biased variance per column of `c` over all rows, as [`Kernel::BnStats`] over `c` would
 /// give them after the epilogue.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stats {
+    /// `[1, c.cols()]`: each column's mean.
     pub mean: View,
+    /// `[1, c.cols()]`: each column's biased variance.
     pub var: View,
 }
 
@@ -380,7 +395,8 @@ pub enum Kernel {
     /// A convolution as an implicit product: `c = im2col(x)·op(b) (+ bias)`, then the epilogue,
     /// the im2col rows made block by block where the product reads them and never stored whole.
     /// With `winograd` (the filters `b` transformed by [`Kernel::WinogradFilters`]), the runtime
-    /// computes it by Winograd's F(2×2, 3×3) instead; the interpreter computes it from `b`.
+    /// computes it by Winograd's F(2×2, 3×3) or F(4×4, 3×3) instead (the form's rows say which:
+    /// [`Geom::winograd_tile`]); the interpreter computes it from `b`.
     /// With `stats`, it also writes the batch statistics of `c` (after the epilogue).
     ConvGemm {
         x: View,
@@ -393,9 +409,9 @@ pub enum Kernel {
         winograd: Option<View>,
         stats: Option<Box<Stats>>,
     },
-    /// 3×3 filters `w` (`[9·cin, cout]`) transformed for Winograd's F(2×2, 3×3) (a prepare
-    /// kernel): `u` `[16·cin, cout]`, `u[(4i + j)·cin + ci, co] = (G·g·Gᵀ)[i][j]` where
-    /// `g[kh][kw] = w[(3kh + kw)·cin + ci, co]`.
+    /// 3×3 filters `w` (`[9·cin, cout]`) transformed for Winograd's F(m×m, 3×3) (a prepare
+    /// kernel), m = 2 or 4 as `u`'s rows say ([`winograd_tile`]): `u` `[(m+2)²·cin, cout]`,
+    /// `u[((m+2)i + j)·cin + ci, co] = (G·g·Gᵀ)[i][j]` where `g[kh][kw] = w[(3kh + kw)·cin + ci, co]`.
     WinogradFilters { w: View, u: View },
     /// A convolution's weight gradient as an implicit product: `c = im2col(x)ᵀ·dy`, over blocks of
     /// im2col rows made where they are multiplied.

@@ -115,6 +115,16 @@ impl Machine {
                     return Err(format!("prepare kernel p{i} ({}) reaches beyond parameters and the arena", k.name()));
                 }
             }
+            let winograd = match k {
+                Kernel::ConvGemm { geom, winograd: Some(u), .. } => Some((u, geom.winograd_tile(u))),
+                Kernel::WinogradFilters { w, u } => {
+                    Some((u, cnnc_compiler::lir::winograd_tile(u.rows(), w.rows() / 9)))
+                }
+                _ => None,
+            };
+            if let Some((u, None)) = winograd {
+                return Err(format!("k{i} ({}): b{} of {} rows is no Winograd form", k.name(), u.buf.0, u.rows()));
+            }
             if let Kernel::Map { expr, .. } = k {
                 if expr.len() > kernels::MAX_EXPR {
                     return Err(format!("k{i}: a map of {} steps (at most {})", expr.len(), kernels::MAX_EXPR));

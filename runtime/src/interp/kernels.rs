@@ -68,8 +68,8 @@ pub(super) fn run(k: &Kernel, m: &Mem, ctx: Ctx) {
         Kernel::RotateFilters { w, out, taps } => rotate_filters(m, w, out, *taps),
         Kernel::WinogradFilters { w, u } => {
             let (cin, cout) = (w.rows() / 9, w.cols());
-            // F(2×2, 3×3) transforms each filter into 16 values, F(4×4, 3×3) into 36.
-            let tile = if u.rows() == 36 * cin { 4 } else { 2 };
+            // `Machine::new` checked the form.
+            let tile = cnnc_compiler::lir::winograd_tile(u.rows(), cin).unwrap_or(2);
             super::winograd::filters(m.src(w), w.pitch, cin, cout, tile, m.dst(u), u.pitch);
         }
         Kernel::Fill { dst, value } => fill(m, dst, *value),
@@ -100,12 +100,15 @@ fn epilogue_of(m: &Mem, e: &cnnc_compiler::lir::Epilogue, c: &View, ctx: Ctx) {
     // result goes to `c` or to its route's view.
     let product = m.src(c).to_vec();
     for (inputs, channels, out) in e.parts(c) {
-        let ins: Vec<&[f32]> = inputs
-            .iter()
-            .map(|v| if v.buf == c.buf && v.offset >= c.offset { &product[v.offset - c.offset..] } else { m.src(v) })
-            .collect();
+        let ins: Vec<&[f32]> =
+            inputs.iter().map(|v| if within(v, c) { &product[v.offset - c.offset..] } else { m.src(v) }).collect();
         map_slices(m, &e.expr, &ins, &inputs, &channels, &out, ctx);
     }
+}
+
+/// Whether `v` lies within `c`'s span (the product's output, or a column range of it).
+fn within(v: &View, c: &View) -> bool {
+    v.buf == c.buf && v.offset >= c.offset && v.end() <= c.end()
 }
 
 /// `c = op(a)·op(b) (+ c) (+ bias)`, `a`'s elements `sa` laid out as the view `a` says.

@@ -28,13 +28,12 @@ pub(super) fn covers(k: &Kernel) -> bool {
 pub fn provider(k: &Kernel) -> &'static str {
     match k {
         Kernel::Map { .. } => "generated (cranelift)",
-        Kernel::ConvGemm { epilogue, winograd: Some(_), .. } => {
-            if epilogue.is_some() {
-                "Winograd F(2×2, 3×3) + generated epilogue"
-            } else {
-                "Winograd F(2×2, 3×3)"
-            }
-        }
+        Kernel::ConvGemm { epilogue, geom, winograd: Some(u), .. } => match (geom.winograd_tile(u), epilogue) {
+            (Some(4), Some(_)) => "Winograd F(4×4, 3×3) + generated epilogue",
+            (Some(4), None) => "Winograd F(4×4, 3×3)",
+            (_, Some(_)) => "Winograd F(2×2, 3×3) + generated epilogue",
+            (_, None) => "Winograd F(2×2, 3×3)",
+        },
         Kernel::ConvGemm { c, geom, epilogue, x, tb: false, .. } if direct_suits(x, geom, c.cols()) => {
             if epilogue.is_some() {
                 "direct convolution + generated epilogue"
@@ -407,8 +406,14 @@ fn conv_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::re
     // Each block's rows, mean and spread per column (`combine_stats`' parts), kept by first row.
     let parts = std::sync::Mutex::new(Vec::new());
     conv_gemm_blocks(m, k, f, ctx, &|first, rows| {
-        let part = block_stats(m.src(&c.row_block(first, rows)), c.pitch, rows, c.cols());
-        parts.lock().unwrap_or_else(|e| e.into_inner()).push((first, part));
+        // A direct convolution's block is a whole example (up to 65,536 rows): its f32 sums
+        // are taken over parts of at most `STATS_ROWS`.
+        let mut found = Vec::new();
+        for at in (first..first + rows).step_by(STATS_ROWS) {
+            let n = STATS_ROWS.min(first + rows - at);
+            found.push((at, block_stats(m.src(&c.row_block(at, n)), c.pitch, n, c.cols())));
+        }
+        parts.lock().unwrap_or_else(|e| e.into_inner()).extend(found);
     })?;
     let mut parts = parts.into_inner().unwrap_or_else(|e| e.into_inner());
     parts.sort_by_key(|&(first, _)| first);
@@ -422,9 +427,12 @@ fn conv_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::re
     Ok(())
 }
 
+/// Rows of a convolution's output over which [`block_stats`] sums in f32.
+const STATS_ROWS: usize = 1024;
+
 /// `[rows, mean × cols, biased variance × cols]` of `rows` rows of `cols` values (`pitch` apart),
-/// in two passes over the block while it is in cache: sums in f32 over a block (at most a few
-/// thousand rows, as `bn_stats` sums its blocks), the blocks combined in f64.
+/// in two passes over the block while it is in cache: sums in f32 over a block (at most
+/// [`STATS_ROWS`]), the blocks combined in f64.
 fn block_stats(xs: &[f32], pitch: usize, rows: usize, cols: usize) -> Vec<f64> {
     let n = rows.max(1) as f32;
     let (mut mean, mut spread) = (vec![0f32; cols], vec![0f32; cols]);
@@ -486,8 +494,8 @@ fn conv_gemm_blocks(
         Ok(())
     };
     if let Some(u) = winograd.as_ref().filter(|_| x.pitch == geom.channels && !*tb) {
-        // F(2×2, 3×3) transforms each filter into 16 values, F(4×4, 3×3) into 36.
-        let tile = if u.rows() == 36 * geom.cg { 4 } else { 2 };
+        // `Machine::new` checked the form.
+        let tile = geom.winograd_tile(u).unwrap_or(2);
         let conv = super::winograd::Conv { x: xs, u: m.src(u), u_pitch: u.pitch, bias: sbias, cout: cols, m: tile };
         return super::winograd::conv(
             &conv,

@@ -201,9 +201,10 @@ fn product(
     }
 }
 
-/// Writes the outputs `y` of tiles `t0..t1` of example `n` (each tile's 2×2 outputs, `cout`
-/// values each): for each tile row they touch, two output rows of their columns, each a run of
-/// rows of the output matrix, its epilogue run after it.
+/// Writes the outputs `y` of tiles `t0..t1` of example `n` (each tile's `m`×`m` outputs, `cout`
+/// values each): for each tile row they touch, `m` output rows of their columns (fewer at the
+/// map's last rows, and columns trimmed at its edge), each a run of rows of the output matrix,
+/// its epilogue run after it.
 #[allow(clippy::too_many_arguments)]
 fn write_rows<'o>(
     g: &Geom,
@@ -239,16 +240,17 @@ fn write_rows<'o>(
     Ok(())
 }
 
-/// Tiles per block: the block's transformed input and products (`16·tiles·(cin + cout)` values)
-/// in about 256 KiB, at least 32 tiles for the products' sake, at most 128.
+/// Tiles per block: the block's transformed input and products (`16·tiles·(cin + cout)` values
+/// for F(2×2, 3×3)) in about 256 KiB, at least 32 tiles for the products' sake, at most 128.
 fn tiles_per_block(cin: usize, cout: usize) -> usize {
     (4096 / (cin + cout).max(1)).clamp(32, 128)
 }
 
 /// The input transform `Bᵀ·d·B` of tiles `t0..t1` (row-major) of example `n`, into `v`
-/// (`[16, tiles, cin]`), `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`:
-/// one loop over the channels per tile, sixteen loads and sixteen stores each, which the
-/// compiler vectorizes.
+/// (`[(m+2)², tiles, cin]`): for F(2×2, 3×3) `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0],
+/// [0, 1, 0, −1]]`, sixteen loads and stores per tile and channel; for F(4×4, 3×3) the 6×6
+/// `Bᵀ` of [`bt6`], a column then a row at a time. One loop over the channels per tile, which
+/// the compiler vectorizes.
 #[allow(clippy::too_many_arguments)]
 fn transform_input(m: usize, x: &[f32], g: &Geom, n: usize, t0: usize, t1: usize, v: &mut [f32], xs: usize, ts: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -456,9 +458,9 @@ fn input_block4(e: &[[f32; W]; 36]) -> [[f32; W]; 36] {
 }
 
 /// The output transform `Aᵀ·m·A` of `tiles` tiles from tile `first` of the products `mm`
-/// (`[16, plane, cout]`), `Aᵀ = [[1, 1, 1, 0], [0, 1,
-/// −1, −1]]`, plus the bias, into `y`: for each tile its outputs (0, 0), (0, 1), (1, 0), (1, 1),
-/// `cout` values each.
+/// (`[(m+2)², plane, cout]`), for F(2×2, 3×3) `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`, for
+/// F(4×4, 3×3) the 4×6 `Aᵀ` of [`at6`], plus the bias, into `y`: for each tile its `m`×`m`
+/// outputs in row-major order, `cout` values each.
 #[allow(clippy::too_many_arguments)]
 fn transform_output(
     m: usize,

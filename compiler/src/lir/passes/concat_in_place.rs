@@ -13,7 +13,7 @@
 //! product's output then has more readers than the copy).
 
 use super::{fuse_all, same_matrix, temporary, whole, Uses};
-use crate::lir::{Kernel, Program, View};
+use crate::lir::{Expr, Kernel, Program, View};
 
 /// Writes every product it can into its concatenation; returns how many copies went.
 pub fn run(p: &mut Program) -> usize {
@@ -94,7 +94,7 @@ fn route(k: &Kernel, src: &View, dst: &View) -> Option<Kernel> {
         && dst.rows() == c.rows()
         && dst.cols() == src.cols()
         && start + src.cols() <= c.cols()
-        && !epilogue.expr.iter().any(|e| matches!(e, crate::lir::Expr::Keep { .. }))
+        && !epilogue.expr.iter().any(|e| matches!(e, Expr::Keep { .. }))
         && epilogue.routes.iter().all(|(s, v)| s + v.cols() <= start || start + src.cols() <= *s);
     if !fits {
         return None;
@@ -131,9 +131,15 @@ fn retarget(k: &Kernel, src: &View, dst: &View) -> Option<Kernel> {
         *v = to.clone();
         true
     };
+    // Batch statistics stay where they are: the values they summarize do not change.
+    let stats_read = match &k {
+        Kernel::ConvGemm { stats: Some(s), .. } => [s.mean.buf, s.var.buf].contains(&src.buf),
+        _ => false,
+    };
     let ok = match &mut k {
         Kernel::Gemm { a, b, c, bias, epilogue, .. } | Kernel::ConvGemm { x: a, b, c, bias, epilogue, .. } => {
-            a.buf != src.buf
+            !stats_read
+                && a.buf != src.buf
                 && b.buf != src.buf
                 && bias.as_ref().is_none_or(|v| v.buf != src.buf)
                 && swap(c)

@@ -5,7 +5,7 @@
 //! the same bits on any number of threads.
 
 use super::Uses;
-use crate::lir::{Kernel, Program, Stats};
+use crate::lir::{Kernel, Program, Stats, View};
 
 /// Moves every batchnorm statistics kernel it can into the convolution before it; returns how
 /// many.
@@ -31,10 +31,13 @@ fn find(p: &Program) -> Option<(usize, usize)> {
     for (j, k) in p.kernels.iter().enumerate() {
         let Kernel::BnStats { x, mean, var } = k else { continue };
         let &[i] = &uses.writers[x.buf.0 as usize][..] else { continue };
-        let Kernel::ConvGemm { c, stats: None, .. } = &p.kernels[i] else { continue };
-        let alone = |v: &crate::lir::View| {
-            uses.writers[v.buf.0 as usize] == [j] && !uses.touched_between(v.buf, i, j) && v.buf != c.buf
-        };
+        let Kernel::ConvGemm { c, stats: None, epilogue, .. } = &p.kernels[i] else { continue };
+        // Routed columns leave `c` holding the product, not the epilogue's result.
+        if epilogue.as_ref().is_some_and(|e| !e.routes.is_empty()) {
+            continue;
+        }
+        let alone =
+            |v: &View| uses.writers[v.buf.0 as usize] == [j] && !uses.touched_between(v.buf, i, j) && v.buf != c.buf;
         if i < j && c == x && mean.buf != var.buf && alone(mean) && alone(var) {
             return Some((i, j));
         }

@@ -2,7 +2,9 @@
 //! accepts, whose filters are parameters, runs by Winograd's F(2×2, 3×3): its filters are
 //! transformed once per change of the parameters in the prepare phase, and the runtime computes
 //! each 2×2 block of outputs from a 4×4 block of input with 16 products over the channels where
-//! the direct convolution needs 36 (2.25× fewer multiplies, paid for by the transforms).
+//! the direct convolution needs 36 (2.25× fewer multiplies, paid for by the transforms). Asked
+//! for (`--winograd-tile 4`, the opt-in `winograd_f4`), layers over large maps run by F(4×4, 3×3)
+//! instead: 4×4 blocks of outputs from 6×6 blocks of input, filters transformed into 36 values.
 //!
 //! Training programs keep the direct products: their filters change every step.
 //!
@@ -18,11 +20,12 @@ pub fn run(p: &mut Program) -> usize {
 
 /// The same by F(4×4, 3×3) (the opt-in `winograd_f4`): 36 products for 16 outputs, less
 /// accurate in f32 (the runtime's tests measure it).
-pub fn run_f4(p: &mut Program) -> usize {
+pub(super) fn run_f4(p: &mut Program) -> usize {
     with_tile(p, 4)
 }
 
-/// Output side from which F(4×4, 3×3), when asked for, replaces F(2×2, 3×3).
+/// F(4×4, 3×3), when asked for, replaces F(2×2, 3×3) on output maps of at least this side squared
+/// positions (56×56, or as many in another shape).
 const LARGE_F4: usize = 56;
 
 /// Gives every convolution it can a Winograd form for tiles of `m`×`m` outputs: filters
