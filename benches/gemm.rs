@@ -1,12 +1,14 @@
 //! Which GEMM for the JIT: the real (M, K, N) of the workloads' kernel programs (batch 1 and 64,
 //! transposed operands in backward), timed with matrixmultiply (what the interpreter calls; its
-//! threads from `MATMUL_NUM_THREADS`) and the `gemm` crate on 1 and 2 threads. Prints a table of
-//! GFLOP/s. `cargo bench --bench gemm` (and with `MATMUL_NUM_THREADS=1`).
+//! threads from `MATMUL_NUM_THREADS`), the `gemm` crate on 1 and 2 threads, and cnnc's own
+//! micro-kernels on 1 thread, AVX2 and (where the host has it) AVX-512, over filters packed once.
+//! Prints a table of GFLOP/s. `cargo bench --bench gemm` (and with `MATMUL_NUM_THREADS=1`).
 
 use cnnc_compiler::ir::ValueId;
 use cnnc_compiler::lir::{self, Kernel};
 use cnnc_compiler::params::ParamLayout;
 use cnnc_compiler::passes::{inference, training, Pipeline};
+use cnnc_runtime::interp::microkernel;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -64,8 +66,11 @@ fn main() {
         ("Inception 3a", "examples/inception_module.cnn", None, false, 32),
     ];
     let threads = std::env::var("MATMUL_NUM_THREADS").unwrap_or_else(|_| "all".into());
-    println!("| workload | b | M | K | N | op | count | matrixmultiply ({threads} threads) | gemm 1 thread | gemm 2 threads |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| workload | b | M | K | N | op | count | matrixmultiply ({threads} threads) | gemm 1 thread | gemm 2 threads | cnnc AVX2 1 thread | cnnc AVX-512 1 thread |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let wide = std::is_x86_feature_detected!("avx512f");
     for (name, file, model, train, batch) in workloads {
         let mut list = shapes(file, model, train, batch);
         // The shapes that carry the most work, and at most eight per workload.
@@ -122,6 +127,18 @@ fn main() {
                 })
             };
             let (g1, g2) = (g(gemm::Parallelism::None), g(gemm::Parallelism::Rayon(2)));
+            // The micro-kernels take products whose left operand is read in rows (not Aᵀ).
+            let mut micro = |avx512: bool| {
+                if ta || (avx512 && !wide) || !microkernel::runs(m, k) {
+                    return "—".to_string();
+                }
+                let packed = microkernel::pack(&b, k, n, rsb as usize, csb as usize);
+                // SAFETY: `runs` checked AVX2 and FMA (AVX-512F where asked); the buffers hold
+                // what the shapes say.
+                let t = time(|| unsafe { microkernel::gemm_on(avx512, m, k, n, &a, k, &packed, &mut c, n, false) });
+                format!("{:.1}", flops / t / 1e9)
+            };
+            let (avx2, avx512) = (micro(false), micro(true));
             let op = match (ta, tb) {
                 (false, false) => "A·B",
                 (true, false) => "Aᵀ·B",
@@ -129,7 +146,7 @@ fn main() {
                 (true, true) => "Aᵀ·Bᵀ",
             };
             println!(
-                "| {name} | {batch} | {m} | {k} | {n} | {op} | {count} | {:.1} | {:.1} | {:.1} |",
+                "| {name} | {batch} | {m} | {k} | {n} | {op} | {count} | {:.1} | {:.1} | {:.1} | {avx2} | {avx512} |",
                 flops / mm / 1e9,
                 flops / g1 / 1e9,
                 flops / g2 / 1e9

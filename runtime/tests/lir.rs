@@ -235,6 +235,20 @@ proptest! {
         both(&input, &layer, LossKind::L2, batch, seed)?;
     }
 
+    /// Eight channels a group and more over maps large enough for blocks of rows (at least four
+    /// blocks, `fuse_im2col`): the tuned convolution reads its input through an indirection
+    /// table, taps outside the input reading zeros.
+    #[test]
+    fn conv_reading_its_input_in_place(rank in 2usize..=3, f in size(3, 3), s in size(3, 2), p in size(3, 2), d in size(3, 2),
+            groups in 1usize..=2, filters in 1usize..=20, channels in 8usize..=9, n in 0usize..=4, batch in 2usize..=4, seed in any::<u64>()) {
+        let (f, s, d) = (&f[..rank], &s[..rank], &d[..rank]);
+        let p: Vec<usize> = p[..rank].iter().map(|v| v - 1).collect();
+        let n = if rank == 2 { 36 + n } else { 10 + n };
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([channels * groups]).collect();
+        let layer = format!("conv({}, {}, stride: {}, pad: {}, dilation: {}, groups: {groups})", filters * groups, list(f), list(s), list(&p), list(d));
+        both(&input, &layer, LossKind::L2, batch, seed)?;
+    }
+
     #[test]
     fn pointwise_conv(rank in 1usize..=3, n in 1usize..=5, c in 1usize..=4, filters in 1usize..=4, batch in 1usize..=3, seed in any::<u64>()) {
         let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([c]).collect();

@@ -214,6 +214,34 @@ pub(super) fn im2col_rows(xs: &[f32], cs: &mut [f32], pitch: usize, g: &Geom, fi
     }
 }
 
+/// The indirection table of rows `first..first + count` of a convolution's im2col matrix
+/// ([`super::microkernel::gemm_indirect`]): for each row and tap in im2col's order, where the
+/// tap's `cg` input channels start in `xs`, or `zeros` (`cg` zeros) where the tap lies outside
+/// the input. `table` is overwritten with `count × taps` pointers.
+pub(super) fn conv_table(xs: &[f32], zeros: &[f32], table: &mut Vec<*const f32>, g: &Geom, first: usize, count: usize) {
+    let ([id, ih, iw], c) = (g.input, g.channels);
+    let [_, oh, ow] = g.output;
+    let [fd, fh, fw] = g.size;
+    let positions = g.positions().max(1);
+    table.clear();
+    for r in first..first + count {
+        let (n, p) = (r / positions, r % positions);
+        let (zd, zh, zw) = (p / (oh * ow).max(1), (p / ow.max(1)) % oh.max(1), p % ow.max(1));
+        for kd in 0..fd {
+            let d = g.source(0, zd, kd);
+            for kh in 0..fh {
+                let h = g.source(1, zh, kh);
+                for kw in 0..fw {
+                    table.push(match (d, h, g.source(2, zw, kw)) {
+                        (Some(d), Some(h), Some(w)) => xs[(((n * id + d) * ih + h) * iw + w) * c + g.c0..].as_ptr(),
+                        _ => zeros.as_ptr(),
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Copies `len` elements from `xs[base..]` to `cs[at..]`. A short run is copied as a block of 8
 /// or 16 (moves of a fixed size, not a call to `memcpy`) when the block stays inside the row
 /// (`end`) and the input: the runs of a row are written in order and tile it, so what a block

@@ -1,12 +1,16 @@
 //! cnnc's own GEMM for the narrow products of small nets (N up to 256 output channels, the last
-//! panel padded with zero columns and stored with masks, K ≤ 1024): AVX2 and FMA micro-kernels of 6 rows × 16 (or 8) columns that keep
-//! their 12 accumulators in registers, over the right-hand matrix packed into panels of 16
-//! columns (small: K × N), reading the left-hand rows in place. Each output element is one sum
-//! in K order, whatever the split over threads. Chosen at run time when the host has AVX2 and
-//! FMA (machines here have AVX2, some AVX-512 as well); elsewhere, and for other shapes, the
-//! `gemm` crate runs.
+//! panel padded with zero columns and stored with masks, K ≤ 1024), over the right-hand matrix
+//! packed into panels of 16 columns (small: K × N), reading the left-hand rows in place: AVX-512
+//! micro-kernels of 12 rows × 32 (or 16) columns, 24 accumulators in registers, where the host
+//! has AVX-512F; else AVX2 and FMA ones of 6 rows × 16 (or 8), 12 accumulators. Each output
+//! element is one sum in K order, whatever the split over threads. Chosen at run time (machines
+//! here have AVX2, some AVX-512 as well); elsewhere, and for other shapes, the `gemm` crate runs.
+//!
+//! The left-hand rows are read in place ([`gemm`]) or, for a convolution, through an indirection
+//! table ([`gemm_indirect`]): for each output position and tap, where its input channels start
+//! (or a run of zeros, outside the image), so no im2col matrix is written at all.
 
-/// Rows of a micro-tile.
+/// Rows of an AVX2 micro-tile.
 const MR: usize = 6;
 
 /// Rows per parallel block (16 micro-tiles).
@@ -17,6 +21,22 @@ pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the AVX-512 kernels run: the host has AVX-512F, and `CNNC_NO_AVX512` is not set (it
+/// keeps the AVX2 kernels, to time them on such a host).
+pub fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| {
+            available() && std::is_x86_feature_detected!("avx512f") && std::env::var_os("CNNC_NO_AVX512").is_none()
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -62,6 +82,61 @@ pub(super) fn width(left: usize) -> usize {
     }
 }
 
+/// Where a tile's left-hand rows are: K is read as `runs` runs of `len` consecutive values, run
+/// `s` of row `m` starting at `at(m, s)`.
+trait Rows: Copy {
+    /// Where row `m`'s run `s` starts.
+    ///
+    /// # Safety
+    /// `m` and `s` within the rows and runs the source was made for.
+    unsafe fn at(self, m: usize, s: usize) -> *const f32;
+    /// The same source from row `r` on.
+    ///
+    /// # Safety
+    /// `r` within its rows.
+    unsafe fn from(self, r: usize) -> Self;
+}
+
+/// Rows `lda` apart, K one run.
+#[derive(Clone, Copy)]
+struct Strided {
+    a: *const f32,
+    lda: usize,
+}
+
+impl Rows for Strided {
+    #[inline(always)]
+    unsafe fn at(self, m: usize, _: usize) -> *const f32 {
+        // SAFETY: the caller's promise.
+        unsafe { self.a.add(m * self.lda) }
+    }
+    #[inline(always)]
+    unsafe fn from(self, r: usize) -> Self {
+        // SAFETY: the caller's promise.
+        Strided { a: unsafe { self.a.add(r * self.lda) }, lda: self.lda }
+    }
+}
+
+/// An indirection table: row `m`'s run `s` (a tap's channels) at `table[m·runs + s]`.
+#[derive(Clone, Copy)]
+struct Indirect {
+    table: *const *const f32,
+    runs: usize,
+}
+
+impl Rows for Indirect {
+    #[inline(always)]
+    unsafe fn at(self, m: usize, s: usize) -> *const f32 {
+        // SAFETY: the caller's promise.
+        unsafe { *self.table.add(m * self.runs + s) }
+    }
+    #[inline(always)]
+    unsafe fn from(self, r: usize) -> Self {
+        // SAFETY: the caller's promise.
+        Indirect { table: unsafe { self.table.add(r * self.runs) }, runs: self.runs }
+    }
+}
+
 /// `C[rows × n] = A·B (+ C)`: `a` row-major with row pitch `lda` (`rows × k`), `packed` from
 /// [`pack`], `c` with row pitch `ldc`.
 ///
@@ -80,57 +155,312 @@ pub unsafe fn gemm(
     ldc: usize,
     accumulate: bool,
 ) {
+    // SAFETY: the caller's promise.
+    unsafe { gemm_on(avx512(), rows, k, n, a, lda, packed, c, ldc, accumulate) }
+}
+
+/// [`gemm`] by the AVX-512 kernels (`wide`) or the AVX2 ones (to test and time both).
+///
+/// # Safety
+/// As [`gemm`], and the host has AVX-512F where `wide`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_on(
+    wide: bool,
+    rows: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    packed: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     debug_assert!(available() && packed.len() >= k * n.next_multiple_of(8));
     debug_assert!(rows == 0 || a.len() >= (rows - 1) * lda + k);
     debug_assert!(rows == 0 || c.len() >= (rows - 1) * ldc + n);
+    let a = Strided { a: a.as_ptr(), lda };
+    // SAFETY: the caller's promise.
+    unsafe { drive(wide, rows, 1, k, a, packed.as_ptr(), n, c.as_mut_ptr(), ldc, accumulate) }
+}
+
+/// `C[rows × n] = A·B`, row `r` of A the runs of `len` values that `table[r·runs + s]` point to,
+/// `s` in order (K = `runs·len`): a convolution's rows read where they lie in its input.
+///
+/// # Safety
+/// As [`gemm`]; `table` holds `rows·runs` pointers, each to `len` readable values.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_indirect(
+    rows: usize,
+    runs: usize,
+    len: usize,
+    table: &[*const f32],
+    n: usize,
+    packed: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+) {
+    // SAFETY: the caller's promise.
+    unsafe { gemm_indirect_on(avx512(), rows, runs, len, table, n, packed, c, ldc) }
+}
+
+/// [`gemm_indirect`] by the AVX-512 kernels (`wide`) or the AVX2 ones.
+///
+/// # Safety
+/// As [`gemm_indirect`], and the host has AVX-512F where `wide`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_indirect_on(
+    wide: bool,
+    rows: usize,
+    runs: usize,
+    len: usize,
+    table: &[*const f32],
+    n: usize,
+    packed: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+) {
+    debug_assert!(available() && packed.len() >= runs * len * n.next_multiple_of(8));
+    debug_assert!(table.len() >= rows * runs);
+    debug_assert!(rows == 0 || c.len() >= (rows - 1) * ldc + n);
+    let a = Indirect { table: table.as_ptr(), runs };
+    // SAFETY: the caller's promise.
+    unsafe { drive(wide, rows, runs, len, a, packed.as_ptr(), n, c.as_mut_ptr(), ldc, false) }
+}
+
+/// The tiles over every row and panel.
+///
+/// # Safety
+/// As [`gemm`] and [`gemm_indirect`]: `a` gives `rows` rows of `runs` runs of `len`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn drive<R: Rows>(
+    wide: bool,
+    rows: usize,
+    runs: usize,
+    len: usize,
+    a: R,
+    packed: *const f32,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller's promise.
     unsafe {
-        let mut j0 = 0;
-        while j0 < n {
-            let w = width(n - j0);
-            let valid = w.min(n - j0);
-            let panel = packed.as_ptr().add(j0 * k);
-            let mut r = 0;
-            while r < rows {
-                let mr = MR.min(rows - r);
-                let (ap, cp) = (a.as_ptr().add(r * lda), c.as_mut_ptr().add(r * ldc + j0));
-                match (mr, w) {
-                    (6, 16) => avx2::tile::<6, 2>(k, ap, lda, panel, cp, ldc, accumulate, valid),
-                    (6, _) => avx2::tile::<6, 1>(k, ap, lda, panel, cp, ldc, accumulate, valid),
-                    (5, 16) => avx2::tile::<5, 2>(k, ap, lda, panel, cp, ldc, accumulate, valid),
-                    (5, _) => avx2::tile::<5, 1>(k, ap, lda, panel, cp, ldc, accumulate, valid),
-                    (4, 16) => avx2::tile::<4, 2>(k, ap, lda, panel, cp, ldc, accumulate, valid),
-                    (4, _) => avx2::tile::<4, 1>(k, ap, lda, panel, cp, ldc, accumulate, valid),
-                    (3, 16) => avx2::tile::<3, 2>(k, ap, lda, panel, cp, ldc, accumulate, valid),
-                    (3, _) => avx2::tile::<3, 1>(k, ap, lda, panel, cp, ldc, accumulate, valid),
-                    (2, 16) => avx2::tile::<2, 2>(k, ap, lda, panel, cp, ldc, accumulate, valid),
-                    (2, _) => avx2::tile::<2, 1>(k, ap, lda, panel, cp, ldc, accumulate, valid),
-                    (_, 16) => avx2::tile::<1, 2>(k, ap, lda, panel, cp, ldc, accumulate, valid),
-                    (_, _) => avx2::tile::<1, 1>(k, ap, lda, panel, cp, ldc, accumulate, valid),
+        if wide {
+            avx512::drive(rows, runs, len, a, packed, n, c, ldc, accumulate);
+        } else {
+            avx2::drive(rows, runs, len, a, packed, n, c, ldc, accumulate);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Rows;
+    use std::arch::x86_64::*;
+
+    /// Rows of a tile.
+    const MR: usize = 12;
+
+    /// Tiles of 12 rows × two 16-column panels (24 accumulators) where two full panels follow
+    /// each other, else × one panel; a panel of 8 columns (the last of a narrow product) by the
+    /// AVX2 tiles.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA, and [`super::drive`]'s bounds.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn drive<R: Rows>(
+        rows: usize,
+        runs: usize,
+        len: usize,
+        a: R,
+        packed: *const f32,
+        n: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let k = runs * len;
+        // SAFETY: within the caller's bounds: panel `j0` starts at `j0·k` in `packed`.
+        unsafe {
+            let mut j0 = 0;
+            while j0 < n {
+                let w = super::width(n - j0);
+                let panels = if w == 16 && n - j0 > 16 && super::width(n - j0 - 16) == 16 { 2 } else { 1 };
+                let valid = (16 * panels).min(n - j0);
+                let panel = packed.add(j0 * k);
+                let mut r = 0;
+                while r < rows {
+                    let mr = MR.min(rows - r);
+                    let (ar, cp) = (a.from(r), c.add(r * ldc + j0));
+                    macro_rules! tiles {
+                        ($($m:literal)*) => {
+                            match (mr, panels, w) {
+                                $(
+                                    ($m, 2, _) => tile::<$m, 2, R>(runs, len, ar, panel, cp, ldc, accumulate, valid),
+                                    ($m, _, 16) => tile::<$m, 1, R>(runs, len, ar, panel, cp, ldc, accumulate, valid),
+                                )*
+                                _ => {
+                                    let m = mr.min(super::MR);
+                                    for (first, m) in [(0, m), (m, mr - m)] {
+                                        if m > 0 {
+                                            let (ap, cq) = (ar.from(first), cp.add(first * ldc));
+                                            super::avx2::panel(m, runs, len, ap, panel, cq, ldc, accumulate, valid);
+                                        }
+                                    }
+                                }
+                            }
+                        };
+                    }
+                    tiles!(12 11 10 9 8 7 6 5 4 3 2 1);
+                    r += mr;
                 }
-                r += mr;
+                j0 += 16 * panels;
             }
-            j0 += w;
+        }
+    }
+
+    /// One tile: `M` rows × `P` panels of 16 columns (`P·16·k` values from `b`, panel after
+    /// panel), summed over `k` in order.
+    ///
+    /// # Safety
+    /// AVX-512F; `a` gives `M` rows of `runs` runs of `len`, `b` holds `P` panels of `k` rows of
+    /// 16, `c` `M` rows of `valid` (at most `16·P`) at pitch `ldc`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const M: usize, const P: usize, R: Rows>(
+        runs: usize,
+        len: usize,
+        a: R,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        valid: usize,
+    ) {
+        let k = runs * len;
+        // SAFETY: within the bounds the caller promises.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); P]; M];
+            for s in 0..runs {
+                let rows: [*const f32; M] = std::array::from_fn(|m| a.at(m, s));
+                let bs = b.add(s * len * 16);
+                for i in 0..len {
+                    let mut bv = [_mm512_setzero_ps(); P];
+                    for (p, x) in bv.iter_mut().enumerate() {
+                        *x = _mm512_loadu_ps(bs.add(p * 16 * k + i * 16));
+                    }
+                    for (m, acc) in acc.iter_mut().enumerate() {
+                        let x = _mm512_set1_ps(*rows[m].add(i));
+                        for p in 0..P {
+                            acc[p] = _mm512_fmadd_ps(x, bv[p], acc[p]);
+                        }
+                    }
+                }
+            }
+            for (m, acc) in acc.iter().enumerate() {
+                for (p, &sum) in acc.iter().enumerate() {
+                    let at = c.add(m * ldc + 16 * p);
+                    let lanes = valid.saturating_sub(16 * p).min(16);
+                    // Only the lanes inside the product are touched.
+                    let mask: __mmask16 = if lanes == 16 { 0xffff } else { (1u16 << lanes) - 1 };
+                    let sum = if accumulate { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), sum) } else { sum };
+                    _mm512_mask_storeu_ps(at, mask, sum);
+                }
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::Rows;
     use std::arch::x86_64::*;
+
+    /// Tiles of 6 rows × one panel of 16 (two vectors) or 8 columns.
+    ///
+    /// # Safety
+    /// AVX2 and FMA, and [`super::drive`]'s bounds.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn drive<R: Rows>(
+        rows: usize,
+        runs: usize,
+        len: usize,
+        a: R,
+        packed: *const f32,
+        n: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let k = runs * len;
+        // SAFETY: the caller's promise: panel `j0` starts at `j0·k` in `packed`.
+        unsafe {
+            let mut j0 = 0;
+            while j0 < n {
+                let w = super::width(n - j0);
+                let valid = w.min(n - j0);
+                let bp = packed.add(j0 * k);
+                let mut r = 0;
+                while r < rows {
+                    let mr = super::MR.min(rows - r);
+                    panel(mr, runs, len, a.from(r), bp, c.add(r * ldc + j0), ldc, accumulate, valid);
+                    r += mr;
+                }
+                j0 += w;
+            }
+        }
+    }
+
+    /// One panel of 8 or 16 columns (its width from `valid`), `rows` ≤ 6.
+    ///
+    /// # Safety
+    /// AVX2 and FMA, and [`super::drive`]'s bounds for these rows and this panel.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn panel<R: Rows>(
+        rows: usize,
+        runs: usize,
+        len: usize,
+        a: R,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        valid: usize,
+    ) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            match (rows, super::width(valid)) {
+                (6, 16) => tile::<6, 2, R>(runs, len, a, b, c, ldc, accumulate, valid),
+                (6, _) => tile::<6, 1, R>(runs, len, a, b, c, ldc, accumulate, valid),
+                (5, 16) => tile::<5, 2, R>(runs, len, a, b, c, ldc, accumulate, valid),
+                (5, _) => tile::<5, 1, R>(runs, len, a, b, c, ldc, accumulate, valid),
+                (4, 16) => tile::<4, 2, R>(runs, len, a, b, c, ldc, accumulate, valid),
+                (4, _) => tile::<4, 1, R>(runs, len, a, b, c, ldc, accumulate, valid),
+                (3, 16) => tile::<3, 2, R>(runs, len, a, b, c, ldc, accumulate, valid),
+                (3, _) => tile::<3, 1, R>(runs, len, a, b, c, ldc, accumulate, valid),
+                (2, 16) => tile::<2, 2, R>(runs, len, a, b, c, ldc, accumulate, valid),
+                (2, _) => tile::<2, 1, R>(runs, len, a, b, c, ldc, accumulate, valid),
+                (_, 16) => tile::<1, 2, R>(runs, len, a, b, c, ldc, accumulate, valid),
+                (_, _) => tile::<1, 1, R>(runs, len, a, b, c, ldc, accumulate, valid),
+            }
+        }
+    }
 
     /// One tile: `M` rows × `V` vectors of 8 columns, summed over `k` in order.
     ///
     /// # Safety
-    /// AVX2 and FMA; `a` holds `M` rows of `k` at pitch `lda`, `b` `k` rows of `8·V`, `c` `M`
-    /// rows of `valid` (at most `8·V`) at pitch `ldc`.
+    /// AVX2 and FMA; `a` gives `M` rows of `runs` runs of `len`, `b` holds `k` rows of `8·V`,
+    /// `c` `M` rows of `valid` (at most `8·V`) at pitch `ldc`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile<const M: usize, const V: usize>(
-        k: usize,
-        a: *const f32,
-        lda: usize,
+    unsafe fn tile<const M: usize, const V: usize, R: Rows>(
+        runs: usize,
+        len: usize,
+        a: R,
         b: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -140,16 +470,20 @@ mod avx2 {
         // SAFETY: within the bounds the caller promises.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); V]; M];
-            for i in 0..k {
-                let row = b.add(i * 8 * V);
-                let mut bv = [_mm256_setzero_ps(); V];
-                for (v, x) in bv.iter_mut().enumerate() {
-                    *x = _mm256_loadu_ps(row.add(8 * v));
-                }
-                for (m, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm256_broadcast_ss(&*a.add(m * lda + i));
-                    for v in 0..V {
-                        acc[v] = _mm256_fmadd_ps(x, bv[v], acc[v]);
+            for s in 0..runs {
+                let rows: [*const f32; M] = std::array::from_fn(|m| a.at(m, s));
+                let bs = b.add(s * len * 8 * V);
+                for i in 0..len {
+                    let row = bs.add(i * 8 * V);
+                    let mut bv = [_mm256_setzero_ps(); V];
+                    for (v, x) in bv.iter_mut().enumerate() {
+                        *x = _mm256_loadu_ps(row.add(8 * v));
+                    }
+                    for (m, acc) in acc.iter_mut().enumerate() {
+                        let x = _mm256_broadcast_ss(&*rows[m].add(i));
+                        for v in 0..V {
+                            acc[v] = _mm256_fmadd_ps(x, bv[v], acc[v]);
+                        }
                     }
                 }
             }
@@ -190,6 +524,9 @@ mod tests {
             (13, 17, 24),
             (1, 5, 8),
             (30, 64, 144),
+            (25, 20, 48),
+            (13, 7, 40),
+            (12, 3, 33),
             (11, 9, 40),
             (8, 25, 6),
             (7, 4, 13),
@@ -203,14 +540,32 @@ mod tests {
                     if tb { (0..n * k).map(|x| b[(x % k) * n + x / k]).collect() } else { b.clone() };
                 let (rsb, csb) = if tb { (1, k) } else { (n, 1) };
                 let packed = pack(&stored, k, n, rsb, csb);
-                let mut c = vec![1.0f32; rows * n];
-                // SAFETY: available() said so; the buffers hold what the shapes say.
-                unsafe { gemm(rows, k, n, &a, k, &packed, &mut c, n, accumulate) };
-                for r in 0..rows {
-                    for j in 0..n {
-                        let want: f32 = (0..k).map(|i| a[r * k + i] * b[i * n + j]).sum::<f32>()
-                            + if accumulate { 1.0 } else { 0.0 };
-                        assert!((c[r * n + j] - want).abs() <= 1e-4 * want.abs().max(1.0), "{rows}×{k}×{n}");
+                for wide in [false, true] {
+                    if wide && !std::is_x86_feature_detected!("avx512f") {
+                        continue;
+                    }
+                    let mut c = vec![1.0f32; rows * n];
+                    // SAFETY: available() said so (and AVX-512F where `wide`); the buffers hold what
+                    // the shapes say.
+                    unsafe { gemm_on(wide, rows, k, n, &a, k, &packed, &mut c, n, accumulate) };
+                    // The same rows through an indirection table, K in runs of a divisor of K
+                    // (products are not accumulated there).
+                    let mut indirect = vec![1.0f32; rows * n];
+                    let len = (1..=k).rev().find(|l| k % l == 0 && *l <= 5).unwrap_or(1);
+                    let table: Vec<*const f32> = (0..rows * (k / len))
+                        .map(|i| a[(i / (k / len)) * k + (i % (k / len)) * len..].as_ptr())
+                        .collect();
+                    // SAFETY: as above; each pointer starts a run of `len` values of `a`.
+                    unsafe { gemm_indirect_on(wide, rows, k / len, len, &table, n, &packed, &mut indirect, n) };
+                    for r in 0..rows {
+                        for j in 0..n {
+                            let want: f32 = (0..k).map(|i| a[r * k + i] * b[i * n + j]).sum::<f32>()
+                                + if accumulate { 1.0 } else { 0.0 };
+                            assert!((c[r * n + j] - want).abs() <= 1e-4 * want.abs().max(1.0), "{rows}×{k}×{n} {wide}");
+                            if !accumulate {
+                                assert_eq!(indirect[r * n + j], c[r * n + j], "{rows}×{k}×{n} {wide} indirect");
+                            }
+                        }
                     }
                 }
             }
