@@ -215,10 +215,15 @@ fn bn_grad(m: &Mem, k: &Kernel) {
         column_sums(rows, 2 * c, |r, acc| {
             let (sum, dot) = acc.split_at_mut(c);
             let (g, x) = (g(r), xrow(r));
-            for ch in 0..c {
-                let h = if xs.is_some() { (x[ch] - ms[ch]) * inv[ch] } else { 0.0 };
-                sum[ch] += g[ch];
-                dot[ch] += g[ch] * h;
+            // Zipped slices of one length: no bounds checks, the channels in vectors.
+            if xs.is_some() {
+                let hat = x.iter().zip(ms).zip(inv).map(|((&x, &m), &i)| (x - m) * i);
+                for (((s, d), &g), h) in sum.iter_mut().zip(dot.iter_mut()).zip(g).zip(hat) {
+                    *s += g;
+                    *d += g * h;
+                }
+            } else {
+                add(sum, g);
             }
         })
     } else {
@@ -243,14 +248,19 @@ fn bn_grad(m: &Mem, k: &Kernel) {
     let n = rows.max(1) as f32;
     each_row(m.dst(dx), dx.pitch, c, |r, out| {
         let (g, x) = (g(r), xrow(r));
-        if *training {
-            for ch in 0..c {
-                let h = if xs.is_some() { (x[ch] - ms[ch]) * inv[ch] } else { 0.0 };
-                out[ch] = scale[ch] * (g[ch] - (sum[ch] + h * dot[ch]) / n);
+        if *training && xs.is_some() {
+            let hat = x.iter().zip(ms).zip(inv).map(|((&x, &m), &i)| (x - m) * i);
+            let coef = scale.iter().zip(sum).zip(dot);
+            for (((o, &g), h), ((&sc, &s), &d)) in out.iter_mut().zip(g).zip(hat).zip(coef) {
+                *o = sc * (g - (s + h * d) / n);
+            }
+        } else if *training {
+            for (((o, &g), &sc), &s) in out.iter_mut().zip(g).zip(&scale).zip(sum) {
+                *o = sc * (g - s / n);
             }
         } else {
-            for ch in 0..c {
-                out[ch] = g[ch] * scale[ch];
+            for ((o, &g), &sc) in out.iter_mut().zip(g).zip(&scale) {
+                *o = g * sc;
             }
         }
     });
