@@ -10,5 +10,5 @@ cnnc=target/release/cnnc
 "$cnnc" bench stdlib/vgg.cnn --infer --batch 1 --steps 3 --warmup 1 "$@"
 "$cnnc" bench stdlib/resnet.cnn --model ResNet50 --infer --batch 1 --steps 5 "$@"
 "$cnnc" bench stdlib/resnet.cnn --model ResNet50 --infer --batch 16 --steps 3 --warmup 1 "$@"
-"$cnnc" bench stdlib/inception.cnn --infer --batch 1 --steps 5 "$@"
+"$cnnc" bench stdlib/inception.cnn --model GoogLeNet --infer --batch 1 --steps 5 "$@"
 "$cnnc" bench examples/inception_module.cnn --infer --batch 32 --steps 5 "$@"
