@@ -137,6 +137,28 @@ impl Rows for Indirect {
     }
 }
 
+/// Where the packed panels are: those of a `kp × n` operand ([`pack`]) from `base` on, read from
+/// row `k0` (a block of K): the panel of `w` columns starting at column `j` begins at
+/// `base + j·kp + k0·w`, and two 16-column panels lie `16·kp` apart.
+#[derive(Clone, Copy)]
+struct Panels {
+    base: *const f32,
+    kp: usize,
+    k0: usize,
+}
+
+impl Panels {
+    /// The start of the panel of width `w` at column `j`, at row `k0`.
+    ///
+    /// # Safety
+    /// Within the packed operand.
+    #[inline(always)]
+    unsafe fn at(self, j: usize, w: usize) -> *const f32 {
+        // SAFETY: the caller's promise.
+        unsafe { self.base.add(j * self.kp + self.k0 * w) }
+    }
+}
+
 /// `C[rows × n] = A·B (+ C)`: `a` row-major with row pitch `lda` (`rows × k`), `packed` from
 /// [`pack`], `c` with row pitch `ldc`.
 ///
@@ -181,7 +203,38 @@ pub unsafe fn gemm_on(
     debug_assert!(rows == 0 || c.len() >= (rows - 1) * ldc + n);
     let a = Strided { a: a.as_ptr(), lda };
     // SAFETY: the caller's promise.
-    unsafe { drive(wide, rows, 1, k, a, packed.as_ptr(), n, c.as_mut_ptr(), ldc, accumulate) }
+    let panels = Panels { base: packed.as_ptr(), kp: k, k0: 0 };
+    // SAFETY: the caller's promise.
+    unsafe { drive(wide, rows, 1, k, a, panels, n, c.as_mut_ptr(), ldc, accumulate) }
+}
+
+/// `C[rows × n] = A·B (+ C)` over rows `k0 .. k0 + k` of an operand of `kp` rows packed by
+/// [`pack`], its columns from `packed` on (`packed` starts at a panel): a block of K of a
+/// product whose panels are shared, all of the block's panels read in one pass of the rows.
+///
+/// # Safety
+/// As [`gemm`]; `packed` holds the panels of `n` columns of a `kp`-row operand, `k0 + k ≤ kp`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_block(
+    rows: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    packed: &[f32],
+    kp: usize,
+    k0: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    debug_assert!(available() && k0 + k <= kp && packed.len() >= kp * n.next_multiple_of(8));
+    debug_assert!(rows == 0 || a.len() >= (rows - 1) * lda + k);
+    debug_assert!(rows == 0 || c.len() >= (rows - 1) * ldc + n);
+    let a = Strided { a: a.as_ptr(), lda };
+    let panels = Panels { base: packed.as_ptr(), kp, k0 };
+    // SAFETY: the caller's promise.
+    unsafe { drive(avx512(), rows, 1, k, a, panels, n, c.as_mut_ptr(), ldc, accumulate) }
 }
 
 /// `C[rows × n] = A·B`, row `r` of A the runs of `len` values that `table[r·runs + s]` point to,
@@ -225,7 +278,9 @@ pub unsafe fn gemm_indirect_on(
     debug_assert!(rows == 0 || c.len() >= (rows - 1) * ldc + n);
     let a = Indirect { table: table.as_ptr(), runs };
     // SAFETY: the caller's promise.
-    unsafe { drive(wide, rows, runs, len, a, packed.as_ptr(), n, c.as_mut_ptr(), ldc, false) }
+    let panels = Panels { base: packed.as_ptr(), kp: runs * len, k0: 0 };
+    // SAFETY: the caller's promise.
+    unsafe { drive(wide, rows, runs, len, a, panels, n, c.as_mut_ptr(), ldc, false) }
 }
 
 /// The tiles over every row and panel.
@@ -239,7 +294,7 @@ unsafe fn drive<R: Rows>(
     runs: usize,
     len: usize,
     a: R,
-    packed: *const f32,
+    packed: Panels,
     n: usize,
     c: *mut f32,
     ldc: usize,
@@ -277,21 +332,21 @@ mod avx512 {
         runs: usize,
         len: usize,
         a: R,
-        packed: *const f32,
+        packed: super::Panels,
         n: usize,
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
     ) {
-        let k = runs * len;
-        // SAFETY: within the caller's bounds: panel `j0` starts at `j0·k` in `packed`.
+        // SAFETY: within the caller's bounds: `packed` gives every panel.
         unsafe {
             let mut j0 = 0;
             while j0 < n {
                 let w = super::width(n - j0);
                 let panels = if w == 16 && n - j0 > 16 && super::width(n - j0 - 16) == 16 { 2 } else { 1 };
                 let valid = (16 * panels).min(n - j0);
-                let panel = packed.add(j0 * k);
+                let panel = packed.at(j0, w);
+                let stride = 16 * packed.kp;
                 let mut r = 0;
                 while r < rows {
                     let mr = MR.min(rows - r);
@@ -300,8 +355,8 @@ mod avx512 {
                         ($($m:literal)*) => {
                             match (mr, panels, w) {
                                 $(
-                                    ($m, 2, _) => tile::<$m, 2, R>(runs, len, ar, panel, cp, ldc, accumulate, valid),
-                                    ($m, _, 16) => tile::<$m, 1, R>(runs, len, ar, panel, cp, ldc, accumulate, valid),
+                                    ($m, 2, _) => tile::<$m, 2, R>(runs, len, ar, panel, stride, cp, ldc, accumulate, valid),
+                                    ($m, _, 16) => tile::<$m, 1, R>(runs, len, ar, panel, stride, cp, ldc, accumulate, valid),
                                 )*
                                 _ => {
                                     let m = mr.min(super::MR);
@@ -323,12 +378,12 @@ mod avx512 {
         }
     }
 
-    /// One tile: `M` rows × `P` panels of 16 columns (`P·16·k` values from `b`, panel after
-    /// panel), summed over `k` in order.
+    /// One tile: `M` rows × `P` panels of 16 columns (panel `p` from `b + p·stride`), summed
+    /// over K (`runs·len`) in order.
     ///
     /// # Safety
-    /// AVX-512F; `a` gives `M` rows of `runs` runs of `len`, `b` holds `P` panels of `k` rows of
-    /// 16, `c` `M` rows of `valid` (at most `16·P`) at pitch `ldc`.
+    /// AVX-512F; `a` gives `M` rows of `runs` runs of `len`, `b` `P` panels of K rows of 16,
+    /// `stride` apart, `c` `M` rows of `valid` (at most `16·P`) at pitch `ldc`.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile<const M: usize, const P: usize, R: Rows>(
@@ -336,12 +391,12 @@ mod avx512 {
         len: usize,
         a: R,
         b: *const f32,
+        stride: usize,
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
         valid: usize,
     ) {
-        let k = runs * len;
         // SAFETY: within the bounds the caller promises.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); P]; M];
@@ -351,7 +406,7 @@ mod avx512 {
                 for i in 0..len {
                     let mut bv = [_mm512_setzero_ps(); P];
                     for (p, x) in bv.iter_mut().enumerate() {
-                        *x = _mm512_loadu_ps(bs.add(p * 16 * k + i * 16));
+                        *x = _mm512_loadu_ps(bs.add(p * stride + i * 16));
                     }
                     for (m, acc) in acc.iter_mut().enumerate() {
                         let x = _mm512_set1_ps(*rows[m].add(i));
@@ -390,20 +445,19 @@ mod avx2 {
         runs: usize,
         len: usize,
         a: R,
-        packed: *const f32,
+        packed: super::Panels,
         n: usize,
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
     ) {
-        let k = runs * len;
-        // SAFETY: the caller's promise: panel `j0` starts at `j0·k` in `packed`.
+        // SAFETY: the caller's promise: `packed` gives every panel.
         unsafe {
             let mut j0 = 0;
             while j0 < n {
                 let w = super::width(n - j0);
                 let valid = w.min(n - j0);
-                let bp = packed.add(j0 * k);
+                let bp = packed.at(j0, w);
                 let mut r = 0;
                 while r < rows {
                     let mr = super::MR.min(rows - r);
@@ -565,6 +619,32 @@ mod tests {
                             if !accumulate {
                                 assert_eq!(indirect[r * n + j], c[r * n + j], "{rows}×{k}×{n} {wide} indirect");
                             }
+                        }
+                    }
+                }
+                // Blocks of K (3 rows each) over ranges of columns that start at panels, one
+                // or two panels each (`packed_product`'s tasks), summed into C block by block.
+                for step in [16, 32] {
+                    let mut blocked = vec![1.0f32; rows * n];
+                    for j0 in (0..n).step_by(step) {
+                        let valid = step.min(n - j0);
+                        for k0 in (0..k).step_by(3) {
+                            let kn = 3.min(k - k0);
+                            // SAFETY: as above; the panels from column `j0` on hold `valid`
+                            // columns of `k` rows, `blocked` from `j0` holds `rows` rows of
+                            // `valid` at pitch `n`.
+                            unsafe {
+                                let (cs, acc) = (&mut blocked[j0..], accumulate || k0 > 0);
+                                gemm_block(rows, kn, valid, &a[k0..], k, &packed[j0 * k..], k, k0, cs, n, acc)
+                            };
+                        }
+                    }
+                    for r in 0..rows {
+                        for j in 0..n {
+                            let want: f32 = (0..k).map(|i| a[r * k + i] * b[i * n + j]).sum::<f32>()
+                                + if accumulate { 1.0 } else { 0.0 };
+                            let got = blocked[r * n + j];
+                            assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{rows}×{k}×{n} step {step}");
                         }
                     }
                 }

@@ -624,8 +624,8 @@ pub(crate) fn pack_constants(
 }
 
 /// `C[rows × n] = A·B (+ C)` over `packed` ([`super::microkernel::pack`]): the column panels
-/// split over the pool, each panel summed over K in blocks of [`PACKED_K`] (in order: the same
-/// bits on any number of threads).
+/// split over the pool (in pairs on AVX-512 hosts where there are enough), each summed over K in
+/// blocks of [`PACKED_K`] (in order: the same bits on any number of threads).
 ///
 /// # Safety
 /// AVX2 and FMA; `a` holds `rows` rows of `k` at pitch `lda`, `c` `rows` rows of `n` at pitch
@@ -642,32 +642,31 @@ unsafe fn packed_product(
     ldc: usize,
     accumulate: bool,
 ) {
-    // The panels as `pack` made them.
-    let mut panels = Vec::new();
-    let mut j0 = 0;
-    while j0 < n {
-        let w = super::microkernel::width(n - j0);
-        panels.push((j0, w));
-        j0 += w;
-    }
+    // Tasks of two 16-column panels where there are enough for two a thread (the AVX-512 tiles
+    // then hold 12 rows × 32 columns: half the loads an FMA of one panel's), else of one; their
+    // bounds fall on `pack`'s panels. The sums do not depend on the tasks.
+    let threads = rayon::current_num_threads();
+    let step = if super::microkernel::avx512() && n.div_ceil(32) >= 2 * threads { 32 } else { 16 };
+    let tasks: Vec<(usize, usize)> = (0..n).step_by(step).map(|j0| (j0, step.min(n - j0))).collect();
     let c = Shared(c);
-    panels.par_iter().for_each(|&(j0, w)| {
-        let valid = w.min(n - j0);
-        let panel = &packed[j0 * k..j0 * k + w * k];
+    tasks.par_iter().for_each(|&(j0, valid)| {
+        let panels = &packed[j0 * k..];
         let mut k0 = 0;
         while k0 < k {
             let kn = PACKED_K.min(k - k0);
-            // SAFETY: the caller's promise; this panel's columns `j0 .. j0 + valid` of every row
-            // are written by this task alone.
+            // SAFETY: the caller's promise; this task's columns `j0 .. j0 + valid` of every row
+            // are written by it alone, and `panels` holds theirs from `pack`.
             unsafe {
                 let cs = std::slice::from_raw_parts_mut(c.get().cast_mut().add(j0), (rows - 1) * ldc + valid);
-                super::microkernel::gemm(
+                super::microkernel::gemm_block(
                     rows,
                     kn,
                     valid,
                     &a[k0..],
                     lda,
-                    &panel[k0 * w..],
+                    panels,
+                    k,
+                    k0,
                     cs,
                     ldc,
                     accumulate || k0 > 0,
