@@ -271,6 +271,23 @@ fn a_larger_winograd_tile_is_taken_behind_a_flag() {
     assert_eq!(kernels("4"), [3, 6]);
 }
 
+/// `--emit kernels` says how each implicit-GEMM convolution reads its input: GoogLeNet's first
+/// layer (3 channels) through its window rows, its 14×14 3×3 layers (96 channels and more)
+/// through their taps, none through im2col rows (every host here has AVX2 and FMA).
+#[test]
+fn kernels_name_how_convolutions_read_their_input() {
+    let out = cnnc()
+        .args(["build", "stdlib/inception.cnn", "--model", "GoogLeNet", "--emit", "kernels", "--batch", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().find(|l| l.contains(" k0 ")).unwrap_or_default();
+    assert!(first.contains("window rows read in place"), "{text}");
+    assert!(text.matches("taps read in place").count() >= 5, "{text}");
+    assert!(!text.contains("im2col rows"), "{text}");
+}
+
 #[test]
 fn the_jit_backend_trains_and_shows_its_code() {
     let out = cnnc().args(["build", "examples/lenet5.cnn", "--emit", "kernels", "--batch", "4"]).output().unwrap();

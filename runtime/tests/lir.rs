@@ -237,7 +237,7 @@ proptest! {
 
     /// Eight channels a group and more over maps large enough for blocks of rows (at least four
     /// blocks, `fuse_im2col`): the tuned convolution reads its input through an indirection
-    /// table, taps outside the input reading zeros.
+    /// table of taps, taps outside the input reading zeros.
     #[test]
     fn conv_reading_its_input_in_place(rank in 2usize..=3, f in size(3, 3), s in size(3, 2), p in size(3, 2), d in size(3, 2),
             groups in 1usize..=2, filters in 1usize..=20, channels in 8usize..=9, n in 0usize..=4, batch in 2usize..=4, seed in any::<u64>()) {
@@ -246,6 +246,20 @@ proptest! {
         let n = if rank == 2 { 36 + n } else { 10 + n };
         let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([channels * groups]).collect();
         let layer = format!("conv({}, {}, stride: {}, pad: {}, dilation: {}, groups: {groups})", filters * groups, list(f), list(s), list(&p), list(d));
+        both(&input, &layer, LossKind::L2, batch, seed)?;
+    }
+
+    /// Fewer channels, all in one group, over maps large enough for blocks of rows, and more
+    /// filters than a direct convolution takes: the tuned convolution reads its input through a
+    /// table of window rows (one run of `fw·c` values each), rows overlapping the padding copied.
+    #[test]
+    fn conv_reading_window_rows(rank in 2usize..=3, f in size(3, 3), s in size(3, 2), p in size(3, 2), d in size(3, 2),
+            filters in 17usize..=40, channels in 1usize..=7, n in 0usize..=4, batch in 2usize..=4, seed in any::<u64>()) {
+        let (f, s, d) = (&f[..rank], &s[..rank], &d[..rank]);
+        let p: Vec<usize> = p[..rank].iter().map(|v| v - 1).collect();
+        let n = if rank == 2 { 36 + n } else { 10 + n };
+        let input: Vec<usize> = std::iter::repeat_n(n, rank).chain([channels]).collect();
+        let layer = format!("conv({filters}, {}, stride: {}, pad: {}, dilation: {})", list(f), list(s), list(&p), list(d));
         both(&input, &layer, LossKind::L2, batch, seed)?;
     }
 

@@ -242,6 +242,63 @@ pub(super) fn conv_table(xs: &[f32], zeros: &[f32], table: &mut Vec<*const f32>,
     }
 }
 
+/// The indirection table of rows `first..first + count` of a convolution over every channel
+/// (`c0` 0, `cg` all) with an undilated width: for each row and window row (`kd`, `kh`), where
+/// its `fw·c` values start — in `xs`, where the window row lies inside the input (channels-last,
+/// a window row is one run), else in `zeros` (`fw·c` zeros: the row is padding), else in
+/// `scratch`, where the run is copied with zeros for its taps in the padding. `table` is
+/// overwritten with `count × fd·fh` pointers, `scratch` with the copied runs.
+pub(super) fn conv_row_table(
+    xs: &[f32],
+    zeros: &[f32],
+    scratch: &mut Vec<f32>,
+    table: &mut Vec<*const f32>,
+    g: &Geom,
+    first: usize,
+    count: usize,
+) {
+    let ([id, ih, iw], c) = (g.input, g.channels);
+    let [_, oh, ow] = g.output;
+    let [fd, fh, fw] = g.size;
+    let positions = g.positions().max(1);
+    table.clear();
+    scratch.clear();
+    for r in first..first + count {
+        let (n, p) = (r / positions, r % positions);
+        let (zd, zh, zw) = (p / (oh * ow).max(1), (p / ow.max(1)) % oh.max(1), p % ow.max(1));
+        let w0 = (zw * g.stride[2]) as isize - g.pad[2] as isize;
+        for kd in 0..fd {
+            let d = g.source(0, zd, kd);
+            for kh in 0..fh {
+                table.push(match (d, g.source(1, zh, kh)) {
+                    (Some(d), Some(h)) => {
+                        let row = ((n * id + d) * ih + h) * iw;
+                        if w0 >= 0 && w0 as usize + fw <= iw {
+                            xs[(row + w0 as usize) * c..].as_ptr()
+                        } else {
+                            for kw in 0..fw {
+                                match g.source(2, zw, kw) {
+                                    Some(w) => scratch.extend_from_slice(&xs[(row + w) * c..(row + w + 1) * c]),
+                                    None => scratch.extend(std::iter::repeat_n(0.0, c)),
+                                }
+                            }
+                            // Filled in below, once `scratch` has stopped growing.
+                            std::ptr::null()
+                        }
+                    }
+                    _ => zeros.as_ptr(),
+                });
+            }
+        }
+    }
+    // The copied runs in table order.
+    let mut next = scratch.as_ptr();
+    for p in table.iter_mut().filter(|p| p.is_null()) {
+        *p = next;
+        next = next.wrapping_add(fw * c);
+    }
+}
+
 /// Copies `len` elements from `xs[base..]` to `cs[at..]`. A short run is copied as a block of 8
 /// or 16 (moves of a fixed size, not a call to `memcpy`) when the block stays inside the row
 /// (`end`) and the input: the runs of a row are written in order and tile it, so what a block

@@ -44,11 +44,17 @@ pub fn provider(k: &Kernel) -> &'static str {
         Kernel::ConvWeightGrad { x, geom, c, .. } if direct_suits(x, geom, c.cols()) => "direct convolution",
         Kernel::ConvGemm { c, geom, epilogue, .. } => {
             let micro = super::microkernel::suits(c.rows(), geom.window() * geom.cg, c.cols(), false);
-            match (micro, epilogue.is_some()) {
-                (true, true) => "implicit GEMM, micro-kernel + generated epilogue",
-                (true, false) => "implicit GEMM, micro-kernel",
-                (false, true) => "implicit GEMM, gemm crate + generated epilogue",
-                (false, false) => "implicit GEMM, gemm crate",
+            match (micro, conv_rows(geom), epilogue.is_some()) {
+                (true, ConvRows::Taps, true) => "implicit GEMM, taps read in place, micro-kernel + generated epilogue",
+                (true, ConvRows::Taps, false) => "implicit GEMM, taps read in place, micro-kernel",
+                (true, ConvRows::WindowRows, true) => {
+                    "implicit GEMM, window rows read in place, micro-kernel + generated epilogue"
+                }
+                (true, ConvRows::WindowRows, false) => "implicit GEMM, window rows read in place, micro-kernel",
+                (true, ConvRows::Im2col, true) => "implicit GEMM, im2col rows, micro-kernel + generated epilogue",
+                (true, ConvRows::Im2col, false) => "implicit GEMM, im2col rows, micro-kernel",
+                (false, _, true) => "implicit GEMM, im2col rows, gemm crate + generated epilogue",
+                (false, _, false) => "implicit GEMM, im2col rows, gemm crate",
             }
         }
         Kernel::Gemm { epilogue: Some(_), .. } => "gemm crate + generated epilogue",
@@ -111,8 +117,12 @@ pub(super) fn run(k: &Kernel, m: &Mem) {
         }
         Kernel::SumRows { x, y } => {
             let xs = m.src(x);
-            let cols = x.cols();
-            let total = column_sums(x.rows(), cols, |r, acc| add(acc, &xs[r * x.pitch..r * x.pitch + cols]));
+            let (rows, cols) = (x.rows(), x.cols());
+            let total = if x.pitch == cols && cols > 0 && cols < 16 {
+                dense_column_sums(xs, rows, cols)
+            } else {
+                column_sums(rows, cols, |r, acc| add(acc, &xs[r * x.pitch..r * x.pitch + cols]))
+            };
             m.dst(y)[..cols].copy_from_slice(&total);
         }
         Kernel::Fill { dst, value } => {
@@ -149,16 +159,50 @@ const ROW_BLOCK: usize = 512;
 /// `Σ_r f(r)` per column (`f` adds row `r`'s terms into a row of `width` sums), in fixed blocks
 /// of rows on the pool, the blocks' sums added in block order.
 fn column_sums(rows: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    column_blocks(rows, width, |first, count, acc| (first..first + count).for_each(|r| f(r, acc)))
+}
+
+/// [`column_sums`] with `f(first row, rows, acc)` summing a whole block of rows into `acc`.
+fn column_blocks(rows: usize, width: usize, f: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
     let blocks = rows.div_ceil(ROW_BLOCK).max(1);
     let mut partial = vec![0f32; blocks * width];
     partial.par_chunks_mut(width.max(1)).enumerate().for_each(|(b, acc)| {
-        (b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(rows)).for_each(|r| f(r, acc));
+        let first = b * ROW_BLOCK;
+        f(first, ROW_BLOCK.min(rows.saturating_sub(first)), acc);
     });
     let mut total = vec![0f32; width];
     for p in partial.chunks(width.max(1)) {
         add(&mut total, p);
     }
     total
+}
+
+/// The column sums of `rows` contiguous rows of `cols` (fewer than 16: a bias gradient of few
+/// channels, LeNet-5's 6 over 50,176 rows): in each block of [`ROW_BLOCK`] rows, groups of rows
+/// that fill whole vectors (8 rows of 6 = 48 values) are added as one wide row, whose lanes are
+/// then folded by column; the blocks added in order, whatever the threads.
+fn dense_column_sums(xs: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let group = 16 / gcd(cols, 16);
+    let wide = group * cols;
+    column_blocks(rows, cols, |first, count, acc| {
+        let block = &xs[first * cols..(first + count) * cols];
+        let mut lanes = vec![0f32; wide];
+        let mut groups = block.chunks_exact(wide);
+        for g in &mut groups {
+            add(&mut lanes, g);
+        }
+        for row in lanes.chunks_exact(cols).chain(groups.remainder().chunks_exact(cols)) {
+            add(acc, row);
+        }
+    })
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 fn add(acc: &mut [f32], x: &[f32]) {
@@ -531,42 +575,105 @@ fn conv_gemm_blocks(
     let pb = Shared(sb.as_ptr());
     // With enough channels a tap, the micro-kernels read the input where it lies, through an
     // indirection table, rather than from im2col rows copied first.
-    let indirect = micro && geom.cg >= INDIRECT_CHANNELS;
-    let zeros = vec![0f32; if indirect { geom.cg } else { 0 }];
-    let init = || (Vec::new(), Vec::new());
-    (0..rows.div_ceil(block)).into_par_iter().try_for_each_init(init, |(col, table): &mut (Vec<f32>, _), i| {
-        let (first, n) = (i * block, block.min(rows - i * block));
-        let cv = c.row_block(first, n);
+    // With fewer, over all of them and an undilated width, through a table of window rows (one
+    // run of `fw·c` values each in channels-last order; copied only where it overlaps padding).
+    let indirect = micro && conv_rows(geom) == ConvRows::Taps;
+    let rowwise = micro && conv_rows(geom) == ConvRows::WindowRows;
+    let run = geom.size[2] * geom.channels;
+    let zeros = vec![
+        0f32;
         if indirect {
-            super::kernels::conv_table(xs, &zeros, table, geom, first, n);
+            geom.cg
+        } else if rowwise {
+            run
+        } else {
+            0
+        }
+    ];
+    let init = || (Vec::new(), Vec::new(), Vec::new());
+    (0..rows.div_ceil(block)).into_par_iter().try_for_each_init(
+        init,
+        |(col, table, scratch): &mut (Vec<f32>, _, _), i| {
+            let (first, n) = (i * block, block.min(rows - i * block));
+            let cv = c.row_block(first, n);
+            if rowwise {
+                super::kernels::conv_row_table(xs, &zeros, scratch, table, geom, first, n);
+                let sc = m.dst(&cv);
+                let runs = geom.size[0] * geom.size[1];
+                // SAFETY: `suits` checked the host's ISA; the table holds `n` rows of `runs` window
+                // rows, each pointing at `run` values of `xs`, `zeros` or `scratch`; `sc` holds `n`
+                // rows of `cols` at the view's pitch, `packed` `kk·cols` values.
+                unsafe { super::microkernel::gemm_indirect(n, runs, run, table, cols, &packed, sc, c.pitch) };
+                if let Some(bias) = sbias {
+                    add_bias(sc, c.pitch, bias);
+                }
+                return epilogue_of(first, n);
+            }
+            if indirect {
+                super::kernels::conv_table(xs, &zeros, table, geom, first, n);
+                let sc = m.dst(&cv);
+                // SAFETY: `suits` checked the host's ISA; the table holds `n` rows of `window` taps,
+                // each pointing at `cg` values of `xs` or `zeros`; `sc` holds `n` rows of `cols` at
+                // the view's pitch, `packed` `kk·cols` values.
+                unsafe {
+                    super::microkernel::gemm_indirect(n, geom.window(), geom.cg, table, cols, &packed, sc, c.pitch)
+                };
+                if let Some(bias) = sbias {
+                    add_bias(sc, c.pitch, bias);
+                }
+                return epilogue_of(first, n);
+            }
+            col.resize(n * kk, 0.0);
+            super::kernels::im2col_rows(xs, col, kk, geom, first, n);
             let sc = m.dst(&cv);
-            // SAFETY: `suits` checked the host's ISA; the table holds `n` rows of `window` taps,
-            // each pointing at `cg` values of `xs` or `zeros`; `sc` holds `n` rows of `cols` at
-            // the view's pitch, `packed` `kk·cols` values.
-            unsafe { super::microkernel::gemm_indirect(n, geom.window(), geom.cg, table, cols, &packed, sc, c.pitch) };
+            if micro {
+                // SAFETY: `suits` checked the host's ISA; `col` holds `n` rows of `kk`, `sc` `n` rows
+                // of `cols` at the view's pitch, `packed` `kk·cols` values.
+                unsafe { super::microkernel::gemm(n, kk, cols, col, kk, &packed, sc, c.pitch, false) };
+            } else {
+                // SAFETY: as in `gemm`: the view checks put every element the strides reach inside.
+                unsafe {
+                    product(
+                        n,
+                        cols,
+                        kk,
+                        sc.as_mut_ptr(),
+                        c.pitch,
+                        false,
+                        (col.as_ptr(), kk, 1),
+                        (pb.get(), rsb, csb),
+                        None,
+                    )
+                };
+            }
             if let Some(bias) = sbias {
                 add_bias(sc, c.pitch, bias);
             }
-            return epilogue_of(first, n);
-        }
-        col.resize(n * kk, 0.0);
-        super::kernels::im2col_rows(xs, col, kk, geom, first, n);
-        let sc = m.dst(&cv);
-        if micro {
-            // SAFETY: `suits` checked the host's ISA; `col` holds `n` rows of `kk`, `sc` `n` rows
-            // of `cols` at the view's pitch, `packed` `kk·cols` values.
-            unsafe { super::microkernel::gemm(n, kk, cols, col, kk, &packed, sc, c.pitch, false) };
-        } else {
-            // SAFETY: as in `gemm`: the view checks put every element the strides reach inside.
-            unsafe {
-                product(n, cols, kk, sc.as_mut_ptr(), c.pitch, false, (col.as_ptr(), kk, 1), (pb.get(), rsb, csb), None)
-            };
-        }
-        if let Some(bias) = sbias {
-            add_bias(sc, c.pitch, bias);
-        }
-        epilogue_of(first, n)
-    })
+            epilogue_of(first, n)
+        },
+    )
+}
+
+/// How the micro-kernels read an implicit-GEMM convolution's rows of its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConvRows {
+    /// Through a table of taps: [`INDIRECT_CHANNELS`] channels a group and more.
+    Taps,
+    /// Through a table of window rows (`fw·c` values each): fewer channels, all of them in the
+    /// group, and an undilated width.
+    WindowRows,
+    /// From im2col rows copied block by block.
+    Im2col,
+}
+
+fn conv_rows(geom: &Geom) -> ConvRows {
+    if geom.cg >= INDIRECT_CHANNELS {
+        ConvRows::Taps
+    } else if geom.c0 == 0 && geom.cg == geom.channels && geom.dilation[2] == 1 {
+        ConvRows::WindowRows
+    } else {
+        ConvRows::Im2col
+    }
 }
 
 /// Channels a tap from which an implicit-GEMM convolution reads its input through an indirection
