@@ -221,6 +221,15 @@ impl Geom {
         self.output.iter().product()
     }
 
+    /// Row `r` of the im2col matrix as (example, output position per axis).
+    #[inline]
+    pub fn position(&self, r: usize) -> (usize, [usize; 3]) {
+        let [_, oh, ow] = self.output;
+        let positions = self.positions().max(1);
+        let (n, p) = (r / positions, r % positions);
+        (n, [p / (oh * ow).max(1), (p / ow.max(1)) % oh.max(1), p % ow.max(1)])
+    }
+
     /// Elements per window (one channel).
     pub fn window(&self) -> usize {
         self.size.iter().product()

@@ -165,15 +165,12 @@ pub(super) fn im2col_slices(xs: &[f32], cs: &mut [f32], pitch: usize, g: &Geom) 
 /// Rows `first .. first + count` of the im2col matrix of `xs` into `cs` (row `first` first).
 pub(super) fn im2col_rows(xs: &[f32], cs: &mut [f32], pitch: usize, g: &Geom, first: usize, count: usize) {
     let ([id, ih, iw], c, cg) = (g.input, g.channels, g.cg);
-    let [_, oh, ow] = g.output;
     let [fd, fh, fw] = g.size;
-    let positions = g.positions().max(1);
     // A window row (all of kw) is one run of the input when every channel is taken and the
     // width is not dilated.
     let whole = cg == c && g.dilation[2] == 1;
     for r in first..first + count {
-        let (n, p) = (r / positions, r % positions);
-        let (zd, zh, zw) = (p / (oh * ow).max(1), (p / ow.max(1)) % oh.max(1), p % ow.max(1));
+        let (n, [zd, zh, zw]) = g.position(r);
         let row = r - first;
         let mut at = row * pitch;
         let end = at + fd * fh * fw * cg;
@@ -220,13 +217,10 @@ pub(super) fn im2col_rows(xs: &[f32], cs: &mut [f32], pitch: usize, g: &Geom, fi
 /// the input. `table` is overwritten with `count × taps` pointers.
 pub(super) fn conv_table(xs: &[f32], zeros: &[f32], table: &mut Vec<*const f32>, g: &Geom, first: usize, count: usize) {
     let ([id, ih, iw], c) = (g.input, g.channels);
-    let [_, oh, ow] = g.output;
     let [fd, fh, fw] = g.size;
-    let positions = g.positions().max(1);
     table.clear();
     for r in first..first + count {
-        let (n, p) = (r / positions, r % positions);
-        let (zd, zh, zw) = (p / (oh * ow).max(1), (p / ow.max(1)) % oh.max(1), p % ow.max(1));
+        let (n, [zd, zh, zw]) = g.position(r);
         for kd in 0..fd {
             let d = g.source(0, zd, kd);
             for kh in 0..fh {
@@ -258,14 +252,11 @@ pub(super) fn conv_row_table(
     count: usize,
 ) {
     let ([id, ih, iw], c) = (g.input, g.channels);
-    let [_, oh, ow] = g.output;
     let [fd, fh, fw] = g.size;
-    let positions = g.positions().max(1);
     table.clear();
     scratch.clear();
     for r in first..first + count {
-        let (n, p) = (r / positions, r % positions);
-        let (zd, zh, zw) = (p / (oh * ow).max(1), (p / ow.max(1)) % oh.max(1), p % ow.max(1));
+        let (n, [zd, zh, zw]) = g.position(r);
         let w0 = (zw * g.stride[2]) as isize - g.pad[2] as isize;
         for kd in 0..fd {
             let d = g.source(0, zd, kd);

@@ -198,14 +198,8 @@ pub unsafe fn gemm_on(
     ldc: usize,
     accumulate: bool,
 ) {
-    debug_assert!(available() && packed.len() >= k * n.next_multiple_of(8));
-    debug_assert!(rows == 0 || a.len() >= (rows - 1) * lda + k);
-    debug_assert!(rows == 0 || c.len() >= (rows - 1) * ldc + n);
-    let a = Strided { a: a.as_ptr(), lda };
-    // SAFETY: the caller's promise.
-    let panels = Panels { base: packed.as_ptr(), kp: k, k0: 0 };
-    // SAFETY: the caller's promise.
-    unsafe { drive(wide, rows, 1, k, a, panels, n, c.as_mut_ptr(), ldc, accumulate) }
+    // SAFETY: the caller's promise: the operand's panels whole, read from their first row.
+    unsafe { block_on(wide, rows, k, n, a, lda, packed, k, 0, c, ldc, accumulate) }
 }
 
 /// `C[rows × n] = A·B (+ C)` over rows `k0 .. k0 + k` of an operand of `kp` rows packed by
@@ -228,13 +222,37 @@ pub unsafe fn gemm_block(
     ldc: usize,
     accumulate: bool,
 ) {
+    // SAFETY: the caller's promise.
+    unsafe { block_on(avx512(), rows, k, n, a, lda, packed, kp, k0, c, ldc, accumulate) }
+}
+
+/// [`gemm_block`] by the AVX-512 kernels (`wide`) or the AVX2 ones: what [`gemm_on`] and
+/// [`gemm_block`] run.
+///
+/// # Safety
+/// As [`gemm_block`], and the host has AVX-512F where `wide`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_on(
+    wide: bool,
+    rows: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    packed: &[f32],
+    kp: usize,
+    k0: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     debug_assert!(available() && k0 + k <= kp && packed.len() >= kp * n.next_multiple_of(8));
     debug_assert!(rows == 0 || a.len() >= (rows - 1) * lda + k);
     debug_assert!(rows == 0 || c.len() >= (rows - 1) * ldc + n);
     let a = Strided { a: a.as_ptr(), lda };
     let panels = Panels { base: packed.as_ptr(), kp, k0 };
     // SAFETY: the caller's promise.
-    unsafe { drive(avx512(), rows, 1, k, a, panels, n, c.as_mut_ptr(), ldc, accumulate) }
+    unsafe { drive(wide, rows, 1, k, a, panels, n, c.as_mut_ptr(), ldc, accumulate) }
 }
 
 /// `C[rows × n] = A·B`, row `r` of A the runs of `len` values that `table[r·runs + s]` point to,
@@ -277,7 +295,6 @@ pub unsafe fn gemm_indirect_on(
     debug_assert!(table.len() >= rows * runs);
     debug_assert!(rows == 0 || c.len() >= (rows - 1) * ldc + n);
     let a = Indirect { table: table.as_ptr(), runs };
-    // SAFETY: the caller's promise.
     let panels = Panels { base: packed.as_ptr(), kp: runs * len, k0: 0 };
     // SAFETY: the caller's promise.
     unsafe { drive(wide, rows, runs, len, a, panels, n, c.as_mut_ptr(), ldc, false) }

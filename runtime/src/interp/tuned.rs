@@ -182,7 +182,8 @@ fn column_blocks(rows: usize, width: usize, f: impl Fn(usize, usize, &mut [f32])
 /// that fill whole vectors (8 rows of 6 = 48 values) are added as one wide row, whose lanes are
 /// then folded by column; the blocks added in order, whatever the threads.
 fn dense_column_sums(xs: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let group = 16 / gcd(cols, 16);
+    // The fewest rows whose values fill whole vectors of 16.
+    let group = (1..=16).find(|g| (g * cols).is_multiple_of(16)).unwrap_or(16);
     let wide = group * cols;
     column_blocks(rows, cols, |first, count, acc| {
         let block = &xs[first * cols..(first + count) * cols];
@@ -195,14 +196,6 @@ fn dense_column_sums(xs: &[f32], rows: usize, cols: usize) -> Vec<f32> {
             add(acc, row);
         }
     })
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
 }
 
 fn add(acc: &mut [f32], x: &[f32]) {
@@ -573,60 +566,37 @@ fn conv_gemm_blocks(
     let block = cnnc_compiler::lir::passes::fuse_im2col::block_rows(kk, cols);
     let packed = if micro { super::microkernel::pack(sb, kk, cols, rsb, csb) } else { Vec::new() };
     let pb = Shared(sb.as_ptr());
-    // With enough channels a tap, the micro-kernels read the input where it lies, through an
-    // indirection table, rather than from im2col rows copied first.
-    // With fewer, over all of them and an undilated width, through a table of window rows (one
-    // run of `fw·c` values each in channels-last order; copied only where it overlaps padding).
-    let indirect = micro && conv_rows(geom) == ConvRows::Taps;
-    let rowwise = micro && conv_rows(geom) == ConvRows::WindowRows;
-    let run = geom.size[2] * geom.channels;
-    let zeros = vec![
-        0f32;
-        if indirect {
-            geom.cg
-        } else if rowwise {
-            run
-        } else {
-            0
-        }
-    ];
+    // The micro-kernels read the input where it lies through a table of taps or of window rows
+    // (`conv_rows`), else from im2col rows copied block by block; a table's entry points at a
+    // run of `len` values, `runs` entries a row (`zeros`: a run in the padding).
+    let source = if micro { conv_rows(geom) } else { ConvRows::Im2col };
+    let (runs, len) = match source {
+        ConvRows::Taps => (geom.window(), geom.cg),
+        ConvRows::WindowRows => (geom.size[0] * geom.size[1], geom.size[2] * geom.channels),
+        ConvRows::Im2col => (1, kk),
+    };
+    let zeros = vec![0f32; if source == ConvRows::Im2col { 0 } else { len }];
     let init = || (Vec::new(), Vec::new(), Vec::new());
     (0..rows.div_ceil(block)).into_par_iter().try_for_each_init(
         init,
         |(col, table, scratch): &mut (Vec<f32>, _, _), i| {
             let (first, n) = (i * block, block.min(rows - i * block));
             let cv = c.row_block(first, n);
-            if rowwise {
-                super::kernels::conv_row_table(xs, &zeros, scratch, table, geom, first, n);
-                let sc = m.dst(&cv);
-                let runs = geom.size[0] * geom.size[1];
-                // SAFETY: `suits` checked the host's ISA; the table holds `n` rows of `runs` window
-                // rows, each pointing at `run` values of `xs`, `zeros` or `scratch`; `sc` holds `n`
-                // rows of `cols` at the view's pitch, `packed` `kk·cols` values.
-                unsafe { super::microkernel::gemm_indirect(n, runs, run, table, cols, &packed, sc, c.pitch) };
-                if let Some(bias) = sbias {
-                    add_bias(sc, c.pitch, bias);
+            match source {
+                ConvRows::Taps => super::kernels::conv_table(xs, &zeros, table, geom, first, n),
+                ConvRows::WindowRows => super::kernels::conv_row_table(xs, &zeros, scratch, table, geom, first, n),
+                ConvRows::Im2col => {
+                    col.resize(n * kk, 0.0);
+                    super::kernels::im2col_rows(xs, col, kk, geom, first, n);
                 }
-                return epilogue_of(first, n);
             }
-            if indirect {
-                super::kernels::conv_table(xs, &zeros, table, geom, first, n);
-                let sc = m.dst(&cv);
-                // SAFETY: `suits` checked the host's ISA; the table holds `n` rows of `window` taps,
-                // each pointing at `cg` values of `xs` or `zeros`; `sc` holds `n` rows of `cols` at
-                // the view's pitch, `packed` `kk·cols` values.
-                unsafe {
-                    super::microkernel::gemm_indirect(n, geom.window(), geom.cg, table, cols, &packed, sc, c.pitch)
-                };
-                if let Some(bias) = sbias {
-                    add_bias(sc, c.pitch, bias);
-                }
-                return epilogue_of(first, n);
-            }
-            col.resize(n * kk, 0.0);
-            super::kernels::im2col_rows(xs, col, kk, geom, first, n);
             let sc = m.dst(&cv);
-            if micro {
+            if source != ConvRows::Im2col {
+                // SAFETY: `suits` checked the host's ISA; the table holds `n` rows of `runs`
+                // pointers, each at `len` values of `xs`, `zeros` or `scratch`; `sc` holds `n`
+                // rows of `cols` at the view's pitch, `packed` `kk·cols` values.
+                unsafe { super::microkernel::gemm_indirect(n, runs, len, table, cols, &packed, sc, c.pitch) };
+            } else if micro {
                 // SAFETY: `suits` checked the host's ISA; `col` holds `n` rows of `kk`, `sc` `n` rows
                 // of `cols` at the view's pitch, `packed` `kk·cols` values.
                 unsafe { super::microkernel::gemm(n, kk, cols, col, kk, &packed, sc, c.pitch, false) };
@@ -678,7 +648,8 @@ fn conv_rows(geom: &Geom) -> ConvRows {
 
 /// Channels a tap from which an implicit-GEMM convolution reads its input through an indirection
 /// table (ResNet-20's training step 1.2–1.4× faster in its convolutions, GoogLeNet and ResNet-50
-/// within their noise); with fewer, im2col rows (LeNet-5's 6 channels measured the same both ways).
+/// within their noise); with fewer, window rows or im2col rows ([`conv_rows`]; LeNet-5's 6
+/// channels measured the same by taps as by im2col rows).
 const INDIRECT_CHANNELS: usize = 8;
 
 /// A product's constant right-hand operand packed for the micro-kernels ([`pack_constants`]).
