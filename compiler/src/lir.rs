@@ -419,8 +419,11 @@ pub enum Kernel {
         stats: Option<Box<Stats>>,
     },
     /// 3×3 filters `w` (`[9·cin, cout]`) transformed for Winograd's F(m×m, 3×3) (a prepare
-    /// kernel), m = 2 or 4 as `u`'s rows say ([`winograd_tile`]): `u` `[(m+2)²·cin, cout]`,
-    /// `u[((m+2)i + j)·cin + ci, co] = (G·g·Gᵀ)[i][j]` where `g[kh][kw] = w[(3kh + kw)·cin + ci, co]`.
+    /// kernel), m = 2 or 4 as `u`'s rows say ([`winograd_tile`]): `u` `[(m+2)²·cin, cout']`
+    /// (`cout'` = `cout` rounded up to 8), for each position ξ = (m+2)i + j its `cin × cout`
+    /// matrix `(G·g·Gᵀ)[i][j]`, `g[kh][kw] = w[(3kh + kw)·cin + ci, co]`, in the runtime's packed
+    /// layout for its products: panels of 16 columns (the last of 8 or 16, zeros past `cout`),
+    /// each `cin` rows of its width, the panels one after the other.
     WinogradFilters { w: View, u: View },
     /// A convolution's weight gradient as an implicit product: `c = im2col(x)ᵀ·dy`, over blocks of
     /// im2col rows made where they are multiplied.

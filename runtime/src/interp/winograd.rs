@@ -39,15 +39,31 @@ pub(super) fn filter4(g: &[[f32; 3]; 3]) -> [[f32; 6]; 6] {
     std::array::from_fn(|i| std::array::from_fn(|j| (0..3).map(|k| gg[i][k] * G4[j][k]).sum()))
 }
 
-/// The transformed filters `u` (`[α²·cin, cout]`, rows `pitch` apart) of 3×3 filters `w`
-/// (`[9·cin, cout]`, rows `w_pitch` apart) for tiles of `m`×`m` outputs (2 or 4; α = m + 2):
-/// `u[(α·i + j)·cin + ci, co] = (G·g·Gᵀ)[i][j]`.
+/// The transformed filters `u` of 3×3 filters `w` (`[9·cin, cout]`, rows `w_pitch` apart) for
+/// tiles of `m`×`m` outputs (2 or 4; α = m + 2): for each position ξ = α·i + j, the `cin × cout`
+/// matrix `(G·g·Gᵀ)[i][j]` packed for the micro-kernels ([`super::microkernel::pack`]'s panels,
+/// zeros past `cout`), `cin·pitch` values a position (`pitch` = `cout` rounded up to 8) — packed
+/// here once per change of the parameters, not by every run of the convolution.
 pub(super) fn filters(w: &[f32], w_pitch: usize, cin: usize, cout: usize, m: usize, u: &mut [f32], pitch: usize) {
+    debug_assert!(pitch >= cout.next_multiple_of(8));
+    let aa = (m + 2) * (m + 2);
+    u[..aa * cin * pitch].fill(0.0);
+    // Where column `co` of row `ci` of a position's matrix is: its panel (starting at column
+    // `j0`, `width` wide) holds `cin` rows of `width` from `j0·cin` on.
+    let mut panel = vec![(0, 0); cout];
+    let mut j0 = 0;
+    while j0 < cout {
+        let width = super::microkernel::width(cout - j0);
+        panel[j0..(j0 + width).min(cout)].iter_mut().for_each(|p| *p = (j0, width));
+        j0 += width;
+    }
     for ci in 0..cin {
         for co in 0..cout {
             let g: [[f32; 3]; 3] =
                 std::array::from_fn(|kh| std::array::from_fn(|kw| w[((kh * 3 + kw) * cin + ci) * w_pitch + co]));
-            let mut put = |xi: usize, v: f32| u[(xi * cin + ci) * pitch + co] = v;
+            let (j0, width) = panel[co];
+            let at = j0 * cin + ci * width + co - j0;
+            let mut put = |xi: usize, v: f32| u[xi * cin * pitch + at] = v;
             if m == 4 {
                 filter4(&g).iter().flatten().enumerate().for_each(|(xi, &v)| put(xi, v));
             } else {
@@ -70,7 +86,7 @@ pub(super) struct Conv<'a> {
     /// The batch, contiguous `[n, h, w, channels]` (the convolution reads the geometry's block
     /// of `cg` channels from `c0`).
     pub x: &'a [f32],
-    /// Transformed filters `[16·cin, cout]`, rows `u_pitch` apart.
+    /// Transformed filters ([`filters`]): position ξ's packed panels from `ξ·cin·u_pitch` on.
     pub u: &'a [f32],
     pub u_pitch: usize,
     /// Bias per output channel.
@@ -105,9 +121,8 @@ pub(super) fn conv<'o>(
     // Tiles of a block (in row-major order, across tile rows): the block's transformed input
     // and products fit in L2 cache.
     let span = if whole { total } else { (tiles_per_block(cin, cout) * 16 / aa).max(8).min(total) };
-    // The micro-kernel over any number of filters, its filters packed once per call.
+    // The micro-kernel over any number of filters, packed by the prepare phase.
     let micro = cout > 0 && super::microkernel::runs(span, cin);
-    let pack = |xi: usize| super::microkernel::pack(&k.u[xi * cin * k.u_pitch..], cin, cout, k.u_pitch, 1);
     let emit = |n: usize, t0: usize, t1: usize, mm: &[f32], plane: usize, y: &mut Vec<f32>| {
         y.resize(m * m * (t1 - t0) * cout, 0.0);
         // In the whole-example phases `mm` holds every tile (`first` = t0); in a block, the
@@ -117,9 +132,11 @@ pub(super) fn conv<'o>(
         write_rows(g, m, n, t0, t1, y, cout, pitch, &out, &after)
     };
     if whole {
-        let packed: Vec<Vec<f32>> = if micro { (0..aa).into_par_iter().map(pack).collect() } else { Vec::new() };
-        let mut v = vec![0f32; aa * total * cin];
-        let mut mm = vec![0f32; aa * total * cout];
+        // The phases' buffers (6.4 MB each on VGG-16's 28×28 layers) kept by the thread from
+        // call to call: fresh ones cost a page fault every 4 KiB on every run.
+        let (mut v, mut mm) = SCRATCH.take();
+        v.resize(aa * total * cin, 0.0);
+        mm.resize(aa * total * cout, 0.0);
         for n in 0..g.n {
             // Input transforms, tile by tile: `v` is `[tiles, α², cin]`.
             v.par_chunks_mut(CHUNK * aa * cin).enumerate().for_each(|(i, part)| {
@@ -129,15 +146,15 @@ pub(super) fn conv<'o>(
             // The α² products, one a task: `mm` is `[α², tiles, cout]`.
             mm.par_chunks_mut(total * cout)
                 .enumerate()
-                .for_each(|(xi, c)| product(&v[xi * cin..], aa * cin, total, cin, cout, k, xi, packed.get(xi), c));
+                .for_each(|(xi, c)| product(&v[xi * cin..], aa * cin, total, cin, cout, k, xi, micro, c));
             (0..total.div_ceil(CHUNK)).into_par_iter().try_for_each_init(Vec::new, |y, i| {
                 let t0 = i * CHUNK;
                 emit(n, t0, (t0 + CHUNK).min(total), &mm, total, y)
             })?;
         }
+        SCRATCH.set((v, mm));
         return Ok(());
     }
-    let packed: Vec<Vec<f32>> = if micro { (0..aa).map(pack).collect() } else { Vec::new() };
     let blocks = total.div_ceil(span);
     (0..g.n * blocks).into_par_iter().try_for_each_init(
         || (Vec::new(), Vec::new(), Vec::new()),
@@ -150,11 +167,16 @@ pub(super) fn conv<'o>(
             // `v` is `[α², tiles, cin]`, `mm` `[α², tiles, cout]`.
             transform_input(m, k.x, g, n, t0, t1, v, tiles * cin, cin);
             for (xi, c) in mm.chunks_mut(tiles * cout).enumerate() {
-                product(&v[xi * tiles * cin..], cin, tiles, cin, cout, k, xi, packed.get(xi), c);
+                product(&v[xi * tiles * cin..], cin, tiles, cin, cout, k, xi, micro, c);
             }
             emit(n, t0, t1, mm, tiles, y)
         },
     )
+}
+
+thread_local! {
+    /// The whole-example phases' transformed inputs and products, kept for the next call.
+    static SCRATCH: std::cell::Cell<(Vec<f32>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }
 
 /// Filters (transformed, values) above which [`conv`] goes phase by phase: 4 MiB.
@@ -164,7 +186,8 @@ const WHOLE_FILTERS: usize = 1 << 20;
 const CHUNK: usize = 32;
 
 /// Position ξ's product for `tiles` tiles: `c` (`[tiles, cout]`) = `a` (`tiles` rows of `cin`,
-/// `lda` apart) · the filters of ξ (`packed` for the micro-kernel, else from `k.u`).
+/// `lda` apart) · the filters of ξ (packed panels in `k.u`), by the micro-kernels where `micro`,
+/// else panel by panel by the tuned product.
 #[allow(clippy::too_many_arguments)]
 fn product(
     a: &[f32],
@@ -174,30 +197,35 @@ fn product(
     cout: usize,
     k: &Conv,
     xi: usize,
-    packed: Option<&Vec<f32>>,
+    micro: bool,
     c: &mut [f32],
 ) {
-    match packed {
-        // SAFETY: `suits` checked the host's ISA; `a` holds `tiles` rows of `cin` at `lda`, `c`
-        // `tiles` rows of `cout`, `packed` `cin·cout` values.
-        Some(packed) => unsafe { super::microkernel::gemm(tiles, cin, cout, a, lda, packed, c, cout, false) },
-        None => {
-            let ub = k.u[xi * cin * k.u_pitch..].as_ptr();
-            // SAFETY: as above; the filters of ξ are `cin × cout` at pitch `u_pitch` in `u`.
-            unsafe {
-                super::tuned::product(
-                    tiles,
-                    cout,
-                    cin,
-                    c.as_mut_ptr(),
-                    cout,
-                    false,
-                    (a.as_ptr(), lda, 1),
-                    (ub, k.u_pitch, 1),
-                    None,
-                )
-            }
+    let packed = &k.u[xi * cin * k.u_pitch..(xi + 1) * cin * k.u_pitch];
+    if micro {
+        // SAFETY: `runs` checked the host's ISA; `a` holds `tiles` rows of `cin` at `lda`, `c`
+        // `tiles` rows of `cout`, `packed` `cin` rows of `cout` rounded up to 8.
+        return unsafe { super::microkernel::gemm(tiles, cin, cout, a, lda, packed, c, cout, false) };
+    }
+    let mut j0 = 0;
+    while j0 < cout {
+        let width = super::microkernel::width(cout - j0);
+        let cols = width.min(cout - j0);
+        // SAFETY: the panel is `cin` rows of `width` from `j0·cin`; `c`'s columns `j0..j0 + cols`
+        // of `tiles` rows at pitch `cout`.
+        unsafe {
+            super::tuned::product(
+                tiles,
+                cols,
+                cin,
+                c[j0..].as_mut_ptr(),
+                cout,
+                false,
+                (a.as_ptr(), lda, 1),
+                (packed[j0 * cin..].as_ptr(), width, 1),
+                None,
+            )
         }
+        j0 += width;
     }
 }
 
@@ -645,8 +673,9 @@ mod tests {
     fn error(g: &Geom, x: &[f32], wt: &[f32], bias: &[f32], cout: usize, m: usize) -> (f64, f64) {
         let (n, [_, oh, ow], cin) = (g.n, g.output, g.cg);
         let aa = (m + 2) * (m + 2);
-        let mut u = vec![0f32; aa * cin * cout];
-        filters(wt, cout, cin, cout, m, &mut u, cout);
+        let pitch = cout.next_multiple_of(8);
+        let mut u = vec![f32::NAN; aa * cin * pitch];
+        filters(wt, cout, cin, cout, m, &mut u, pitch);
         let mut expected = vec![0f64; n * oh * ow * cout];
         g.for_each(|r, k, at| {
             for co in 0..cout {
@@ -655,7 +684,7 @@ mod tests {
         });
         expected.chunks_mut(cout).for_each(|r| r.iter_mut().zip(bias).for_each(|(o, &b)| *o += f64::from(b)));
         let got = std::sync::Mutex::new(vec![f32::NAN; n * oh * ow * cout]);
-        let k = Conv { x, u: &u, u_pitch: cout, bias: Some(bias), cout, m };
+        let k = Conv { x, u: &u, u_pitch: pitch, bias: Some(bias), cout, m };
         // Each block's rows are written through a buffer of its own, then copied in.
         let blocks = std::sync::Mutex::new(Vec::new());
         conv(
@@ -687,10 +716,17 @@ mod tests {
     /// transforms' larger coefficients: 6–16 times the error).
     #[test]
     fn winograd_equals_the_direct_convolution() {
-        // The last case's 256 tiles go in blocks of 85: the last block holds one tile.
-        for (n, h, w, cin, cout, pad) in
-            [(2, 14, 14, 16, 16, 1), (1, 15, 17, 20, 24, 1), (1, 16, 14, 16, 32, 0), (1, 32, 32, 16, 32, 1)]
-        {
+        // The fourth case's 256 tiles go in blocks of 85: the last block holds one tile. The
+        // fifth's filters end in a panel of 16 columns, 12 of them filters; the last case's 4
+        // tiles are too few for the micro-kernels (the tuned product reads the panels).
+        for (n, h, w, cin, cout, pad) in [
+            (2, 14, 14, 16, 16, 1),
+            (1, 15, 17, 20, 24, 1),
+            (1, 16, 14, 16, 32, 0),
+            (1, 32, 32, 16, 32, 1),
+            (1, 15, 17, 20, 12, 1),
+            (1, 4, 4, 16, 20, 1),
+        ] {
             let (oh, ow) = (h + 2 * pad - 2, w + 2 * pad - 2);
             let g = Geom {
                 n,

@@ -58,7 +58,9 @@ fn with_tile(p: &mut Program, m: usize) -> usize {
         // every layer, 181 against 165–170 ms), so smaller ones keep F(2×2, 3×3).
         let m = if m == 4 && geom.output[1] * geom.output[2] < LARGE_F4.pow(2) { 2 } else { m };
         let positions = (m + 2) * (m + 2);
-        let len = positions * geom.cg * filters;
+        // Each position's `cg × filters` matrix packed in panels for the micro-kernels: columns
+        // rounded up to 8, the padding zeros.
+        let len = positions * geom.cg * filters.next_multiple_of(8);
         p.buffers.push(Buffer {
             name: format!("{name}/winograd"),
             space: Space::Arena,
@@ -66,7 +68,7 @@ fn with_tile(p: &mut Program, m: usize) -> usize {
             dtype: DType::F32,
             kept: true,
         });
-        let u = View::whole(id, vec![positions * geom.cg, filters]);
+        let u = View::whole(id, vec![positions * geom.cg, filters.next_multiple_of(8)]);
         p.prepare.push(Kernel::WinogradFilters { w, u: u.clone() });
         if let Kernel::ConvGemm { winograd, .. } = &mut p.kernels[i] {
             *winograd = Some(u);
