@@ -2,7 +2,8 @@
 //! transposed operands in backward), timed with matrixmultiply (what the interpreter calls; its
 //! threads from `MATMUL_NUM_THREADS`), the `gemm` crate on 1 and 2 threads, and cnnc's own
 //! micro-kernels on 1 thread, AVX2 and (where the host has it) AVX-512, over filters packed once.
-//! Prints a table of GFLOP/s. `cargo bench --bench gemm` (and with `MATMUL_NUM_THREADS=1`).
+//! Prints a table of GFLOP/s. `cargo bench --bench gemm` (and with `MATMUL_NUM_THREADS=1`;
+//! `-- Inception` for the workloads whose name holds the word).
 
 use cnnc_compiler::ir::ValueId;
 use cnnc_compiler::lir::{self, Kernel};
@@ -65,6 +66,10 @@ fn main() {
         ("VGG-16 infer", "stdlib/vgg.cnn", Some("VGG16"), false, 1),
         ("Inception 3a", "examples/inception_module.cnn", None, false, 32),
     ];
+    // `cargo bench --bench gemm -- WORDS`: only the workloads whose name holds one of the words.
+    let words: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let workloads =
+        workloads.into_iter().filter(|w| words.is_empty() || words.iter().any(|s| w.0.contains(s.as_str())));
     let threads = std::env::var("MATMUL_NUM_THREADS").unwrap_or_else(|_| "all".into());
     println!(
         "| workload | b | M | K | N | op | count | matrixmultiply ({threads} threads) | gemm 1 thread | gemm 2 threads | cnnc AVX2 1 thread | cnnc AVX-512 1 thread |"
@@ -135,7 +140,27 @@ fn main() {
                 let packed = microkernel::pack(&b, k, n, rsb as usize, csb as usize);
                 // SAFETY: `runs` checked AVX2 and FMA (AVX-512F where asked); the buffers hold
                 // what the shapes say.
-                let t = time(|| unsafe { microkernel::gemm_on(avx512, m, k, n, &a, k, &packed, &mut c, n, false) });
+                // In blocks of rows, as the runtime calls them (each block's rows stay in cache
+                // across its panels).
+                let t = time(|| {
+                    for first in (0..m).step_by(microkernel::BLOCK_ROWS) {
+                        let rows = microkernel::BLOCK_ROWS.min(m - first);
+                        unsafe {
+                            microkernel::gemm_on(
+                                avx512,
+                                rows,
+                                k,
+                                n,
+                                &a[first * k..],
+                                k,
+                                &packed,
+                                &mut c[first * n..],
+                                n,
+                                false,
+                            )
+                        }
+                    }
+                });
                 format!("{:.1}", flops / t / 1e9)
             };
             let (avx2, avx512) = (micro(false), micro(true));

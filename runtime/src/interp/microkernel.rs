@@ -14,7 +14,7 @@
 const MR: usize = 6;
 
 /// Rows per parallel block (16 micro-tiles).
-pub(super) const BLOCK_ROWS: usize = 96;
+pub const BLOCK_ROWS: usize = 96;
 
 /// Whether the host can run these kernels.
 pub fn available() -> bool {
@@ -420,7 +420,7 @@ mod avx512 {
             for s in 0..runs {
                 let rows: [*const f32; M] = std::array::from_fn(|m| a.at(m, s));
                 let bs = b.add(s * len * 16);
-                for i in 0..len {
+                let step = |acc: &mut [[__m512; P]; M], i: usize| {
                     let mut bv = [_mm512_setzero_ps(); P];
                     for (p, x) in bv.iter_mut().enumerate() {
                         *x = _mm512_loadu_ps(bs.add(p * stride + i * 16));
@@ -431,6 +431,20 @@ mod avx512 {
                             acc[p] = _mm512_fmadd_ps(x, bv[p], acc[p]);
                         }
                     }
+                };
+                // Four steps of K a turn: the rows' addresses and the loop's count once for four
+                // (1.05–1.25× over one on the Xeon).
+                let mut i = 0;
+                while i + 4 <= len {
+                    step(&mut acc, i);
+                    step(&mut acc, i + 1);
+                    step(&mut acc, i + 2);
+                    step(&mut acc, i + 3);
+                    i += 4;
+                }
+                while i < len {
+                    step(&mut acc, i);
+                    i += 1;
                 }
             }
             for (m, acc) in acc.iter().enumerate() {
@@ -544,7 +558,7 @@ mod avx2 {
             for s in 0..runs {
                 let rows: [*const f32; M] = std::array::from_fn(|m| a.at(m, s));
                 let bs = b.add(s * len * 8 * V);
-                for i in 0..len {
+                let step = |acc: &mut [[__m256; V]; M], i: usize| {
                     let row = bs.add(i * 8 * V);
                     let mut bv = [_mm256_setzero_ps(); V];
                     for (v, x) in bv.iter_mut().enumerate() {
@@ -556,6 +570,19 @@ mod avx2 {
                             acc[v] = _mm256_fmadd_ps(x, bv[v], acc[v]);
                         }
                     }
+                };
+                // Four steps of K a turn: the rows' addresses and the loop's count once for four.
+                let mut i = 0;
+                while i + 4 <= len {
+                    step(&mut acc, i);
+                    step(&mut acc, i + 1);
+                    step(&mut acc, i + 2);
+                    step(&mut acc, i + 3);
+                    i += 4;
+                }
+                while i < len {
+                    step(&mut acc, i);
+                    i += 1;
                 }
             }
             for (m, acc) in acc.iter().enumerate() {
