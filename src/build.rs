@@ -148,7 +148,7 @@ fn lir_text(
                 if let cnnc_compiler::lir::Kernel::Map { expr, .. } = k {
                     jit.map(expr).map_err(|e| internal(&e))?;
                 }
-                let provider = cnnc_runtime::interp::provider(k);
+                let provider = cnnc_runtime::interp::provider(&program, k);
                 total += k.flops();
                 if emit == Emit::Kernels {
                     let (_, writes) = k.access();

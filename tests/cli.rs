@@ -271,6 +271,27 @@ fn a_larger_winograd_tile_is_taken_behind_a_flag() {
     assert_eq!(kernels("4"), [3, 6]);
 }
 
+/// `--emit kernels` says how each product runs: the inception module's merged 1×1 filters (derived
+/// by the prepare phase) and its pool branch's filters (parameters) packed once for the
+/// micro-kernels, over blocks of rows (784 rows and more); GoogLeNet's products over 7×7 maps at
+/// batch 1 (49 rows) over panels of columns.
+#[test]
+fn kernels_say_which_products_read_filters_packed_once() {
+    let emit = |args: &[&str]| {
+        let out = cnnc().args(["build"]).args(args).args(["--emit", "kernels"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for batch in ["32", "1"] {
+        let text = emit(&["examples/inception_module.cnn", "--batch", batch]);
+        let products: Vec<&str> = text.lines().filter(|l| l.contains(" gemm ")).collect();
+        assert_eq!(products.len(), 2, "{text}");
+        assert!(products.iter().all(|l| l.contains("over blocks of rows, packed once")), "batch {batch}: {text}");
+    }
+    let text = emit(&["stdlib/inception.cnn", "--model", "GoogLeNet", "--batch", "1"]);
+    assert!(text.lines().any(|l| l.contains("[49, ") && l.contains("over panels of columns, packed once")), "{text}");
+}
+
 /// `--emit kernels` says how each implicit-GEMM convolution reads its input: GoogLeNet's first
 /// layer (3 channels) through its window rows, its 14×14 3×3 layers (96 channels and more)
 /// through their taps, none through im2col rows (every host here has AVX2 and FMA).

@@ -191,10 +191,7 @@ impl Machine {
         if !fits {
             return Err("the program's parameters lie beyond the store given".into());
         }
-        self.packed = tuned::pack_constants(&self.program, &self.natives, params);
-        if self.program.prepare.is_empty() {
-            return Ok(());
-        }
+        let none = Default::default();
         let mem = Mem {
             arena: self.arena.as_mut_ptr(),
             arena_len: self.arena.len(),
@@ -204,11 +201,14 @@ impl Machine {
             feeds: &[],
             offsets: &self.plan.offsets,
             program: &self.program,
-            packed: &self.packed,
+            packed: &none,
         };
         for k in &self.program.prepare {
             kernels::run(k, &mem, Ctx::default());
         }
+        // Then the products' constant operands, the derived ones (merged filters) among them.
+        let packed = tuned::pack_constants(&self.program, &self.natives, &mem);
+        self.packed = packed;
         Ok(())
     }
 

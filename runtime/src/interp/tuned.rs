@@ -24,8 +24,8 @@ pub(super) fn covers(k: &Kernel) -> bool {
     }
 }
 
-/// Who computes `k` on the JIT backend (`cnnc build --emit kernels`).
-pub fn provider(k: &Kernel) -> &'static str {
+/// Who computes `k`, a kernel of `p`, on the JIT backend (`cnnc build --emit kernels`).
+pub fn provider(p: &cnnc_compiler::lir::Program, k: &Kernel) -> &'static str {
     match k {
         Kernel::Map { .. } => "generated (cranelift)",
         Kernel::ConvGemm { epilogue, geom, winograd: Some(u), .. } => match (geom.winograd_tile(u), epilogue) {
@@ -57,9 +57,25 @@ pub fn provider(k: &Kernel) -> &'static str {
                 (false, _, false) => "implicit GEMM, im2col rows, gemm crate",
             }
         }
-        Kernel::Gemm { epilogue: Some(_), .. } => "gemm crate + generated epilogue",
+        Kernel::Gemm { a, b, c, ta, epilogue, .. } => {
+            use cnnc_compiler::lir::Space;
+            let (rows, cols, depth) = (c.rows(), c.cols(), if *ta { a.rows() } else { a.cols() });
+            // `pack_constants`' rule: the constant operands of inference programs.
+            let constant = constant(p, b.buf) && !p.buffers.iter().any(|b| matches!(b.space, Space::Grad(_)));
+            let few = constant && !ta && (6..=FEW_ROWS).contains(&rows) && cols >= 16;
+            let micro = super::microkernel::suits(rows, depth, cols, *ta);
+            match (few && super::microkernel::available(), micro, constant, epilogue.is_some()) {
+                (true, _, _, true) => "micro-kernel over panels of columns, packed once + generated epilogue",
+                (true, _, _, false) => "micro-kernel over panels of columns, packed once",
+                (_, true, true, true) => "micro-kernel over blocks of rows, packed once + generated epilogue",
+                (_, true, true, false) => "micro-kernel over blocks of rows, packed once",
+                (_, true, false, true) => "micro-kernel over blocks of rows + generated epilogue",
+                (_, true, false, false) => "micro-kernel over blocks of rows",
+                (_, false, _, true) => "gemm crate + generated epilogue",
+                (_, false, _, false) => "gemm crate",
+            }
+        }
         Kernel::ConvWeightGrad { .. } => "implicit GEMM over K blocks, gemm crate",
-        Kernel::Gemm { .. } => "gemm crate",
         k if covers(k) => "tuned Rust",
         _ => "interpreter",
     }
@@ -668,14 +684,14 @@ const FEW_ROWS: usize = 256;
 /// Steps of K a micro-kernel call sums before the next block (the panel's block stays in L1).
 const PACKED_K: usize = 512;
 
-/// The constant right-hand operands of an inference program's products with few rows, packed
-/// once (each run of such a product packed them again, a pass over the whole operand: ResNet-50's
-/// 2048-column filters at batch 1 ran at 50 GFLOP/s), where the micro-kernels run and the
-/// program's kernels are native (`natives`).
+/// The constant right-hand operands of an inference program's products, packed once (each run
+/// of such a product packed them again, a pass over the whole operand: ResNet-50's 2048-column
+/// filters at batch 1 ran at 50 GFLOP/s), where the micro-kernels run and the program's kernels
+/// are native (`natives`).
 pub(crate) fn pack_constants(
     p: &cnnc_compiler::lir::Program,
     natives: &[Option<super::Native>],
-    params: &[f32],
+    m: &Mem,
 ) -> std::collections::HashMap<(cnnc_compiler::lir::BufId, usize), Packed> {
     use cnnc_compiler::lir::Space;
     let mut out = std::collections::HashMap::new();
@@ -689,16 +705,31 @@ pub(crate) fn pack_constants(
         // or the whole im2col matrix and a product split by columns measured within the noise
         // on GoogLeNet and ResNet-50 at batch 1.)
         let Kernel::Gemm { a, b, c, ta: false, tb, .. } = k else { continue };
-        let Space::Param(o) = p.buffers[b.buf.0 as usize].space else { continue };
         let (rows, depth, cols) = (c.rows(), a.cols(), c.cols());
-        if native.is_none() || !(6..=FEW_ROWS).contains(&rows) || cols < 16 {
+        // Few rows: split by columns (any width of 16 or more); more: the blocks of rows of the
+        // narrow products the micro-kernels take, which packed the operand once a block
+        // (Inception 3a's 1×1 products at batch 32: 98 blocks of 256 rows).
+        let few = (6..=FEW_ROWS).contains(&rows) && cols >= 16;
+        let tall = rows > FEW_ROWS && super::microkernel::suits(rows, depth, cols, false);
+        if native.is_none() || !(few || tall) || !constant(p, b.buf) {
             continue;
         }
         let (rsb, csb) = if *tb { (1, b.pitch) } else { (b.pitch, 1) };
-        let values = super::microkernel::pack(&params[o + b.offset..], depth, cols, rsb, csb);
+        let values = super::microkernel::pack(m.src(b), depth, cols, rsb, csb);
         out.insert((b.buf, b.offset), Packed { shape: [depth, cols, rsb, csb], values });
     }
     out
+}
+
+/// Whether `buf` is constant while `p` runs: a parameter, or what the prepare phase derives from
+/// them (written by its kernels and by no kernel of the program: merged and folded filters).
+fn constant(p: &cnnc_compiler::lir::Program, buf: cnnc_compiler::lir::BufId) -> bool {
+    let written = |ks: &[Kernel]| ks.iter().any(|k| k.access().1.iter().any(|v| v.buf == buf));
+    match p.buffers[buf.0 as usize].space {
+        cnnc_compiler::lir::Space::Param(_) => true,
+        cnnc_compiler::lir::Space::Arena => written(&p.prepare) && !written(&p.kernels),
+        _ => false,
+    }
 }
 
 /// `C[rows × n] = A·B (+ C)` over `packed` ([`super::microkernel::pack`]): the column panels
@@ -765,17 +796,26 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
     let (rsa, csa) = if ta { (1, a.pitch) } else { (a.pitch, 1) };
     let (rsb, csb) = if tb { (1, b.pitch) } else { (b.pitch, 1) };
     if rows > 0 && cols > 0 {
-        let packed = if split && !ta && csa == 1 { m.packed(b, [k, cols, rsb, csb]) } else { None };
+        // A constant operand the prepare phase packed (`pack_constants`), for the whole product
+        // or for a block of its rows (`gemm_then`).
+        let pre = if !ta && csa == 1 { m.packed(b, [k, cols, rsb, csb]) } else { None };
         if k == 0 {
             if !accumulate {
                 (0..rows).for_each(|r| sc[r * c.pitch..r * c.pitch + cols].fill(0.0));
             }
-        } else if let Some(packed) = packed {
+        } else if let Some(packed) = pre.filter(|_| split && rows <= FEW_ROWS) {
             // SAFETY: `pack_constants` packed it only where the micro-kernels run; the view
             // checks put `rows` rows of `k` at pitch `a.pitch` in `sa` and of `cols` in `sc`.
             unsafe { packed_product(rows, k, cols, sa, a.pitch, packed, sc.as_mut_ptr(), c.pitch, accumulate) };
-        } else if csa == 1 && super::microkernel::suits(rows, k, cols, ta) {
-            let packed = super::microkernel::pack(sb, k, cols, rsb, csb);
+        } else if csa == 1 && (pre.is_some() || super::microkernel::suits(rows, k, cols, ta)) {
+            let owned;
+            let packed = match pre {
+                Some(p) => p,
+                None => {
+                    owned = super::microkernel::pack(sb, k, cols, rsb, csb);
+                    &owned[..]
+                }
+            };
             let (lda, ldc) = (a.pitch, c.pitch);
             let block = |(i, cs): (usize, &mut [f32])| {
                 let first = i * super::microkernel::BLOCK_ROWS;
