@@ -823,7 +823,7 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
                 // SAFETY: `suits` checked the host's ISA; the view checks put `n` rows of `k` at
                 // pitch `lda` from row `first` in `sa`, `n` rows of `cols` in this block of `sc`,
                 // and `pack` made `k·cols` values.
-                unsafe { super::microkernel::gemm(n, k, cols, &sa[first * lda..], lda, &packed, cs, ldc, accumulate) };
+                unsafe { super::microkernel::gemm(n, k, cols, &sa[first * lda..], lda, packed, cs, ldc, accumulate) };
             };
             let chunk = super::microkernel::BLOCK_ROWS * ldc;
             if split && rows > super::microkernel::BLOCK_ROWS {
