@@ -124,12 +124,12 @@ pub(super) fn conv<'o>(
     // The micro-kernel over any number of filters, packed by the prepare phase.
     let micro = cout > 0 && super::microkernel::runs(span, cin);
     let emit = |n: usize, t0: usize, t1: usize, mm: &[f32], plane: usize, y: &mut Vec<f32>| {
-        y.resize(m * m * (t1 - t0) * cout, 0.0);
-        // In the whole-example phases `mm` holds every tile (`first` = t0); in a block, the
-        // block's alone (`first` = 0).
-        let first = if whole { t0 } else { 0 };
-        transform_output(m, mm, plane, first, t1 - t0, k.bias, cout, y);
-        write_rows(g, m, n, t0, t1, y, cout, pitch, &out, &after)
+        // In the whole-example phases `mm` holds every tile; in a block, the block's alone
+        // (from `t0`).
+        let first = if whole { 0 } else { t0 };
+        write_rows(g, m, n, t0, t1, cout, pitch, &out, &after, y, |t, tiles, place| {
+            transform_output(m, mm, plane, t - first, tiles, k.bias, cout, place)
+        })
     };
     if whole {
         // The phases' buffers (6.4 MB each on VGG-16's 28×28 layers) kept by the thread from
@@ -229,10 +229,11 @@ fn product(
     }
 }
 
-/// Writes the outputs `y` of tiles `t0..t1` of example `n` (each tile's `m`×`m` outputs, `cout`
-/// values each): for each tile row they touch, `m` output rows of their columns (fewer at the
-/// map's last rows, and columns trimmed at its edge), each a run of rows of the output matrix,
-/// its epilogue run after it.
+/// Writes the outputs of tiles `t0..t1` of example `n` where they go: for each tile row they
+/// touch, its `m` output rows (fewer at the map's last rows; columns trimmed at its edge) are
+/// runs of rows of the output matrix, which `transform(first tile, tiles, place)` fills through
+/// `place(tile, output)` (the address of output `a·m + b` of the `tile`-th tile of the call;
+/// outputs beyond the map go to `spill`), then each run's epilogue runs.
 #[allow(clippy::too_many_arguments)]
 fn write_rows<'o>(
     g: &Geom,
@@ -240,28 +241,40 @@ fn write_rows<'o>(
     n: usize,
     t0: usize,
     t1: usize,
-    y: &[f32],
     cout: usize,
     pitch: usize,
     out: &impl Fn(usize, usize) -> &'o mut [f32],
     after: &impl Fn(usize, usize) -> Result<(), String>,
+    spill: &mut Vec<f32>,
+    mut transform: impl FnMut(usize, usize, &dyn Fn(usize, usize) -> *mut f32),
 ) -> Result<(), String> {
     let [_, oh, ow] = g.output;
     let tw = ow.div_ceil(m);
+    spill.resize(m * m * cout, 0.0);
+    let spilled = spill.as_mut_ptr();
     for ty in t0 / tw..=(t1 - 1) / tw {
         let (txa, txb) = (t0.max(ty * tw) - ty * tw, t1.min((ty + 1) * tw) - ty * tw);
         let cols = (m * txb).min(ow) - m * txa;
-        for a in 0..m {
-            let h = m * ty + a;
-            if h >= oh {
-                break;
+        // The first output row of each of the tile row's output rows inside the map.
+        let runs: Vec<(usize, *mut f32)> = (0..m)
+            .take_while(|a| m * ty + a < oh)
+            .map(|a| {
+                let first = (n * oh + m * ty + a) * ow + m * txa;
+                (first, out(first, cols).as_mut_ptr())
+            })
+            .collect();
+        let place = |tile: usize, o: usize| -> *mut f32 {
+            let (a, b) = (o / m, o % m);
+            let w = m * tile + b;
+            match runs.get(a) {
+                // SAFETY: output row `a`'s run holds `cols` rows of `pitch` from its pointer.
+                Some(&(_, row)) if w < cols => unsafe { row.add(w * pitch) },
+                // SAFETY: `spill` holds `m·m·cout` values.
+                _ => unsafe { spilled.add(o * cout) },
             }
-            let first = (n * oh + h) * ow + m * txa;
-            let dst = out(first, cols);
-            for w in 0..cols {
-                let src = ((ty * tw + txa + w / m - t0) * m * m + a * m + w % m) * cout;
-                dst[w * pitch..w * pitch + cout].copy_from_slice(&y[src..src + cout]);
-            }
+        };
+        transform(ty * tw + txa, txb - txa, &place);
+        for &(first, _) in &runs {
             after(first, cols)?;
         }
     }
@@ -487,8 +500,8 @@ fn input_block4(e: &[[f32; W]; 36]) -> [[f32; W]; 36] {
 
 /// The output transform `Aᵀ·m·A` of `tiles` tiles from tile `first` of the products `mm`
 /// (`[(m+2)², plane, cout]`), for F(2×2, 3×3) `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`, for
-/// F(4×4, 3×3) the 4×6 `Aᵀ` of [`at6`], plus the bias, into `y`: for each tile its `m`×`m`
-/// outputs in row-major order, `cout` values each.
+/// F(4×4, 3×3) the 4×6 `Aᵀ` of [`at6`], plus the bias: output `o` (`a·m + b`) of the tile `t`
+/// of the call, `cout` values, to `place(t, o)`.
 #[allow(clippy::too_many_arguments)]
 fn transform_output(
     m: usize,
@@ -498,14 +511,14 @@ fn transform_output(
     tiles: usize,
     bias: Option<&[f32]>,
     cout: usize,
-    y: &mut [f32],
+    place: &dyn Fn(usize, usize) -> *mut f32,
 ) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") {
         // SAFETY: the host has AVX2.
-        return unsafe { transform_output_avx2(m, mm, plane, first, tiles, bias, cout, y) };
+        return unsafe { transform_output_avx2(m, mm, plane, first, tiles, bias, cout, place) };
     }
-    transform_output_of(m, mm, plane, first, tiles, bias, cout, y)
+    transform_output_of(m, mm, plane, first, tiles, bias, cout, place)
 }
 
 /// [`transform_output_body`] for tiles of `m` outputs a side.
@@ -519,12 +532,12 @@ fn transform_output_of(
     tiles: usize,
     bias: Option<&[f32]>,
     cout: usize,
-    y: &mut [f32],
+    place: &dyn Fn(usize, usize) -> *mut f32,
 ) {
     if m == 4 {
-        transform_output_body::<36, 16>(mm, plane, first, tiles, bias, cout, y, output_block4)
+        transform_output_body::<36, 16>(mm, plane, first, tiles, bias, cout, place, output_block4)
     } else {
-        transform_output_body::<16, 4>(mm, plane, first, tiles, bias, cout, y, output_block)
+        transform_output_body::<16, 4>(mm, plane, first, tiles, bias, cout, place, output_block)
     }
 }
 
@@ -540,9 +553,9 @@ unsafe fn transform_output_avx2(
     tiles: usize,
     bias: Option<&[f32]>,
     cout: usize,
-    y: &mut [f32],
+    place: &dyn Fn(usize, usize) -> *mut f32,
 ) {
-    transform_output_of(m, mm, plane, first, tiles, bias, cout, y)
+    transform_output_of(m, mm, plane, first, tiles, bias, cout, place)
 }
 
 /// The output transform over blocks of `AA` products to `MM` outputs, `block` transforming `W`
@@ -556,7 +569,7 @@ fn transform_output_body<const AA: usize, const MM: usize>(
     tiles: usize,
     bias: Option<&[f32]>,
     cout: usize,
-    y: &mut [f32],
+    place: &dyn Fn(usize, usize) -> *mut f32,
     block: OutputBlock<AA, MM>,
 ) {
     let zeros = vec![0f32; cout];
@@ -564,16 +577,18 @@ fn transform_output_body<const AA: usize, const MM: usize>(
     for t in 0..tiles {
         let m: [&[f32]; AA] =
             std::array::from_fn(|ij| &mm[(ij * plane + first + t) * cout..(ij * plane + first + t + 1) * cout]);
-        output_tile(&m, bias, &mut y[MM * t * cout..MM * (t + 1) * cout], cout, block);
+        // SAFETY: `place` gives each output `cout` values of its own (`write_rows`).
+        let y: [&mut [f32]; MM] = std::array::from_fn(|o| unsafe { std::slice::from_raw_parts_mut(place(t, o), cout) });
+        output_tile(&m, bias, y, cout, block);
     }
 }
 
-/// `Aᵀ·m·A + bias` for one tile, `W` channels at a time, into `y` (`[m×m, cout]`).
+/// `Aᵀ·m·A + bias` for one tile, `W` channels at a time, output `o` into `y[o]`.
 #[inline(always)]
 fn output_tile<const AA: usize, const MM: usize>(
     m: &[&[f32]; AA],
     bias: &[f32],
-    y: &mut [f32],
+    mut y: [&mut [f32]; MM],
     cout: usize,
     output_block: OutputBlock<AA, MM>,
 ) {
@@ -589,8 +604,8 @@ fn output_tile<const AA: usize, const MM: usize>(
             }
             b = bias[co..co + W].try_into().unwrap_or([0.0; W]);
             let o = output_block(&e, &b);
-            for (k, o) in o.iter().enumerate() {
-                if let Ok(dst) = <&mut [f32; W]>::try_from(&mut y[k * cout + co..k * cout + co + W]) {
+            for (y, o) in y.iter_mut().zip(&o) {
+                if let Ok(dst) = <&mut [f32; W]>::try_from(&mut y[co..co + W]) {
                     *dst = *o;
                 }
             }
@@ -600,8 +615,8 @@ fn output_tile<const AA: usize, const MM: usize>(
             }
             b[..w].copy_from_slice(&bias[co..co + w]);
             let o = output_block(&e, &b);
-            for (k, o) in o.iter().enumerate() {
-                y[k * cout + co..k * cout + co + w].copy_from_slice(&o[..w]);
+            for (y, o) in y.iter_mut().zip(&o) {
+                y[co..co + w].copy_from_slice(&o[..w]);
             }
         }
         co += w;
