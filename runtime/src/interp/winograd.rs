@@ -295,6 +295,11 @@ fn tiles_per_block(cin: usize, cout: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 fn transform_input(m: usize, x: &[f32], g: &Geom, n: usize, t0: usize, t1: usize, v: &mut [f32], xs: usize, ts: usize) {
     #[cfg(target_arch = "x86_64")]
+    if m == 2 && super::microkernel::avx512() {
+        // SAFETY: the host has AVX-512F.
+        return unsafe { avx512::transform_input(x, g, n, t0, t1, v, xs, ts) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") {
         // SAFETY: the host has AVX2.
         return unsafe { transform_input_avx2(m, x, g, n, t0, t1, v, xs, ts) };
@@ -514,6 +519,11 @@ fn transform_output(
     place: &dyn Fn(usize, usize) -> *mut f32,
 ) {
     #[cfg(target_arch = "x86_64")]
+    if m == 2 && super::microkernel::avx512() {
+        // SAFETY: the host has AVX-512F.
+        return unsafe { avx512::transform_output(mm, plane, first, tiles, bias, cout, place) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") {
         // SAFETY: the host has AVX2.
         return unsafe { transform_output_avx2(m, mm, plane, first, tiles, bias, cout, place) };
@@ -679,6 +689,145 @@ fn output_block4(e: &[[f32; W]; 36], bias: &[f32; W]) -> [[f32; W]; 16] {
     o
 }
 
+/// F(2×2, 3×3)'s transforms on AVX-512: 16 channels a register, the tile's 16 values held in
+/// registers (the generic bodies, over arrays of 8 lanes, went through the stack), addresses
+/// computed rather than sliced; the same sums in the same order as [`input_block`] and
+/// [`output_block`], so the same bits.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Geom;
+    use std::arch::x86_64::*;
+
+    /// The lanes of `left` channels to go, at most 16.
+    #[inline(always)]
+    fn mask(left: usize) -> __mmask16 {
+        if left >= 16 {
+            0xffff
+        } else {
+            (1u16 << left) - 1
+        }
+    }
+
+    /// [`super::transform_input`] for m = 2.
+    ///
+    /// # Safety
+    /// AVX-512F; `v` holds the tiles' transformed inputs in the layout `xs` and `ts` say.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn transform_input(
+        x: &[f32],
+        g: &Geom,
+        n: usize,
+        t0: usize,
+        t1: usize,
+        v: &mut [f32],
+        xs: usize,
+        ts: usize,
+    ) {
+        let [_, ih, iw] = g.input;
+        let (channels, cin, c0) = (g.channels, g.cg, g.c0);
+        let tw = g.output[2].div_ceil(2);
+        let zeros = vec![0f32; cin];
+        let example = &x[n * ih * iw * channels..(n + 1) * ih * iw * channels];
+        assert!(v.len() >= if ts != cin { (t1 - t0) * ts } else { 15 * xs + (t1 - t0) * ts });
+        let vp = v.as_mut_ptr();
+        let (ph, pw) = (g.pad[1] as isize, g.pad[2] as isize);
+        for t in 0..t1 - t0 {
+            let (ty, tx) = ((t0 + t) / tw, (t0 + t) % tw);
+            let mut d = [zeros.as_ptr(); 16];
+            let mut o = [vp; 16];
+            for ij in 0..16 {
+                let h = (2 * ty + ij / 4) as isize - ph;
+                let w = (2 * tx + ij % 4) as isize - pw;
+                if h >= 0 && w >= 0 && (h as usize) < ih && (w as usize) < iw {
+                    d[ij] = example[(h as usize * iw + w as usize) * channels + c0..][..cin].as_ptr();
+                }
+                // SAFETY: inside `v` (asserted above).
+                o[ij] = unsafe { vp.add(if ts != cin { t * ts + ij * cin } else { ij * xs + t * ts }) };
+            }
+            let mut ci = 0;
+            while ci < cin {
+                let k = mask(cin - ci);
+                // SAFETY: each pointer has `cin` values; the mask keeps to them.
+                unsafe {
+                    let mut e = [_mm512_setzero_ps(); 16];
+                    for ij in 0..16 {
+                        e[ij] = _mm512_maskz_loadu_ps(k, d[ij].add(ci));
+                    }
+                    let mut bd = [_mm512_setzero_ps(); 16];
+                    for j in 0..4 {
+                        let (d0, d1, d2, d3) = (e[j], e[4 + j], e[8 + j], e[12 + j]);
+                        bd[j] = _mm512_sub_ps(d0, d2);
+                        bd[4 + j] = _mm512_add_ps(d1, d2);
+                        bd[8 + j] = _mm512_sub_ps(d2, d1);
+                        bd[12 + j] = _mm512_sub_ps(d1, d3);
+                    }
+                    for i in 0..4 {
+                        let (r0, r1, r2, r3) = (bd[4 * i], bd[4 * i + 1], bd[4 * i + 2], bd[4 * i + 3]);
+                        _mm512_mask_storeu_ps(o[4 * i].add(ci), k, _mm512_sub_ps(r0, r2));
+                        _mm512_mask_storeu_ps(o[4 * i + 1].add(ci), k, _mm512_add_ps(r1, r2));
+                        _mm512_mask_storeu_ps(o[4 * i + 2].add(ci), k, _mm512_sub_ps(r2, r1));
+                        _mm512_mask_storeu_ps(o[4 * i + 3].add(ci), k, _mm512_sub_ps(r1, r3));
+                    }
+                }
+                ci += 16;
+            }
+        }
+    }
+
+    /// [`super::transform_output`] for m = 2.
+    ///
+    /// # Safety
+    /// AVX-512F; `mm` holds the products of the tiles from `first`, `place` `cout` values for
+    /// each output.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_output(
+        mm: &[f32],
+        plane: usize,
+        first: usize,
+        tiles: usize,
+        bias: Option<&[f32]>,
+        cout: usize,
+        place: &dyn Fn(usize, usize) -> *mut f32,
+    ) {
+        let zeros = vec![0f32; cout];
+        let bias = bias.map_or(&zeros[..], |b| &b[..cout]);
+        assert!(tiles == 0 || mm.len() >= (15 * plane + first + tiles) * cout);
+        for t in 0..tiles {
+            // SAFETY: inside `mm` (asserted above).
+            let src: [*const f32; 16] =
+                std::array::from_fn(|ij| unsafe { mm.as_ptr().add((ij * plane + first + t) * cout) });
+            let dst: [*mut f32; 4] = [place(t, 0), place(t, 1), place(t, 2), place(t, 3)];
+            let mut co = 0;
+            while co < cout {
+                let k = mask(cout - co);
+                // SAFETY: each source and destination has `cout` values; the mask keeps to them.
+                unsafe {
+                    let mut e = [_mm512_setzero_ps(); 16];
+                    for ij in 0..16 {
+                        e[ij] = _mm512_maskz_loadu_ps(k, src[ij].add(co));
+                    }
+                    let b = _mm512_maskz_loadu_ps(k, bias.as_ptr().add(co));
+                    let mut r = [_mm512_setzero_ps(); 8];
+                    for i in 0..4 {
+                        let (a, bb, c, d) = (e[4 * i], e[4 * i + 1], e[4 * i + 2], e[4 * i + 3]);
+                        r[2 * i] = _mm512_add_ps(_mm512_add_ps(a, bb), c);
+                        r[2 * i + 1] = _mm512_sub_ps(_mm512_sub_ps(bb, c), d);
+                    }
+                    let sum = |p: __m512, q: __m512, s: __m512| _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(p, q), s), b);
+                    let diff =
+                        |p: __m512, q: __m512, s: __m512| _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(p, q), s), b);
+                    _mm512_mask_storeu_ps(dst[0].add(co), k, sum(r[0], r[2], r[4]));
+                    _mm512_mask_storeu_ps(dst[1].add(co), k, sum(r[1], r[3], r[5]));
+                    _mm512_mask_storeu_ps(dst[2].add(co), k, diff(r[2], r[4], r[6]));
+                    _mm512_mask_storeu_ps(dst[3].add(co), k, diff(r[3], r[5], r[7]));
+                }
+                co += 16;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -723,6 +872,61 @@ mod tests {
         let scale = expected.iter().fold(1f64, |s, v| s.max(v.abs()));
         let worst = got.iter().zip(&expected).fold(0f64, |w, (&a, b)| w.max((f64::from(a) - b).abs()));
         (worst, scale)
+    }
+
+    /// F(2×2, 3×3)'s AVX-512 transforms give the generic bodies' bits: inputs at the image's
+    /// edges (padding), channels ending in a part register (20 of 16 + 4; a slice of the pixel's
+    /// 24 from channel 2), both layouts of the transformed input.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx512_transforms_give_the_generic_bits() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let (h, w, channels, cin) = (7, 9, 24, 20);
+        let g = Geom {
+            n: 2,
+            input: [1, h, w],
+            channels,
+            c0: 2,
+            cg: cin,
+            size: [1, 3, 3],
+            stride: [1, 1, 1],
+            pad: [0, 1, 1],
+            dilation: [1, 1, 1],
+            output: [1, h, w],
+        };
+        let x: Vec<f32> = (0..2 * h * w * channels).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
+        let total = h.div_ceil(2) * w.div_ceil(2);
+        let (t0, t1) = (3, total - 2);
+        let tiles = t1 - t0;
+        for (xs, ts) in [(cin, 16 * cin), (tiles * cin, cin)] {
+            let mut generic = vec![f32::NAN; 16 * tiles * cin];
+            let mut wide = generic.clone();
+            transform_input_of(2, &x, &g, 1, t0, t1, &mut generic, xs, ts);
+            // SAFETY: the host has AVX-512F; `wide` holds the tiles.
+            unsafe { avx512::transform_input(&x, &g, 1, t0, t1, &mut wide, xs, ts) };
+            assert!(generic.iter().zip(&wide).all(|(a, b)| a.to_bits() == b.to_bits()), "layout ({xs}, {ts})");
+        }
+        let cout = 20;
+        let mm: Vec<f32> = (0..16 * tiles * cout).map(|i| ((i * 104729 % 1009) as f32 - 504.0) / 101.0).collect();
+        let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.25 - 2.0).collect();
+        let outputs = |wide: bool| {
+            let mut y = vec![f32::NAN; (tiles - 1) * 4 * cout];
+            let base = y.as_mut_ptr() as usize;
+            // SAFETY (test): each output `cout` values of its own in `y`.
+            let place = |t: usize, o: usize| unsafe { (base as *mut f32).add((t * 4 + o) * cout) };
+            if wide {
+                // SAFETY: the host has AVX-512F.
+                unsafe { avx512::transform_output(&mm, tiles, 1, tiles - 1, Some(&bias), cout, &place) };
+            } else {
+                transform_output_of(2, &mm, tiles, 1, tiles - 1, Some(&bias), cout, &place);
+            }
+            y
+        };
+        let (generic, wide) = (outputs(false), outputs(true));
+        assert!(generic.iter().all(|v| v.is_finite()));
+        assert!(generic.iter().zip(&wide).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     /// Both tiles against the direct convolution (in f64), on odd sizes, padding or none, and
