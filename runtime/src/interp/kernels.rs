@@ -325,10 +325,49 @@ fn col2im(m: &Mem, col: &View, dx: &View, g: &Geom) {
 /// col2im of the rows of `cs` (`pitch` apart) added into the `g.n` examples of `ds`.
 pub(super) fn col2im_slices(cs: &[f32], pitch: usize, ds: &mut [f32], g: &Geom) {
     let cg = g.cg;
+    if g.dilation[2] == 1 && cg == g.channels {
+        return col2im_window_rows(cs, pitch, ds, g);
+    }
     g.for_each_run(|r, k, i| {
         let at = r * pitch + k;
         ds[i..i + cg].iter_mut().zip(&cs[at..at + cg]).for_each(|(d, &v)| *d += v);
     });
+}
+
+/// [`col2im_slices`] where a window row's taps inside the input are one run in both the row of
+/// `cs` and the input (all channels in one group, undilated width): one slice added a window
+/// row, not one a tap (LeNet-5's second layer: runs of 30 values, not 6). Each input element
+/// gets the same sums in the same order.
+fn col2im_window_rows(cs: &[f32], pitch: usize, ds: &mut [f32], g: &Geom) {
+    let [id, ih, iw] = g.input;
+    let c = g.channels;
+    let [od, oh, ow] = g.output;
+    let [fd, fh, fw] = g.size;
+    let mut row = 0;
+    for n in 0..g.n {
+        for zd in 0..od {
+            for zh in 0..oh {
+                for zw in 0..ow {
+                    // The window's columns inside the input: taps `lo..hi`, from input column `w`.
+                    let first = (0..fw).find_map(|kw| g.source(2, zw, kw).map(|w| (kw, w)));
+                    let last = (0..fw).rev().find(|&kw| g.source(2, zw, kw).is_some());
+                    if let (Some((lo, w)), Some(last)) = (first, last) {
+                        let len = (last + 1 - lo) * c;
+                        for kd in 0..fd {
+                            let Some(d) = g.source(0, zd, kd) else { continue };
+                            for kh in 0..fh {
+                                let Some(h) = g.source(1, zh, kh) else { continue };
+                                let col = row * pitch + ((kd * fh + kh) * fw + lo) * c;
+                                let at = (((n * id + d) * ih + h) * iw + w) * c;
+                                ds[at..at + len].iter_mut().zip(&cs[col..col + len]).for_each(|(d, &v)| *d += v);
+                            }
+                        }
+                    }
+                    row += 1;
+                }
+            }
+        }
+    }
 }
 
 /// `f(output offset, input offset)` for every window element of every output, in window order.
