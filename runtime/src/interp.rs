@@ -207,8 +207,7 @@ impl Machine {
             kernels::run(k, &mem, Ctx::default());
         }
         // Then the products' constant operands, the derived ones (merged filters) among them.
-        let packed = tuned::pack_constants(&self.program, &self.natives, &mem);
-        self.packed = packed;
+        self.packed = tuned::pack_constants(&self.program, &self.natives, &mem);
         Ok(())
     }
 

@@ -343,28 +343,25 @@ fn col2im_window_rows(cs: &[f32], pitch: usize, ds: &mut [f32], g: &Geom) {
     let c = g.channels;
     let [od, oh, ow] = g.output;
     let [fd, fh, fw] = g.size;
-    let mut row = 0;
-    for n in 0..g.n {
-        for zd in 0..od {
-            for zh in 0..oh {
-                for zw in 0..ow {
-                    // The window's columns inside the input: taps `lo..hi`, from input column `w`.
-                    let first = (0..fw).find_map(|kw| g.source(2, zw, kw).map(|w| (kw, w)));
-                    let last = (0..fw).rev().find(|&kw| g.source(2, zw, kw).is_some());
-                    if let (Some((lo, w)), Some(last)) = (first, last) {
-                        let len = (last + 1 - lo) * c;
-                        for kd in 0..fd {
-                            let Some(d) = g.source(0, zd, kd) else { continue };
-                            for kh in 0..fh {
-                                let Some(h) = g.source(1, zh, kh) else { continue };
-                                let col = row * pitch + ((kd * fh + kh) * fw + lo) * c;
-                                let at = (((n * id + d) * ih + h) * iw + w) * c;
-                                ds[at..at + len].iter_mut().zip(&cs[col..col + len]).for_each(|(d, &v)| *d += v);
-                            }
-                        }
-                    }
-                    row += 1;
-                }
+    // For each output column, the window's columns inside the input, the same for every row:
+    // its first tap inside, that tap's input column, and the run's length.
+    let runs: Vec<Option<(usize, usize, usize)>> = (0..ow)
+        .map(|zw| {
+            let (lo, w) = (0..fw).find_map(|kw| g.source(2, zw, kw).map(|w| (kw, w)))?;
+            let last = (0..fw).rev().find(|&kw| g.source(2, zw, kw).is_some())?;
+            Some((lo, w, (last + 1 - lo) * c))
+        })
+        .collect();
+    for (row, cs) in cs.chunks(pitch.max(1)).take(g.n * od * oh * ow).enumerate() {
+        let (n, [zd, zh, zw]) = g.position(row);
+        let Some((lo, w, len)) = runs[zw] else { continue };
+        for kd in 0..fd {
+            let Some(d) = g.source(0, zd, kd) else { continue };
+            for kh in 0..fh {
+                let Some(h) = g.source(1, zh, kh) else { continue };
+                let col = ((kd * fh + kh) * fw + lo) * c;
+                let at = (((n * id + d) * ih + h) * iw + w) * c;
+                ds[at..at + len].iter_mut().zip(&cs[col..col + len]).for_each(|(d, &v)| *d += v);
             }
         }
     }

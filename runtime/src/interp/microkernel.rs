@@ -328,9 +328,20 @@ unsafe fn drive<R: Rows>(
     }
 }
 
+/// The mask of the first `left` of 16 lanes (all 16 from 16 on).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn first_lanes(left: usize) -> std::arch::x86_64::__mmask16 {
+    if left >= 16 {
+        0xffff
+    } else {
+        (1u16 << left) - 1
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::Rows;
+    use super::{first_lanes, Rows};
     use std::arch::x86_64::*;
 
     /// Rows of a tile.
@@ -450,9 +461,8 @@ mod avx512 {
             for (m, acc) in acc.iter().enumerate() {
                 for (p, &sum) in acc.iter().enumerate() {
                     let at = c.add(m * ldc + 16 * p);
-                    let lanes = valid.saturating_sub(16 * p).min(16);
                     // Only the lanes inside the product are touched.
-                    let mask: __mmask16 = if lanes == 16 { 0xffff } else { (1u16 << lanes) - 1 };
+                    let mask = first_lanes(valid.saturating_sub(16 * p));
                     let sum = if accumulate { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), sum) } else { sum };
                     _mm512_mask_storeu_ps(at, mask, sum);
                 }

@@ -57,22 +57,22 @@ pub fn provider(p: &cnnc_compiler::lir::Program, k: &Kernel) -> &'static str {
                 (false, _, false) => "implicit GEMM, im2col rows, gemm crate",
             }
         }
-        Kernel::Gemm { a, b, c, ta, epilogue, .. } => {
-            use cnnc_compiler::lir::Space;
-            let (rows, cols, depth) = (c.rows(), c.cols(), if *ta { a.rows() } else { a.cols() });
-            // `pack_constants`' rule: the constant operands of inference programs.
-            let constant = constant(p, b.buf) && !p.buffers.iter().any(|b| matches!(b.space, Space::Grad(_)));
-            let few = constant && !ta && (6..=FEW_ROWS).contains(&rows) && cols >= 16;
-            let micro = super::microkernel::suits(rows, depth, cols, *ta);
-            match (few && super::microkernel::available(), micro, constant, epilogue.is_some()) {
-                (true, _, _, true) => "micro-kernel over panels of columns, packed once + generated epilogue",
-                (true, _, _, false) => "micro-kernel over panels of columns, packed once",
-                (_, true, true, true) => "micro-kernel over blocks of rows, packed once + generated epilogue",
-                (_, true, true, false) => "micro-kernel over blocks of rows, packed once",
-                (_, true, false, true) => "micro-kernel over blocks of rows + generated epilogue",
-                (_, true, false, false) => "micro-kernel over blocks of rows",
-                (_, false, _, true) => "gemm crate + generated epilogue",
-                (_, false, _, false) => "gemm crate",
+        Kernel::Gemm { a, c, ta, epilogue, .. } => {
+            let depth = if *ta { a.rows() } else { a.cols() };
+            let micro = super::microkernel::suits(c.rows(), depth, c.cols(), *ta);
+            match (packed_split(p, &derived_constants(p), k), micro, epilogue.is_some()) {
+                (Some(PackedSplit::Columns), _, true) => {
+                    "micro-kernel over panels of columns, packed once + generated epilogue"
+                }
+                (Some(PackedSplit::Columns), _, false) => "micro-kernel over panels of columns, packed once",
+                (Some(PackedSplit::Rows), _, true) => {
+                    "micro-kernel over blocks of rows, packed once + generated epilogue"
+                }
+                (Some(PackedSplit::Rows), _, false) => "micro-kernel over blocks of rows, packed once",
+                (None, true, true) => "micro-kernel over blocks of rows + generated epilogue",
+                (None, true, false) => "micro-kernel over blocks of rows",
+                (None, false, true) => "gemm crate + generated epilogue",
+                (None, false, false) => "gemm crate",
             }
         }
         Kernel::ConvWeightGrad { .. } => "implicit GEMM over K blocks, gemm crate",
@@ -693,43 +693,66 @@ pub(crate) fn pack_constants(
     natives: &[Option<super::Native>],
     m: &Mem,
 ) -> std::collections::HashMap<(cnnc_compiler::lir::BufId, usize), Packed> {
-    use cnnc_compiler::lir::Space;
+    let derived = derived_constants(p);
     let mut out = std::collections::HashMap::new();
-    let training = p.buffers.iter().any(|b| matches!(b.space, Space::Grad(_)));
-    if training || !super::microkernel::available() {
-        return out;
-    }
     for (k, native) in p.kernels.iter().zip(natives) {
-        // Products with few rows only. (Implicit convolutions keep their blocks of rows and
-        // pack per call: packing their filters once, balancing their blocks over the threads,
-        // or the whole im2col matrix and a product split by columns measured within the noise
-        // on GoogLeNet and ResNet-50 at batch 1.)
-        let Kernel::Gemm { a, b, c, ta: false, tb, .. } = k else { continue };
-        let (rows, depth, cols) = (c.rows(), a.cols(), c.cols());
-        // Few rows: split by columns (any width of 16 or more); more: the blocks of rows of the
-        // narrow products the micro-kernels take, which packed the operand once a block
-        // (Inception 3a's 1×1 products at batch 32: 98 blocks of 256 rows).
-        let few = (6..=FEW_ROWS).contains(&rows) && cols >= 16;
-        let tall = rows > FEW_ROWS && super::microkernel::suits(rows, depth, cols, false);
-        if native.is_none() || !(few || tall) || !constant(p, b.buf) {
+        let Kernel::Gemm { a, b, c, tb, .. } = k else { continue };
+        if native.is_none() || packed_split(p, &derived, k).is_none() {
             continue;
         }
         let (rsb, csb) = if *tb { (1, b.pitch) } else { (b.pitch, 1) };
-        let values = super::microkernel::pack(m.src(b), depth, cols, rsb, csb);
-        out.insert((b.buf, b.offset), Packed { shape: [depth, cols, rsb, csb], values });
+        let values = super::microkernel::pack(m.src(b), a.cols(), c.cols(), rsb, csb);
+        out.insert((b.buf, b.offset), Packed { shape: [a.cols(), c.cols(), rsb, csb], values });
     }
     out
 }
 
-/// Whether `buf` is constant while `p` runs: a parameter, or what the prepare phase derives from
-/// them (written by its kernels and by no kernel of the program: merged and folded filters).
-fn constant(p: &cnnc_compiler::lir::Program, buf: cnnc_compiler::lir::BufId) -> bool {
-    let written = |ks: &[Kernel]| ks.iter().any(|k| k.access().1.iter().any(|v| v.buf == buf));
-    match p.buffers[buf.0 as usize].space {
-        cnnc_compiler::lir::Space::Param(_) => true,
-        cnnc_compiler::lir::Space::Arena => written(&p.prepare) && !written(&p.kernels),
-        _ => false,
+/// How a product whose constant operand the prepare phase packs runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PackedSplit {
+    /// Few rows: its panels of columns split over the threads ([`packed_product`]).
+    Columns,
+    /// Blocks of rows of a narrow product, which packed the operand once a block before
+    /// (Inception 3a's 1×1 products at batch 32: 98 blocks of 256 rows).
+    Rows,
+}
+
+/// Whether the prepare phase packs `k`'s right-hand operand, and how the product then runs: an
+/// inference program's product over a constant operand (`derived`: [`derived_constants`]) where
+/// the micro-kernels run, with few rows (6 to [`FEW_ROWS`], 16 columns or more) or a narrow one
+/// with more. (Implicit convolutions keep their blocks of rows and pack per call: packing their
+/// filters once, balancing their blocks over the threads, or the whole im2col matrix and a
+/// product split by columns measured within the noise on GoogLeNet and ResNet-50 at batch 1.)
+fn packed_split(
+    p: &cnnc_compiler::lir::Program,
+    derived: &std::collections::HashSet<cnnc_compiler::lir::BufId>,
+    k: &Kernel,
+) -> Option<PackedSplit> {
+    use cnnc_compiler::lir::Space;
+    let Kernel::Gemm { a, b, c, ta: false, .. } = k else { return None };
+    let training = p.buffers.iter().any(|b| matches!(b.space, Space::Grad(_)));
+    let constant = matches!(p.buffers[b.buf.0 as usize].space, Space::Param(_)) || derived.contains(&b.buf);
+    if training || !constant || !super::microkernel::available() {
+        return None;
     }
+    let (rows, depth, cols) = (c.rows(), a.cols(), c.cols());
+    if (6..=FEW_ROWS).contains(&rows) && cols >= 16 {
+        Some(PackedSplit::Columns)
+    } else if rows > FEW_ROWS && super::microkernel::suits(rows, depth, cols, false) {
+        Some(PackedSplit::Rows)
+    } else {
+        None
+    }
+}
+
+/// The buffers the prepare phase derives from the parameters (written by its kernels and by no
+/// kernel of the program: merged and folded filters), constant while the program runs.
+fn derived_constants(p: &cnnc_compiler::lir::Program) -> std::collections::HashSet<cnnc_compiler::lir::BufId> {
+    let written = |ks: &[Kernel]| -> std::collections::HashSet<_> {
+        ks.iter().flat_map(|k| k.access().1).map(|v| v.buf).collect()
+    };
+    let run = written(&p.kernels);
+    written(&p.prepare).into_iter().filter(|b| !run.contains(b)).collect()
 }
 
 /// `C[rows × n] = A·B (+ C)` over `packed` ([`super::microkernel::pack`]): the column panels

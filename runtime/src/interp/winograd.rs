@@ -364,23 +364,15 @@ fn transform_input_body<const A: usize, const AA: usize>(
 ) {
     let [_, ih, iw] = g.input;
     // The input's pixels are `channels` apart; the convolution reads `cg` of them from `c0`.
-    let (channels, cin, c0) = (g.channels, g.cg, g.c0);
+    let (channels, cin) = (g.channels, g.cg);
     let tiles = t1 - t0;
-    let tw = g.output[2].div_ceil(m);
     let zeros = vec![0f32; cin];
     let example = &x[n * ih * iw * channels..(n + 1) * ih * iw * channels];
     // The A×A block of a tile's input pixels (channels contiguous), zeros outside the image.
     let gather = |tile: usize| -> [&[f32]; AA] {
-        let (ty, tx) = (tile / tw, tile % tw);
-        std::array::from_fn(|ij| {
-            let h = (m * ty + ij / A) as isize - g.pad[1] as isize;
-            let w = (m * tx + ij % A) as isize - g.pad[2] as isize;
-            if h < 0 || w < 0 || h as usize >= ih || w as usize >= iw {
-                &zeros[..]
-            } else {
-                let at = (h as usize * iw + w as usize) * channels + c0;
-                &example[at..at + cin]
-            }
+        std::array::from_fn(|ij| match pixel(g, m, A, tile, ij) {
+            Some(at) => &example[at..at + cin],
+            None => &zeros[..],
         })
     };
     // (The layout is told by the tile stride: with one tile, `xs` is `cin` in both.)
@@ -400,6 +392,19 @@ fn transform_input_body<const A: usize, const AA: usize>(
             input_tile(&gather(t0 + t), &mut out, cin, block);
         }
     }
+}
+
+/// Where pixel `ij` (row-major) of the `a`×`a` input block of tile `tile` (row-major, tiles of
+/// `m`×`m` outputs) starts in its example (`[h, w, channels]`, the geometry's `cg` channels from
+/// `c0`), or `None` in the padding.
+#[inline(always)]
+fn pixel(g: &Geom, m: usize, a: usize, tile: usize, ij: usize) -> Option<usize> {
+    let [_, ih, iw] = g.input;
+    let tw = g.output[2].div_ceil(m);
+    let h = (m * (tile / tw) + ij / a) as isize - g.pad[1] as isize;
+    let w = (m * (tile % tw) + ij % a) as isize - g.pad[2] as isize;
+    let inside = h >= 0 && w >= 0 && (h as usize) < ih && (w as usize) < iw;
+    inside.then(|| (h as usize * iw + w as usize) * g.channels + g.c0)
 }
 
 /// Channels transformed at once, in local arrays the compiler keeps in vector registers.
@@ -695,18 +700,9 @@ fn output_block4(e: &[[f32; W]; 36], bias: &[f32; W]) -> [[f32; W]; 16] {
 /// [`output_block`], so the same bits.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::super::microkernel::first_lanes as mask;
     use super::Geom;
     use std::arch::x86_64::*;
-
-    /// The lanes of `left` channels to go, at most 16.
-    #[inline(always)]
-    fn mask(left: usize) -> __mmask16 {
-        if left >= 16 {
-            0xffff
-        } else {
-            (1u16 << left) - 1
-        }
-    }
 
     /// [`super::transform_input`] for m = 2.
     ///
@@ -725,22 +721,17 @@ mod avx512 {
         ts: usize,
     ) {
         let [_, ih, iw] = g.input;
-        let (channels, cin, c0) = (g.channels, g.cg, g.c0);
-        let tw = g.output[2].div_ceil(2);
+        let (channels, cin) = (g.channels, g.cg);
         let zeros = vec![0f32; cin];
         let example = &x[n * ih * iw * channels..(n + 1) * ih * iw * channels];
         assert!(v.len() >= if ts != cin { (t1 - t0) * ts } else { 15 * xs + (t1 - t0) * ts });
         let vp = v.as_mut_ptr();
-        let (ph, pw) = (g.pad[1] as isize, g.pad[2] as isize);
         for t in 0..t1 - t0 {
-            let (ty, tx) = ((t0 + t) / tw, (t0 + t) % tw);
             let mut d = [zeros.as_ptr(); 16];
             let mut o = [vp; 16];
             for ij in 0..16 {
-                let h = (2 * ty + ij / 4) as isize - ph;
-                let w = (2 * tx + ij % 4) as isize - pw;
-                if h >= 0 && w >= 0 && (h as usize) < ih && (w as usize) < iw {
-                    d[ij] = example[(h as usize * iw + w as usize) * channels + c0..][..cin].as_ptr();
+                if let Some(at) = super::pixel(g, 2, 4, t0 + t, ij) {
+                    d[ij] = example[at..][..cin].as_ptr();
                 }
                 // SAFETY: inside `v` (asserted above).
                 o[ij] = unsafe { vp.add(if ts != cin { t * ts + ij * cin } else { ij * xs + t * ts }) };
