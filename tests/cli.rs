@@ -307,6 +307,13 @@ fn kernels_name_how_convolutions_read_their_input() {
     assert!(first.contains("window rows read in place"), "{text}");
     assert!(text.matches("taps read in place").count() >= 5, "{text}");
     assert!(!text.contains("im2col rows"), "{text}");
+    // Inference: every one reads its filters packed once by the prepare phase; training packs
+    // them on each call (they change every step).
+    let implicit: Vec<&str> = text.lines().filter(|l| l.contains("implicit GEMM")).collect();
+    assert!(implicit.iter().all(|l| l.contains("filters packed once")), "{text}");
+    let out = cnnc().args(["build", "examples/lenet5.cnn", "--emit", "kernels", "--batch", "8"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("implicit GEMM") && !text.contains("filters packed once"), "{text}");
 }
 
 #[test]

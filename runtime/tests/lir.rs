@@ -458,6 +458,15 @@ fn tall_narrow_products_read_operands_packed_once() {
     packed_once(&[20, 19, 24], "conv(40, 1x1) |> relu |> conv(300, 1x1) |> conv(20, 1x1)", &[2, 3], 2);
 }
 
+/// An implicit-GEMM convolution of an inference program (a 5×5: not Winograd's, too many
+/// channels for direct loops) reads its filters packed once by the prepare phase, as the 1×1
+/// product after it does; at batch 1 its 196 rows (5 blocks of 48) are cut into blocks that fall
+/// evenly on the threads, at batch 2 (9 blocks) they are not.
+#[test]
+fn implicit_convolutions_read_filters_packed_once() {
+    packed_once(&[14, 14, 40], "conv(32, 5x5, pad: same) |> relu |> conv(20, 1x1)", &[1, 2], 2);
+}
+
 /// The model of `layers` over `input` at each batch: equal to the interpreter, `packed` constant
 /// operands packed by the prepare phase (where the micro-kernels run), the same bits on one, two
 /// and three threads.

@@ -60,14 +60,37 @@ pub fn runs(rows: usize, k: usize) -> bool {
 /// `op(B)` (`k × n`, element `(i, j)` at `b[i·rsb + j·csb]`) packed into panels of 16 columns
 /// (the last may be 8): panel `p` is `k` rows of its width, one after the other.
 pub fn pack(b: &[f32], k: usize, n: usize, rsb: usize, csb: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(k * n.next_multiple_of(8));
+    // Each panel's offset and width; the columns past `n` stay zeros.
+    let mut panels = Vec::with_capacity(n.div_ceil(16));
     let mut j0 = 0;
     while j0 < n {
         let w = width(n - j0);
-        for i in 0..k {
-            out.extend((j0..j0 + w).map(|j| if j < n { b[i * rsb + j * csb] } else { 0.0 }));
-        }
+        panels.push((j0, w, w.min(n - j0)));
         j0 += w;
+    }
+    let mut out = vec![0f32; k * panels.iter().map(|p| p.1).sum::<usize>()];
+    if csb == 1 {
+        // Row by row of `b`, in the order it lies: one pass over the source.
+        for i in 0..k {
+            let row = &b[i * rsb..];
+            let mut at = 0;
+            for &(j0, w, valid) in &panels {
+                out[at + i * w..at + i * w + valid].copy_from_slice(&row[j0..j0 + valid]);
+                at += k * w;
+            }
+        }
+    } else {
+        // Column by column of `b` (its columns lie in order when it is transposed).
+        let mut at = 0;
+        for &(j0, w, valid) in &panels {
+            for j in 0..valid {
+                let col = &b[(j0 + j) * csb..];
+                for (i, o) in out[at + j..at + k * w].iter_mut().step_by(w).enumerate() {
+                    *o = col[i * rsb];
+                }
+            }
+            at += k * w;
+        }
     }
     out
 }
@@ -568,6 +591,13 @@ mod avx2 {
             for s in 0..runs {
                 let rows: [*const f32; M] = std::array::from_fn(|m| a.at(m, s));
                 let bs = b.add(s * len * 8 * V);
+                if M == 6 && V == 2 {
+                    // The full tile by hand: its 12 sums, 2 columns and a row's value take 15 of
+                    // the 16 registers, and the compiler's schedule spilled a sum every step.
+                    let (acc, rows) = (&mut *(acc.as_mut_ptr() as *mut [[__m256; 2]; 6]), &rows[..]);
+                    full_run(acc, [rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]], bs, len);
+                    continue;
+                }
                 let step = |acc: &mut [[__m256; V]; M], i: usize| {
                     let row = bs.add(i * 8 * V);
                     let mut bv = [_mm256_setzero_ps(); V];
@@ -613,6 +643,78 @@ mod avx2 {
                     }
                 }
             }
+        }
+    }
+
+    /// `acc[m] += Σᵢ rows[m][i] · b[i]` for `i < len`, in order: the 6 × 16 tile's sums over a run
+    /// of K, each a fused multiply-add per step as in [`tile`] (the same bits), all 16 vector
+    /// registers named: 12 sums, a row of `b` in two, a row's value in the other two by turns.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; each of `rows` holds `len` values, `b` `len` rows of 16.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn full_run(acc: &mut [[__m256; 2]; 6], rows: [*const f32; 6], b: *const f32, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let [[c0, c1], [c2, c3], [c4, c5], [c6, c7], [c8, c9], [c10, c11]] = acc;
+        // SAFETY: the caller's promise: every load is inside `rows`' runs and `b`'s rows; the
+        // code writes only the registers it names as outputs.
+        unsafe {
+            std::arch::asm!(
+                "2:",
+                "vmovups {y12}, ymmword ptr [{b}]",
+                "vmovups {y13}, ymmword ptr [{b} + 32]",
+                "vbroadcastss {y14}, dword ptr [{a0} + 4*{i}]",
+                "vfmadd231ps {c0}, {y14}, {y12}",
+                "vfmadd231ps {c1}, {y14}, {y13}",
+                "vbroadcastss {y15}, dword ptr [{a1} + 4*{i}]",
+                "vfmadd231ps {c2}, {y15}, {y12}",
+                "vfmadd231ps {c3}, {y15}, {y13}",
+                "vbroadcastss {y14}, dword ptr [{a2} + 4*{i}]",
+                "vfmadd231ps {c4}, {y14}, {y12}",
+                "vfmadd231ps {c5}, {y14}, {y13}",
+                "vbroadcastss {y15}, dword ptr [{a3} + 4*{i}]",
+                "vfmadd231ps {c6}, {y15}, {y12}",
+                "vfmadd231ps {c7}, {y15}, {y13}",
+                "vbroadcastss {y14}, dword ptr [{a4} + 4*{i}]",
+                "vfmadd231ps {c8}, {y14}, {y12}",
+                "vfmadd231ps {c9}, {y14}, {y13}",
+                "vbroadcastss {y15}, dword ptr [{a5} + 4*{i}]",
+                "vfmadd231ps {c10}, {y15}, {y12}",
+                "vfmadd231ps {c11}, {y15}, {y13}",
+                "add {b}, 64",
+                "inc {i}",
+                "cmp {i}, {len}",
+                "jne 2b",
+                a0 = in(reg) rows[0],
+                a1 = in(reg) rows[1],
+                a2 = in(reg) rows[2],
+                a3 = in(reg) rows[3],
+                a4 = in(reg) rows[4],
+                a5 = in(reg) rows[5],
+                b = inout(reg) b => _,
+                i = inout(reg) 0usize => _,
+                len = in(reg) len,
+                c0 = inout(ymm_reg) *c0,
+                c1 = inout(ymm_reg) *c1,
+                c2 = inout(ymm_reg) *c2,
+                c3 = inout(ymm_reg) *c3,
+                c4 = inout(ymm_reg) *c4,
+                c5 = inout(ymm_reg) *c5,
+                c6 = inout(ymm_reg) *c6,
+                c7 = inout(ymm_reg) *c7,
+                c8 = inout(ymm_reg) *c8,
+                c9 = inout(ymm_reg) *c9,
+                c10 = inout(ymm_reg) *c10,
+                c11 = inout(ymm_reg) *c11,
+                y12 = out(ymm_reg) _,
+                y13 = out(ymm_reg) _,
+                y14 = out(ymm_reg) _,
+                y15 = out(ymm_reg) _,
+                options(nostack, readonly),
+            );
         }
     }
 }

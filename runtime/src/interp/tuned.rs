@@ -25,8 +25,8 @@ pub(super) fn covers(k: &Kernel) -> bool {
 }
 
 /// Who computes `k`, a kernel of `p`, on the JIT backend (`cnnc build --emit kernels`).
-pub fn provider(p: &cnnc_compiler::lir::Program, k: &Kernel) -> &'static str {
-    match k {
+pub fn provider(p: &cnnc_compiler::lir::Program, k: &Kernel) -> String {
+    let said = match k {
         Kernel::Map { .. } => "generated (cranelift)",
         Kernel::ConvGemm { epilogue, geom, winograd: Some(u), .. } => match (geom.winograd_tile(u), epilogue) {
             (Some(4), Some(_)) => "Winograd F(4×4, 3×3) + generated epilogue",
@@ -44,18 +44,15 @@ pub fn provider(p: &cnnc_compiler::lir::Program, k: &Kernel) -> &'static str {
         Kernel::ConvWeightGrad { x, geom, c, .. } if direct_suits(x, geom, c.cols()) => "direct convolution",
         Kernel::ConvGemm { c, geom, epilogue, .. } => {
             let micro = super::microkernel::suits(c.rows(), geom.window() * geom.cg, c.cols(), false);
-            match (micro, conv_rows(geom), epilogue.is_some()) {
-                (true, ConvRows::Taps, true) => "implicit GEMM, taps read in place, micro-kernel + generated epilogue",
-                (true, ConvRows::Taps, false) => "implicit GEMM, taps read in place, micro-kernel",
-                (true, ConvRows::WindowRows, true) => {
-                    "implicit GEMM, window rows read in place, micro-kernel + generated epilogue"
-                }
-                (true, ConvRows::WindowRows, false) => "implicit GEMM, window rows read in place, micro-kernel",
-                (true, ConvRows::Im2col, true) => "implicit GEMM, im2col rows, micro-kernel + generated epilogue",
-                (true, ConvRows::Im2col, false) => "implicit GEMM, im2col rows, micro-kernel",
-                (false, _, true) => "implicit GEMM, im2col rows, gemm crate + generated epilogue",
-                (false, _, false) => "implicit GEMM, im2col rows, gemm crate",
-            }
+            let how = match (micro, conv_rows(geom)) {
+                (true, ConvRows::Taps) => "implicit GEMM, taps read in place, micro-kernel",
+                (true, ConvRows::WindowRows) => "implicit GEMM, window rows read in place, micro-kernel",
+                (true, ConvRows::Im2col) => "implicit GEMM, im2col rows, micro-kernel",
+                (false, _) => "implicit GEMM, im2col rows, gemm crate",
+            };
+            let once = if conv_packed(p, &derived_constants(p), k) { ", filters packed once" } else { "" };
+            let then = if epilogue.is_some() { " + generated epilogue" } else { "" };
+            return format!("{how}{once}{then}");
         }
         Kernel::Gemm { a, c, ta, epilogue, .. } => {
             let depth = if *ta { a.rows() } else { a.cols() };
@@ -78,7 +75,8 @@ pub fn provider(p: &cnnc_compiler::lir::Program, k: &Kernel) -> &'static str {
         Kernel::ConvWeightGrad { .. } => "implicit GEMM over K blocks, gemm crate",
         k if covers(k) => "tuned Rust",
         _ => "interpreter",
-    }
+    };
+    said.to_string()
 }
 
 /// Runs `k`, which [`covers`] accepts.
@@ -539,7 +537,7 @@ fn conv_gemm_blocks(
     ctx: crate::reference::Ctx,
     done: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<(), String> {
-    let Kernel::ConvGemm { x, geom, b, c, tb, bias, epilogue, winograd, .. } = k else { return Ok(()) };
+    let Kernel::ConvGemm { x, geom, b, c, tb, bias, epilogue, winograd, stats, .. } = k else { return Ok(()) };
     let kk = geom.window() * geom.cg;
     let (rows, cols) = (c.rows(), c.cols());
     if rows == 0 || cols == 0 {
@@ -580,7 +578,14 @@ fn conv_gemm_blocks(
     let (rsb, csb) = if *tb { (1, b.pitch) } else { (b.pitch, 1) };
     let micro = super::microkernel::suits(rows, kk, cols, false);
     let block = cnnc_compiler::lir::passes::fuse_im2col::block_rows(kk, cols);
-    let packed = if micro { super::microkernel::pack(sb, kk, cols, rsb, csb) } else { Vec::new() };
+    // (Batch statistics are summed by blocks: theirs stay fixed, the same bits on any number of
+    // threads.)
+    let block = if stats.is_none() { balanced_block(rows, block) } else { block };
+    // Filters the prepare phase packed (`pack_constants`: an inference program's), else packed
+    // here, once a call.
+    let pre = if micro { m.packed(b, [kk, cols, rsb, csb]) } else { None };
+    let owned = if micro && pre.is_none() { super::microkernel::pack(sb, kk, cols, rsb, csb) } else { Vec::new() };
+    let packed = pre.unwrap_or(&owned);
     let pb = Shared(sb.as_ptr());
     // The micro-kernels read the input where it lies through a table of taps or of window rows
     // (`conv_rows`), else from im2col rows copied block by block; a table's entry points at a
@@ -611,11 +616,11 @@ fn conv_gemm_blocks(
                 // SAFETY: `suits` checked the host's ISA; the table holds `n` rows of `runs`
                 // pointers, each at `len` values of `xs`, `zeros` or `scratch`; `sc` holds `n`
                 // rows of `cols` at the view's pitch, `packed` `kk·cols` values.
-                unsafe { super::microkernel::gemm_indirect(n, runs, len, table, cols, &packed, sc, c.pitch) };
+                unsafe { super::microkernel::gemm_indirect(n, runs, len, table, cols, packed, sc, c.pitch) };
             } else if micro {
                 // SAFETY: `suits` checked the host's ISA; `col` holds `n` rows of `kk`, `sc` `n` rows
                 // of `cols` at the view's pitch, `packed` `kk·cols` values.
-                unsafe { super::microkernel::gemm(n, kk, cols, col, kk, &packed, sc, c.pitch, false) };
+                unsafe { super::microkernel::gemm(n, kk, cols, col, kk, packed, sc, c.pitch, false) };
             } else {
                 // SAFETY: as in `gemm`: the view checks put every element the strides reach inside.
                 unsafe {
@@ -638,6 +643,19 @@ fn conv_gemm_blocks(
             epilogue_of(first, n)
         },
     )
+}
+
+/// Rows a block of an implicit convolution's rows (at most `block`), so that the blocks fall
+/// evenly on the threads where there are few of them (GoogLeNet's 14×14 maps at batch 1: 196
+/// rows in 5 blocks of 48, 3 on one thread and 2 on the other, became 6 of 36).
+fn balanced_block(rows: usize, block: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let blocks = rows.div_ceil(block.max(1));
+    if blocks >= 4 * threads || blocks.is_multiple_of(threads) {
+        return block;
+    }
+    let even = blocks.next_multiple_of(threads);
+    rows.div_ceil(even).next_multiple_of(6).min(block)
 }
 
 /// How the micro-kernels read an implicit-GEMM convolution's rows of its input.
@@ -696,6 +714,14 @@ pub(crate) fn pack_constants(
     let derived = derived_constants(p);
     let mut out = std::collections::HashMap::new();
     for (k, native) in p.kernels.iter().zip(natives) {
+        if let Kernel::ConvGemm { geom, b, c, .. } = k {
+            if native.is_some() && conv_packed(p, &derived, k) {
+                let (kk, rsb) = (geom.window() * geom.cg, b.pitch);
+                let values = super::microkernel::pack(m.src(b), kk, c.cols(), rsb, 1);
+                out.insert((b.buf, b.offset), Packed { shape: [kk, c.cols(), rsb, 1], values });
+            }
+            continue;
+        }
         let Kernel::Gemm { a, b, c, tb, .. } = k else { continue };
         if native.is_none() || packed_split(p, &derived, k).is_none() {
             continue;
@@ -720,9 +746,8 @@ enum PackedSplit {
 /// Whether the prepare phase packs `k`'s right-hand operand, and how the product then runs: an
 /// inference program's product over a constant operand (`derived`: [`derived_constants`]) where
 /// the micro-kernels run, with few rows (6 to [`FEW_ROWS`], 16 columns or more) or a narrow one
-/// with more. (Implicit convolutions keep their blocks of rows and pack per call: packing their
-/// filters once, balancing their blocks over the threads, or the whole im2col matrix and a
-/// product split by columns measured within the noise on GoogLeNet and ResNet-50 at batch 1.)
+/// with more. (Implicit convolutions keep their blocks of rows, their filters packed once by
+/// [`conv_packed`].)
 fn packed_split(
     p: &cnnc_compiler::lir::Program,
     derived: &std::collections::HashSet<cnnc_compiler::lir::BufId>,
@@ -743,6 +768,25 @@ fn packed_split(
     } else {
         None
     }
+}
+
+/// Whether the prepare phase packs the filters of `k`, an implicit convolution of an inference
+/// program over constant filters (`derived`: [`derived_constants`]) that the micro-kernels run
+/// (packing them on each call took a quarter of GoogLeNet's 14×14 3×3 layers at batch 1, on one
+/// thread while the other waited).
+fn conv_packed(
+    p: &cnnc_compiler::lir::Program,
+    derived: &std::collections::HashSet<cnnc_compiler::lir::BufId>,
+    k: &Kernel,
+) -> bool {
+    use cnnc_compiler::lir::Space;
+    let Kernel::ConvGemm { x, geom, b, c, tb: false, winograd: None, .. } = k else { return false };
+    let training = p.buffers.iter().any(|b| matches!(b.space, Space::Grad(_)));
+    let constant = matches!(p.buffers[b.buf.0 as usize].space, Space::Param(_)) || derived.contains(&b.buf);
+    !training
+        && constant
+        && !direct_suits(x, geom, c.cols())
+        && super::microkernel::suits(c.rows(), geom.window() * geom.cg, c.cols(), false)
 }
 
 /// The buffers the prepare phase derives from the parameters (written by its kernels and by no
