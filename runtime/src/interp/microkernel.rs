@@ -594,8 +594,9 @@ mod avx2 {
                 if M == 6 && V == 2 {
                     // The full tile by hand: its 12 sums, 2 columns and a row's value take 15 of
                     // the 16 registers, and the compiler's schedule spilled a sum every step.
-                    let (acc, rows) = (&mut *(acc.as_mut_ptr() as *mut [[__m256; 2]; 6]), &rows[..]);
-                    full_run(acc, [rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]], bs, len);
+                    // (M and V are 6 and 2 here: the casts change no size.)
+                    let acc = &mut *(acc.as_mut_ptr() as *mut [[__m256; 2]; 6]);
+                    full_run(acc, *(rows.as_ptr() as *const [*const f32; 6]), bs, len);
                     continue;
                 }
                 let step = |acc: &mut [[__m256; V]; M], i: usize| {

@@ -577,9 +577,9 @@ fn conv_gemm_blocks(
     }
     let (rsb, csb) = if *tb { (1, b.pitch) } else { (b.pitch, 1) };
     let micro = super::microkernel::suits(rows, kk, cols, false);
+    // Blocks balanced over the threads, but for batch statistics, summed by blocks: theirs stay
+    // fixed, the same bits on any number of threads.
     let block = cnnc_compiler::lir::passes::fuse_im2col::block_rows(kk, cols);
-    // (Batch statistics are summed by blocks: theirs stay fixed, the same bits on any number of
-    // threads.)
     let block = if stats.is_none() { balanced_block(rows, block) } else { block };
     // Filters the prepare phase packed (`pack_constants`: an inference program's), else packed
     // here, once a call.
@@ -714,23 +714,44 @@ pub(crate) fn pack_constants(
     let derived = derived_constants(p);
     let mut out = std::collections::HashMap::new();
     for (k, native) in p.kernels.iter().zip(natives) {
-        if let Kernel::ConvGemm { geom, b, c, .. } = k {
-            if native.is_some() && conv_packed(p, &derived, k) {
-                let (kk, rsb) = (geom.window() * geom.cg, b.pitch);
-                let values = super::microkernel::pack(m.src(b), kk, c.cols(), rsb, 1);
-                out.insert((b.buf, b.offset), Packed { shape: [kk, c.cols(), rsb, 1], values });
-            }
-            continue;
-        }
-        let Kernel::Gemm { a, b, c, tb, .. } = k else { continue };
-        if native.is_none() || packed_split(p, &derived, k).is_none() {
-            continue;
-        }
-        let (rsb, csb) = if *tb { (1, b.pitch) } else { (b.pitch, 1) };
-        let values = super::microkernel::pack(m.src(b), a.cols(), c.cols(), rsb, csb);
-        out.insert((b.buf, b.offset), Packed { shape: [a.cols(), c.cols(), rsb, csb], values });
+        let Some((b, shape)) = native.as_ref().and_then(|_| packed_operand(p, &derived, k)) else { continue };
+        let [depth, cols, rsb, csb] = shape;
+        let values = super::microkernel::pack(m.src(b), depth, cols, rsb, csb);
+        out.insert((b.buf, b.offset), Packed { shape, values });
     }
     out
+}
+
+/// The operand of `k` the prepare phase packs and its `[k, n, rsb, csb]`: a product's right-hand
+/// operand ([`packed_split`]) or an implicit convolution's filters ([`conv_packed`]).
+fn packed_operand<'k>(
+    p: &cnnc_compiler::lir::Program,
+    derived: &std::collections::HashSet<cnnc_compiler::lir::BufId>,
+    k: &'k Kernel,
+) -> Option<(&'k View, [usize; 4])> {
+    match k {
+        Kernel::Gemm { a, b, c, tb, .. } if packed_split(p, derived, k).is_some() => {
+            let (rsb, csb) = if *tb { (1, b.pitch) } else { (b.pitch, 1) };
+            Some((b, [a.cols(), c.cols(), rsb, csb]))
+        }
+        Kernel::ConvGemm { geom, b, c, .. } if conv_packed(p, derived, k) => {
+            Some((b, [geom.window() * geom.cg, c.cols(), b.pitch, 1]))
+        }
+        _ => None,
+    }
+}
+
+/// Whether `b` is an operand the prepare phase may pack: constant in an inference program (a
+/// parameter, or a buffer the prepare phase derives: `derived`), where the micro-kernels run.
+fn prepared_constant(
+    p: &cnnc_compiler::lir::Program,
+    derived: &std::collections::HashSet<cnnc_compiler::lir::BufId>,
+    b: &View,
+) -> bool {
+    use cnnc_compiler::lir::Space;
+    let training = p.buffers.iter().any(|b| matches!(b.space, Space::Grad(_)));
+    let constant = matches!(p.buffers[b.buf.0 as usize].space, Space::Param(_)) || derived.contains(&b.buf);
+    !training && constant && super::microkernel::available()
 }
 
 /// How a product whose constant operand the prepare phase packs runs.
@@ -753,11 +774,8 @@ fn packed_split(
     derived: &std::collections::HashSet<cnnc_compiler::lir::BufId>,
     k: &Kernel,
 ) -> Option<PackedSplit> {
-    use cnnc_compiler::lir::Space;
     let Kernel::Gemm { a, b, c, ta: false, .. } = k else { return None };
-    let training = p.buffers.iter().any(|b| matches!(b.space, Space::Grad(_)));
-    let constant = matches!(p.buffers[b.buf.0 as usize].space, Space::Param(_)) || derived.contains(&b.buf);
-    if training || !constant || !super::microkernel::available() {
+    if !prepared_constant(p, derived, b) {
         return None;
     }
     let (rows, depth, cols) = (c.rows(), a.cols(), c.cols());
@@ -779,12 +797,8 @@ fn conv_packed(
     derived: &std::collections::HashSet<cnnc_compiler::lir::BufId>,
     k: &Kernel,
 ) -> bool {
-    use cnnc_compiler::lir::Space;
     let Kernel::ConvGemm { x, geom, b, c, tb: false, winograd: None, .. } = k else { return false };
-    let training = p.buffers.iter().any(|b| matches!(b.space, Space::Grad(_)));
-    let constant = matches!(p.buffers[b.buf.0 as usize].space, Space::Param(_)) || derived.contains(&b.buf);
-    !training
-        && constant
+    prepared_constant(p, derived, b)
         && !direct_suits(x, geom, c.cols())
         && super::microkernel::suits(c.rows(), geom.window() * geom.cg, c.cols(), false)
 }
