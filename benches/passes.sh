@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 cnnc=target/release/cnnc
-passes=(fold_batchnorm fuse_maps fuse_epilogue fuse_im2col fuse_bn_stats merge_siblings winograd concat_in_place in_place)
+passes=(fold_batchnorm fuse_maps fuse_epilogue fuse_im2col fuse_bn_stats merge_siblings winograd concat_in_place fuse_pool in_place)
 step() { # args...: the median step in ms, the arena peak and the sum of buffers in MiB
     local out
     out=$("$cnnc" bench "$@" --backend jit 2>&1)

@@ -157,6 +157,7 @@ fn lir_text(
                     let routes = match k {
                         cnnc_compiler::lir::Kernel::Gemm { epilogue: Some(e), .. }
                         | cnnc_compiler::lir::Kernel::ConvGemm { epilogue: Some(e), .. }
+                        | cnnc_compiler::lir::Kernel::PoolGemm { epilogue: Some(e), .. }
                             if !e.routes.is_empty() =>
                         {
                             format!(", {} column ranges to destinations of their own", e.routes.len())

@@ -209,7 +209,7 @@ fn build_emits_the_kernel_program_and_its_memory_plan() {
 
 /// The inception module's three 1×1 convolutions are one product, whose epilogue writes the
 /// 1×1 branch into the concatenation and the 5×5 branch's input into its own buffer: the module
-/// copies nothing.
+/// copies nothing; its pool branch's pooling is made inside the 1×1 product after it.
 #[test]
 fn the_inception_module_is_one_product_for_its_bottlenecks_and_copies_nothing() {
     let out = cnnc().args(["build", "examples/inception_module.cnn", "--emit", "kernels"]).output().unwrap();
@@ -223,7 +223,10 @@ fn the_inception_module_is_one_product_for_its_bottlenecks_and_copies_nothing() 
         "{kernels}"
     );
     assert!(!lines.iter().any(|l| l.contains(" copy ")), "no copy:\n{kernels}");
-    assert_eq!(lines.len(), 5, "1×1 product, 3×3, 5×5, pool, pool projection:\n{kernels}");
+    assert!(!lines.iter().any(|l| l.contains(" pool ")), "no pooling of its own:\n{kernels}");
+    let pooled: Vec<&&str> = lines.iter().filter(|l| l.contains(" pool_gemm ")).collect();
+    assert!(pooled.len() == 1 && pooled[0].contains("[784, 32]"), "{kernels}");
+    assert_eq!(lines.len(), 4, "1×1 product, 3×3, 5×5, pool branch:\n{kernels}");
 }
 
 /// `--winograd-tile 4` transforms the filters of layers over large maps into 36 values each
@@ -273,8 +276,9 @@ fn a_larger_winograd_tile_is_taken_behind_a_flag() {
 
 /// `--emit kernels` says how each product runs: the inception module's merged 1×1 filters (derived
 /// by the prepare phase) and its pool branch's filters (parameters) packed once for the
-/// micro-kernels, over blocks of rows (784 rows and more); GoogLeNet's products over 7×7 maps at
-/// batch 1 (49 rows) over panels of columns.
+/// micro-kernels, over blocks of rows (784 rows and more; the pool branch's pooled block by
+/// block); GoogLeNet's products over 7×7 maps at batch 1 (49 rows) over panels of columns, its
+/// pool branches there pooled whole.
 #[test]
 fn kernels_say_which_products_read_filters_packed_once() {
     let emit = |args: &[&str]| {
@@ -285,11 +289,17 @@ fn kernels_say_which_products_read_filters_packed_once() {
     for batch in ["32", "1"] {
         let text = emit(&["examples/inception_module.cnn", "--batch", batch]);
         let products: Vec<&str> = text.lines().filter(|l| l.contains(" gemm ")).collect();
-        assert_eq!(products.len(), 2, "{text}");
+        assert_eq!(products.len(), 1, "{text}");
         assert!(products.iter().all(|l| l.contains("over blocks of rows, packed once")), "batch {batch}: {text}");
+        let pooled: Vec<&str> = text.lines().filter(|l| l.contains(" pool_gemm ")).collect();
+        assert_eq!(pooled.len(), 1, "{text}");
+        assert!(pooled[0].contains("made block by block, micro-kernel, filters packed once"), "batch {batch}: {text}");
     }
     let text = emit(&["stdlib/inception.cnn", "--model", "GoogLeNet", "--batch", "1"]);
     assert!(text.lines().any(|l| l.contains("[49, ") && l.contains("over panels of columns, packed once")), "{text}");
+    let pooled = "pool_gemm        [49, 128]";
+    let line = text.lines().find(|l| l.contains(pooled)).unwrap_or_default();
+    assert!(line.contains("micro-kernel over panels of columns, filters packed once"), "{text}");
 }
 
 /// `--emit kernels` says how each implicit-GEMM convolution reads its input: GoogLeNet's first

@@ -126,6 +126,11 @@ fn concat_in_place() {
 }
 
 #[test]
+fn fuse_pool() {
+    kernel_pass("fuse_pool");
+}
+
+#[test]
 fn in_place() {
     kernel_pass("in_place");
 }

@@ -243,6 +243,7 @@ impl Model<'_> {
             .iter()
             .map(|k| match k {
                 Kernel::ConvGemm { geom, .. } => geom.n * geom.positions() * geom.window() * geom.cg,
+                Kernel::PoolGemm { geom, .. } => geom.n * geom.positions() * geom.cg,
                 _ => 0,
             })
             .max()
@@ -330,6 +331,15 @@ fn supported(k: &Kernel) -> Result<(), String> {
             }
             Ok(())
         }
+        Kernel::PoolGemm { geom, b, c, epilogue, .. } => {
+            if epilogue.as_ref().is_some_and(|e| keep(&e.expr)) {
+                return Err("a product's epilogue draws dropout's mask: inference drops no unit".into());
+            }
+            if !fits(&[geom.cg * 4, b.pitch * UNROLL, c.pitch * 4]) {
+                return Err("a product over pooled rows too large for an object file".into());
+            }
+            Ok(())
+        }
         Kernel::Map { expr, .. } if keep(expr) => Err("a map draws dropout's mask: inference drops no unit".into()),
         Kernel::Pad { x, .. } if x.shape.len() > 5 => {
             Err(format!("a padded tensor of rank {} (at most 5)", x.shape.len()))
@@ -387,6 +397,7 @@ fn packable<'k>(k: &'k Kernel, p: &Program) -> Option<(&'k View, bool, usize)> {
     let (b, tb, depth) = match k {
         Kernel::Gemm { a, b, ta, tb, .. } => (b, *tb, if *ta { a.rows() } else { a.cols() }),
         Kernel::ConvGemm { b, tb, geom, .. } => (b, *tb, geom.window() * geom.cg),
+        Kernel::PoolGemm { b, geom, .. } => (b, false, geom.cg),
         _ => return None,
     };
     let n = if tb { b.rows() } else { b.cols() };
@@ -758,6 +769,30 @@ impl Gen {
                 let product = Product { m: c.rows(), n: c.cols(), k: depth, rsa, csa: 1, rsb, csb, ldc: c.pitch };
                 let right = packed.map_or_else(|| Right::Plain(at(b)), Right::Packed);
                 self.gemm(&product, rows, right, at(c), bias.as_ref().map(at), false, calls)?;
+                if let Some(e) = epilogue {
+                    for (inputs, channels, out) in e.parts(c) {
+                        self.map(&e.expr, &inputs, &channels, &out, layout, program, maps, calls)?;
+                    }
+                }
+            }
+            Kernel::PoolGemm { kind, x, geom, b, c, bias, epilogue } => {
+                // The pooled rows in the scratch area, then the product over them.
+                let depth = geom.cg;
+                let pooled = Place::Scratch(layout.col_at as i64 * 4);
+                let f = self.pool_template(*kind, &geom_desc(geom, depth))?;
+                calls.push(Call { function: f, pointers: vec![at(x), pooled], map: None, desc: None });
+                let product = Product {
+                    m: c.rows(),
+                    n: c.cols(),
+                    k: depth,
+                    rsa: depth,
+                    csa: 1,
+                    rsb: b.pitch,
+                    csb: 1,
+                    ldc: c.pitch,
+                };
+                let right = packed.map_or_else(|| Right::Plain(at(b)), Right::Packed);
+                self.gemm(&product, pooled, right, at(c), bias.as_ref().map(at), false, calls)?;
                 if let Some(e) = epilogue {
                     for (inputs, channels, out) in e.parts(c) {
                         self.map(&e.expr, &inputs, &channels, &out, layout, program, maps, calls)?;

@@ -4,9 +4,10 @@
 //! input. A view is a buffer, an offset, a shape whose last axis is contiguous, and a row pitch
 //! (elements between consecutive rows), so a channel slice of an NHWC tensor is a view, and
 //! reshapes and slices move no data. The closed set of kernels: GEMM with transposes, bias and
-//! accumulation; im2col and col2im; window pooling and its backward; global pooling; row
-//! reductions; a fused element-wise map with per-channel broadcast; softmax; batchnorm
-//! statistics, apply and backward; losses and their backward; copy and fill.
+//! accumulation; implicit products over im2col rows and over pooled rows; im2col and col2im;
+//! window pooling and its backward; global pooling; row reductions; a fused element-wise map
+//! with per-channel broadcast; softmax; batchnorm statistics, apply and backward; losses and
+//! their backward; copy and fill.
 //!
 //! Each layer op lowers in one function of its family ([`crate::ops::OpRule::lower`]), each
 //! `(op, wrt)` in one more ([`crate::ops::OpRule::lower_grad`]); [`lower`] drives them.
@@ -418,6 +419,19 @@ pub enum Kernel {
         winograd: Option<View>,
         stats: Option<Box<Stats>>,
     },
+    /// A product over pooled rows: `c = pool(x)·b (+ bias)`, then the epilogue, each row of
+    /// `pool(x)` (the `kind` pooling of `x` over `geom`, as [`Kernel::Pool`] computes it) made
+    /// where the product reads it, block by block, and never stored whole: an inception module's
+    /// pool branch, its 3×3 max pool and the 1×1 convolution after it.
+    PoolGemm {
+        kind: PoolKind,
+        x: View,
+        geom: Geom,
+        b: View,
+        c: View,
+        bias: Option<View>,
+        epilogue: Option<Box<Epilogue>>,
+    },
     /// 3×3 filters `w` (`[9·cin, cout]`) transformed for Winograd's F(m×m, 3×3) (a prepare
     /// kernel), m = 2 or 4 as `u`'s rows say ([`winograd_tile`]): `u` `[(m+2)²·cin, cout']`
     /// (`cout'` = `cout` rounded up to 8), for each position ξ = (m+2)i + j its `cin × cout`
@@ -501,6 +515,7 @@ impl Kernel {
             Kernel::Gemm { .. } => "gemm",
             Kernel::Im2col { .. } => "im2col",
             Kernel::ConvGemm { .. } => "conv_gemm",
+            Kernel::PoolGemm { .. } => "pool_gemm",
             Kernel::WinogradFilters { .. } => "winograd_filters",
             Kernel::ConvWeightGrad { .. } => "conv_weight_grad",
             Kernel::Col2im { .. } => "col2im",
@@ -551,6 +566,11 @@ impl Kernel {
                 v.extend(epi(epilogue));
                 v.extend(stats.iter_mut().flat_map(|s| [&mut s.mean, &mut s.var]));
             }
+            Kernel::PoolGemm { x, b, c, bias, epilogue, .. } => {
+                v.extend([x, b, c]);
+                v.extend(bias.as_mut());
+                v.extend(epi(epilogue));
+            }
             Kernel::WinogradFilters { w: a, u: b }
             | Kernel::Im2col { x: a, col: b, .. }
             | Kernel::Col2im { col: a, dx: b, .. }
@@ -600,6 +620,13 @@ impl Kernel {
         fn opt(v: &Option<View>) -> Vec<&View> {
             v.iter().collect()
         }
+        // An epilogue reads its inputs and writes its routes.
+        fn epilogue_access<'v>(e: &'v Option<Box<Epilogue>>, r: &mut Vec<&'v View>, w: &mut Vec<&'v View>) {
+            if let Some(e) = e {
+                r.extend(e.inputs.iter().chain(&e.channels));
+                w.extend(e.routes.iter().map(|r| &r.1));
+            }
+        }
         match self {
             Kernel::Gemm { a, b, c, accumulate, bias, epilogue, .. } => {
                 let mut r = vec![a, b];
@@ -608,10 +635,7 @@ impl Kernel {
                     r.push(c);
                 }
                 let mut w = vec![c];
-                if let Some(e) = epilogue {
-                    r.extend(e.inputs.iter().chain(&e.channels));
-                    w.extend(e.routes.iter().map(|r| &r.1));
-                }
+                epilogue_access(epilogue, &mut r, &mut w);
                 (r, w)
             }
             Kernel::Im2col { x, col, .. } => (vec![x], vec![col]),
@@ -621,11 +645,15 @@ impl Kernel {
                 r.extend(bias);
                 r.extend(winograd);
                 let mut w = vec![c];
-                if let Some(e) = epilogue {
-                    r.extend(e.inputs.iter().chain(&e.channels));
-                    w.extend(e.routes.iter().map(|r| &r.1));
-                }
+                epilogue_access(epilogue, &mut r, &mut w);
                 w.extend(stats.iter().flat_map(|s| [&s.mean, &s.var]));
+                (r, w)
+            }
+            Kernel::PoolGemm { x, b, c, bias, epilogue, .. } => {
+                let mut r = vec![x, b];
+                r.extend(bias);
+                let mut w = vec![c];
+                epilogue_access(epilogue, &mut r, &mut w);
                 (r, w)
             }
             Kernel::Col2im { col, dx, .. } => (vec![col, dx], vec![dx]),
@@ -692,6 +720,12 @@ impl Kernel {
                 let tail = epilogue.as_ref().map_or(0, |e| e.expr.len() * c.len());
                 let stats = stats.as_ref().map_or(0, |_| 3 * c.len());
                 2 * (c.rows() * c.cols() * k) as u64 + tail as u64 + stats as u64
+            }
+            Kernel::PoolGemm { geom, c, epilogue, .. } => {
+                // The pooling's operations (as `Pool` counts them), then the product's.
+                let pooled = geom.n * geom.positions() * geom.cg;
+                let tail = epilogue.as_ref().map_or(0, |e| e.expr.len() * c.len());
+                (pooled * geom.window() + 2 * c.rows() * c.cols() * geom.cg + tail) as u64
             }
             Kernel::WinogradFilters { u, .. } => 4 * u.len() as u64,
             Kernel::Im2col { .. }

@@ -147,10 +147,7 @@ impl Machine {
             .iter()
             .filter_map(|k| match k {
                 Kernel::Map { expr, .. } => Some(&expr[..]),
-                Kernel::Gemm { epilogue: Some(e), .. } | Kernel::ConvGemm { epilogue: Some(e), .. } => {
-                    Some(&e.expr[..])
-                }
-                _ => None,
+                k => native_epilogue(k).map(|e| &e.expr[..]),
             })
             .collect();
         let mut compiled = jit.maps(&exprs)?.into_iter();
@@ -158,7 +155,7 @@ impl Machine {
         for (k, native) in self.program.kernels.iter().zip(&mut self.natives) {
             if let Kernel::Map { .. } = k {
                 *native = Some(Native::Map(compiled.next().ok_or("a map was not compiled")?));
-            } else if let Kernel::Gemm { epilogue: Some(_), .. } | Kernel::ConvGemm { epilogue: Some(_), .. } = k {
+            } else if native_epilogue(k).is_some() {
                 *native = Some(Native::Epilogue(compiled.next().ok_or("an epilogue was not compiled")?));
             } else if tuned::covers(k) {
                 *native = Some(Native::Tuned);
@@ -455,6 +452,16 @@ impl Region {
 }
 
 /// Whether two views can share an element, given where their buffers are.
+/// The epilogue of a product the tuned kernels run with a compiled epilogue
+/// ([`tuned::gemm_then`]).
+fn native_epilogue(k: &Kernel) -> Option<&cnnc_compiler::lir::Epilogue> {
+    match k {
+        Kernel::Gemm { epilogue: Some(e), .. } | Kernel::ConvGemm { epilogue: Some(e), .. } => Some(e),
+        Kernel::PoolGemm { epilogue: Some(e), .. } if tuned::covers(k) => Some(e),
+        _ => None,
+    }
+}
+
 fn overlap(p: &Program, plan: &MemoryPlan, a: &View, b: &View) -> bool {
     let (Some(ra), Some(rb)) = (span(p, plan, a), span(p, plan, b)) else { return false };
     ra.0 == rb.0 && ra.1.start < rb.1.end && rb.1.start < ra.1.end

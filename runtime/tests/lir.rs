@@ -467,6 +467,30 @@ fn implicit_convolutions_read_filters_packed_once() {
     packed_once(&[14, 14, 40], "conv(32, 5x5, pad: same) |> relu |> conv(20, 1x1)", &[1, 2], 2);
 }
 
+/// A pooling read only by the 1×1 convolution after it runs inside that product (`fuse_pool`):
+/// max and average, padded and strided; few rows (pooled whole, the product over panels of
+/// columns) and more (blocks of output rows, one block's 5 rows fewer than a tile's); equal to
+/// the interpreter, the filters packed once, the same bits on one, two and three threads.
+#[test]
+fn pooled_rows_are_made_inside_the_product() {
+    let cases: [(&[usize], &str, &[usize]); 3] = [
+        (&[14, 14, 40], "maxpool(3x3, stride: 1, pad: 1) |> conv(20, 1x1) |> relu", &[1, 3]),
+        (&[9, 9, 24], "avgpool(3x3, stride: 2, pad: 1) |> conv(12, 1x1)", &[4, 11]),
+        (&[21, 5, 160], "maxpool(3x3, stride: 1, pad: 1) |> conv(8, 1x1)", &[3]),
+    ];
+    for (input, layers, batches) in cases {
+        let mut graph = model(input, layers).unwrap();
+        inference_mode::run(&mut graph);
+        let params = Params::init(&graph, 5);
+        let keep: Vec<ValueId> = graph.outputs().iter().map(|(_, id)| ValueId::from(*id)).collect();
+        let mut program = lir::lower(&graph, batches[0], &params.layout, &[], &keep).unwrap().program;
+        lir::passes::optimize(&mut program, &[]);
+        let kinds: Vec<&str> = program.kernels.iter().map(|k| k.name()).collect();
+        assert!(kinds.contains(&"pool_gemm") && !kinds.contains(&"pool"), "{layers}: {kinds:?}");
+        packed_once(input, layers, batches, 1);
+    }
+}
+
 /// The model of `layers` over `input` at each batch: equal to the interpreter, `packed` constant
 /// operands packed by the prepare phase (where the micro-kernels run), the same bits on one, two
 /// and three threads.

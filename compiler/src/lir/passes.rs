@@ -17,6 +17,8 @@
 //! - `concat_in_place`: a product whose output only a concatenation's copy reads writes into its
 //!   channels of the concatenated buffer, and the copy goes; a copy of a column range of a
 //!   product's output becomes a route of its epilogue, which writes the range there itself;
+//! - `fuse_pool`: a pooling read only by one product, as its left-hand matrix (an inception
+//!   module's pool branch), is made block by block inside it;
 //! - `in_place`: a map writes over an input of its shape that no later kernel reads.
 
 pub mod concat_in_place;
@@ -25,6 +27,7 @@ pub mod fuse_bn_stats;
 pub mod fuse_epilogue;
 pub mod fuse_im2col;
 pub mod fuse_maps;
+pub mod fuse_pool;
 pub mod in_place;
 pub mod merge_siblings;
 pub mod winograd;
@@ -56,6 +59,10 @@ pub const PASSES: &[(&str, &str)] = &[
         "concat_in_place",
         "a product read only by a concatenation's copy writes into its channels of the concatenation; a copied column range of a product's output is written there by its epilogue (optional)",
     ),
+    (
+        "fuse_pool",
+        "a pooling read only by one product, as its left-hand matrix (an inception module's pool branch), is made block by block inside it (optional)",
+    ),
     ("in_place", "a map writes over an input of its shape that no later kernel reads (optional)"),
 ];
 
@@ -76,7 +83,7 @@ type Pass = fn(&mut Program) -> usize;
 /// returns (pass, rewrites) for each that ran.
 pub fn optimize(p: &mut Program, disabled: &[String]) -> Vec<(&'static str, usize)> {
     let f4 = disabled.iter().any(|d| d == OPT_IN[0].0);
-    let passes: [(&str, Pass); 9] = [
+    let passes: [(&str, Pass); 10] = [
         ("fold_batchnorm", fold_batchnorm::run),
         ("fuse_maps", fuse_maps::run),
         ("fuse_epilogue", fuse_epilogue::run),
@@ -85,6 +92,7 @@ pub fn optimize(p: &mut Program, disabled: &[String]) -> Vec<(&'static str, usiz
         ("merge_siblings", merge_siblings::run),
         ("winograd", if f4 { winograd::run_f4 } else { winograd::run }),
         ("concat_in_place", concat_in_place::run),
+        ("fuse_pool", fuse_pool::run),
         ("in_place", in_place::run),
     ];
     passes

@@ -85,6 +85,15 @@ pub(super) fn program(p: &Program) -> String {
                 epilogue.as_deref().map_or(String::new(), epilogue_text),
                 stats.as_ref().map_or(String::new(), |s| format!(" stats -> {}, {}", view(&s.mean), view(&s.var)))
             ),
+            Kernel::PoolGemm { kind, x, geom: g, b, c, bias, epilogue } => format!(
+                "[{kind},{}] pool {} x {} -> {}{}{}",
+                geom(g),
+                view(x),
+                view(b),
+                view(c),
+                bias.as_ref().map_or(String::new(), |b| format!(" bias {}", view(b))),
+                epilogue.as_deref().map_or(String::new(), epilogue_text)
+            ),
             Kernel::WinogradFilters { w, u } => format!("{} -> {}", view(w), view(u)),
             Kernel::Im2col { x, col, geom: g } => format!("[{}] {} -> {}", geom(g), view(x), view(col)),
             Kernel::Col2im { col, dx, geom: g } => format!("[{}] {} += {}", geom(g), view(dx), view(col)),

@@ -33,6 +33,15 @@ pub(super) fn run(k: &Kernel, m: &Mem, ctx: Ctx) {
                 bn_stats(m, c, &s.mean, &s.var);
             }
         }
+        Kernel::PoolGemm { kind, x, geom, b, c, bias, epilogue } => {
+            let (rows, k) = (geom.n * geom.positions(), geom.cg);
+            let mut pooled = vec![0f32; rows * k];
+            pool_slices(*kind, m.src(x), &mut pooled, geom);
+            gemm(m, &pooled, &View::whole(x.buf, vec![rows, k]), b, c, false, false, false, bias.as_ref());
+            if let Some(e) = epilogue {
+                epilogue_of(m, e, c, ctx);
+            }
+        }
         Kernel::BnAffine { mean, var, gamma, beta, eps, scale, shift } => {
             let c = mean.cols();
             let (ms, vs, gs, bs) = (m.src(mean), m.src(var), m.src(gamma), m.src(beta));
@@ -374,8 +383,12 @@ fn pairs(g: &Geom, mut f: impl FnMut(usize, usize)) {
 }
 
 fn pool(m: &Mem, kind: PoolKind, x: &View, y: &View, g: &Geom) {
-    let xs = m.src(x);
-    let ys = m.dst(y);
+    pool_slices(kind, m.src(x), m.dst(y), g);
+}
+
+/// The pooling of `xs` (the input viewed as `[n, d, h, w, channels]`) over `g` into `ys`
+/// (`[n·positions, cg]`, contiguous).
+fn pool_slices(kind: PoolKind, xs: &[f32], ys: &mut [f32], g: &Geom) {
     match kind {
         PoolKind::Max => {
             ys.fill(f32::NEG_INFINITY);

@@ -19,6 +19,7 @@ pub(super) fn covers(k: &Kernel) -> bool {
         Kernel::Pool { geom, .. } | Kernel::PoolGrad { geom, .. } => geom.c0 == 0 && geom.cg == geom.channels,
         Kernel::BnStats { .. } | Kernel::BnApply { .. } | Kernel::BnGrad { .. } | Kernel::SumRows { .. } => true,
         Kernel::ConvGemm { .. } | Kernel::ConvWeightGrad { .. } => true,
+        Kernel::PoolGemm { geom, .. } => geom.c0 == 0 && geom.cg == geom.channels,
         Kernel::Fill { .. } => true,
         _ => false,
     }
@@ -73,6 +74,18 @@ pub fn provider(p: &cnnc_compiler::lir::Program, k: &Kernel) -> String {
             }
         }
         Kernel::ConvWeightGrad { .. } => "implicit GEMM over K blocks, gemm crate",
+        Kernel::PoolGemm { geom, c, epilogue, .. } if covers(k) => {
+            let micro = super::microkernel::suits(c.rows(), geom.cg, c.cols(), false);
+            let packed = packed_operand(p, &derived_constants(p), k).is_some();
+            let how = match (micro, packed && c.rows() <= FEW_ROWS) {
+                (true, true) => "pooled rows, micro-kernel over panels of columns",
+                (true, false) => "pooled rows made block by block, micro-kernel",
+                (false, _) => "pooled rows made block by block, gemm crate",
+            };
+            let once = if packed { ", filters packed once" } else { "" };
+            let then = if epilogue.is_some() { " + generated epilogue" } else { "" };
+            return format!("{how}{once}{then}");
+        }
         k if covers(k) => "tuned Rust",
         _ => "interpreter",
     };
@@ -161,6 +174,10 @@ pub(super) fn run(k: &Kernel, m: &Mem) {
         Kernel::ConvGemm { .. } => {
             // Without an epilogue nothing can fail.
             let _ = conv_gemm(m, k, None, crate::reference::Ctx::default());
+        }
+        Kernel::PoolGemm { .. } => {
+            // Without an epilogue nothing can fail.
+            let _ = pool_gemm(m, k, None, crate::reference::Ctx::default());
         }
         _ => super::kernels::run(k, m, crate::reference::Ctx::default()),
     }
@@ -355,8 +372,10 @@ fn epilogue_rows(cols: usize) -> usize {
 /// rows over the pool, each block's epilogue right after its product, while the block is in
 /// cache; short ones as a whole product (split inside) and then the map.
 pub(super) fn gemm_then(m: &Mem, k: &Kernel, f: cnnc_codegen::MapFn, ctx: crate::reference::Ctx) -> Result<(), String> {
-    if let Kernel::ConvGemm { .. } = k {
-        return conv_gemm(m, k, Some(f), ctx);
+    match k {
+        Kernel::ConvGemm { .. } => return conv_gemm(m, k, Some(f), ctx),
+        Kernel::PoolGemm { .. } => return pool_gemm(m, k, Some(f), ctx),
+        _ => {}
     }
     let Kernel::Gemm { a, b, c, ta, tb, accumulate, bias, epilogue: Some(e) } = k else {
         run(k, m);
@@ -617,25 +636,8 @@ fn conv_gemm_blocks(
                 // pointers, each at `len` values of `xs`, `zeros` or `scratch`; `sc` holds `n`
                 // rows of `cols` at the view's pitch, `packed` `kk·cols` values.
                 unsafe { super::microkernel::gemm_indirect(n, runs, len, table, cols, packed, sc, c.pitch) };
-            } else if micro {
-                // SAFETY: `suits` checked the host's ISA; `col` holds `n` rows of `kk`, `sc` `n` rows
-                // of `cols` at the view's pitch, `packed` `kk·cols` values.
-                unsafe { super::microkernel::gemm(n, kk, cols, col, kk, packed, sc, c.pitch, false) };
             } else {
-                // SAFETY: as in `gemm`: the view checks put every element the strides reach inside.
-                unsafe {
-                    product(
-                        n,
-                        cols,
-                        kk,
-                        sc.as_mut_ptr(),
-                        c.pitch,
-                        false,
-                        (col.as_ptr(), kk, 1),
-                        (pb.get(), rsb, csb),
-                        None,
-                    )
-                };
+                block_product(n, kk, cols, col, micro.then_some(packed), (pb, rsb, csb), sc, c.pitch);
             }
             if let Some(bias) = sbias {
                 add_bias(sc, c.pitch, bias);
@@ -643,6 +645,97 @@ fn conv_gemm_blocks(
             epilogue_of(first, n)
         },
     )
+}
+
+/// A product over pooled rows ([`Kernel::PoolGemm`]), then its bias and epilogue (`f`,
+/// compiled). Few rows (a map at batch 1) whose filters the prepare phase packed are pooled
+/// whole, in parts over the threads, and multiplied by panels of columns split over the threads
+/// ([`packed_product`]); more, in blocks of whole output rows of one example over the pool,
+/// each pooled into a buffer of its own and multiplied while it is in cache (the micro-kernels
+/// where the shape suits them, else the `gemm` crate on one thread). Each output is computed
+/// alone, in the same order whatever the blocks: the same bits on any number of threads.
+fn pool_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::reference::Ctx) -> Result<(), String> {
+    let Kernel::PoolGemm { kind, x, geom, b, c, bias, epilogue } = k else { return Ok(()) };
+    let (rows, depth, cols) = (c.rows(), geom.cg, c.cols());
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let (xs, sb) = (m.src(x), m.src(b));
+    let sbias = bias.as_ref().map(|v| &m.src(v)[..cols]);
+    let finish = |first: usize, n: usize, sc: &mut [f32]| {
+        if let Some(bias) = sbias {
+            add_bias(sc, c.pitch, bias);
+        }
+        match (epilogue, f) {
+            (Some(e), Some(f)) => epilogue_rows_of(m, f, e, first, &c.row_block(first, n), ctx),
+            (Some(_), None) => Err("a product's epilogue was not compiled".to_string()),
+            _ => Ok(()),
+        }
+    };
+    let g1 = one(geom);
+    let (ow, image_rows, positions) = (geom.output[2].max(1), geom.output[0] * geom.output[1], geom.positions());
+    let micro = super::microkernel::suits(rows, depth, cols, false);
+    let pre = if micro { m.packed(b, [depth, cols, b.pitch, 1]) } else { None };
+    if let Some(packed) = pre.filter(|_| rows <= FEW_ROWS) {
+        let mut pooled = vec![0f32; rows * depth];
+        let threads = crate::bench::threads();
+        let part = image_rows.div_ceil(threads).max(1);
+        for (n, ys) in pooled.chunks_mut((positions * depth).max(1)).enumerate() {
+            let xs = &xs[n * in_len(geom)..];
+            ys.par_chunks_mut(part * ow * depth)
+                .enumerate()
+                .for_each(|(i, ys)| pool_rows(*kind, xs, ys, &g1, i * part));
+        }
+        let sc = m.dst(c);
+        // SAFETY: `suits` checked the host's ISA (`pack_constants` packed the filters only
+        // where it did); `pooled` holds `rows` rows of `depth`, `sc` `rows` rows of `cols` at
+        // the view's pitch.
+        unsafe { packed_product(rows, depth, cols, &pooled, depth, packed, sc.as_mut_ptr(), c.pitch, false) };
+        return finish(0, rows, sc);
+    }
+    let owned = if micro && pre.is_none() { super::microkernel::pack(sb, depth, cols, b.pitch, 1) } else { Vec::new() };
+    let packed = pre.unwrap_or(&owned);
+    // Blocks of whole output rows of one example, about as many rows as an implicit
+    // convolution's block of this shape.
+    let per_block = (cnnc_compiler::lir::passes::fuse_im2col::block_rows(depth, cols) / ow).max(1);
+    let blocks = image_rows.div_ceil(per_block);
+    let pb = Shared(sb.as_ptr());
+    (0..geom.n * blocks).into_par_iter().try_for_each_init(Vec::new, |pooled: &mut Vec<f32>, t| {
+        let (n, r0) = (t / blocks, (t % blocks) * per_block);
+        let count = per_block.min(image_rows - r0);
+        let (first, nrows) = (n * positions + r0 * ow, count * ow);
+        pooled.resize(nrows * depth, 0.0);
+        pool_rows(*kind, &xs[n * in_len(geom)..], pooled, &g1, r0);
+        let sc = m.dst(&c.row_block(first, nrows));
+        let micro = micro && super::microkernel::suits(nrows, depth, cols, false);
+        block_product(nrows, depth, cols, pooled, micro.then_some(packed), (pb, b.pitch, 1), sc, c.pitch);
+        finish(first, nrows, sc)
+    })
+}
+
+/// `sc` (`n` rows of `cols`, `pitch` apart) `= rows·B`, `rows` the `n` rows of `k` a block made
+/// in a buffer of its own: by the micro-kernels over `packed` (B's panels) where given, else by
+/// the `gemm` crate on this thread over `b` (pointer, row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+fn block_product(
+    n: usize,
+    k: usize,
+    cols: usize,
+    rows: &[f32],
+    packed: Option<&[f32]>,
+    (b, rsb, csb): (Shared, usize, usize),
+    sc: &mut [f32],
+    pitch: usize,
+) {
+    match packed {
+        // SAFETY: the caller checked the micro-kernels suit the shape and host (`suits`); `rows`
+        // holds `n` rows of `k`, `sc` `n` rows of `cols` at `pitch`, `packed` `k·cols` values.
+        Some(packed) => unsafe { super::microkernel::gemm(n, k, cols, rows, k, packed, sc, pitch, false) },
+        // SAFETY: as in `gemm`: the view checks put every element the strides reach inside.
+        None => unsafe {
+            product(n, cols, k, sc.as_mut_ptr(), pitch, false, (rows.as_ptr(), k, 1), (b.get(), rsb, csb), None)
+        },
+    }
 }
 
 /// Rows a block of an implicit convolution's rows (at most `block`), so that the blocks fall
@@ -736,6 +829,11 @@ fn packed_operand<'k>(
         }
         Kernel::ConvGemm { geom, b, c, .. } if conv_packed(p, derived, k) => {
             Some((b, [geom.window() * geom.cg, c.cols(), b.pitch, 1]))
+        }
+        Kernel::PoolGemm { geom, b, c, .. }
+            if prepared_constant(p, derived, b) && super::microkernel::suits(c.rows(), geom.cg, c.cols(), false) =>
+        {
+            Some((b, [geom.cg, c.cols(), b.pitch, 1]))
         }
         _ => None,
     }
