@@ -449,13 +449,14 @@ fn few_row_products_read_operands_packed_once() {
     packed_once(&[7, 7, 600], "conv(40, 1x1) |> relu |> conv(700, 1x1)", &[1, 2], 2);
 }
 
-/// Tall narrow products (a 20×19 map at batch 2 and 3: 760 and 1,140 rows, blocks of rows that
-/// end in a partial one) read their operands packed once too, with an epilogue (blocks of 256
-/// rows) and without (blocks of 96); the 300-column product is too wide for the micro-kernels
-/// and packs nothing.
+/// Tall products (a 20×19 map at batch 2 and 3: 760 and 1,140 rows, blocks of rows that end in
+/// a partial one) read their operands packed once too, with an epilogue (blocks of about 128 KiB
+/// of output) and without (blocks of 96): narrow ones, one 300 columns wide, and one 1,100 deep
+/// (K summed in blocks of 512).
 #[test]
-fn tall_narrow_products_read_operands_packed_once() {
-    packed_once(&[20, 19, 24], "conv(40, 1x1) |> relu |> conv(300, 1x1) |> conv(20, 1x1)", &[2, 3], 2);
+fn tall_products_read_operands_packed_once() {
+    let layers = "conv(40, 1x1) |> relu |> conv(300, 1x1) |> conv(1100, 1x1) |> relu |> conv(20, 1x1)";
+    packed_once(&[20, 19, 24], layers, &[2, 3], 4);
 }
 
 /// An implicit-GEMM convolution of an inference program (a 5×5: not Winograd's, too many
@@ -465,6 +466,15 @@ fn tall_narrow_products_read_operands_packed_once() {
 #[test]
 fn implicit_convolutions_read_filters_packed_once() {
     packed_once(&[14, 14, 40], "conv(32, 5x5, pad: same) |> relu |> conv(20, 1x1)", &[1, 2], 2);
+}
+
+/// Dense layers at batch 1 and 3 (fewer rows than a tile) stream their weights once, in fixed
+/// parts of K over the pool (3,000 deep: the last part partial) or on one thread (a small
+/// product): equal to the interpreter, nothing packed, the same bits on one, two and three
+/// threads.
+#[test]
+fn few_row_products_stream_their_weights() {
+    packed_once(&[3000], "dense(700) |> relu |> dense(20)", &[1, 3], 0);
 }
 
 /// A pooling read only by the 1×1 convolution after it runs inside that product (`fuse_pool`):

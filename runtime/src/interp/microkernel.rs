@@ -57,6 +57,12 @@ pub fn runs(rows: usize, k: usize) -> bool {
     (1..=1024).contains(&k) && rows >= MR && available()
 }
 
+/// Whether the micro-kernels can run a product of `rows` rows over an operand packed once, of
+/// any depth and width: the caller sums a K of more than 1024 in blocks ([`gemm_block`]).
+pub fn runs_packed(rows: usize, k: usize) -> bool {
+    k >= 1 && rows >= MR && available()
+}
+
 /// `op(B)` (`k × n`, element `(i, j)` at `b[i·rsb + j·csb]`) packed into panels of 16 columns
 /// (the last may be 8): panel `p` is `k` rows of its width, one after the other.
 pub fn pack(b: &[f32], k: usize, n: usize, rsb: usize, csb: usize) -> Vec<f32> {

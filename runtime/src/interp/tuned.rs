@@ -55,9 +55,13 @@ pub fn provider(p: &cnnc_compiler::lir::Program, k: &Kernel) -> String {
             let then = if epilogue.is_some() { " + generated epilogue" } else { "" };
             return format!("{how}{once}{then}");
         }
-        Kernel::Gemm { a, c, ta, epilogue, .. } => {
+        Kernel::Gemm { a, c, ta, tb, epilogue, .. } => {
             let depth = if *ta { a.rows() } else { a.cols() };
             let micro = super::microkernel::suits(c.rows(), depth, c.cols(), *ta);
+            if streams(c.rows(), c.cols(), *ta, *tb) && depth > 0 {
+                let then = if epilogue.is_some() { " + generated epilogue" } else { "" };
+                return format!("right-hand operand streamed once over runs of columns{then}");
+            }
             match (packed_split(p, &derived_constants(p), k), micro, epilogue.is_some()) {
                 (Some(PackedSplit::Columns), _, true) => {
                     "micro-kernel over panels of columns, packed once + generated epilogue"
@@ -368,6 +372,12 @@ fn epilogue_rows(cols: usize) -> usize {
     (32768 / cols.max(1)).clamp(256, 1024)
 }
 
+/// Rows of a block of a product with an epilogue over an operand packed once: about 128 KiB of
+/// output, a multiple of the micro-kernels' tiles (6 rows on AVX2, 12 on AVX-512).
+fn packed_epilogue_rows(cols: usize) -> usize {
+    (32768 / cols.max(1)).clamp(48, 1024) / 12 * 12
+}
+
 /// A product and its epilogue (`f`, the epilogue's compiled map). Tall products run in blocks of
 /// rows over the pool, each block's epilogue right after its product, while the block is in
 /// cache; short ones as a whole product (split inside) and then the map.
@@ -381,9 +391,14 @@ pub(super) fn gemm_then(m: &Mem, k: &Kernel, f: cnnc_codegen::MapFn, ctx: crate:
         run(k, m);
         return Ok(());
     };
-    let rows = c.rows();
-    let block = epilogue_rows(c.cols());
-    if *ta || rows < 4 * block {
+    let (rows, cols) = (c.rows(), c.cols());
+    // An operand the prepare phase packed is not packed again by each block: smaller blocks,
+    // whose output stays in L2 for the epilogue (ResNet-50's 28×28 products of 512 columns at
+    // batch 1: 784 rows, one product then one epilogue over 1.6 MB before).
+    let (rsb, csb) = if *tb { (1, b.pitch) } else { (b.pitch, 1) };
+    let packed = !*ta && m.packed(b, [a.cols(), cols, rsb, csb]).is_some();
+    let block = if packed { packed_epilogue_rows(cols) } else { epilogue_rows(cols) };
+    if *ta || (packed && rows <= FEW_ROWS) || rows < 4 * block {
         gemm(m, a, b, c, *ta, *tb, *accumulate, bias.as_ref(), true);
         return epilogue_rows_of(m, f, e, 0, &c.matrix(), ctx);
     }
@@ -857,16 +872,17 @@ fn prepared_constant(
 enum PackedSplit {
     /// Few rows: its panels of columns split over the threads ([`packed_product`]).
     Columns,
-    /// Blocks of rows of a narrow product, which packed the operand once a block before
-    /// (Inception 3a's 1×1 products at batch 32: 98 blocks of 256 rows).
+    /// Blocks of rows, which packed the operand once a block before (Inception 3a's 1×1
+    /// products at batch 32: 98 blocks of 256 rows), or which wider or deeper products left to
+    /// the `gemm` crate (ResNet-50's 28×28 1×1 products of 512 columns at batch 1).
     Rows,
 }
 
 /// Whether the prepare phase packs `k`'s right-hand operand, and how the product then runs: an
 /// inference program's product over a constant operand (`derived`: [`derived_constants`]) where
-/// the micro-kernels run, with few rows (6 to [`FEW_ROWS`], 16 columns or more) or a narrow one
-/// with more. (Implicit convolutions keep their blocks of rows, their filters packed once by
-/// [`conv_packed`].)
+/// the micro-kernels run, with few rows (6 to [`FEW_ROWS`], 16 columns or more) or more rows, of
+/// any width and depth. (Implicit convolutions keep their blocks of rows, their filters packed
+/// once by [`conv_packed`].)
 fn packed_split(
     p: &cnnc_compiler::lir::Program,
     derived: &std::collections::HashSet<cnnc_compiler::lir::BufId>,
@@ -879,7 +895,7 @@ fn packed_split(
     let (rows, depth, cols) = (c.rows(), a.cols(), c.cols());
     if (6..=FEW_ROWS).contains(&rows) && cols >= 16 {
         Some(PackedSplit::Columns)
-    } else if rows > FEW_ROWS && super::microkernel::suits(rows, depth, cols, false) {
+    } else if rows > FEW_ROWS && super::microkernel::runs_packed(rows, depth) {
         Some(PackedSplit::Rows)
     } else {
         None
@@ -996,13 +1012,34 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
                 }
             };
             let (lda, ldc) = (a.pitch, c.pitch);
+            // A K longer than the micro-kernels take at once (an operand packed once: any depth)
+            // summed in blocks of `PACKED_K`, in order.
+            let kb = if k > 1024 { PACKED_K } else { k };
             let block = |(i, cs): (usize, &mut [f32])| {
                 let first = i * super::microkernel::BLOCK_ROWS;
                 let n = super::microkernel::BLOCK_ROWS.min(rows - first);
-                // SAFETY: `suits` checked the host's ISA; the view checks put `n` rows of `k` at
-                // pitch `lda` from row `first` in `sa`, `n` rows of `cols` in this block of `sc`,
-                // and `pack` made `k·cols` values.
-                unsafe { super::microkernel::gemm(n, k, cols, &sa[first * lda..], lda, packed, cs, ldc, accumulate) };
+                for k0 in (0..k).step_by(kb) {
+                    let a = &sa[first * lda + k0..];
+                    // SAFETY: `suits` or `pack_constants` (`runs_packed`) checked the host's
+                    // ISA; the view checks put `n` rows of `k` at pitch `lda` from row `first`
+                    // in `sa`, `n` rows of `cols` in this block of `sc`, and `pack` made `k·cols`
+                    // values.
+                    unsafe {
+                        super::microkernel::gemm_block(
+                            n,
+                            kb.min(k - k0),
+                            cols,
+                            a,
+                            lda,
+                            packed,
+                            k,
+                            k0,
+                            cs,
+                            ldc,
+                            accumulate || k0 > 0,
+                        )
+                    };
+                }
             };
             let chunk = super::microkernel::BLOCK_ROWS * ldc;
             if split && rows > super::microkernel::BLOCK_ROWS {
@@ -1010,6 +1047,8 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
             } else {
                 sc.chunks_mut(chunk).enumerate().for_each(block);
             }
+        } else if streams(rows, cols, ta, tb) {
+            few_rows(rows, k, cols, (sa, a.pitch), (sb, b.pitch), sc, c.pitch, accumulate, split);
         } else if split && rows * cols <= SPLIT_K_OUTPUT && k >= 2 * K_BLOCK {
             // A small product over a long sum (a weight gradient: K = every output position of
             // the batch) leaves nothing to split but K: fixed blocks of K into partial products,
@@ -1053,6 +1092,81 @@ fn gemm(m: &Mem, a: &View, b: &View, c: &View, ta: bool, tb: bool, accumulate: b
             sc.par_chunks_mut(c.pitch.max(1) * 64).for_each(|block| add_bias(block, c.pitch, sbias));
         } else {
             add_bias(sc, c.pitch, sbias);
+        }
+    }
+}
+
+/// Rows below which a product over a row-major operand streams that operand once
+/// ([`few_rows`]): fewer than the micro-kernels' tile (a dense layer at batch 1).
+const FEW_ROWS_STREAM: usize = 6;
+
+/// Whether a product of `rows × cols` (`ta`, `tb`: its operands transposed) streams its
+/// right-hand operand once ([`few_rows`]): fewer rows than a tile, 16 columns or more, neither
+/// operand transposed.
+fn streams(rows: usize, cols: usize, ta: bool, tb: bool) -> bool {
+    !ta && !tb && rows < FEW_ROWS_STREAM && cols >= 16
+}
+
+/// Rows of B (steps of K) a part of [`few_rows`] streams: a fixed number, so that the parts and
+/// the order their sums are added in do not depend on the threads.
+const STREAM_K: usize = 256;
+
+/// `C[rows × n] = A·B (+ C)` for fewer rows than a tile (a dense layer at batch 1: ResNet-50's
+/// 2048 × 1000 classifier is 8 MB of weights for 4 MFLOP): B (`k × n`, rows `ldb` apart) read
+/// once, front to back, in parts of [`STREAM_K`] of its rows over the pool (where `split` and the
+/// product is large enough), each part's sums over every column held in cache while its rows
+/// stream past, then the parts added in order: the same bits on any number of threads.
+#[allow(clippy::too_many_arguments)]
+fn few_rows(
+    rows: usize,
+    k: usize,
+    n: usize,
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    split: bool,
+) {
+    let mut partial = vec![0f32; k.div_ceil(STREAM_K) * rows * n];
+    let part = |(p, acc): (usize, &mut [f32])| {
+        let (k0, kn) = (p * STREAM_K, STREAM_K.min(k - p * STREAM_K));
+        stream(rows, kn, (&a[k0..], lda), &b[k0 * ldb..], ldb, n, acc);
+    };
+    if split && rows * k * n >= PARALLEL_GEMM {
+        partial.par_chunks_mut(rows * n).enumerate().for_each(part);
+    } else {
+        partial.chunks_mut(rows * n).enumerate().for_each(part);
+    }
+    add_partials(c, ldc, rows, n, &partial, accumulate);
+}
+
+/// `acc[r] += Σ_k a[r, k]·b[k, ..w]` for each of `rows` rows, K in order; compiled for AVX2
+/// where the host has it.
+fn stream(rows: usize, k: usize, a: (&[f32], usize), b: &[f32], ldb: usize, w: usize, acc: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the host has AVX2.
+            return unsafe { stream_avx2(rows, k, a, b, ldb, w, acc) };
+        }
+    }
+    stream_of(rows, k, a, b, ldb, w, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stream_avx2(rows: usize, k: usize, a: (&[f32], usize), b: &[f32], ldb: usize, w: usize, acc: &mut [f32]) {
+    stream_of(rows, k, a, b, ldb, w, acc)
+}
+
+#[inline(always)]
+fn stream_of(rows: usize, k: usize, (a, lda): (&[f32], usize), b: &[f32], ldb: usize, w: usize, acc: &mut [f32]) {
+    for kk in 0..k {
+        let row = &b[kk * ldb..kk * ldb + w];
+        for (r, acc) in acc.chunks_exact_mut(w).enumerate().take(rows) {
+            let x = a[r * lda + kk];
+            acc.iter_mut().zip(row).for_each(|(s, &v)| *s += x * v);
         }
     }
 }
