@@ -460,12 +460,14 @@ fn tall_products_read_operands_packed_once() {
 }
 
 /// An implicit-GEMM convolution of an inference program (a 5×5: not Winograd's, too many
-/// channels for direct loops) reads its filters packed once by the prepare phase, as the 1×1
-/// product after it does; at batch 1 its 196 rows (5 blocks of 48) are cut into blocks that fall
-/// evenly on the threads, at batch 2 (9 blocks) they are not.
+/// channels for direct loops; a 3×3 over a 14×14 map, 1,170 deep) reads its filters packed once
+/// by the prepare phase, as the 1×1 product after it does; at batch 1 its 196 rows (5 blocks of
+/// 48) are cut into blocks that fall evenly on the threads, at batch 2 (9 blocks) they are not.
 #[test]
 fn implicit_convolutions_read_filters_packed_once() {
     packed_once(&[14, 14, 40], "conv(32, 5x5, pad: same) |> relu |> conv(20, 1x1)", &[1, 2], 2);
+    // A deep one (3×3 over 130 channels: K = 1,170) runs on the micro-kernels too.
+    packed_once(&[14, 14, 130], "conv(64, 3x3, pad: same) |> relu", &[6], 1);
 }
 
 /// Dense layers at batch 1 and 3 (fewer rows than a tile) stream their weights once, in fixed

@@ -44,7 +44,7 @@ pub fn provider(p: &cnnc_compiler::lir::Program, k: &Kernel) -> String {
         }
         Kernel::ConvWeightGrad { x, geom, c, .. } if direct_suits(x, geom, c.cols()) => "direct convolution",
         Kernel::ConvGemm { c, geom, epilogue, .. } => {
-            let micro = super::microkernel::suits(c.rows(), geom.window() * geom.cg, c.cols(), false);
+            let micro = block_micro(c.rows(), geom.window() * geom.cg, c.cols());
             let how = match (micro, conv_rows(geom)) {
                 (true, ConvRows::Taps) => "implicit GEMM, taps read in place, micro-kernel",
                 (true, ConvRows::WindowRows) => "implicit GEMM, window rows read in place, micro-kernel",
@@ -79,7 +79,7 @@ pub fn provider(p: &cnnc_compiler::lir::Program, k: &Kernel) -> String {
         }
         Kernel::ConvWeightGrad { .. } => "implicit GEMM over K blocks, gemm crate",
         Kernel::PoolGemm { geom, c, epilogue, .. } if covers(k) => {
-            let micro = super::microkernel::suits(c.rows(), geom.cg, c.cols(), false);
+            let micro = block_micro(c.rows(), geom.cg, c.cols());
             let packed = packed_operand(p, &derived_constants(p), k).is_some();
             let how = match (micro, packed && c.rows() <= FEW_ROWS) {
                 (true, true) => "pooled rows, micro-kernel over panels of columns",
@@ -610,7 +610,7 @@ fn conv_gemm_blocks(
         });
     }
     let (rsb, csb) = if *tb { (1, b.pitch) } else { (b.pitch, 1) };
-    let micro = super::microkernel::suits(rows, kk, cols, false);
+    let micro = block_micro(rows, kk, cols);
     // Blocks balanced over the threads, but for batch statistics, summed by blocks: theirs stay
     // fixed, the same bits on any number of threads.
     let block = cnnc_compiler::lir::passes::fuse_im2col::block_rows(kk, cols);
@@ -689,7 +689,7 @@ fn pool_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::re
     };
     let g1 = one(geom);
     let (ow, image_rows, positions) = (geom.output[2].max(1), geom.output[0] * geom.output[1], geom.positions());
-    let micro = super::microkernel::suits(rows, depth, cols, false);
+    let micro = block_micro(rows, depth, cols);
     let pre = if micro { m.packed(b, [depth, cols, b.pitch, 1]) } else { None };
     if let Some(packed) = pre.filter(|_| rows <= FEW_ROWS) {
         let mut pooled = vec![0f32; rows * depth];
@@ -722,10 +722,18 @@ fn pool_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::re
         pooled.resize(nrows * depth, 0.0);
         pool_rows(*kind, &xs[n * in_len(geom)..], pooled, &g1, r0);
         let sc = m.dst(&c.row_block(first, nrows));
-        let micro = micro && super::microkernel::suits(nrows, depth, cols, false);
+        let micro = micro && block_micro(nrows, depth, cols);
         block_product(nrows, depth, cols, pooled, micro.then_some(packed), (pb, b.pitch, 1), sc, c.pitch);
         finish(first, nrows, sc)
     })
+}
+
+/// Whether the micro-kernels run a product whose blocks of rows an implicit convolution or a
+/// pooling makes, `rows` rows over `k` into `cols` columns: up to 256 columns, of any depth (a
+/// 3×3 window over 256 channels is 2,304: ResNet-50's 14×14 layers went to the gemm crate at
+/// 96 GFLOP/s; a tile's 16-column panel, 147 KB there, is read from L2).
+fn block_micro(rows: usize, k: usize, cols: usize) -> bool {
+    (1..=256).contains(&cols) && super::microkernel::runs_packed(rows, k)
 }
 
 /// `sc` (`n` rows of `cols`, `pitch` apart) `= rows·B`, `rows` the `n` rows of `k` a block made
@@ -846,7 +854,7 @@ fn packed_operand<'k>(
             Some((b, [geom.window() * geom.cg, c.cols(), b.pitch, 1]))
         }
         Kernel::PoolGemm { geom, b, c, .. }
-            if prepared_constant(p, derived, b) && super::microkernel::suits(c.rows(), geom.cg, c.cols(), false) =>
+            if prepared_constant(p, derived, b) && block_micro(c.rows(), geom.cg, c.cols()) =>
         {
             Some((b, [geom.cg, c.cols(), b.pitch, 1]))
         }
@@ -914,7 +922,7 @@ fn conv_packed(
     let Kernel::ConvGemm { x, geom, b, c, tb: false, winograd: None, .. } = k else { return false };
     prepared_constant(p, derived, b)
         && !direct_suits(x, geom, c.cols())
-        && super::microkernel::suits(c.rows(), geom.window() * geom.cg, c.cols(), false)
+        && block_micro(c.rows(), geom.window() * geom.cg, c.cols())
 }
 
 /// The buffers the prepare phase derives from the parameters (written by its kernels and by no
