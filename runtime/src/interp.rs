@@ -451,7 +451,6 @@ impl Region {
     }
 }
 
-/// Whether two views can share an element, given where their buffers are.
 /// The epilogue of a product the tuned kernels run with a compiled epilogue
 /// ([`tuned::gemm_then`]).
 fn native_epilogue(k: &Kernel) -> Option<&cnnc_compiler::lir::Epilogue> {
@@ -462,6 +461,7 @@ fn native_epilogue(k: &Kernel) -> Option<&cnnc_compiler::lir::Epilogue> {
     }
 }
 
+/// Whether two views can share an element, given where their buffers are.
 fn overlap(p: &Program, plan: &MemoryPlan, a: &View, b: &View) -> bool {
     let (Some(ra), Some(rb)) = (span(p, plan, a), span(p, plan, b)) else { return false };
     ra.0 == rb.0 && ra.1.start < rb.1.end && rb.1.start < ra.1.end

@@ -60,7 +60,7 @@ pub fn provider(p: &cnnc_compiler::lir::Program, k: &Kernel) -> String {
             let micro = super::microkernel::suits(c.rows(), depth, c.cols(), *ta);
             if streams(c.rows(), c.cols(), *ta, *tb) && depth > 0 {
                 let then = if epilogue.is_some() { " + generated epilogue" } else { "" };
-                return format!("right-hand operand streamed once over runs of columns{then}");
+                return format!("right-hand operand streamed once, parts of its rows over the threads{then}");
             }
             match (packed_split(p, &derived_constants(p), k), micro, epilogue.is_some()) {
                 (Some(PackedSplit::Columns), _, true) => {
@@ -115,28 +115,7 @@ pub(super) fn run(k: &Kernel, m: &Mem) {
                 super::kernels::col2im_slices(&cs[n * rows..], col.pitch, dxs, g)
             })
         }
-        Kernel::Pool { kind, x, y, geom } => {
-            let xs = m.src(x);
-            let per_out = geom.positions() * geom.cg;
-            let ys = m.dst(y);
-            let threads = crate::bench::threads();
-            let (rows, width) = (geom.output[0] * geom.output[1], geom.output[2] * geom.cg);
-            if geom.n < threads && rows >= 2 * threads {
-                // Fewer examples than threads (batch 1): each example's output rows in as many
-                // parts as threads (each output is computed alone: the same bits either way).
-                let part = rows.div_ceil(threads) * width;
-                for (n, ys) in ys.chunks_mut(per_out).enumerate() {
-                    let xs = &xs[n * in_len(geom)..];
-                    ys.par_chunks_mut(part)
-                        .enumerate()
-                        .for_each(|(i, ys)| pool_rows(*kind, xs, ys, geom, i * (part / width.max(1))));
-                }
-            } else {
-                ys.par_chunks_mut(per_out)
-                    .enumerate()
-                    .for_each(|(n, ys)| pool(*kind, &xs[n * in_len(geom)..], ys, geom));
-            }
-        }
+        Kernel::Pool { kind, x, y, geom } => pool_all(*kind, m.src(x), m.dst(y), geom),
         Kernel::PoolGrad { kind, x, dy, dx, geom } => {
             let dys = m.src(dy);
             let xs = x.as_ref().map(|x| m.src(x));
@@ -184,6 +163,27 @@ pub(super) fn run(k: &Kernel, m: &Mem) {
             let _ = pool_gemm(m, k, None, crate::reference::Ctx::default());
         }
         _ => super::kernels::run(k, m, crate::reference::Ctx::default()),
+    }
+}
+
+/// The pooling of every example of `xs` over `g` into `ys` (`[n·positions, cg]`, contiguous), on
+/// the pool: by examples, or where there are fewer examples than threads (batch 1) each
+/// example's output rows in as many parts as threads (each output is computed alone: the same
+/// bits either way).
+fn pool_all(kind: PoolKind, xs: &[f32], ys: &mut [f32], g: &Geom) {
+    let per_out = g.positions() * g.cg;
+    let threads = crate::bench::threads();
+    let (rows, width) = (g.output[0] * g.output[1], g.output[2] * g.cg);
+    if g.n < threads && rows >= 2 * threads {
+        let part = rows.div_ceil(threads) * width;
+        for (n, ys) in ys.chunks_mut(per_out.max(1)).enumerate() {
+            let xs = &xs[n * in_len(g)..];
+            ys.par_chunks_mut(part.max(1))
+                .enumerate()
+                .for_each(|(i, ys)| pool_rows(kind, xs, ys, g, i * (part / width.max(1))));
+        }
+    } else {
+        ys.par_chunks_mut(per_out.max(1)).enumerate().for_each(|(n, ys)| pool(kind, &xs[n * in_len(g)..], ys, g));
     }
 }
 
@@ -693,14 +693,7 @@ fn pool_gemm(m: &Mem, k: &Kernel, f: Option<cnnc_codegen::MapFn>, ctx: crate::re
     let pre = if micro { m.packed(b, [depth, cols, b.pitch, 1]) } else { None };
     if let Some(packed) = pre.filter(|_| rows <= FEW_ROWS) {
         let mut pooled = vec![0f32; rows * depth];
-        let threads = crate::bench::threads();
-        let part = image_rows.div_ceil(threads).max(1);
-        for (n, ys) in pooled.chunks_mut((positions * depth).max(1)).enumerate() {
-            let xs = &xs[n * in_len(geom)..];
-            ys.par_chunks_mut(part * ow * depth)
-                .enumerate()
-                .for_each(|(i, ys)| pool_rows(*kind, xs, ys, &g1, i * part));
-        }
+        pool_all(*kind, xs, &mut pooled, geom);
         let sc = m.dst(c);
         // SAFETY: `suits` checked the host's ISA (`pack_constants` packed the filters only
         // where it did); `pooled` holds `rows` rows of `depth`, `sc` `rows` rows of `cols` at
